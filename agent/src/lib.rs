@@ -1,1 +1,8 @@
-//! Placeholder until its issue lands.
+//! The Pulse guest agent.
+//!
+//! It serves Pulse's agent API (crate `pulse-protocols`) over ttrpc on a
+//! vsock port inside the guest or on a unix socket, runs containers with
+//! youki's `libcontainer`, and reports what the guest kernel made of its
+//! virtio devices and interrupts.
+
+pub mod devices;
