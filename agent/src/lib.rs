@@ -5,4 +5,12 @@
 //! youki's `libcontainer`, and reports what the guest kernel made of its
 //! virtio devices and interrupts.
 
+pub mod container;
 pub mod devices;
+pub mod guest;
+pub mod helper;
+pub mod init;
+pub mod listen;
+pub mod reaper;
+mod runtime;
+pub mod service;

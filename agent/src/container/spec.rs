@@ -1,0 +1,160 @@
+//! Checking an OCI runtime spec (and an exec's process) before use.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{Process, Spec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("not a valid OCI runtime spec: {0}")]
+    Malformed(String),
+    #[error("unsupported OCI spec: {0}")]
+    Unsupported(String),
+    #[error("the container's rootfs {0} does not exist or is not a directory")]
+    RootfsMissing(PathBuf),
+}
+
+/// The longest container or exec id the agent accepts.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Ids become file and cgroup names: letters, digits, `_+-.` only.
+pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{kind} id is empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("{kind} id is longer than {MAX_ID_LEN} bytes"));
+    }
+    if id == "." || id == ".." {
+        return Err(format!("{kind} id {id:?} is not allowed"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.')))
+    {
+        return Err(format!("{kind} id {id:?} contains {c:?}"));
+    }
+    Ok(())
+}
+
+/// Parses and checks a container spec; fills in the cgroup path when the
+/// spec has none and drops what this agent cannot enforce (with a warning).
+pub fn parse_spec(json: &[u8], default_cgroup: &str) -> Result<Spec, SpecError> {
+    let mut spec: Spec =
+        serde_json::from_slice(json).map_err(|e| SpecError::Malformed(e.to_string()))?;
+    if !spec.version().starts_with("1.") {
+        return Err(SpecError::Unsupported(format!(
+            "version {:?} (this agent runs 1.x)",
+            spec.version()
+        )));
+    }
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| SpecError::Malformed("it has no process".into()))?;
+    check_args(process)?;
+    if spec.root().is_none() {
+        return Err(SpecError::Malformed("it has no root".into()));
+    }
+    let Some(linux) = spec.linux_mut() else {
+        return Err(SpecError::Unsupported(
+            "it has no linux section (only Linux containers run here)".into(),
+        ));
+    };
+    if linux.seccomp().is_some() {
+        tracing::warn!("seccomp profiles are not supported by this agent; ignoring it");
+        linux.set_seccomp(None);
+    }
+    match linux.cgroups_path() {
+        Some(path) if path.is_absolute() => {}
+        Some(path) => {
+            return Err(SpecError::Unsupported(format!(
+                "relative cgroupsPath {} (use an absolute path)",
+                path.display()
+            )))
+        }
+        None => {
+            linux.set_cgroups_path(Some(PathBuf::from(default_cgroup)));
+        }
+    }
+    Ok(spec)
+}
+
+/// The rootfs path, resolved against the bundle, checked to exist.
+pub fn rootfs_of(spec: &Spec, bundle: &Path) -> Result<PathBuf, SpecError> {
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| SpecError::Malformed("it has no root".into()))?;
+    let path = bundle.join(root.path());
+    if path.is_dir() {
+        Ok(path)
+    } else {
+        Err(SpecError::RootfsMissing(root.path().clone()))
+    }
+}
+
+/// Parses an exec's OCI process object.
+pub fn parse_process(json: &[u8]) -> Result<Process, SpecError> {
+    let process: Process =
+        serde_json::from_slice(json).map_err(|e| SpecError::Malformed(format!("process: {e}")))?;
+    check_args(&process)?;
+    Ok(process)
+}
+
+fn check_args(process: &Process) -> Result<(), SpecError> {
+    match process.args() {
+        Some(args) if !args.is_empty() && !args[0].is_empty() => Ok(()),
+        _ => Err(SpecError::Malformed("process.args is empty".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_json(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut v = serde_json::to_value(Spec::default()).unwrap();
+        edit(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn default_spec_gets_a_cgroup_path() {
+        let spec = parse_spec(&spec_json(|_| {}), "/pulse/c1").unwrap();
+        assert_eq!(
+            spec.linux().as_ref().unwrap().cgroups_path().as_deref(),
+            Some(Path::new("/pulse/c1"))
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_with_reasons() {
+        let err = parse_spec(b"{not json", "/x").unwrap_err();
+        assert!(err.to_string().starts_with("not a valid OCI runtime spec"));
+        let err = parse_spec(&spec_json(|v| v["ociVersion"] = "2.0.0".into()), "/x").unwrap_err();
+        assert!(err.to_string().contains("version \"2.0.0\""), "{err}");
+        let err = parse_spec(
+            &spec_json(|v| v["process"]["args"] = serde_json::json!([])),
+            "/x",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("process.args is empty"), "{err}");
+        let err = parse_spec(
+            &spec_json(|v| {
+                v.as_object_mut().unwrap().remove("linux");
+            }),
+            "/x",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no linux section"), "{err}");
+    }
+
+    #[test]
+    fn ids() {
+        assert!(check_id("container", "web-1_a.b+c").is_ok());
+        assert!(check_id("container", "").is_err());
+        assert!(check_id("container", "../etc").is_err());
+        assert!(check_id("exec", &"x".repeat(MAX_ID_LEN + 1)).is_err());
+    }
+}

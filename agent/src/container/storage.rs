@@ -1,0 +1,181 @@
+//! Filesystems the agent mounts for a container before creating it: block
+//! devices found by their serial, guest paths, tmpfs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use pulse_protocols::containers::{Storage, StorageSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage: {0}")]
+    Invalid(String),
+    #[error("no block device with serial {0:?} (looked in {1}/block/*/serial)")]
+    NoSuchSerial(String, String),
+    #[error("mounting {source_desc} on {target}: {err}")]
+    Mount {
+        source_desc: String,
+        target: PathBuf,
+        err: nix::Error,
+    },
+    #[error("creating mount point {0}: {1}")]
+    MountPoint(PathBuf, #[source] std::io::Error),
+}
+
+/// A mount made for a container, undone when the container is removed.
+#[derive(Debug)]
+pub struct MountedStorage {
+    pub target: PathBuf,
+}
+
+impl MountedStorage {
+    pub fn unmount(&self) {
+        if let Err(e) = umount2(&self.target, MntFlags::MNT_DETACH) {
+            tracing::warn!("unmounting {}: {e}", self.target.display());
+        }
+    }
+}
+
+/// Finds `/dev/<name>` for the block device whose `serial` attribute is `serial`.
+pub fn find_block_by_serial(sys: &Path, serial: &str) -> Result<PathBuf, StorageError> {
+    let not_found = || StorageError::NoSuchSerial(serial.to_string(), sys.display().to_string());
+    let entries = fs::read_dir(sys.join("block")).map_err(|_| not_found())?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .find(|name| {
+            fs::read_to_string(sys.join("block").join(name).join("serial"))
+                .is_ok_and(|s| s.trim() == serial)
+        })
+        .map(|name| PathBuf::from("/dev").join(name))
+        .ok_or_else(not_found)
+}
+
+/// Splits mount options into flags and the filesystem's data string.
+pub fn parse_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for opt in options {
+        match opt.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => flags &= !MsFlags::MS_RDONLY,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "bind" | "rbind" | "defaults" => {}
+            other => data.push(other.to_string()),
+        }
+    }
+    (flags, data.join(","))
+}
+
+/// Mounts one storage; relative targets are taken under `bundle`.
+pub fn mount_storage(
+    storage: &Storage,
+    bundle: &Path,
+    sys: &Path,
+) -> Result<MountedStorage, StorageError> {
+    if storage.target.is_empty() {
+        return Err(StorageError::Invalid("target is empty".into()));
+    }
+    let target = bundle.join(&storage.target);
+    if !target.starts_with(bundle) && Path::new(&storage.target).is_relative() {
+        return Err(StorageError::Invalid(format!(
+            "relative target {:?} leaves the bundle",
+            storage.target
+        )));
+    }
+    if storage.target.split('/').any(|c| c == "..") {
+        return Err(StorageError::Invalid(format!(
+            "target {:?} contains ..",
+            storage.target
+        )));
+    }
+    let (flags, data) = parse_options(&storage.options);
+    let source_kind = storage
+        .source
+        .enum_value()
+        .map_err(|v| StorageError::Invalid(format!("unknown source {v}")))?;
+    let (source, fstype, flags): (PathBuf, Option<&str>, MsFlags) = match source_kind {
+        StorageSource::STORAGE_SOURCE_BLOCK_SERIAL => {
+            if storage.fs_type.is_empty() {
+                return Err(StorageError::Invalid(
+                    "a block device storage needs fs_type".into(),
+                ));
+            }
+            (
+                find_block_by_serial(sys, &storage.locator)?,
+                Some(storage.fs_type.as_str()),
+                flags,
+            )
+        }
+        StorageSource::STORAGE_SOURCE_GUEST_PATH => {
+            let path = PathBuf::from(&storage.locator);
+            if !path.is_absolute() || !path.exists() {
+                return Err(StorageError::Invalid(format!(
+                    "guest path {:?} does not exist",
+                    storage.locator
+                )));
+            }
+            (path, None, flags | MsFlags::MS_BIND | MsFlags::MS_REC)
+        }
+        StorageSource::STORAGE_SOURCE_TMPFS => (PathBuf::from("tmpfs"), Some("tmpfs"), flags),
+        StorageSource::STORAGE_SOURCE_UNSPECIFIED => {
+            return Err(StorageError::Invalid("source is unspecified".into()))
+        }
+    };
+    fs::create_dir_all(&target).map_err(|e| StorageError::MountPoint(target.clone(), e))?;
+    let data = (!data.is_empty()).then_some(data.as_str());
+    let mount_err = |err| StorageError::Mount {
+        source_desc: source.display().to_string(),
+        target: target.clone(),
+        err,
+    };
+    mount(Some(source.as_path()), &target, fstype, flags, data).map_err(mount_err)?;
+    // A bind mount ignores MS_RDONLY until it is remounted.
+    if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
+        let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(e) = mount(None::<&str>, &target, None::<&str>, remount, None::<&str>) {
+            let _ = umount2(&target, MntFlags::MNT_DETACH);
+            return Err(mount_err(e));
+        }
+    }
+    Ok(MountedStorage { target })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_lookup_in_fixture_tree() {
+        let sys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/msi-guest/sys");
+        assert_eq!(
+            find_block_by_serial(&sys, "pulse-rootfs-0").unwrap(),
+            Path::new("/dev/vda")
+        );
+        let err = find_block_by_serial(&sys, "nope").unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("no block device with serial \"nope\""));
+    }
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let opts: Vec<String> = ["ro", "nosuid", "size=64m", "mode=0755"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (flags, data) = parse_options(&opts);
+        assert!(flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
+        assert_eq!(data, "size=64m,mode=0755");
+    }
+}

@@ -1,0 +1,157 @@
+//! PID 1 duties: the guest's filesystems, stdio, hostname, power-off.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::sys::reboot::{reboot, RebootMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("mounting {fstype} on {target}: {err}")]
+    Mount {
+        fstype: &'static str,
+        target: &'static str,
+        err: Errno,
+    },
+    #[error("creating {0}: {1}")]
+    Dir(&'static str, #[source] std::io::Error),
+}
+
+/// What a PID 1 mounts, in order: (fstype, target, flags, data).
+const MOUNTS: &[(&str, &str, MsFlags, &str)] = &[
+    (
+        "proc",
+        "/proc",
+        MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        "",
+    ),
+    (
+        "sysfs",
+        "/sys",
+        MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        "",
+    ),
+    ("devtmpfs", "/dev", MsFlags::MS_NOSUID, "mode=0755"),
+    (
+        "devpts",
+        "/dev/pts",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        "newinstance,ptmxmode=0666,mode=0620",
+    ),
+    (
+        "tmpfs",
+        "/dev/shm",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        "mode=1777",
+    ),
+    (
+        "tmpfs",
+        "/run",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        "mode=0755",
+    ),
+    (
+        "cgroup2",
+        "/sys/fs/cgroup",
+        MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        "",
+    ),
+];
+
+/// Controllers handed down to the containers' cgroups.
+const CONTROLLERS: &[&str] = &["cpuset", "cpu", "io", "memory", "pids", "hugetlb"];
+
+/// Mounts the guest's filesystems (already-mounted ones are kept), makes
+/// sure fds 0-2 are open, and enables the cgroup controllers.
+pub fn setup_guest() -> Result<(), InitError> {
+    for (fstype, target, flags, data) in MOUNTS {
+        fs::create_dir_all(target).map_err(|e| InitError::Dir(target, e))?;
+        let data = (!data.is_empty()).then_some(*data);
+        match mount(Some(*fstype), *target, Some(*fstype), *flags, data) {
+            Ok(()) | Err(Errno::EBUSY) => {}
+            Err(err) => {
+                return Err(InitError::Mount {
+                    fstype,
+                    target,
+                    err,
+                })
+            }
+        }
+    }
+    let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    ensure_stdio();
+    enable_controllers(Path::new("/sys/fs/cgroup"));
+    Ok(())
+}
+
+/// Points any closed fd among 0-2 at /dev/console or /dev/null:
+/// libcontainer and std assume they are open.
+fn ensure_stdio() {
+    for fd in 0..=2 {
+        if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok() {
+            continue;
+        }
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/console")
+            .or_else(|_| {
+                fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+            });
+        if let Ok(file) = file {
+            if file.as_raw_fd() != fd {
+                // SAFETY: dup2 onto a closed standard fd; `file` stays owned and is closed on drop.
+                unsafe { libc::dup2(file.as_raw_fd(), fd) };
+            } else {
+                std::mem::forget(file);
+            }
+        }
+    }
+}
+
+/// Enables each available controller for the root's children (one write
+/// each: an unavailable controller must not stop the others).
+pub fn enable_controllers(root: &Path) {
+    let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    for c in CONTROLLERS {
+        if available.split_whitespace().any(|a| a == *c) {
+            if let Err(e) = fs::write(root.join("cgroup.subtree_control"), format!("+{c}")) {
+                tracing::warn!("enabling cgroup controller {c}: {e}");
+            }
+        }
+    }
+}
+
+/// What to do with the guest once the sandbox is destroyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShutdownAction {
+    /// Power off (ACPI or the VMM's own exit path).
+    Poweroff,
+    /// Reboot; with `reboot=t` and a VMM that exits on reset, this ends the VM.
+    Reboot,
+}
+
+/// Ends the guest. Only returns on failure.
+pub fn shutdown(action: ShutdownAction) -> Errno {
+    nix::unistd::sync();
+    let mode = match action {
+        ShutdownAction::Poweroff => RebootMode::RB_POWER_OFF,
+        ShutdownAction::Reboot => RebootMode::RB_AUTOBOOT,
+    };
+    match reboot(mode) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}

@@ -1,0 +1,82 @@
+//! `pulse-ctl agent ...`: read-only queries to a guest agent.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use protobuf::MessageFull;
+use pulse_protocols::{devices, devices_ttrpc, health, health_ttrpc, sandbox, sandbox_ttrpc};
+use ttrpc::context;
+use ttrpc::r#async::Client;
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The agent's address: unix:///PATH, or vsock://CID:PORT.
+    #[arg(long, global = true, default_value = "unix:///run/pulse-agent.sock")]
+    addr: String,
+    /// Seconds to wait for an answer.
+    #[arg(long, global = true, default_value_t = 10)]
+    timeout: u64,
+    #[command(subcommand)]
+    query: Query,
+}
+
+#[derive(Subcommand, Debug)]
+enum Query {
+    /// The virtio device and interrupt report.
+    Report,
+    /// Liveness: serving state, uptime, container count.
+    Health,
+    /// Agent and API version.
+    Version,
+    /// Kernel, memory, CPUs and cgroups of the guest.
+    Details,
+}
+
+pub async fn run(args: AgentArgs) -> Result<()> {
+    let client = Client::connect(&args.addr)
+        .await
+        .with_context(|| format!("connecting to the agent at {}", args.addr))?;
+    let ctx = || context::with_timeout(Duration::from_secs(args.timeout).as_nanos() as i64);
+    let json = match args.query {
+        Query::Report => to_json(
+            &devices_ttrpc::DevicesClient::new(client)
+                .get_device_report(ctx(), &devices::DeviceReportRequest::new())
+                .await
+                .context("GetDeviceReport")?,
+        )?,
+        Query::Health => to_json(
+            &health_ttrpc::HealthClient::new(client)
+                .check(ctx(), &health::CheckRequest::new())
+                .await
+                .context("Health.Check")?,
+        )?,
+        Query::Version => to_json(
+            &health_ttrpc::HealthClient::new(client)
+                .version(ctx(), &health::VersionRequest::new())
+                .await
+                .context("Health.Version")?,
+        )?,
+        Query::Details => to_json(
+            &sandbox_ttrpc::SandboxClient::new(client)
+                .get_guest_details(ctx(), &sandbox::GuestDetailsRequest::new())
+                .await
+                .context("Sandbox.GetGuestDetails")?,
+        )?,
+    };
+    println!("{json}");
+    Ok(())
+}
+
+/// The message in protobuf's JSON mapping (every field, enums by name),
+/// pretty-printed.
+fn to_json<M: MessageFull>(message: &M) -> Result<String> {
+    let options = protobuf_json_mapping::PrintOptions {
+        always_output_default_values: true,
+        ..Default::default()
+    };
+    let compact = protobuf_json_mapping::print_to_string_with_options(message, &options)
+        .context("encoding the answer as JSON")?;
+    let value: serde_json::Value = serde_json::from_str(&compact)?;
+    Ok(serde_json::to_string_pretty(&value)?)
+}
