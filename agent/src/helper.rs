@@ -10,7 +10,7 @@
 //! container's processes are cloned as siblings of the helper, so they are
 //! children of the agent, which reaps them.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -145,8 +145,11 @@ fn exchange(mut sock: UnixStream, request: &HelperRequest) -> Result<HelperRespo
     sock.write_all(&body).map_err(HelperError::Io)?;
     sock.shutdown(std::net::Shutdown::Write)
         .map_err(HelperError::Io)?;
+    // One line: the container's processes inherit the helper's end of the
+    // socket, so no end-of-file arrives while they live.
     let mut reply = Vec::new();
-    sock.read_to_end(&mut reply)
+    std::io::BufReader::new(sock)
+        .read_until(b'\n', &mut reply)
         .map_err(|e| HelperError::NoAnswer(e.to_string()))?;
     serde_json::from_slice(&reply).map_err(|e| {
         HelperError::NoAnswer(format!(
@@ -174,7 +177,8 @@ pub fn helper_main() -> i32 {
             Ok(request) => crate::runtime::execute(request),
         },
     };
-    let reply = serde_json::to_vec(&response).unwrap_or_default();
+    let mut reply = serde_json::to_vec(&response).unwrap_or_default();
+    reply.push(b'\n');
     match control.write_all(&reply) {
         Ok(()) => 0,
         Err(_) => 1,

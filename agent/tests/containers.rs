@@ -1,0 +1,551 @@
+//! The agent's container API end to end: a pulse-agent on a unix socket,
+//! busybox containers, as root on this machine.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ctx, status_of, TestAgent};
+use oci_spec::runtime::UserBuilder;
+use pulse_protocols::containers::*;
+use pulse_protocols::health::CheckRequest;
+use pulse_protocols::sandbox::DestroySandboxRequest;
+use ttrpc::Code;
+
+#[tokio::test]
+async fn create_start_output_and_exit_code() {
+    let agent = TestAgent::start().await;
+    let id = "c1";
+    let rootfs = agent.rootfs("rootfs");
+    let spec = agent.spec(&rootfs, &["sh", "-c", "echo hello; echo oops >&2; exit 3"]);
+    let pid = agent.create(id, &spec).await.expect("create");
+    assert!(pid > 0);
+    let started = agent.start_container(id).await.expect("start");
+    assert_eq!(started, pid);
+    assert_eq!(agent.read_all(id, "", false).await, "hello\n");
+    assert_eq!(agent.read_all(id, "", true).await, "oops\n");
+    let status = agent.wait(id, "").await;
+    assert_eq!((status.exit_status, status.signal, status.pid), (3, 0, pid));
+    // A second start of a finished container is refused.
+    let (code, msg) = status_of(agent.start_container(id).await.unwrap_err());
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
+    agent.remove(id, false).await.expect("remove");
+    let (code, _) = status_of(agent.wait_err(id).await);
+    assert_eq!(code, Code::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn spec_environment_cwd_and_user() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    let mut spec = agent.spec(
+        &rootfs,
+        &["sh", "-c", "echo $GREETING; pwd; id -u; id -g; hostname"],
+    );
+    let mut process = spec.process().clone().unwrap();
+    process.set_env(Some(vec![
+        "PATH=/bin".to_string(),
+        "GREETING=hi there".to_string(),
+    ]));
+    process.set_cwd("/home/user".into());
+    process.set_user(
+        UserBuilder::default()
+            .uid(1000u32)
+            .gid(1000u32)
+            .build()
+            .unwrap(),
+    );
+    spec.set_process(Some(process));
+    spec.set_hostname(Some("box".to_string()));
+    agent.create("env", &spec).await.expect("create");
+    agent.start_container("env").await.expect("start");
+    assert_eq!(
+        agent.read_all("env", "", false).await,
+        "hi there\n/home/user\n1000\n1000\nbox\n"
+    );
+    assert_eq!(agent.wait("env", "").await.exit_status, 0);
+}
+
+#[tokio::test]
+async fn exec_while_running_then_kill() {
+    let agent = TestAgent::start().await;
+    let id = "runner";
+    let pid = agent.run(id, &["sleep", "1000"]).await;
+
+    agent
+        .exec(
+            id,
+            "e1",
+            &["sh", "-c", "echo from-exec; echo $$ >&2; exit 5"],
+            false,
+        )
+        .await
+        .expect("exec");
+    assert_eq!(agent.read_all(id, "e1", false).await, "from-exec\n");
+    // In the container's pid namespace the exec'd shell is not pid 1.
+    let inner_pid: u32 = agent.read_all(id, "e1", true).await.trim().parse().unwrap();
+    assert!(inner_pid > 1);
+    assert_eq!(agent.wait(id, "e1").await.exit_status, 5);
+
+    let listed = agent
+        .containers
+        .list_processes(
+            ctx(),
+            &ListProcessesRequest {
+                container_id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        listed
+            .processes
+            .iter()
+            .any(|p| p.pid == pid && p.command == "sleep"),
+        "{listed:?}"
+    );
+    let listed = agent
+        .containers
+        .list_containers(ctx(), &ListContainersRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.containers[0].status, "running");
+    assert_eq!(listed.containers[0].exec_ids, vec!["e1".to_string()]);
+
+    // A second exec with the same id is refused.
+    let (code, _) = status_of(agent.exec(id, "e1", &["true"], false).await.unwrap_err());
+    assert_eq!(code, Code::ALREADY_EXISTS);
+
+    agent.signal(id, "", libc::SIGKILL).await.expect("kill");
+    let status = agent.wait(id, "").await;
+    assert_eq!((status.exit_status, status.signal), (137, 9));
+    // Signalling a process that already ended is not an error.
+    agent
+        .signal(id, "", libc::SIGKILL)
+        .await
+        .expect("kill again");
+    let (code, msg) = status_of(agent.exec(id, "e2", &["true"], false).await.unwrap_err());
+    assert_eq!(code, Code::FAILED_PRECONDITION, "{msg}");
+    agent.remove(id, false).await.expect("remove");
+}
+
+#[tokio::test]
+async fn signal_is_delivered_to_a_handler() {
+    let agent = TestAgent::start().await;
+    let id = "trap";
+    agent
+        .run(
+            id,
+            &[
+                "sh",
+                "-c",
+                "trap 'echo got TERM; exit 42' TERM; echo ready; while true; do sleep 0.1; done",
+            ],
+        )
+        .await;
+    assert!(agent.read_until(id, "", "ready").await.contains("ready"));
+    agent.signal(id, "", libc::SIGTERM).await.expect("signal");
+    assert!(agent.read_all(id, "", false).await.contains("got TERM"));
+    assert_eq!(agent.wait(id, "").await.exit_status, 42);
+}
+
+#[tokio::test]
+async fn terminal_mode() {
+    let agent = TestAgent::start().await;
+    let id = "tty";
+    let rootfs = agent.rootfs("rootfs");
+    let mut spec = agent.spec(&rootfs, &["sh"]);
+    let mut process = spec.process().clone().unwrap();
+    process.set_terminal(Some(true));
+    spec.set_process(Some(process));
+    agent.create(id, &spec).await.expect("create");
+    agent.start_container(id).await.expect("start");
+    let resize = ResizeTerminalRequest {
+        container_id: id.into(),
+        rows: 40,
+        columns: 100,
+        ..Default::default()
+    };
+    agent
+        .containers
+        .resize_terminal(ctx(), &resize)
+        .await
+        .expect("resize");
+    agent
+        .write_stdin(id, "", b"tty; stty size; exit 7\n")
+        .await
+        .expect("stdin");
+    let out = agent.read_all(id, "", false).await;
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    assert!(out.contains("40 100"), "{out:?}");
+    assert_eq!(agent.wait(id, "").await.exit_status, 7);
+    // A terminal merges stderr into stdout.
+    assert_eq!(agent.read_all(id, "", true).await, "");
+
+    // Resizing a process without a terminal is refused.
+    agent.run("plain", &["true"]).await;
+    let resize = ResizeTerminalRequest {
+        container_id: "plain".into(),
+        rows: 1,
+        columns: 1,
+        ..Default::default()
+    };
+    let err = agent
+        .containers
+        .resize_terminal(ctx(), &resize)
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(err).0, Code::FAILED_PRECONDITION);
+}
+
+#[tokio::test]
+async fn exec_with_a_terminal() {
+    let agent = TestAgent::start().await;
+    let id = "host";
+    agent.run(id, &["sleep", "1000"]).await;
+    agent
+        .exec(id, "t", &["sh", "-c", "tty"], true)
+        .await
+        .expect("exec");
+    let out = agent.read_all(id, "t", false).await;
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    assert_eq!(agent.wait(id, "t").await.exit_status, 0);
+    agent.remove(id, true).await.expect("forced remove");
+}
+
+#[tokio::test]
+async fn stdin_is_passed_and_closed() {
+    let agent = TestAgent::start().await;
+    let id = "cat";
+    agent.run(id, &["cat"]).await;
+    assert_eq!(agent.write_stdin(id, "", b"line1\n").await.unwrap(), 6);
+    agent.write_stdin(id, "", b"line2\n").await.unwrap();
+    agent.close_stdin(id, "").await.expect("close");
+    assert_eq!(agent.read_all(id, "", false).await, "line1\nline2\n");
+    assert_eq!(agent.wait(id, "").await.exit_status, 0);
+    let (code, _) = status_of(agent.write_stdin(id, "", b"late").await.unwrap_err());
+    assert_eq!(code, Code::FAILED_PRECONDITION);
+}
+
+#[tokio::test]
+async fn two_containers_at_once() {
+    let agent = TestAgent::start().await;
+    let (a, b) = tokio::join!(
+        agent.run("a", &["sh", "-c", "sleep 0.3; echo A"]),
+        agent.run("b", &["sh", "-c", "echo B"])
+    );
+    assert_ne!(a, b);
+    let (out_a, out_b) = tokio::join!(
+        agent.read_all("a", "", false),
+        agent.read_all("b", "", false)
+    );
+    assert_eq!((out_a.as_str(), out_b.as_str()), ("A\n", "B\n"));
+    let (wa, wb) = tokio::join!(agent.wait("a", ""), agent.wait("b", ""));
+    assert_eq!((wa.exit_status, wb.exit_status), (0, 0));
+    let listed = agent
+        .containers
+        .list_containers(ctx(), &ListContainersRequest::default())
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed
+        .containers
+        .iter()
+        .map(|c| c.container_id.as_str())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn pause_resume_stats_and_update() {
+    let agent = TestAgent::start().await;
+    let id = "p";
+    agent.run(id, &["sleep", "1000"]).await;
+    let req = PauseContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    agent
+        .containers
+        .pause_container(ctx(), &req)
+        .await
+        .expect("pause");
+    let listed = agent
+        .containers
+        .list_containers(ctx(), &ListContainersRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.containers[0].status, "paused");
+    let err = agent
+        .containers
+        .pause_container(ctx(), &req)
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(err).0, Code::FAILED_PRECONDITION);
+    let req = ResumeContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    agent
+        .containers
+        .resume_container(ctx(), &req)
+        .await
+        .expect("resume");
+
+    let limit: u64 = 64 * 1024 * 1024;
+    let update = UpdateContainerRequest {
+        container_id: id.into(),
+        oci_resources_json: serde_json::to_vec(&serde_json::json!({
+            "memory": {"limit": limit},
+            "pids": {"limit": 32}
+        }))
+        .unwrap(),
+        ..Default::default()
+    };
+    agent
+        .containers
+        .update_container(ctx(), &update)
+        .await
+        .expect("update");
+    let stats = agent
+        .containers
+        .container_stats(
+            ctx(),
+            &ContainerStatsRequest {
+                container_id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("stats");
+    assert_eq!(stats.memory_limit_bytes, limit);
+    assert!(stats.memory_usage_bytes > 0, "{stats:?}");
+    assert_eq!(stats.pids_current, 1, "{stats:?}");
+    assert_eq!(stats.pids_limit, 32, "{stats:?}");
+
+    let bad = UpdateContainerRequest {
+        container_id: id.into(),
+        oci_resources_json: b"[1,2]".to_vec(),
+        ..Default::default()
+    };
+    let err = agent
+        .containers
+        .update_container(ctx(), &bad)
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(err).0, Code::INVALID_ARGUMENT);
+    // Removing a running container needs force.
+    let (code, _) = status_of(agent.remove(id, false).await.unwrap_err());
+    assert_eq!(code, Code::FAILED_PRECONDITION);
+    agent.remove(id, true).await.expect("forced remove");
+}
+
+#[tokio::test]
+async fn rootfs_from_storages() {
+    let agent = TestAgent::start().await;
+    let image = agent.rootfs("image");
+    std::fs::create_dir(image.join("scratch")).unwrap();
+    let rootfs = agent.dir().join("unused");
+    let mut spec = agent.spec(
+        &rootfs,
+        &[
+            "sh",
+            "-c",
+            "ls /bin/busybox; ls /scratch; df /scratch | tail -1",
+        ],
+    );
+    spec.set_root(Some(
+        oci_spec::runtime::RootBuilder::default()
+            .path("rootfs")
+            .readonly(false)
+            .build()
+            .unwrap(),
+    ));
+    let storages = vec![
+        Storage {
+            source: StorageSource::STORAGE_SOURCE_GUEST_PATH.into(),
+            locator: image.display().to_string(),
+            options: vec!["ro".into()],
+            target: "rootfs".into(),
+            ..Default::default()
+        },
+        Storage {
+            source: StorageSource::STORAGE_SOURCE_TMPFS.into(),
+            options: vec!["size=1m".into()],
+            target: "rootfs/scratch".into(),
+            ..Default::default()
+        },
+    ];
+    agent
+        .create_with("st", serde_json::to_vec(&spec).unwrap(), storages)
+        .await
+        .expect("create with storages");
+    agent.start_container("st").await.unwrap();
+    let out = agent.read_all("st", "", false).await;
+    assert!(out.starts_with("/bin/busybox\n"), "{out:?}");
+    assert!(out.contains("tmpfs"), "{out:?}");
+    assert_eq!(agent.wait("st", "").await.exit_status, 0);
+    agent.remove("st", false).await.unwrap();
+    // The storages are unmounted with the container.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&agent.dir().display().to_string()),
+        "{mounts}"
+    );
+
+    let missing = Storage {
+        source: StorageSource::STORAGE_SOURCE_BLOCK_SERIAL.into(),
+        locator: "no-such-serial".into(),
+        fs_type: "ext4".into(),
+        target: "rootfs".into(),
+        ..Default::default()
+    };
+    let err = agent
+        .create_with("st2", serde_json::to_vec(&spec).unwrap(), vec![missing])
+        .await
+        .unwrap_err();
+    let (code, msg) = status_of(err);
+    assert_eq!(code, Code::NOT_FOUND);
+    assert!(msg.contains("no-such-serial"), "{msg}");
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    // A container that keeps running through all of it.
+    agent.run("survivor", &["sleep", "1000"]).await;
+
+    // Unknown container and exec ids.
+    let (code, msg) = status_of(agent.start_container("ghost").await.unwrap_err());
+    assert_eq!(code, Code::NOT_FOUND);
+    assert_eq!(msg, "container \"ghost\" not found");
+    let (code, _) = status_of(agent.signal("ghost", "", 9).await.unwrap_err());
+    assert_eq!(code, Code::NOT_FOUND);
+    let (code, _) = status_of(agent.remove("ghost", true).await.unwrap_err());
+    assert_eq!(code, Code::NOT_FOUND);
+    let (code, msg) = status_of(agent.signal("survivor", "nope", 9).await.unwrap_err());
+    assert_eq!(code, Code::NOT_FOUND);
+    assert_eq!(msg, "exec \"nope\" not found in container \"survivor\"");
+    let (code, _) = status_of(
+        agent
+            .exec("ghost", "x", &["true"], false)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::NOT_FOUND);
+
+    // Malformed and unsupported specs.
+    let (code, msg) = status_of(
+        agent
+            .create_with("m", b"{nope".to_vec(), vec![])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(msg.starts_with("not a valid OCI runtime spec"), "{msg}");
+    let mut spec = agent.spec(&rootfs, &["true"]);
+    spec.set_version("2.0.0".into());
+    let (code, msg) = status_of(agent.create("u", &spec).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(
+        msg.contains("unsupported OCI spec") && msg.contains("2.0.0"),
+        "{msg}"
+    );
+    let (code, msg) = status_of(
+        agent
+            .create_with("bad/id", b"{}".to_vec(), vec![])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(msg.contains("contains '/'"), "{msg}");
+
+    // A rootfs that does not exist.
+    let spec = agent.spec(&agent.dir().join("no-rootfs"), &["true"]);
+    let (code, msg) = status_of(agent.create("r", &spec).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(
+        msg.contains("no-rootfs") && msg.contains("does not exist"),
+        "{msg}"
+    );
+
+    // A command that is not found.
+    let spec = agent.spec(&rootfs, &["/bin/no-such-command"]);
+    let (_, msg) = status_of(agent.create("nf", &spec).await.unwrap_err());
+    assert!(msg.contains("no-such-command"), "{msg}");
+    let (_, msg) = status_of(
+        agent
+            .exec("survivor", "nf", &["no-such-command"], false)
+            .await
+            .unwrap_err(),
+    );
+    assert!(msg.contains("no-such-command"), "{msg}");
+
+    // A second create with the same id.
+    let spec = agent.spec(&rootfs, &["true"]);
+    let (code, msg) = status_of(agent.create("survivor", &spec).await.unwrap_err());
+    assert_eq!(code, Code::ALREADY_EXISTS);
+    assert_eq!(msg, "container \"survivor\" already exists");
+
+    // A huge read request.
+    let req = ReadOutputRequest {
+        container_id: "survivor".into(),
+        max_bytes: u32::MAX,
+        ..Default::default()
+    };
+    let (code, msg) = status_of(agent.containers.read_stdout(ctx(), &req).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(
+        msg.contains("max_bytes must be between 1 and 1048576"),
+        "{msg}"
+    );
+    // A signal number that is not one.
+    let (code, _) = status_of(agent.signal("survivor", "", 1000).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+
+    // Failed creates left nothing behind, and the agent still serves.
+    let listed = agent
+        .containers
+        .list_containers(ctx(), &ListContainersRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.containers.len(), 1);
+    assert_eq!(listed.containers[0].status, "running");
+    agent
+        .health
+        .check(ctx(), &CheckRequest::default())
+        .await
+        .expect("health");
+    agent.run("after", &["echo", "still here"]).await;
+    assert_eq!(agent.read_all("after", "", false).await, "still here\n");
+    agent
+        .exec("survivor", "ok", &["true"], false)
+        .await
+        .expect("exec still works");
+    assert_eq!(agent.wait("survivor", "ok").await.exit_status, 0);
+}
+
+#[tokio::test]
+async fn destroy_sandbox_removes_every_container() {
+    let agent = TestAgent::start().await;
+    agent.run("one", &["sleep", "1000"]).await;
+    agent.run("two", &["sleep", "1000"]).await;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(60),
+        agent
+            .sandbox
+            .destroy_sandbox(ctx(), &DestroySandboxRequest::default()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resp.removed_containers, 2);
+    assert!(!resp.powering_off, "not PID 1 here");
+    let listed = agent
+        .containers
+        .list_containers(ctx(), &ListContainersRequest::default())
+        .await
+        .unwrap();
+    assert!(listed.containers.is_empty());
+}
