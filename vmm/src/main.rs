@@ -1,1 +1,344 @@
-fn main() {}
+//! `pulse-vmm`: boot a microVM from the command line (`run`), or self-test with the embedded
+//! probe guest (`probe`). Errors print one line and exit with status 2.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use pulse_vmm::probe::{self, ProbeOptions, ProbeReport};
+use pulse_vmm::{BootProtocol, Vm, VmConfigFile, VmHandle};
+
+#[derive(Parser)]
+#[command(name = "pulse-vmm", version, about = "Pulse's KVM microVM monitor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a kernel and run until the guest stops.
+    Run(RunArgs),
+    /// Boot the embedded probe guest and report what it found.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML file with the same settings; command-line flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Kernel: ELF vmlinux (64-bit or PVH entry) or bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    vcpus: Option<u64>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Serial output: stdio, file:PATH or none.
+    #[arg(long)]
+    serial: Option<String>,
+    /// Boot protocol: auto, linux64 or pvh.
+    #[arg(long)]
+    boot: Option<String>,
+    /// virtio-blk disk, repeatable: PATH or path=PATH[,queues=N][,queue_size=N][,ro][,serial=ID].
+    #[arg(long = "block")]
+    block: Vec<pulse_vmm::config::BlockConfigFile>,
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 64)]
+    memory_mib: u64,
+    /// Boot protocol: auto, linux64 or pvh.
+    #[arg(long, default_value = "auto")]
+    boot: String,
+    /// Add a virtio-blk device with this many queues (on a temporary disk).
+    #[arg(long)]
+    blk_queues: Option<u16>,
+    /// Interrupt mode of the guest's virtio driver: msi or legacy.
+    #[arg(long, default_value = "msi")]
+    irq: String,
+    /// Block requests per queue (half writes, half verifying reads).
+    #[arg(long, default_value_t = 32)]
+    requests: u32,
+    /// Extra guest command-line word (repeatable), e.g. probe.selftest=fail.
+    #[arg(long = "guest-arg")]
+    guest_args: Vec<String>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Copy the guest's serial output to stderr.
+    #[arg(long)]
+    serial_echo: bool,
+    /// Stop the guest after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_s: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PULSE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Probe(args) => probe_command(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pulse-vmm: error: {}", one_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The error chain as one line; a cause already spelled out by its parent is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let file = match &args.config {
+        Some(path) => VmConfigFile::load(path)?,
+        None => VmConfigFile::default(),
+    };
+    let flags = VmConfigFile {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        serial: args.serial,
+        boot_protocol: args.boot,
+        block: args.block,
+    };
+    let config = file.merged_with(flags).into_vm_config()?;
+    let signals = SignalWatcher::block()?;
+    let mut vm = Vm::start(&config).context("cannot start the VM")?;
+    let watcher = signals.watch(vm.handle());
+    let exit = vm.wait(None);
+    watcher.finish();
+    tracing::info!(%exit, "VM stopped");
+    if let pulse_vmm::VmExit::Crashed(why) = &exit {
+        eprintln!("pulse-vmm: guest stopped: {why}");
+    }
+    Ok(ExitCode::from(exit.exit_status().clamp(0, 255) as u8))
+}
+
+fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
+    let vcpus = u8::try_from(args.vcpus)
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| anyhow::anyhow!("vcpus must be between 1 and 254, got {}", args.vcpus))?;
+    let boot_protocol: BootProtocol = args.boot.parse().map_err(anyhow::Error::msg)?;
+    let options = ProbeOptions {
+        blk_queues: args.blk_queues,
+        irq: args.irq.parse().map_err(anyhow::Error::msg)?,
+        requests: args.requests,
+        vcpus,
+        memory_mib: args.memory_mib,
+        boot_protocol,
+        extra_cmdline: args.guest_args,
+        echo_serial: args.serial_echo,
+        timeout: Duration::from_secs(args.timeout_s),
+    };
+    let report = probe::run(&options).context("cannot run the probe")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_report(r: &ProbeReport) {
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+    println!(
+        "probe {}: booted via {} on {}/{} vCPUs, boot timer at {}, VM ran {:.1} ms",
+        if r.ok { "OK" } else { "FAILED" },
+        r.boot_protocol,
+        r.vcpus,
+        r.vcpus_configured,
+        ms(r.boot_ms),
+        r.run_ms
+    );
+    println!("  exit:    {}", r.exit);
+    if let Some(guest) = &r.guest {
+        println!(
+            "  guest:   ok={} apic_ids={} errors={}",
+            guest["ok"], guest["apic_ids"], guest["errors"]
+        );
+    } else {
+        println!("  guest:   printed no result line");
+    }
+    println!(
+        "  exits:   {} port I/O, {} MMIO, {} to unclaimed addresses",
+        r.exits.pio_exits, r.exits.mmio_exits, r.exits.unhandled_accesses
+    );
+    println!(
+        "  memory:  VMM overhead {:.1} MiB (process RSS {:.1} MiB, guest pages {:.1} MiB)",
+        r.memory.overhead_kib as f64 / 1024.0,
+        r.memory.rss_kib as f64 / 1024.0,
+        r.memory.guest_resident_kib as f64 / 1024.0
+    );
+    if !r.kvm_exits.is_empty() {
+        let k = |name: &str| r.kvm_exits.get(name).copied().unwrap_or(0);
+        println!(
+            "  KVM:     {} exits ({} I/O, {} MMIO, {} halt, {} external interrupt)",
+            k("exits"),
+            k("io_exits"),
+            k("mmio_exits"),
+            k("halt_exits"),
+            k("irq_exits")
+        );
+    }
+    for d in &r.devices {
+        print_device(d);
+    }
+    for line in &r.serial {
+        println!("  serial:  {line}");
+    }
+}
+
+fn print_device(d: &probe::DeviceReport) {
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    println!();
+    println!(
+        "  {} at {}: {} queues, MSI {} (guest says {}), requests {}/{} completed, data errors {}",
+        d.device_type,
+        d.base,
+        d.queues,
+        if d.msi_enabled { "on" } else { "off" },
+        d.guest_msi
+            .map_or("-", |m| if m { "MSI" } else { "legacy" }),
+        d.requests_completed,
+        d.requests_asked,
+        opt(d.data_errors)
+    );
+    println!(
+        "    {:<7} {:<8} {:>5} {:>4} {:>8} {:>9}",
+        "vector", "role", "gsi", "cpu", "sent", "received"
+    );
+    for v in &d.vectors {
+        let role = match v.queue {
+            Some(q) => format!("queue {q}"),
+            None => v.role.to_string(),
+        };
+        println!(
+            "    {:<7} {:<8} {:>5} {:>4} {:>8} {:>9}",
+            v.index,
+            role,
+            v.gsi,
+            opt(v.cpu),
+            v.sent,
+            opt(v.received)
+        );
+    }
+    println!(
+        "    {:<7} {:<8} {:>5} {:>4} {:>8} {:>9}",
+        "legacy",
+        "line",
+        d.legacy.gsi,
+        "-",
+        d.legacy.sent,
+        opt(d.legacy.received)
+    );
+}
+
+/// SIGINT, SIGTERM and SIGHUP stop the VM cleanly: they are blocked in every thread and taken
+/// by one thread with sigwait(2).
+struct SignalWatcher {
+    set: libc::sigset_t,
+}
+
+struct RunningWatcher {
+    thread: std::thread::JoinHandle<()>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+impl SignalWatcher {
+    /// Blocks the stop signals in this thread, and so in every thread started after it.
+    fn block() -> Result<Self> {
+        // SAFETY: sigemptyset/sigaddset initialise the set we own; pthread_sigmask only changes
+        // this thread's mask.
+        let set = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in STOP_SIGNALS {
+                libc::sigaddset(&mut set, sig);
+            }
+            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            anyhow::ensure!(rc == 0, "pthread_sigmask failed: {rc}");
+            set
+        };
+        Ok(Self { set })
+    }
+
+    /// Starts the thread that turns a stop signal into a VM stop request.
+    fn watch(self, handle: VmHandle) -> RunningWatcher {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread_done = done.clone();
+        let set = self.set;
+        let thread = std::thread::spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is an initialised signal set and `sig` a valid out pointer.
+            let rc = unsafe { libc::sigwait(&set, &mut sig) };
+            if thread_done.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            if rc == 0 {
+                tracing::info!(signal = sig, "stopping the VM");
+                handle.request_stop();
+            }
+        });
+        RunningWatcher { thread, done }
+    }
+}
+
+impl RunningWatcher {
+    /// Ends the watcher thread.
+    fn finish(self) {
+        use std::os::unix::thread::JoinHandleExt;
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: the thread is alive until joined below; SIGTERM is blocked there and taken by
+        // its sigwait.
+        unsafe { libc::pthread_kill(self.thread.as_pthread_t(), libc::SIGTERM) };
+        let _ = self.thread.join();
+    }
+}

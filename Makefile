@@ -1,0 +1,41 @@
+# Pulse: a containerd shim v2 runtime that runs each pod in a KVM microVM.
+#   make demo   set up and run the main job
+#   make test   run every test (what .ci/run runs)
+#   make bench  print the benchmark tables
+
+CARGO ?= cargo
+RELEASE_DIR := target/release
+MUSL_DIR := target/x86_64-unknown-linux-musl/release
+
+.PHONY: all deps build agent demo test lint unit-tests bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --release --workspace
+
+# The guest agent as one static binary (it becomes the initramfs's /init).
+agent: deps
+	$(CARGO) build --release --target x86_64-unknown-linux-musl -p pulse-agent
+
+demo: build
+	@echo "== pulse-vmm probe: boot the embedded probe guest on 2 vCPUs =="
+	$(RELEASE_DIR)/pulse-vmm probe --vcpus 2
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit-tests: deps
+	$(CARGO) test --workspace
+
+test: lint unit-tests
+
+bench: build
+	$(CARGO) bench -p pulse-vmm --bench boot
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,229 @@
+//! A tiny JSON writer over `core::fmt::Write`: no allocation, output goes straight to the sink.
+//!
+//! ```text
+//! let mut o = Object::new(&mut sink);
+//! o.str("probe", "pulse-probe").u64("cpus", 2).u32_list("apic_ids", &[0, 1]);
+//! o.end();
+//! ```
+
+use core::fmt::{self, Write};
+
+/// Writes `s` as a JSON string literal, quotes included.
+pub fn write_str<W: Write + ?Sized>(w: &mut W, s: &str) -> fmt::Result {
+    w.write_char('"')?;
+    write_escaped(w, s)?;
+    w.write_char('"')
+}
+
+/// Writes `s` escaped for the inside of a JSON string literal (no quotes).
+pub fn write_escaped<W: Write + ?Sized>(w: &mut W, s: &str) -> fmt::Result {
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let esc: Option<&str> = match c {
+            '"' => Some("\\\""),
+            '\\' => Some("\\\\"),
+            '\n' => Some("\\n"),
+            '\r' => Some("\\r"),
+            '\t' => Some("\\t"),
+            _ => None,
+        };
+        let control = (c as u32) < 0x20 || c == '\u{7f}';
+        if esc.is_some() || control {
+            w.write_str(&s[start..i])?;
+            match esc {
+                Some(e) => w.write_str(e)?,
+                None => write!(w, "\\u{:04x}", c as u32)?,
+            }
+            start = i + c.len_utf8();
+        }
+    }
+    w.write_str(&s[start..])
+}
+
+/// One JSON object being written. Keys are written verbatim (they are literals in the
+/// probe); values are escaped. The first write error sticks and is returned by [`end`].
+///
+/// [`end`]: Object::end
+pub struct Object<'w, W: Write + ?Sized> {
+    w: &'w mut W,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl<'w, W: Write + ?Sized> Object<'w, W> {
+    /// Starts an object (writes `{`).
+    pub fn new(w: &'w mut W) -> Self {
+        let result = w.write_char('{');
+        Self {
+            w,
+            first: true,
+            result,
+        }
+    }
+
+    fn key(&mut self, k: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        let sep = if self.first { "" } else { "," };
+        self.first = false;
+        self.result = write!(self.w, "{sep}\"{k}\":");
+    }
+
+    fn value(&mut self, f: impl FnOnce(&mut W) -> fmt::Result) -> &mut Self {
+        if self.result.is_ok() {
+            self.result = f(self.w);
+        }
+        self
+    }
+
+    pub fn str(&mut self, k: &str, v: &str) -> &mut Self {
+        self.key(k);
+        self.value(|w| write_str(w, v))
+    }
+
+    pub fn u64(&mut self, k: &str, v: u64) -> &mut Self {
+        self.key(k);
+        self.value(|w| write!(w, "{v}"))
+    }
+
+    pub fn bool(&mut self, k: &str, v: bool) -> &mut Self {
+        self.key(k);
+        self.value(|w| w.write_str(if v { "true" } else { "false" }))
+    }
+
+    /// A number as a `"0x..."` string (addresses read better in hex; JSON has no hex).
+    pub fn hex(&mut self, k: &str, v: u64) -> &mut Self {
+        self.key(k);
+        self.value(|w| write!(w, "\"{v:#x}\""))
+    }
+
+    pub fn null(&mut self, k: &str) -> &mut Self {
+        self.key(k);
+        self.value(|w| w.write_str("null"))
+    }
+
+    pub fn u32_list(&mut self, k: &str, v: &[u32]) -> &mut Self {
+        self.key(k);
+        self.value(|w| {
+            w.write_char('[')?;
+            for (i, x) in v.iter().enumerate() {
+                if i > 0 {
+                    w.write_char(',')?;
+                }
+                write!(w, "{x}")?;
+            }
+            w.write_char(']')
+        })
+    }
+
+    pub fn str_list(&mut self, k: &str, v: &[&str]) -> &mut Self {
+        self.key(k);
+        self.value(|w| {
+            w.write_char('[')?;
+            for (i, x) in v.iter().enumerate() {
+                if i > 0 {
+                    w.write_char(',')?;
+                }
+                write_str(w, x)?;
+            }
+            w.write_char(']')
+        })
+    }
+
+    /// A string value produced by `core::fmt` (escaped on the way through).
+    pub fn fmt(&mut self, k: &str, args: fmt::Arguments<'_>) -> &mut Self {
+        self.key(k);
+        self.value(|w| {
+            w.write_char('"')?;
+            Escaper(w).write_fmt(args)?;
+            w.write_char('"')
+        })
+    }
+
+    /// A nested object under `k`; finish it with [`end`](Object::end) before writing on.
+    pub fn object(&mut self, k: &str) -> Object<'_, W> {
+        self.key(k);
+        let result = self.result.and_then(|_| self.w.write_char('{'));
+        Object {
+            w: &mut *self.w,
+            first: true,
+            result,
+        }
+    }
+
+    /// Closes the object (writes `}`).
+    pub fn end(&mut self) -> fmt::Result {
+        self.result = self.result.and_then(|_| self.w.write_char('}'));
+        self.result
+    }
+}
+
+/// Escapes everything written through it as the inside of a JSON string.
+struct Escaper<'a, W: Write + ?Sized>(&'a mut W);
+
+impl<W: Write + ?Sized> Write for Escaper<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write_escaped(self.0, s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::String;
+
+    fn esc(s: &str) -> String {
+        let mut out = String::new();
+        write_str(&mut out, s).unwrap();
+        out
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(esc(""), r#""""#);
+        assert_eq!(
+            esc("console=ttyS0 probe.cpus=2"),
+            r#""console=ttyS0 probe.cpus=2""#
+        );
+        assert_eq!(esc("a\"b\\c"), r#""a\"b\\c""#);
+        assert_eq!(esc("x\ny\tz\r"), r#""x\ny\tz\r""#);
+        assert_eq!(esc("\u{1}\u{1f}\u{7f}"), r#""\u0001\u001f\u007f""#);
+        assert_eq!(esc("grüße"), "\"grüße\"");
+    }
+
+    #[test]
+    fn object() {
+        let mut out = String::new();
+        let mut o = Object::new(&mut out);
+        o.str("probe", "pulse-probe")
+            .bool("ok", true)
+            .u64("n", 2)
+            .u32_list("ids", &[0, 1])
+            .u32_list("none", &[])
+            .str_list("errors", &[])
+            .str_list("e2", &["a\"", "b"])
+            .hex("addr", 0xfec0_0000)
+            .null("x");
+        {
+            let mut inner = o.object("exception");
+            inner.u64("vector", 6).str("name", "#UD");
+            inner.end().unwrap();
+        }
+        o.fmt("msg", format_args!("say \"{}\" {}", "hi", 5));
+        o.end().unwrap();
+        assert_eq!(
+            out,
+            r##"{"probe":"pulse-probe","ok":true,"n":2,"ids":[0,1],"none":[],"errors":[],"e2":["a\"","b"],"addr":"0xfec00000","x":null,"exception":{"vector":6,"name":"#UD"},"msg":"say \"hi\" 5"}"##
+        );
+    }
+
+    #[test]
+    fn fmt_escapes_quotes_at_piece_edges() {
+        let mut out = String::new();
+        let mut o = Object::new(&mut out);
+        o.fmt("m", format_args!("{}{}{}", "\"", "\"", "\\"));
+        o.end().unwrap();
+        assert_eq!(out, r#"{"m":"\"\"\\"}"#);
+    }
+}

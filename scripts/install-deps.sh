@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing Pulse needs on a fresh Debian machine (run as root).
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+# qemu-system-x86: the comparison VMM of the benchmarks and the software-emulated Linux rig.
+# busybox-static: the container rootfs of the agent tests. musl-tools: the static agent's C bits.
+for pkg in qemu-system-x86 busybox-static musl-tools; do
+    pkg_installed "$pkg" || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install-deps: need root to install: ${need_apt[*]}" >&2
+        exit 1
+    fi
+    echo "install-deps: apt-get install ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# The toolchain file lists the targets; make sure they are installed even with older rustup.
+if have rustup; then
+    installed=$(rustup target list --installed)
+    for target in x86_64-unknown-none x86_64-unknown-linux-musl; do
+        grep -qx "$target" <<<"$installed" || rustup target add "$target"
+    done
+    rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+fi

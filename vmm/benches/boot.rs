@@ -1,0 +1,227 @@
+//! Boot benchmark: Pulse and QEMU (`-M microvm`, KVM) boot the same probe guest, one after the
+//! other, several times. For each run, measured from outside the VMM process:
+//! - time from spawning the process to the first byte of guest serial output (the probe writes
+//!   the boot timer and prints its banner first thing),
+//! - time to process exit,
+//! - VMM memory overhead: process RSS minus the RSS of the guest-RAM mapping, sampled while the
+//!   guest runs, at the sample with the highest RSS.
+//!
+//! Prints a table with medians and the Pulse/QEMU ratios against the targets.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 10;
+const VCPUS: u32 = 2;
+const MEMORY_MIB: u64 = 64;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Sample {
+    first_output_ms: f64,
+    exit_ms: f64,
+    overhead_kib: u64,
+    ok: bool,
+}
+
+/// RSS of the whole process and of the guest-RAM mapping, from /proc/PID/smaps.
+fn rss_split(pid: u32, guest_kib: u64) -> Option<(u64, u64)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let (mut total, mut guest) = (0u64, 0u64);
+    let mut current_size = 0u64;
+    for line in smaps.lines() {
+        let mut parts = line.split_whitespace();
+        match parts.next() {
+            Some("Size:") => current_size = parts.next()?.parse().ok()?,
+            Some("Rss:") => {
+                let rss: u64 = parts.next()?.parse().ok()?;
+                total += rss;
+                // The guest RAM is one anonymous mapping of the guest's size (QEMU may round it
+                // up a little).
+                if current_size >= guest_kib && current_size <= guest_kib + 4096 {
+                    guest += rss;
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((total, guest))
+}
+
+fn measure(mut cmd: Command) -> Sample {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn VMM");
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut first = [0u8; 1];
+        if stdout.read(&mut first).unwrap_or(0) == 1 {
+            let _ = tx.send(start.elapsed());
+        }
+        let mut rest = Vec::new();
+        let _ = stdout.read_to_end(&mut rest);
+        rest
+    });
+    let mut best: Option<(u64, u64)> = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if let Some((total, guest)) = rss_split(pid, MEMORY_MIB * 1024) {
+            if best.is_none_or(|(t, _)| total > t) {
+                best = Some((total, guest));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let exit_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let output = reader.join().unwrap_or_default();
+    let first_output_ms = rx
+        .try_recv()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(f64::NAN);
+    let (total, guest) = best.unwrap_or((0, 0));
+    let text = String::from_utf8_lossy(&output);
+    Sample {
+        first_output_ms,
+        exit_ms,
+        overhead_kib: total.saturating_sub(guest),
+        // Pulse exits 0; QEMU's isa-debug-exit turns the probe's status 0 into 1.
+        ok: text.contains("\"ok\":true") && (status.code() == Some(0) || status.code() == Some(1)),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The same guest, the same command line, serial on stdout: `pulse-vmm run` is Pulse's
+/// counterpart of QEMU's `-kernel` boot.
+fn pulse_cmd(pulse: &Path, elf: &Path) -> Command {
+    let mut cmd = Command::new(pulse);
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(elf)
+        .args(["--vcpus", &VCPUS.to_string()])
+        .args(["--memory-mib", &MEMORY_MIB.to_string()])
+        .args(["--serial", "stdio"])
+        .args(["--cmdline", &format!("console=ttyS0 probe.cpus={VCPUS}")]);
+    cmd
+}
+
+fn qemu_cmd(elf: &Path, accel: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-M", "microvm,acpi=off", "-accel", accel, "-cpu", "max"])
+        .args(["-m", &MEMORY_MIB.to_string(), "-smp", &VCPUS.to_string()])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-device", "isa-debug-exit,iobase=0x501,iosize=2"])
+        .arg("-kernel")
+        .arg(elf)
+        .args(["-append", &format!("console=ttyS0 probe.cpus={VCPUS}")]);
+    cmd
+}
+
+fn main() {
+    let pulse = PathBuf::from(env!("CARGO_BIN_EXE_pulse-vmm"));
+    let dir = std::env::temp_dir().join(format!("pulse-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let elf = dir.join("pulse-probe.elf");
+    std::fs::write(&elf, pulse_vmm::probe::PROBE_ELF).expect("write probe");
+
+    let have_qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    // QEMU with KVM is the comparison the issue asks for; fall back to TCG, labelled, if KVM
+    // does not work for QEMU here.
+    let accel = if have_qemu && measure(qemu_cmd(&elf, "kvm")).ok {
+        "kvm"
+    } else {
+        "tcg"
+    };
+
+    let mut pulse_runs = Vec::new();
+    let mut qemu_runs = Vec::new();
+    for _ in 0..RUNS {
+        pulse_runs.push(measure(pulse_cmd(&pulse, &elf)));
+        if have_qemu {
+            qemu_runs.push(measure(qemu_cmd(&elf, accel)));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    print_table(&pulse_runs, &qemu_runs, accel);
+}
+
+fn print_table(pulse: &[Sample], qemu: &[Sample], accel: &str) {
+    let col = |runs: &[Sample], f: fn(&Sample) -> f64| median(runs.iter().map(f).collect());
+    let p_first = col(pulse, |s| s.first_output_ms);
+    let p_exit = col(pulse, |s| s.exit_ms);
+    let p_mem = col(pulse, |s| s.overhead_kib as f64) / 1024.0;
+    let q_first = col(qemu, |s| s.first_output_ms);
+    let q_exit = col(qemu, |s| s.exit_ms);
+    let q_mem = col(qemu, |s| s.overhead_kib as f64) / 1024.0;
+    println!();
+    println!(
+        "Boot of the probe guest: {VCPUS} vCPUs, {MEMORY_MIB} MiB, median of {RUNS} runs each, \
+         times from process spawn"
+    );
+    println!("QEMU: qemu-system-x86_64 -M microvm -accel {accel} (Debian package)");
+    println!();
+    println!(
+        "| {:<32} | {:>10} | {:>10} | {:>11} | {:<16} |",
+        "metric", "Pulse", "QEMU", "Pulse/QEMU", "target"
+    );
+    println!(
+        "|{:-<34}|{:->12}|{:->12}|{:->13}|{:-<18}|",
+        "", "", "", "", ""
+    );
+    let row = |name: &str, p: f64, q: f64, target: &str| {
+        println!(
+            "| {:<32} | {:>10.2} | {:>10.2} | {:>11.3} | {:<16} |",
+            name,
+            p,
+            q,
+            p / q,
+            target
+        );
+    };
+    row(
+        "first guest output (ms)",
+        p_first,
+        q_first,
+        "ratio <= 0.333",
+    );
+    row("exit (ms)", p_exit, q_exit, "");
+    row("VMM memory overhead (MiB)", p_mem, q_mem, "Pulse <= 5 MiB");
+    println!();
+    let failed_p = pulse.iter().filter(|s| !s.ok).count();
+    let failed_q = qemu.iter().filter(|s| !s.ok).count();
+    println!(
+        "first-output ratio {:.3}: {}; Pulse overhead {:.2} MiB: {}; runs without the probe's ok: Pulse {failed_p}, QEMU {failed_q}",
+        p_first / q_first,
+        if p_first / q_first <= 1.0 / 3.0 { "met" } else { "NOT met" },
+        p_mem,
+        if p_mem <= 5.0 { "met" } else { "NOT met" },
+    );
+}

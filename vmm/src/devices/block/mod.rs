@@ -1,0 +1,276 @@
+//! virtio-blk: N queues (`num_queues`), each served by its own worker thread, over a raw file.
+//! Read, write, flush, get-id, discard and write-zeroes; read-only disks; EVENT_IDX and indirect
+//! descriptors; one interrupt per completed batch.
+
+pub mod backend;
+pub mod request;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::virtio::{
+    device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
+};
+use crate::interrupts::Interrupt;
+use crate::memory::GuestMemoryMmap;
+use backend::{Backend, BackendError};
+use request::{ID_BYTES, MAX_SEGMENTS};
+pub use worker::QueueCounters;
+use worker::QueueWorker;
+
+/// Feature: `seg_max` is valid.
+pub const F_SEG_MAX: u64 = 1 << 2;
+/// Feature: read-only disk.
+pub const F_RO: u64 = 1 << 5;
+/// Feature: `blk_size` is valid.
+pub const F_BLK_SIZE: u64 = 1 << 6;
+/// Feature: flush.
+pub const F_FLUSH: u64 = 1 << 9;
+/// Feature: multiple queues (`num_queues`).
+pub const F_MQ: u64 = 1 << 12;
+/// Feature: discard.
+pub const F_DISCARD: u64 = 1 << 13;
+/// Feature: write zeroes.
+pub const F_WRITE_ZEROES: u64 = 1 << 14;
+
+/// Default size of each queue.
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// Most queues a block device accepts.
+pub const MAX_QUEUES: u16 = 64;
+
+/// Settings of one block device.
+#[derive(Clone, Debug)]
+pub struct BlockConfig {
+    /// Disk image.
+    pub path: PathBuf,
+    /// Refuse writes.
+    pub read_only: bool,
+    /// Queue count.
+    pub queues: u16,
+    /// Size of each queue.
+    pub queue_size: u16,
+    /// ID string for GET_ID (at most 20 bytes; default: the file name).
+    pub serial: Option<String>,
+}
+
+/// Block device errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image cannot be used.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Queue count out of range.
+    #[error("block device {path}: {queues} queues requested, 1 to {MAX_QUEUES} allowed")]
+    Queues {
+        /// Image.
+        path: PathBuf,
+        /// Requested.
+        queues: u16,
+    },
+    /// Queue size not a power of two in range.
+    #[error("block device {path}: queue size {size} must be a power of two from 2 to 32768")]
+    QueueSize {
+        /// Image.
+        path: PathBuf,
+        /// Requested.
+        size: u16,
+    },
+}
+
+struct Running {
+    kill: EventFd,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    config: BlockConfig,
+    backend: Backend,
+    id: [u8; ID_BYTES],
+    config_space: Vec<u8>,
+    counters: Vec<Arc<QueueCounters>>,
+    running: Option<Running>,
+}
+
+impl Block {
+    /// Opens the image and builds the device.
+    pub fn new(config: BlockConfig) -> Result<Self, BlockError> {
+        if config.queues == 0 || config.queues > MAX_QUEUES {
+            return Err(BlockError::Queues {
+                path: config.path.clone(),
+                queues: config.queues,
+            });
+        }
+        if !config.queue_size.is_power_of_two() || config.queue_size < 2 {
+            return Err(BlockError::QueueSize {
+                path: config.path.clone(),
+                size: config.queue_size,
+            });
+        }
+        let backend = Backend::open(&config.path, config.read_only)?;
+        let serial = config.serial.clone().unwrap_or_else(|| {
+            config
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let mut id = [0u8; ID_BYTES];
+        let n = serial.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        let config_space = build_config_space(&backend, config.queues);
+        let counters = (0..config.queues)
+            .map(|_| Arc::new(QueueCounters::default()))
+            .collect();
+        Ok(Self {
+            config,
+            backend,
+            id,
+            config_space,
+            counters,
+            running: None,
+        })
+    }
+
+    /// Counters per queue.
+    pub fn counters(&self) -> &[Arc<QueueCounters>] {
+        &self.counters
+    }
+}
+
+/// struct virtio_blk_config, little endian.
+fn build_config_space(backend: &Backend, queues: u16) -> Vec<u8> {
+    let mut c = vec![0u8; 60];
+    c[0..8].copy_from_slice(&backend.sectors().to_le_bytes()); // capacity
+    c[12..16].copy_from_slice(&(MAX_SEGMENTS as u32).to_le_bytes()); // seg_max
+    c[20..24].copy_from_slice(&512u32.to_le_bytes()); // blk_size
+    c[34..36].copy_from_slice(&queues.to_le_bytes()); // num_queues
+    let max_sectors = u32::MAX / 512;
+    c[36..40].copy_from_slice(&max_sectors.to_le_bytes()); // max_discard_sectors
+    c[40..44].copy_from_slice(&1u32.to_le_bytes()); // max_discard_seg
+    c[44..48].copy_from_slice(&1u32.to_le_bytes()); // discard_sector_alignment
+    c[48..52].copy_from_slice(&max_sectors.to_le_bytes()); // max_write_zeroes_sectors
+    c[52..56].copy_from_slice(&1u32.to_le_bytes()); // max_write_zeroes_seg
+    c[56] = 1; // write_zeroes_may_unmap
+    c
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![self.config.queue_size; usize::from(self.config.queues)]
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = features::VERSION_1
+            | features::RING_EVENT_IDX
+            | features::RING_INDIRECT_DESC
+            | F_SEG_MAX
+            | F_BLK_SIZE
+            | F_FLUSH
+            | F_MQ;
+        if self.config.read_only {
+            f |= F_RO;
+        } else {
+            f |= F_DISCARD | F_WRITE_ZEROES;
+        }
+        f
+    }
+
+    fn name(&self) -> &'static str {
+        "block"
+    }
+
+    fn queue_name(&self, index: u16) -> String {
+        format!("req.{index}")
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config_space, offset, data);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // The writable field (writeback) belongs to a feature Pulse does not offer.
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        _features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<(), ActivateError> {
+        self.reset();
+        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let mut running = Running {
+            kill,
+            threads: Vec::new(),
+        };
+        for q in queues {
+            let index = q.index;
+            let worker = QueueWorker {
+                index,
+                queue: q.queue,
+                notifier: q.notifier,
+                kill: running.kill.try_clone().map_err(ActivateError::Worker)?,
+                mem: mem.clone(),
+                backend: self
+                    .backend
+                    .try_clone()
+                    .map_err(|e| ActivateError::Other(e.to_string()))?,
+                id: self.id,
+                interrupt: interrupt.clone(),
+                counters: self.counters[usize::from(index)].clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("blk-q{index}"))
+                .spawn(move || worker.run());
+            match thread {
+                Ok(t) => running.threads.push(t),
+                Err(e) => {
+                    stop(running);
+                    return Err(ActivateError::Worker(e));
+                }
+            }
+        }
+        self.running = Some(running);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(running) = self.running.take() {
+            stop(running);
+        }
+    }
+
+    fn completed_requests(&self) -> Vec<u64> {
+        self.counters
+            .iter()
+            .map(|c| c.completed.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+fn stop(running: Running) {
+    let _ = running.kill.write(1);
+    for t in running.threads {
+        let _ = t.join();
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests;

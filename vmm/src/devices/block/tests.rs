@@ -1,0 +1,345 @@
+//! virtio-blk driven through a hand-built split ring in guest memory: every request type, and
+//! malformed chains that must fail their request, not the device.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::{Backend, SECTOR_SIZE};
+use super::request::{kind, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP};
+use super::worker::{QueueCounters, QueueWorker};
+use crate::interrupts::Interrupt;
+use crate::memory::{create_guest_memory, GuestMemoryMmap};
+
+const QSIZE: u16 = 16;
+const DESC: u64 = 0x1_0000;
+const AVAIL: u64 = 0x2_0000;
+const USED: u64 = 0x3_0000;
+const HEADER: u64 = 0x10_0000;
+const DATA: u64 = 0x20_0000;
+const STATUS: u64 = 0x30_0000;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+
+#[derive(Default)]
+struct CountingInterrupt(AtomicU64);
+
+impl Interrupt for CountingInterrupt {
+    fn trigger(&self, _queue: u16) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    fn trigger_config(&self) {}
+}
+
+struct Rig {
+    mem: GuestMemoryMmap,
+    worker: QueueWorker,
+    irq: Arc<CountingInterrupt>,
+    next_desc: u16,
+    avail_idx: u16,
+    _disk: tempfile::NamedTempFile,
+}
+
+fn rig_with(read_only: bool, disk_bytes: usize) -> Rig {
+    let mem = create_guest_memory(16).unwrap();
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    let pattern: Vec<u8> = (0..disk_bytes).map(|i| (i / 512) as u8).collect();
+    std::fs::write(disk.path(), &pattern).unwrap();
+    let backend = Backend::open(disk.path(), read_only).unwrap();
+    let mut queue = Queue::new(QSIZE).unwrap();
+    queue.set_size(QSIZE);
+    queue.set_desc_table_address(Some(DESC as u32), Some(0));
+    queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+    queue.set_used_ring_address(Some(USED as u32), Some(0));
+    queue.set_ready(true);
+    assert!(queue.is_valid(&mem));
+    let irq = Arc::new(CountingInterrupt::default());
+    let mut id = [0u8; 20];
+    id[..5].copy_from_slice(b"disk0");
+    let worker = QueueWorker {
+        index: 0,
+        queue,
+        notifier: EventFd::new(0).unwrap(),
+        kill: EventFd::new(0).unwrap(),
+        mem: mem.clone(),
+        backend,
+        id,
+        interrupt: irq.clone(),
+        counters: Arc::new(QueueCounters::default()),
+    };
+    Rig {
+        mem,
+        worker,
+        irq,
+        next_desc: 0,
+        avail_idx: 0,
+        _disk: disk,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(false, 64 * 512)
+}
+
+impl Rig {
+    /// Writes a chain of (addr, len, flags) descriptors, linking them with NEXT unless `raw`.
+    fn push_chain(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
+        let head = self.next_desc;
+        for (i, (addr, len, flags)) in descs.iter().enumerate() {
+            let idx = self.next_desc;
+            let last = i == descs.len() - 1;
+            let flags = if last { *flags } else { flags | F_NEXT };
+            let next = if last { 0 } else { idx + 1 };
+            self.write_desc(idx, *addr, *len, flags, next);
+            self.next_desc += 1;
+        }
+        self.publish(head);
+        head
+    }
+
+    fn write_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = GuestAddress(DESC + 16 * u64::from(idx));
+        self.mem.write_obj(addr, at).unwrap();
+        self.mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
+        self.mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
+        self.mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
+    }
+
+    fn publish(&mut self, head: u16) {
+        let slot = u64::from(self.avail_idx % QSIZE);
+        self.mem
+            .write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot))
+            .unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.mem
+            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+            .unwrap();
+    }
+
+    fn header(&self, at: u64, kind: u32, sector: u64) {
+        self.mem.write_obj(kind, GuestAddress(at)).unwrap();
+        self.mem.write_obj(0u32, GuestAddress(at + 4)).unwrap();
+        self.mem.write_obj(sector, GuestAddress(at + 8)).unwrap();
+    }
+
+    /// A standard three-part request; returns the status byte.
+    fn request(&mut self, kind: u32, sector: u64, data_len: u32) -> u8 {
+        self.header(HEADER, kind, sector);
+        self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        let data_flags = if kind == super::request::kind::IN || kind == super::request::kind::GET_ID
+        {
+            F_WRITE
+        } else {
+            0
+        };
+        self.push_chain(&[
+            (HEADER, 16, 0),
+            (DATA, data_len, data_flags),
+            (STATUS, 1, F_WRITE),
+        ]);
+        self.worker.process();
+        self.mem.read_obj(GuestAddress(STATUS)).unwrap()
+    }
+
+    fn used_len(&self, slot: u16) -> u32 {
+        self.mem
+            .read_obj(GuestAddress(USED + 4 + 8 * u64::from(slot) + 4))
+            .unwrap()
+    }
+
+    fn used_idx(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+    }
+
+    fn data(&self, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        self.mem.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
+        buf
+    }
+}
+
+#[test]
+fn read_returns_disk_contents() {
+    let mut r = rig();
+    assert_eq!(r.request(kind::IN, 3, 1024), STATUS_OK);
+    let data = r.data(1024);
+    assert!(data[..512].iter().all(|b| *b == 3));
+    assert!(data[512..].iter().all(|b| *b == 4));
+    assert_eq!(r.used_len(0), 1024 + 1);
+    assert_eq!(r.irq.0.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn write_then_read_back() {
+    let mut r = rig();
+    r.mem
+        .write_slice(&[0xabu8; 4096], GuestAddress(DATA))
+        .unwrap();
+    assert_eq!(r.request(kind::OUT, 8, 4096), STATUS_OK);
+    r.mem.write_slice(&[0u8; 4096], GuestAddress(DATA)).unwrap();
+    assert_eq!(r.request(kind::IN, 8, 4096), STATUS_OK);
+    assert!(r.data(4096).iter().all(|b| *b == 0xab));
+    assert_eq!(r.request(kind::FLUSH, 0, 0), STATUS_OK);
+}
+
+#[test]
+fn get_id_discard_and_write_zeroes() {
+    let mut r = rig();
+    assert_eq!(r.request(kind::GET_ID, 0, 20), STATUS_OK);
+    assert_eq!(&r.data(5), b"disk0");
+    // Discard sectors 1..3, write-zeroes sector 5 (no unmap).
+    for (k, sector, count, flags) in [
+        (kind::DISCARD, 1u64, 2u32, 0u32),
+        (kind::WRITE_ZEROES, 5, 1, 0),
+    ] {
+        r.mem.write_obj(sector, GuestAddress(DATA)).unwrap();
+        r.mem.write_obj(count, GuestAddress(DATA + 8)).unwrap();
+        r.mem.write_obj(flags, GuestAddress(DATA + 12)).unwrap();
+        assert_eq!(r.request(k, 0, 16), STATUS_OK);
+    }
+    assert_eq!(r.request(kind::IN, 0, 6 * 512), STATUS_OK);
+    let data = r.data(6 * 512);
+    assert!(data[..512].iter().all(|b| *b == 0));
+    assert!(data[512..1536].iter().all(|b| *b == 0), "discarded");
+    assert!(data[1536..2048].iter().all(|b| *b == 3));
+    // Discard with flags is invalid.
+    r.mem.write_obj(1u32, GuestAddress(DATA + 12)).unwrap();
+    assert_eq!(r.request(kind::DISCARD, 0, 16), STATUS_IOERR);
+}
+
+#[test]
+fn read_only_disks_refuse_writes() {
+    let mut r = rig_with(true, 8 * 512);
+    assert_eq!(r.request(kind::OUT, 0, 512), STATUS_IOERR);
+    assert_eq!(r.request(kind::IN, 0, 512), STATUS_OK);
+}
+
+#[test]
+fn out_of_bounds_and_unknown_types() {
+    let mut r = rig();
+    assert_eq!(r.request(kind::IN, 64, 512), STATUS_IOERR);
+    assert_eq!(r.request(kind::IN, 63, 1024), STATUS_IOERR);
+    assert_eq!(r.request(kind::IN, u64::MAX / 2, 512), STATUS_IOERR);
+    assert_eq!(r.request(99, 0, 512), STATUS_UNSUPP);
+    assert_eq!(r.worker.counters.failed.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn malformed_chains_fail_their_request() {
+    let mut r = rig();
+    // Header marked device-writable.
+    r.header(HEADER, kind::IN, 0);
+    r.push_chain(&[
+        (HEADER, 16, F_WRITE),
+        (DATA, 512, F_WRITE),
+        (STATUS, 1, F_WRITE),
+    ]);
+    // A read whose data buffer is device-readable (wrong direction).
+    r.push_chain(&[(HEADER, 16, 0), (DATA, 512, 0), (STATUS, 1, F_WRITE)]);
+    // A data buffer outside guest memory.
+    r.push_chain(&[
+        (HEADER, 16, 0),
+        (0xffff_0000, 512, F_WRITE),
+        (STATUS, 1, F_WRITE),
+    ]);
+    // No status descriptor at all.
+    r.push_chain(&[(HEADER, 16, 0)]);
+    // Header outside guest memory.
+    r.push_chain(&[(0x7fff_0000, 16, 0), (STATUS, 1, F_WRITE)]);
+    r.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    r.worker.process();
+    assert_eq!(r.used_idx(), 5, "every chain completed");
+    assert_eq!(
+        r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+        STATUS_IOERR
+    );
+    assert_eq!(r.used_len(3), 0, "no status byte: nothing written");
+    assert_eq!(r.worker.counters.failed.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        r.irq.0.load(Ordering::SeqCst),
+        1,
+        "one interrupt for the batch"
+    );
+}
+
+#[test]
+fn looping_and_overlong_chains_end() {
+    let mut r = rig();
+    // Two descriptors pointing at each other: the chain ends after the queue size.
+    r.header(HEADER, kind::OUT, 0);
+    r.write_desc(0, HEADER, 16, F_NEXT, 1);
+    r.write_desc(1, DATA, 512, F_NEXT, 0);
+    r.publish(0);
+    // A descriptor index beyond the table.
+    r.write_desc(2, HEADER, 16, F_NEXT, 200);
+    r.publish(2);
+    // A head index beyond the table.
+    r.publish(500);
+    r.worker.process();
+    assert!(r.used_idx() >= 2);
+    // The device still works afterwards.
+    r.next_desc = 3;
+    assert_eq!(r.request(kind::IN, 0, 512), STATUS_OK);
+}
+
+#[test]
+fn one_interrupt_per_batch() {
+    let mut r = rig();
+    for sector in 0..4u64 {
+        r.header(HEADER + sector * 16, kind::IN, sector);
+        r.push_chain(&[
+            (HEADER + sector * 16, 16, 0),
+            (DATA + sector * 512, 512, F_WRITE),
+            (STATUS + sector, 1, F_WRITE),
+        ]);
+    }
+    r.worker.process();
+    assert_eq!(r.used_idx(), 4);
+    assert_eq!(r.irq.0.load(Ordering::SeqCst), 1);
+    assert_eq!(r.worker.counters.completed.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn config_space_reports_capacity_and_queues() {
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(disk.path(), vec![0u8; 10 * SECTOR_SIZE as usize]).unwrap();
+    let block = super::Block::new(super::BlockConfig {
+        path: disk.path().to_path_buf(),
+        read_only: false,
+        queues: 4,
+        queue_size: 128,
+        serial: None,
+    })
+    .unwrap();
+    use crate::devices::virtio::VirtioDevice;
+    let mut cap = [0u8; 8];
+    block.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 10);
+    let mut nq = [0u8; 2];
+    block.read_config(34, &mut nq);
+    assert_eq!(u16::from_le_bytes(nq), 4);
+    assert_eq!(block.queue_max_sizes(), vec![128; 4]);
+    assert_ne!(block.features() & super::F_MQ, 0);
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    let cfg = |queues, queue_size, path: &str| super::BlockConfig {
+        path: path.into(),
+        read_only: false,
+        queues,
+        queue_size,
+        serial: None,
+    };
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    let p = disk.path().to_str().unwrap();
+    assert!(super::Block::new(cfg(0, 128, p)).is_err());
+    assert!(super::Block::new(cfg(2, 100, p)).is_err());
+    let err = super::Block::new(cfg(1, 128, "/nonexistent/disk.img"))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
+}

@@ -1,0 +1,8 @@
+//! Emulated devices. Each one sits on a bus (see [`crate::bus`]) and knows nothing of vCPUs.
+
+pub mod block;
+pub mod boot_timer;
+pub mod debug_exit;
+pub mod reset;
+pub mod serial;
+pub mod virtio;

@@ -1,0 +1,141 @@
+//! What a virtio device implements so that the virtio-mmio transport can carry it. The device
+//! gets its queues, their doorbell eventfds and an [`Interrupt`] when the driver is ready, and
+//! never learns whether the guest uses MSI or the legacy line.
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::interrupts::Interrupt;
+use crate::memory::GuestMemoryMmap;
+
+/// Device status bits (virtio 1.x, 2.1).
+pub mod status {
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u32 = 0x01;
+    /// The guest has a driver for it.
+    pub const DRIVER: u32 = 0x02;
+    /// The driver is ready.
+    pub const DRIVER_OK: u32 = 0x04;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = 0x08;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    /// The driver gave up.
+    pub const FAILED: u32 = 0x80;
+}
+
+/// Feature bits shared by all devices.
+pub mod features {
+    /// Virtio 1.x.
+    pub const VERSION_1: u64 = 1 << 32;
+    /// Indirect descriptor tables.
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
+    /// used_event / avail_event notification suppression.
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    /// Never offered on an MSI-extended virtio-mmio device: bit 40 (RING_RESET) reuses 0x0C0.
+    pub const RING_RESET: u64 = 1 << 40;
+    /// Never offered either: bit 39 (NOTIF_CONFIG_DATA).
+    pub const NOTIF_CONFIG_DATA: u64 = 1 << 39;
+}
+
+/// Virtio device types.
+pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+    /// Console.
+    pub const CONSOLE: u32 = 3;
+    /// Socket device.
+    pub const VSOCK: u32 = 19;
+}
+
+/// Why a device could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// A worker thread could not be started.
+    #[error("cannot start a worker: {0}")]
+    Worker(std::io::Error),
+    /// The driver set up fewer queues than the device needs.
+    #[error("queue {0} is not ready")]
+    QueueNotReady(usize),
+    /// Anything else the device reports.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A queue handed to the device, with its doorbell.
+pub struct ActiveQueue {
+    /// Queue index on the device.
+    pub index: u16,
+    /// The virtqueue as the driver configured it.
+    pub queue: Queue,
+    /// Written by KVM on every guest notification of this queue.
+    pub notifier: EventFd,
+}
+
+/// A virtio device.
+pub trait VirtioDevice: Send {
+    /// Device type (virtio spec 5).
+    fn device_type(&self) -> u32;
+    /// Largest size of each queue; the length is the queue count.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// Features the device offers.
+    fn features(&self) -> u64;
+    /// Short name for reports and queue names (e.g. `blk`).
+    fn name(&self) -> &'static str;
+    /// Name of queue `index`, as a guest driver would name its interrupt.
+    fn queue_name(&self, index: u16) -> String {
+        format!("q{index}")
+    }
+    /// Reads device configuration space at `offset`.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device configuration space at `offset`.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device with the negotiated `features` and the driver's queues.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<(), ActivateError>;
+    /// Stops the device (workers joined, queues dropped) so it can be activated again.
+    fn reset(&mut self);
+    /// Requests the device completed, per queue (for reports).
+    fn completed_requests(&self) -> Vec<u64> {
+        Vec::new()
+    }
+}
+
+/// Reads `data.len()` bytes at `offset` from a byte image of a config space; bytes beyond it
+/// read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start < config.len() {
+        let n = data.len().min(config.len() - start);
+        data[..n].copy_from_slice(&config[start..start + n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_bounded() {
+        let config = [1u8, 2, 3, 4];
+        let mut buf = [0xffu8; 4];
+        read_config_bytes(&config, 2, &mut buf);
+        assert_eq!(buf, [3, 4, 0, 0]);
+        read_config_bytes(&config, 100, &mut buf);
+        assert_eq!(buf, [0; 4]);
+        read_config_bytes(&config, u64::MAX, &mut buf);
+        assert_eq!(buf, [0; 4]);
+    }
+}

@@ -1,0 +1,147 @@
+//! Guest RAM: anonymous mappings through `vm-memory`, registered with KVM as memory slots.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::layout;
+
+/// The guest's RAM.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// Smallest guest accepted: room for the fixed boot areas and a small kernel.
+pub const MIN_MEMORY_MIB: u64 = 8;
+/// Largest guest accepted (1 TiB): a sanity bound on configuration input.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+
+/// Errors while setting up guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The configured size is outside what Pulse accepts.
+    #[error(
+        "guest memory of {0} MiB is out of range ({MIN_MEMORY_MIB} MiB to {MAX_MEMORY_MIB} MiB)"
+    )]
+    InvalidSize(u64),
+    /// The host could not map the memory.
+    #[error("cannot map {size_mib} MiB of guest memory: {source}")]
+    Mmap {
+        /// Requested size.
+        size_mib: u64,
+        /// What vm-memory reported.
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// KVM refused a memory slot.
+    #[error("KVM_SET_USER_MEMORY_REGION for slot {slot} failed: {source}")]
+    SetMemoryRegion {
+        /// The slot.
+        slot: u32,
+        /// The ioctl error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// Maps `mem_mib` MiB of guest RAM laid out as [`layout::ram_regions`] says.
+pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mem_mib) {
+        return Err(MemoryError::InvalidSize(mem_mib));
+    }
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_mib << 20)
+        .into_iter()
+        .map(|(start, size)| (GuestAddress(start), size as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Mmap {
+        size_mib: mem_mib,
+        source,
+    })
+}
+
+/// Registers every region of `mem` with KVM, one slot per region.
+pub fn register_with_kvm(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let slot = slot as u32;
+        let host_addr = mem
+            .get_host_address(region.start_addr())
+            .expect("a region's own start address is mapped") as u64;
+        let kvm_region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host_addr,
+        };
+        // SAFETY: the host range [userspace_addr, userspace_addr + memory_size) is a live mapping
+        // owned by `mem`, which the VM keeps alive for as long as the VmFd exists.
+        unsafe { vm.set_user_memory_region(kvm_region) }
+            .map_err(|source| MemoryError::SetMemoryRegion { slot, source })?;
+    }
+    Ok(())
+}
+
+/// Bytes of guest RAM that are resident on the host (pages the guest or the loader touched).
+pub fn resident_bytes(mem: &GuestMemoryMmap) -> u64 {
+    let page = page_size();
+    let mut resident = 0u64;
+    for region in mem.iter() {
+        let Ok(host_addr) = mem.get_host_address(region.start_addr()) else {
+            continue;
+        };
+        let len = region.len() as usize;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: [host_addr, host_addr + len) is one page-aligned mapping owned by `mem`, and `vec`
+        // has one byte per page of it, as mincore(2) requires.
+        let rc = unsafe { libc::mincore(host_addr.cast(), len, vec.as_mut_ptr()) };
+        if rc == 0 {
+            resident += vec.iter().filter(|b| *b & 1 != 0).count() as u64 * page as u64;
+        }
+    }
+    resident
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as usize
+    } else {
+        4096
+    }
+}
+
+/// Last address + 1 of RAM below the MMIO gap.
+pub fn low_ram_end(mem: &GuestMemoryMmap) -> u64 {
+    mem.iter()
+        .map(|r| r.start_addr().raw_value() + r.len())
+        .filter(|end| *end <= layout::MMIO_GAP_START)
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn rejects_sizes_out_of_range() {
+        assert!(matches!(
+            create_guest_memory(1),
+            Err(MemoryError::InvalidSize(1))
+        ));
+        assert!(matches!(
+            create_guest_memory(MAX_MEMORY_MIB + 1),
+            Err(MemoryError::InvalidSize(_))
+        ));
+    }
+
+    #[test]
+    fn resident_bytes_counts_touched_pages() {
+        let mem = create_guest_memory(16).unwrap();
+        assert_eq!(low_ram_end(&mem), 16 << 20);
+        let before = resident_bytes(&mem);
+        for i in 0..10u64 {
+            mem.write_obj(1u8, GuestAddress(0x10_0000 + i * 4096))
+                .unwrap();
+        }
+        assert_eq!(resident_bytes(&mem) - before, 10 * 4096);
+    }
+}

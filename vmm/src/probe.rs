@@ -1,0 +1,383 @@
+//! The probe: a small bare-metal guest (guest/probe) embedded in this crate, booted to check
+//! that the VMM works end to end, and the report built from what it and the VMM saw.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::boot::{BootProtocol, KernelSource};
+use crate::config::VmConfig;
+use crate::devices::block::{BlockConfig, DEFAULT_QUEUE_SIZE};
+use crate::devices::serial::SerialOutput;
+use crate::exit::VmExit;
+use crate::metrics::MetricsSnapshot;
+use crate::mmio::TransportStats;
+use crate::vm::{MemoryUsage, Vm, VmError};
+
+/// The probe guest ELF, built by build.rs.
+pub static PROBE_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pulse-probe.elf"));
+
+/// The prefix of the probe's one JSON result line.
+pub const RESULT_PREFIX: &str = "{\"probe\":";
+
+/// Which interrupt mode the probe's virtio driver uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IrqMode {
+    /// One MSI per queue.
+    #[default]
+    Msi,
+    /// The device's single legacy line.
+    Legacy,
+}
+
+impl std::str::FromStr for IrqMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "msi" => Ok(Self::Msi),
+            "legacy" => Ok(Self::Legacy),
+            _ => Err(format!(
+                "unknown interrupt mode '{s}' (expected msi or legacy)"
+            )),
+        }
+    }
+}
+
+/// How to run the probe.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// A virtio-blk device with this many queues (on a temporary disk image).
+    pub blk_queues: Option<u16>,
+    /// Interrupt mode of the guest driver.
+    pub irq: IrqMode,
+    /// Block requests per queue (half writes, half reads that verify them).
+    pub requests: u32,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory.
+    pub memory_mib: u64,
+    /// Entry convention.
+    pub boot_protocol: BootProtocol,
+    /// Extra `probe.*` words for the guest command line.
+    pub extra_cmdline: Vec<String>,
+    /// Copy the guest's serial output to stderr.
+    pub echo_serial: bool,
+    /// Stop the guest if it has not finished by then.
+    pub timeout: Duration,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            blk_queues: None,
+            irq: IrqMode::Msi,
+            requests: 32,
+            vcpus: 1,
+            memory_mib: 64,
+            boot_protocol: BootProtocol::Auto,
+            extra_cmdline: Vec::new(),
+            echo_serial: false,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What a probe run found.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeReport {
+    /// The guest reported success and left through the debug-exit port with status 0.
+    pub ok: bool,
+    /// The guest wrote the boot timer.
+    pub booted: bool,
+    /// vCPUs the guest brought online (0 if it never reported).
+    pub vcpus: u64,
+    /// vCPUs the VM was given.
+    pub vcpus_configured: u8,
+    /// Entry convention used.
+    pub boot_protocol: &'static str,
+    /// Milliseconds from VM start to the guest's boot-timer write.
+    pub boot_ms: Option<f64>,
+    /// Milliseconds from VM start to the VM's exit.
+    pub run_ms: f64,
+    /// Why the VM stopped.
+    pub exit: VmExit,
+    /// The guest's own JSON result line, if it printed one.
+    pub guest: Option<Value>,
+    /// Serial lines other than the result.
+    pub serial: Vec<String>,
+    /// Exit counters.
+    pub exits: MetricsSnapshot,
+    /// VMM memory use at the end of the run.
+    pub memory: MemoryUsage,
+    /// Interrupt mode the guest was asked to use.
+    pub irq_mode: IrqMode,
+    /// The virtio devices: the VMM's view merged with the guest's counts.
+    pub devices: Vec<DeviceReport>,
+    /// KVM's own exit counters (summed over vCPUs) during the run.
+    pub kvm_exits: std::collections::BTreeMap<String, u64>,
+}
+
+/// One virtio device in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceReport {
+    /// Device type.
+    #[serde(rename = "type")]
+    pub device_type: &'static str,
+    /// Window base.
+    pub base: String,
+    /// Queues.
+    pub queues: u16,
+    /// MSI in effect (VMM view: enabled by the guest and routed).
+    pub msi_enabled: bool,
+    /// The guest driver says it runs in MSI mode.
+    pub guest_msi: Option<bool>,
+    /// MSI vectors.
+    pub vectors: Vec<VectorReport>,
+    /// The legacy line.
+    pub legacy: LegacyReport,
+    /// Requests the guest was asked to run on this device.
+    pub requests_asked: u64,
+    /// Requests the device completed (VMM view).
+    pub requests_completed: u64,
+    /// Read-back mismatches (guest view).
+    pub data_errors: Option<u64>,
+    /// Guest mistakes the transport counted.
+    pub transport_errors: crate::mmio::TransportErrors,
+}
+
+/// One MSI vector in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct VectorReport {
+    /// Index (0 = config, q+1 = queue q).
+    pub index: u16,
+    /// `config` or `queue`.
+    pub role: &'static str,
+    /// Queue index for queue vectors.
+    pub queue: Option<u16>,
+    /// GSI.
+    pub gsi: u32,
+    /// Interrupts the host raised.
+    pub sent: u64,
+    /// Interrupts the guest handled.
+    pub received: Option<u64>,
+    /// CPU the guest aimed the vector at.
+    pub cpu: Option<u64>,
+}
+
+/// The legacy line in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct LegacyReport {
+    /// GSI.
+    pub gsi: u32,
+    /// Interrupts raised on it.
+    pub sent: u64,
+    /// Interrupts the guest handled on it.
+    pub received: Option<u64>,
+}
+
+/// Why a probe run could not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The VM did not start.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The temporary disk image could not be made.
+    #[error("cannot create the probe's disk image: {0}")]
+    Disk(std::io::Error),
+}
+
+/// Boots the embedded probe with `options` and collects the report.
+pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
+    let started = Instant::now();
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let mut config = VmConfig::new(KernelSource::Bytes(Arc::from(PROBE_ELF)));
+    config.vcpus = options.vcpus;
+    config.memory_mib = options.memory_mib;
+    config.boot_protocol = options.boot_protocol;
+    config.serial = SerialOutput::Capture {
+        buffer: buffer.clone(),
+        echo: options.echo_serial,
+    };
+    let mut words = vec![
+        "console=ttyS0".to_string(),
+        format!("probe.cpus={}", options.vcpus),
+    ];
+    // The disk lives as long as the run; the temporary file is removed when it drops.
+    let mut disk = None;
+    if let Some(queues) = options.blk_queues {
+        let per_queue = u64::from(options.requests).div_ceil(2) * 4096;
+        let size = (u64::from(queues) * per_queue).max(16 << 20);
+        let file = tempfile::NamedTempFile::new().map_err(ProbeError::Disk)?;
+        file.as_file().set_len(size).map_err(ProbeError::Disk)?;
+        config.block.push(BlockConfig {
+            path: file.path().to_path_buf(),
+            read_only: false,
+            queues,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            serial: Some("probe-disk".into()),
+        });
+        disk = Some(file);
+        words.push(format!(
+            "probe.irq={}",
+            match options.irq {
+                IrqMode::Msi => "msi",
+                IrqMode::Legacy => "legacy",
+            }
+        ));
+        words.push(format!("probe.requests={}", options.requests));
+    }
+    words.extend(options.extra_cmdline.iter().cloned());
+    config.cmdline = words.join(" ");
+
+    let mut vm = Vm::start(&config)?;
+    let exit = vm.wait(Some(options.timeout));
+    let run_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let memory = vm.memory_usage();
+    let exits = vm.metrics();
+    let kvm_exits = vm.kvm_stats();
+    let device_stats = vm.device_stats();
+    let boot_protocol = vm.entry().protocol_name();
+    drop(vm);
+    drop(disk);
+
+    let output =
+        String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    let (guest, serial) = parse_serial(&output);
+    let guest_ok = guest
+        .as_ref()
+        .and_then(|g| g.get("ok"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let vcpus = guest
+        .as_ref()
+        .and_then(|g| g.get("cpus_online"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let devices: Vec<DeviceReport> = device_stats
+        .iter()
+        .map(|d| merge_device(d, guest.as_ref(), u64::from(options.requests)))
+        .collect();
+    Ok(ProbeReport {
+        irq_mode: options.irq,
+        devices,
+        kvm_exits,
+        ok: guest_ok && exit == VmExit::DebugExit(0),
+        booted: exits.boot_timer_ms.is_some(),
+        vcpus,
+        vcpus_configured: options.vcpus,
+        boot_protocol,
+        boot_ms: exits.boot_timer_ms,
+        run_ms,
+        exit,
+        guest,
+        serial,
+        exits,
+        memory,
+    })
+}
+
+/// The guest's entry for the device at `base`, if it reported one.
+fn guest_device(guest: Option<&Value>, base: u64) -> Option<&Value> {
+    let wanted = format!("{base:#x}");
+    guest?
+        .get("devices")?
+        .as_array()?
+        .iter()
+        .find(|d| d.get("base").and_then(Value::as_str) == Some(wanted.as_str()))
+}
+
+/// Merges the VMM's counters of a device with what the guest reported about it.
+fn merge_device(
+    stats: &TransportStats,
+    guest: Option<&Value>,
+    requests_per_queue: u64,
+) -> DeviceReport {
+    let g = guest_device(guest, stats.base);
+    let guest_vector = |index: u16| {
+        g.and_then(|g| g.get("vectors"))
+            .and_then(Value::as_array)
+            .and_then(|v| {
+                v.iter()
+                    .find(|e| e.get("index").and_then(Value::as_u64) == Some(u64::from(index)))
+            })
+    };
+    let vectors = stats
+        .vectors
+        .iter()
+        .map(|v| {
+            let gv = guest_vector(v.index);
+            let (role, queue) = match v.role {
+                crate::interrupts::VectorRole::Config => ("config", None),
+                crate::interrupts::VectorRole::Queue(q) => ("queue", Some(q)),
+            };
+            VectorReport {
+                index: v.index,
+                role,
+                queue,
+                gsi: v.gsi,
+                sent: v.sent,
+                received: gv.and_then(|e| e.get("received")).and_then(Value::as_u64),
+                cpu: gv.and_then(|e| e.get("cpu")).and_then(Value::as_u64),
+            }
+        })
+        .collect();
+    DeviceReport {
+        device_type: stats.device_type,
+        base: format!("{:#x}", stats.base),
+        queues: stats.queues,
+        msi_enabled: stats.msi_enabled,
+        guest_msi: g.and_then(|g| g.get("msi")).and_then(Value::as_bool),
+        vectors,
+        legacy: LegacyReport {
+            gsi: stats.legacy_gsi,
+            sent: stats.legacy_sent,
+            received: g
+                .and_then(|g| g.get("legacy_received"))
+                .and_then(Value::as_u64),
+        },
+        requests_asked: requests_per_queue * u64::from(stats.queues),
+        requests_completed: stats.requests_completed.iter().sum(),
+        data_errors: g.and_then(|g| g.get("data_errors")).and_then(Value::as_u64),
+        transport_errors: stats.errors.clone(),
+    }
+}
+
+/// Splits serial output into the probe's JSON result (the last valid one) and the other lines.
+pub fn parse_serial(output: &str) -> (Option<Value>, Vec<String>) {
+    let mut result = None;
+    let mut lines = Vec::new();
+    for line in output.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with(RESULT_PREFIX) {
+            match serde_json::from_str::<Value>(line) {
+                Ok(v) => result = Some(v),
+                Err(_) => lines.push(line.to_string()),
+            }
+        } else if !line.is_empty() {
+            lines.push(line.to_string());
+        }
+    }
+    (result, lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_probe_is_an_elf() {
+        assert_eq!(&PROBE_ELF[..4], b"\x7fELF");
+    }
+
+    #[test]
+    fn serial_output_is_split() {
+        let (json, lines) = parse_serial(
+            "pulse-probe 0.1.0: booted via pvh\r\n{\"probe\":\"pulse-probe\",\"ok\":true}\n{\"probe\": broken\n",
+        );
+        assert_eq!(json.unwrap()["ok"], Value::Bool(true));
+        assert_eq!(lines.len(), 2);
+    }
+}

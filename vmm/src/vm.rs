@@ -1,0 +1,357 @@
+//! Assembling a VM from its configuration, running it, and taking it down.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::boot::{self, BootInputs, EntryPoint};
+use crate::bus::{Bus, BusError};
+use crate::config::{ConfigError, VmConfig};
+use crate::devices::block::{Block, BlockError};
+use crate::devices::boot_timer::BootTimer;
+use crate::devices::debug_exit::DebugExit;
+use crate::devices::reset::{ResetControl, RESET_PORT};
+use crate::devices::serial::{open_output, SerialDevice, SerialOutput};
+use crate::event_loop::{EventLoop, SerialInput, Subscriber};
+use crate::exit::{ExitController, VmExit};
+use crate::interrupts::{DeviceInterrupts, InterruptError, InterruptManager};
+use crate::kvm::{self, KvmError};
+use crate::layout;
+use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::metrics::{process_rss_bytes, MetricsSnapshot, VmMetrics};
+use crate::mmio::transport::TransportError;
+use crate::mmio::{self, MmioTransport, TransportStats};
+use crate::vcpu::{kick_signal, Vcpu, VcpuContext, VcpuError};
+
+/// Everything that can stop a VM from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KVM is unusable.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest memory setup failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the guest failed.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// Writing the boot page tables failed.
+    #[error(transparent)]
+    Cpu(#[from] boot::cpu::CpuError),
+    /// vCPU setup failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Two devices claim the same addresses.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The serial output cannot be opened.
+    #[error("cannot open serial output: {0}")]
+    SerialOutput(std::io::Error),
+    /// KVM_GET_SUPPORTED_CPUID failed.
+    #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
+    SupportedCpuid(kvm_ioctls::Error),
+    /// Wiring an interrupt failed.
+    #[error("cannot wire {what} interrupt: {source}")]
+    Irq {
+        /// Which interrupt.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Interrupt resources could not be set up.
+    #[error(transparent)]
+    Interrupts(#[from] InterruptError),
+    /// A block device cannot be created.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// A virtio-mmio window cannot be set up.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// More devices than legacy lines.
+    #[error("{0} virtio devices requested, at most {max} fit", max = mmio::MAX_DEVICES)]
+    TooManyDevices(usize),
+    /// The event loop could not start.
+    #[error("cannot start the event loop: {0}")]
+    EventLoop(std::io::Error),
+}
+
+/// Memory use of the VMM process, with the guest's own pages taken out.
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq)]
+pub struct MemoryUsage {
+    /// Process resident set, KiB.
+    pub rss_kib: u64,
+    /// Guest RAM pages resident on the host, KiB.
+    pub guest_resident_kib: u64,
+    /// The difference: what the VMM itself costs, KiB.
+    pub overhead_kib: u64,
+}
+
+/// A handle that can stop a running VM from any thread.
+#[derive(Clone)]
+pub struct VmHandle(Arc<ExitController>);
+
+impl VmHandle {
+    /// Asks the VM to stop; [`Vm::wait`] then returns [`VmExit::Requested`] unless the guest
+    /// stopped first.
+    pub fn request_stop(&self) {
+        self.0.request(VmExit::Requested);
+    }
+}
+
+/// A running VM. Dropping it stops it and joins every thread.
+pub struct Vm {
+    exit: Arc<ExitController>,
+    vcpu_threads: Vec<JoinHandle<()>>,
+    event_loop: EventLoop,
+    metrics: Arc<VmMetrics>,
+    entry: EntryPoint,
+    vcpus: u8,
+    cmdline: String,
+    // Dropped before the VM fd: stopping a device joins its workers and detaches its irqfds.
+    devices: Vec<Arc<Mutex<MmioTransport>>>,
+    vcpu_stats: Vec<crate::kvm_stats::StatsFd>,
+    // Declared before the memory so that KVM lets go of the slots before the mapping goes.
+    _vm_fd: Arc<VmFd>,
+    memory: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Validates `config`, builds the VM and starts its vCPUs.
+    pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
+        let started = Instant::now();
+        config.validate()?;
+        let metrics = Arc::new(VmMetrics::new(started));
+        let exit = Arc::new(ExitController::new().map_err(VmError::EventLoop)?);
+
+        let kvm = kvm::open_kvm()?;
+        let vm_fd = Arc::new(kvm::create_vm(&kvm, config.vcpus)?);
+        let memory = memory::create_guest_memory(config.memory_mib)?;
+        memory::register_with_kvm(&vm_fd, &memory)?;
+        let interrupts = InterruptManager::new(vm_fd.clone())?;
+
+        // virtio-mmio devices, one 8 KiB window and one legacy line each, announced on the
+        // kernel command line.
+        if config.block.len() > mmio::MAX_DEVICES as usize {
+            return Err(VmError::TooManyDevices(config.block.len()));
+        }
+        let mut mmio = Bus::new();
+        let mut devices = Vec::new();
+        let mut cmdline = config.cmdline.clone();
+        for (slot, block) in config.block.iter().enumerate() {
+            let (base, gsi) = (mmio::slot_base(slot as u32), mmio::slot_gsi(slot as u32));
+            let device = Block::new(block.clone())?;
+            let irq = DeviceInterrupts::new(interrupts.clone(), gsi, block.queues)?;
+            let transport =
+                MmioTransport::new(&vm_fd, base, Box::new(device), memory.clone(), irq)?;
+            let transport = Arc::new(Mutex::new(transport));
+            mmio.insert(transport.clone(), base, layout::MMIO_DEVICE_WINDOW)?;
+            devices.push(transport);
+            cmdline.push(' ');
+            cmdline.push_str(&mmio::cmdline_entry(base, gsi));
+        }
+
+        let setup = boot::load_guest(
+            &memory,
+            &BootInputs {
+                kernel: &config.kernel,
+                initrd: config.initrd.as_deref(),
+                cmdline: &cmdline,
+                protocol: config.boot_protocol,
+                vcpus: config.vcpus,
+            },
+        )?;
+        boot::cpu::write_boot_tables(&memory)?;
+
+        // Legacy devices on the port-I/O bus.
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmError::Irq {
+            what: "serial",
+            source,
+        })?;
+        vm_fd
+            .register_irqfd(&serial_irq, layout::SERIAL_COM1_GSI)
+            .map_err(|e| VmError::Irq {
+                what: "serial",
+                source: e.into(),
+            })?;
+        let serial_out = open_output(&config.serial).map_err(VmError::SerialOutput)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_irq,
+            serial_out,
+            metrics.clone(),
+        )));
+        let mut pio = Bus::new();
+        pio.insert(serial.clone(), u64::from(layout::SERIAL_COM1_PORT), 8)?;
+        pio.insert(
+            Arc::new(Mutex::new(BootTimer::new(metrics.clone()))),
+            u64::from(layout::BOOT_TIMER_PORT),
+            1,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(DebugExit::new(exit.clone()))),
+            u64::from(layout::DEBUG_EXIT_PORT),
+            1,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(ResetControl::new(exit.clone()))),
+            u64::from(RESET_PORT),
+            1,
+        )?;
+
+        let mut subscribers: Vec<Subscriber> = Vec::new();
+        if matches!(config.serial, SerialOutput::Stdout) {
+            subscribers.push(Arc::new(Mutex::new(SerialInput::new(serial.clone()))));
+        }
+        let event_loop = EventLoop::start(subscribers).map_err(VmError::EventLoop)?;
+
+        let supported_cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmError::SupportedCpuid)?;
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        let mut vcpu_stats = Vec::with_capacity(usize::from(config.vcpus));
+        for index in 0..config.vcpus {
+            let vcpu = Vcpu::new(&vm_fd, index)?;
+            let entry = (index == 0).then_some(setup.entry);
+            vcpu.configure(&supported_cpuid, config.vcpus, entry)?;
+            match vcpu.stats() {
+                Ok(stats) => vcpu_stats.push(stats),
+                Err(e) => tracing::warn!("no KVM statistics for vCPU {index}: {e}"),
+            }
+            vcpus.push(vcpu);
+        }
+        let ctx = VcpuContext {
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            exit: exit.clone(),
+            metrics: metrics.clone(),
+        };
+        let mut vm = Vm {
+            exit,
+            vcpu_threads: Vec::new(),
+            event_loop,
+            metrics,
+            entry: setup.entry,
+            vcpus: config.vcpus,
+            cmdline,
+            devices,
+            vcpu_stats,
+            _vm_fd: vm_fd,
+            memory,
+        };
+        for vcpu in vcpus {
+            // On failure `vm` is dropped here, which stops the vCPUs already started.
+            let thread = vcpu.spawn(ctx.clone())?;
+            vm.vcpu_threads.push(thread);
+        }
+        tracing::debug!(
+            setup_ms = started.elapsed().as_secs_f64() * 1000.0,
+            protocol = setup.entry.protocol_name(),
+            "VM started"
+        );
+        Ok(vm)
+    }
+
+    /// A handle to stop this VM from another thread.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle(self.exit.clone())
+    }
+
+    /// How the boot vCPU entered the guest.
+    pub fn entry(&self) -> EntryPoint {
+        self.entry
+    }
+
+    /// vCPU count.
+    pub fn vcpus(&self) -> u8 {
+        self.vcpus
+    }
+
+    /// The kernel command line the guest got (with the device entries).
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// What each virtio device did: queues, MSI state, per-vector counters, errors.
+    pub fn device_stats(&self) -> Vec<TransportStats> {
+        self.devices
+            .iter()
+            .map(|d| d.lock().unwrap_or_else(|p| p.into_inner()).stats())
+            .collect()
+    }
+
+    /// KVM's own counters (exits, halts, ...), summed over the vCPUs.
+    pub fn kvm_stats(&self) -> std::collections::BTreeMap<String, u64> {
+        let all: Vec<_> = self
+            .vcpu_stats
+            .iter()
+            .filter_map(|s| s.read().ok())
+            .collect();
+        crate::kvm_stats::sum(&all)
+    }
+
+    /// A copy of the counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Current memory use of the VMM, guest pages taken out.
+    pub fn memory_usage(&self) -> MemoryUsage {
+        let rss = process_rss_bytes().unwrap_or(0);
+        let guest = memory::resident_bytes(&self.memory);
+        MemoryUsage {
+            rss_kib: rss / 1024,
+            guest_resident_kib: guest / 1024,
+            overhead_kib: rss.saturating_sub(guest) / 1024,
+        }
+    }
+
+    /// Waits until the VM stops (or `timeout` passes: then it is stopped with
+    /// [`VmExit::Requested`]), and joins its threads.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> VmExit {
+        let exit = match self.exit.wait_timeout(timeout) {
+            Some(exit) => exit,
+            None => {
+                self.exit.request(VmExit::Requested);
+                self.exit.reason().unwrap_or(VmExit::Requested)
+            }
+        };
+        self.teardown();
+        exit
+    }
+
+    /// Stops the VM now.
+    pub fn stop(&mut self) -> VmExit {
+        self.exit.request(VmExit::Requested);
+        self.wait(None)
+    }
+
+    fn teardown(&mut self) {
+        self.exit.request(VmExit::Requested);
+        for thread in self.vcpu_threads.drain(..) {
+            // A vCPU may sit in KVM_RUN (guest code, HLT, or waiting for SIPI): the signal makes
+            // KVM_RUN return, the thread sees the stop flag and ends. Repeat in case the signal
+            // landed just before KVM_RUN was entered.
+            while !thread.is_finished() {
+                if let Err(e) = thread.kill(kick_signal()) {
+                    tracing::warn!("cannot signal a vCPU thread: {e}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = thread.join();
+        }
+        self.event_loop.stop();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
