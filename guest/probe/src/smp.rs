@@ -3,7 +3,7 @@
 //! The trampoline is copied to 0x8000 (SIPI vector 0x08). An AP starts there in real mode,
 //! loads the BSP's GDT, enters 32-bit protected mode, enables PAE with the BSP's page
 //! tables, sets EFER.LME, turns paging on and far-jumps to 64-bit code, which switches to
-//! its stack and calls [`ap_entry`]`(cpu_index)`. Interrupts stay off all the way.
+//! its stack and calls [`ap_main`]`(cpu_index)`. Interrupts stay off all the way.
 //! Everything it needs comes from a parameter block at the end of the trampoline page.
 //! APs are started one at a time, so one parameter block serves them all.
 
@@ -123,7 +123,7 @@ extern "C" {
     static gdt64_ptr: u8;
 }
 
-/// CPUs that reached `ap_entry` (plus the BSP).
+/// CPUs that reached `ap_main` (plus the BSP).
 static ONLINE: AtomicU32 = AtomicU32::new(0);
 /// APIC id of each online CPU by index (`NONE` while not online).
 static CPU_APIC: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NONE) }; MAX_CPUS];
@@ -181,7 +181,7 @@ fn param_ptr(offset: usize) -> *mut u64 {
 fn write_param(offset: usize, value: u64) {
     // SAFETY: the trampoline copy at 0x8000 belongs to the probe once it has its own page
     // tables and stack; the AP being started reads it only after the SIPI, and the BSP
-    // writes it only while no AP is between SIPI and `ap_entry` (`start_one` waits).
+    // writes it only while no AP is between SIPI and `ap_main` (`start_one` waits).
     unsafe { core::ptr::write_unaligned(param_ptr(offset), value) }
 }
 
@@ -201,7 +201,7 @@ fn install_trampoline() {
         );
     }
     write_param(P_CR3, arch::cr3());
-    write_param(P_ENTRY, ap_entry as *const () as u64);
+    write_param(P_ENTRY, ap_main as *const () as u64);
     // SAFETY: gdt64_ptr is the BSP's 10-byte GDT pseudo-descriptor in .data.
     let gdtr = unsafe { &gdt64_ptr as *const u8 };
     let limit = u16::from_le_bytes([
@@ -249,7 +249,7 @@ pub fn start_aps(apic_ids: &[u8], bsp_id: u8) -> SmpResult {
     SmpResult { errors }
 }
 
-/// How long one AP may take from the first SIPI to `ap_entry` (real time: the TSC runs at
+/// How long one AP may take from the first SIPI to `ap_main` (real time: the TSC runs at
 /// host speed while the emulated guest is ~1000x slower).
 const AP_TIMEOUT_MS: u64 = 3000;
 
@@ -276,7 +276,7 @@ fn start_one(cpu: usize, apic_id: u8) -> Result<(), &'static str> {
 }
 
 /// First Rust code on an AP: long mode, the BSP's GDT and page tables, its own stack.
-extern "C" fn ap_entry(cpu: u64) -> ! {
+extern "C" fn ap_main(cpu: u64) -> ! {
     let cpu = cpu as usize;
     idt::load();
     // The LAPIC works already (it took the SIPI); a failure here would only mean the
