@@ -102,11 +102,43 @@ fn describe(err: &dyn std::error::Error, logged: &str) -> String {
         source = cause.source();
     }
     for line in logged.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if !message.contains(line) {
+        // The logs often repeat the cause with other prefixes: add a line
+        // only if its ending is news.
+        if !message.contains(last_chars(line, 32)) {
             let _ = write!(message, "; {line}");
         }
     }
     message
+}
+
+fn last_chars(text: &str, n: usize) -> &str {
+    let start = text
+        .char_indices()
+        .rev()
+        .nth(n.saturating_sub(1))
+        .map_or(0, |(i, _)| i);
+    &text[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to create container")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn describe_keeps_the_cause_once() {
+        let err = Outer(std::io::Error::other("executable 'x' not found in $PATH"));
+        let logged = "failed to wait: executable 'x' not found in $PATH\nrootfs is read-only\n";
+        assert_eq!(
+            describe(&err, logged),
+            "failed to create container: executable 'x' not found in $PATH; rootfs is read-only"
+        );
+        assert_eq!(last_chars("héllo", 3), "llo");
+        assert_eq!(last_chars("ab", 5), "ab");
+    }
 }
 
 /// Collects libcontainer's error-level log lines in memory.

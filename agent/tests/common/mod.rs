@@ -43,6 +43,12 @@ pub struct AgentProcess {
     pub child: Option<Child>,
 }
 
+pub fn agent_binary() -> PathBuf {
+    std::env::var_os("PULSE_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pulse-agent")))
+}
+
 /// A unique name for this test process and call.
 pub fn unique(prefix: &str) -> String {
     format!(
@@ -53,8 +59,10 @@ pub fn unique(prefix: &str) -> String {
 }
 
 impl TestAgent {
+    /// Starts the agent this package built, or the binary named by
+    /// PULSE_AGENT_BIN (for example the static musl build).
     pub async fn start() -> TestAgent {
-        let command = Command::new(env!("CARGO_BIN_EXE_pulse-agent"));
+        let command = Command::new(agent_binary());
         Self::start_with(command, &[]).await
     }
 

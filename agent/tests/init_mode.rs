@@ -1,0 +1,83 @@
+//! The agent as PID 1: run in fresh PID, mount and UTS namespaces (as the
+//! initramfs's /init would run in a guest), it mounts the guest's
+//! filesystems, sets the hostname, and ends the "guest" when the sandbox is
+//! destroyed: reboot(2) in a PID namespace terminates its init with SIGINT.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{agent_binary, ctx, TestAgent};
+use pulse_protocols::health::VersionRequest;
+use pulse_protocols::sandbox::{CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest};
+
+#[tokio::test]
+async fn pid1_sets_up_the_guest_and_powers_off_on_destroy() {
+    let mut command = Command::new("unshare");
+    command
+        .args([
+            "--pid",
+            "--fork",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "private",
+            "--kill-child",
+        ])
+        .arg(agent_binary());
+    let mut agent = TestAgent::start_with(command, &["--hostname", "pulse-boot"]).await;
+
+    let version = agent
+        .health
+        .version(ctx(), &VersionRequest::default())
+        .await
+        .unwrap();
+    assert!(version.init_mode, "the agent should see itself as PID 1");
+
+    let details = agent
+        .sandbox
+        .get_guest_details(ctx(), &GuestDetailsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(details.hostname, "pulse-boot");
+    // It mounted cgroup2 at /sys/fs/cgroup (this host has v1 there).
+    assert_eq!(details.cgroup_mode, "v2");
+    assert!(details.memory_total_bytes > 0);
+
+    let create = CreateSandboxRequest {
+        sandbox_id: "pod-1".into(),
+        hostname: "pod-host".into(),
+        ..Default::default()
+    };
+    agent.sandbox.create_sandbox(ctx(), &create).await.unwrap();
+    let details = agent
+        .sandbox
+        .get_guest_details(ctx(), &GuestDetailsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(details.hostname, "pod-host");
+    assert_eq!(details.sandbox_id, "pod-1");
+
+    // Containers run under it (cgroup v2, the agent reaping as PID 1).
+    agent.run("c", &["sh", "-c", "echo in-guest; exit 4"]).await;
+    assert_eq!(agent.read_all("c", "", false).await, "in-guest\n");
+    assert_eq!(agent.wait("c", "").await.exit_status, 4);
+    agent.run("d", &["sleep", "1000"]).await;
+
+    let destroyed = agent
+        .sandbox
+        .destroy_sandbox(ctx(), &DestroySandboxRequest::default())
+        .await
+        .unwrap();
+    assert!(destroyed.powering_off);
+    assert_eq!(destroyed.removed_containers, 2);
+    let status = agent
+        .wait_exit(Duration::from_secs(20))
+        .expect("the PID 1 agent ended the namespace");
+    // unshare passes on how its child ended: terminated by SIGINT.
+    let by_sigint =
+        status.signal() == Some(libc::SIGINT) || status.code() == Some(128 + libc::SIGINT);
+    assert!(by_sigint, "{status:?}");
+}
