@@ -13,4 +13,5 @@ pub mod init;
 pub mod listen;
 pub mod reaper;
 mod runtime;
+pub mod server;
 pub mod service;

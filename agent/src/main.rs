@@ -13,7 +13,7 @@ use pulse_agent::helper::{helper_main, HELPER_SUBCOMMAND};
 use pulse_agent::init::{self, ShutdownAction};
 use pulse_agent::listen::ListenAddr;
 use pulse_agent::reaper::Reaper;
-use pulse_agent::service::{services, Agent};
+use pulse_agent::service::Agent;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser, Debug)]
@@ -118,17 +118,9 @@ async fn serve(cli: Cli, addr: ListenAddr, init_mode: bool) -> Result<ShutdownAc
         power_off: Default::default(),
     });
 
-    if let ListenAddr::Unix(path) = &addr {
-        if path.exists() {
-            std::fs::remove_file(path)
-                .with_context(|| format!("removing the stale socket {}", path.display()))?;
-        }
-    }
-    let mut server = ttrpc::r#async::Server::new()
-        .bind(&addr.ttrpc())
-        .with_context(|| format!("listening on {}", cli.listen))?
-        .register_service(services(Arc::clone(&agent)));
-    server.start().await.context("starting the ttrpc server")?;
+    let mut server = pulse_agent::server::start(&addr, Arc::clone(&agent))
+        .await
+        .context("starting the API server")?;
     tracing::info!(listen = %cli.listen, init_mode, "pulse-agent serving");
 
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;

@@ -1,0 +1,131 @@
+//! `pulse-ctl agent ...` against the agent's real API, served in-process on
+//! a unix socket.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pulse_agent::container::{Manager, RuntimeConfig};
+use pulse_agent::listen::ListenAddr;
+use pulse_agent::reaper::Reaper;
+use pulse_agent::service::Agent;
+use serde_json::Value;
+
+struct Served {
+    dir: tempfile::TempDir,
+    server: ttrpc::r#async::Server,
+}
+
+impl Served {
+    fn addr(&self) -> String {
+        format!("unix://{}", self.dir.path().join("a.sock").display())
+    }
+}
+
+async fn serve(report_root: &Path) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    // No reaper task: these requests start no processes, and pulse-ctl is
+    // this test's child, which tokio::process must reap itself.
+    let manager = Manager::new(
+        RuntimeConfig {
+            state_dir: dir.path().join("state"),
+            cgroup_parent: "/pulse-ctl-test".into(),
+            sys_root: report_root.join("sys"),
+        },
+        Reaper::new(),
+    )
+    .unwrap();
+    let agent = Arc::new(Agent {
+        manager,
+        started: Instant::now(),
+        init_mode: false,
+        stopping: AtomicBool::new(false),
+        sandbox_id: Default::default(),
+        report_root: report_root.to_path_buf(),
+        power_off: Default::default(),
+    });
+    let addr = ListenAddr::Unix(dir.path().join("a.sock"));
+    let server = pulse_agent::server::start(&addr, agent).await.unwrap();
+    Served { dir, server }
+}
+
+async fn ctl(args: &[&str]) -> Value {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse-ctl"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pulse-ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("pulse-ctl prints JSON")
+}
+
+#[tokio::test]
+async fn report_of_this_machine_as_json() {
+    let mut served = serve(Path::new("/")).await;
+    let addr = served.addr();
+    let report = ctl(&["agent", "report", "--addr", &addr]).await;
+    let devices = report["devices"].as_array().unwrap();
+    let on_sysfs = std::fs::read_dir("/sys/bus/virtio/devices")
+        .unwrap()
+        .count();
+    assert!(on_sysfs > 0, "this machine has virtio devices");
+    assert_eq!(devices.len(), on_sysfs);
+    for d in devices {
+        assert_eq!(d["transport"]["kind"], "TRANSPORT_KIND_PCI", "{d}");
+        assert_eq!(d["msiEnabled"], true, "{d}");
+        assert!(d["numQueues"].as_u64().unwrap() >= 1, "{d}");
+        assert!(!d["vectors"].as_array().unwrap().is_empty(), "{d}");
+        assert!(!d["provenance"].as_array().unwrap().is_empty(), "{d}");
+    }
+
+    let health = ctl(&["agent", "health", "--addr", &addr]).await;
+    assert_eq!(health["state"], "SERVING_STATE_SERVING");
+    let version = ctl(&["agent", "version", "--addr", &addr]).await;
+    assert_eq!(version["apiVersion"], 1);
+    let details = ctl(&["agent", "details", "--addr", &addr]).await;
+    assert_eq!(details["kernelName"], "Linux");
+    served.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn report_of_the_msi_fixture_as_json() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures/msi-guest");
+    let mut served = serve(&root).await;
+    let report = ctl(&["agent", "report", "--addr", &served.addr()]).await;
+    let blk = &report["devices"][0];
+    assert_eq!(blk["name"], "virtio0");
+    assert_eq!(blk["transport"]["kind"], "TRANSPORT_KIND_MMIO");
+    assert_eq!(blk["transport"]["address"], "0xd0000000");
+    assert_eq!(blk["numQueues"], 2);
+    assert_eq!(
+        blk["vectors"][1]["perCpu"],
+        serde_json::json!(["812", "130"])
+    );
+    assert_eq!(blk["vectors"][0]["role"], "VECTOR_ROLE_CONFIG");
+    served.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_agent_is_an_error() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse-ctl"))
+        .args([
+            "agent",
+            "health",
+            "--addr",
+            "unix:///nonexistent/agent.sock",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("connecting to the agent at unix:///nonexistent/agent.sock"),
+        "{stderr}"
+    );
+}
