@@ -53,6 +53,19 @@ impl ListenAddr {
     }
 }
 
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Vsock { cid: None, port } => write!(f, "vsock://{port}"),
+            ListenAddr::Vsock {
+                cid: Some(cid),
+                port,
+            } => write!(f, "vsock://{cid}:{port}"),
+            ListenAddr::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +90,10 @@ mod tests {
         assert_eq!(
             ListenAddr::parse("unix:///tmp/a.sock").unwrap(),
             ListenAddr::Unix("/tmp/a.sock".into())
+        );
+        assert_eq!(
+            ListenAddr::parse("vsock://1024").unwrap().to_string(),
+            "vsock://1024"
         );
         assert!(ListenAddr::parse("unix://rel.sock").is_err());
         assert!(ListenAddr::parse("tcp://1.2.3.4:5").is_err());

@@ -39,7 +39,7 @@ pub async fn start(addr: &ListenAddr, agent: Arc<Agent>) -> Result<Server, Serve
     let mut server = Server::new()
         .bind(&addr.ttrpc())
         .map_err(|source| ServerError::Bind {
-            addr: addr.ttrpc(),
+            addr: addr.to_string(),
             source,
         })?
         .register_service(services(agent));

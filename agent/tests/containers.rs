@@ -549,3 +549,54 @@ async fn destroy_sandbox_removes_every_container() {
         .unwrap();
     assert!(listed.containers.is_empty());
 }
+
+#[tokio::test]
+async fn spec_mounts_and_resources_are_applied() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    let shared = agent.dir().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("note"), "shared file\n").unwrap();
+    let spec = agent.spec(
+        &rootfs,
+        &["sh", "-c", "cat /data/note; echo written > /data/out"],
+    );
+    let mut spec = serde_json::to_value(&spec).unwrap();
+    spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/data",
+            "type": "bind",
+            "source": shared,
+            "options": ["rbind", "rw"]
+        }));
+    let limit: u64 = 48 * 1024 * 1024;
+    spec["linux"]["resources"] = serde_json::json!({
+        "memory": {"limit": limit},
+        "pids": {"limit": 20}
+    });
+    agent
+        .create_with("m", serde_json::to_vec(&spec).unwrap(), vec![])
+        .await
+        .expect("create");
+    let stats = agent
+        .containers
+        .container_stats(
+            ctx(),
+            &ContainerStatsRequest {
+                container_id: "m".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("stats");
+    assert_eq!((stats.memory_limit_bytes, stats.pids_limit), (limit, 20));
+    agent.start_container("m").await.unwrap();
+    assert_eq!(agent.read_all("m", "", false).await, "shared file\n");
+    assert_eq!(agent.wait("m", "").await.exit_status, 0);
+    assert_eq!(
+        std::fs::read_to_string(shared.join("out")).unwrap(),
+        "written\n"
+    );
+}

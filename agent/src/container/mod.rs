@@ -635,7 +635,9 @@ impl Manager {
                 "container {id:?} is still running; stop it or remove with force"
             )));
         }
-        if !stopped {
+        // With force, everything left in the cgroup goes too: exec'd
+        // processes outlive the container's own one without a PID namespace.
+        if !stopped || force {
             let cid = id.to_string();
             if phase == Phase::Paused {
                 let _ = self
