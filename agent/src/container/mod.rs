@@ -652,7 +652,7 @@ impl Manager {
             let _ = self
                 .blocking(move |root| {
                     Self::youki(root, &cid)?
-                        .kill(Signal::try_from(libc::SIGKILL).expect("SIGKILL"), true)
+                        .kill(Signal::from(nix::sys::signal::Signal::SIGKILL), true)
                         .map_err(runtime_err("killing"))
                 })
                 .await;
