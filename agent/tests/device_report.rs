@@ -217,3 +217,59 @@ fn this_machine() {
     }
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
 }
+
+/// A PCI block device whose driver got only two MSI-X vectors (config plus
+/// one shared by all queues), and a PCI net device on a legacy INTx line.
+#[test]
+fn shared_vector_and_intx_devices() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let write = |path: &str, text: &str| {
+        let p = r.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    };
+    write(
+        "proc/interrupts",
+        "           CPU0\n 11:   9  IO-APIC  11-fasteoi   virtio1\n 40:   1  PCI-MSIX-0000:00:04.0   0-edge   virtio0-config\n 41:  77  PCI-MSIX-0000:00:04.0   1-edge   virtio0-virtqueues\n",
+    );
+    for (dev, pci, id) in [
+        ("virtio0", "0000:00:04.0", "0x0002"),
+        ("virtio1", "0000:00:05.0", "0x0001"),
+    ] {
+        write(&format!("sys/devices/pci0000:00/{pci}/{dev}/device"), id);
+        fs::create_dir_all(r.join("sys/bus/virtio/devices")).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../../devices/pci0000:00/{pci}/{dev}"),
+            r.join("sys/bus/virtio/devices").join(dev),
+        )
+        .unwrap();
+    }
+    write("sys/devices/pci0000:00/0000:00:04.0/msi_irqs/40", "msix");
+    write("sys/devices/pci0000:00/0000:00:04.0/msi_irqs/41", "msix");
+    fs::create_dir_all(r.join("sys/devices/pci0000:00/0000:00:04.0/virtio0/block/vda")).unwrap();
+    for q in 0..4 {
+        fs::create_dir_all(r.join(format!("sys/block/vda/mq/{q}"))).unwrap();
+    }
+    fs::create_dir_all(r.join("sys/devices/pci0000:00/0000:00:05.0/virtio1/net/eth0")).unwrap();
+    for q in ["rx-0", "tx-0"] {
+        fs::create_dir_all(r.join("sys/class/net/eth0/queues").join(q)).unwrap();
+    }
+
+    let report = collect(r).unwrap();
+    let blk = device(&report, "virtio0");
+    assert_eq!(blk.transport, TransportKind::Pci);
+    assert!(blk.msi_enabled);
+    assert_eq!(blk.msi_vectors, 2);
+    assert_eq!(blk.vectors[1].role, VectorRole::SharedQueues);
+    // One vector for all queues says nothing about their number: blk-mq does.
+    assert_eq!(blk.num_queues, 4);
+    assert!(source(blk, "num_queues").contains("/sys/block/vda/mq"));
+
+    let net = device(&report, "virtio1");
+    assert!(!net.msi_enabled);
+    assert_eq!(net.vectors[0].role, VectorRole::Legacy);
+    assert_eq!(net.vectors[0].trigger, "fasteoi");
+    assert_eq!(net.num_queues, 2);
+    assert_eq!(net.transport_address, "0000:00:05.0");
+}

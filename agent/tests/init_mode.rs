@@ -65,6 +65,25 @@ async fn pid1_sets_up_the_guest_and_powers_off_on_destroy() {
     assert_eq!(agent.read_all("c", "", false).await, "in-guest\n");
     assert_eq!(agent.wait("c", "").await.exit_status, 4);
     agent.run("d", &["sleep", "1000"]).await;
+    // Every helper and intermediate process was reaped: no child of the
+    // agent is a zombie.
+    let agent_pid = children(agent.pid())[0];
+    assert!(
+        !children(agent_pid).is_empty(),
+        "the running container is a child of the agent"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let zombies: Vec<u32> = children(agent_pid)
+            .into_iter()
+            .filter(|pid| state(*pid) == Some('Z'))
+            .collect();
+        if zombies.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "zombies: {zombies:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let destroyed = agent
         .sandbox
@@ -80,4 +99,24 @@ async fn pid1_sets_up_the_guest_and_powers_off_on_destroy() {
     let by_sigint =
         status.signal() == Some(libc::SIGINT) || status.code() == Some(128 + libc::SIGINT);
     assert!(by_sigint, "{status:?}");
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
 }
