@@ -27,7 +27,9 @@ demo: build
 
 lint: deps
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path guest/probe/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd guest/probe && $(CARGO) clippy --release --target x86_64-unknown-none -- -D warnings
 
 unit-tests: deps
 	$(CARGO) test --workspace
@@ -36,6 +38,8 @@ test: lint unit-tests
 
 bench: build
 	$(CARGO) bench -p pulse-vmm --bench boot
+	$(CARGO) bench -p pulse-vmm --bench exits
+	$(CARGO) bench -p pulse-vmm --bench block -- --noplot
 
 clean:
 	$(CARGO) clean

@@ -20,6 +20,7 @@ const MEMORY_MIB: u64 = 64;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Sample {
+    boot_timer_ms: f64,
     first_output_ms: f64,
     exit_ms: f64,
     overhead_kib: u64,
@@ -54,12 +55,24 @@ fn measure(mut cmd: Command) -> Sample {
     let start = Instant::now();
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn VMM");
     let pid = child.id();
     let mut stdout = child.stdout.take().expect("piped stdout");
+    // Both VMMs report the guest's boot-timer write on stderr: Pulse logs it, QEMU's debugcon
+    // on the boot-timer port copies the byte.
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (etx, erx) = mpsc::channel();
+    let err_reader = std::thread::spawn(move || {
+        let mut first = [0u8; 1];
+        if stderr.read(&mut first).unwrap_or(0) == 1 {
+            let _ = etx.send(start.elapsed());
+        }
+        let mut rest = Vec::new();
+        let _ = stderr.read_to_end(&mut rest);
+    });
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut first = [0u8; 1];
@@ -84,6 +97,11 @@ fn measure(mut cmd: Command) -> Sample {
     };
     let exit_ms = start.elapsed().as_secs_f64() * 1000.0;
     let output = reader.join().unwrap_or_default();
+    let _ = err_reader.join();
+    let boot_timer_ms = erx
+        .try_recv()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(f64::NAN);
     let first_output_ms = rx
         .try_recv()
         .map(|d| d.as_secs_f64() * 1000.0)
@@ -91,6 +109,7 @@ fn measure(mut cmd: Command) -> Sample {
     let (total, guest) = best.unwrap_or((0, 0));
     let text = String::from_utf8_lossy(&output);
     Sample {
+        boot_timer_ms,
         first_output_ms,
         exit_ms,
         overhead_kib: total.saturating_sub(guest),
@@ -112,6 +131,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// counterpart of QEMU's `-kernel` boot.
 fn pulse_cmd(pulse: &Path, elf: &Path) -> Command {
     let mut cmd = Command::new(pulse);
+    // The boot-timer device logs the guest's write at info level, on stderr.
+    cmd.env("PULSE_LOG", "info");
     cmd.arg("run")
         .arg("--kernel")
         .arg(elf)
@@ -123,8 +144,17 @@ fn pulse_cmd(pulse: &Path, elf: &Path) -> Command {
 }
 
 fn qemu_cmd(elf: &Path, accel: &str) -> Command {
+    // `-cpu max` and `-cpu host` make QEMU abort on this nested KVM (it cannot set
+    // IA32_ARCH_CAPABILITIES); without that MSR it runs.
+    let cpu = if accel == "kvm" {
+        "host,-arch-capabilities"
+    } else {
+        "max"
+    };
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-M", "microvm,acpi=off", "-accel", accel, "-cpu", "max"])
+    cmd.args(["-M", "microvm,acpi=off", "-accel", accel, "-cpu", cpu])
+        .args(["-chardev", "file,id=boottimer,path=/dev/stderr"])
+        .args(["-device", "isa-debugcon,iobase=0x440,chardev=boottimer"])
         .args(["-m", &MEMORY_MIB.to_string(), "-smp", &VCPUS.to_string()])
         .args([
             "-nographic",
@@ -175,6 +205,8 @@ fn main() {
 
 fn print_table(pulse: &[Sample], qemu: &[Sample], accel: &str) {
     let col = |runs: &[Sample], f: fn(&Sample) -> f64| median(runs.iter().map(f).collect());
+    let p_timer = col(pulse, |s| s.boot_timer_ms);
+    let q_timer = col(qemu, |s| s.boot_timer_ms);
     let p_first = col(pulse, |s| s.first_output_ms);
     let p_exit = col(pulse, |s| s.exit_ms);
     let p_mem = col(pulse, |s| s.overhead_kib as f64) / 1024.0;
@@ -206,21 +238,17 @@ fn print_table(pulse: &[Sample], qemu: &[Sample], accel: &str) {
             target
         );
     };
-    row(
-        "first guest output (ms)",
-        p_first,
-        q_first,
-        "ratio <= 0.333",
-    );
+    row("boot-timer write (ms)", p_timer, q_timer, "ratio <= 0.333");
+    row("first serial output (ms)", p_first, q_first, "");
     row("exit (ms)", p_exit, q_exit, "");
     row("VMM memory overhead (MiB)", p_mem, q_mem, "Pulse <= 5 MiB");
     println!();
     let failed_p = pulse.iter().filter(|s| !s.ok).count();
     let failed_q = qemu.iter().filter(|s| !s.ok).count();
     println!(
-        "first-output ratio {:.3}: {}; Pulse overhead {:.2} MiB: {}; runs without the probe's ok: Pulse {failed_p}, QEMU {failed_q}",
-        p_first / q_first,
-        if p_first / q_first <= 1.0 / 3.0 { "met" } else { "NOT met" },
+        "boot-timer ratio {:.3}: {}; Pulse overhead {:.2} MiB: {}; runs without the probe's ok: Pulse {failed_p}, QEMU {failed_q}",
+        p_timer / q_timer,
+        if p_timer / q_timer <= 1.0 / 3.0 { "met" } else { "NOT met" },
         p_mem,
         if p_mem <= 5.0 { "met" } else { "NOT met" },
     );

@@ -206,8 +206,8 @@ fn print_report(r: &ProbeReport) {
         println!("  guest:   printed no result line");
     }
     println!(
-        "  exits:   {} port I/O, {} MMIO, {} to unclaimed addresses",
-        r.exits.pio_exits, r.exits.mmio_exits, r.exits.unhandled_accesses
+        "  exits:   {} port I/O, {} MMIO, {} to unclaimed addresses (userspace)",
+        r.exits.pio, r.exits.mmio, r.exits.unhandled
     );
     println!(
         "  memory:  VMM overhead {:.1} MiB (process RSS {:.1} MiB, guest pages {:.1} MiB)",
@@ -215,15 +215,19 @@ fn print_report(r: &ProbeReport) {
         r.memory.rss_kib as f64 / 1024.0,
         r.memory.guest_resident_kib as f64 / 1024.0
     );
-    if !r.kvm_exits.is_empty() {
-        let k = |name: &str| r.kvm_exits.get(name).copied().unwrap_or(0);
+    if !r.exits.kvm.is_empty() {
+        let k = |name: &str| r.exits.kvm.get(name).copied().unwrap_or(0);
         println!(
-            "  KVM:     {} exits ({} I/O, {} MMIO, {} halt, {} external interrupt)",
+            "  KVM:     {} exits, {} halts, {} interrupt injections",
             k("exits"),
-            k("io_exits"),
-            k("mmio_exits"),
             k("halt_exits"),
-            k("irq_exits")
+            k("irq_injections")
+        );
+    }
+    if let Some(w) = &r.exits.workload {
+        println!(
+            "  workload: {:.1} ms, {} port I/O + {} MMIO exits to userspace, {} KVM exits",
+            w.ms, w.pio_exits, w.mmio_exits, w.kvm_exits
         );
     }
     for d in &r.devices {

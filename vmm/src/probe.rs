@@ -10,9 +10,9 @@ use serde_json::Value;
 use crate::boot::{BootProtocol, KernelSource};
 use crate::config::VmConfig;
 use crate::devices::block::{BlockConfig, DEFAULT_QUEUE_SIZE};
+use crate::devices::phase_marker::{self, PhaseDelta};
 use crate::devices::serial::SerialOutput;
 use crate::exit::VmExit;
-use crate::metrics::MetricsSnapshot;
 use crate::mmio::TransportStats;
 use crate::vm::{MemoryUsage, Vm, VmError};
 
@@ -108,16 +108,31 @@ pub struct ProbeReport {
     pub guest: Option<Value>,
     /// Serial lines other than the result.
     pub serial: Vec<String>,
-    /// Exit counters.
-    pub exits: MetricsSnapshot,
+    /// Milliseconds from VM start to the guest's first serial output.
+    pub first_output_ms: Option<f64>,
+    /// Exits to userspace and KVM's own counters, for the run and for the workload alone.
+    pub exits: ExitReport,
     /// VMM memory use at the end of the run.
     pub memory: MemoryUsage,
     /// Interrupt mode the guest was asked to use.
     pub irq_mode: IrqMode,
     /// The virtio devices: the VMM's view merged with the guest's counts.
     pub devices: Vec<DeviceReport>,
-    /// KVM's own exit counters (summed over vCPUs) during the run.
-    pub kvm_exits: std::collections::BTreeMap<String, u64>,
+}
+
+/// Exit counts of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExitReport {
+    /// Port-I/O exits handled in userspace, whole run.
+    pub pio: u64,
+    /// MMIO exits handled in userspace, whole run.
+    pub mmio: u64,
+    /// Accesses to addresses no device claims.
+    pub unhandled: u64,
+    /// KVM's counters summed over vCPUs, whole run (`exits` is every exit KVM saw).
+    pub kvm: std::collections::BTreeMap<String, u64>,
+    /// Between the guest's "workload starts" and "workload done" marks.
+    pub workload: Option<PhaseDelta>,
 }
 
 /// One virtio device in the report.
@@ -238,6 +253,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     let memory = vm.memory_usage();
     let exits = vm.metrics();
     let kvm_exits = vm.kvm_stats();
+    let workload = phase_marker::delta(&vm.phase_marks(), 1, 2);
     let device_stats = vm.device_stats();
     let boot_protocol = vm.entry().protocol_name();
     drop(vm);
@@ -263,7 +279,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     Ok(ProbeReport {
         irq_mode: options.irq,
         devices,
-        kvm_exits,
+        first_output_ms: exits.first_output_ms,
         ok: guest_ok && exit == VmExit::DebugExit(0),
         booted: exits.boot_timer_ms.is_some(),
         vcpus,
@@ -274,7 +290,13 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         exit,
         guest,
         serial,
-        exits,
+        exits: ExitReport {
+            pio: exits.pio_exits,
+            mmio: exits.mmio_exits,
+            unhandled: exits.unhandled_accesses,
+            kvm: kvm_exits,
+            workload,
+        },
         memory,
     })
 }

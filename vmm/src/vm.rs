@@ -14,6 +14,7 @@ use crate::config::{ConfigError, VmConfig};
 use crate::devices::block::{Block, BlockError};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::debug_exit::DebugExit;
+use crate::devices::phase_marker::{Marks, PhaseMark, PhaseMarker};
 use crate::devices::reset::{ResetControl, RESET_PORT};
 use crate::devices::serial::{open_output, SerialDevice, SerialOutput};
 use crate::event_loop::{EventLoop, SerialInput, Subscriber};
@@ -116,7 +117,8 @@ pub struct Vm {
     cmdline: String,
     // Dropped before the VM fd: stopping a device joins its workers and detaches its irqfds.
     devices: Vec<Arc<Mutex<MmioTransport>>>,
-    vcpu_stats: Vec<crate::kvm_stats::StatsFd>,
+    vcpu_stats: Arc<std::sync::OnceLock<Vec<crate::kvm_stats::StatsFd>>>,
+    marks: Marks,
     // Declared before the memory so that KVM lets go of the slots before the mapping goes.
     _vm_fd: Arc<VmFd>,
     memory: GuestMemoryMmap,
@@ -203,6 +205,17 @@ impl Vm {
             u64::from(RESET_PORT),
             1,
         )?;
+        let kvm_stats = Arc::new(std::sync::OnceLock::new());
+        let marks: Marks = Arc::default();
+        pio.insert(
+            Arc::new(Mutex::new(PhaseMarker::new(
+                metrics.clone(),
+                kvm_stats.clone(),
+                marks.clone(),
+            ))),
+            u64::from(layout::PHASE_MARKER_PORT),
+            1,
+        )?;
 
         let mut subscribers: Vec<Subscriber> = Vec::new();
         if matches!(config.serial, SerialOutput::Stdout) {
@@ -225,6 +238,7 @@ impl Vm {
             }
             vcpus.push(vcpu);
         }
+        let _ = kvm_stats.set(vcpu_stats);
         let ctx = VcpuContext {
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
@@ -240,7 +254,8 @@ impl Vm {
             vcpus: config.vcpus,
             cmdline,
             devices,
-            vcpu_stats,
+            vcpu_stats: kvm_stats,
+            marks,
             _vm_fd: vm_fd,
             memory,
         };
@@ -289,10 +304,17 @@ impl Vm {
     pub fn kvm_stats(&self) -> std::collections::BTreeMap<String, u64> {
         let all: Vec<_> = self
             .vcpu_stats
-            .iter()
+            .get()
+            .into_iter()
+            .flatten()
             .filter_map(|s| s.read().ok())
             .collect();
         crate::kvm_stats::sum(&all)
+    }
+
+    /// The guest's phase marks so far.
+    pub fn phase_marks(&self) -> Vec<PhaseMark> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A copy of the counters.

@@ -102,6 +102,25 @@ fn pvh_entry_is_preferred_and_finds_the_start_info() {
 }
 
 #[test]
+fn bzimage_boots_through_the_64_bit_entry_with_its_header() {
+    let mut code = asm::outb(0x440, 123);
+    code.extend(asm::print("B"));
+    code.extend([0x8a, 0x86, 0x06, 0x02, 0x00, 0x00]); // mov al, [rsi + 0x206] (hdr.version)
+    code.push(asm::OUT_DX_AL);
+    code.extend(asm::outb(0x501, 0));
+    code.push(asm::HLT);
+    let (config, buffer) = config(common::bzimage(&code));
+    let run = boot(&config, &buffer);
+    assert_eq!(run.exit, VmExit::DebugExit(0));
+    assert_eq!(run.protocol, "linux64");
+    assert_eq!(
+        run.serial.as_bytes(),
+        b"B\x0f",
+        "the zero page carries the bzImage header"
+    );
+}
+
+#[test]
 fn pvh_without_a_note_is_refused() {
     let (mut config, _) = config(exiting_guest("x", 0).pipe(|c| elf(&c, None)));
     config.boot_protocol = BootProtocol::Pvh;

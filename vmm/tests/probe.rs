@@ -57,5 +57,11 @@ fn a_panicking_guest_is_reported() {
     let (code, r) = probe(&["--guest-arg", "probe.selftest=panic"]);
     assert_eq!(code, Some(1));
     assert_eq!(r["ok"], false);
-    assert!(r["guest"]["panic"].as_str().unwrap_or("").contains("selftest"), "{r}");
+    assert!(
+        r["guest"]["panic"]
+            .as_str()
+            .unwrap_or("")
+            .contains("selftest"),
+        "{r}"
+    );
 }

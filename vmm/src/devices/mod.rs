@@ -3,6 +3,8 @@
 pub mod block;
 pub mod boot_timer;
 pub mod debug_exit;
+pub mod driver_ring;
+pub mod phase_marker;
 pub mod reset;
 pub mod serial;
 pub mod virtio;

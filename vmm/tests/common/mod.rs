@@ -129,3 +129,21 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// A minimal bzImage: a one-sector setup header (boot protocol 2.15, loaded high at 1 MiB) and
+/// a protected-mode payload whose 64-bit entry, 0x200 bytes in, is `code64`.
+pub fn bzimage(code64: &[u8]) -> Vec<u8> {
+    let mut image = vec![0u8; 1024];
+    image[0x1f1] = 1; // setup_sects: one sector after the boot sector
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // version
+    image[0x211] = 0x01; // loadflags: LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    let mut payload = vec![0xf4u8; 0x200]; // 32-bit entry area: hlt
+    payload.extend_from_slice(code64);
+    let init_size = (payload.len() as u32 + 0xfff) & !0xfff;
+    image[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
+    image.extend_from_slice(&payload);
+    image
+}

@@ -4,25 +4,21 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{Backend, SECTOR_SIZE};
 use super::request::{kind, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP};
 use super::worker::{QueueCounters, QueueWorker};
+use crate::devices::driver_ring::{DriverRing, DESC_F_NEXT as F_NEXT, DESC_F_WRITE as F_WRITE};
 use crate::interrupts::Interrupt;
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
 const QSIZE: u16 = 16;
-const DESC: u64 = 0x1_0000;
-const AVAIL: u64 = 0x2_0000;
-const USED: u64 = 0x3_0000;
+const RING: u64 = 0x1_0000;
 const HEADER: u64 = 0x10_0000;
 const DATA: u64 = 0x20_0000;
 const STATUS: u64 = 0x30_0000;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 
 #[derive(Default)]
 struct CountingInterrupt(AtomicU64);
@@ -38,8 +34,7 @@ struct Rig {
     mem: GuestMemoryMmap,
     worker: QueueWorker,
     irq: Arc<CountingInterrupt>,
-    next_desc: u16,
-    avail_idx: u16,
+    ring: DriverRing,
     _disk: tempfile::NamedTempFile,
 }
 
@@ -49,13 +44,8 @@ fn rig_with(read_only: bool, disk_bytes: usize) -> Rig {
     let pattern: Vec<u8> = (0..disk_bytes).map(|i| (i / 512) as u8).collect();
     std::fs::write(disk.path(), &pattern).unwrap();
     let backend = Backend::open(disk.path(), read_only).unwrap();
-    let mut queue = Queue::new(QSIZE).unwrap();
-    queue.set_size(QSIZE);
-    queue.set_desc_table_address(Some(DESC as u32), Some(0));
-    queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-    queue.set_used_ring_address(Some(USED as u32), Some(0));
-    queue.set_ready(true);
-    assert!(queue.is_valid(&mem));
+    let ring = DriverRing::new(&mem, GuestAddress(RING), QSIZE);
+    let queue = ring.queue();
     let irq = Arc::new(CountingInterrupt::default());
     let mut id = [0u8; 20];
     id[..5].copy_from_slice(b"disk0");
@@ -74,8 +64,7 @@ fn rig_with(read_only: bool, disk_bytes: usize) -> Rig {
         mem,
         worker,
         irq,
-        next_desc: 0,
-        avail_idx: 0,
+        ring,
         _disk: disk,
     }
 }
@@ -85,38 +74,15 @@ fn rig() -> Rig {
 }
 
 impl Rig {
-    /// Writes a chain of (addr, len, flags) descriptors, linking them with NEXT unless `raw`.
+    /// Writes a chain of (addr, len, flags) descriptors and publishes it.
     fn push_chain(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
-        let head = self.next_desc;
-        for (i, (addr, len, flags)) in descs.iter().enumerate() {
-            let idx = self.next_desc;
-            let last = i == descs.len() - 1;
-            let flags = if last { *flags } else { flags | F_NEXT };
-            let next = if last { 0 } else { idx + 1 };
-            self.write_desc(idx, *addr, *len, flags, next);
-            self.next_desc += 1;
-        }
-        self.publish(head);
+        let buffers: Vec<(u64, u32, bool)> = descs
+            .iter()
+            .map(|(a, l, f)| (*a, *l, f & F_WRITE != 0))
+            .collect();
+        let head = self.ring.add_chain(&buffers);
+        self.ring.publish(&[head]);
         head
-    }
-
-    fn write_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = GuestAddress(DESC + 16 * u64::from(idx));
-        self.mem.write_obj(addr, at).unwrap();
-        self.mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
-        self.mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
-        self.mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
-    }
-
-    fn publish(&mut self, head: u16) {
-        let slot = u64::from(self.avail_idx % QSIZE);
-        self.mem
-            .write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .unwrap();
     }
 
     fn header(&self, at: u64, kind: u32, sector: u64) {
@@ -145,13 +111,11 @@ impl Rig {
     }
 
     fn used_len(&self, slot: u16) -> u32 {
-        self.mem
-            .read_obj(GuestAddress(USED + 4 + 8 * u64::from(slot) + 4))
-            .unwrap()
+        self.ring.used_elem(slot).1
     }
 
     fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+        self.ring.used_idx()
     }
 
     fn data(&self, len: usize) -> Vec<u8> {
@@ -270,18 +234,19 @@ fn looping_and_overlong_chains_end() {
     let mut r = rig();
     // Two descriptors pointing at each other: the chain ends after the queue size.
     r.header(HEADER, kind::OUT, 0);
-    r.write_desc(0, HEADER, 16, F_NEXT, 1);
-    r.write_desc(1, DATA, 512, F_NEXT, 0);
-    r.publish(0);
+    r.ring.write_desc(0, HEADER, 16, F_NEXT, 1);
+    r.ring.write_desc(1, DATA, 512, F_NEXT, 0);
+    r.ring.publish(&[0]);
     // A descriptor index beyond the table.
-    r.write_desc(2, HEADER, 16, F_NEXT, 200);
-    r.publish(2);
+    r.ring.write_desc(2, HEADER, 16, F_NEXT, 200);
+    r.ring.publish(&[2]);
     // A head index beyond the table.
-    r.publish(500);
+    r.ring.publish(&[500]);
     r.worker.process();
     assert!(r.used_idx() >= 2);
     // The device still works afterwards.
-    r.next_desc = 3;
+    r.ring.recycle();
+    r.ring.add_chain(&[(0, 0, false); 3]);
     assert_eq!(r.request(kind::IN, 0, 512), STATUS_OK);
 }
 

@@ -1,0 +1,169 @@
+//! Host-side cost of virtio-blk requests through the device model: a driver thread plays the
+//! guest (rings in guest memory, a doorbell eventfd as KVM's ioeventfd would write it), the
+//! device's own queue worker threads serve it. No VM is involved, so this is the VMM's cost alone.
+//!
+//! - `block_request_4k/{read,write}`: one 4 KiB request at a time, doorbell to completion.
+//! - `block_throughput/queues/N`: N driver threads, one per queue, each keeping a batch of 32
+//!   4 KiB reads in flight; criterion reports bytes per second.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use pulse_vmm::devices::block::{Block, BlockConfig};
+use pulse_vmm::devices::driver_ring::DriverRing;
+use pulse_vmm::devices::virtio::{features, ActiveQueue, VirtioDevice};
+use pulse_vmm::interrupts::Interrupt;
+use pulse_vmm::memory::{create_guest_memory, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+const QUEUE_SIZE: u16 = 128;
+const BATCH: u16 = 32;
+const DISK_BYTES: u64 = 64 << 20;
+const REQ_BYTES: u32 = 4096;
+
+#[derive(Default)]
+struct CountingInterrupt(AtomicU64);
+
+impl Interrupt for CountingInterrupt {
+    fn trigger(&self, _queue: u16) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn trigger_config(&self) {}
+}
+
+/// Guest-side state of one queue: its ring and its buffers.
+struct Driver {
+    ring: DriverRing,
+    doorbell: EventFd,
+    mem: GuestMemoryMmap,
+    buffers: u64,
+    queue: u16,
+}
+
+impl Driver {
+    /// Submits `count` requests of type `kind` and waits (spinning) until all are used.
+    fn run_batch(&mut self, kind: u32, count: u16, round: u64) {
+        self.ring.recycle();
+        let mut heads = Vec::with_capacity(usize::from(count));
+        for i in 0..u64::from(count) {
+            let slot = self.buffers + i * 8192;
+            let (header, data, status) = (slot, slot + 4096, slot + 4095);
+            let sector = (u64::from(self.queue) * 4096 + (round * u64::from(count) + i) % 4096) * 8
+                % (DISK_BYTES / 512 - 8);
+            self.mem.write_obj(kind, GuestAddress(header)).unwrap();
+            self.mem
+                .write_obj(sector, GuestAddress(header + 8))
+                .unwrap();
+            heads.push(self.ring.add_chain(&[
+                (header, 16, false),
+                (data, REQ_BYTES, kind == 0),
+                (status, 1, true),
+            ]));
+        }
+        let target = self.ring.avail_idx().wrapping_add(count);
+        self.ring.publish(&heads);
+        self.doorbell.write(1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.ring.used_idx() != target {
+            assert!(Instant::now() < deadline, "device stalled");
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// A block device with `queues` queues, activated on rings in fresh guest memory.
+fn setup(queues: u16) -> (Block, Vec<Driver>, tempfile::NamedTempFile) {
+    let mem = create_guest_memory(256).unwrap();
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    disk.as_file().set_len(DISK_BYTES).unwrap();
+    // Fill the page cache so that reads measure the device model, not the disk.
+    std::fs::write(disk.path(), vec![0x5au8; DISK_BYTES as usize]).unwrap();
+    let mut block = Block::new(BlockConfig {
+        path: disk.path().to_path_buf(),
+        read_only: false,
+        queues,
+        queue_size: QUEUE_SIZE,
+        serial: None,
+    })
+    .unwrap();
+    let mut active = Vec::new();
+    let mut drivers = Vec::new();
+    for q in 0..queues {
+        let ring = DriverRing::new(
+            &mem,
+            GuestAddress(0x10_0000 + u64::from(q) * 0x1_0000),
+            QUEUE_SIZE,
+        );
+        let doorbell = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        active.push(ActiveQueue {
+            index: q,
+            queue: ring.queue(),
+            notifier: doorbell.try_clone().unwrap(),
+        });
+        drivers.push(Driver {
+            ring,
+            doorbell,
+            mem: mem.clone(),
+            buffers: 0x100_0000 + u64::from(q) * 0x100_0000,
+            queue: q,
+        });
+    }
+    let irq: Arc<dyn Interrupt> = Arc::new(CountingInterrupt::default());
+    block
+        .activate(mem, features::VERSION_1, active, irq)
+        .unwrap();
+    (block, drivers, disk)
+}
+
+fn single_request(c: &mut Criterion) {
+    let mut group = c.benchmark_group("block_request_4k");
+    group.throughput(Throughput::Bytes(u64::from(REQ_BYTES)));
+    for (name, kind) in [("read", 0u32), ("write", 1u32)] {
+        let (_block, mut drivers, _disk) = setup(1);
+        let mut round = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                round += 1;
+                drivers[0].run_batch(kind, 1, round);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn throughput(c: &mut Criterion) {
+    let mut group = c.benchmark_group("block_throughput");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    for queues in [1u16, 2, 4] {
+        let (_block, drivers, _disk) = setup(queues);
+        let drivers: Vec<_> = drivers.into_iter().map(std::sync::Mutex::new).collect();
+        let drivers = Arc::new(drivers);
+        group.throughput(Throughput::Bytes(
+            u64::from(queues) * u64::from(BATCH) * u64::from(REQ_BYTES),
+        ));
+        group.bench_with_input(BenchmarkId::new("queues", queues), &queues, |b, _| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for d in drivers.iter() {
+                        s.spawn(move || {
+                            let mut d = d.lock().unwrap();
+                            for round in 0..iters {
+                                d.run_batch(0, BATCH, round);
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, single_request, throughput);
+criterion_main!(benches);

@@ -1,0 +1,133 @@
+//! The driver's side of a split virtqueue, written into guest memory from the host: tests and
+//! benchmarks use it to play the guest in front of a device model.
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::memory::GuestMemoryMmap;
+
+/// Descriptor flag: the chain continues at `next`.
+pub const DESC_F_NEXT: u16 = 1;
+/// Descriptor flag: device-writable buffer.
+pub const DESC_F_WRITE: u16 = 2;
+
+/// A split ring laid out from a base address: descriptor table, available ring, used ring.
+pub struct DriverRing {
+    mem: GuestMemoryMmap,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    size: u16,
+    next_desc: u16,
+    avail_idx: u16,
+}
+
+impl DriverRing {
+    /// A ring of `size` entries at `base` (4 KiB aligned), zeroed.
+    pub fn new(mem: &GuestMemoryMmap, base: GuestAddress, size: u16) -> Self {
+        let desc = base.0;
+        let avail = desc + 16 * u64::from(size);
+        let used = (avail + 6 + 2 * u64::from(size) + 4095) & !4095;
+        let total = used + 6 + 8 * u64::from(size) - desc;
+        mem.write_slice(&vec![0u8; total as usize], base)
+            .expect("ring inside guest memory");
+        Self {
+            mem: mem.clone(),
+            desc,
+            avail,
+            used,
+            size,
+            next_desc: 0,
+            avail_idx: 0,
+        }
+    }
+
+    /// A device-side queue configured for this ring, ready.
+    pub fn queue(&self) -> Queue {
+        let mut q = Queue::new(self.size).expect("power-of-two size");
+        q.set_size(self.size);
+        q.set_desc_table_address(Some(self.desc as u32), Some((self.desc >> 32) as u32));
+        q.set_avail_ring_address(Some(self.avail as u32), Some((self.avail >> 32) as u32));
+        q.set_used_ring_address(Some(self.used as u32), Some((self.used >> 32) as u32));
+        q.set_ready(true);
+        q
+    }
+
+    /// Writes one raw descriptor.
+    pub fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = self.desc + 16 * u64::from(index);
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        self.mem
+            .write_slice(&raw, GuestAddress(at))
+            .expect("descriptor table");
+    }
+
+    /// Writes a chain of (address, length, device-writable) buffers at the next free
+    /// descriptors, linked in order; returns its head. Not yet visible to the device.
+    pub fn add_chain(&mut self, buffers: &[(u64, u32, bool)]) -> u16 {
+        let head = self.next_desc;
+        for (i, (addr, len, writable)) in buffers.iter().enumerate() {
+            let index = self.next_desc;
+            let last = i + 1 == buffers.len();
+            let mut flags = if *writable { DESC_F_WRITE } else { 0 };
+            if !last {
+                flags |= DESC_F_NEXT;
+            }
+            let next = if last { 0 } else { (index + 1) % self.size };
+            self.write_desc(index, *addr, *len, flags, next);
+            self.next_desc = (self.next_desc + 1) % self.size;
+        }
+        head
+    }
+
+    /// Starts allocating descriptors from index 0 again (all previous chains are used).
+    pub fn recycle(&mut self) {
+        self.next_desc = 0;
+    }
+
+    /// Makes `heads` available to the device with one index update.
+    pub fn publish(&mut self, heads: &[u16]) {
+        for head in heads {
+            let slot = u64::from(self.avail_idx % self.size);
+            self.mem
+                .write_obj(*head, GuestAddress(self.avail + 4 + 2 * slot))
+                .expect("avail ring");
+            self.avail_idx = self.avail_idx.wrapping_add(1);
+        }
+        self.mem
+            .write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .expect("avail idx");
+    }
+
+    /// The available index the driver has published.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// The used index the device has written.
+    pub fn used_idx(&self) -> u16 {
+        self.mem
+            .read_obj(GuestAddress(self.used + 2))
+            .expect("used idx")
+    }
+
+    /// Used element `slot`: (descriptor head, length written).
+    pub fn used_elem(&self, slot: u16) -> (u32, u32) {
+        let at = self.used + 4 + 8 * u64::from(slot % self.size);
+        let id = self.mem.read_obj(GuestAddress(at)).expect("used ring");
+        let len = self.mem.read_obj(GuestAddress(at + 4)).expect("used ring");
+        (id, len)
+    }
+
+    /// With EVENT_IDX: ask for an interrupt once the used index passes `idx`.
+    pub fn set_used_event(&self, idx: u16) {
+        let at = self.avail + 4 + 2 * u64::from(self.size);
+        self.mem
+            .write_obj(idx, GuestAddress(at))
+            .expect("used_event");
+    }
+}
