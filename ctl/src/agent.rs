@@ -7,11 +7,11 @@ use clap::{Args, Subcommand};
 use protobuf::MessageFull;
 use pulse_protocols::{devices, devices_ttrpc, health, health_ttrpc, sandbox, sandbox_ttrpc};
 use ttrpc::context;
-use ttrpc::r#async::Client;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// The agent's address: unix:///PATH, or vsock://CID:PORT.
+    /// The agent's address: unix:///PATH, vsock://CID:PORT, or
+    /// hvsock://PATH:PORT (a VMM's hybrid vsock socket and the guest port).
     #[arg(long, global = true, default_value = "unix:///run/pulse-agent.sock")]
     addr: String,
     /// Seconds to wait for an answer.
@@ -34,10 +34,9 @@ enum Query {
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
-    let client = Client::connect(&args.addr)
-        .await
-        .with_context(|| format!("connecting to the agent at {}", args.addr))?;
-    let ctx = || context::with_timeout(Duration::from_secs(args.timeout).as_nanos() as i64);
+    let timeout = Duration::from_secs(args.timeout);
+    let client = crate::connect::connect(&args.addr, timeout).await?;
+    let ctx = || context::with_timeout(timeout.as_nanos() as i64);
     let json = match args.query {
         Query::Report => to_json(
             &devices_ttrpc::DevicesClient::new(client)

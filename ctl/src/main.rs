@@ -5,6 +5,7 @@
 //! `agent details` print the other read-only answers.
 
 mod agent;
+mod connect;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

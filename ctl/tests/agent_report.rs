@@ -129,3 +129,59 @@ async fn unreachable_agent_is_an_error() {
         "{stderr}"
     );
 }
+
+/// A stand-in for the VMM's hybrid vsock socket: answers `CONNECT <port>`
+/// with `OK`, then forwards the stream to `target`. With `refuse`, it
+/// answers with an error line instead.
+async fn hybrid_vsock(path: PathBuf, target: PathBuf, refuse: bool) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                let mut line = String::new();
+                stream.read_line(&mut line).await.unwrap();
+                if refuse || line != "CONNECT 1024\n" {
+                    let _ = stream.get_mut().write_all(b"ERR no such port\n").await;
+                    return;
+                }
+                stream
+                    .get_mut()
+                    .write_all(b"OK 1073741824\n")
+                    .await
+                    .unwrap();
+                let mut upstream = tokio::net::UnixStream::connect(&target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(stream.get_mut(), &mut upstream).await;
+            });
+        }
+    });
+}
+
+#[tokio::test]
+async fn hybrid_vsock_handshake() {
+    let mut served = serve(Path::new("/")).await;
+    let agent_sock = served.dir.path().join("a.sock");
+    let vm_sock = served.dir.path().join("vm.vsock");
+    hybrid_vsock(vm_sock.clone(), agent_sock.clone(), false).await;
+    let addr = format!("hvsock://{}:1024", vm_sock.display());
+    let health = ctl(&["agent", "health", "--addr", &addr]).await;
+    assert_eq!(health["state"], "SERVING_STATE_SERVING");
+
+    let refusing = served.dir.path().join("refusing.vsock");
+    hybrid_vsock(refusing.clone(), agent_sock, true).await;
+    let addr = format!("hvsock://{}:1024", refusing.display());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse-ctl"))
+        .args(["agent", "health", "--addr", &addr])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CONNECT 1024 refused: \"ERR no such port\""),
+        "{stderr}"
+    );
+    served.server.shutdown().await.unwrap();
+}
