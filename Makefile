@@ -24,6 +24,12 @@ agent: deps
 demo: build
 	@echo "== pulse-vmm probe: boot the embedded probe guest on 2 vCPUs =="
 	$(RELEASE_DIR)/pulse-vmm probe --vcpus 2
+	@echo
+	@echo "== virtio-blk, 4 queues, one MSI per queue, 2 vCPUs (the probe is the guest driver) =="
+	$(RELEASE_DIR)/pulse-vmm probe --vcpus 2 --blk-queues 4 --irq msi
+	@echo
+	@echo "== the same workload on the legacy interrupt line =="
+	$(RELEASE_DIR)/pulse-vmm probe --vcpus 2 --blk-queues 4 --irq legacy
 
 lint: deps
 	$(CARGO) fmt --all -- --check
@@ -33,6 +39,7 @@ lint: deps
 
 unit-tests: deps
 	$(CARGO) test --workspace
+	cd guest/probe && $(CARGO) test --lib --target x86_64-unknown-linux-gnu
 
 test: lint unit-tests
 

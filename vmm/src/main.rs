@@ -161,6 +161,13 @@ fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
         .filter(|v| *v > 0)
         .ok_or_else(|| anyhow::anyhow!("vcpus must be between 1 and 254, got {}", args.vcpus))?;
     let boot_protocol: BootProtocol = args.boot.parse().map_err(anyhow::Error::msg)?;
+    if let Some(q) = args.blk_queues {
+        anyhow::ensure!(
+            (1..=pulse_vmm::devices::block::MAX_QUEUES).contains(&q),
+            "--blk-queues must be between 1 and {}, got {q}",
+            pulse_vmm::devices::block::MAX_QUEUES
+        );
+    }
     let options = ProbeOptions {
         blk_queues: args.blk_queues,
         irq: args.irq.parse().map_err(anyhow::Error::msg)?,
@@ -253,6 +260,12 @@ fn print_device(d: &probe::DeviceReport) {
         d.requests_asked,
         opt(d.data_errors)
     );
+    if let Some(note) = &d.guest_note {
+        println!("    guest note: {note}");
+    }
+    for e in &d.guest_errors {
+        println!("    guest error: {e}");
+    }
     println!(
         "    {:<7} {:<8} {:>5} {:>4} {:>8} {:>9}",
         "vector", "role", "gsi", "cpu", "sent", "received"

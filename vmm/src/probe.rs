@@ -159,6 +159,10 @@ pub struct DeviceReport {
     pub requests_completed: u64,
     /// Read-back mismatches (guest view).
     pub data_errors: Option<u64>,
+    /// What the guest driver noted about the device (a fallback, an unused queue).
+    pub guest_note: Option<String>,
+    /// What the guest driver found wrong with the device.
+    pub guest_errors: Vec<String>,
     /// Guest mistakes the transport counted.
     pub transport_errors: crate::mmio::TransportErrors,
 }
@@ -360,7 +364,25 @@ fn merge_device(
                 .and_then(|g| g.get("legacy_received"))
                 .and_then(Value::as_u64),
         },
-        requests_asked: requests_per_queue * u64::from(stats.queues),
+        // The probe drives at most 16 queues of a device (it says so in its note).
+        requests_asked: requests_per_queue
+            * g.and_then(|g| g.get("queues"))
+                .and_then(Value::as_u64)
+                .unwrap_or(u64::from(stats.queues)),
+        guest_note: g
+            .and_then(|g| g.get("note"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        guest_errors: g
+            .and_then(|g| g.get("errors"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
         requests_completed: stats.requests_completed.iter().sum(),
         data_errors: g.and_then(|g| g.get("data_errors")).and_then(Value::as_u64),
         transport_errors: stats.errors.clone(),

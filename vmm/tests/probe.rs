@@ -1,27 +1,8 @@
 //! The embedded probe guest under real KVM, through the `pulse-vmm probe` command.
 
-use std::process::Command;
+mod probe_run;
 
-use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_pulse-vmm");
-
-fn probe(args: &[&str]) -> (Option<i32>, Value) {
-    let out = Command::new(BIN)
-        .arg("probe")
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("run pulse-vmm probe");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}): stdout {stdout} stderr {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), report)
-}
+use probe_run::probe;
 
 #[test]
 fn boots_on_two_vcpus_through_pvh() {

@@ -88,6 +88,15 @@ pub fn sti() {
     unsafe { asm!("sti", options(nomem, nostack)) }
 }
 
+/// Enables interrupts and halts until one arrives. `sti` holds interrupts off for one more
+/// instruction, so an interrupt that is already pending wakes the `hlt` rather than being
+/// taken in between (the classic lost wake-up). Returns with interrupts on; no `nomem`, since
+/// handlers run in between and change memory the caller then reads.
+pub fn sti_hlt() {
+    // SAFETY: as for `sti`; halting itself touches no memory.
+    unsafe { asm!("sti", "hlt", options(nostack)) }
+}
+
 /// Hint for spin loops.
 pub fn pause() {
     core::hint::spin_loop();

@@ -23,22 +23,99 @@ pub enum Selftest {
     Exception,
 }
 
+/// What `probe.irq=` asks the virtio driver to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IrqMode {
+    /// One MSI per queue (the MSI extension), falling back to legacy when not offered.
+    #[default]
+    Msi,
+    /// The device's single IOAPIC line.
+    Legacy,
+}
+
+impl IrqMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            IrqMode::Msi => "msi",
+            IrqMode::Legacy => "legacy",
+        }
+    }
+}
+
+/// One `virtio_mmio.device=<size>@<base>:<irq>[:<id>]` word (Linux's syntax).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MmioDevice {
+    pub size: u64,
+    pub base: u64,
+    pub irq: u32,
+}
+
+/// Most `virtio_mmio.device` words kept.
+pub const MAX_MMIO_DEVICES: usize = 8;
+
+/// Virtio requests per queue when `probe.requests` is not given.
+pub const DEFAULT_REQUESTS: u32 = 32;
+/// Largest `probe.requests` accepted (bounds the run time and the disk area used).
+pub const MAX_REQUESTS: u32 = 65536;
+
 /// Everything the command line configures.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Config {
     /// `probe.cpus=N`: the CPU count to assume when there is no MP table.
     pub cpus: Option<u32>,
     /// `probe.selftest=panic|fail|exception`.
     pub selftest: Selftest,
+    /// `virtio_mmio.device=` words, in command-line order.
+    pub devices: [MmioDevice; MAX_MMIO_DEVICES],
+    pub n_devices: usize,
+    /// `probe.irq=msi|legacy`.
+    pub irq: IrqMode,
+    /// `probe.requests=R` as given (see [`Config::requests_per_queue`]).
+    pub requests: u32,
+    /// `probe.masktest=1`.
+    pub masktest: bool,
     /// Problems with the words the probe understands (bad values).
     pub errors: ErrorList,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cpus: None,
+            selftest: Selftest::None,
+            devices: [MmioDevice::default(); MAX_MMIO_DEVICES],
+            n_devices: 0,
+            irq: IrqMode::Msi,
+            requests: DEFAULT_REQUESTS,
+            masktest: false,
+            errors: ErrorList::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn devices(&self) -> &[MmioDevice] {
+        &self.devices[..self.n_devices]
+    }
+
+    /// Requests actually run per queue: half writes, half reads, so an even number, at least 2.
+    pub fn requests_per_queue(&self) -> u32 {
+        (self.requests & !1).max(2)
+    }
 }
 
 /// Handler of one key: gets the value (empty for a bare `key`), returns an error string.
 pub type Handler = fn(&mut Config, &str) -> Result<(), &'static str>;
 
 /// Every key the probe understands, with its handler.
-pub const KEYS: &[(&str, Handler)] = &[("probe.cpus", set_cpus), ("probe.selftest", set_selftest)];
+pub const KEYS: &[(&str, Handler)] = &[
+    ("probe.cpus", set_cpus),
+    ("probe.selftest", set_selftest),
+    ("virtio_mmio.device", add_device),
+    ("probe.irq", set_irq),
+    ("probe.requests", set_requests),
+    ("probe.masktest", set_masktest),
+];
 
 /// Largest value `probe.cpus` accepts (xAPIC ids are 8 bits).
 pub const MAX_CMDLINE_CPUS: u32 = 255;
@@ -78,6 +155,72 @@ fn set_selftest(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+fn add_device(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    let dev = parse_mmio_device(value).ok_or("cmdline: bad virtio_mmio.device")?;
+    if cfg.n_devices == MAX_MMIO_DEVICES {
+        return Err("cmdline: too many virtio_mmio.device words");
+    }
+    cfg.devices[cfg.n_devices] = dev;
+    cfg.n_devices += 1;
+    Ok(())
+}
+
+/// `<size>@<base>:<irq>[:<id>]`: size with an optional K/M/G suffix, base and irq as numbers
+/// (decimal or 0x hex); the platform-device id Linux allows at the end is ignored.
+pub fn parse_mmio_device(value: &str) -> Option<MmioDevice> {
+    let (size, rest) = value.split_once('@')?;
+    let (base, rest) = rest.split_once(':')?;
+    let irq = rest.split_once(':').map_or(rest, |(irq, _id)| irq);
+    let size = parse_size(size)?;
+    let base = parse_u64(base)?;
+    let irq = u32::try_from(parse_u64(irq)?).ok()?;
+    // A window must at least hold the registers, and must not wrap.
+    if size < 0x100 || base.checked_add(size).is_none() {
+        return None;
+    }
+    Some(MmioDevice { size, base, irq })
+}
+
+/// A number with an optional binary suffix (K, M, G; either case), like Linux's memparse.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let v = parse_u64(digits)?;
+    v.checked_mul(1 << shift)
+}
+
+fn set_irq(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    cfg.irq = match value {
+        "msi" => IrqMode::Msi,
+        "legacy" => IrqMode::Legacy,
+        _ => return Err("cmdline: bad probe.irq"),
+    };
+    Ok(())
+}
+
+fn set_requests(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    match parse_u64(value) {
+        Some(n) if (1..=MAX_REQUESTS as u64).contains(&n) => {
+            cfg.requests = n as u32;
+            Ok(())
+        }
+        _ => Err("cmdline: bad probe.requests"),
+    }
+}
+
+fn set_masktest(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    cfg.masktest = match value {
+        "1" | "" => true,
+        "0" => false,
+        _ => return Err("cmdline: bad probe.masktest"),
+    };
+    Ok(())
+}
+
 /// Parses a decimal number or a `0x` hexadecimal one; `None` on anything else or overflow.
 pub fn parse_u64(s: &str) -> Option<u64> {
     let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
@@ -110,6 +253,90 @@ mod tests {
         );
         assert_eq!(c.cpus, None);
         assert!(c.errors.is_empty());
+        assert_eq!(c.irq, IrqMode::Msi);
+        assert_eq!(c.requests_per_queue(), 32);
+        assert!(!c.masktest);
+        assert_eq!(
+            c.devices(),
+            &[MmioDevice {
+                size: 8192,
+                base: 0xd000_0000,
+                irq: 5
+            }]
+        );
+    }
+
+    #[test]
+    fn mmio_devices() {
+        let c = parse(
+            "virtio_mmio.device=8K@0xd0000000:5 virtio_mmio.device=4096@0xd0002000:6:1 \
+             virtio_mmio.device=1M@3489677312:7",
+        );
+        assert!(c.errors.is_empty());
+        let bases: std::vec::Vec<_> = c
+            .devices()
+            .iter()
+            .map(|d| (d.base, d.size, d.irq))
+            .collect();
+        assert_eq!(
+            bases,
+            [
+                (0xd000_0000, 8192, 5),
+                (0xd000_2000, 4096, 6),
+                (0xd000_4000, 1 << 20, 7)
+            ]
+        );
+        for bad in [
+            "virtio_mmio.device=8K@0xd0000000",
+            "virtio_mmio.device=8X@0xd0000000:5",
+            "virtio_mmio.device=@0xd0000000:5",
+            "virtio_mmio.device=8K@zz:5",
+            "virtio_mmio.device=8K@0xd0000000:-1",
+            "virtio_mmio.device=16@0xd0000000:5",
+            "virtio_mmio.device=8K@0xffffffffffffffff:5",
+            "virtio_mmio.device",
+        ] {
+            let c = parse(bad);
+            assert_eq!(c.n_devices, 0, "{bad}");
+            assert_eq!(c.errors.as_slice(), &["cmdline: bad virtio_mmio.device"]);
+        }
+        let many = "virtio_mmio.device=8K@0xd0000000:5 ".repeat(9);
+        let c = parse(&many);
+        assert_eq!(c.n_devices, MAX_MMIO_DEVICES);
+        assert_eq!(
+            c.errors.as_slice(),
+            &["cmdline: too many virtio_mmio.device words"]
+        );
+        assert_eq!(parse_size("2g"), Some(2 << 30));
+        assert_eq!(parse_size("0x10k"), Some(16 << 10));
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("K"), None);
+    }
+
+    #[test]
+    fn driver_options() {
+        let c = parse("probe.irq=legacy probe.requests=64 probe.masktest=1");
+        assert!(c.errors.is_empty());
+        assert_eq!(c.irq, IrqMode::Legacy);
+        assert_eq!(c.requests_per_queue(), 64);
+        assert!(c.masktest);
+        // odd counts round down to even, never below 2
+        assert_eq!(parse("probe.requests=33").requests_per_queue(), 32);
+        assert_eq!(parse("probe.requests=1").requests_per_queue(), 2);
+        assert_eq!(parse("probe.requests=3").requests_per_queue(), 2);
+        for (bad, msg) in [
+            ("probe.irq=msix", "cmdline: bad probe.irq"),
+            ("probe.requests=0", "cmdline: bad probe.requests"),
+            ("probe.requests=x", "cmdline: bad probe.requests"),
+            ("probe.requests=65537", "cmdline: bad probe.requests"),
+            ("probe.masktest=2", "cmdline: bad probe.masktest"),
+        ] {
+            let c = parse(bad);
+            assert_eq!(c.errors.as_slice(), &[msg], "{bad}");
+            assert_eq!(c.irq, IrqMode::Msi);
+            assert_eq!(c.requests_per_queue(), 32);
+            assert!(!c.masktest);
+        }
     }
 
     #[test]

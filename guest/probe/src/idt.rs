@@ -209,7 +209,6 @@ pub fn load() {
 }
 
 /// Registers `hook(vector, cpu)`, called from the interrupt path before the EOI.
-#[allow(dead_code)] // used by the virtio/MSI work that builds on this
 pub fn set_hook(vector: u8, hook: fn(u8, usize)) {
     HOOKS[vector as usize].store(hook as usize, Ordering::Release);
 }

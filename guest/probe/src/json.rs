@@ -152,9 +152,50 @@ impl<'w, W: Write + ?Sized> Object<'w, W> {
         }
     }
 
+    /// A nested array under `k`; finish it with [`Array::end`] before writing on.
+    pub fn array(&mut self, k: &str) -> Array<'_, W> {
+        self.key(k);
+        let result = self.result.and_then(|_| self.w.write_char('['));
+        Array {
+            w: &mut *self.w,
+            first: true,
+            result,
+        }
+    }
+
     /// Closes the object (writes `}`).
     pub fn end(&mut self) -> fmt::Result {
         self.result = self.result.and_then(|_| self.w.write_char('}'));
+        self.result
+    }
+}
+
+/// A JSON array of objects being written (see [`Object::array`]).
+pub struct Array<'w, W: Write + ?Sized> {
+    w: &'w mut W,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl<W: Write + ?Sized> Array<'_, W> {
+    /// Starts the next element, an object; finish it with [`Object::end`].
+    pub fn object(&mut self) -> Object<'_, W> {
+        let sep = if self.first { "" } else { "," };
+        self.first = false;
+        let result = self
+            .result
+            .and_then(|_| self.w.write_str(sep))
+            .and_then(|_| self.w.write_char('{'));
+        Object {
+            w: &mut *self.w,
+            first: true,
+            result,
+        }
+    }
+
+    /// Closes the array (writes `]`).
+    pub fn end(&mut self) -> fmt::Result {
+        self.result = self.result.and_then(|_| self.w.write_char(']'));
         self.result
     }
 }
@@ -215,6 +256,34 @@ mod tests {
         assert_eq!(
             out,
             r##"{"probe":"pulse-probe","ok":true,"n":2,"ids":[0,1],"none":[],"errors":[],"e2":["a\"","b"],"addr":"0xfec00000","x":null,"exception":{"vector":6,"name":"#UD"},"msg":"say \"hi\" 5"}"##
+        );
+    }
+
+    #[test]
+    fn arrays_of_objects() {
+        let mut out = String::new();
+        let mut o = Object::new(&mut out);
+        o.u64("a", 1);
+        {
+            let mut arr = o.array("devices");
+            for i in 0..2 {
+                let mut d = arr.object();
+                d.u64("i", i);
+                {
+                    let mut v = d.array("v");
+                    v.object().u64("x", i).end().unwrap();
+                    v.end().unwrap();
+                }
+                d.end().unwrap();
+            }
+            arr.end().unwrap();
+        }
+        o.array("empty").end().unwrap();
+        o.bool("b", false);
+        o.end().unwrap();
+        assert_eq!(
+            out,
+            r#"{"a":1,"devices":[{"i":0,"v":[{"x":0}]},{"i":1,"v":[{"x":1}]}],"empty":[],"b":false}"#
         );
     }
 

@@ -16,6 +16,9 @@ const REG_ESR: u32 = 0x280;
 const REG_ICR_LOW: u32 = 0x300;
 const REG_ICR_HIGH: u32 = 0x310;
 const REG_LVT_LINT0: u32 = 0x350;
+const REG_LVT_TIMER: u32 = 0x320;
+const REG_TIMER_INITIAL: u32 = 0x380;
+const REG_TIMER_DIVIDE: u32 = 0x3e0;
 
 const SVR_ENABLE: u32 = 1 << 8;
 const LVT_MASKED: u32 = 1 << 16;
@@ -25,6 +28,9 @@ const ICR_TRIGGER_LEVEL: u32 = 1 << 15;
 const ICR_DM_INIT: u32 = 0b101 << 8;
 const ICR_DM_STARTUP: u32 = 0b110 << 8;
 const ICR_DEST_SELF: u32 = 0b01 << 18;
+const LVT_TIMER_PERIODIC: u32 = 1 << 17;
+/// Divide configuration 0b0011: the timer counts at bus clock / 16.
+const TIMER_DIVIDE_16: u32 = 0b0011;
 
 /// Vector of spurious interrupts (no EOI for it).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
@@ -112,4 +118,25 @@ pub fn send_sipi(dest: u8, vector: u8) -> Result<(), &'static str> {
 /// A fixed interrupt with `vector` to this CPU.
 pub fn send_self(vector: u8) -> Result<(), &'static str> {
     send(0, ICR_DEST_SELF | ICR_LEVEL_ASSERT | vector as u32)
+}
+
+/// A fixed interrupt with `vector` to the CPU with APIC id `dest` (physical destination).
+pub fn send_fixed(dest: u8, vector: u8) -> Result<(), &'static str> {
+    send(dest, ICR_LEVEL_ASSERT | vector as u32)
+}
+
+/// Starts this CPU's timer in periodic mode with `vector`, roughly every `ms` milliseconds.
+/// It only bounds `hlt` waits (a lost interrupt must not halt a CPU for ever); the exact
+/// period does not matter. KVM's LAPIC timer runs at 1 GHz before the divider.
+pub fn start_watchdog(vector: u8, ms: u32) {
+    const TICKS_PER_MS: u32 = 1_000_000 / 16;
+    write(REG_TIMER_DIVIDE, TIMER_DIVIDE_16);
+    write(REG_LVT_TIMER, LVT_TIMER_PERIODIC | vector as u32);
+    write(REG_TIMER_INITIAL, ms.saturating_mul(TICKS_PER_MS).max(1));
+}
+
+/// Stops this CPU's timer (masked, count 0).
+pub fn stop_watchdog() {
+    write(REG_TIMER_INITIAL, 0);
+    write(REG_LVT_TIMER, LVT_MASKED);
 }

@@ -13,9 +13,12 @@ extern crate std;
 
 pub mod bootparams;
 pub mod cmdline;
+pub mod devreport;
 pub mod errors;
 pub mod json;
 pub mod mptable;
+pub mod virtio_spec;
+pub mod workload;
 
 /// Name and version as they appear in the JSON report.
 pub const PROBE_NAME: &str = "pulse-probe";

@@ -14,11 +14,14 @@ mod boot;
 mod cpus;
 mod exit;
 mod idt;
+mod ioapic;
 mod lapic;
+mod msi;
 mod panic;
 mod report;
 mod serial;
 mod smp;
+mod virtio;
 
 use arch::Deadline;
 use boot::BootInfo;
@@ -58,6 +61,7 @@ fn main(boot: BootInfo) -> ! {
     errors.extend(&cpus.errors);
 
     let mut irq_selftest = false;
+    let mut outcome = None;
     match lapic::init() {
         Ok(()) => {
             mask_8259();
@@ -68,6 +72,9 @@ fn main(boot: BootInfo) -> ! {
             if !irq_selftest {
                 errors.push("irq: self-ipi not received");
             }
+            if !cfg.devices().is_empty() {
+                outcome = Some(virtio::run(&cfg, cpus.ioapic_addr));
+            }
         }
         Err(e) => errors.push(e),
     }
@@ -76,7 +83,9 @@ fn main(boot: BootInfo) -> ! {
     let n = smp::online_apic_ids(&mut ids);
     let expected = cpus.apic_ids().len() as u32;
     let online = smp::online();
-    let ok = errors.is_empty() && online == expected;
+    let devices = outcome.as_ref().map_or(&[][..], |o| o.devices());
+    let devices_ok = outcome.as_ref().is_none_or(|o| o.ok());
+    let ok = errors.is_empty() && online == expected && devices_ok;
     if online != expected && errors.is_empty() {
         errors.push("smp: not all cpus online");
     }
@@ -91,6 +100,8 @@ fn main(boot: BootInfo) -> ! {
         ioapic: cpus.ioapic_addr,
         mem_mib: boot.mem.ram_bytes >> 20,
         irq_selftest,
+        irq_mode: cfg.irq.name(),
+        devices,
         errors: errors.as_slice(),
     });
     exit::exit(if ok {

@@ -2,6 +2,7 @@
 
 use crate::serial::{self, Serial};
 use core::fmt::Write;
+use pulse_probe::devreport::DeviceReport;
 use pulse_probe::json::Object;
 use pulse_probe::{PROBE_NAME, PROBE_VERSION};
 
@@ -24,6 +25,9 @@ pub struct Report<'a> {
     pub ioapic: Option<u32>,
     pub mem_mib: u64,
     pub irq_selftest: bool,
+    /// `probe.irq` as asked (a device may still have fallen back to legacy).
+    pub irq_mode: &'a str,
+    pub devices: &'a [DeviceReport],
     pub errors: &'a [&'a str],
 }
 
@@ -43,7 +47,15 @@ pub fn print(r: &Report<'_>) {
         };
         o.u64("mem_mib", r.mem_mib)
             .bool("irq_selftest", r.irq_selftest)
-            .str_list("errors", r.errors);
+            .str("irq_mode", r.irq_mode);
+        {
+            let mut devices = o.array("devices");
+            for d in r.devices {
+                d.write(&mut devices);
+            }
+            let _ = devices.end();
+        }
+        o.str_list("errors", r.errors);
         let _ = o.end();
         let _ = s.write_str("\n");
     });

@@ -3,7 +3,8 @@
 //! The trampoline is copied to 0x8000 (SIPI vector 0x08). An AP starts there in real mode,
 //! loads the BSP's GDT, enters 32-bit protected mode, enables PAE with the BSP's page
 //! tables, sets EFER.LME, turns paging on and far-jumps to 64-bit code, which switches to
-//! its stack and calls [`ap_main`]`(cpu_index)`. Interrupts stay off all the way.
+//! its stack and calls [`ap_main`]`(cpu_index)`. Interrupts stay off all the way; an idle
+//! AP then halts with interrupts on and runs the jobs the BSP posts ([`post_job`]).
 //! Everything it needs comes from a parameter block at the end of the trampoline page.
 //! APs are started one at a time, so one parameter block serves them all.
 
@@ -11,6 +12,9 @@ use crate::arch::{self, Deadline};
 use crate::{idt, lapic};
 use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use pulse_probe::errors::ErrorList;
+
+/// Vector of the IPI that wakes a halted AP to look for a job (and the BSP when an AP is done).
+pub const WAKE_VECTOR: u8 = 0x31;
 
 /// Most CPUs the probe handles (BSP included).
 pub const MAX_CPUS: usize = 64;
@@ -168,6 +172,34 @@ pub fn online_apic_ids(out: &mut [u32; MAX_CPUS]) -> usize {
     n
 }
 
+/// The online CPUs as (CPU index, APIC id), BSP first; an AP that failed to start leaves no
+/// gap here. Returns how many were written.
+pub fn online_cpus(out: &mut [(usize, u8); MAX_CPUS]) -> usize {
+    let mut n = 0;
+    for (cpu, slot) in CPU_APIC.iter().enumerate() {
+        let id = slot.load(Ordering::Acquire);
+        if id != NONE {
+            out[n] = (cpu, id as u8);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// APIC id of an online CPU.
+pub fn apic_id(cpu: usize) -> Option<u8> {
+    match CPU_APIC.get(cpu)?.load(Ordering::Acquire) {
+        NONE => None,
+        id => Some(id as u8),
+    }
+}
+
+/// Sends the wake-up IPI to `cpu` (a no-op interrupt that ends its `hlt`).
+pub fn wake(cpu: usize) -> Result<(), &'static str> {
+    let id = apic_id(cpu).ok_or("smp: cpu not online")?;
+    lapic::send_fixed(id, WAKE_VECTOR)
+}
+
 fn tramp_addr(sym: &u8) -> usize {
     sym as *const u8 as usize
 }
@@ -286,16 +318,18 @@ extern "C" fn ap_main(cpu: u64) -> ! {
     idle(cpu)
 }
 
-/// Posts `job` for CPU `cpu`; it runs when that CPU next leaves `hlt`.
-#[allow(dead_code)] // for the work that gives APs jobs (they will be woken by an IPI)
-pub fn post_job(cpu: usize, job: fn(usize)) {
+/// Posts `job` for CPU `cpu` and wakes it; the job runs on that CPU with interrupts off.
+/// Everything the job reads must be written before this call (the store is a release).
+pub fn post_job(cpu: usize, job: fn(usize)) -> Result<(), &'static str> {
     JOBS[cpu].store(job as usize, Ordering::Release);
+    wake(cpu)
 }
 
-/// The AP's home: run a posted job if there is one, else halt with interrupts off.
-/// (Waking an AP for a job needs it to halt with interrupts on and an IPI; not used yet.)
+/// The AP's home: run a posted job if there is one, else halt with interrupts on, so that
+/// the wake-up IPI of [`post_job`] (or any other interrupt) brings it back here.
 fn idle(cpu: usize) -> ! {
     loop {
+        arch::cli();
         let job = JOBS[cpu].swap(0, Ordering::AcqRel);
         if job != 0 {
             // SAFETY: only `post_job` stores non-zero values, and it stores `fn(usize)`.
@@ -303,8 +337,8 @@ fn idle(cpu: usize) -> ! {
             job(cpu);
             continue;
         }
-        arch::cli();
-        // SAFETY: halting touches no memory; with IF=0 only NMI/INIT/SMI wake the CPU.
-        unsafe { core::arch::asm!("hlt", options(nomem, nostack)) };
+        // A job posted after the check above sends its IPI after the store: the IPI is
+        // then pending and ends this `hlt` at once.
+        arch::sti_hlt();
     }
 }

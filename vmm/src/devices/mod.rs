@@ -8,3 +8,4 @@ pub mod phase_marker;
 pub mod reset;
 pub mod serial;
 pub mod virtio;
+pub mod vsock;

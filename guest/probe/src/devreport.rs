@@ -1,0 +1,304 @@
+//! What the probe reports about each virtio device (`"devices":[...]` in the JSON line), and
+//! the rules that decide whether a device passed.
+
+use crate::errors::ErrorList;
+use crate::json::{Array, Object};
+use core::fmt::Write;
+
+/// Most MSI vectors reported per device (config + 16 queues).
+pub const MAX_VECTORS: usize = 17;
+
+/// One MSI vector: index 0 = configuration change, q+1 = queue q.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VectorReport {
+    pub index: u16,
+    /// IDT vector it is programmed with.
+    pub vector: u8,
+    /// Owner CPU (index) and its APIC id: where the message is aimed.
+    pub cpu: u32,
+    pub apic_id: u32,
+    /// Interrupts taken on the IDT vector, all CPUs together.
+    pub received: u32,
+    /// Interrupts taken on other CPUs than the owner.
+    pub elsewhere: u32,
+    /// Batches the queue ran (an MSI queue vector should receive exactly this many).
+    pub batches: u32,
+    /// Interrupts expected on top of the batches (the mask test's one request).
+    pub extra: u32,
+}
+
+/// `"mask_test"`: interrupts seen while the vector was masked, and after unmasking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaskTest {
+    pub received_while_masked: u32,
+    pub delivered_after_unmask: u32,
+}
+
+impl MaskTest {
+    pub fn ok(&self) -> bool {
+        self.received_while_masked == 0 && self.delivered_after_unmask == 1
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceReport {
+    /// Window base, printed as lowercase `0x...` (the VMM matches on it).
+    pub base: u64,
+    pub device_id: u32,
+    /// Not a device the probe drives (reported, not failed).
+    pub skipped: bool,
+    pub queues: u16,
+    pub queue_size: u16,
+    /// Running with per-queue MSI (false: the legacy line).
+    pub msi: bool,
+    /// Negotiated features.
+    pub features: u64,
+    pub vectors: [VectorReport; MAX_VECTORS],
+    pub n_vectors: usize,
+    pub legacy_irq: u32,
+    pub legacy_received: u32,
+    /// Requests completed by the workload (the mask test's excluded).
+    pub requests: u32,
+    pub request_errors: u32,
+    pub data_errors: u32,
+    /// Used-ring entries with an unexpected length (the device's accounting, not fatal).
+    pub used_len_errors: u32,
+    pub mask_test: Option<MaskTest>,
+    /// Something worth knowing that is not an error (skipped device, legacy fallback).
+    pub note: Option<&'static str>,
+    pub errors: ErrorList,
+}
+
+impl DeviceReport {
+    pub fn new(base: u64, legacy_irq: u32) -> Self {
+        Self {
+            base,
+            legacy_irq,
+            ..Self::default()
+        }
+    }
+
+    pub fn vectors(&self) -> &[VectorReport] {
+        &self.vectors[..self.n_vectors]
+    }
+
+    /// Turns the counts into errors (call once, after the workload and the mask test):
+    /// in MSI mode every queue vector must have received one interrupt per batch, on its
+    /// owner CPU, and the configuration vector none.
+    pub fn judge(&mut self) {
+        if self.skipped {
+            return;
+        }
+        if self.request_errors > 0 {
+            self.errors.push("blk: requests failed");
+        }
+        if self.data_errors > 0 {
+            self.errors
+                .push("blk: read-back differs from what was written");
+        }
+        if let Some(m) = self.mask_test {
+            if !m.ok() {
+                self.errors.push("msi: mask test failed");
+            }
+        }
+        if !self.msi {
+            return;
+        }
+        for i in 0..self.n_vectors {
+            let v = self.vectors[i];
+            if v.index == 0 {
+                if v.received != 0 {
+                    self.errors.push("msi: config vector received interrupts");
+                }
+                continue;
+            }
+            if v.received == 0 {
+                self.errors
+                    .push("msi: a queue vector received no interrupt");
+            } else if v.received != v.batches + v.extra {
+                self.errors
+                    .push("msi: queue interrupts differ from batches");
+            }
+            if v.elsewhere != 0 {
+                self.errors.push("msi: interrupt taken on another cpu");
+            }
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// Writes the device as the next element of `devices`.
+    pub fn write<W: Write + ?Sized>(&self, devices: &mut Array<'_, W>) {
+        let mut o = devices.object();
+        o.hex("base", self.base)
+            .u64("device_id", self.device_id as u64);
+        if self.skipped {
+            o.bool("skipped", true);
+        } else {
+            self.write_driven(&mut o);
+        }
+        if let Some(n) = self.note {
+            o.str("note", n);
+        }
+        o.str_list("errors", self.errors.as_slice());
+        let _ = o.end();
+    }
+
+    fn write_driven<W: Write + ?Sized>(&self, o: &mut Object<'_, W>) {
+        o.u64("queues", self.queues as u64)
+            .u64("queue_size", self.queue_size as u64)
+            .bool("msi", self.msi)
+            .hex("features", self.features);
+        {
+            let mut arr = o.array("vectors");
+            for v in self.vectors() {
+                let mut e = arr.object();
+                e.u64("index", v.index as u64)
+                    .u64("vector", v.vector as u64)
+                    .u64("cpu", v.cpu as u64)
+                    .u64("apic_id", v.apic_id as u64)
+                    .u64("received", v.received as u64);
+                if v.index > 0 {
+                    e.u64("batches", v.batches as u64);
+                }
+                let _ = e.end();
+            }
+            let _ = arr.end();
+        }
+        o.u64("legacy_irq", self.legacy_irq as u64)
+            .u64("legacy_received", self.legacy_received as u64)
+            .u64("requests", self.requests as u64)
+            .u64("request_errors", self.request_errors as u64)
+            .u64("data_errors", self.data_errors as u64);
+        if self.used_len_errors > 0 {
+            o.u64("used_len_errors", self.used_len_errors as u64);
+        }
+        if let Some(m) = self.mask_test {
+            let mut e = o.object("mask_test");
+            e.u64("received_while_masked", m.received_while_masked as u64)
+                .u64("delivered_after_unmask", m.delivered_after_unmask as u64);
+            let _ = e.end();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::String;
+
+    fn msi_device() -> DeviceReport {
+        let mut d = DeviceReport::new(0xd000_0000, 5);
+        d.device_id = 2;
+        d.queues = 2;
+        d.queue_size = 64;
+        d.msi = true;
+        d.features = 0x1_2000_1000;
+        d.n_vectors = 3;
+        d.vectors[0] = VectorReport {
+            index: 0,
+            vector: 0x40,
+            ..Default::default()
+        };
+        for q in 0..2u16 {
+            d.vectors[q as usize + 1] = VectorReport {
+                index: q + 1,
+                vector: 0x41 + q as u8,
+                cpu: q as u32,
+                apic_id: q as u32,
+                received: 2,
+                elsewhere: 0,
+                batches: 2,
+                extra: 0,
+            };
+        }
+        d.requests = 64;
+        d
+    }
+
+    fn json(d: &DeviceReport) -> String {
+        let mut out = String::new();
+        let mut o = Object::new(&mut out);
+        let mut a = o.array("devices");
+        d.write(&mut a);
+        a.end().unwrap();
+        drop(a);
+        o.end().unwrap();
+        out
+    }
+
+    #[test]
+    fn a_good_msi_device() {
+        let mut d = msi_device();
+        d.judge();
+        assert!(d.ok());
+        assert_eq!(
+            json(&d),
+            concat!(
+                r#"{"devices":[{"base":"0xd0000000","device_id":2,"queues":2,"queue_size":64,"msi":true,"#,
+                r#""features":"0x120001000","vectors":[{"index":0,"vector":64,"cpu":0,"apic_id":0,"received":0},"#,
+                r#"{"index":1,"vector":65,"cpu":0,"apic_id":0,"received":2,"batches":2},"#,
+                r#"{"index":2,"vector":66,"cpu":1,"apic_id":1,"received":2,"batches":2}],"#,
+                r#""legacy_irq":5,"legacy_received":0,"requests":64,"request_errors":0,"data_errors":0,"errors":[]}]}"#
+            )
+        );
+    }
+
+    #[test]
+    fn interrupt_rules() {
+        let mut d = msi_device();
+        d.vectors[1].received = 0;
+        d.vectors[2].received = 3;
+        d.vectors[0].received = 1;
+        d.judge();
+        assert_eq!(
+            d.errors.as_slice(),
+            &[
+                "msi: config vector received interrupts",
+                "msi: a queue vector received no interrupt",
+                "msi: queue interrupts differ from batches"
+            ]
+        );
+        // legacy mode: vector counts are not judged
+        let mut d = msi_device();
+        d.msi = false;
+        d.vectors[1].received = 0;
+        d.judge();
+        assert!(d.ok());
+    }
+
+    #[test]
+    fn data_and_mask_test() {
+        let mut d = msi_device();
+        d.data_errors = 5;
+        d.mask_test = Some(MaskTest {
+            received_while_masked: 1,
+            delivered_after_unmask: 1,
+        });
+        d.judge();
+        assert!(!d.ok());
+        assert!(json(&d)
+            .contains(r#""mask_test":{"received_while_masked":1,"delivered_after_unmask":1}"#));
+        assert!(MaskTest {
+            received_while_masked: 0,
+            delivered_after_unmask: 1
+        }
+        .ok());
+    }
+
+    #[test]
+    fn skipped_device() {
+        let mut d = DeviceReport::new(0xd000_2000, 6);
+        d.device_id = 1;
+        d.skipped = true;
+        d.note = Some("unsupported device type, skipped");
+        d.judge();
+        assert!(d.ok());
+        assert_eq!(
+            json(&d),
+            r#"{"devices":[{"base":"0xd0002000","device_id":1,"skipped":true,"note":"unsupported device type, skipped","errors":[]}]}"#
+        );
+    }
+}

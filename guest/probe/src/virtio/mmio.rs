@@ -1,0 +1,67 @@
+//! Access to one device window. Every access is an exit to the VMM, so the driver reads and
+//! writes only what the protocol needs, with the width each register demands: the VMM ignores
+//! accesses of the wrong width (MSI_CSR and MSI_CMD are 16-bit, the rest 32-bit).
+
+use crate::arch::IDENTITY_MAP_END;
+
+#[derive(Clone, Copy)]
+pub struct Window {
+    base: u64,
+    size: u64,
+}
+
+impl Window {
+    /// The window at `base`; it must lie in the identity map's uncached 4th GiB, where the
+    /// probe's page tables map device memory.
+    pub fn new(base: u64, size: u64) -> Result<Self, &'static str> {
+        let end = base.checked_add(size).ok_or("virtio: window wraps")?;
+        if base < 3 << 30 || end > IDENTITY_MAP_END || base & 0xfff != 0 {
+            return Err("virtio: window outside the probe's device memory map");
+        }
+        Ok(Self { base, size })
+    }
+
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Address of `offset` (for doorbells, which are written from other CPUs).
+    pub fn addr(&self, offset: u64) -> u64 {
+        self.base + offset
+    }
+
+    pub fn read32(&self, offset: u64) -> u32 {
+        debug_assert!(offset + 4 <= self.size);
+        // SAFETY: the window is device memory inside the identity map (checked in `new`),
+        // mapped uncached; a volatile 32-bit load is exactly one 32-bit MMIO read.
+        unsafe { core::ptr::read_volatile((self.base + offset) as *const u32) }
+    }
+
+    pub fn write32(&self, offset: u64, value: u32) {
+        debug_assert!(offset + 4 <= self.size);
+        // SAFETY: as for `read32`; one 32-bit MMIO write.
+        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
+    }
+
+    pub fn read16(&self, offset: u64) -> u16 {
+        debug_assert!(offset + 2 <= self.size);
+        // SAFETY: as for `read32`; one 16-bit MMIO read.
+        unsafe { core::ptr::read_volatile((self.base + offset) as *const u16) }
+    }
+
+    pub fn write16(&self, offset: u64, value: u16) {
+        debug_assert!(offset + 2 <= self.size);
+        // SAFETY: as for `read32`; one 16-bit MMIO write.
+        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u16, value) }
+    }
+}
+
+/// A 32-bit write to an absolute doorbell address inside a window.
+pub fn ring_doorbell(addr: u64, value: u32) {
+    // SAFETY: `addr` was computed by `Window::addr` for a doorbell inside a checked window.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
+}

@@ -1,0 +1,651 @@
+//! The virtio-mmio block driver with per-queue MSI (Pulse's extension, see
+//! `shared/docs/mmio-msi-protocol.md`, guest side).
+//!
+//! The BSP sets up every `virtio_mmio.device=` from the command line (reset, features, MSI
+//! vectors or the legacy IOAPIC line, queues, DRIVER_OK), marks "workload starts" on port
+//! 0x441, runs each device's workload with every queue on its owner CPU (queue q on online
+//! CPU q % n; APs get the work as an smp job), marks "workload done", and then runs the
+//! optional mask test. The counts end up in [`DeviceReport`]s for the JSON line.
+
+pub mod blk;
+pub mod mmio;
+pub mod queue;
+
+use crate::arch::{self, Deadline, RacyCell};
+use crate::ioapic::IoApic;
+use crate::msi::{self, Message};
+use crate::smp::{self, MAX_CPUS};
+use crate::{idt, lapic};
+use blk::QueueRun;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use mmio::Window;
+use pulse_probe::cmdline::{Config, IrqMode, MmioDevice, MAX_MMIO_DEVICES};
+use pulse_probe::devreport::{DeviceReport, MaskTest, VectorReport, MAX_VECTORS};
+use pulse_probe::virtio_spec::{self as spec, blk as vblk, feature, reg, status};
+use pulse_probe::workload::{owner, Plan};
+use queue::{Virtq, MAX_QUEUES, QUEUE_SIZE_CAP};
+
+pub const MAX_DEVICES: usize = MAX_MMIO_DEVICES;
+
+/// IDT vectors: MSI vectors are handed out from 0x40 up (N+1 per device), legacy lines get
+/// 0xe0 + device index; the watchdog timer has its own.
+const FIRST_MSI_VECTOR: u8 = 0x40;
+const LAST_MSI_VECTOR: u8 = 0xdf;
+const LEGACY_VECTOR_BASE: u8 = 0xe0;
+const WATCHDOG_VECTOR: u8 = 0x32;
+/// The watchdog only ends `hlt` waits whose interrupt never came; its period bounds how
+/// late such a wait notices its deadline.
+const WATCHDOG_MS: u32 = 100;
+
+/// Real time (the TSC runs at host speed; the emulated guest is ~1000x slower than native).
+const BATCH_TIMEOUT_MS: u64 = 5000;
+const LATE_IRQ_MS: u64 = 1000;
+
+/// Phase-marker port: the VMM snapshots its exit counters on each write.
+const PHASE_PORT: u16 = 0x441;
+const PHASE_START: u8 = 1;
+const PHASE_DONE: u8 = 2;
+
+/// What the workload needs of a device; written by the BSP during setup, read-only after.
+#[derive(Clone, Copy)]
+struct Device {
+    window: Window,
+    index: u8,
+    queues: u16,
+    plan: Plan,
+    msi: bool,
+    /// IDT vector of MSI index i (0 = config, q+1 = queue q).
+    vectors: [u8; MAX_VECTORS],
+    legacy_vector: u8,
+}
+
+/// Devices that finished setup (None: failed or skipped).
+static DEVICES: RacyCell<[Option<Device>; MAX_DEVICES]> = RacyCell::new([None; MAX_DEVICES]);
+
+const NO_RUN: Option<QueueRun> = None;
+/// Per device and queue: the queue's running state, used by its owner CPU only.
+static RUNS: RacyCell<[[Option<QueueRun>; MAX_QUEUES]; MAX_DEVICES]> =
+    RacyCell::new([[NO_RUN; MAX_QUEUES]; MAX_DEVICES]);
+
+/// The online CPUs (index, APIC id), BSP first; written before the first job is posted.
+static CPUS: RacyCell<([(usize, u8); MAX_CPUS], usize)> = RacyCell::new(([(0, 0); MAX_CPUS], 0));
+
+/// The device whose workload the posted jobs run.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// Set by an AP when its job is done (the BSP reads its queues only then).
+static DONE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Window base per legacy vector, for the legacy interrupt hook.
+static LEGACY_WINDOWS: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
+
+fn cpus() -> &'static [(usize, u8)] {
+    // SAFETY: written once in `run` before any job is posted or any reader runs; read-only
+    // afterwards.
+    let c = unsafe { &*CPUS.get() };
+    &c.0[..c.1]
+}
+
+fn device(d: usize) -> Option<Device> {
+    // SAFETY: the BSP writes DEVICES only during setup, before any job is posted; jobs and
+    // the interrupt path only read it afterwards.
+    unsafe { (*DEVICES.get())[d] }
+}
+
+/// The running state of queue `q` of device `d`.
+///
+/// # Safety
+/// Only the queue's owner may call this while the workload runs (the BSP also before and
+/// after, when no job is posted), and it must not hold two references to the same queue.
+unsafe fn run_of(d: usize, q: u16) -> &'static mut Option<QueueRun> {
+    // SAFETY: upheld by the caller; the indexes are in bounds (panics otherwise).
+    unsafe { &mut (*RUNS.get())[d][q as usize] }
+}
+
+/// Total interrupts taken on `vector` by the online CPUs.
+fn received(vector: u8) -> u32 {
+    cpus().iter().map(|&(cpu, _)| idt::count(cpu, vector)).sum()
+}
+
+/// Result of the whole driver run, for the report.
+pub struct Outcome {
+    pub devices: [DeviceReport; MAX_DEVICES],
+    pub n: usize,
+}
+
+impl Outcome {
+    pub fn devices(&self) -> &[DeviceReport] {
+        &self.devices[..self.n]
+    }
+
+    pub fn ok(&self) -> bool {
+        self.devices().iter().all(DeviceReport::ok)
+    }
+}
+
+/// Drives every device named on the command line. Runs on the BSP with interrupts off and
+/// returns with them off.
+pub fn run(cfg: &Config, ioapic_addr: Option<u32>) -> Outcome {
+    // SAFETY: no job has been posted yet; nothing else reads CPUS.
+    let list = unsafe { &mut *CPUS.get() };
+    list.1 = smp::online_cpus(&mut list.0);
+
+    let mut out = Outcome {
+        devices: [DeviceReport::default(); MAX_DEVICES],
+        n: cfg.devices().len(),
+    };
+    let mut next_vector = FIRST_MSI_VECTOR;
+    for (d, arg) in cfg.devices().iter().enumerate() {
+        let report = &mut out.devices[d];
+        *report = DeviceReport::new(arg.base, arg.irq);
+        match setup(d, arg, cfg, ioapic_addr, &mut next_vector, report) {
+            // SAFETY: BSP only, before any job is posted (see `device`).
+            Ok(dev) => unsafe { (*DEVICES.get())[d] = dev },
+            Err(e) => report.errors.push(e),
+        }
+    }
+
+    arch::outb(PHASE_PORT, PHASE_START);
+    for (d, report) in out.devices[..out.n].iter_mut().enumerate() {
+        if device(d).is_some() {
+            run_device(d, report);
+        }
+    }
+    arch::outb(PHASE_PORT, PHASE_DONE);
+
+    // A legacy interrupt may still be on its way to the BSP: let it land before counting.
+    if (0..out.n).any(|d| device(d).is_some_and(|dev| !dev.msi)) {
+        arch::sti();
+        Deadline::after_ms(20).wait();
+        arch::cli();
+    }
+
+    for (d, report) in out.devices[..out.n].iter_mut().enumerate() {
+        let Some(dev) = device(d) else { continue };
+        if cfg.masktest {
+            if dev.msi {
+                mask_test(d, report);
+            } else {
+                report.note = Some("mask test needs msi: not run");
+            }
+        }
+        collect(d, &dev, report);
+        report.judge();
+    }
+    out
+}
+
+/// Brings device `d` to DRIVER_OK, or says why not. `Ok(None)`: skipped (not a block device).
+fn setup(
+    d: usize,
+    arg: &MmioDevice,
+    cfg: &Config,
+    ioapic_addr: Option<u32>,
+    next_vector: &mut u8,
+    report: &mut DeviceReport,
+) -> Result<Option<Device>, &'static str> {
+    let w = Window::new(arg.base, arg.size)?;
+    if w.read32(reg::MAGIC) != spec::MAGIC_VALUE {
+        return Err("virtio: bad magic value");
+    }
+    if w.read32(reg::VERSION) != spec::VERSION_1X {
+        return Err("virtio: not a virtio 1.x (Version 2) device");
+    }
+    report.device_id = w.read32(reg::DEVICE_ID);
+    if report.device_id != spec::DEVICE_ID_BLOCK {
+        report.skipped = true;
+        report.note = Some(if report.device_id == 0 {
+            "no device in this slot, skipped"
+        } else {
+            "unsupported device type, skipped"
+        });
+        return Ok(None);
+    }
+    let vendor = spec::vendor_features(w.read32(reg::VENDOR_ID));
+
+    // Reset, then ACKNOWLEDGE and DRIVER, then features.
+    w.write32(reg::STATUS, 0);
+    w.write32(reg::STATUS, status::ACKNOWLEDGE);
+    w.write32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    let failed = |e| {
+        w.write32(reg::STATUS, w.read32(reg::STATUS) | status::FAILED);
+        Err(e)
+    };
+    w.write32(reg::DEVICE_FEATURES_SEL, 0);
+    let lo = w.read32(reg::DEVICE_FEATURES) as u64;
+    w.write32(reg::DEVICE_FEATURES_SEL, 1);
+    let offered = lo | (w.read32(reg::DEVICE_FEATURES) as u64) << 32;
+    let accepted = match spec::negotiate(offered) {
+        Ok(f) => f,
+        Err(e) => return failed(e),
+    };
+    w.write32(reg::DRIVER_FEATURES_SEL, 0);
+    w.write32(reg::DRIVER_FEATURES, accepted as u32);
+    w.write32(reg::DRIVER_FEATURES_SEL, 1);
+    w.write32(reg::DRIVER_FEATURES, (accepted >> 32) as u32);
+    let st = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+    w.write32(reg::STATUS, st);
+    if w.read32(reg::STATUS) & status::FEATURES_OK == 0 {
+        return failed("virtio: device refused the features (FEATURES_OK clear)");
+    }
+    report.features = accepted;
+    let event_idx = accepted & feature::RING_EVENT_IDX != 0;
+
+    // Configuration: capacity and queue count, read consistently (ConfigGeneration).
+    let (capacity, device_queues) = read_config(&w, accepted & feature::BLK_MQ != 0);
+    if device_queues == 0 {
+        return failed("blk: num_queues is 0");
+    }
+    let nq = device_queues.min(MAX_QUEUES as u16);
+    if nq < device_queues {
+        report.note = Some("more queues than the probe drives: extra ones unused");
+    }
+    report.queues = nq;
+
+    // Queue sizes: the smallest of min(QueueNumMax, 64), so one plan fits every queue.
+    let mut qsize = QUEUE_SIZE_CAP;
+    for q in 0..nq {
+        w.write32(reg::QUEUE_SEL, q as u32);
+        if w.read32(reg::QUEUE_READY) != 0 {
+            return failed("virtio: queue already ready after reset");
+        }
+        match spec::queue_size(w.read32(reg::QUEUE_NUM_MAX), QUEUE_SIZE_CAP) {
+            Some(s) => qsize = qsize.min(s),
+            None => return failed("virtio: queue missing (QueueNumMax 0)"),
+        }
+    }
+    report.queue_size = qsize;
+    let Some(plan) = Plan::new(cfg.requests_per_queue(), qsize) else {
+        return failed("virtio: queue too small for one request");
+    };
+    if plan.sectors_needed(nq) > capacity {
+        return failed("blk: disk too small for the workload");
+    }
+
+    // Interrupts: per-queue MSI when asked for and offered, else the legacy line.
+    let mut dev = Device {
+        window: w,
+        index: d as u8,
+        queues: nq,
+        plan,
+        msi: false,
+        vectors: [0; MAX_VECTORS],
+        legacy_vector: LEGACY_VECTOR_BASE + d as u8,
+    };
+    if cfg.irq == IrqMode::Msi {
+        match vendor {
+            Some(f) if f & spec::VENDOR_F_MSI != 0 => {
+                match setup_msi(&mut dev, device_queues, f, next_vector) {
+                    Ok(()) => dev.msi = true,
+                    Err(e) => report.note = Some(e),
+                }
+            }
+            _ => report.note = Some("msi: not offered by the device, using the legacy line"),
+        }
+    }
+    report.msi = dev.msi;
+    if !dev.msi {
+        if let Err(e) = setup_legacy(&dev, arg.irq, ioapic_addr) {
+            return failed(e);
+        }
+    }
+
+    // Queues and doorbells.
+    let notify_info = match vendor {
+        Some(f) if f & spec::VENDOR_F_PER_QUEUE_NOTIFY != 0 => Some(w.read32(reg::QUEUE_NOTIFY)),
+        _ => None,
+    };
+    for q in 0..nq {
+        let vq = Virtq::new(d, q as usize, qsize);
+        vq.init();
+        w.write32(reg::QUEUE_SEL, q as u32);
+        w.write32(reg::QUEUE_NUM, qsize as u32);
+        for (lo, hi, addr) in [
+            (reg::QUEUE_DESC_LOW, reg::QUEUE_DESC_HIGH, vq.desc_addr()),
+            (
+                reg::QUEUE_DRIVER_LOW,
+                reg::QUEUE_DRIVER_HIGH,
+                vq.avail_addr(),
+            ),
+            (
+                reg::QUEUE_DEVICE_LOW,
+                reg::QUEUE_DEVICE_HIGH,
+                vq.used_addr(),
+            ),
+        ] {
+            w.write32(lo, addr as u32);
+            w.write32(hi, (addr >> 32) as u32);
+        }
+        w.write32(reg::QUEUE_READY, 1);
+        // Per-queue doorbell when offered (no shared register, no queue index to match);
+        // QueueNotify otherwise. Both take the queue index.
+        let doorbell = notify_info
+            .and_then(|ni| spec::doorbell_offset(ni, q, w.size()))
+            .unwrap_or(reg::QUEUE_NOTIFY);
+        let run = QueueRun::new(d as u8, q, vq, w.addr(doorbell), event_idx, plan);
+        // SAFETY: BSP during setup; no job is posted, nothing else uses the queue.
+        unsafe { *run_of(d, q) = Some(run) };
+    }
+
+    w.write32(reg::STATUS, st | status::DRIVER_OK);
+    if w.read32(reg::STATUS) & status::DEVICE_NEEDS_RESET != 0 {
+        return failed("virtio: DEVICE_NEEDS_RESET after DRIVER_OK");
+    }
+    Ok(Some(dev))
+}
+
+/// (capacity in sectors, num_queues), retried while ConfigGeneration moves.
+fn read_config(w: &Window, mq: bool) -> (u64, u16) {
+    let mut result = (0, 0);
+    for _ in 0..4 {
+        let generation = w.read32(reg::CONFIG_GENERATION);
+        let cap = reg::CONFIG + vblk::CFG_CAPACITY;
+        let capacity = w.read32(cap) as u64 | (w.read32(cap + 4) as u64) << 32;
+        let queues = if mq {
+            w.read16(reg::CONFIG + vblk::CFG_NUM_QUEUES)
+        } else {
+            1
+        };
+        result = (capacity, queues);
+        if w.read32(reg::CONFIG_GENERATION) == generation {
+            break;
+        }
+    }
+    result
+}
+
+/// Allocates N+1 IDT vectors and programs them: vector 0 (config) at the BSP, queue q's at
+/// its owner CPU. An error leaves MSI disabled (the caller falls back to legacy).
+fn setup_msi(
+    dev: &mut Device,
+    device_queues: u16,
+    vendor_features: u32,
+    next_vector: &mut u8,
+) -> Result<(), &'static str> {
+    let count = dev.queues as usize + 1;
+    if (*next_vector as usize) + count > LAST_MSI_VECTOR as usize + 1 {
+        return Err("msi: out of interrupt vectors, using the legacy line");
+    }
+    let cpus = cpus();
+    let mut msgs = [Message {
+        index: 0,
+        apic_id: 0,
+        vector: 0,
+    }; MAX_VECTORS];
+    for (i, m) in msgs[..count].iter_mut().enumerate() {
+        let pos = if i == 0 {
+            0
+        } else {
+            owner(i as u16 - 1, cpus.len())
+        };
+        *m = Message {
+            index: i as u16,
+            apic_id: cpus[pos].1,
+            vector: *next_vector + i as u8,
+        };
+        dev.vectors[i] = m.vector;
+    }
+    let has_count = vendor_features & spec::VENDOR_F_MSI_VECTOR_COUNT != 0;
+    match msi::enable(&dev.window, &msgs[..count], device_queues + 1, has_count) {
+        Ok(()) => {
+            *next_vector += count as u8;
+            Ok(())
+        }
+        Err(_) => Err("msi: MSI_CSR check failed after enabling, using the legacy line"),
+    }
+}
+
+/// Routes the device's IOAPIC pin to its legacy vector on the BSP and installs the handler
+/// that acknowledges InterruptStatus.
+fn setup_legacy(dev: &Device, pin: u32, ioapic_addr: Option<u32>) -> Result<(), &'static str> {
+    LEGACY_WINDOWS[dev.index as usize].store(dev.window.base(), Ordering::Release);
+    idt::set_hook(dev.legacy_vector, legacy_interrupt);
+    let ioapic = IoApic::new(ioapic_addr.unwrap_or(crate::ioapic::DEFAULT_BASE))?;
+    ioapic.route(pin, dev.legacy_vector, cpus()[0].1)
+}
+
+/// The legacy handler's device part (the IDT counts it and sends the EOI): read
+/// InterruptStatus and acknowledge what it says.
+fn legacy_interrupt(vector: u8, _cpu: usize) {
+    let d = vector.wrapping_sub(LEGACY_VECTOR_BASE) as usize;
+    let Some(base) = LEGACY_WINDOWS.get(d).map(|b| b.load(Ordering::Acquire)) else {
+        return;
+    };
+    if base == 0 {
+        return;
+    }
+    // The window was checked when the device was set up (`Window::new` with its size).
+    let w = match Window::new(base, 0x100) {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let pending = w.read32(reg::INTERRUPT_STATUS);
+    if pending != 0 {
+        w.write32(reg::INTERRUPT_ACK, pending);
+    }
+}
+
+/// Waits for `done()`. With `halt` (MSI mode), sleeps in `sti; hlt` between checks and
+/// returns with interrupts off; otherwise spins and leaves the interrupt flag alone.
+fn wait(halt: bool, ms: u64, mut done: impl FnMut() -> bool) -> bool {
+    let mut deadline = Deadline::after_ms(ms);
+    loop {
+        if halt {
+            arch::cli();
+        }
+        if done() {
+            return true;
+        }
+        if deadline.expired() {
+            return done();
+        }
+        if halt {
+            arch::sti_hlt();
+        } else {
+            arch::pause();
+        }
+    }
+}
+
+/// Runs device `d`'s workload on every CPU that owns one of its queues; returns when all
+/// are done or timed out.
+fn run_device(d: usize, report: &mut DeviceReport) {
+    let Some(dev) = device(d) else { return };
+    let cpus = cpus();
+    ACTIVE.store(d, Ordering::Release);
+    let mut posted = [false; MAX_CPUS];
+    for (pos, &(cpu, _)) in cpus.iter().enumerate().skip(1) {
+        if (0..dev.queues).any(|q| owner(q, cpus.len()) == pos) {
+            DONE[cpu].store(false, Ordering::Release);
+            match smp::post_job(cpu, ap_job) {
+                Ok(()) => posted[cpu] = true,
+                Err(e) => report.errors.push(e),
+            }
+        }
+    }
+    lapic::start_watchdog(WATCHDOG_VECTOR, WATCHDOG_MS);
+    run_owned(d, 0);
+    // Each AP's job gets the time its batches may take, plus some.
+    let limit = BATCH_TIMEOUT_MS * (dev.plan.batches() as u64 + 2);
+    let all_done = || {
+        cpus.iter()
+            .all(|&(cpu, _)| !posted[cpu] || DONE[cpu].load(Ordering::Acquire))
+    };
+    if !wait(true, limit, all_done) {
+        report
+            .errors
+            .push("smp: a cpu did not finish its queues in time");
+    }
+    lapic::stop_watchdog();
+    arch::cli();
+}
+
+/// An AP's part of the workload of the device in `ACTIVE`.
+fn ap_job(cpu: usize) {
+    let d = ACTIVE.load(Ordering::Acquire);
+    if let Some(pos) = cpus().iter().position(|&(c, _)| c == cpu) {
+        lapic::start_watchdog(WATCHDOG_VECTOR, WATCHDOG_MS);
+        run_owned(d, pos);
+        lapic::stop_watchdog();
+    }
+    DONE[cpu].store(true, Ordering::Release);
+    let _ = lapic::send_fixed(cpus()[0].1, smp::WAKE_VECTOR);
+}
+
+/// Runs the queues of device `d` owned by the CPU at position `pos` of the online list, in
+/// lock step: each round submits one batch on every owned queue, then waits for each.
+fn run_owned(d: usize, pos: usize) {
+    let Some(dev) = device(d) else { return };
+    let (cpu, _) = cpus()[pos];
+    let n = cpus().len();
+    let mut owned = [0u16; MAX_QUEUES];
+    let mut k = 0;
+    for q in 0..dev.queues {
+        if owner(q, n) == pos {
+            owned[k] = q;
+            k += 1;
+        }
+    }
+    let owned = &owned[..k];
+    if !dev.msi && pos == 0 {
+        // Legacy: the line goes to the BSP, which must take it (and ack it) while it polls.
+        arch::sti();
+    }
+    for round in 0..dev.plan.batches() {
+        for &q in owned {
+            // SAFETY: this CPU owns queue q during the workload; one reference at a time.
+            if let Some(run) = unsafe { run_of(d, q) } {
+                if run.failed.is_none() {
+                    run.submit(dev.plan.batch(round));
+                }
+            }
+        }
+        for &q in owned {
+            // SAFETY: as above.
+            let Some(run) = (unsafe { run_of(d, q) }) else {
+                continue;
+            };
+            if run.failed.is_some() {
+                continue;
+            }
+            // MSI: sleep until the queue's interrupt (or another) arrives. Legacy: poll.
+            if wait(dev.msi, BATCH_TIMEOUT_MS, || run.batch_done()) {
+                run.finish();
+            } else {
+                run.abandon("blk: batch not completed in time");
+                continue;
+            }
+            if dev.msi {
+                // The used index can be seen before the batch's interrupt is taken. Take it
+                // before the next batch: two interrupts pending on one vector merge into one
+                // (the LAPIC has one request bit per vector), and the counts must be exact.
+                let vector = dev.vectors[q as usize + 1];
+                let batches = run.batches;
+                wait(true, LATE_IRQ_MS, || idt::count(cpu, vector) >= batches);
+            }
+        }
+    }
+    if pos == 0 {
+        arch::cli();
+    }
+}
+
+/// Mask test on queue 0's vector (index 1): no interrupt while masked, exactly one after
+/// unmasking for the request completed meanwhile.
+fn mask_test(d: usize, report: &mut DeviceReport) {
+    let Some(dev) = device(d) else { return };
+    // SAFETY: after the workload: no job is posted, the BSP is the only user.
+    let Some(run) = (unsafe { run_of(d, 0) }) else {
+        return;
+    };
+    if run.failed.is_some() {
+        report
+            .errors
+            .push("msi: mask test not run (queue 0 failed)");
+        return;
+    }
+    let vector = dev.vectors[1];
+    let before = received(vector);
+    msi::mask(&dev.window, 1);
+    run.submit_single_read();
+    // Interrupts on: a delivery despite the mask would be taken and counted here.
+    arch::sti();
+    let completed = wait(false, BATCH_TIMEOUT_MS, || run.batch_done());
+    Deadline::after_ms(20).wait();
+    arch::cli();
+    let while_masked = received(vector) - before;
+    if !completed {
+        run.abandon("msi: mask test request not completed");
+        report.errors.push("msi: mask test request not completed");
+    } else if !run.finish_single() {
+        report.errors.push("msi: mask test request failed");
+    }
+    msi::unmask(&dev.window, 1);
+    lapic::start_watchdog(WATCHDOG_VECTOR, WATCHDOG_MS);
+    let base = before + while_masked;
+    wait(true, 2000, || received(vector) > base);
+    // A little longer: a second delivery would be a duplicate.
+    arch::sti();
+    Deadline::after_ms(50).wait();
+    arch::cli();
+    lapic::stop_watchdog();
+    report.mask_test = Some(MaskTest {
+        received_while_masked: while_masked,
+        delivered_after_unmask: received(vector) - base,
+    });
+}
+
+/// Fills the report with the queues' results and the interrupt counts.
+fn collect(d: usize, dev: &Device, report: &mut DeviceReport) {
+    let cpus = cpus();
+    for q in 0..dev.queues {
+        let (cpu, _) = cpus[owner(q, cpus.len())];
+        if cpu != 0 && !DONE[cpu].load(Ordering::Acquire) {
+            // Its CPU never finished: its state may still change, so leave it out.
+            report
+                .errors
+                .push("blk: results of an unfinished cpu left out");
+            continue;
+        }
+        // SAFETY: the owner is done (or is the BSP, which is running this).
+        let Some(run) = (unsafe { run_of(d, q) }).as_ref() else {
+            continue;
+        };
+        report.requests += run.completed;
+        report.request_errors += run.request_errors;
+        report.data_errors += run.data_errors;
+        report.used_len_errors += run.used_len_errors;
+        if let Some(e) = run.failed {
+            report.errors.push(e);
+        }
+    }
+    if dev.msi {
+        report.n_vectors = dev.queues as usize + 1;
+        for i in 0..report.n_vectors {
+            let pos = if i == 0 {
+                0
+            } else {
+                owner(i as u16 - 1, cpus.len())
+            };
+            let (cpu, apic_id) = cpus[pos];
+            let vector = dev.vectors[i];
+            let total = received(vector);
+            let batches = if i == 0 {
+                0
+            } else {
+                // SAFETY: as above (read only).
+                unsafe { run_of(d, i as u16 - 1) }.map_or(0, |r| r.batches)
+            };
+            report.vectors[i] = VectorReport {
+                index: i as u16,
+                vector,
+                cpu: cpu as u32,
+                apic_id: apic_id as u32,
+                received: total,
+                elsewhere: total - idt::count(cpu, vector),
+                batches,
+                extra: u32::from(i == 1 && report.mask_test.is_some()),
+            };
+        }
+    } else {
+        report.legacy_received = received(dev.legacy_vector);
+    }
+}

@@ -1,0 +1,267 @@
+//! virtio-vsock with the host side as hybrid vsock (the unix-socket protocol of Firecracker,
+//! Cloud Hypervisor and Dragonball): rx, tx and event queues, one worker thread for every
+//! connection, credit-based flow control, RST on errors.
+//!
+//! Before the guest driver is ready, host processes that connect get `ERR guest vsock driver
+//! not ready` at once, so callers can retry.
+
+pub mod connection;
+pub mod muxer;
+pub mod packet;
+pub mod unix;
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::virtio::{
+    device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
+};
+use crate::interrupts::Interrupt;
+use crate::memory::GuestMemoryMmap;
+use muxer::{Muxer, VsockCounters};
+
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// The guest CIDs that are reserved (0, 1: hypervisor/local, 2: host).
+pub const MIN_GUEST_CID: u64 = 3;
+
+/// Settings of the vsock device.
+#[derive(Clone, Debug)]
+pub struct VsockConfig {
+    /// The guest's context ID.
+    pub guest_cid: u64,
+    /// The hybrid-vsock socket; guest connections to host port P go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
+/// vsock errors.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// CID 0-2 or beyond 32 bits.
+    #[error("vsock guest CID {0} is invalid (3 to 4294967294)")]
+    Cid(u64),
+    /// The socket cannot be bound.
+    #[error("cannot listen on vsock socket {path}: {source}")]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A thread or eventfd could not be created.
+    #[error("vsock: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Worker {
+    kill: EventFd,
+    thread: JoinHandle<()>,
+}
+
+impl Worker {
+    fn stop(self) {
+        let _ = self.kill.write(1);
+        let _ = self.thread.join();
+    }
+}
+
+/// A virtio-vsock device.
+pub struct Vsock {
+    config: VsockConfig,
+    listener: UnixListener,
+    counters: Arc<VsockCounters>,
+    worker: Option<Worker>,
+}
+
+impl Vsock {
+    /// Binds the socket and starts answering host processes (with a refusal until the guest
+    /// driver is ready).
+    pub fn new(config: VsockConfig) -> Result<Self, VsockError> {
+        if config.guest_cid < MIN_GUEST_CID || config.guest_cid >= u64::from(u32::MAX) {
+            return Err(VsockError::Cid(config.guest_cid));
+        }
+        let listener = unix::bind(&config.uds_path).map_err(|source| VsockError::Bind {
+            path: config.uds_path.clone(),
+            source,
+        })?;
+        listener.set_nonblocking(true)?;
+        let mut vsock = Self {
+            config,
+            listener,
+            counters: Arc::default(),
+            worker: None,
+        };
+        vsock.worker = Some(vsock.spawn_refuser()?);
+        Ok(vsock)
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &Arc<VsockCounters> {
+        &self.counters
+    }
+
+    /// A thread that tells every connecting host process the guest is not ready.
+    fn spawn_refuser(&self) -> Result<Worker, VsockError> {
+        let kill = EventFd::new(libc::EFD_NONBLOCK)?;
+        let stop = kill.try_clone()?;
+        let listener = self.listener.try_clone()?;
+        let counters = self.counters.clone();
+        let thread = std::thread::Builder::new()
+            .name("vsock-idle".into())
+            .spawn(move || refuse_until_stopped(listener, stop, counters))?;
+        Ok(Worker { kill, thread })
+    }
+}
+
+fn refuse_until_stopped(listener: UnixListener, kill: EventFd, counters: Arc<VsockCounters>) {
+    let Ok(epoll) = Epoll::new() else {
+        return;
+    };
+    for fd in [listener.as_raw_fd(), kill.as_raw_fd()] {
+        if epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, fd as u64),
+            )
+            .is_err()
+        {
+            return;
+        }
+    }
+    let mut events = [EpollEvent::default(); 2];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        for ev in &events[..n] {
+            if ev.data() as i32 == kill.as_raw_fd() {
+                return;
+            }
+        }
+        while let Ok((mut stream, _)) = listener.accept() {
+            let _ = stream.write_all(b"ERR guest vsock driver not ready\n");
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        device_type::VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE; 3]
+    }
+
+    fn features(&self) -> u64 {
+        features::VERSION_1 | features::RING_EVENT_IDX
+    }
+
+    fn name(&self) -> &'static str {
+        "vsock"
+    }
+
+    fn queue_name(&self, index: u16) -> String {
+        match index {
+            0 => "rx".into(),
+            1 => "tx".into(),
+            _ => "event".into(),
+        }
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config.guest_cid.to_le_bytes(), offset, data);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        _features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<(), ActivateError> {
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+        let mut rx = None;
+        let mut tx = None;
+        let mut event = None;
+        for q in queues {
+            match q.index {
+                0 => rx = Some((q.queue, q.notifier)),
+                1 => tx = Some((q.queue, q.notifier)),
+                _ => event = Some(q.notifier),
+            }
+        }
+        if rx.is_none() || tx.is_none() {
+            // The device is useless without both; go back to refusing.
+            self.worker = self.spawn_refuser().ok();
+            return Err(ActivateError::QueueNotReady(if rx.is_none() {
+                0
+            } else {
+                1
+            }));
+        }
+        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let muxer = Muxer {
+            mem,
+            guest_cid: self.config.guest_cid,
+            uds_path: self.config.uds_path.clone(),
+            listener: self.listener.try_clone().map_err(ActivateError::Worker)?,
+            rx,
+            tx,
+            event,
+            kill: kill.try_clone().map_err(ActivateError::Worker)?,
+            interrupt,
+            counters: self.counters.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("vsock".into())
+            .spawn(move || muxer.run())
+            .map_err(ActivateError::Worker)?;
+        self.worker = Some(Worker { kill, thread });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+        // Connections died with the muxer; new host processes get the refusal again.
+        self.worker = self.spawn_refuser().ok();
+    }
+
+    fn completed_requests(&self) -> Vec<u64> {
+        vec![
+            self.counters.rx_packets.load(Ordering::Relaxed),
+            self.counters.tx_packets.load(Ordering::Relaxed),
+            0,
+        ]
+    }
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+        let _ = std::fs::remove_file(&self.config.uds_path);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,690 @@
+//! The vsock device's one worker thread: it moves packets between the guest's rx/tx queues and
+//! the host's unix sockets, for every connection at once.
+//!
+//! Host-initiated: a process connects to the VMM's socket, writes `CONNECT <port>\n`; the muxer
+//! sends the guest a REQUEST and answers `OK <local port>\n` when the guest accepts (or
+//! `ERR <reason>\n` and closes). Guest-initiated: a REQUEST to host port P connects to
+//! `<uds_path>_P`. Data then flows under virtio-vsock credit control in both directions.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::connection::{Connection, State};
+use super::packet::{self, op, Header, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use super::unix::{forward_path, LineStatus, PendingConnect};
+use crate::devices::block::request::Buffer;
+use crate::interrupts::Interrupt;
+use crate::memory::GuestMemoryMmap;
+
+/// How long a host process has to send its CONNECT line, and the guest to answer a REQUEST.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Host ports handed to host-initiated connections start here (as in Firecracker's scheme).
+const FIRST_LOCAL_PORT: u32 = 1 << 30;
+/// Most connections (established or in handshake) at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Counters of the device.
+#[derive(Debug, Default)]
+pub struct VsockCounters {
+    /// Connections that reached the established state.
+    pub connections: AtomicU64,
+    /// CONNECT lines refused and guest REQUESTs that could not be forwarded.
+    pub refused: AtomicU64,
+    /// Packets the guest sent.
+    pub tx_packets: AtomicU64,
+    /// Packets delivered to the guest.
+    pub rx_packets: AtomicU64,
+    /// Malformed or misaddressed packets from the guest.
+    pub bad_packets: AtomicU64,
+}
+
+type Key = (u32, u32);
+
+/// A packet without payload waiting for an rx buffer.
+#[derive(Clone, Copy, Debug)]
+struct Control {
+    local_port: u32,
+    peer_port: u32,
+    op: u16,
+    flags: u32,
+}
+
+/// Everything the worker owns.
+pub struct Muxer {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The guest's CID.
+    pub guest_cid: u64,
+    /// The hybrid-vsock socket path.
+    pub uds_path: PathBuf,
+    /// Its listener.
+    pub listener: UnixListener,
+    /// rx queue (index 0) and its doorbell.
+    pub rx: Option<(Queue, EventFd)>,
+    /// tx queue (index 1) and its doorbell.
+    pub tx: Option<(Queue, EventFd)>,
+    /// event queue (index 2) doorbell, drained only.
+    pub event: Option<EventFd>,
+    /// Stop request.
+    pub kill: EventFd,
+    /// Interrupt.
+    pub interrupt: Arc<dyn Interrupt>,
+    /// Counters.
+    pub counters: Arc<VsockCounters>,
+}
+
+struct Worker {
+    m: Muxer,
+    epoll: Epoll,
+    pending: HashMap<RawFd, PendingConnect>,
+    conns: HashMap<Key, Connection>,
+    by_fd: HashMap<RawFd, Key>,
+    interest: HashMap<RawFd, EventSet>,
+    readable: HashSet<Key>,
+    control: VecDeque<Control>,
+    next_local_port: u32,
+    rx_starved: bool,
+}
+
+fn is_would_block(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+}
+
+/// Best-effort refusal line to a host process, then the stream is dropped.
+fn refuse(mut stream: &UnixStream, reason: &str) {
+    let _ = stream.write_all(format!("ERR {reason}\n").as_bytes());
+}
+
+impl Muxer {
+    /// Runs until `kill` is written.
+    pub fn run(self) {
+        let epoll = match Epoll::new() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("vsock: epoll: {e}");
+                return;
+            }
+        };
+        let mut w = Worker {
+            m: self,
+            epoll,
+            pending: HashMap::new(),
+            conns: HashMap::new(),
+            by_fd: HashMap::new(),
+            interest: HashMap::new(),
+            readable: HashSet::new(),
+            control: VecDeque::new(),
+            next_local_port: FIRST_LOCAL_PORT,
+            rx_starved: false,
+        };
+        let mut fixed = vec![w.m.kill.as_raw_fd(), w.m.listener.as_raw_fd()];
+        fixed.extend(w.m.rx.as_ref().map(|(_, e)| e.as_raw_fd()));
+        fixed.extend(w.m.tx.as_ref().map(|(_, e)| e.as_raw_fd()));
+        fixed.extend(w.m.event.as_ref().map(|e| e.as_raw_fd()));
+        for fd in fixed {
+            w.watch(fd, EventSet::IN);
+        }
+        w.run();
+    }
+}
+
+impl Worker {
+    fn watch(&mut self, fd: RawFd, events: EventSet) {
+        let op = if self.interest.contains_key(&fd) {
+            ControlOperation::Modify
+        } else {
+            ControlOperation::Add
+        };
+        if self.interest.get(&fd) == Some(&events) {
+            return;
+        }
+        if let Err(e) = self.epoll.ctl(op, fd, EpollEvent::new(events, fd as u64)) {
+            tracing::warn!("vsock: epoll_ctl on fd {fd}: {e}");
+            return;
+        }
+        self.interest.insert(fd, events);
+    }
+
+    fn unwatch(&mut self, fd: RawFd) {
+        if self.interest.remove(&fd).is_some() {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+    }
+
+    fn run(&mut self) {
+        let kill = self.m.kill.as_raw_fd();
+        let listener = self.m.listener.as_raw_fd();
+        let rx_fd = self.m.rx.as_ref().map(|(_, e)| e.as_raw_fd());
+        let tx_fd = self.m.tx.as_ref().map(|(_, e)| e.as_raw_fd());
+        let ev_fd = self.m.event.as_ref().map(|e| e.as_raw_fd());
+        // Anything the guest queued before we started.
+        self.process_tx();
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let timeout = if self.pending.is_empty()
+                && !self
+                    .conns
+                    .values()
+                    .any(|c| matches!(c.state, State::Connecting { .. }))
+            {
+                -1
+            } else {
+                250
+            };
+            let n = match self.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!("vsock: epoll_wait: {e}");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                let fd = ev.data() as RawFd;
+                let set = ev.event_set();
+                if fd == kill {
+                    return;
+                } else if Some(fd) == tx_fd {
+                    if let Some((_, e)) = &self.m.tx {
+                        let _ = e.read();
+                    }
+                    self.process_tx();
+                } else if Some(fd) == rx_fd {
+                    if let Some((_, e)) = &self.m.rx {
+                        let _ = e.read();
+                    }
+                    self.rx_starved = false;
+                } else if Some(fd) == ev_fd {
+                    if let Some(e) = &self.m.event {
+                        let _ = e.read();
+                    }
+                } else if fd == listener {
+                    self.accept();
+                } else if self.pending.contains_key(&fd) {
+                    self.advance_pending(fd);
+                } else if let Some(key) = self.by_fd.get(&fd).copied() {
+                    self.connection_event(key, set);
+                }
+            }
+            self.expire();
+            self.fill_rx();
+            self.update_interest();
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.m.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.pending.len() + self.conns.len() >= MAX_CONNECTIONS {
+                        refuse(&stream, "too many connections");
+                        self.m.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let fd = stream.as_raw_fd();
+                    self.pending.insert(
+                        fd,
+                        PendingConnect::new(stream, Instant::now() + HANDSHAKE_TIMEOUT),
+                    );
+                    self.watch(fd, EventSet::IN);
+                    // The line may already be there.
+                    self.advance_pending(fd);
+                }
+                Err(e) if is_would_block(&e) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!("vsock: accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn advance_pending(&mut self, fd: RawFd) {
+        let Some(p) = self.pending.get_mut(&fd) else {
+            return;
+        };
+        let status = p.read_line();
+        if status == LineStatus::Incomplete {
+            return;
+        }
+        let p = self.pending.remove(&fd).expect("present");
+        self.unwatch(fd);
+        match status {
+            LineStatus::Port(port) => {
+                let local = self.allocate_local_port(port);
+                let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+                let conn = Connection::new(p.stream, local, port, State::Connecting { deadline });
+                self.insert(conn);
+                self.queue(local, port, op::REQUEST, 0);
+            }
+            LineStatus::Refused(e) => {
+                refuse(&p.stream, &e.to_string());
+                self.m.counters.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            LineStatus::Closed | LineStatus::Incomplete => {}
+        }
+    }
+
+    fn allocate_local_port(&mut self, peer: u32) -> u32 {
+        loop {
+            let port = self.next_local_port;
+            self.next_local_port = self
+                .next_local_port
+                .checked_add(1)
+                .unwrap_or(FIRST_LOCAL_PORT);
+            if !self.conns.contains_key(&(port, peer)) {
+                return port;
+            }
+        }
+    }
+
+    fn insert(&mut self, conn: Connection) {
+        let key = (conn.local_port, conn.peer_port);
+        let fd = conn.stream.as_raw_fd();
+        self.by_fd.insert(fd, key);
+        self.conns.insert(key, conn);
+        self.readable.insert(key);
+    }
+
+    fn remove(&mut self, key: Key) -> Option<Connection> {
+        let conn = self.conns.remove(&key)?;
+        let fd = conn.stream.as_raw_fd();
+        self.by_fd.remove(&fd);
+        self.unwatch(fd);
+        self.readable.remove(&key);
+        Some(conn)
+    }
+
+    fn queue(&mut self, local_port: u32, peer_port: u32, op: u16, flags: u32) {
+        self.control.push_back(Control {
+            local_port,
+            peer_port,
+            op,
+            flags,
+        });
+    }
+
+    /// Resets a connection: RST to the guest, the host stream closed.
+    fn reset(&mut self, key: Key) {
+        if self.remove(key).is_some() {
+            self.queue(key.0, key.1, op::RST, 0);
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let late: Vec<RawFd> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in late {
+            if let Some(p) = self.pending.remove(&fd) {
+                self.unwatch(fd);
+                refuse(&p.stream, "timeout waiting for the CONNECT line");
+            }
+        }
+        let late: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Connecting { deadline } if deadline <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            if let Some(c) = self.conns.get(&key) {
+                refuse(
+                    &c.stream,
+                    &format!("timeout waiting for guest port {}", key.1),
+                );
+            }
+            self.m.counters.refused.fetch_add(1, Ordering::Relaxed);
+            self.reset(key);
+        }
+    }
+
+    fn connection_event(&mut self, key: Key, set: EventSet) {
+        if set.contains(EventSet::IN)
+            || set.contains(EventSet::HANG_UP)
+            || set.contains(EventSet::READ_HANG_UP)
+        {
+            self.readable.insert(key);
+        }
+        if set.contains(EventSet::OUT) {
+            self.flush(key);
+        }
+        if set.contains(EventSet::ERROR) {
+            self.reset(key);
+        }
+    }
+
+    /// Writes pending guest data to the host, then sends credit or finishes as needed.
+    fn flush(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if c.flush_to_host().is_err() {
+            self.reset(key);
+            return;
+        }
+        if c.pending_to_host() == 0 && c.peer_done_sending {
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        }
+        if c.is_finished() {
+            self.reset(key);
+            return;
+        }
+        if c.needs_credit_update() {
+            self.queue(key.0, key.1, op::CREDIT_UPDATE, 0);
+        }
+    }
+
+    fn process_tx(&mut self) {
+        let Some((mut queue, evt)) = self.m.tx.take() else {
+            return;
+        };
+        let mem = self.m.mem.clone();
+        let mut used_any = false;
+        loop {
+            if queue.disable_notification(&mem).is_err() {
+                break;
+            }
+            while let Some(chain) = queue.pop_descriptor_chain(&mem) {
+                let head = chain.head_index();
+                let buffers: Vec<Buffer> = chain
+                    .map(|d| Buffer {
+                        addr: d.addr(),
+                        len: d.len(),
+                        writable: d.is_write_only(),
+                    })
+                    .collect();
+                match packet::read_tx(&mem, &buffers) {
+                    Ok((header, payload)) => {
+                        self.m.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+                        self.handle_packet(header, &payload);
+                    }
+                    Err(e) => {
+                        tracing::debug!("vsock: bad tx packet: {e}");
+                        self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let _ = queue.add_used(&mem, head, 0);
+                used_any = true;
+            }
+            if !matches!(queue.enable_notification(&mem), Ok(true)) {
+                break;
+            }
+        }
+        if used_any && queue.needs_notification(&mem).unwrap_or(true) {
+            self.m.interrupt.trigger(1);
+        }
+        self.m.tx = Some((queue, evt));
+    }
+
+    fn handle_packet(&mut self, h: Header, payload: &[u8]) {
+        if h.src_cid != self.m.guest_cid || h.dst_cid != HOST_CID {
+            self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let key = (h.dst_port, h.src_port);
+        if h.kind != TYPE_STREAM {
+            self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+            if h.op != op::RST {
+                self.queue(key.0, key.1, op::RST, 0);
+            }
+            return;
+        }
+        if h.op == op::REQUEST {
+            self.guest_connect(key, &h);
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&key) else {
+            if h.op != op::RST {
+                self.queue(key.0, key.1, op::RST, 0);
+            }
+            return;
+        };
+        c.update_peer_credit(&h);
+        match h.op {
+            op::RESPONSE => {
+                if !matches!(c.state, State::Connecting { .. }) {
+                    self.reset(key);
+                    return;
+                }
+                c.state = State::Established;
+                let ok = format!("OK {}\n", key.0);
+                match (&c.stream).write(ok.as_bytes()) {
+                    Ok(n) if n == ok.len() => {
+                        self.m.counters.connections.fetch_add(1, Ordering::Relaxed);
+                        self.readable.insert(key);
+                    }
+                    _ => self.reset(key),
+                }
+            }
+            op::RST => {
+                if matches!(c.state, State::Connecting { .. }) {
+                    refuse(
+                        &c.stream,
+                        &format!("connection refused by guest port {}", key.1),
+                    );
+                    self.m.counters.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                self.remove(key);
+            }
+            op::SHUTDOWN => {
+                c.peer_shutdown(h.flags);
+                self.flush(key);
+            }
+            op::RW => {
+                if c.state != State::Established || !c.push_to_host(payload) {
+                    // Data before the handshake, or more than the credit we gave.
+                    self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+                    self.reset(key);
+                    return;
+                }
+                self.flush(key);
+            }
+            op::CREDIT_UPDATE => {}
+            op::CREDIT_REQUEST => {
+                c.credit_requested = true;
+                self.queue(key.0, key.1, op::CREDIT_UPDATE, 0);
+            }
+            _ => {
+                self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+                self.reset(key);
+            }
+        }
+    }
+
+    /// A guest REQUEST to host port `key.0`: forwarded to `<uds_path>_<port>`.
+    fn guest_connect(&mut self, key: Key, h: &Header) {
+        if self.conns.contains_key(&key) || self.conns.len() >= MAX_CONNECTIONS {
+            self.queue(key.0, key.1, op::RST, 0);
+            return;
+        }
+        let path = forward_path(&self.m.uds_path, key.0);
+        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+            Ok(stream) => {
+                let mut conn = Connection::new(stream, key.0, key.1, State::Established);
+                conn.update_peer_credit(h);
+                self.insert(conn);
+                self.m.counters.connections.fetch_add(1, Ordering::Relaxed);
+                self.queue(key.0, key.1, op::RESPONSE, 0);
+            }
+            Err(e) => {
+                tracing::debug!("vsock: guest connect to {}: {e}", path.display());
+                self.m.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.queue(key.0, key.1, op::RST, 0);
+            }
+        }
+    }
+
+    /// Delivers control packets, then host data, into the guest's rx buffers.
+    fn fill_rx(&mut self) {
+        let Some((mut queue, evt)) = self.m.rx.take() else {
+            return;
+        };
+        let mem = self.m.mem.clone();
+        let mut used_any = false;
+        let mut data_keys: VecDeque<Key> = self
+            .readable
+            .iter()
+            .copied()
+            .filter(|k| {
+                self.conns
+                    .get(k)
+                    .is_some_and(|c| c.wants_to_send() || c.host_eof)
+            })
+            .collect();
+        while !self.control.is_empty() || !data_keys.is_empty() {
+            let Some(chain) = queue.pop_descriptor_chain(&mem) else {
+                self.rx_starved = true;
+                break;
+            };
+            let head = chain.head_index();
+            let buffers: Vec<Buffer> = chain
+                .map(|d| Buffer {
+                    addr: d.addr(),
+                    len: d.len(),
+                    writable: d.is_write_only(),
+                })
+                .collect();
+            let Some(capacity) = packet::rx_capacity(&buffers) else {
+                self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+                let _ = queue.add_used(&mem, head, 0);
+                used_any = true;
+                continue;
+            };
+            let produced = if let Some(ctl) = self.control.pop_front() {
+                let mut h = self.header(ctl.local_port, ctl.peer_port, ctl.op, ctl.flags);
+                if let Some(c) = self.conns.get_mut(&(ctl.local_port, ctl.peer_port)) {
+                    c.stamp(&mut h);
+                }
+                Some((h, Vec::new()))
+            } else {
+                let key = data_keys.pop_front().expect("checked non-empty");
+                self.host_data(key, capacity)
+            };
+            match produced {
+                Some((h, payload)) => match packet::write_rx(&mem, &buffers, &h, &payload) {
+                    Ok(n) => {
+                        let _ = queue.add_used(&mem, head, n as u32);
+                        self.m.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                        used_any = true;
+                        if h.op == op::RW {
+                            // Round robin: the connection may have more.
+                            data_keys.push_back((h.src_port, h.dst_port));
+                        }
+                    }
+                    Err(_) => {
+                        self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+                        let _ = queue.add_used(&mem, head, 0);
+                        used_any = true;
+                    }
+                },
+                None => queue.go_to_previous_position(),
+            }
+        }
+        if used_any && queue.needs_notification(&mem).unwrap_or(true) {
+            self.m.interrupt.trigger(0);
+        }
+        self.m.rx = Some((queue, evt));
+    }
+
+    fn header(&self, local_port: u32, peer_port: u32, op: u16, flags: u32) -> Header {
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: self.m.guest_cid,
+            src_port: local_port,
+            dst_port: peer_port,
+            len: 0,
+            kind: TYPE_STREAM,
+            op,
+            flags,
+            buf_alloc: 0,
+            fwd_cnt: 0,
+        }
+    }
+
+    /// The next packet of host data for `key`, if any fits now.
+    fn host_data(&mut self, key: Key, capacity: usize) -> Option<(Header, Vec<u8>)> {
+        let mut h = self.header(key.0, key.1, op::RW, 0);
+        let c = self.conns.get_mut(&key)?;
+        if c.host_eof {
+            // The host closed its side: tell the guest once, then stop reading.
+            self.readable.remove(&key);
+            if c.eof_told {
+                return None;
+            }
+            c.eof_told = true;
+            h.op = op::SHUTDOWN;
+            h.flags = SHUTDOWN_SEND | if c.peer_done_sending { SHUTDOWN_RCV } else { 0 };
+            c.stamp(&mut h);
+            return Some((h, Vec::new()));
+        }
+        if !c.wants_to_send() {
+            self.readable.remove(&key);
+            return None;
+        }
+        let max = capacity
+            .min(c.peer_credit() as usize)
+            .min(packet::MAX_PAYLOAD as usize);
+        match c.read_from_host(max) {
+            Ok(Some(data)) => {
+                h.len = data.len() as u32;
+                c.sent_to_guest(data.len());
+                c.stamp(&mut h);
+                Some((h, data))
+            }
+            Ok(None) if c.host_eof => self.host_data(key, capacity),
+            Ok(None) => {
+                self.readable.remove(&key);
+                None
+            }
+            Err(_) => {
+                self.reset(key);
+                None
+            }
+        }
+    }
+
+    fn update_interest(&mut self) {
+        let wanted: Vec<(RawFd, EventSet)> = self
+            .conns
+            .values()
+            .map(|c| {
+                let mut set = EventSet::empty();
+                if !self.rx_starved && c.wants_to_send() {
+                    set |= EventSet::IN;
+                }
+                if c.pending_to_host() > 0 {
+                    set |= EventSet::OUT;
+                }
+                (c.stream.as_raw_fd(), set)
+            })
+            .collect();
+        for (fd, set) in wanted {
+            if set.is_empty() {
+                self.unwatch(fd);
+            } else {
+                self.watch(fd, set);
+            }
+        }
+    }
+}

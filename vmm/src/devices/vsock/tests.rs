@@ -1,0 +1,417 @@
+//! The vsock device against a test "guest driver" (rings in guest memory, played from the
+//! host) and real unix sockets on the host side.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::packet::{op, Header, HEADER_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use super::{Vsock, VsockConfig};
+use crate::devices::driver_ring::DriverRing;
+use crate::devices::virtio::{features, ActiveQueue, VirtioDevice};
+use crate::interrupts::Interrupt;
+use crate::memory::{create_guest_memory, GuestMemoryMmap};
+
+const CID: u64 = 42;
+const QSIZE: u16 = 64;
+const RX_BUF: u32 = 4096;
+
+struct NoInterrupt;
+impl Interrupt for NoInterrupt {
+    fn trigger(&self, _: u16) {}
+    fn trigger_config(&self) {}
+}
+
+struct Guest {
+    mem: GuestMemoryMmap,
+    rx: DriverRing,
+    tx: DriverRing,
+    rx_evt: EventFd,
+    tx_evt: EventFd,
+    rx_seen: u16,
+    tx_slot: u64,
+}
+
+struct Rig {
+    dev: Vsock,
+    guest: Guest,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.sock");
+    let mut dev = Vsock::new(VsockConfig {
+        guest_cid: CID,
+        uds_path: path.clone(),
+    })
+    .unwrap();
+    let mem = create_guest_memory(32).unwrap();
+    let rx = DriverRing::new(&mem, GuestAddress(0x10_0000), QSIZE);
+    let tx = DriverRing::new(&mem, GuestAddress(0x11_0000), QSIZE);
+    let ev = DriverRing::new(&mem, GuestAddress(0x12_0000), QSIZE);
+    let (rx_evt, tx_evt) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
+    let queues = vec![
+        ActiveQueue {
+            index: 0,
+            queue: rx.queue(),
+            notifier: rx_evt.try_clone().unwrap(),
+        },
+        ActiveQueue {
+            index: 1,
+            queue: tx.queue(),
+            notifier: tx_evt.try_clone().unwrap(),
+        },
+        ActiveQueue {
+            index: 2,
+            queue: ev.queue(),
+            notifier: EventFd::new(0).unwrap(),
+        },
+    ];
+    let mut guest = Guest {
+        mem: mem.clone(),
+        rx,
+        tx,
+        rx_evt,
+        tx_evt,
+        rx_seen: 0,
+        tx_slot: 0,
+    };
+    guest.post_rx(QSIZE);
+    dev.activate(mem, features::VERSION_1, queues, Arc::new(NoInterrupt))
+        .unwrap();
+    Rig {
+        dev,
+        guest,
+        path,
+        _dir: dir,
+    }
+}
+
+fn rx_buf(slot: u16) -> u64 {
+    0x100_0000 + u64::from(slot) * u64::from(RX_BUF)
+}
+
+impl Guest {
+    fn post_rx(&mut self, n: u16) {
+        let heads: Vec<u16> = (0..n)
+            .map(|_| {
+                let head = self.rx.add_chain(&[(0, 0, true)]);
+                // One writable 4 KiB buffer per chain, at a place derived from its head.
+                self.rx.write_desc(head, rx_buf(head), RX_BUF, 2, 0);
+                head
+            })
+            .collect();
+        self.rx.publish(&heads);
+        self.rx_evt.write(1).unwrap();
+    }
+
+    fn header(&self, src_port: u32, dst_port: u32, op: u16) -> Header {
+        Header {
+            src_cid: CID,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            kind: TYPE_STREAM,
+            op,
+            buf_alloc: 64 * 1024,
+            ..Default::default()
+        }
+    }
+
+    fn send(&mut self, mut h: Header, payload: &[u8]) {
+        h.len = payload.len() as u32;
+        let at = 0x180_0000 + (self.tx_slot % u64::from(QSIZE)) * 0x1_0000;
+        self.tx_slot += 1;
+        self.mem.write_slice(&h.encode(), GuestAddress(at)).unwrap();
+        self.mem
+            .write_slice(payload, GuestAddress(at + HEADER_SIZE as u64))
+            .unwrap();
+        let head = self
+            .tx
+            .add_chain(&[(at, (HEADER_SIZE + payload.len()) as u32, false)]);
+        self.tx.publish(&[head]);
+        self.tx_evt.write(1).unwrap();
+    }
+
+    /// The next packet the device delivered, waiting up to 5 s.
+    fn recv(&mut self) -> (Header, Vec<u8>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.rx.used_idx() == self.rx_seen {
+            assert!(Instant::now() < deadline, "no packet from the device");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (head, len) = self.rx.used_elem(self.rx_seen);
+        self.rx_seen = self.rx_seen.wrapping_add(1);
+        let mut raw = [0u8; HEADER_SIZE];
+        self.mem
+            .read_slice(&mut raw, GuestAddress(rx_buf(head as u16)))
+            .unwrap();
+        let h = Header::decode(&raw);
+        let mut payload = vec![0u8; len as usize - HEADER_SIZE];
+        self.mem
+            .read_slice(
+                &mut payload,
+                GuestAddress(rx_buf(head as u16) + HEADER_SIZE as u64),
+            )
+            .unwrap();
+        // Give the buffer back.
+        self.rx.publish(&[head as u16]);
+        self.rx_evt.write(1).unwrap();
+        (h, payload)
+    }
+
+    /// Waits for the next packet that is not a credit update.
+    fn recv_op(&mut self) -> (Header, Vec<u8>) {
+        loop {
+            let p = self.recv();
+            if p.0.op != op::CREDIT_UPDATE {
+                return p;
+            }
+        }
+    }
+}
+
+fn read_line(s: &mut UnixStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).unwrap() == 1 {
+        if b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// Host connects to guest port `port` and the guest accepts.
+fn host_connect(r: &mut Rig, port: u32) -> (UnixStream, u32) {
+    let mut s = UnixStream::connect(&r.path).unwrap();
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+    let (req, _) = r.guest.recv_op();
+    assert_eq!(
+        (req.op, req.dst_port, req.dst_cid, req.src_cid),
+        (op::REQUEST, port, CID, HOST_CID)
+    );
+    let local = req.src_port;
+    assert!(local >= 1 << 30);
+    r.guest.send(r.guest.header(port, local, op::RESPONSE), b"");
+    assert_eq!(read_line(&mut s), format!("OK {local}"));
+    (s, local)
+}
+
+#[test]
+fn refuses_before_the_driver_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.sock");
+    let dev = Vsock::new(VsockConfig {
+        guest_cid: CID,
+        uds_path: path.clone(),
+    })
+    .unwrap();
+    let mut s = UnixStream::connect(&path).unwrap();
+    s.write_all(b"CONNECT 1024\n").unwrap();
+    assert_eq!(read_line(&mut s), "ERR guest vsock driver not ready");
+    drop(dev);
+    assert!(!path.exists(), "the socket file is removed with the device");
+}
+
+#[test]
+fn host_initiated_stream_both_ways() {
+    let mut r = rig();
+    let (mut s, local) = host_connect(&mut r, 1024);
+    s.write_all(b"hello").unwrap();
+    let (h, data) = r.guest.recv_op();
+    assert_eq!((h.op, data.as_slice()), (op::RW, &b"hello"[..]));
+    assert_eq!((h.src_port, h.dst_port), (local, 1024));
+    r.guest.send(r.guest.header(1024, local, op::RW), b"world");
+    let mut got = [0u8; 5];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"world");
+    // The guest resets: the host sees end of file.
+    r.guest.send(r.guest.header(1024, local, op::RST), b"");
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+}
+
+#[test]
+fn guest_refusal_and_bad_lines_are_reported() {
+    let mut r = rig();
+    let mut s = UnixStream::connect(&r.path).unwrap();
+    s.write_all(b"CONNECT 7\n").unwrap();
+    let (req, _) = r.guest.recv_op();
+    r.guest.send(r.guest.header(7, req.src_port, op::RST), b"");
+    assert_eq!(read_line(&mut s), "ERR connection refused by guest port 7");
+    for (line, want) in [
+        (
+            &b"HELLO\n"[..],
+            "ERR malformed request, expected 'CONNECT <port>'",
+        ),
+        (&[b'X'; 64][..], "ERR request line too long"),
+        (
+            &b"CONNECT -1\n"[..],
+            "ERR malformed request, expected 'CONNECT <port>'",
+        ),
+    ] {
+        let mut s = UnixStream::connect(&r.path).unwrap();
+        s.write_all(line).unwrap();
+        assert_eq!(read_line(&mut s), want);
+    }
+    // The device still works.
+    host_connect(&mut r, 1024);
+}
+
+#[test]
+fn guest_initiated_connections_reach_the_forward_socket() {
+    let mut r = rig();
+    let listener = UnixListener::bind(format!("{}_52", r.path.display())).unwrap();
+    r.guest.send(r.guest.header(5000, 52, op::REQUEST), b"");
+    let (resp, _) = r.guest.recv_op();
+    assert_eq!(
+        (resp.op, resp.src_port, resp.dst_port),
+        (op::RESPONSE, 52, 5000)
+    );
+    let (mut s, _) = listener.accept().unwrap();
+    r.guest.send(r.guest.header(5000, 52, op::RW), b"ping");
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    s.write_all(b"pong").unwrap();
+    let (h, data) = r.guest.recv_op();
+    assert_eq!((h.op, data.as_slice()), (op::RW, &b"pong"[..]));
+    // Host side closes: the guest is told, and a guest SHUTDOWN then finishes the connection.
+    drop(s);
+    let (h, _) = r.guest.recv_op();
+    assert_eq!(
+        (h.op, h.flags & SHUTDOWN_SEND),
+        (op::SHUTDOWN, SHUTDOWN_SEND)
+    );
+    let mut sd = r.guest.header(5000, 52, op::SHUTDOWN);
+    sd.flags = SHUTDOWN_SEND | SHUTDOWN_RCV;
+    r.guest.send(sd, b"");
+    let (h, _) = r.guest.recv_op();
+    assert_eq!(h.op, op::RST);
+    // Nobody listens on port 53.
+    r.guest.send(r.guest.header(5001, 53, op::REQUEST), b"");
+    let (h, _) = r.guest.recv_op();
+    assert_eq!((h.op, h.dst_port), (op::RST, 5001));
+}
+
+#[test]
+fn host_data_respects_the_guest_credit() {
+    let mut r = rig();
+    let mut s = UnixStream::connect(&r.path).unwrap();
+    s.write_all(b"CONNECT 9\n").unwrap();
+    let (req, _) = r.guest.recv_op();
+    let local = req.src_port;
+    let mut resp = r.guest.header(9, local, op::RESPONSE);
+    resp.buf_alloc = 100;
+    r.guest.send(resp, b"");
+    assert_eq!(read_line(&mut s), format!("OK {local}"));
+    s.write_all(&[7u8; 1000]).unwrap();
+    let mut received = 0;
+    while received < 100 {
+        let (h, data) = r.guest.recv_op();
+        assert_eq!(h.op, op::RW);
+        received += data.len();
+    }
+    assert_eq!(received, 100, "never more than the credit");
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        r.guest.rx.used_idx(),
+        r.guest.rx_seen,
+        "nothing more without credit"
+    );
+    // The guest consumed it all: 100 more may come.
+    let mut up = r.guest.header(9, local, op::CREDIT_UPDATE);
+    up.buf_alloc = 100;
+    up.fwd_cnt = 100;
+    r.guest.send(up, b"");
+    let (h, data) = r.guest.recv_op();
+    assert_eq!((h.op, data.len() <= 100), (op::RW, true));
+}
+
+#[test]
+fn hostile_packets_do_not_hurt() {
+    let mut r = rig();
+    // Wrong source CID: dropped.
+    let mut bad = r.guest.header(1, 2, op::REQUEST);
+    bad.src_cid = 7;
+    r.guest.send(bad, b"");
+    // Data for a connection that does not exist: RST.
+    r.guest.send(r.guest.header(11, 12, op::RW), b"junk");
+    let (h, _) = r.guest.recv_op();
+    assert_eq!((h.op, h.src_port, h.dst_port), (op::RST, 12, 11));
+    // A header cut short.
+    let head = r.guest.tx.add_chain(&[(0x190_0000, 10, false)]);
+    r.guest.tx.publish(&[head]);
+    // A length beyond what the chain holds.
+    let mut liar = r.guest.header(11, 12, op::RW);
+    liar.len = 60_000;
+    r.guest
+        .mem
+        .write_slice(&liar.encode(), GuestAddress(0x191_0000))
+        .unwrap();
+    let head = r
+        .guest
+        .tx
+        .add_chain(&[(0x191_0000, HEADER_SIZE as u32, false)]);
+    r.guest.tx.publish(&[head]);
+    r.guest.tx_evt.write(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r
+        .dev
+        .counters()
+        .bad_packets
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 3
+    {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    host_connect(&mut r, 1024);
+}
+
+#[test]
+fn many_connections_at_once() {
+    let mut r = rig();
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        streams.push(host_connect(&mut r, 1024));
+    }
+    for (i, (s, _)) in streams.iter_mut().enumerate() {
+        s.write_all(format!("conn{i:02}").as_bytes()).unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 20 {
+        let (h, data) = r.guest.recv_op();
+        assert_eq!(h.op, op::RW);
+        let local = h.src_port;
+        let i = streams.iter().position(|(_, l)| *l == local).unwrap();
+        assert_eq!(data, format!("conn{i:02}").into_bytes());
+        seen.insert(i);
+    }
+}
+
+#[test]
+fn reset_refuses_again() {
+    let mut r = rig();
+    let (mut s, _) = host_connect(&mut r, 1024);
+    r.dev.reset();
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(
+        s.read_to_end(&mut rest).unwrap(),
+        0,
+        "connections die with the driver"
+    );
+    let mut s = UnixStream::connect(&r.path).unwrap();
+    s.write_all(b"CONNECT 1024\n").unwrap();
+    assert_eq!(read_line(&mut s), "ERR guest vsock driver not ready");
+}
