@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use pulse_vmm::devices::block::{Block, BlockConfig};
 use pulse_vmm::devices::driver_ring::DriverRing;
 use pulse_vmm::devices::virtio::{features, ActiveQueue, VirtioDevice};
