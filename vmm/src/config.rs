@@ -8,6 +8,7 @@ use crate::boot::mptable::MAX_VCPUS;
 use crate::boot::{check_cmdline, BootError, BootProtocol, KernelSource};
 use crate::devices::block::{BlockConfig, DEFAULT_QUEUE_SIZE};
 use crate::devices::serial::SerialOutput;
+use crate::devices::vsock::VsockConfig;
 use crate::memory::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 
 /// Command line used when none is given: serial console, reboot by triple fault (which stops
@@ -37,6 +38,8 @@ pub struct VmConfig {
     pub boot_protocol: BootProtocol,
     /// virtio-blk devices, in slot order.
     pub block: Vec<BlockConfig>,
+    /// A virtio-vsock device, its host side a hybrid-vsock unix socket.
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Configuration errors.
@@ -101,6 +104,7 @@ impl VmConfig {
             serial: SerialOutput::Stdout,
             boot_protocol: BootProtocol::Auto,
             block: Vec::new(),
+            vsock: None,
         }
     }
 
@@ -128,6 +132,12 @@ impl VmConfig {
                 return Err(ConfigError::DiskMissing(block.path.clone()));
             }
         }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate().map_err(|message| ConfigError::Field {
+                field: "vsock",
+                message,
+            })?;
+        }
         Ok(())
     }
 }
@@ -153,6 +163,43 @@ pub struct VmConfigFile {
     /// virtio-blk devices (`[[block]]` tables).
     #[serde(default)]
     pub block: Vec<BlockConfigFile>,
+    /// The virtio-vsock device (`[vsock]` table).
+    pub vsock: Option<VsockConfigFile>,
+}
+
+/// The `[vsock]` table, or the `--vsock cid=N,uds=PATH` flag.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfigFile {
+    /// Guest context ID (3 or more).
+    pub cid: u64,
+    /// The hybrid-vsock unix socket; guest connections to host port P go to `<uds>_P`.
+    pub uds: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfigFile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut cid = None;
+        let mut uds = None;
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("cid", v)) => {
+                    cid = Some(
+                        v.parse::<u64>()
+                            .map_err(|_| format!("vsock cid '{v}' is not a number"))?,
+                    )
+                }
+                Some(("uds", v)) if !v.is_empty() => uds = Some(PathBuf::from(v)),
+                _ => return Err(format!("unknown vsock option '{part}' (cid=N,uds=PATH)")),
+            }
+        }
+        Ok(VsockConfigFile {
+            cid: cid.ok_or("vsock needs cid=N")?,
+            uds: uds.ok_or("vsock needs uds=PATH")?,
+        })
+    }
 }
 
 /// One `[[block]]` table, or one `--block` flag.
@@ -244,6 +291,7 @@ impl VmConfigFile {
             } else {
                 other.block
             },
+            vsock: other.vsock.or(self.vsock),
         }
     }
 
@@ -285,6 +333,10 @@ impl VmConfigFile {
                 serial: block.serial,
             });
         }
+        config.vsock = self.vsock.map(|v| VsockConfig {
+            guest_cid: v.cid,
+            uds_path: v.uds,
+        });
         config.validate()?;
         Ok(config)
     }

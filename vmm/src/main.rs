@@ -54,6 +54,9 @@ struct RunArgs {
     /// virtio-blk disk, repeatable: PATH or path=PATH[,queues=N][,queue_size=N][,ro][,serial=ID].
     #[arg(long = "block")]
     block: Vec<pulse_vmm::config::BlockConfigFile>,
+    /// virtio-vsock device: cid=N,uds=PATH (guest connections to host port P go to PATH_P).
+    #[arg(long)]
+    vsock: Option<pulse_vmm::config::VsockConfigFile>,
 }
 
 #[derive(Args)]
@@ -141,6 +144,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         serial: args.serial,
         boot_protocol: args.boot,
         block: args.block,
+        vsock: args.vsock,
     };
     let config = file.merged_with(flags).into_vm_config()?;
     let signals = SignalWatcher::block()?;

@@ -17,6 +17,8 @@ use crate::devices::debug_exit::DebugExit;
 use crate::devices::phase_marker::{Marks, PhaseMark, PhaseMarker};
 use crate::devices::reset::{ResetControl, RESET_PORT};
 use crate::devices::serial::{open_output, SerialDevice, SerialOutput};
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::vsock::{Vsock, VsockError, VsockHandle};
 use crate::event_loop::{EventLoop, SerialInput, Subscriber};
 use crate::exit::{ExitController, VmExit};
 use crate::interrupts::{DeviceInterrupts, InterruptError, InterruptManager};
@@ -72,6 +74,9 @@ pub enum VmError {
     /// A block device cannot be created.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// The vsock device cannot be created.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// A virtio-mmio window cannot be set up.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -81,6 +86,34 @@ pub enum VmError {
     /// The event loop could not start.
     #[error("cannot start the event loop: {0}")]
     EventLoop(std::io::Error),
+}
+
+/// The virtio devices of `config`, in slot order (disks, then vsock), and the handles the
+/// VM keeps to control them while they run.
+struct VirtioDevices {
+    devices: Vec<Box<dyn VirtioDevice>>,
+    vsock: Option<VsockHandle>,
+}
+
+fn create_virtio_devices(config: &VmConfig) -> Result<VirtioDevices, VmError> {
+    let count = config.block.len() + usize::from(config.vsock.is_some());
+    if count > mmio::MAX_DEVICES as usize {
+        return Err(VmError::TooManyDevices(count));
+    }
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(count);
+    for block in &config.block {
+        devices.push(Box::new(Block::new(block.clone())?));
+    }
+    let mut vsock_handle = None;
+    if let Some(config) = &config.vsock {
+        let vsock = Vsock::new(config.clone())?;
+        vsock_handle = Some(vsock.handle()?);
+        devices.push(Box::new(vsock));
+    }
+    Ok(VirtioDevices {
+        devices,
+        vsock: vsock_handle,
+    })
 }
 
 /// Memory use of the VMM process, with the guest's own pages taken out.
@@ -117,6 +150,7 @@ pub struct Vm {
     cmdline: String,
     // Dropped before the VM fd: stopping a device joins its workers and detaches its irqfds.
     devices: Vec<Arc<Mutex<MmioTransport>>>,
+    vsock: Option<VsockHandle>,
     vcpu_stats: Arc<std::sync::OnceLock<Vec<crate::kvm_stats::StatsFd>>>,
     marks: Marks,
     // Declared before the memory so that KVM lets go of the slots before the mapping goes.
@@ -140,18 +174,18 @@ impl Vm {
 
         // virtio-mmio devices, one 8 KiB window and one legacy line each, announced on the
         // kernel command line.
-        if config.block.len() > mmio::MAX_DEVICES as usize {
-            return Err(VmError::TooManyDevices(config.block.len()));
-        }
+        let VirtioDevices {
+            devices: virtio_devices,
+            vsock,
+        } = create_virtio_devices(config)?;
         let mut mmio = Bus::new();
         let mut devices = Vec::new();
         let mut cmdline = config.cmdline.clone();
-        for (slot, block) in config.block.iter().enumerate() {
+        for (slot, device) in virtio_devices.into_iter().enumerate() {
             let (base, gsi) = (mmio::slot_base(slot as u32), mmio::slot_gsi(slot as u32));
-            let device = Block::new(block.clone())?;
-            let irq = DeviceInterrupts::new(interrupts.clone(), gsi, block.queues)?;
-            let transport =
-                MmioTransport::new(&vm_fd, base, Box::new(device), memory.clone(), irq)?;
+            let queues = device.queue_max_sizes().len() as u16;
+            let irq = DeviceInterrupts::new(interrupts.clone(), gsi, queues)?;
+            let transport = MmioTransport::new(&vm_fd, base, device, memory.clone(), irq)?;
             let transport = Arc::new(Mutex::new(transport));
             mmio.insert(transport.clone(), base, layout::MMIO_DEVICE_WINDOW)?;
             devices.push(transport);
@@ -254,6 +288,7 @@ impl Vm {
             vcpus: config.vcpus,
             cmdline,
             devices,
+            vsock,
             vcpu_stats: kvm_stats,
             marks,
             _vm_fd: vm_fd,
@@ -290,6 +325,11 @@ impl Vm {
     /// The kernel command line the guest got (with the device entries).
     pub fn cmdline(&self) -> &str {
         &self.cmdline
+    }
+
+    /// The vsock device's control handle, if the VM has one.
+    pub fn vsock(&self) -> Option<&VsockHandle> {
+        self.vsock.as_ref()
     }
 
     /// What each virtio device did: queues, MSI state, per-vector counters, errors.

@@ -1,6 +1,6 @@
 //! virtio-vsock with the host side as hybrid vsock (the unix-socket protocol of Firecracker,
-//! Cloud Hypervisor and Dragonball): rx, tx and event queues, one worker thread for every
-//! connection, credit-based flow control, RST on errors.
+//! Cloud Hypervisor and Dragonball): rx, tx and event queues served by one worker thread for
+//! all connections, credit-based flow control, RST on errors.
 //!
 //! Before the guest driver is ready, host processes that connect get `ERR guest vsock driver
 //! not ready` at once, so callers can retry.
@@ -42,6 +42,34 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// Longest unix socket path (`sun_path` holds 108 bytes with the NUL); the forward sockets
+/// `<uds_path>_<port>` add up to 11 more.
+pub const MAX_UDS_PATH: usize = 107 - 11;
+
+impl VsockConfig {
+    /// Checks the CID and the socket path before anything is created.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.guest_cid < MIN_GUEST_CID || self.guest_cid >= u64::from(u32::MAX) {
+            return Err(VsockError::Cid(self.guest_cid).to_string());
+        }
+        let len = self.uds_path.as_os_str().len();
+        if len == 0 || len > MAX_UDS_PATH {
+            return Err(format!(
+                "socket path {} must be 1 to {MAX_UDS_PATH} bytes long, it is {len}",
+                self.uds_path.display()
+            ));
+        }
+        match self.uds_path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(format!(
+                "directory {} of socket {} does not exist",
+                dir.display(),
+                self.uds_path.display()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// vsock errors.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
@@ -61,6 +89,27 @@ pub enum VsockError {
     Io(#[from] std::io::Error),
 }
 
+/// Controls a vsock device from outside its worker.
+#[derive(Clone)]
+pub struct VsockHandle {
+    reset_request: Arc<EventFd>,
+    counters: Arc<VsockCounters>,
+}
+
+impl VsockHandle {
+    /// Drops every connection and sends the guest a TRANSPORT_RESET event, as a VMM does when
+    /// the host side of all connections is gone (a restored snapshot, a restarted backend). A
+    /// driver that is not running yet gets it once it posts event buffers.
+    pub fn transport_reset(&self) -> std::io::Result<()> {
+        self.reset_request.write(1)
+    }
+
+    /// The device's counters.
+    pub fn counters(&self) -> &Arc<VsockCounters> {
+        &self.counters
+    }
+}
+
 struct Worker {
     kill: EventFd,
     thread: JoinHandle<()>,
@@ -76,6 +125,7 @@ impl Worker {
 /// A virtio-vsock device.
 pub struct Vsock {
     config: VsockConfig,
+    reset_request: EventFd,
     listener: UnixListener,
     counters: Arc<VsockCounters>,
     worker: Option<Worker>,
@@ -95,6 +145,7 @@ impl Vsock {
         listener.set_nonblocking(true)?;
         let mut vsock = Self {
             config,
+            reset_request: EventFd::new(libc::EFD_NONBLOCK)?,
             listener,
             counters: Arc::default(),
             worker: None,
@@ -106,6 +157,14 @@ impl Vsock {
     /// Counters.
     pub fn counters(&self) -> &Arc<VsockCounters> {
         &self.counters
+    }
+
+    /// A handle that can reset the transport from another thread.
+    pub fn handle(&self) -> Result<VsockHandle, VsockError> {
+        Ok(VsockHandle {
+            reset_request: Arc::new(self.reset_request.try_clone()?),
+            counters: self.counters.clone(),
+        })
     }
 
     /// A thread that tells every connecting host process the guest is not ready.
@@ -204,7 +263,7 @@ impl VirtioDevice for Vsock {
             match q.index {
                 0 => rx = Some((q.queue, q.notifier)),
                 1 => tx = Some((q.queue, q.notifier)),
-                _ => event = Some(q.notifier),
+                _ => event = Some((q.queue, q.notifier)),
             }
         }
         if rx.is_none() || tx.is_none() {
@@ -225,6 +284,10 @@ impl VirtioDevice for Vsock {
             rx,
             tx,
             event,
+            reset_request: self
+                .reset_request
+                .try_clone()
+                .map_err(ActivateError::Worker)?,
             kill: kill.try_clone().map_err(ActivateError::Worker)?,
             interrupt,
             counters: self.counters.clone(),
@@ -249,7 +312,7 @@ impl VirtioDevice for Vsock {
         vec![
             self.counters.rx_packets.load(Ordering::Relaxed),
             self.counters.tx_packets.load(Ordering::Relaxed),
-            0,
+            self.counters.events.load(Ordering::Relaxed),
         ]
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::Bytes;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -46,7 +47,12 @@ pub struct VsockCounters {
     pub rx_packets: AtomicU64,
     /// Malformed or misaddressed packets from the guest.
     pub bad_packets: AtomicU64,
+    /// Events delivered on the event queue (transport resets).
+    pub events: AtomicU64,
 }
+
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` (virtio 1.2, 5.10.6.7): every connection is gone.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 type Key = (u32, u32);
 
@@ -73,8 +79,10 @@ pub struct Muxer {
     pub rx: Option<(Queue, EventFd)>,
     /// tx queue (index 1) and its doorbell.
     pub tx: Option<(Queue, EventFd)>,
-    /// event queue (index 2) doorbell, drained only.
-    pub event: Option<EventFd>,
+    /// event queue (index 2) and its doorbell: the guest posts buffers for device events.
+    pub event: Option<(Queue, EventFd)>,
+    /// Written by [`super::VsockHandle::transport_reset`].
+    pub reset_request: EventFd,
     /// Stop request.
     pub kill: EventFd,
     /// Interrupt.
@@ -94,6 +102,8 @@ struct Worker {
     control: VecDeque<Control>,
     next_local_port: u32,
     rx_starved: bool,
+    /// Transport resets not yet delivered (the guest had no event buffer posted).
+    events_owed: u32,
 }
 
 fn is_would_block(e: &std::io::Error) -> bool {
@@ -126,11 +136,13 @@ impl Muxer {
             control: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
             rx_starved: false,
+            events_owed: 0,
         };
         let mut fixed = vec![w.m.kill.as_raw_fd(), w.m.listener.as_raw_fd()];
         fixed.extend(w.m.rx.as_ref().map(|(_, e)| e.as_raw_fd()));
         fixed.extend(w.m.tx.as_ref().map(|(_, e)| e.as_raw_fd()));
-        fixed.extend(w.m.event.as_ref().map(|e| e.as_raw_fd()));
+        fixed.extend(w.m.event.as_ref().map(|(_, e)| e.as_raw_fd()));
+        fixed.push(w.m.reset_request.as_raw_fd());
         for fd in fixed {
             w.watch(fd, EventSet::IN);
         }
@@ -168,7 +180,8 @@ impl Worker {
         let listener = self.m.listener.as_raw_fd();
         let rx_fd = self.m.rx.as_ref().map(|(_, e)| e.as_raw_fd());
         let tx_fd = self.m.tx.as_ref().map(|(_, e)| e.as_raw_fd());
-        let ev_fd = self.m.event.as_ref().map(|e| e.as_raw_fd());
+        let ev_fd = self.m.event.as_ref().map(|(_, e)| e.as_raw_fd());
+        let reset_fd = self.m.reset_request.as_raw_fd();
         // Anything the guest queued before we started.
         self.process_tx();
         let mut events = vec![EpollEvent::default(); 64];
@@ -207,8 +220,13 @@ impl Worker {
                     }
                     self.rx_starved = false;
                 } else if Some(fd) == ev_fd {
-                    if let Some(e) = &self.m.event {
+                    if let Some((_, e)) = &self.m.event {
                         let _ = e.read();
+                    }
+                    self.deliver_events();
+                } else if fd == reset_fd {
+                    if let Ok(n) = self.m.reset_request.read() {
+                        self.transport_reset(n);
                     }
                 } else if fd == listener {
                     self.accept();
@@ -536,6 +554,60 @@ impl Worker {
     }
 
     /// Delivers control packets, then host data, into the guest's rx buffers.
+    /// Drops every connection (their host streams are closed, which host processes see as
+    /// EOF) and tells the guest with one TRANSPORT_RESET event per request, so that it drops
+    /// its side too (virtio 1.2, 5.10.6.7).
+    fn transport_reset(&mut self, requests: u64) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.remove(key);
+        }
+        let pending: Vec<RawFd> = self.pending.keys().copied().collect();
+        for fd in pending {
+            self.unwatch(fd);
+            self.pending.remove(&fd);
+        }
+        self.control.clear();
+        self.events_owed = self
+            .events_owed
+            .saturating_add(u32::try_from(requests).unwrap_or(u32::MAX));
+        self.deliver_events();
+    }
+
+    /// Writes owed events into the buffers the guest posted on the event queue.
+    fn deliver_events(&mut self) {
+        let Some((mut queue, evt)) = self.m.event.take() else {
+            return;
+        };
+        let mem = self.m.mem.clone();
+        let mut used_any = false;
+        while self.events_owed > 0 {
+            let Some(chain) = queue.pop_descriptor_chain(&mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let first = chain.clone().next();
+            let written = match first {
+                Some(d) if d.is_write_only() && d.len() >= 4 => mem
+                    .write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr())
+                    .is_ok(),
+                _ => false,
+            };
+            let _ = queue.add_used(&mem, head, if written { 4 } else { 0 });
+            used_any = true;
+            if written {
+                self.events_owed -= 1;
+                self.m.counters.events.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if used_any && queue.needs_notification(&mem).unwrap_or(true) {
+            self.m.interrupt.trigger(2);
+        }
+        self.m.event = Some((queue, evt));
+    }
+
     fn fill_rx(&mut self) {
         let Some((mut queue, evt)) = self.m.rx.take() else {
             return;

@@ -32,6 +32,8 @@ struct Guest {
     tx: DriverRing,
     rx_evt: EventFd,
     tx_evt: EventFd,
+    ev: DriverRing,
+    ev_evt: EventFd,
     rx_seen: u16,
     tx_slot: u64,
 }
@@ -56,6 +58,7 @@ fn rig() -> Rig {
     let tx = DriverRing::new(&mem, GuestAddress(0x11_0000), QSIZE);
     let ev = DriverRing::new(&mem, GuestAddress(0x12_0000), QSIZE);
     let (rx_evt, tx_evt) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
+    let ev_evt = EventFd::new(0).unwrap();
     let queues = vec![
         ActiveQueue {
             index: 0,
@@ -70,7 +73,7 @@ fn rig() -> Rig {
         ActiveQueue {
             index: 2,
             queue: ev.queue(),
-            notifier: EventFd::new(0).unwrap(),
+            notifier: ev_evt.try_clone().unwrap(),
         },
     ];
     let mut guest = Guest {
@@ -79,6 +82,8 @@ fn rig() -> Rig {
         tx,
         rx_evt,
         tx_evt,
+        ev,
+        ev_evt,
         rx_seen: 0,
         tx_slot: 0,
     };
@@ -414,4 +419,41 @@ fn reset_refuses_again() {
     let mut s = UnixStream::connect(&r.path).unwrap();
     s.write_all(b"CONNECT 1024\n").unwrap();
     assert_eq!(read_line(&mut s), "ERR guest vsock driver not ready");
+}
+
+#[test]
+fn transport_reset_drops_connections_and_tells_the_guest() {
+    let mut r = rig();
+    let handle = r.dev.handle().unwrap();
+    let (mut s, _) = host_connect(&mut r, 1024);
+    // No event buffer posted yet: the event is owed until the guest posts one.
+    handle.transport_reset().unwrap();
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "host side closed");
+    const EVENT_BUF: u64 = 0x130_0000;
+    r.guest
+        .mem
+        .write_obj(0xffff_ffffu32, GuestAddress(EVENT_BUF))
+        .unwrap();
+    let head = r.guest.ev.add_chain(&[(EVENT_BUF, 8, true)]);
+    r.guest.ev.publish(&[head]);
+    r.guest.ev_evt.write(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r.guest.ev.used_idx() == 0 {
+        assert!(Instant::now() < deadline, "no event delivered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(r.guest.ev.used_elem(0), (u32::from(head), 4));
+    let id: u32 = r.guest.mem.read_obj(GuestAddress(EVENT_BUF)).unwrap();
+    assert_eq!(id, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+    assert_eq!(
+        handle
+            .counters()
+            .events
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The device keeps working: a new connection goes through.
+    let (_s2, _) = host_connect(&mut r, 1024);
 }
