@@ -1,0 +1,275 @@
+//! The VMM behind a sandbox: one trait, two backends.
+//!
+//! - [`embedded`]: `pulse-vmm` in the shim's process (the default);
+//! - [`qemu`]: QEMU's `microvm` machine in a child process, for hosts (and
+//!   tests) where the embedded VMM cannot boot Linux.
+//!
+//! A backend boots the VM with the pod's empty block slots, hands out the
+//! hybrid-vsock socket the agent is reached through, makes a disk image
+//! written into a slot visible to the guest (a capacity change the guest is
+//! told about), describes what it configured, and stops the VM.
+
+pub mod embedded;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::config::{Backend, PulseConfig};
+use crate::state::slot_serial;
+
+/// What a backend can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// A helper program is missing or failed to start.
+    #[error("{what}: {message}")]
+    Spawn {
+        /// The program.
+        what: String,
+        /// Why.
+        message: String,
+    },
+    /// The VM stopped or failed while starting.
+    #[error("the VM failed to start: {0}")]
+    Boot(String),
+    /// The backend cannot do this (yet).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Talking to the VMM failed.
+    #[error("{0}")]
+    Control(String),
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+impl HypervisorError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| HypervisorError::Io { context, source }
+    }
+}
+
+/// A device as the VMM configured it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HostDevice {
+    /// `block`, `vsock`, `net`, `console`.
+    pub kind: String,
+    /// The slot serial of a block device; the device's name otherwise.
+    pub id: String,
+    /// Queues the device offers (data queues; for net: queue pairs x 2).
+    pub queues: u16,
+    /// Whether the VMM offers per-queue MSI on it.
+    pub msi: bool,
+    /// Interrupts the VMM raised, per vector, when it counts them.
+    pub interrupts: Vec<HostVector>,
+}
+
+/// One interrupt vector's host-side count.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HostVector {
+    /// `config`, `queue0`, ..., or `legacy`.
+    pub name: String,
+    /// Interrupts raised.
+    pub sent: u64,
+}
+
+/// What the VMM built.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HostView {
+    /// `embedded` or `qemu`.
+    pub backend: String,
+    /// `kvm` or `tcg` (for qemu), `kvm` (embedded).
+    pub accel: String,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory, MiB.
+    pub memory_mib: u64,
+    /// The devices, in slot order.
+    pub devices: Vec<HostDevice>,
+    /// Host processes that make up the VM (the shim itself for embedded).
+    pub pids: Vec<u32>,
+}
+
+/// Files of one sandbox, all under its directory.
+#[derive(Clone, Debug)]
+pub struct SandboxPaths {
+    /// `<state_dir>/<namespace>/<pod>`.
+    pub dir: PathBuf,
+}
+
+impl SandboxPaths {
+    /// The directory of pod `pod` in `namespace`.
+    pub fn new(state_dir: &Path, namespace: &str, pod: &str) -> Self {
+        Self {
+            dir: state_dir.join(namespace).join(pod),
+        }
+    }
+
+    /// The hybrid-vsock socket (host side of the guest's vsock).
+    pub fn vsock(&self) -> PathBuf {
+        self.dir.join("vm.vsock")
+    }
+
+    /// The vhost-user socket between QEMU and vhost-device-vsock.
+    pub fn vhost(&self) -> PathBuf {
+        self.dir.join("vhost.sock")
+    }
+
+    /// QEMU's QMP socket.
+    pub fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+
+    /// The guest console.
+    pub fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// The management socket (`/metrics`, `/report`).
+    pub fn mgmt(&self) -> PathBuf {
+        self.dir.join("mgmt.sock")
+    }
+
+    /// The state file the `delete` subcommand reads.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// The disk image behind block slot `slot`.
+    pub fn slot_image(&self, slot: usize) -> PathBuf {
+        self.dir.join(format!("slot-{slot}.img"))
+    }
+
+    /// Where a container's rootfs is mounted while its disk image is made.
+    pub fn staging(&self, container: &str) -> PathBuf {
+        self.dir.join("rootfs").join(container)
+    }
+}
+
+/// A VM for one pod.
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// Starts the VM with its empty block slots; returns once the VMM runs
+    /// (the guest may still be booting).
+    async fn boot(&mut self) -> Result<(), HypervisorError>;
+
+    /// The hybrid-vsock socket the agent is reached through.
+    fn agent_socket(&self) -> Result<PathBuf, HypervisorError>;
+
+    /// The file behind block slot `slot`: the shim writes a disk image into it.
+    fn slot_image(&self, slot: usize) -> PathBuf;
+
+    /// Makes the image now in `slot_image(slot)` (of `bytes` bytes) visible to
+    /// the guest: the device's capacity changes and the guest is interrupted.
+    async fn attach_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError>;
+
+    /// Empties `slot` again (capacity 0) after its container was removed.
+    async fn detach_disk(&mut self, slot: usize) -> Result<(), HypervisorError>;
+
+    /// What the VMM configured, with host-side counters where it has them.
+    fn host_view(&self) -> HostView;
+
+    /// Whether the VM stopped by itself; the reason.
+    fn exited(&mut self) -> Option<String>;
+
+    /// Stops the VM and waits for its threads or processes to end. Safe to call
+    /// twice, and after a failed boot.
+    async fn stop(&mut self) -> Result<(), HypervisorError>;
+}
+
+/// The command line every backend gives the guest, before its device entries.
+pub fn base_cmdline(config: &PulseConfig, tcg: bool) -> String {
+    let mut cmdline = String::from("console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nokbd");
+    if tcg {
+        // Under the software emulator the TSC check fails and the clock falls back to jiffies.
+        cmdline.push_str(" tsc=reliable");
+    }
+    if !config.vm.kernel_params.trim().is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(config.vm.kernel_params.trim());
+    }
+    cmdline
+}
+
+/// The block slots' serials, in slot order.
+pub fn slot_serials(config: &PulseConfig) -> Vec<String> {
+    (0..config.devices.block_slots).map(slot_serial).collect()
+}
+
+/// The backend `config` asks for.
+pub fn create(config: &PulseConfig, paths: SandboxPaths) -> Box<dyn Hypervisor> {
+    match config.hypervisor.backend {
+        Backend::Embedded => Box::new(embedded::Embedded::new(config.clone(), paths)),
+        Backend::Qemu => Box::new(qemu::Qemu::new(config.clone(), paths)),
+    }
+}
+
+/// Whether this host can run KVM guests natively: `/dev/kvm` opens and the CPU
+/// has VT-x or AMD-V.
+pub fn host_has_hw_virt() -> bool {
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    kvm && cpu_has_vmx_or_svm(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
+}
+
+/// Whether a `/proc/cpuinfo` text lists the vmx or svm flag.
+pub fn cpu_has_vmx_or_svm(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// Creates an empty (0-byte) placeholder file for each slot.
+pub fn create_placeholders(paths: &SandboxPaths, slots: usize) -> Result<(), HypervisorError> {
+    for slot in 0..slots {
+        let path = paths.slot_image(slot);
+        std::fs::File::create(&path)
+            .map_err(HypervisorError::io(format!("creating {}", path.display())))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmx_and_svm_are_found_in_cpuinfo() {
+        assert!(cpu_has_vmx_or_svm("flags\t\t: fpu vme vmx sse\n"));
+        assert!(cpu_has_vmx_or_svm("processor: 0\nflags : svm lm\n"));
+        assert!(!cpu_has_vmx_or_svm("flags : fpu vmxnet\nbugs : svm\n"));
+    }
+
+    #[test]
+    fn sandbox_files_live_in_one_directory() {
+        let p = SandboxPaths::new(Path::new("/run/pulse"), "default", "pod1");
+        assert_eq!(p.vsock(), Path::new("/run/pulse/default/pod1/vm.vsock"));
+        assert_eq!(
+            p.slot_image(2),
+            Path::new("/run/pulse/default/pod1/slot-2.img")
+        );
+        assert!(p.staging("c").starts_with(&p.dir));
+    }
+
+    #[test]
+    fn cmdline_has_the_extra_params() {
+        let mut config = PulseConfig::default();
+        config.vm.kernel_params = " quiet ".into();
+        let c = base_cmdline(&config, true);
+        assert!(c.starts_with("console=ttyS0 reboot=t panic=-1"));
+        assert!(c.ends_with("tsc=reliable quiet"), "{c}");
+        assert!(!base_cmdline(&PulseConfig::default(), false).contains("tsc"));
+    }
+}

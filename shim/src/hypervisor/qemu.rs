@@ -1,0 +1,528 @@
+//! The `qemu` backend: `qemu-system-x86_64 -M microvm,acpi=off` with the same
+//! guest image, KVM when the host has hardware virtualization and the software
+//! emulator (TCG) otherwise.
+//!
+//! - vsock: QEMU's `vhost-user-vsock-device` served by a `vhost-device-vsock`
+//!   process whose host side is a hybrid-vsock unix socket (the protocol
+//!   Firecracker and pulse-vmm speak); vhost-user needs guest memory QEMU can
+//!   share, so memory is a `memory-backend-memfd` with `share=on`.
+//! - block slots: one `virtio-blk-device` per slot, over an empty placeholder
+//!   file with the slot's serial. Attaching a disk writes the image into the
+//!   placeholder and runs QMP `block_resize`, which raises virtio-blk's
+//!   configuration-change interrupt in the guest.
+//! - both children get `PR_SET_PDEATHSIG` = SIGKILL: if the shim dies, so does
+//!   the VM (the `delete` subcommand also kills them by pid).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+use super::{
+    base_cmdline, create_placeholders, host_has_hw_virt, HostDevice, HostView, Hypervisor,
+    HypervisorError, SandboxPaths,
+};
+use crate::config::{Accel, PulseConfig};
+use crate::state::slot_serial;
+
+/// How long the helpers may take to create their sockets.
+const SOCKET_WAIT: Duration = Duration::from_secs(10);
+/// How long QEMU may take to exit after `quit`.
+const QUIT_WAIT: Duration = Duration::from_secs(3);
+/// virtio-mmio transports of QEMU's microvm machine (legacy IRQs 5..12 with the RTC off).
+pub const MICROVM_TRANSPORTS: usize = 8;
+
+/// A QEMU microVM and its vhost-user vsock backend.
+pub struct Qemu {
+    config: PulseConfig,
+    paths: SandboxPaths,
+    tcg: bool,
+    vhost: Option<Child>,
+    qemu: Option<Child>,
+    qmp: Option<Qmp>,
+    exit_reason: Option<String>,
+}
+
+impl Qemu {
+    /// A backend for `config`, not started.
+    pub fn new(config: PulseConfig, paths: SandboxPaths) -> Self {
+        let tcg = match config.qemu.accel {
+            Accel::Tcg => true,
+            Accel::Kvm => false,
+            Accel::Auto => !host_has_hw_virt(),
+        };
+        Self {
+            config,
+            paths,
+            tcg,
+            vhost: None,
+            qemu: None,
+            qmp: None,
+            exit_reason: None,
+        }
+    }
+
+    fn qemu_log(&self) -> PathBuf {
+        self.paths.dir.join("qemu.log")
+    }
+
+    fn vhost_log(&self) -> PathBuf {
+        self.paths.dir.join("vhost-vsock.log")
+    }
+
+    /// QEMU's arguments.
+    pub fn qemu_args(&self) -> Vec<String> {
+        let c = &self.config;
+        let mem = c.vm.memory_mib;
+        let mut args: Vec<String> = vec![
+            "-M".into(),
+            "microvm,acpi=off,rtc=off,memory-backend=mem".into(),
+            "-accel".into(),
+            if self.tcg { "tcg" } else { "kvm" }.into(),
+            "-cpu".into(),
+            if self.tcg { "max" } else { "host" }.into(),
+            "-m".into(),
+            format!("{mem}M"),
+            "-smp".into(),
+            c.vm.vcpus.to_string(),
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-serial".into(),
+            format!("file:{}", self.paths.console().display()),
+            "-kernel".into(),
+            c.vm.kernel.display().to_string(),
+            "-initrd".into(),
+            c.vm.initramfs.display().to_string(),
+            "-append".into(),
+            base_cmdline(c, self.tcg),
+            "-chardev".into(),
+            format!("socket,id=vsock0,path={}", self.paths.vhost().display()),
+            "-device".into(),
+            "vhost-user-vsock-device,chardev=vsock0".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", self.paths.qmp().display()),
+        ];
+        let queues = c.block_queues();
+        for slot in 0..c.devices.block_slots {
+            args.push("-drive".into());
+            args.push(format!(
+                "id=slot{slot},file={},format=raw,if=none,discard=unmap",
+                self.paths.slot_image(slot).display()
+            ));
+            args.push("-device".into());
+            args.push(format!(
+                "virtio-blk-device,drive=slot{slot},serial={},num-queues={queues}",
+                slot_serial(slot)
+            ));
+        }
+        args.extend(c.qemu.extra_args.iter().cloned());
+        args
+    }
+
+    async fn spawn_vhost(&mut self) -> Result<(), HypervisorError> {
+        let binary = &self.config.qemu.vhost_vsock_binary;
+        let log = std::fs::File::create(self.vhost_log())
+            .map_err(HypervisorError::io("creating the vhost-vsock log"))?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("--vm").arg(format!(
+            "guest-cid=3,socket={},uds-path={}",
+            self.paths.vhost().display(),
+            self.paths.vsock().display()
+        ));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
+            what: binary.display().to_string(),
+            message: format!(
+                "{e} (the qemu backend needs vhost-device-vsock: cargo install vhost-device-vsock)"
+            ),
+        })?;
+        self.vhost = Some(child);
+        let socket = self.paths.vhost();
+        self.wait_for(&socket, "vhost-device-vsock").await
+    }
+
+    async fn spawn_qemu(&mut self) -> Result<(), HypervisorError> {
+        let binary = &self.config.qemu.binary;
+        let log = std::fs::File::create(self.qemu_log())
+            .map_err(HypervisorError::io("creating the qemu log"))?;
+        let mut cmd = Command::new(binary);
+        cmd.args(self.qemu_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        die_with_parent(&mut cmd);
+        tracing::debug!(args = ?self.qemu_args(), "starting qemu");
+        let child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
+            what: binary.display().to_string(),
+            message: format!(
+                "{e} (the qemu backend needs qemu-system-x86_64: apt-get install qemu-system-x86)"
+            ),
+        })?;
+        self.qemu = Some(child);
+        let socket = self.paths.qmp();
+        self.wait_for(&socket, "qemu").await?;
+        let qmp = Qmp::connect(&socket).await?;
+        self.qmp = Some(qmp);
+        Ok(())
+    }
+
+    /// Waits until `socket` exists, failing early when a helper exits.
+    async fn wait_for(
+        &mut self,
+        socket: &std::path::Path,
+        what: &str,
+    ) -> Result<(), HypervisorError> {
+        let deadline = Instant::now() + SOCKET_WAIT;
+        loop {
+            if socket.exists() {
+                return Ok(());
+            }
+            if let Some(reason) = self.exited() {
+                return Err(HypervisorError::Boot(format!("{what} exited: {reason}")));
+            }
+            if Instant::now() > deadline {
+                return Err(HypervisorError::Boot(format!(
+                    "{what} did not create {} within {SOCKET_WAIT:?}",
+                    socket.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn log_tail(path: &std::path::Path) -> String {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(3)..].join("; ")
+    }
+
+    async fn resize(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
+        let qmp = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| HypervisorError::Control("qemu is not running".into()))?;
+        qmp.execute(
+            "block_resize",
+            json!({"device": format!("slot{slot}"), "size": bytes}),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    async fn boot(&mut self) -> Result<(), HypervisorError> {
+        if self.config.devices.block_slots + 1 > MICROVM_TRANSPORTS {
+            return Err(HypervisorError::Unsupported(format!(
+                "devices.block_slots = {}: QEMU's microvm has {MICROVM_TRANSPORTS} virtio-mmio \
+                 transports, one is the vsock device, so at most {} block slots",
+                self.config.devices.block_slots,
+                MICROVM_TRANSPORTS - 1
+            )));
+        }
+        if self.config.devices.msi {
+            tracing::info!("QEMU's virtio-mmio has no MSI: the guest uses legacy interrupts");
+        }
+        if self.config.devices.net_queues > 0 {
+            tracing::warn!(
+                "the qemu backend has no network device yet; devices.net_queues ignored"
+            );
+        }
+        create_placeholders(&self.paths, self.config.devices.block_slots)?;
+        self.spawn_vhost().await?;
+        self.spawn_qemu().await
+    }
+
+    fn agent_socket(&self) -> Result<PathBuf, HypervisorError> {
+        Ok(self.paths.vsock())
+    }
+
+    fn slot_image(&self, slot: usize) -> PathBuf {
+        self.paths.slot_image(slot)
+    }
+
+    async fn attach_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
+        self.resize(slot, bytes).await
+    }
+
+    async fn detach_disk(&mut self, slot: usize) -> Result<(), HypervisorError> {
+        let path = self.paths.slot_image(slot);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(HypervisorError::io(format!("opening {}", path.display())))?;
+        file.set_len(0)
+            .map_err(HypervisorError::io(format!("emptying {}", path.display())))?;
+        self.resize(slot, 0).await
+    }
+
+    fn host_view(&self) -> HostView {
+        let c = &self.config;
+        let mut devices = vec![HostDevice {
+            kind: "vsock".into(),
+            id: "vsock0".into(),
+            queues: 3,
+            msi: false,
+            interrupts: Vec::new(),
+        }];
+        for slot in 0..c.devices.block_slots {
+            devices.push(HostDevice {
+                kind: "block".into(),
+                id: slot_serial(slot),
+                queues: c.block_queues(),
+                msi: false,
+                interrupts: Vec::new(),
+            });
+        }
+        HostView {
+            backend: "qemu".into(),
+            accel: if self.tcg { "tcg" } else { "kvm" }.into(),
+            vcpus: c.vm.vcpus,
+            memory_mib: c.vm.memory_mib,
+            devices,
+            pids: [&self.qemu, &self.vhost]
+                .iter()
+                .filter_map(|c| c.as_ref().and_then(|c| c.id()))
+                .collect(),
+        }
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        if let Some(reason) = &self.exit_reason {
+            return Some(reason.clone());
+        }
+        let logs = [
+            ("qemu", self.qemu_log()),
+            ("vhost-device-vsock", self.vhost_log()),
+        ];
+        for (i, child) in [&mut self.qemu, &mut self.vhost].into_iter().enumerate() {
+            if let Some(c) = child {
+                if let Ok(Some(status)) = c.try_wait() {
+                    let (name, log) = &logs[i];
+                    let tail = Self::log_tail(log);
+                    let reason = if tail.is_empty() {
+                        format!("{name} exited ({status})")
+                    } else {
+                        format!("{name} exited ({status}): {tail}")
+                    };
+                    self.exit_reason = Some(reason.clone());
+                    return Some(reason);
+                }
+            }
+        }
+        None
+    }
+
+    async fn stop(&mut self) -> Result<(), HypervisorError> {
+        if let Some(mut qemu) = self.qemu.take() {
+            if matches!(qemu.try_wait(), Ok(None)) {
+                if let Some(qmp) = self.qmp.as_mut() {
+                    let _ = tokio::time::timeout(QUIT_WAIT, qmp.execute("quit", json!({}))).await;
+                }
+                if tokio::time::timeout(QUIT_WAIT, qemu.wait()).await.is_err() {
+                    tracing::warn!("qemu did not quit; killing it");
+                    let _ = qemu.kill().await;
+                }
+            }
+            let _ = qemu.wait().await;
+        }
+        self.qmp = None;
+        if let Some(mut vhost) = self.vhost.take() {
+            if let Some(pid) = vhost.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            if tokio::time::timeout(Duration::from_secs(1), vhost.wait())
+                .await
+                .is_err()
+            {
+                let _ = vhost.kill().await;
+            }
+            let _ = vhost.wait().await;
+        }
+        for path in [self.paths.vsock(), self.paths.vhost(), self.paths.qmp()] {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+}
+
+/// Makes the child get SIGKILL when the shim dies.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe calls (prctl, getppid, kill) on values it owns.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The shim may have died between fork and prctl.
+            if libc::getppid() == 1 {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A QMP connection: JSON lines, one command at a time.
+pub struct Qmp {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Qmp {
+    /// Connects, reads the greeting and leaves capability negotiation.
+    pub async fn connect(path: &std::path::Path) -> Result<Qmp, HypervisorError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(HypervisorError::io(format!(
+                "connecting to QMP at {}",
+                path.display()
+            )))?;
+        let (read, writer) = stream.into_split();
+        let mut qmp = Qmp {
+            reader: BufReader::new(read),
+            writer,
+        };
+        let greeting = qmp.read_message().await?;
+        if greeting.get("QMP").is_none() {
+            return Err(HypervisorError::Control(format!(
+                "not a QMP greeting: {greeting}"
+            )));
+        }
+        qmp.execute("qmp_capabilities", json!({})).await?;
+        Ok(qmp)
+    }
+
+    async fn read_message(&mut self) -> Result<Value, HypervisorError> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .await
+            .map_err(HypervisorError::io("reading from QMP"))?;
+        if n == 0 {
+            return Err(HypervisorError::Control("QMP connection closed".into()));
+        }
+        serde_json::from_str(&line)
+            .map_err(|e| HypervisorError::Control(format!("bad QMP message {line:?}: {e}")))
+    }
+
+    /// Runs one command; returns its `return` value.
+    pub async fn execute(
+        &mut self,
+        command: &str,
+        arguments: Value,
+    ) -> Result<Value, HypervisorError> {
+        let mut request = json!({ "execute": command });
+        if arguments.as_object().is_some_and(|a| !a.is_empty()) {
+            request["arguments"] = arguments;
+        }
+        let mut text = request.to_string();
+        text.push('\n');
+        self.writer
+            .write_all(text.as_bytes())
+            .await
+            .map_err(HypervisorError::io(format!("sending QMP {command}")))?;
+        loop {
+            let message = self.read_message().await?;
+            if message.get("event").is_some() {
+                tracing::debug!(%message, "QMP event");
+                continue;
+            }
+            if let Some(error) = message.get("error") {
+                return Err(HypervisorError::Control(format!(
+                    "QMP {command}: {}",
+                    error
+                        .get("desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("failed")
+                )));
+            }
+            return Ok(message.get("return").cloned().unwrap_or(Value::Null));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_has_memfd_vsock_slots_and_qmp() {
+        let mut config = PulseConfig::default();
+        config.devices.block_slots = 2;
+        config.vm.vcpus = 2;
+        config.vm.memory_mib = 512;
+        let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p");
+        let mut q = Qemu::new(config, paths);
+        q.tcg = true;
+        let args = q.qemu_args().join(" ");
+        assert!(args.contains("-M microvm,acpi=off"), "{args}");
+        assert!(args.contains("-accel tcg -cpu max"), "{args}");
+        assert!(args.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
+        assert!(args.contains("vhost-user-vsock-device,chardev=vsock0"));
+        assert!(args.contains("serial=pulse-slot-1,num-queues=2"), "{args}");
+        assert!(!args.contains("slot2"));
+        assert!(args.contains("-qmp unix:/run/pulse/ns/p/qmp.sock,server=on,wait=off"));
+        assert!(args.contains("tsc=reliable"));
+    }
+
+    #[tokio::test]
+    async fn qmp_client_negotiates_and_skips_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write
+                .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .await
+                .unwrap();
+            let caps = lines.next_line().await.unwrap().unwrap();
+            assert!(caps.contains("qmp_capabilities"));
+            write.write_all(b"{\"return\": {}}\n").await.unwrap();
+            let resize = lines.next_line().await.unwrap().unwrap();
+            let v: Value = serde_json::from_str(&resize).unwrap();
+            assert_eq!(v["arguments"]["size"], 4096);
+            write
+                .write_all(b"{\"event\": \"X\"}\n{\"return\": {}}\n")
+                .await
+                .unwrap();
+            let bad = lines.next_line().await.unwrap().unwrap();
+            assert!(bad.contains("nope"));
+            write
+                .write_all(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"no such\"}}\n")
+                .await
+                .unwrap();
+        });
+        let mut qmp = Qmp::connect(&path).await.unwrap();
+        qmp.execute("block_resize", json!({"device": "slot0", "size": 4096}))
+            .await
+            .unwrap();
+        let err = qmp.execute("nope", json!({})).await.unwrap_err();
+        assert!(err.to_string().contains("no such"), "{err}");
+        server.await.unwrap();
+    }
+}

@@ -1,0 +1,28 @@
+//! `containerd-shim-pulse-v2`: the containerd shim v2 (task API v2,
+//! containerd 1.6) that runs each pod in its own microVM.
+//!
+//! One shim process serves one pod ([`pod`]): it boots the pod's VM through a
+//! [`hypervisor`] backend, connects to the guest agent over hybrid vsock
+//! ([`agent`]), turns each container's rootfs into a disk in a free block slot
+//! ([`rootfs`]), and maps containerd's task API onto the agent's API
+//! ([`service`]), with stdio pumped between containerd's FIFOs and the agent
+//! ([`stdio`]). The state machines ([`state`]) are plain types with tests.
+
+pub mod agent;
+pub mod config;
+pub mod hypervisor;
+pub mod logging;
+pub mod mgmt;
+pub mod persist;
+pub mod pod;
+pub mod report;
+pub mod rootfs;
+pub mod sandbox;
+pub mod service;
+pub mod shim;
+pub mod spec;
+pub mod state;
+pub mod stdio;
+
+/// containerd's runtime name for this shim.
+pub const RUNTIME_NAME: &str = "io.containerd.pulse.v2";

@@ -1,0 +1,420 @@
+//! A pod's sandbox: its VM (through a [`Hypervisor`] backend), the agent
+//! connection, the block slots that carry container rootfs disks, the device
+//! check, the management socket, and a teardown that leaves nothing behind.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use pulse_protocols::{containers, sandbox as sandbox_api};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::agent::{self, Agent};
+use crate::config::PulseConfig;
+use crate::hypervisor::{self, Hypervisor, SandboxPaths};
+use crate::persist::{self, ProcRecord, SandboxRecord};
+use crate::report::{self, Report};
+use crate::rootfs::{self, RootfsMount};
+use crate::state::{slot_serial, SandboxMachine, SlotTable, StateError};
+
+/// How long the guest gets to power off by itself before the VMM is stopped.
+const POWEROFF_WAIT: Duration = Duration::from_secs(5);
+
+/// One pod's VM and what belongs to it.
+pub struct Sandbox {
+    /// The pod's id.
+    pub pod: String,
+    /// containerd namespace.
+    pub namespace: String,
+    /// Its files.
+    pub paths: SandboxPaths,
+    config: PulseConfig,
+    vm: tokio::sync::Mutex<Box<dyn Hypervisor>>,
+    agent: Agent,
+    slots: Mutex<SlotTable>,
+    machine: Mutex<SandboxMachine>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Sandbox {
+    /// Boots the pod's VM, connects to its agent, checks its devices and opens
+    /// the management socket. On any failure everything started is removed again.
+    /// `oom` receives container ids the guest kernel OOM-killed in.
+    pub async fn start(
+        config: PulseConfig,
+        namespace: &str,
+        pod: &str,
+        oom: mpsc::UnboundedSender<String>,
+    ) -> Result<Arc<Sandbox>> {
+        let paths = SandboxPaths::new(&config.shim.state_dir, namespace, pod);
+        check_socket_paths(&paths)?;
+        if paths.dir.exists() {
+            // A dead shim's leftovers: kill what it recorded, then start clean.
+            cleanup_recorded(&paths.dir);
+        }
+        std::fs::create_dir_all(&paths.dir)
+            .with_context(|| format!("creating the sandbox directory {}", paths.dir.display()))?;
+        let mut record = SandboxRecord {
+            pod: pod.into(),
+            namespace: namespace.into(),
+            dir: paths.dir.clone(),
+            shim: ProcRecord::of(std::process::id()),
+            vm: Vec::new(),
+        };
+        let _ = record.save(&paths.state_file());
+
+        let mut vm = hypervisor::create(&config, paths.clone());
+        let booted = vm.boot().await;
+        record.vm = vm
+            .host_view()
+            .pids
+            .into_iter()
+            .filter(|p| *p != std::process::id())
+            .filter_map(ProcRecord::of)
+            .collect();
+        let _ = record.save(&paths.state_file());
+        let fail = |vm: Box<dyn Hypervisor>, paths: SandboxPaths, keep_console: bool| async move {
+            let mut vm = vm;
+            let _ = vm.stop().await;
+            let console_tail = console_tail(&paths.console());
+            if !keep_console {
+                persist::remove_dir(&paths.dir);
+            }
+            console_tail
+        };
+        if let Err(e) = booted {
+            let _ = fail(vm, paths, config.shim.keep_console_log).await;
+            return Err(anyhow!(e).context(format!(
+                "starting the {} VM of pod {pod}",
+                config.hypervisor.backend.name()
+            )));
+        }
+        let agent = match agent::connect(
+            vm.as_mut(),
+            config.agent.port,
+            config.connect_timeout(),
+            config.request_timeout(),
+        )
+        .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                let tail = fail(vm, paths, config.shim.keep_console_log).await;
+                let mut err = anyhow!(e);
+                if !tail.is_empty() {
+                    err = err.context(format!("guest console ends with: {tail}"));
+                }
+                return Err(err.context(format!("pod {pod}: the guest agent is unreachable")));
+            }
+        };
+        let created = agent
+            .sandbox()
+            .create_sandbox(
+                agent.ctx(),
+                &sandbox_api::CreateSandboxRequest {
+                    sandbox_id: pod.into(),
+                    hostname: hostname_of(pod),
+                    ..Default::default()
+                },
+            )
+            .await;
+        if let Err(e) = created {
+            let _ = fail(vm, paths, config.shim.keep_console_log).await;
+            return Err(anyhow!("pod {pod}: the agent refused CreateSandbox: {e}"));
+        }
+
+        let mut machine = SandboxMachine::new(pod);
+        machine.ready().map_err(|e| anyhow!(e))?;
+        let sandbox = Arc::new(Sandbox {
+            pod: pod.into(),
+            namespace: namespace.into(),
+            slots: Mutex::new(SlotTable::new(config.devices.block_slots)),
+            paths: paths.clone(),
+            config,
+            vm: tokio::sync::Mutex::new(vm),
+            agent,
+            machine: Mutex::new(machine),
+            tasks: Mutex::new(Vec::new()),
+        });
+        sandbox.check_devices().await;
+        match crate::mgmt::serve(&paths.mgmt(), Arc::downgrade(&sandbox)) {
+            Ok(task) => sandbox.tasks.lock().unwrap().push(task),
+            Err(e) => tracing::warn!("management socket {}: {e}", paths.mgmt().display()),
+        }
+        let watcher = watch_console_for_oom(paths.console(), oom);
+        sandbox.tasks.lock().unwrap().push(watcher);
+        Ok(sandbox)
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// The configuration the sandbox was started with.
+    pub fn config(&self) -> &PulseConfig {
+        &self.config
+    }
+
+    /// Refuses new containers unless the sandbox is ready.
+    pub fn check_add_container(&self) -> Result<(), StateError> {
+        self.machine.lock().unwrap().check_add_container()
+    }
+
+    /// Compares what the VMM configured with the guest's report; logs both on a mismatch.
+    pub async fn check_devices(&self) -> Report {
+        let report = self.report().await;
+        if let Some(e) = &report.guest_error {
+            tracing::warn!(pod = %self.pod, "no device report from the guest: {e}");
+        } else if !report.mismatches.is_empty() {
+            tracing::warn!(
+                pod = %self.pod,
+                mismatches = ?report.mismatches,
+                host = %serde_json::to_string(&report.host).unwrap_or_default(),
+                guest = %report.guest,
+                "the guest's devices differ from what the VMM configured"
+            );
+        } else {
+            tracing::info!(pod = %self.pod, devices = report.host.devices.len(), "device report matches the VMM's configuration");
+        }
+        report
+    }
+
+    /// Both views and their differences.
+    pub async fn report(&self) -> Report {
+        let host = self.vm.lock().await.host_view();
+        let guest = self.agent.device_report().await.map_err(|e| e.to_string());
+        Report::new(&self.pod, host, guest.as_ref().map_err(Clone::clone))
+    }
+
+    /// The Prometheus text of both views.
+    pub async fn metrics_text(&self) -> String {
+        let host = self.vm.lock().await.host_view();
+        let guest = self.agent.device_report().await.ok();
+        let mismatches = guest
+            .as_ref()
+            .map(|g| report::compare(&host, g).len())
+            .unwrap_or(0);
+        report::prometheus(&self.pod, &host, guest.as_ref(), mismatches)
+    }
+
+    /// Makes container `id`'s rootfs disk and attaches it to a free slot;
+    /// returns the storage the agent mounts at the bundle's `rootfs`.
+    pub async fn attach_rootfs(
+        &self,
+        id: &str,
+        mounts: &[RootfsMount],
+        bundle_rootfs: &Path,
+    ) -> Result<containers::Storage> {
+        let slot = self.slots.lock().unwrap().take(id).ok_or_else(|| {
+            anyhow!(
+                "pod {}: all {} block slots are in use (devices.block_slots in the pulse config)",
+                self.pod,
+                self.config.devices.block_slots
+            )
+        })?;
+        let result = async {
+            let image = self.vm.lock().await.slot_image(slot);
+            let size = rootfs::build_disk(
+                mounts,
+                bundle_rootfs,
+                &self.paths.staging(id),
+                &image,
+                &self.config.rootfs,
+            )
+            .await?;
+            self.vm.lock().await.attach_disk(slot, size).await?;
+            tracing::info!(
+                container = id,
+                slot,
+                mib = size >> 20,
+                "rootfs disk attached"
+            );
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.detach_rootfs(id).await;
+            return Err(e.context(format!("container {id}: preparing its rootfs disk")));
+        }
+        Ok(containers::Storage {
+            source: containers::StorageSource::STORAGE_SOURCE_BLOCK_SERIAL.into(),
+            locator: slot_serial(slot),
+            fs_type: "ext4".into(),
+            options: Vec::new(),
+            target: "rootfs".into(),
+            ..Default::default()
+        })
+    }
+
+    /// Empties container `id`'s slot (the agent unmounted it when it removed the container).
+    pub async fn detach_rootfs(&self, id: &str) {
+        let slot = self.slots.lock().unwrap().release(id);
+        if let Some(slot) = slot {
+            if let Err(e) = self.vm.lock().await.detach_disk(slot).await {
+                tracing::warn!(container = id, slot, "emptying the slot: {e}");
+            }
+        }
+    }
+
+    /// Stops the pod: the agent removes every container and powers the guest
+    /// off, then the VMM is stopped and the sandbox directory removed. Runs once.
+    pub async fn stop(&self) {
+        if !self.machine.lock().unwrap().stopping() {
+            return;
+        }
+        let destroy = self
+            .agent
+            .sandbox()
+            .destroy_sandbox(
+                ttrpc::context::with_timeout(POWEROFF_WAIT.as_nanos() as i64),
+                &sandbox_api::DestroySandboxRequest {
+                    force: true,
+                    ..Default::default()
+                },
+            )
+            .await;
+        let mut vm = self.vm.lock().await;
+        if destroy.is_ok_and(|r| r.powering_off) {
+            let deadline = tokio::time::Instant::now() + POWEROFF_WAIT;
+            while vm.exited().is_none() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        if let Err(e) = vm.stop().await {
+            tracing::warn!(pod = %self.pod, "stopping the VM: {e}");
+        }
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+        if self.config.shim.keep_console_log {
+            let keep = self
+                .config
+                .shim
+                .state_dir
+                .join(format!("{}-console.log", self.pod));
+            let _ = std::fs::rename(self.paths.console(), keep);
+        }
+        persist::remove_dir(&self.paths.dir);
+        self.machine.lock().unwrap().stopped();
+        tracing::info!(pod = %self.pod, "sandbox stopped");
+    }
+
+    /// Whether the VM died under the shim.
+    pub async fn vm_exited(&self) -> Option<String> {
+        self.vm.lock().await.exited()
+    }
+}
+
+/// Unix socket paths must fit in sun_path (108 bytes with the NUL).
+fn check_socket_paths(paths: &SandboxPaths) -> Result<()> {
+    for p in [paths.vhost(), paths.vsock(), paths.qmp(), paths.mgmt()] {
+        if p.as_os_str().len() > 100 {
+            return Err(anyhow!(
+                "socket path {} is too long for a unix socket; use a shorter shim.state_dir",
+                p.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A hostname for the guest: the pod id, cut to 63 characters.
+fn hostname_of(pod: &str) -> String {
+    pod.chars().take(63).collect()
+}
+
+/// The last lines of the guest console, for error messages.
+pub fn console_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+/// Kills what a sandbox record lists and removes the directory (a dead shim's leftovers).
+pub fn cleanup_recorded(dir: &Path) -> usize {
+    let record = SandboxRecord::load(&dir.join("state.json")).unwrap_or_default();
+    let killed = persist::kill_all(&record.vm, Duration::from_secs(5));
+    persist::remove_dir(dir);
+    killed
+}
+
+/// The container a kernel OOM report line is about: the last component of
+/// `task_memcg=` (the agent names container cgroups after the container).
+pub fn oom_container(line: &str) -> Option<String> {
+    if !line.contains("oom-kill:") {
+        return None;
+    }
+    let memcg = line
+        .split(',')
+        .find_map(|field| field.trim().strip_prefix("task_memcg="))?;
+    let id = memcg.trim_end_matches('/').rsplit('/').next()?;
+    (!id.is_empty()).then(|| id.to_string())
+}
+
+/// Follows the guest console and reports OOM kills.
+fn watch_console_for_oom(
+    path: std::path::PathBuf,
+    oom: mpsc::UnboundedSender<String>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut offset = 0usize;
+        let mut partial = String::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            if bytes.len() <= offset {
+                continue;
+            }
+            partial.push_str(&String::from_utf8_lossy(&bytes[offset..]));
+            offset = bytes.len();
+            while let Some(end) = partial.find('\n') {
+                let line: String = partial.drain(..=end).collect();
+                if let Some(id) = oom_container(&line) {
+                    tracing::info!(container = %id, "guest kernel OOM kill");
+                    if oom.send(id).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_lines_name_the_container() {
+        let line = "[    5.1] oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/pulse/c1,task_memcg=/pulse/c1,task=sh,pid=80,uid=0";
+        assert_eq!(oom_container(line).as_deref(), Some("c1"));
+        assert_eq!(
+            oom_container("Memory cgroup out of memory: Killed process 80"),
+            None
+        );
+    }
+
+    #[test]
+    fn console_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.log");
+        std::fs::write(&p, "a\nb\n\nc\nd\n").unwrap();
+        assert_eq!(console_tail(&p), "b | c | d");
+        assert_eq!(console_tail(&dir.path().join("none")), "");
+    }
+
+    #[test]
+    fn long_state_dirs_are_refused() {
+        let long = "x".repeat(90);
+        let paths = SandboxPaths::new(Path::new("/run"), "default", &long);
+        assert!(check_socket_paths(&paths).is_err());
+        let short = SandboxPaths::new(Path::new("/run/pulse"), "default", "p");
+        check_socket_paths(&short).unwrap();
+    }
+}

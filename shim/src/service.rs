@@ -1,0 +1,1124 @@
+//! containerd's task service (API v2) for one pod: every call maps onto the
+//! guest agent's Containers API through the pod's [`Sandbox`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::ExitSignal;
+use containerd_shim_protos::api;
+use containerd_shim_protos::cgroups_v2::metrics as cg2;
+use containerd_shim_protos::events::task as ev;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{Message, MessageDyn, MessageField};
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::topics;
+use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
+use pulse_protocols::containers;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use ttrpc::Code;
+
+use crate::config::{self, PulseConfig};
+use crate::persist::{BundleRecord, BUNDLE_RECORD};
+use crate::pod::{annotations_of, PodRole};
+use crate::rootfs::RootfsMount;
+use crate::sandbox::Sandbox;
+use crate::state::{ExitInfo, ProcessMachine, ProcessState, StateError};
+use crate::stdio::{Pumps, StdioPaths};
+
+/// How long a process's output may take to drain after it exited.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
+}
+
+fn state_err(e: StateError) -> ttrpc::Error {
+    status(Code::FAILED_PRECONDITION, e.to_string())
+}
+
+/// An agent error, with what was being done.
+fn agent_err(what: &str, e: ttrpc::Error) -> ttrpc::Error {
+    match e {
+        ttrpc::Error::RpcStatus(s) => status(s.code(), format!("{what}: {}", s.message())),
+        other => status(
+            Code::UNAVAILABLE,
+            format!("{what}: the guest agent: {other}"),
+        ),
+    }
+}
+
+fn internal(e: anyhow::Error) -> ttrpc::Error {
+    status(Code::INTERNAL, format!("{e:#}"))
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let mut ts = Timestamp::new();
+    ts.seconds = d.as_secs() as i64;
+    ts.nanos = d.subsec_nanos() as i32;
+    ts
+}
+
+/// One process (a container's own, or an exec).
+struct Process {
+    machine: ProcessMachine,
+    pid: u32,
+    stdio: StdioPaths,
+    exit: watch::Sender<Option<ExitInfo>>,
+    /// An exec's OCI process JSON, until it starts.
+    spec: Vec<u8>,
+    /// The stdin pump, for CloseIO.
+    stdin: Option<JoinHandle<()>>,
+}
+
+impl Process {
+    fn new(what: String, stdio: StdioPaths, spec: Vec<u8>) -> Self {
+        Self {
+            machine: ProcessMachine::new(what),
+            pid: 0,
+            stdio,
+            exit: watch::channel(None).0,
+            spec,
+            stdin: None,
+        }
+    }
+}
+
+struct Container {
+    bundle: String,
+    init: Process,
+    execs: HashMap<String, Process>,
+}
+
+#[derive(Default)]
+struct State {
+    containers: HashMap<String, Container>,
+    sandbox: Option<Arc<Sandbox>>,
+}
+
+impl State {
+    fn container(&mut self, id: &str) -> ttrpc::Result<&mut Container> {
+        self.containers
+            .get_mut(id)
+            .ok_or_else(|| status(Code::NOT_FOUND, format!("container {id} not found")))
+    }
+
+    fn process(&mut self, id: &str, exec: &str) -> ttrpc::Result<&mut Process> {
+        let c = self.container(id)?;
+        if exec.is_empty() {
+            Ok(&mut c.init)
+        } else {
+            c.execs
+                .get_mut(exec)
+                .ok_or_else(|| status(Code::NOT_FOUND, format!("exec {exec} of {id} not found")))
+        }
+    }
+
+    fn sandbox(&self) -> ttrpc::Result<Arc<Sandbox>> {
+        self.sandbox
+            .clone()
+            .ok_or_else(|| status(Code::FAILED_PRECONDITION, "this shim has no sandbox yet"))
+    }
+}
+
+/// The task service of one shim (one pod).
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    publisher: RemotePublisher,
+    exit: Arc<ExitSignal>,
+    state: Mutex<State>,
+    /// Serializes create, delete and shutdown (they boot and tear down the VM).
+    lifecycle: tokio::sync::Mutex<()>,
+    oom_tx: mpsc::UnboundedSender<String>,
+}
+
+impl Service {
+    /// A service publishing to `publisher`; `exit` is signalled once the pod is gone.
+    pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+        let (oom_tx, mut oom_rx) = mpsc::unbounded_channel::<String>();
+        let service = Service {
+            inner: Arc::new(Inner {
+                namespace: namespace.into(),
+                publisher,
+                exit,
+                state: Mutex::new(State::default()),
+                lifecycle: tokio::sync::Mutex::new(()),
+                oom_tx,
+            }),
+        };
+        let weak = Arc::downgrade(&service.inner);
+        tokio::spawn(async move {
+            while let Some(id) = oom_rx.recv().await {
+                let Some(inner) = weak.upgrade() else { break };
+                let known = inner.state.lock().unwrap().containers.contains_key(&id);
+                if known {
+                    Service { inner }
+                        .publish(
+                            topics::TASK_OOM_EVENT_TOPIC,
+                            ev::TaskOOM {
+                                container_id: id,
+                                ..Default::default()
+                            },
+                        )
+                        .await;
+                }
+            }
+        });
+        service
+    }
+
+    async fn publish<M: MessageDyn>(&self, topic: &str, event: M) {
+        let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+        if let Err(e) = self
+            .inner
+            .publisher
+            .publish(ctx, topic, &self.inner.namespace, Box::new(event))
+            .await
+        {
+            tracing::warn!(topic, "publishing an event: {e}");
+        }
+    }
+
+    fn load_config(options: Option<&Any>) -> anyhow::Result<PulseConfig> {
+        let from_options =
+            options.and_then(|o| config::config_path_from_options(&o.type_url, &o.value));
+        let env = std::env::var(config::CONFIG_ENV).ok();
+        let path = config::resolve_path(from_options.as_deref(), env.as_deref());
+        let config = PulseConfig::load(&path)?;
+        crate::logging::set_level(&config.shim.log_level);
+        tracing::info!(path = %path.display(), backend = config.hypervisor.backend.name(), "pulse config loaded");
+        Ok(config)
+    }
+
+    /// The sandbox for a new container, booting it for the pod's first container.
+    async fn sandbox_for(
+        &self,
+        role: &PodRole,
+        options: Option<&Any>,
+    ) -> ttrpc::Result<(Arc<Sandbox>, bool)> {
+        if let Some(s) = self.inner.state.lock().unwrap().sandbox.clone() {
+            if s.pod != role.pod() {
+                return Err(status(
+                    Code::INVALID_ARGUMENT,
+                    format!("this shim serves pod {}, not {}", s.pod, role.pod()),
+                ));
+            }
+            return Ok((s, false));
+        }
+        if !role.creates_pod() {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("pod {} has no running sandbox in this shim", role.pod()),
+            ));
+        }
+        let config = Self::load_config(options)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{e:#}")))?;
+        let sandbox = Sandbox::start(
+            config,
+            &self.inner.namespace,
+            role.pod(),
+            self.inner.oom_tx.clone(),
+        )
+        .await
+        .map_err(internal)?;
+        self.inner.state.lock().unwrap().sandbox = Some(sandbox.clone());
+        Ok((sandbox, true))
+    }
+
+    async fn create_container(&self, req: &api::CreateTaskRequest) -> ttrpc::Result<u32> {
+        let bundle = PathBuf::from(&req.bundle);
+        let spec_text = std::fs::read(bundle.join("config.json")).map_err(|e| {
+            status(
+                Code::INVALID_ARGUMENT,
+                format!("reading {}/config.json: {e}", req.bundle),
+            )
+        })?;
+        let mut spec: serde_json::Value = serde_json::from_slice(&spec_text).map_err(|e| {
+            status(
+                Code::INVALID_ARGUMENT,
+                format!("{}/config.json: {e}", req.bundle),
+            )
+        })?;
+        let role = PodRole::of(&req.id, &annotations_of(&spec));
+        if self
+            .inner
+            .state
+            .lock()
+            .unwrap()
+            .containers
+            .contains_key(&req.id)
+        {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("container {} exists", req.id),
+            ));
+        }
+        let (sandbox, new_sandbox) = self.sandbox_for(&role, req.options.as_ref()).await?;
+        let result = self.create_in(&sandbox, req, &bundle, &mut spec).await;
+        if result.is_err() && new_sandbox {
+            // The pod's first container failed: take the whole sandbox down again.
+            sandbox.stop().await;
+            self.inner.state.lock().unwrap().sandbox = None;
+        }
+        result
+    }
+
+    async fn create_in(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+        spec: &mut serde_json::Value,
+    ) -> ttrpc::Result<u32> {
+        sandbox.check_add_container().map_err(state_err)?;
+        let mounts: Vec<RootfsMount> = req
+            .rootfs
+            .iter()
+            .map(|m| RootfsMount {
+                fs_type: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let storage = sandbox
+            .attach_rootfs(&req.id, &mounts, &bundle.join("rootfs"))
+            .await
+            .map_err(internal)?;
+        for note in crate::spec::for_guest(spec).notes {
+            tracing::info!(container = %req.id, "spec: {note}");
+        }
+        if req.terminal {
+            if let Some(p) = spec.get_mut("process").and_then(|p| p.as_object_mut()) {
+                p.insert("terminal".into(), serde_json::Value::Bool(true));
+            }
+        }
+        let agent = sandbox.agent();
+        let created = agent
+            .containers()
+            .create_container(
+                agent.ctx(),
+                &containers::CreateContainerRequest {
+                    container_id: req.id.clone(),
+                    oci_spec_json: serde_json::to_vec(spec).unwrap_or_default(),
+                    storages: vec![storage],
+                    ..Default::default()
+                },
+            )
+            .await;
+        let pid = match created {
+            Ok(r) => r.pid,
+            Err(e) => {
+                sandbox.detach_rootfs(&req.id).await;
+                return Err(agent_err(
+                    &format!("creating container {} in the guest", req.id),
+                    e,
+                ));
+            }
+        };
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let mut init = Process::new(format!("container {}", req.id), stdio.clone(), Vec::new());
+        init.pid = pid;
+        let pumps = Pumps::start(agent, &req.id, "", &stdio);
+        let _ = std::fs::write(
+            bundle.join(BUNDLE_RECORD),
+            serde_json::to_vec(&BundleRecord {
+                pod: sandbox.pod.clone(),
+                sandbox_dir: sandbox.paths.dir.clone(),
+            })
+            .unwrap_or_default(),
+        );
+        self.inner.state.lock().unwrap().containers.insert(
+            req.id.clone(),
+            Container {
+                bundle: req.bundle.clone(),
+                init,
+                execs: HashMap::new(),
+            },
+        );
+        self.spawn_waiter(sandbox.clone(), req.id.clone(), String::new(), pumps);
+        Ok(pid)
+    }
+
+    /// Waits for a process to exit (in the background), drains its output,
+    /// records the exit and publishes it. For a container's own process the
+    /// wait starts right away (a created container can be killed before start).
+    fn spawn_waiter(&self, sandbox: Arc<Sandbox>, id: String, exec: String, mut pumps: Pumps) {
+        let service = self.clone();
+        let stdin = pumps.stdin.take();
+        if let Ok(p) = self.inner.state.lock().unwrap().process(&id, &exec) {
+            p.stdin = stdin;
+        }
+        tokio::spawn(async move {
+            let agent = sandbox.agent().clone();
+            let waited = agent
+                .containers()
+                .wait_process(
+                    agent.waiting_ctx(),
+                    &containers::WaitProcessRequest {
+                        container_id: id.clone(),
+                        exec_id: exec.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            let (status_code, pid) = match waited {
+                Ok(r) => (r.exit_status.max(0) as u32, r.pid),
+                Err(e) => {
+                    tracing::warn!(container = %id, exec = %exec, "waiting for the process: {e}");
+                    (255, 0)
+                }
+            };
+            pumps.drain(DRAIN_LIMIT).await;
+            let exit = ExitInfo {
+                status: status_code,
+                at: SystemTime::now(),
+            };
+            let pid = {
+                let mut state = service.inner.state.lock().unwrap();
+                match state.process(&id, &exec) {
+                    Ok(p) => {
+                        if !p.machine.exited(exit) {
+                            return;
+                        }
+                        let _ = p.exit.send(Some(exit));
+                        if pid != 0 {
+                            pid
+                        } else {
+                            p.pid
+                        }
+                    }
+                    Err(_) => return,
+                }
+            };
+            tracing::info!(container = %id, exec = %exec, status = status_code, "process exited");
+            service
+                .publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    ev::TaskExit {
+                        container_id: id.clone(),
+                        id: if exec.is_empty() {
+                            id.clone()
+                        } else {
+                            exec.clone()
+                        },
+                        pid,
+                        exit_status: status_code,
+                        exited_at: MessageField::some(timestamp(exit.at)),
+                        ..Default::default()
+                    },
+                )
+                .await;
+        });
+    }
+
+    async fn teardown(&self) {
+        let sandbox = self.inner.state.lock().unwrap().sandbox.take();
+        if let Some(s) = sandbox {
+            s.stop().await;
+        }
+    }
+}
+
+fn map_status(state: ProcessState) -> api::Status {
+    match state {
+        ProcessState::Created => api::Status::CREATED,
+        ProcessState::Running => api::Status::RUNNING,
+        ProcessState::Paused => api::Status::PAUSED,
+        ProcessState::Stopped(_) | ProcessState::Deleted(_) => api::Status::STOPPED,
+    }
+}
+
+#[async_trait]
+impl Task for Service {
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> ttrpc::Result<api::StateResponse> {
+        let mut state = self.inner.state.lock().unwrap();
+        let bundle = state.container(&req.id)?.bundle.clone();
+        let p = state.process(&req.id, &req.exec_id)?;
+        let s = p.machine.state();
+        let mut resp = api::StateResponse {
+            id: req.id.clone(),
+            bundle,
+            pid: p.pid,
+            status: map_status(s).into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        };
+        if let Some(e) = s.exit() {
+            resp.exit_status = e.status;
+            resp.exited_at = MessageField::some(timestamp(e.at));
+        }
+        Ok(resp)
+    }
+
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
+        let _serial = self.inner.lifecycle.lock().await;
+        tracing::info!(id = %req.id, bundle = %req.bundle, "create");
+        let pid = self.create_container(&req).await.inspect_err(|e| {
+            tracing::error!(id = %req.id, "create failed: {e}");
+        })?;
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            ev::TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(ev::TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                checkpoint: req.checkpoint.clone(),
+                pid,
+                ..Default::default()
+            },
+        )
+        .await;
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> ttrpc::Result<api::StartResponse> {
+        let (sandbox, spec, stdio) = {
+            let mut state = self.inner.state.lock().unwrap();
+            let sandbox = state.sandbox()?;
+            let p = state.process(&req.id, &req.exec_id)?;
+            p.machine.check_start().map_err(state_err)?;
+            (sandbox, p.spec.clone(), p.stdio.clone())
+        };
+        let agent = sandbox.agent();
+        let pid = if req.exec_id.is_empty() {
+            agent
+                .containers()
+                .start_container(
+                    agent.ctx(),
+                    &containers::StartContainerRequest {
+                        container_id: req.id.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| agent_err(&format!("starting container {}", req.id), e))?
+                .pid
+        } else {
+            agent
+                .containers()
+                .exec_process(
+                    agent.ctx(),
+                    &containers::ExecProcessRequest {
+                        container_id: req.id.clone(),
+                        exec_id: req.exec_id.clone(),
+                        oci_process_json: spec,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| agent_err(&format!("exec {} in {}", req.exec_id, req.id), e))?
+                .pid
+        };
+        {
+            let mut state = self.inner.state.lock().unwrap();
+            let p = state.process(&req.id, &req.exec_id)?;
+            p.pid = pid;
+            p.machine.started().map_err(state_err)?;
+        }
+        if req.exec_id.is_empty() {
+            self.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                ev::TaskStart {
+                    container_id: req.id.clone(),
+                    pid,
+                    ..Default::default()
+                },
+            )
+            .await;
+        } else {
+            let pumps = Pumps::start(agent, &req.id, &req.exec_id, &stdio);
+            self.spawn_waiter(sandbox.clone(), req.id.clone(), req.exec_id.clone(), pumps);
+            self.publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                ev::TaskExecStarted {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid,
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> ttrpc::Result<api::DeleteResponse> {
+        if !req.exec_id.is_empty() {
+            let mut state = self.inner.state.lock().unwrap();
+            let c = state.container(&req.id)?;
+            let p = c.execs.get_mut(&req.exec_id).ok_or_else(|| {
+                status(
+                    Code::NOT_FOUND,
+                    format!("exec {} of {} not found", req.exec_id, req.id),
+                )
+            })?;
+            let exit = p.machine.deleted(SystemTime::now()).map_err(state_err)?;
+            let pid = p.pid;
+            c.execs.remove(&req.exec_id);
+            return Ok(api::DeleteResponse {
+                pid,
+                exit_status: exit.status,
+                exited_at: MessageField::some(timestamp(exit.at)),
+                ..Default::default()
+            });
+        }
+        let _serial = self.inner.lifecycle.lock().await;
+        let (sandbox, pid) = {
+            let mut state = self.inner.state.lock().unwrap();
+            let sandbox = state.sandbox()?;
+            let p = state.process(&req.id, "")?;
+            p.machine.check_delete().map_err(state_err)?;
+            (sandbox, p.pid)
+        };
+        let agent = sandbox.agent();
+        if let Err(e) = agent
+            .containers()
+            .remove_container(
+                agent.ctx(),
+                &containers::RemoveContainerRequest {
+                    container_id: req.id.clone(),
+                    force: true,
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            // The guest may be gone already; the slot and the state still go.
+            tracing::warn!(container = %req.id, "removing the container in the guest: {e}");
+        }
+        sandbox.detach_rootfs(&req.id).await;
+        let exit = {
+            let mut state = self.inner.state.lock().unwrap();
+            let c = state.container(&req.id)?;
+            let exit = c
+                .init
+                .machine
+                .deleted(SystemTime::now())
+                .map_err(state_err)?;
+            let bundle = c.bundle.clone();
+            state.containers.remove(&req.id);
+            let _ = std::fs::remove_file(Path::new(&bundle).join(BUNDLE_RECORD));
+            exit
+        };
+        self.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            ev::TaskDelete {
+                container_id: req.id.clone(),
+                id: req.id.clone(),
+                pid,
+                exit_status: exit.status,
+                exited_at: MessageField::some(timestamp(exit.at)),
+                ..Default::default()
+            },
+        )
+        .await;
+        Ok(api::DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> ttrpc::Result<api::PidsResponse> {
+        let sandbox = {
+            let mut state = self.inner.state.lock().unwrap();
+            state.container(&req.id)?;
+            state.sandbox()?
+        };
+        let agent = sandbox.agent();
+        let list = agent
+            .containers()
+            .list_processes(
+                agent.ctx(),
+                &containers::ListProcessesRequest {
+                    container_id: req.id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| agent_err("listing processes", e))?;
+        Ok(api::PidsResponse {
+            processes: list
+                .processes
+                .iter()
+                .map(|p| api::ProcessInfo {
+                    pid: p.pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn pause(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PauseRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let sandbox = {
+            let mut state = self.inner.state.lock().unwrap();
+            state
+                .process(&req.id, "")?
+                .machine
+                .check_pause()
+                .map_err(state_err)?;
+            state.sandbox()?
+        };
+        let agent = sandbox.agent();
+        agent
+            .containers()
+            .pause_container(
+                agent.ctx(),
+                &containers::PauseContainerRequest {
+                    container_id: req.id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| agent_err("pausing", e))?;
+        self.inner
+            .state
+            .lock()
+            .unwrap()
+            .process(&req.id, "")?
+            .machine
+            .paused()
+            .map_err(state_err)?;
+        self.publish(
+            topics::TASK_PAUSED_EVENT_TOPIC,
+            ev::TaskPaused {
+                container_id: req.id.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+        Ok(api::Empty::new())
+    }
+
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResumeRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let sandbox = {
+            let mut state = self.inner.state.lock().unwrap();
+            state
+                .process(&req.id, "")?
+                .machine
+                .check_resume()
+                .map_err(state_err)?;
+            state.sandbox()?
+        };
+        let agent = sandbox.agent();
+        agent
+            .containers()
+            .resume_container(
+                agent.ctx(),
+                &containers::ResumeContainerRequest {
+                    container_id: req.id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| agent_err("resuming", e))?;
+        self.inner
+            .state
+            .lock()
+            .unwrap()
+            .process(&req.id, "")?
+            .machine
+            .resumed()
+            .map_err(state_err)?;
+        self.publish(
+            topics::TASK_RESUMED_EVENT_TOPIC,
+            ev::TaskResumed {
+                container_id: req.id.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+        Ok(api::Empty::new())
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<api::Empty> {
+        let sandbox = {
+            let mut state = self.inner.state.lock().unwrap();
+            let p = state.process(&req.id, &req.exec_id)?;
+            if p.machine.check_kill().is_err() {
+                return Err(status(Code::NOT_FOUND, "process already finished"));
+            }
+            state.sandbox()?
+        };
+        let agent = sandbox.agent();
+        agent
+            .containers()
+            .signal_process(
+                agent.ctx(),
+                &containers::SignalProcessRequest {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    signal: req.signal,
+                    all: req.all,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| agent_err(&format!("signal {} to {}", req.signal, req.id), e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        {
+            let mut state = self.inner.state.lock().unwrap();
+            let c = state.container(&req.id)?;
+            if !matches!(c.init.machine.state(), ProcessState::Running) {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!(
+                        "container {} is {}, not running",
+                        req.id,
+                        c.init.machine.state().name()
+                    ),
+                ));
+            }
+            if c.execs.contains_key(&req.exec_id) {
+                return Err(status(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {} exists", req.exec_id),
+                ));
+            }
+            let spec = req
+                .spec
+                .as_ref()
+                .map(|s| s.value.clone())
+                .unwrap_or_default();
+            if spec.is_empty() {
+                return Err(status(
+                    Code::INVALID_ARGUMENT,
+                    "exec without a process spec",
+                ));
+            }
+            let stdio = StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            };
+            let mut spec = spec;
+            if req.terminal {
+                if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&spec) {
+                    v["terminal"] = serde_json::Value::Bool(true);
+                    spec = serde_json::to_vec(&v).unwrap_or(spec);
+                }
+            }
+            c.execs.insert(
+                req.exec_id.clone(),
+                Process::new(format!("exec {} of {}", req.exec_id, req.id), stdio, spec),
+            );
+        }
+        self.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            ev::TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+        Ok(api::Empty::new())
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let sandbox = {
+            let mut state = self.inner.state.lock().unwrap();
+            state.process(&req.id, &req.exec_id)?;
+            state.sandbox()?
+        };
+        let agent = sandbox.agent();
+        agent
+            .containers()
+            .resize_terminal(
+                agent.ctx(),
+                &containers::ResizeTerminalRequest {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    rows: req.height,
+                    columns: req.width,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| agent_err("resizing the terminal", e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> ttrpc::Result<api::Empty> {
+        if !req.stdin {
+            return Ok(api::Empty::new());
+        }
+        let (sandbox, pump) = {
+            let mut state = self.inner.state.lock().unwrap();
+            let sandbox = state.sandbox()?;
+            (sandbox, state.process(&req.id, &req.exec_id)?.stdin.take())
+        };
+        if let Some(mut pump) = pump {
+            // The client closed its end: let the pump forward what is left first.
+            if tokio::time::timeout(Duration::from_secs(2), &mut pump)
+                .await
+                .is_ok()
+            {
+                return Ok(api::Empty::new());
+            }
+            pump.abort();
+        }
+        crate::stdio::close_stdin(sandbox.agent(), &req.id, &req.exec_id).await;
+        Ok(api::Empty::new())
+    }
+
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let sandbox = {
+            let mut state = self.inner.state.lock().unwrap();
+            state.container(&req.id)?;
+            state.sandbox()?
+        };
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|r| r.value.clone())
+            .ok_or_else(|| status(Code::INVALID_ARGUMENT, "update without resources"))?;
+        let agent = sandbox.agent();
+        agent
+            .containers()
+            .update_container(
+                agent.ctx(),
+                &containers::UpdateContainerRequest {
+                    container_id: req.id.clone(),
+                    oci_resources_json: resources,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| agent_err("updating resources", e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> ttrpc::Result<api::WaitResponse> {
+        let mut rx = {
+            let mut state = self.inner.state.lock().unwrap();
+            state.process(&req.id, &req.exec_id)?.exit.subscribe()
+        };
+        let exit = loop {
+            if let Some(e) = *rx.borrow_and_update() {
+                break e;
+            }
+            if rx.changed().await.is_err() {
+                return Err(status(Code::NOT_FOUND, "the process went away"));
+            }
+        };
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        })
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> ttrpc::Result<api::StatsResponse> {
+        let sandbox = {
+            let mut state = self.inner.state.lock().unwrap();
+            state.container(&req.id)?;
+            state.sandbox()?
+        };
+        let agent = sandbox.agent();
+        let s = agent
+            .containers()
+            .container_stats(
+                agent.ctx(),
+                &containers::ContainerStatsRequest {
+                    container_id: req.id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| agent_err("reading stats", e))?;
+        let metrics = cg2::Metrics {
+            pids: MessageField::some(cg2::PidsStat {
+                current: s.pids_current,
+                limit: s.pids_limit,
+                ..Default::default()
+            }),
+            cpu: MessageField::some(cg2::CPUStat {
+                usage_usec: s.cpu_usage_ns / 1000,
+                user_usec: s.cpu_user_ns / 1000,
+                system_usec: s.cpu_system_ns / 1000,
+                ..Default::default()
+            }),
+            memory: MessageField::some(cg2::MemoryStat {
+                usage: s.memory_usage_bytes,
+                usage_limit: s.memory_limit_bytes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let any = Any {
+            type_url: "io.containerd.cgroups.v2.Metrics".into(),
+            value: metrics
+                .write_to_bytes()
+                .map_err(|e| status(Code::INTERNAL, e.to_string()))?,
+            ..Default::default()
+        };
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> ttrpc::Result<api::ConnectResponse> {
+        let mut state = self.inner.state.lock().unwrap();
+        let task_pid = state.container(&req.id).map(|c| c.init.pid).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ShutdownRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let _serial = self.inner.lifecycle.lock().await;
+        let remaining = self.inner.state.lock().unwrap().containers.len();
+        if remaining > 0 && !req.now {
+            tracing::debug!(remaining, "shutdown: other containers of the pod remain");
+            return Ok(api::Empty::new());
+        }
+        tracing::info!("shutdown: stopping the pod");
+        self.teardown().await;
+        self.inner.exit.signal();
+        Ok(api::Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_onto_containerds() {
+        let exit = ExitInfo {
+            status: 1,
+            at: SystemTime::UNIX_EPOCH,
+        };
+        assert_eq!(map_status(ProcessState::Created), api::Status::CREATED);
+        assert_eq!(map_status(ProcessState::Paused), api::Status::PAUSED);
+        assert_eq!(
+            map_status(ProcessState::Stopped(exit)),
+            api::Status::STOPPED
+        );
+        assert_eq!(
+            map_status(ProcessState::Deleted(exit)),
+            api::Status::STOPPED
+        );
+    }
+
+    #[test]
+    fn timestamps_keep_nanoseconds() {
+        let t = SystemTime::UNIX_EPOCH + Duration::new(5, 7);
+        let ts = timestamp(t);
+        assert_eq!((ts.seconds, ts.nanos), (5, 7));
+    }
+
+    #[test]
+    fn agent_errors_keep_their_code() {
+        let e = agent_err("creating", status(Code::NOT_FOUND, "no such serial"));
+        let ttrpc::Error::RpcStatus(s) = e else {
+            panic!()
+        };
+        assert_eq!(s.code(), Code::NOT_FOUND);
+        assert_eq!(s.message(), "creating: no such serial");
+    }
+}

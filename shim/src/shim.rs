@@ -1,0 +1,306 @@
+//! The shim binary's protocol with containerd: `start` (find or spawn the
+//! pod's shim, print its address, write `address` and `shim.pid`), `delete`
+//! (clean up after a shim that is gone), and serving the task service.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::{publisher::RemotePublisher, ExitSignal, Shim};
+use containerd_shim::{Config, Error, Flags, StartOpts};
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::MessageField;
+use tokio::io::AsyncReadExt;
+
+use crate::persist::{BundleRecord, SandboxRecord, BUNDLE_RECORD};
+use crate::pod::{annotations_of, PodRole};
+use crate::service::Service;
+
+/// How long a new shim may take to serve its socket.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shim.
+pub struct PulseShim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+    id: String,
+    bundle: PathBuf,
+}
+
+/// The pod a bundle's container belongs to, from its config.json.
+pub fn pod_of_bundle(bundle: &Path, id: &str) -> PodRole {
+    let spec = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .unwrap_or_default();
+    PodRole::of(id, &annotations_of(&spec))
+}
+
+fn other(message: impl Into<String>) -> Error {
+    Error::Other(message.into())
+}
+
+/// Whether a shim already serves `address`.
+async fn serving(address: &str) -> bool {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    tokio::net::UnixStream::connect(path).await.is_ok()
+}
+
+#[async_trait]
+impl Shim for PulseShim {
+    type T = Service;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        if args.action.is_empty() {
+            crate::logging::init(args.debug);
+        }
+        let bundle = if args.bundle.is_empty() {
+            std::env::current_dir().unwrap_or_default()
+        } else {
+            PathBuf::from(&args.bundle)
+        };
+        PulseShim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            bundle,
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        let role = pod_of_bundle(&self.bundle, &opts.id);
+        let address = containerd_shim::socket_address(&opts.address, &opts.namespace, role.pod());
+        let bundle = self.bundle.clone();
+        let write = |name: &str, value: String| {
+            std::fs::write(bundle.join(name), value)
+                .map_err(|e| other(format!("writing {name} in {}: {e}", bundle.display())))
+        };
+        if serving(&address).await {
+            // The pod's shim runs already: this container joins it.
+            write("address", address.clone())?;
+            if let Ok(pid) = std::fs::read_to_string(self.bundle.join("shim.pid")) {
+                write("shim.pid", pid)?;
+            }
+            return Ok(address);
+        }
+        let exe =
+            std::env::current_exe().map_err(|e| other(format!("finding the shim binary: {e}")))?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.current_dir(&self.bundle)
+            .args([
+                "-namespace",
+                &opts.namespace,
+                "-id",
+                &opts.id,
+                "-address",
+                &opts.address,
+                "-socket",
+                &address,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if opts.debug {
+            cmd.arg("-debug");
+        }
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| other(format!("spawning the shim: {e}")))?;
+        let pid = child.id().unwrap_or(0);
+        // The daemon closes its stdout once its socket serves.
+        let mut out = child.stdout.take().ok_or_else(|| other("no shim stdout"))?;
+        let mut sink = Vec::new();
+        match tokio::time::timeout(SPAWN_TIMEOUT, out.read_to_end(&mut sink)).await {
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(other(format!(
+                    "the shim did not serve {address} within {SPAWN_TIMEOUT:?}"
+                )));
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            if !status.success() {
+                return Err(other(format!("the shim exited at start: {status}")));
+            }
+        }
+        write("address", address.clone())?;
+        write("shim.pid", pid.to_string())?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
+        let bundle = self.bundle.clone();
+        let id = self.id.clone();
+        let namespace = self.namespace.clone();
+        tokio::task::spawn_blocking(move || cleanup_dead_shim(&bundle, &namespace, &id))
+            .await
+            .map_err(|e| other(e.to_string()))?;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut ts = Timestamp::new();
+        ts.seconds = now.as_secs() as i64;
+        ts.nanos = now.subsec_nanos() as i32;
+        Ok(DeleteResponse {
+            pid: 0,
+            // As containerd's own shims report a process that died with its shim: SIGKILL.
+            exit_status: 128 + 9,
+            exited_at: MessageField::some(ts),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        Service::new(&self.namespace, publisher, self.exit.clone())
+    }
+}
+
+/// What `delete` does for container `id` of a shim that is gone: if the pod's
+/// shim is dead, kill the VM's processes it recorded and remove the sandbox
+/// directory (sockets, disk images, staging mounts); always unmount the
+/// bundle's rootfs and drop the bundle record.
+pub fn cleanup_dead_shim(bundle: &Path, namespace: &str, id: &str) {
+    let record: Option<BundleRecord> = std::fs::read(bundle.join(BUNDLE_RECORD))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let dir = match &record {
+        Some(r) => Some(r.sandbox_dir.clone()),
+        None => {
+            // No record (the shim died before it wrote one): the default place.
+            let pod = pod_of_bundle(bundle, id);
+            let state_dir = std::env::var(crate::config::CONFIG_ENV)
+                .ok()
+                .and_then(|p| crate::config::PulseConfig::load(Path::new(&p)).ok())
+                .map(|c| c.shim.state_dir)
+                .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_STATE_DIR));
+            Some(state_dir.join(namespace).join(pod.pod()))
+        }
+    };
+    if let Some(dir) = dir.filter(|d| d.exists()) {
+        let state = SandboxRecord::load(&dir.join("state.json")).unwrap_or_default();
+        let shim_alive = state
+            .shim
+            .as_ref()
+            .is_some_and(|s| s.alive() && s.pid != std::process::id());
+        if shim_alive {
+            tracing::info!(dir = %dir.display(), "the pod's shim still runs; leaving its sandbox");
+        } else {
+            let killed = crate::sandbox::cleanup_recorded(&dir);
+            tracing::info!(dir = %dir.display(), killed, "cleaned up a dead shim's sandbox");
+        }
+    }
+    let rootfs = bundle.join("rootfs");
+    if crate::rootfs::is_mount_point(&rootfs) {
+        let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persist::ProcRecord;
+
+    #[test]
+    fn delete_kills_a_dead_shims_vm_and_removes_its_files() {
+        let work = tempfile::tempdir().unwrap();
+        let bundle = work.path().join("bundle");
+        let sandbox = work.path().join("state/ns/pod");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::create_dir_all(sandbox.join("rootfs")).unwrap();
+        std::fs::write(sandbox.join("slot-0.img"), b"disk").unwrap();
+        let mut vm = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        // A shim that is gone: a record whose start time matches nothing.
+        let dead_shim = ProcRecord {
+            pid: std::process::id(),
+            start_time: 1,
+        };
+        SandboxRecord {
+            pod: "pod".into(),
+            namespace: "ns".into(),
+            dir: sandbox.clone(),
+            shim: Some(dead_shim),
+            vm: vec![ProcRecord::of(vm.id()).unwrap()],
+        }
+        .save(&sandbox.join("state.json"))
+        .unwrap();
+        std::fs::write(
+            bundle.join(BUNDLE_RECORD),
+            serde_json::to_vec(&BundleRecord {
+                pod: "pod".into(),
+                sandbox_dir: sandbox.clone(),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        cleanup_dead_shim(&bundle, "ns", "c1");
+        assert!(!vm.wait().unwrap().success(), "the VM process was killed");
+        assert!(!sandbox.exists());
+        assert!(!bundle.join(BUNDLE_RECORD).exists());
+    }
+
+    #[test]
+    fn delete_leaves_a_live_shims_sandbox() {
+        let work = tempfile::tempdir().unwrap();
+        let bundle = work.path().join("bundle");
+        let sandbox = work.path().join("ns/pod");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::create_dir_all(&sandbox).unwrap();
+        let mut other_shim = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        SandboxRecord {
+            shim: ProcRecord::of(other_shim.id()),
+            ..Default::default()
+        }
+        .save(&sandbox.join("state.json"))
+        .unwrap();
+        std::fs::write(
+            bundle.join(BUNDLE_RECORD),
+            serde_json::to_vec(&BundleRecord {
+                pod: "pod".into(),
+                sandbox_dir: sandbox.clone(),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        cleanup_dead_shim(&bundle, "ns", "c2");
+        assert!(
+            sandbox.exists(),
+            "another container's shim still serves the pod"
+        );
+        other_shim.kill().unwrap();
+        other_shim.wait().unwrap();
+    }
+
+    #[test]
+    fn pod_of_a_bundle_reads_its_annotations() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"annotations": {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "p1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(pod_of_bundle(dir.path(), "c").pod(), "p1");
+        assert_eq!(pod_of_bundle(&dir.path().join("none"), "c").pod(), "c");
+    }
+}

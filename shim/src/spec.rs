@@ -1,0 +1,111 @@
+//! The container's OCI spec, as containerd wrote it for the host, made fit
+//! for the guest: the rootfs is the disk the agent mounts at `rootfs`, host
+//! paths (namespace files, bind-mount sources, hooks, the host cgroup path)
+//! are dropped, and the network namespace is the VM's own (every container
+//! of a pod shares the VM's network, as the pod's containers share one).
+
+use serde_json::Value;
+
+/// What was changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Adjustments {
+    /// Notes, one per change.
+    pub notes: Vec<String>,
+}
+
+/// Rewrites `spec` (a config.json value) for the guest.
+pub fn for_guest(spec: &mut Value) -> Adjustments {
+    let mut adj = Adjustments::default();
+    if let Some(root) = spec.get_mut("root").and_then(Value::as_object_mut) {
+        root.insert("path".into(), Value::String("rootfs".into()));
+    } else if let Some(obj) = spec.as_object_mut() {
+        obj.insert("root".into(), serde_json::json!({"path": "rootfs"}));
+    }
+    if let Some(obj) = spec.as_object_mut() {
+        if obj.remove("hooks").is_some() {
+            adj.notes
+                .push("hooks dropped (they are host programs)".into());
+        }
+    }
+    if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
+        if linux.remove("cgroupsPath").is_some() {
+            adj.notes
+                .push("host cgroupsPath dropped (the agent places the container)".into());
+        }
+        if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
+            namespaces.retain(|ns| ns.get("type").and_then(Value::as_str) != Some("network"));
+            for ns in namespaces.iter_mut() {
+                if let Some(ns) = ns.as_object_mut() {
+                    if let Some(path) = ns.remove("path") {
+                        adj.notes.push(format!(
+                            "{} namespace path {path} dropped (a host path)",
+                            ns.get("type").and_then(Value::as_str).unwrap_or("?")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
+        mounts.retain(|m| {
+            let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
+                || m.get("options")
+                    .and_then(Value::as_array)
+                    .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+            if is_bind {
+                adj.notes.push(format!(
+                    "bind mount of host path {} on {} dropped",
+                    m.get("source").and_then(Value::as_str).unwrap_or("?"),
+                    m.get("destination").and_then(Value::as_str).unwrap_or("?")
+                ));
+            }
+            !is_bind
+        });
+    }
+    adj
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn host_paths_go_and_the_rootfs_is_the_disk() {
+        let mut spec = json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "/run/containerd/x/rootfs", "readonly": true},
+            "hooks": {"prestart": []},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/x/hosts", "options": ["rbind", "ro"]},
+                {"destination": "/etc/resolv.conf", "source": "/r", "options": ["bind"]}
+            ],
+            "linux": {
+                "cgroupsPath": "/default/c1",
+                "namespaces": [
+                    {"type": "pid"},
+                    {"type": "network", "path": "/var/run/netns/cni-1"},
+                    {"type": "ipc", "path": "/proc/42/ns/ipc"}
+                ]
+            }
+        });
+        let adj = for_guest(&mut spec);
+        assert_eq!(spec["root"], json!({"path": "rootfs", "readonly": true}));
+        assert!(spec.get("hooks").is_none());
+        assert_eq!(spec["mounts"].as_array().unwrap().len(), 1);
+        assert!(spec["linux"].get("cgroupsPath").is_none());
+        assert_eq!(
+            spec["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "ipc"}])
+        );
+        assert_eq!(adj.notes.len(), 5, "{:?}", adj.notes);
+    }
+
+    #[test]
+    fn a_spec_without_root_gets_one() {
+        let mut spec = json!({"ociVersion": "1.0.2"});
+        for_guest(&mut spec);
+        assert_eq!(spec["root"]["path"], "rootfs");
+    }
+}
