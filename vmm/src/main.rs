@@ -79,6 +79,16 @@ struct ProbeArgs {
     /// Block requests per queue (half writes, half verifying reads).
     #[arg(long, default_value_t = 32)]
     requests: u32,
+    /// Add a virtio-vsock device: host connections echoed by the guest, a guest connection
+    /// to a host listener, a transport reset at the end.
+    #[arg(long)]
+    vsock: bool,
+    /// Concurrent host vsock connections.
+    #[arg(long, default_value_t = 100)]
+    vsock_conns: u32,
+    /// Bytes each vsock connection sends and must get back.
+    #[arg(long, default_value_t = 65536)]
+    vsock_bytes: u32,
     /// Extra guest command-line word (repeatable), e.g. probe.selftest=fail.
     #[arg(long = "guest-arg")]
     guest_args: Vec<String>,
@@ -172,7 +182,21 @@ fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
             pulse_vmm::devices::block::MAX_QUEUES
         );
     }
+    anyhow::ensure!(
+        args.vsock_conns <= 128,
+        "--vsock-conns must be at most 128, got {}",
+        args.vsock_conns
+    );
+    anyhow::ensure!(
+        (1..=16 << 20).contains(&args.vsock_bytes),
+        "--vsock-bytes must be between 1 and 16777216, got {}",
+        args.vsock_bytes
+    );
     let options = ProbeOptions {
+        vsock: args.vsock.then_some(probe::VsockWorkload {
+            conns: args.vsock_conns,
+            bytes: args.vsock_bytes,
+        }),
         blk_queues: args.blk_queues,
         irq: args.irq.parse().map_err(anyhow::Error::msg)?,
         requests: args.requests,
@@ -244,6 +268,25 @@ fn print_report(r: &ProbeReport) {
     for d in &r.devices {
         print_device(d);
     }
+    if let Some(v) = &r.vsock_host {
+        println!(
+            "  vsock host side: {} connections echoed intact ({} mismatched, {} retries before \
+             the guest was ready) in {:.0} ms; guest connection {}; {} transport reset(s)",
+            v.echoed,
+            v.mismatched,
+            v.retries,
+            v.ms,
+            if v.guest_connected {
+                "answered"
+            } else {
+                "FAILED"
+            },
+            v.resets
+        );
+        for e in &v.errors {
+            println!("    error: {e}");
+        }
+    }
     for line in &r.serial {
         println!("  serial:  {line}");
     }
@@ -252,18 +295,29 @@ fn print_report(r: &ProbeReport) {
 fn print_device(d: &probe::DeviceReport) {
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     println!();
+    let work = match d.requests_asked {
+        Some(asked) => format!(
+            "requests {}/{asked} completed, data errors {}",
+            d.requests_completed,
+            opt(d.data_errors)
+        ),
+        None => format!("{} packets", d.requests_completed),
+    };
     println!(
-        "  {} at {}: {} queues, MSI {} (guest says {}), requests {}/{} completed, data errors {}",
+        "  {} at {}: {} queues, MSI {} (guest says {}), {work}",
         d.device_type,
         d.base,
         d.queues,
         if d.msi_enabled { "on" } else { "off" },
         d.guest_msi
             .map_or("-", |m| if m { "MSI" } else { "legacy" }),
-        d.requests_completed,
-        d.requests_asked,
-        opt(d.data_errors)
     );
+    if let Some(v) = &d.vsock {
+        println!(
+            "    guest: {} of {} connections echoed ({} bytes), guest connection ok {}, {} event(s)",
+            v["conns_done"], v["conns_expected"], v["bytes_echoed"], v["connect_ok"], v["events"]
+        );
+    }
     if let Some(note) = &d.guest_note {
         println!("    guest note: {note}");
     }

@@ -97,6 +97,14 @@ pub fn sti_hlt() {
     unsafe { asm!("sti", "hlt", options(nostack)) }
 }
 
+/// Lets pending interrupts in for a moment and turns them off again. `sti` only takes
+/// effect after the next instruction, hence the `nop` in between.
+pub fn interrupt_window() {
+    // SAFETY: as for `sti`; handlers run in the window and change memory the caller reads,
+    // so no `nomem`.
+    unsafe { asm!("sti", "nop", "cli", options(nostack)) }
+}
+
 /// Hint for spin loops.
 pub fn pause() {
     core::hint::spin_loop();

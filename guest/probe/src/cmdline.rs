@@ -58,6 +58,36 @@ pub const DEFAULT_REQUESTS: u32 = 32;
 /// Largest `probe.requests` accepted (bounds the run time and the disk area used).
 pub const MAX_REQUESTS: u32 = 65536;
 
+/// What the vsock workload does (`probe.vsock.*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VsockPlan {
+    /// `probe.vsock.listen=PORT`: the guest port the echo server listens on.
+    pub listen_port: u32,
+    /// `probe.vsock.conns=N`: host connections to echo before the workload is done.
+    pub conns: u32,
+    /// `probe.vsock.bytes=B`: bytes each of them sends (and gets back).
+    pub bytes: u32,
+    /// `probe.vsock.connect=PORT`: one guest-initiated connection to this host port.
+    pub connect_port: Option<u32>,
+    /// `probe.vsock.events=N`: transport-reset events to wait for at the end.
+    pub events: u32,
+}
+
+impl Default for VsockPlan {
+    fn default() -> Self {
+        Self {
+            listen_port: 1234,
+            conns: 0,
+            bytes: 65536,
+            connect_port: None,
+            events: 0,
+        }
+    }
+}
+
+/// Most host connections the vsock echo server tracks at once.
+pub const MAX_VSOCK_CONNS: u32 = 128;
+
 /// Everything the command line configures.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -74,6 +104,7 @@ pub struct Config {
     pub requests: u32,
     /// `probe.masktest=1`.
     pub masktest: bool,
+    pub vsock: VsockPlan,
     /// Problems with the words the probe understands (bad values).
     pub errors: ErrorList,
 }
@@ -88,6 +119,7 @@ impl Default for Config {
             irq: IrqMode::Msi,
             requests: DEFAULT_REQUESTS,
             masktest: false,
+            vsock: VsockPlan::default(),
             errors: ErrorList::new(),
         }
     }
@@ -115,6 +147,11 @@ pub const KEYS: &[(&str, Handler)] = &[
     ("probe.irq", set_irq),
     ("probe.requests", set_requests),
     ("probe.masktest", set_masktest),
+    ("probe.vsock.listen", set_vsock_listen),
+    ("probe.vsock.conns", set_vsock_conns),
+    ("probe.vsock.bytes", set_vsock_bytes),
+    ("probe.vsock.connect", set_vsock_connect),
+    ("probe.vsock.events", set_vsock_events),
 ];
 
 /// Largest value `probe.cpus` accepts (xAPIC ids are 8 bits).
@@ -218,6 +255,55 @@ fn set_masktest(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
         "0" => false,
         _ => return Err("cmdline: bad probe.masktest"),
     };
+    Ok(())
+}
+
+/// A number in `range`, or `err`.
+fn bounded(
+    value: &str,
+    range: core::ops::RangeInclusive<u64>,
+    err: &'static str,
+) -> Result<u32, &'static str> {
+    match parse_u64(value) {
+        Some(n) if range.contains(&n) => Ok(n as u32),
+        _ => Err(err),
+    }
+}
+
+fn set_vsock_listen(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    cfg.vsock.listen_port = bounded(
+        value,
+        1..=u32::MAX as u64 - 1,
+        "cmdline: bad probe.vsock.listen",
+    )?;
+    Ok(())
+}
+
+fn set_vsock_conns(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    cfg.vsock.conns = bounded(
+        value,
+        0..=MAX_VSOCK_CONNS as u64,
+        "cmdline: bad probe.vsock.conns",
+    )?;
+    Ok(())
+}
+
+fn set_vsock_bytes(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    cfg.vsock.bytes = bounded(value, 1..=16 << 20, "cmdline: bad probe.vsock.bytes")?;
+    Ok(())
+}
+
+fn set_vsock_connect(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    cfg.vsock.connect_port = Some(bounded(
+        value,
+        1..=u32::MAX as u64 - 1,
+        "cmdline: bad probe.vsock.connect",
+    )?);
+    Ok(())
+}
+
+fn set_vsock_events(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    cfg.vsock.events = bounded(value, 0..=16, "cmdline: bad probe.vsock.events")?;
     Ok(())
 }
 
@@ -380,5 +466,31 @@ mod tests {
         assert_eq!(parse_u64("0xfeE00000"), Some(0xfee0_0000));
         assert_eq!(parse_u64("0x"), None);
         assert_eq!(parse_u64("-1"), None);
+    }
+
+    #[test]
+    fn vsock_keys() {
+        let c = parse("probe.vsock.listen=2000 probe.vsock.conns=100 probe.vsock.bytes=65536 probe.vsock.connect=5000 probe.vsock.events=1");
+        assert!(c.errors.is_empty());
+        assert_eq!(
+            c.vsock,
+            VsockPlan {
+                listen_port: 2000,
+                conns: 100,
+                bytes: 65536,
+                connect_port: Some(5000),
+                events: 1
+            }
+        );
+        let c = parse("probe.vsock.conns=129 probe.vsock.bytes=0 probe.vsock.listen=x");
+        assert_eq!(
+            c.errors.as_slice(),
+            &[
+                "cmdline: bad probe.vsock.conns",
+                "cmdline: bad probe.vsock.bytes",
+                "cmdline: bad probe.vsock.listen"
+            ]
+        );
+        assert_eq!(c.vsock, VsockPlan::default());
     }
 }

@@ -18,6 +18,7 @@ pub mod errors;
 pub mod json;
 pub mod mptable;
 pub mod virtio_spec;
+pub mod vsock_spec;
 pub mod workload;
 
 /// Name and version as they appear in the JSON report.

@@ -45,6 +45,7 @@ pub const VERSION_1X: u32 = 2;
 
 /// Device types.
 pub const DEVICE_ID_BLOCK: u32 = 2;
+pub const DEVICE_ID_VSOCK: u32 = 19;
 
 /// Device status bits.
 pub mod status {
@@ -94,10 +95,15 @@ pub fn vendor_features(vendor_id: u32) -> Option<u32> {
 /// when offered. Nothing else: the probe uses neither indirect descriptors nor the block
 /// device's optional commands.
 pub fn negotiate(offered: u64) -> Result<u64, &'static str> {
+    negotiate_from(offered, feature::BLK_MQ)
+}
+
+/// As [`negotiate`], with `extra` as the device-specific features the driver takes.
+pub fn negotiate_from(offered: u64, extra: u64) -> Result<u64, &'static str> {
     if offered & feature::VERSION_1 == 0 {
         return Err("virtio: device is not virtio 1.x (no VERSION_1)");
     }
-    Ok(offered & (feature::VERSION_1 | feature::BLK_MQ | feature::RING_EVENT_IDX))
+    Ok(offered & (feature::VERSION_1 | feature::RING_EVENT_IDX | extra))
 }
 
 /// Size of a driver's queue: the device's maximum capped at `cap`, rounded down to a power of

@@ -10,6 +10,7 @@
 pub mod blk;
 pub mod mmio;
 pub mod queue;
+pub mod vsock;
 
 use crate::arch::{self, Deadline, RacyCell};
 use crate::ioapic::IoApic;
@@ -20,8 +21,9 @@ use blk::QueueRun;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use mmio::Window;
 use pulse_probe::cmdline::{Config, IrqMode, MmioDevice, MAX_MMIO_DEVICES};
-use pulse_probe::devreport::{DeviceReport, MaskTest, VectorReport, MAX_VECTORS};
+use pulse_probe::devreport::{DeviceReport, Expect, MaskTest, VectorReport, MAX_VECTORS};
 use pulse_probe::virtio_spec::{self as spec, blk as vblk, feature, reg, status};
+use pulse_probe::vsock_spec;
 use pulse_probe::workload::{owner, Plan};
 use queue::{Virtq, MAX_QUEUES, QUEUE_SIZE_CAP};
 
@@ -46,13 +48,43 @@ const PHASE_PORT: u16 = 0x441;
 const PHASE_START: u8 = 1;
 const PHASE_DONE: u8 = 2;
 
+/// The device types the probe drives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Blk,
+    Vsock,
+}
+
+impl Kind {
+    fn of(device_id: u32) -> Option<Kind> {
+        match device_id {
+            spec::DEVICE_ID_BLOCK => Some(Kind::Blk),
+            spec::DEVICE_ID_VSOCK => Some(Kind::Vsock),
+            _ => None,
+        }
+    }
+
+    /// Position (in the online CPU list) of the CPU that owns queue `q`: block queues are
+    /// spread over the CPUs, the other devices run on the BSP.
+    fn owner(self, q: u16, cpus: usize) -> usize {
+        match self {
+            Kind::Blk => owner(q, cpus),
+            Kind::Vsock => 0,
+        }
+    }
+}
+
 /// What the workload needs of a device; written by the BSP during setup, read-only after.
 #[derive(Clone, Copy)]
 struct Device {
+    kind: Kind,
     window: Window,
     index: u8,
     queues: u16,
-    plan: Plan,
+    /// The block workload's plan.
+    plan: Option<Plan>,
+    /// The vsock device's queues and CID.
+    vsock: Option<(vsock::Queues, u64)>,
     msi: bool,
     /// IDT vector of MSI index i (0 = config, q+1 = queue q).
     vectors: [u8; MAX_VECTORS],
@@ -145,8 +177,10 @@ pub fn run(cfg: &Config, ioapic_addr: Option<u32>) -> Outcome {
 
     arch::outb(PHASE_PORT, PHASE_START);
     for (d, report) in out.devices[..out.n].iter_mut().enumerate() {
-        if device(d).is_some() {
-            run_device(d, report);
+        match device(d) {
+            Some(dev) if dev.kind == Kind::Blk => run_device(d, report),
+            Some(dev) if dev.kind == Kind::Vsock => run_vsock(&dev, cfg, report),
+            _ => {}
         }
     }
     arch::outb(PHASE_PORT, PHASE_DONE);
@@ -160,7 +194,7 @@ pub fn run(cfg: &Config, ioapic_addr: Option<u32>) -> Outcome {
 
     for (d, report) in out.devices[..out.n].iter_mut().enumerate() {
         let Some(dev) = device(d) else { continue };
-        if cfg.masktest {
+        if cfg.masktest && dev.kind == Kind::Blk {
             if dev.msi {
                 mask_test(d, report);
             } else {
@@ -190,7 +224,7 @@ fn setup(
         return Err("virtio: not a virtio 1.x (Version 2) device");
     }
     report.device_id = w.read32(reg::DEVICE_ID);
-    if report.device_id != spec::DEVICE_ID_BLOCK {
+    let Some(kind) = Kind::of(report.device_id) else {
         report.skipped = true;
         report.note = Some(if report.device_id == 0 {
             "no device in this slot, skipped"
@@ -198,7 +232,7 @@ fn setup(
             "unsupported device type, skipped"
         });
         return Ok(None);
-    }
+    };
     let vendor = spec::vendor_features(w.read32(reg::VENDOR_ID));
 
     // Reset, then ACKNOWLEDGE and DRIVER, then features.
@@ -213,7 +247,11 @@ fn setup(
     let lo = w.read32(reg::DEVICE_FEATURES) as u64;
     w.write32(reg::DEVICE_FEATURES_SEL, 1);
     let offered = lo | (w.read32(reg::DEVICE_FEATURES) as u64) << 32;
-    let accepted = match spec::negotiate(offered) {
+    let wanted = match kind {
+        Kind::Blk => feature::BLK_MQ,
+        Kind::Vsock => 0,
+    };
+    let accepted = match spec::negotiate_from(offered, wanted) {
         Ok(f) => f,
         Err(e) => return failed(e),
     };
@@ -229,8 +267,12 @@ fn setup(
     report.features = accepted;
     let event_idx = accepted & feature::RING_EVENT_IDX != 0;
 
-    // Configuration: capacity and queue count, read consistently (ConfigGeneration).
-    let (capacity, device_queues) = read_config(&w, accepted & feature::BLK_MQ != 0);
+    // Configuration, read consistently (ConfigGeneration): the block device's capacity and
+    // queue count, the vsock device's CID (and its fixed three queues).
+    let (capacity, device_queues) = match kind {
+        Kind::Blk => read_config(&w, accepted & feature::BLK_MQ != 0),
+        Kind::Vsock => (read_config_u64(&w, vsock_spec::CFG_GUEST_CID), 3),
+    };
     if device_queues == 0 {
         return failed("blk: num_queues is 0");
     }
@@ -253,19 +295,32 @@ fn setup(
         }
     }
     report.queue_size = qsize;
-    let Some(plan) = Plan::new(cfg.requests_per_queue(), qsize) else {
-        return failed("virtio: queue too small for one request");
+    let plan = match kind {
+        Kind::Blk => {
+            let Some(plan) = Plan::new(cfg.requests_per_queue(), qsize) else {
+                return failed("virtio: queue too small for one request");
+            };
+            if plan.sectors_needed(nq) > capacity {
+                return failed("blk: disk too small for the workload");
+            }
+            Some(plan)
+        }
+        Kind::Vsock => {
+            if qsize < 4 {
+                return failed("vsock: queues too small");
+            }
+            None
+        }
     };
-    if plan.sectors_needed(nq) > capacity {
-        return failed("blk: disk too small for the workload");
-    }
 
     // Interrupts: per-queue MSI when asked for and offered, else the legacy line.
     let mut dev = Device {
+        kind,
         window: w,
         index: d as u8,
         queues: nq,
         plan,
+        vsock: None,
         msi: false,
         vectors: [0; MAX_VECTORS],
         legacy_vector: LEGACY_VECTOR_BASE + d as u8,
@@ -293,6 +348,8 @@ fn setup(
         Some(f) if f & spec::VENDOR_F_PER_QUEUE_NOTIFY != 0 => Some(w.read32(reg::QUEUE_NOTIFY)),
         _ => None,
     };
+    let mut vsock_queues = [Virtq::new(d, 0, qsize); 3];
+    let mut vsock_doorbells = [(0u64, 0u32); 3];
     for q in 0..nq {
         let vq = Virtq::new(d, q as usize, qsize);
         vq.init();
@@ -320,9 +377,27 @@ fn setup(
         let doorbell = notify_info
             .and_then(|ni| spec::doorbell_offset(ni, q, w.size()))
             .unwrap_or(reg::QUEUE_NOTIFY);
-        let run = QueueRun::new(d as u8, q, vq, w.addr(doorbell), event_idx, plan);
-        // SAFETY: BSP during setup; no job is posted, nothing else uses the queue.
-        unsafe { *run_of(d, q) = Some(run) };
+        match (kind, plan) {
+            (Kind::Blk, Some(plan)) => {
+                let run = QueueRun::new(d as u8, q, vq, w.addr(doorbell), event_idx, plan);
+                // SAFETY: BSP during setup; no job is posted, nothing else uses the queue.
+                unsafe { *run_of(d, q) = Some(run) };
+            }
+            _ => {
+                vsock_queues[q as usize] = vq;
+                vsock_doorbells[q as usize] = (w.addr(doorbell), q as u32);
+            }
+        }
+    }
+    if kind == Kind::Vsock {
+        let queues = vsock::Queues {
+            rx: vsock_queues[0],
+            tx: vsock_queues[1],
+            ev: vsock_queues[2],
+            doorbells: vsock_doorbells,
+            size: qsize,
+        };
+        dev.vsock = Some((queues, capacity));
     }
 
     w.write32(reg::STATUS, st | status::DRIVER_OK);
@@ -352,6 +427,20 @@ fn read_config(w: &Window, mq: bool) -> (u64, u16) {
     result
 }
 
+/// A 64-bit little-endian configuration field at `offset`, read consistently.
+fn read_config_u64(w: &Window, offset: u64) -> u64 {
+    let mut value = 0;
+    for _ in 0..4 {
+        let generation = w.read32(reg::CONFIG_GENERATION);
+        let at = reg::CONFIG + offset;
+        value = w.read32(at) as u64 | (w.read32(at + 4) as u64) << 32;
+        if w.read32(reg::CONFIG_GENERATION) == generation {
+            break;
+        }
+    }
+    value
+}
+
 /// Allocates N+1 IDT vectors and programs them: vector 0 (config) at the BSP, queue q's at
 /// its owner CPU. An error leaves MSI disabled (the caller falls back to legacy).
 fn setup_msi(
@@ -374,7 +463,7 @@ fn setup_msi(
         let pos = if i == 0 {
             0
         } else {
-            owner(i as u16 - 1, cpus.len())
+            dev.kind.owner(i as u16 - 1, cpus.len())
         };
         *m = Message {
             index: i as u16,
@@ -445,10 +534,100 @@ fn wait(halt: bool, ms: u64, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Paces the interrupts of a queue whose device decides when to raise them (vsock, net),
+/// so that the counts stay exact: with EVENT_IDX the device interrupts once when its used
+/// index passes `used_event`, and the driver moves `used_event` on only after that
+/// interrupt was taken. So at most one is in flight and none merges with another in the
+/// LAPIC (one request bit per vector). Without MSI (legacy line) it just keeps re-arming.
+#[derive(Clone, Copy)]
+pub struct IrqPacer {
+    msi: Option<(usize, u8)>,
+    seen: u32,
+    armed_at: u16,
+    since: u64,
+    lost_after: u64,
+}
+
+impl IrqPacer {
+    /// How long an armed queue whose used index moved may wait for its interrupt before the
+    /// arm counts as lost (the device read `used_event` just before the driver moved it).
+    const LOST_MS: u64 = 500;
+
+    /// Counts the interrupts of IDT vector `vector` on CPU `cpu`.
+    pub fn msi(cpu: usize, vector: u8) -> Self {
+        Self {
+            msi: Some((cpu, vector)),
+            seen: idt::count(cpu, vector),
+            armed_at: 0,
+            since: arch::rdtsc(),
+            lost_after: arch::tsc_khz() * Self::LOST_MS,
+        }
+    }
+
+    pub fn legacy() -> Self {
+        Self {
+            msi: None,
+            seen: 0,
+            armed_at: 0,
+            since: 0,
+            lost_after: 0,
+        }
+    }
+
+    /// Call after consuming the used ring up to `consumed`.
+    pub fn rearm(&mut self, vq: &Virtq, consumed: u16) {
+        let Some((cpu, vector)) = self.msi else {
+            vq.set_used_event(consumed);
+            return;
+        };
+        let mut count = idt::count(cpu, vector);
+        let now = arch::rdtsc();
+        let mut lost = count == self.seen
+            && vq.used_idx() != self.armed_at
+            && now.wrapping_sub(self.since) > self.lost_after;
+        if lost {
+            // Maybe it is only pending (a short `sti` window does not always let it in):
+            // give it a millisecond with interrupts on before calling the arm lost.
+            arch::sti();
+            Deadline::after_ms(1).wait();
+            arch::cli();
+            count = idt::count(cpu, vector);
+            lost = count == self.seen;
+        }
+        if count != self.seen || lost {
+            self.seen = count;
+            self.armed_at = consumed;
+            self.since = now;
+            vq.set_used_event(consumed);
+        }
+    }
+}
+
+/// Runs the vsock workload of `dev` on the BSP.
+fn run_vsock(dev: &Device, cfg: &Config, report: &mut DeviceReport) {
+    let Some((queues, cid)) = dev.vsock else {
+        return;
+    };
+    let bsp = cpus()[0].0;
+    let pacer = |q: usize| {
+        if dev.msi {
+            IrqPacer::msi(bsp, dev.vectors[q + 1])
+        } else {
+            IrqPacer::legacy()
+        }
+    };
+    lapic::start_watchdog(WATCHDOG_VECTOR, WATCHDOG_MS);
+    let result = vsock::run(queues, cid, cfg.vsock, [pacer(0), pacer(1), pacer(2)]);
+    lapic::stop_watchdog();
+    arch::cli();
+    report.vsock = Some(result);
+}
+
 /// Runs device `d`'s workload on every CPU that owns one of its queues; returns when all
 /// are done or timed out.
 fn run_device(d: usize, report: &mut DeviceReport) {
     let Some(dev) = device(d) else { return };
+    let Some(plan) = dev.plan else { return };
     let cpus = cpus();
     ACTIVE.store(d, Ordering::Release);
     let mut posted = [false; MAX_CPUS];
@@ -464,7 +643,7 @@ fn run_device(d: usize, report: &mut DeviceReport) {
     lapic::start_watchdog(WATCHDOG_VECTOR, WATCHDOG_MS);
     run_owned(d, 0);
     // Each AP's job gets the time its batches may take, plus some.
-    let limit = BATCH_TIMEOUT_MS * (dev.plan.batches() as u64 + 2);
+    let limit = BATCH_TIMEOUT_MS * (plan.batches() as u64 + 2);
     let all_done = || {
         cpus.iter()
             .all(|&(cpu, _)| !posted[cpu] || DONE[cpu].load(Ordering::Acquire))
@@ -494,6 +673,7 @@ fn ap_job(cpu: usize) {
 /// lock step: each round submits one batch on every owned queue, then waits for each.
 fn run_owned(d: usize, pos: usize) {
     let Some(dev) = device(d) else { return };
+    let Some(plan) = dev.plan else { return };
     let (cpu, _) = cpus()[pos];
     let n = cpus().len();
     let mut owned = [0u16; MAX_QUEUES];
@@ -509,12 +689,12 @@ fn run_owned(d: usize, pos: usize) {
         // Legacy: the line goes to the BSP, which must take it (and ack it) while it polls.
         arch::sti();
     }
-    for round in 0..dev.plan.batches() {
+    for round in 0..plan.batches() {
         for &q in owned {
             // SAFETY: this CPU owns queue q during the workload; one reference at a time.
             if let Some(run) = unsafe { run_of(d, q) } {
                 if run.failed.is_none() {
-                    run.submit(dev.plan.batch(round));
+                    run.submit(plan.batch(round));
                 }
             }
         }
@@ -597,7 +777,7 @@ fn mask_test(d: usize, report: &mut DeviceReport) {
 fn collect(d: usize, dev: &Device, report: &mut DeviceReport) {
     let cpus = cpus();
     for q in 0..dev.queues {
-        let (cpu, _) = cpus[owner(q, cpus.len())];
+        let (cpu, _) = cpus[dev.kind.owner(q, cpus.len())];
         if cpu != 0 && !DONE[cpu].load(Ordering::Acquire) {
             // Its CPU never finished: its state may still change, so leave it out.
             report
@@ -623,7 +803,7 @@ fn collect(d: usize, dev: &Device, report: &mut DeviceReport) {
             let pos = if i == 0 {
                 0
             } else {
-                owner(i as u16 - 1, cpus.len())
+                dev.kind.owner(i as u16 - 1, cpus.len())
             };
             let (cpu, apic_id) = cpus[pos];
             let vector = dev.vectors[i];
@@ -643,6 +823,16 @@ fn collect(d: usize, dev: &Device, report: &mut DeviceReport) {
                 elsewhere: total - idt::count(cpu, vector),
                 batches,
                 extra: u32::from(i == 1 && report.mask_test.is_some()),
+                expect: match dev.kind {
+                    Kind::Blk => Expect::Batches,
+                    // The event queue only carries the transport resets asked for.
+                    Kind::Vsock
+                        if i == 3 && report.vsock.is_some_and(|v| v.events_expected == 0) =>
+                    {
+                        Expect::Any
+                    }
+                    Kind::Vsock => Expect::Some,
+                },
             };
         }
     } else {

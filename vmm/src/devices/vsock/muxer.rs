@@ -553,7 +553,6 @@ impl Worker {
         }
     }
 
-    /// Delivers control packets, then host data, into the guest's rx buffers.
     /// Drops every connection (their host streams are closed, which host processes see as
     /// EOF) and tells the guest with one TRANSPORT_RESET event per request, so that it drops
     /// its side too (virtio 1.2, 5.10.6.7).
@@ -608,6 +607,7 @@ impl Worker {
         self.m.event = Some((queue, evt));
     }
 
+    /// Delivers control packets, then host data, into the guest's rx buffers.
     fn fill_rx(&mut self) {
         let Some((mut queue, evt)) = self.m.rx.take() else {
             return;

@@ -12,9 +12,20 @@ use crate::config::VmConfig;
 use crate::devices::block::{BlockConfig, DEFAULT_QUEUE_SIZE};
 use crate::devices::phase_marker::{self, PhaseDelta};
 use crate::devices::serial::SerialOutput;
+use crate::devices::vsock::VsockConfig;
 use crate::exit::VmExit;
 use crate::mmio::TransportStats;
 use crate::vm::{MemoryUsage, Vm, VmError};
+
+pub mod vsock_peer;
+
+use vsock_peer::{PeerPlan, PeerReport, VsockPeer};
+
+/// The vsock echo server's guest port, and the host port the guest connects to.
+const VSOCK_GUEST_PORT: u32 = 1234;
+const VSOCK_HOST_PORT: u32 = 5000;
+/// The probe VM's guest CID.
+const VSOCK_CID: u64 = 3;
 
 /// The probe guest ELF, built by build.rs.
 pub static PROBE_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pulse-probe.elf"));
@@ -55,6 +66,8 @@ pub struct ProbeOptions {
     pub irq: IrqMode,
     /// Block requests per queue (half writes, half reads that verify them).
     pub requests: u32,
+    /// A vsock device with this workload.
+    pub vsock: Option<VsockWorkload>,
     /// vCPUs.
     pub vcpus: u8,
     /// Guest memory.
@@ -69,12 +82,32 @@ pub struct ProbeOptions {
     pub timeout: Duration,
 }
 
+/// The vsock workload: host connections echoed by the guest, one guest connection to a host
+/// listener, and a transport reset at the end.
+#[derive(Clone, Copy, Debug)]
+pub struct VsockWorkload {
+    /// Concurrent host connections.
+    pub conns: u32,
+    /// Bytes each sends and must get back.
+    pub bytes: u32,
+}
+
+impl Default for VsockWorkload {
+    fn default() -> Self {
+        Self {
+            conns: 100,
+            bytes: 64 * 1024,
+        }
+    }
+}
+
 impl Default for ProbeOptions {
     fn default() -> Self {
         Self {
             blk_queues: None,
             irq: IrqMode::Msi,
             requests: 32,
+            vsock: None,
             vcpus: 1,
             memory_mib: 64,
             boot_protocol: BootProtocol::Auto,
@@ -118,6 +151,11 @@ pub struct ProbeReport {
     pub irq_mode: IrqMode,
     /// The virtio devices: the VMM's view merged with the guest's counts.
     pub devices: Vec<DeviceReport>,
+    /// The host side of the vsock workload.
+    pub vsock_host: Option<PeerReport>,
+    /// Every interrupt the VMM raised on an MSI vector was taken by the guest, and no
+    /// legacy line was taken more often than raised.
+    pub interrupts_match: bool,
 }
 
 /// Exit counts of a run.
@@ -153,18 +191,33 @@ pub struct DeviceReport {
     pub vectors: Vec<VectorReport>,
     /// The legacy line.
     pub legacy: LegacyReport,
-    /// Requests the guest was asked to run on this device.
-    pub requests_asked: u64,
+    /// Requests the guest was asked to run on this device (block devices).
+    pub requests_asked: Option<u64>,
     /// Requests the device completed (VMM view).
     pub requests_completed: u64,
     /// Read-back mismatches (guest view).
     pub data_errors: Option<u64>,
+    /// The guest driver's account of a vsock workload.
+    pub vsock: Option<Value>,
     /// What the guest driver noted about the device (a fallback, an unused queue).
     pub guest_note: Option<String>,
     /// What the guest driver found wrong with the device.
     pub guest_errors: Vec<String>,
     /// Guest mistakes the transport counted.
     pub transport_errors: crate::mmio::TransportErrors,
+}
+
+impl DeviceReport {
+    /// The VMM's and the guest's interrupt counts agree: on each MSI vector the guest took
+    /// exactly what was sent; the legacy line may merge edges, so at most what was sent.
+    pub fn interrupts_match(&self) -> bool {
+        let vectors = self
+            .vectors
+            .iter()
+            .all(|v| v.received.is_none_or(|r| r == v.sent));
+        let legacy = self.legacy.received.is_none_or(|r| r <= self.legacy.sent);
+        vectors && legacy
+    }
 }
 
 /// One MSI vector in the report.
@@ -206,6 +259,9 @@ pub enum ProbeError {
     /// The temporary disk image could not be made.
     #[error("cannot create the probe's disk image: {0}")]
     Disk(std::io::Error),
+    /// The vsock sockets could not be set up.
+    #[error("cannot set up the probe's vsock sockets: {0}")]
+    Vsock(std::io::Error),
 }
 
 /// Boots the embedded probe with `options` and collects the report.
@@ -239,20 +295,47 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
             serial: Some("probe-disk".into()),
         });
         disk = Some(file);
-        words.push(format!(
-            "probe.irq={}",
-            match options.irq {
-                IrqMode::Msi => "msi",
-                IrqMode::Legacy => "legacy",
-            }
-        ));
+        words.push(format!("probe.irq={}", irq_word(options.irq)));
         words.push(format!("probe.requests={}", options.requests));
+    }
+    if options.blk_queues.is_none() && options.vsock.is_some() {
+        words.push(format!("probe.irq={}", irq_word(options.irq)));
+    }
+    // The sockets live in a private directory that goes with the run.
+    let mut vsock_dir = None;
+    let mut peer = None;
+    if let Some(w) = options.vsock {
+        let dir = tempfile::tempdir().map_err(ProbeError::Vsock)?;
+        let uds = dir.path().join("vsock.sock");
+        config.vsock = Some(VsockConfig {
+            guest_cid: VSOCK_CID,
+            uds_path: uds.clone(),
+        });
+        words.push(format!(
+            "probe.vsock.listen={VSOCK_GUEST_PORT} probe.vsock.conns={} probe.vsock.bytes={} \
+             probe.vsock.connect={VSOCK_HOST_PORT} probe.vsock.events=1",
+            w.conns, w.bytes
+        ));
+        peer = Some(
+            VsockPeer::bind(PeerPlan {
+                uds,
+                guest_port: VSOCK_GUEST_PORT,
+                conns: w.conns,
+                bytes: w.bytes,
+                listen_port: VSOCK_HOST_PORT,
+                resets: 1,
+            })
+            .map_err(ProbeError::Vsock)?,
+        );
+        vsock_dir = Some(dir);
     }
     words.extend(options.extra_cmdline.iter().cloned());
     config.cmdline = words.join(" ");
 
     let mut vm = Vm::start(&config)?;
+    let peer = peer.map(|p| p.start(vm.vsock().cloned()));
     let exit = vm.wait(Some(options.timeout));
+    let vsock_host = peer.map(|p| p.finish());
     let run_ms = started.elapsed().as_secs_f64() * 1000.0;
     let memory = vm.memory_usage();
     let exits = vm.metrics();
@@ -262,6 +345,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     let boot_protocol = vm.entry().protocol_name();
     drop(vm);
     drop(disk);
+    drop(vsock_dir);
 
     let output =
         String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
@@ -280,11 +364,15 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         .iter()
         .map(|d| merge_device(d, guest.as_ref(), u64::from(options.requests)))
         .collect();
+    let host_ok = vsock_host.as_ref().is_none_or(|(plan, r)| r.ok(plan));
+    let interrupts_match = devices.iter().all(DeviceReport::interrupts_match);
     Ok(ProbeReport {
         irq_mode: options.irq,
         devices,
+        vsock_host: vsock_host.map(|(_, r)| r),
         first_output_ms: exits.first_output_ms,
-        ok: guest_ok && exit == VmExit::DebugExit(0),
+        ok: guest_ok && host_ok && interrupts_match && exit == VmExit::DebugExit(0),
+        interrupts_match,
         booted: exits.boot_timer_ms.is_some(),
         vcpus,
         vcpus_configured: options.vcpus,
@@ -303,6 +391,13 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         },
         memory,
     })
+}
+
+fn irq_word(mode: IrqMode) -> &'static str {
+    match mode {
+        IrqMode::Msi => "msi",
+        IrqMode::Legacy => "legacy",
+    }
 }
 
 /// The guest's entry for the device at `base`, if it reported one.
@@ -365,10 +460,13 @@ fn merge_device(
                 .and_then(Value::as_u64),
         },
         // The probe drives at most 16 queues of a device (it says so in its note).
-        requests_asked: requests_per_queue
-            * g.and_then(|g| g.get("queues"))
-                .and_then(Value::as_u64)
-                .unwrap_or(u64::from(stats.queues)),
+        requests_asked: (stats.device_type == "block").then(|| {
+            requests_per_queue
+                * g.and_then(|g| g.get("queues"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(u64::from(stats.queues))
+        }),
+        vsock: g.and_then(|g| g.get("vsock")).cloned(),
         guest_note: g
             .and_then(|g| g.get("note"))
             .and_then(Value::as_str)
