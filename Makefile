@@ -47,6 +47,7 @@ bench: build
 	$(CARGO) bench -p pulse-vmm --bench boot
 	$(CARGO) bench -p pulse-vmm --bench exits
 	$(CARGO) bench -p pulse-vmm --bench block -- --noplot
+	$(CARGO) bench -p pulse-vmm --bench vsock -- --noplot
 
 clean:
 	$(CARGO) clean
