@@ -82,12 +82,10 @@ impl Guest {
             tx_slot: 0,
             consumed: Default::default(),
         };
-        let heads: Vec<u16> = (0..QSIZE)
-            .map(|i| {
-                g.rx.write_desc(i, RX_BASE + u64::from(i) * u64::from(RX_BUF), RX_BUF, 2, 0);
-                i
-            })
-            .collect();
+        let heads: Vec<u16> = (0..QSIZE).collect();
+        for &i in &heads {
+            g.rx.write_desc(i, RX_BASE + u64::from(i) * u64::from(RX_BUF), RX_BUF, 2, 0);
+        }
         g.rx.publish(&heads);
         (g, queues)
     }
