@@ -85,6 +85,21 @@ impl Default for VsockPlan {
     }
 }
 
+/// What the net workload does (`probe.net.*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetPlan {
+    /// `probe.net.frames=F`: frames sent on every tx queue (at most 32).
+    pub frames: u32,
+    /// `probe.net.rx=R`: host frames every rx queue must receive.
+    pub rx: u32,
+}
+
+impl Default for NetPlan {
+    fn default() -> Self {
+        Self { frames: 16, rx: 4 }
+    }
+}
+
 /// Most host connections the vsock echo server tracks at once.
 pub const MAX_VSOCK_CONNS: u32 = 128;
 
@@ -105,6 +120,9 @@ pub struct Config {
     /// `probe.masktest=1`.
     pub masktest: bool,
     pub vsock: VsockPlan,
+    pub net: NetPlan,
+    /// `probe.console.echo=1`: wait for a line of host input on hvc0 and echo it.
+    pub console_echo: bool,
     /// Problems with the words the probe understands (bad values).
     pub errors: ErrorList,
 }
@@ -120,6 +138,8 @@ impl Default for Config {
             requests: DEFAULT_REQUESTS,
             masktest: false,
             vsock: VsockPlan::default(),
+            net: NetPlan::default(),
+            console_echo: false,
             errors: ErrorList::new(),
         }
     }
@@ -152,6 +172,9 @@ pub const KEYS: &[(&str, Handler)] = &[
     ("probe.vsock.bytes", set_vsock_bytes),
     ("probe.vsock.connect", set_vsock_connect),
     ("probe.vsock.events", set_vsock_events),
+    ("probe.net.frames", set_net_frames),
+    ("probe.net.rx", set_net_rx),
+    ("probe.console.echo", set_console_echo),
 ];
 
 /// Largest value `probe.cpus` accepts (xAPIC ids are 8 bits).
@@ -304,6 +327,25 @@ fn set_vsock_connect(cfg: &mut Config, value: &str) -> Result<(), &'static str> 
 
 fn set_vsock_events(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
     cfg.vsock.events = bounded(value, 0..=16, "cmdline: bad probe.vsock.events")?;
+    Ok(())
+}
+
+fn set_net_frames(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    cfg.net.frames = bounded(value, 1..=32, "cmdline: bad probe.net.frames")?;
+    Ok(())
+}
+
+fn set_net_rx(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    cfg.net.rx = bounded(value, 0..=4096, "cmdline: bad probe.net.rx")?;
+    Ok(())
+}
+
+fn set_console_echo(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    cfg.console_echo = match value {
+        "1" | "" => true,
+        "0" => false,
+        _ => return Err("cmdline: bad probe.console.echo"),
+    };
     Ok(())
 }
 
@@ -492,5 +534,21 @@ mod tests {
             ]
         );
         assert_eq!(c.vsock, VsockPlan::default());
+    }
+
+    #[test]
+    fn net_and_console_keys() {
+        let c = parse("probe.net.frames=8 probe.net.rx=2 probe.console.echo=1");
+        assert!(c.errors.is_empty());
+        assert_eq!(c.net, NetPlan { frames: 8, rx: 2 });
+        assert!(c.console_echo);
+        let c = parse("probe.net.frames=33 probe.console.echo=yes");
+        assert_eq!(
+            c.errors.as_slice(),
+            &[
+                "cmdline: bad probe.net.frames",
+                "cmdline: bad probe.console.echo"
+            ]
+        );
     }
 }

@@ -41,6 +41,34 @@ pub enum Expect {
     Any,
 }
 
+/// Most queue pairs the probe drives on a net device (2 * 7 + 1 queues fit in 16).
+pub const MAX_NET_PAIRS: usize = 7;
+
+/// `"net"`: frames sent and received per queue pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetResult {
+    pub pairs: u16,
+    /// The control queue's VQ_PAIRS_SET: `None` if not needed (one pair).
+    pub mq_set: Option<bool>,
+    pub frames_per_pair: u32,
+    pub rx_expected_per_pair: u32,
+    pub tx_done: [u32; MAX_NET_PAIRS],
+    pub rx_host: [u32; MAX_NET_PAIRS],
+    /// Frames that were not the harness's (e.g. the host's own IPv6 traffic).
+    pub rx_other: u32,
+    pub bad_buffers: u32,
+}
+
+/// `"console"`: what went over hvc0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleResult {
+    pub writes_done: u32,
+    pub bytes_received: u32,
+    pub echo_asked: bool,
+    pub line_received: bool,
+    pub echo_sent: bool,
+}
+
 /// `"vsock"`: what the echo server and the guest-initiated connection did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VsockResult {
@@ -98,6 +126,8 @@ pub struct DeviceReport {
     pub used_len_errors: u32,
     pub mask_test: Option<MaskTest>,
     pub vsock: Option<VsockResult>,
+    pub net: Option<NetResult>,
+    pub console: Option<ConsoleResult>,
     /// Something worth knowing that is not an error (skipped device, legacy fallback).
     pub note: Option<&'static str>,
     pub errors: ErrorList,
@@ -129,6 +159,29 @@ impl DeviceReport {
         if self.data_errors > 0 {
             self.errors
                 .push("blk: read-back differs from what was written");
+        }
+        if let Some(n) = self.net {
+            if n.mq_set == Some(false) {
+                self.errors.push("net: the device refused VQ_PAIRS_SET");
+            }
+            let pairs = (n.pairs as usize).min(MAX_NET_PAIRS);
+            if n.tx_done[..pairs].iter().any(|t| *t < n.frames_per_pair) {
+                self.errors.push("net: frames not sent on every tx queue");
+            }
+            if n.rx_host[..pairs]
+                .iter()
+                .any(|r| *r < n.rx_expected_per_pair)
+            {
+                self.errors.push("net: host frames missing on an rx queue");
+            }
+        }
+        if let Some(c) = self.console {
+            if c.writes_done == 0 {
+                self.errors.push("console: the hello line was not written");
+            }
+            if c.echo_asked && !c.echo_sent {
+                self.errors.push("console: no host input line to echo");
+            }
         }
         if let Some(v) = self.vsock {
             if v.conns_done < v.conns_expected {
@@ -223,6 +276,31 @@ impl DeviceReport {
             .u64("data_errors", self.data_errors as u64);
         if self.used_len_errors > 0 {
             o.u64("used_len_errors", self.used_len_errors as u64);
+        }
+        if let Some(n) = self.net {
+            let pairs = (n.pairs as usize).min(MAX_NET_PAIRS);
+            let mut e = o.object("net");
+            e.u64("pairs", n.pairs as u64);
+            match n.mq_set {
+                Some(ok) => e.bool("mq_set", ok),
+                None => e.null("mq_set"),
+            };
+            e.u64("frames_per_pair", n.frames_per_pair as u64)
+                .u64("rx_expected_per_pair", n.rx_expected_per_pair as u64)
+                .u32_list("tx_done", &n.tx_done[..pairs])
+                .u32_list("rx_host", &n.rx_host[..pairs])
+                .u64("rx_other", n.rx_other as u64)
+                .u64("bad_buffers", n.bad_buffers as u64);
+            let _ = e.end();
+        }
+        if let Some(c) = self.console {
+            let mut e = o.object("console");
+            e.u64("writes_done", c.writes_done as u64)
+                .u64("bytes_received", c.bytes_received as u64)
+                .bool("echo_asked", c.echo_asked)
+                .bool("line_received", c.line_received)
+                .bool("echo_sent", c.echo_sent);
+            let _ = e.end();
         }
         if let Some(v) = self.vsock {
             let mut e = o.object("vsock");

@@ -17,6 +17,7 @@ pub mod devreport;
 pub mod errors;
 pub mod json;
 pub mod mptable;
+pub mod net_spec;
 pub mod virtio_spec;
 pub mod vsock_spec;
 pub mod workload;

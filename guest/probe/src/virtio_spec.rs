@@ -46,6 +46,8 @@ pub const VERSION_1X: u32 = 2;
 /// Device types.
 pub const DEVICE_ID_BLOCK: u32 = 2;
 pub const DEVICE_ID_VSOCK: u32 = 19;
+pub const DEVICE_ID_NET: u32 = 1;
+pub const DEVICE_ID_CONSOLE: u32 = 3;
 
 /// Device status bits.
 pub mod status {

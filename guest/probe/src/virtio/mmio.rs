@@ -47,6 +47,13 @@ impl Window {
         unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
     }
 
+    /// One byte of device configuration space (the only area with 8-bit access).
+    pub fn read8(&self, offset: u64) -> u8 {
+        debug_assert!(offset < self.size);
+        // SAFETY: as for `read32`; one 8-bit MMIO read.
+        unsafe { core::ptr::read_volatile((self.base + offset) as *const u8) }
+    }
+
     pub fn read16(&self, offset: u64) -> u16 {
         debug_assert!(offset + 2 <= self.size);
         // SAFETY: as for `read32`; one 16-bit MMIO read.

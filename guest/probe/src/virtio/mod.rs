@@ -8,7 +8,9 @@
 //! optional mask test. The counts end up in [`DeviceReport`]s for the JSON line.
 
 pub mod blk;
+pub mod console;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod vsock;
 
@@ -21,7 +23,10 @@ use blk::QueueRun;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use mmio::Window;
 use pulse_probe::cmdline::{Config, IrqMode, MmioDevice, MAX_MMIO_DEVICES};
-use pulse_probe::devreport::{DeviceReport, Expect, MaskTest, VectorReport, MAX_VECTORS};
+use pulse_probe::devreport::{
+    DeviceReport, Expect, MaskTest, VectorReport, MAX_NET_PAIRS, MAX_VECTORS,
+};
+use pulse_probe::net_spec::{self as ns, net_feature};
 use pulse_probe::virtio_spec::{self as spec, blk as vblk, feature, reg, status};
 use pulse_probe::vsock_spec;
 use pulse_probe::workload::{owner, Plan};
@@ -53,6 +58,8 @@ const PHASE_DONE: u8 = 2;
 enum Kind {
     Blk,
     Vsock,
+    Net,
+    Console,
 }
 
 impl Kind {
@@ -60,6 +67,8 @@ impl Kind {
         match device_id {
             spec::DEVICE_ID_BLOCK => Some(Kind::Blk),
             spec::DEVICE_ID_VSOCK => Some(Kind::Vsock),
+            spec::DEVICE_ID_NET => Some(Kind::Net),
+            spec::DEVICE_ID_CONSOLE => Some(Kind::Console),
             _ => None,
         }
     }
@@ -69,7 +78,7 @@ impl Kind {
     fn owner(self, q: u16, cpus: usize) -> usize {
         match self {
             Kind::Blk => owner(q, cpus),
-            Kind::Vsock => 0,
+            Kind::Vsock | Kind::Net | Kind::Console => 0,
         }
     }
 }
@@ -85,6 +94,8 @@ struct Device {
     plan: Option<Plan>,
     /// The vsock device's queues and CID.
     vsock: Option<(vsock::Queues, u64)>,
+    net: Option<net::Queues>,
+    console: Option<console::Queues>,
     msi: bool,
     /// IDT vector of MSI index i (0 = config, q+1 = queue q).
     vectors: [u8; MAX_VECTORS],
@@ -180,6 +191,8 @@ pub fn run(cfg: &Config, ioapic_addr: Option<u32>) -> Outcome {
         match device(d) {
             Some(dev) if dev.kind == Kind::Blk => run_device(d, report),
             Some(dev) if dev.kind == Kind::Vsock => run_vsock(&dev, cfg, report),
+            Some(dev) if dev.kind == Kind::Net => run_net(&dev, cfg, report),
+            Some(dev) if dev.kind == Kind::Console => run_console(&dev, cfg, report),
             _ => {}
         }
     }
@@ -249,7 +262,8 @@ fn setup(
     let offered = lo | (w.read32(reg::DEVICE_FEATURES) as u64) << 32;
     let wanted = match kind {
         Kind::Blk => feature::BLK_MQ,
-        Kind::Vsock => 0,
+        Kind::Net => net_feature::MAC | net_feature::CTRL_VQ | net_feature::MQ,
+        Kind::Vsock | Kind::Console => 0,
     };
     let accepted = match spec::negotiate_from(offered, wanted) {
         Ok(f) => f,
@@ -269,10 +283,24 @@ fn setup(
 
     // Configuration, read consistently (ConfigGeneration): the block device's capacity and
     // queue count, the vsock device's CID (and its fixed three queues).
+    // For net: 2N queues for N pairs, the control queue last; for the console, port 0's two.
     let (capacity, device_queues) = match kind {
         Kind::Blk => read_config(&w, accepted & feature::BLK_MQ != 0),
         Kind::Vsock => (read_config_u64(&w, vsock_spec::CFG_GUEST_CID), 3),
+        Kind::Net => {
+            let ctrl = accepted & net_feature::CTRL_VQ != 0;
+            let pairs = if accepted & net_feature::MQ != 0 && ctrl {
+                w.read16(reg::CONFIG + ns::NET_CFG_MAX_PAIRS)
+            } else {
+                1
+            };
+            (pairs as u64, 2 * pairs + u16::from(ctrl))
+        }
+        Kind::Console => (0, 2),
     };
+    if kind == Kind::Net && (capacity == 0 || capacity as usize > MAX_NET_PAIRS) {
+        return failed("net: max_virtqueue_pairs is 0 or more than the probe drives");
+    }
     if device_queues == 0 {
         return failed("blk: num_queues is 0");
     }
@@ -305,9 +333,9 @@ fn setup(
             }
             Some(plan)
         }
-        Kind::Vsock => {
+        Kind::Vsock | Kind::Net | Kind::Console => {
             if qsize < 4 {
-                return failed("vsock: queues too small");
+                return failed("virtio: queues too small");
             }
             None
         }
@@ -321,6 +349,8 @@ fn setup(
         queues: nq,
         plan,
         vsock: None,
+        net: None,
+        console: None,
         msi: false,
         vectors: [0; MAX_VECTORS],
         legacy_vector: LEGACY_VECTOR_BASE + d as u8,
@@ -348,8 +378,9 @@ fn setup(
         Some(f) if f & spec::VENDOR_F_PER_QUEUE_NOTIFY != 0 => Some(w.read32(reg::QUEUE_NOTIFY)),
         _ => None,
     };
-    let mut vsock_queues = [Virtq::new(d, 0, qsize); 3];
-    let mut vsock_doorbells = [(0u64, 0u32); 3];
+    // The queues of the devices that the BSP drives (all but block).
+    let mut queues = [Virtq::new(d, 0, qsize); MAX_QUEUES];
+    let mut doorbells = [(0u64, 0u32); MAX_QUEUES];
     for q in 0..nq {
         let vq = Virtq::new(d, q as usize, qsize);
         vq.init();
@@ -384,20 +415,53 @@ fn setup(
                 unsafe { *run_of(d, q) = Some(run) };
             }
             _ => {
-                vsock_queues[q as usize] = vq;
-                vsock_doorbells[q as usize] = (w.addr(doorbell), q as u32);
+                queues[q as usize] = vq;
+                doorbells[q as usize] = (w.addr(doorbell), q as u32);
             }
         }
     }
-    if kind == Kind::Vsock {
-        let queues = vsock::Queues {
-            rx: vsock_queues[0],
-            tx: vsock_queues[1],
-            ev: vsock_queues[2],
-            doorbells: vsock_doorbells,
-            size: qsize,
-        };
-        dev.vsock = Some((queues, capacity));
+    match kind {
+        Kind::Vsock => {
+            let q = vsock::Queues {
+                rx: queues[0],
+                tx: queues[1],
+                ev: queues[2],
+                doorbells: [doorbells[0], doorbells[1], doorbells[2]],
+                size: qsize,
+            };
+            dev.vsock = Some((q, capacity));
+        }
+        Kind::Net => {
+            let pairs = capacity as usize;
+            let queue = |i: usize| net::Queue {
+                vq: queues[i],
+                doorbell: doorbells[i],
+            };
+            let mut mac = [0u8; 6];
+            for (i, b) in mac.iter_mut().enumerate() {
+                *b = w.read8(reg::CONFIG + ns::NET_CFG_MAC + i as u64);
+            }
+            let mut q = net::Queues {
+                pairs,
+                rx: [None; MAX_NET_PAIRS],
+                tx: [None; MAX_NET_PAIRS],
+                ctrl: (accepted & net_feature::CTRL_VQ != 0).then(|| queue(2 * pairs)),
+                mac,
+            };
+            for p in 0..pairs {
+                q.rx[p] = Some(queue(2 * p));
+                q.tx[p] = Some(queue(2 * p + 1));
+            }
+            dev.net = Some(q);
+        }
+        Kind::Console => {
+            dev.console = Some(console::Queues {
+                rx: queues[0],
+                tx: queues[1],
+                doorbells: [doorbells[0], doorbells[1]],
+            });
+        }
+        Kind::Blk => {}
     }
 
     w.write32(reg::STATUS, st | status::DRIVER_OK);
@@ -623,6 +687,45 @@ fn run_vsock(dev: &Device, cfg: &Config, report: &mut DeviceReport) {
     report.vsock = Some(result);
 }
 
+/// The pacers of a BSP-driven device's queues, indexed like its queues.
+fn pacers(dev: &Device) -> [IrqPacer; MAX_QUEUES] {
+    let bsp = cpus()[0].0;
+    core::array::from_fn(|q| {
+        if dev.msi && q + 1 < MAX_VECTORS {
+            IrqPacer::msi(bsp, dev.vectors[q + 1])
+        } else {
+            IrqPacer::legacy()
+        }
+    })
+}
+
+/// Runs the net workload of `dev` on the BSP.
+fn run_net(dev: &Device, cfg: &Config, report: &mut DeviceReport) {
+    let Some(queues) = dev.net else {
+        return;
+    };
+    let mut pacers = pacers(dev);
+    lapic::start_watchdog(WATCHDOG_VECTOR, WATCHDOG_MS);
+    let result = net::run(&queues, cfg.net, &mut pacers);
+    lapic::stop_watchdog();
+    arch::cli();
+    report.net = Some(result);
+}
+
+/// Runs the console workload of `dev` on the BSP.
+fn run_console(dev: &Device, cfg: &Config, report: &mut DeviceReport) {
+    let Some(queues) = dev.console else {
+        return;
+    };
+    let all = pacers(dev);
+    let mut pacers = [all[0], all[1]];
+    lapic::start_watchdog(WATCHDOG_VECTOR, WATCHDOG_MS);
+    let result = console::run(&queues, cfg.console_echo, &mut pacers);
+    lapic::stop_watchdog();
+    arch::cli();
+    report.console = Some(result);
+}
+
 /// Runs device `d`'s workload on every CPU that owns one of its queues; returns when all
 /// are done or timed out.
 fn run_device(d: usize, report: &mut DeviceReport) {
@@ -773,6 +876,10 @@ fn mask_test(d: usize, report: &mut DeviceReport) {
     });
 }
 
+fn cfg_console_echo(report: &DeviceReport) -> bool {
+    report.console.is_some_and(|c| c.echo_asked)
+}
+
 /// Fills the report with the queues' results and the interrupt counts.
 fn collect(d: usize, dev: &Device, report: &mut DeviceReport) {
     let cpus = cpus();
@@ -832,6 +939,12 @@ fn collect(d: usize, dev: &Device, report: &mut DeviceReport) {
                         Expect::Any
                     }
                     Kind::Vsock => Expect::Some,
+                    // The control queue carries one command, and only with several pairs.
+                    Kind::Net if report.net.is_some_and(|n| n.pairs > 1 || i < 3) => Expect::Some,
+                    Kind::Net => Expect::Any,
+                    // receiveq0 only has traffic when host input was asked for.
+                    Kind::Console if i == 1 && !cfg_console_echo(report) => Expect::Any,
+                    Kind::Console => Expect::Some,
                 },
             };
         }

@@ -1,0 +1,166 @@
+//! The virtio-console driver (port 0, the guest console `hvc0`) and its workload, run on the
+//! BSP: write a hello line, and, when asked, wait for one line of host input and write it
+//! back after `echo: `.
+
+use super::queue::Virtq;
+use super::{mmio, IrqPacer};
+use crate::arch::{self, Deadline, RacyCell};
+use core::mem::MaybeUninit;
+use pulse_probe::devreport::ConsoleResult;
+use pulse_probe::net_spec::{CONSOLE_ECHO_PREFIX, CONSOLE_HELLO};
+use pulse_probe::virtio_spec::ring;
+
+const RX_SLOTS: usize = 8;
+const RX_BUF: usize = 256;
+const LINE_MAX: usize = 200;
+const WORKLOAD_MS: u64 = 30_000;
+const SETTLE_MS: u64 = 50;
+
+#[repr(C, align(4096))]
+struct Buffers {
+    rx: [[u8; RX_BUF]; RX_SLOTS],
+    hello: [u8; 64],
+    echo: [u8; 256],
+}
+
+/// Not zeroed: every byte the device reads is written first.
+#[link_section = ".noinit.console_bufs"]
+static BUFS: RacyCell<MaybeUninit<Buffers>> = RacyCell::new(MaybeUninit::uninit());
+
+fn bufs() -> *mut Buffers {
+    BUFS.get() as *mut Buffers
+}
+
+fn rx_addr(slot: usize) -> u64 {
+    // SAFETY: address computation inside the static (no access); slot < RX_SLOTS.
+    unsafe { core::ptr::addr_of!((*bufs()).rx[slot]) as u64 }
+}
+
+fn write_bytes(addr: u64, data: &[u8]) {
+    for (i, b) in data.iter().enumerate() {
+        // SAFETY: `addr..addr + data.len()` lies in this module's buffers, which the device
+        // does not use until the descriptor pointing there is published.
+        unsafe { core::ptr::write_volatile((addr + i as u64) as *mut u8, *b) };
+    }
+}
+
+fn read_byte(addr: u64) -> u8 {
+    // SAFETY: one byte of this module's buffers, written by the device before the used
+    // index the caller acquired.
+    unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+
+/// The two queues of port 0 and their doorbells.
+#[derive(Clone, Copy)]
+pub struct Queues {
+    pub rx: Virtq,
+    pub tx: Virtq,
+    pub doorbells: [(u64, u32); 2],
+}
+
+/// Runs the console workload. `pacers` pace receiveq0 and transmitq0.
+pub fn run(q: &Queues, echo: bool, pacers: &mut [IrqPacer; 2]) -> ConsoleResult {
+    let mut r = ConsoleResult {
+        echo_asked: echo,
+        ..ConsoleResult::default()
+    };
+    let kick = |i: usize| mmio::ring_doorbell(q.doorbells[i].0, q.doorbells[i].1);
+    let mut rx_avail = 0u16;
+    for slot in 0..RX_SLOTS {
+        q.rx.set_desc(
+            slot as u16,
+            rx_addr(slot),
+            RX_BUF as u32,
+            ring::DESC_F_WRITE,
+            0,
+        );
+        q.rx.put_avail(rx_avail, slot as u16);
+        rx_avail = rx_avail.wrapping_add(1);
+    }
+    q.rx.publish(rx_avail);
+    kick(0);
+
+    // SAFETY: address computations inside the static.
+    let (hello, echo_buf) = unsafe {
+        (
+            core::ptr::addr_of!((*bufs()).hello) as u64,
+            core::ptr::addr_of!((*bufs()).echo) as u64,
+        )
+    };
+    write_bytes(hello, CONSOLE_HELLO);
+    q.tx.set_desc(0, hello, CONSOLE_HELLO.len() as u32, 0, 0);
+    q.tx.put_avail(0, 0);
+    q.tx.publish(1);
+    kick(1);
+    let mut tx_avail = 1u16;
+
+    let mut line = [0u8; LINE_MAX];
+    let mut line_len = 0;
+    let (mut rx_used, mut tx_used) = (0u16, 0u16);
+    let mut deadline = Deadline::after_ms(WORKLOAD_MS);
+    loop {
+        let mut progress = false;
+        while tx_used != q.tx.used_idx() {
+            tx_used = tx_used.wrapping_add(1);
+            r.writes_done += 1;
+            progress = true;
+        }
+        let mut reposted = false;
+        while rx_used != q.rx.used_idx() {
+            let (id, len) = q.rx.used_elem(rx_used);
+            rx_used = rx_used.wrapping_add(1);
+            progress = true;
+            let slot = id as usize;
+            if slot >= RX_SLOTS {
+                continue;
+            }
+            for k in 0..(len as usize).min(RX_BUF) {
+                let b = read_byte(rx_addr(slot) + k as u64);
+                r.bytes_received += 1;
+                if r.line_received || !echo {
+                    continue;
+                }
+                if b == b'\n' {
+                    r.line_received = true;
+                } else if line_len < LINE_MAX {
+                    line[line_len] = b;
+                    line_len += 1;
+                }
+            }
+            q.rx.put_avail(rx_avail, slot as u16);
+            rx_avail = rx_avail.wrapping_add(1);
+            reposted = true;
+        }
+        if reposted {
+            q.rx.publish(rx_avail);
+            kick(0);
+        }
+        if r.line_received && !r.echo_sent {
+            let n = CONSOLE_ECHO_PREFIX.len();
+            write_bytes(echo_buf, CONSOLE_ECHO_PREFIX);
+            write_bytes(echo_buf + n as u64, &line[..line_len]);
+            write_bytes(echo_buf + (n + line_len) as u64, b"\n");
+            q.tx.set_desc(1, echo_buf, (n + line_len + 1) as u32, 0, 0);
+            q.tx.put_avail(tx_avail, 1);
+            tx_avail = tx_avail.wrapping_add(1);
+            q.tx.publish(tx_avail);
+            kick(1);
+            r.echo_sent = true;
+        }
+        arch::interrupt_window();
+        pacers[0].rearm(&q.rx, rx_used);
+        pacers[1].rearm(&q.tx, tx_used);
+        let wanted_writes = 1 + u32::from(echo);
+        if (r.writes_done >= wanted_writes && (!echo || r.echo_sent)) || deadline.expired() {
+            break;
+        }
+        if !progress {
+            arch::sti_hlt();
+            arch::cli();
+        }
+    }
+    arch::sti();
+    Deadline::after_ms(SETTLE_MS).wait();
+    arch::cli();
+    r
+}

@@ -1,0 +1,223 @@
+//! The virtio-net driver and its workload, run on the BSP: set the number of queue pairs
+//! through the control queue, send frames on every tx queue, and take the host harness's
+//! frames on every rx queue (the tap spreads them over its queues by flow hash).
+
+use super::queue::{Virtq, QUEUE_SIZE_CAP};
+use super::{mmio, IrqPacer};
+use crate::arch::{self, Deadline, RacyCell};
+use core::mem::MaybeUninit;
+use pulse_probe::cmdline::NetPlan;
+use pulse_probe::devreport::{NetResult, MAX_NET_PAIRS};
+use pulse_probe::net_spec::{self as ns, NET_HDR_LEN, PROBE_FRAME_LEN};
+use pulse_probe::virtio_spec::ring;
+
+const RX_PER_QUEUE: usize = QUEUE_SIZE_CAP as usize / 2;
+const RX_BUF: usize = 2048;
+const TX_PER_QUEUE: usize = QUEUE_SIZE_CAP as usize / 2;
+const TX_BUF: usize = 128;
+const WORKLOAD_MS: u64 = 30_000;
+const SETTLE_MS: u64 = 50;
+
+#[repr(C, align(4096))]
+struct Buffers {
+    rx: [[[u8; RX_BUF]; RX_PER_QUEUE]; MAX_NET_PAIRS],
+    tx: [[[u8; TX_BUF]; TX_PER_QUEUE]; MAX_NET_PAIRS],
+    ctrl: [u8; 16],
+}
+
+/// Not zeroed: every byte the device reads is written first.
+#[link_section = ".noinit.net_bufs"]
+static BUFS: RacyCell<MaybeUninit<Buffers>> = RacyCell::new(MaybeUninit::uninit());
+
+fn bufs() -> *mut Buffers {
+    BUFS.get() as *mut Buffers
+}
+
+fn rx_addr(pair: usize, slot: usize) -> u64 {
+    // SAFETY: address computation inside the static (no access); indexes in bounds.
+    unsafe { core::ptr::addr_of!((*bufs()).rx[pair][slot]) as u64 }
+}
+
+fn tx_addr(pair: usize, slot: usize) -> u64 {
+    // SAFETY: as above.
+    unsafe { core::ptr::addr_of!((*bufs()).tx[pair][slot]) as u64 }
+}
+
+fn ctrl_addr() -> u64 {
+    // SAFETY: as above.
+    unsafe { core::ptr::addr_of!((*bufs()).ctrl) as u64 }
+}
+
+fn write_bytes(addr: u64, data: &[u8]) {
+    for (i, b) in data.iter().enumerate() {
+        // SAFETY: `addr..addr + data.len()` lies in one of this module's buffers, which the
+        // device does not use until the descriptor pointing there is published.
+        unsafe { core::ptr::write_volatile((addr + i as u64) as *mut u8, *b) };
+    }
+}
+
+fn read_byte(addr: u64) -> u8 {
+    // SAFETY: one byte of this module's buffers, written by the device before the used
+    // index the caller acquired.
+    unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+
+/// One queue: its ring, doorbell and pacer slot.
+#[derive(Clone, Copy)]
+pub struct Queue {
+    pub vq: Virtq,
+    pub doorbell: (u64, u32),
+}
+
+impl Queue {
+    fn kick(&self) {
+        mmio::ring_doorbell(self.doorbell.0, self.doorbell.1);
+    }
+}
+
+/// The device's queues as the transport set them up.
+#[derive(Clone, Copy)]
+pub struct Queues {
+    pub pairs: usize,
+    pub rx: [Option<Queue>; MAX_NET_PAIRS],
+    pub tx: [Option<Queue>; MAX_NET_PAIRS],
+    pub ctrl: Option<Queue>,
+    pub mac: [u8; 6],
+}
+
+/// Runs the net workload on the BSP with interrupts off (they come in while it halts).
+/// `pacers[2p]`, `pacers[2p + 1]` pace pair p's rx and tx queues, `pacers[2 * pairs]` the
+/// control queue.
+pub fn run(q: &Queues, plan: NetPlan, pacers: &mut [IrqPacer]) -> NetResult {
+    let mut r = NetResult {
+        pairs: q.pairs as u16,
+        frames_per_pair: plan.frames,
+        rx_expected_per_pair: plan.rx,
+        ..NetResult::default()
+    };
+    let mut deadline = Deadline::after_ms(WORKLOAD_MS);
+    let idle = || {
+        arch::sti_hlt();
+        arch::cli();
+    };
+
+    // Queue pairs beyond the first only carry traffic once the driver asks for them.
+    if let (Some(ctrl), true) = (q.ctrl, q.pairs > 1) {
+        let a = ctrl_addr();
+        write_bytes(a, &[ns::CTRL_CLASS_MQ, ns::CTRL_MQ_VQ_PAIRS_SET]);
+        write_bytes(a + 2, &(q.pairs as u16).to_le_bytes());
+        write_bytes(a + 8, &[0xff]);
+        ctrl.vq.set_desc(0, a, 2, ring::DESC_F_NEXT, 1);
+        ctrl.vq.set_desc(1, a + 2, 2, ring::DESC_F_NEXT, 2);
+        ctrl.vq.set_desc(2, a + 8, 1, ring::DESC_F_WRITE, 0);
+        ctrl.vq.put_avail(0, 0);
+        ctrl.vq.publish(1);
+        ctrl.kick();
+        while ctrl.vq.used_idx() == 0 && !deadline.expired() {
+            idle();
+        }
+        let ok = ctrl.vq.used_idx() != 0 && read_byte(a + 8) == ns::CTRL_OK;
+        r.mq_set = Some(ok);
+        arch::interrupt_window();
+        pacers[2 * q.pairs].rearm(&ctrl.vq, ctrl.vq.used_idx());
+    }
+
+    let mut rx_avail = [0u16; MAX_NET_PAIRS];
+    let mut rx_used = [0u16; MAX_NET_PAIRS];
+    let mut tx_used = [0u16; MAX_NET_PAIRS];
+    let tx_frames = (plan.frames as usize).min(TX_PER_QUEUE);
+    for p in 0..q.pairs {
+        let (Some(rx), Some(tx)) = (q.rx[p], q.tx[p]) else {
+            continue;
+        };
+        for slot in 0..RX_PER_QUEUE {
+            rx.vq.set_desc(
+                slot as u16,
+                rx_addr(p, slot),
+                RX_BUF as u32,
+                ring::DESC_F_WRITE,
+                0,
+            );
+            rx.vq.put_avail(rx_avail[p], slot as u16);
+            rx_avail[p] = rx_avail[p].wrapping_add(1);
+        }
+        rx.vq.publish(rx_avail[p]);
+        rx.kick();
+        // The frames of one pair go out as one batch: one avail-index store, one doorbell.
+        for i in 0..tx_frames {
+            let a = tx_addr(p, i);
+            write_bytes(a, &[0u8; NET_HDR_LEN]);
+            write_bytes(
+                a + NET_HDR_LEN as u64,
+                &ns::probe_frame(q.mac, p as u16, i as u32),
+            );
+            let len = (NET_HDR_LEN + PROBE_FRAME_LEN) as u32;
+            tx.vq.set_desc(i as u16, a, len, 0, 0);
+            tx.vq.put_avail(i as u16, i as u16);
+        }
+        tx.vq.publish(tx_frames as u16);
+        tx.kick();
+    }
+
+    loop {
+        let mut progress = false;
+        for p in 0..q.pairs {
+            let (Some(rx), Some(tx)) = (q.rx[p], q.tx[p]) else {
+                continue;
+            };
+            while tx_used[p] != tx.vq.used_idx() {
+                tx_used[p] = tx_used[p].wrapping_add(1);
+                r.tx_done[p] += 1;
+                progress = true;
+            }
+            let mut reposted = false;
+            while rx_used[p] != rx.vq.used_idx() {
+                let (id, len) = rx.vq.used_elem(rx_used[p]);
+                rx_used[p] = rx_used[p].wrapping_add(1);
+                progress = true;
+                let slot = id as usize;
+                if slot >= RX_PER_QUEUE || (len as usize) < NET_HDR_LEN {
+                    r.bad_buffers += 1;
+                    continue;
+                }
+                let frame_len = (len as usize - NET_HDR_LEN).min(RX_BUF - NET_HDR_LEN);
+                let mut head = [0u8; ns::UDP_PAYLOAD_OFFSET + 6];
+                let n = frame_len.min(head.len());
+                for (k, b) in head[..n].iter_mut().enumerate() {
+                    *b = read_byte(rx_addr(p, slot) + (NET_HDR_LEN + k) as u64);
+                }
+                if ns::is_host_frame(&head[..n]) {
+                    r.rx_host[p] += 1;
+                } else {
+                    r.rx_other += 1;
+                }
+                rx.vq.put_avail(rx_avail[p], slot as u16);
+                rx_avail[p] = rx_avail[p].wrapping_add(1);
+                reposted = true;
+            }
+            if reposted {
+                rx.vq.publish(rx_avail[p]);
+                rx.kick();
+            }
+        }
+        arch::interrupt_window();
+        for p in 0..q.pairs {
+            if let (Some(rx), Some(tx)) = (q.rx[p], q.tx[p]) {
+                pacers[2 * p].rearm(&rx.vq, rx_used[p]);
+                pacers[2 * p + 1].rearm(&tx.vq, tx_used[p]);
+            }
+        }
+        let done =
+            (0..q.pairs).all(|p| r.tx_done[p] >= tx_frames as u32 && r.rx_host[p] >= plan.rx);
+        if done || deadline.expired() {
+            break;
+        }
+        if !progress {
+            idle();
+        }
+    }
+    arch::sti();
+    Deadline::after_ms(SETTLE_MS).wait();
+    arch::cli();
+    r
+}
