@@ -126,7 +126,7 @@ pub fn run(q: &Queues, plan: NetPlan, pacers: &mut [IrqPacer]) -> NetResult {
     let mut rx_used = [0u16; MAX_NET_PAIRS];
     let mut tx_used = [0u16; MAX_NET_PAIRS];
     let tx_frames = (plan.frames as usize).min(TX_PER_QUEUE);
-    for p in 0..q.pairs {
+    for (p, avail) in rx_avail.iter_mut().enumerate().take(q.pairs) {
         let (Some(rx), Some(tx)) = (q.rx[p], q.tx[p]) else {
             continue;
         };
@@ -138,10 +138,10 @@ pub fn run(q: &Queues, plan: NetPlan, pacers: &mut [IrqPacer]) -> NetResult {
                 ring::DESC_F_WRITE,
                 0,
             );
-            rx.vq.put_avail(rx_avail[p], slot as u16);
-            rx_avail[p] = rx_avail[p].wrapping_add(1);
+            rx.vq.put_avail(*avail, slot as u16);
+            *avail = avail.wrapping_add(1);
         }
-        rx.vq.publish(rx_avail[p]);
+        rx.vq.publish(*avail);
         rx.kick();
         // The frames of one pair go out as one batch: one avail-index store, one doorbell.
         for i in 0..tx_frames {
