@@ -1,0 +1,779 @@
+//! virtio-net over a Linux tap: N queue pairs (VIRTIO_NET_F_MQ), each served by its own worker
+//! thread on its own tap queue, plus the control queue (on pair 0's thread). Checksum and
+//! segmentation offloads pass through the virtio-net header to the tap, received frames may
+//! span buffers (MRG_RXBUF), EVENT_IDX and indirect descriptors are offered.
+//!
+//! Queue layout (virtio 1.2, 5.1.2): rx0, tx0, rx1, tx1, ..., rx(N-1), tx(N-1), control; a
+//! driver that does not negotiate MQ finds the control queue at index 2.
+//!
+//! Modules: [`tap`] (the host backend), [`chain`] (descriptor chains as host memory for
+//! `readv`/`writev`), `worker` (one thread per pair), [`ctrl`] (the control queue).
+
+pub mod chain;
+pub mod ctrl;
+pub mod tap;
+mod worker;
+
+use std::fmt;
+use std::os::fd::RawFd;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::virtio::{
+    device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
+};
+use crate::interrupts::Interrupt;
+use crate::memory::GuestMemoryMmap;
+use ctrl::{Ctrl, Shared};
+use tap::{Tap, TapError, TapOrigin};
+use worker::{PairParts, PairWorker, RxMode, Vring};
+pub use worker::{QueueCounters, MAX_FRAME_LEN};
+
+/// Feature: the device handles partial checksums (guest to host).
+pub const F_CSUM: u64 = 1 << 0;
+/// Feature: the driver handles partial checksums (host to guest).
+pub const F_GUEST_CSUM: u64 = 1 << 1;
+/// Feature: guest offloads can be changed through the control queue.
+pub const F_CTRL_GUEST_OFFLOADS: u64 = 1 << 2;
+/// Feature: `mtu` in config space is valid.
+pub const F_MTU: u64 = 1 << 3;
+/// Feature: `mac` in config space is valid.
+pub const F_MAC: u64 = 1 << 5;
+/// Feature: the driver takes TSOv4.
+pub const F_GUEST_TSO4: u64 = 1 << 7;
+/// Feature: the driver takes TSOv6.
+pub const F_GUEST_TSO6: u64 = 1 << 8;
+/// Feature: the driver takes TSO with ECN.
+pub const F_GUEST_ECN: u64 = 1 << 9;
+/// Feature: the driver takes UFO.
+pub const F_GUEST_UFO: u64 = 1 << 10;
+/// Feature: the device takes TSOv4.
+pub const F_HOST_TSO4: u64 = 1 << 11;
+/// Feature: the device takes TSOv6.
+pub const F_HOST_TSO6: u64 = 1 << 12;
+/// Feature: the device takes TSO with ECN.
+pub const F_HOST_ECN: u64 = 1 << 13;
+/// Feature: the device takes UFO.
+pub const F_HOST_UFO: u64 = 1 << 14;
+/// Feature: received frames may span buffers (`num_buffers`).
+pub const F_MRG_RXBUF: u64 = 1 << 15;
+/// Feature: `status` in config space is valid.
+pub const F_STATUS: u64 = 1 << 16;
+/// Feature: control queue.
+pub const F_CTRL_VQ: u64 = 1 << 17;
+/// Feature: receive filtering through the control queue (not offered).
+pub const F_CTRL_RX: u64 = 1 << 18;
+/// Feature: multiple queue pairs.
+pub const F_MQ: u64 = 1 << 22;
+/// Feature: the MAC can be set through the control queue.
+pub const F_CTRL_MAC_ADDR: u64 = 1 << 23;
+
+/// The offloads the driver can switch with GUEST_OFFLOADS_SET.
+pub const GUEST_OFFLOAD_MASK: u64 =
+    F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN | F_GUEST_UFO;
+
+/// `status`: link up.
+pub const STATUS_LINK_UP: u16 = 1;
+
+/// Default size of each queue.
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// Size of the control queue.
+pub const CTRL_QUEUE_SIZE: u16 = 64;
+/// Most queue pairs.
+pub const MAX_QUEUE_PAIRS: u16 = 32;
+/// Smallest MTU Linux accepts.
+pub const MIN_MTU: u16 = 68;
+
+/// A MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A random locally administered unicast address.
+    pub fn random() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS's random source.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id().into());
+        let r = h.finish().to_le_bytes();
+        Self([(r[0] & 0xfe) | 0x02, r[1], r[2], r[3], r[4], r[5]])
+    }
+
+    /// Whether it is a group (multicast/broadcast) address.
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 != 0
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = NetConfigError;
+
+    /// `aa:bb:cc:dd:ee:ff` (or with `-`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || NetConfigError::Mac(s.to_string());
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(parts) {
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        Ok(Self(mac))
+    }
+}
+
+/// Where the tap comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TapSource {
+    /// A tap by name: opened, or created if absent (and then removed when the device goes).
+    Name(String),
+    /// An inherited, already open tap descriptor (one queue pair); duplicated, never closed.
+    Fd(RawFd),
+}
+
+/// Settings of one virtio-net device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap.
+    pub tap: TapSource,
+    /// Queue pairs (1 to [`MAX_QUEUE_PAIRS`]; 1 for an inherited descriptor).
+    pub queue_pairs: u16,
+    /// The guest's MAC; random (locally administered) if not given.
+    pub mac: Option<MacAddr>,
+    /// Size of each rx/tx queue (a power of two, 2 to 32768).
+    pub queue_size: u16,
+    /// MTU offered to the guest (VIRTIO_NET_F_MTU) and set on the tap.
+    pub mtu: Option<u16>,
+    /// Bring the tap's link up (if it is down).
+    pub link_up: bool,
+}
+
+impl NetConfig {
+    /// One queue pair on tap `name`, default queue size, random MAC, link brought up.
+    pub fn new(name: &str) -> Self {
+        Self {
+            tap: TapSource::Name(name.to_string()),
+            queue_pairs: 1,
+            mac: None,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            mtu: None,
+            link_up: true,
+        }
+    }
+}
+
+/// Why a net device description does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetConfigError {
+    /// An option this device does not have.
+    #[error("unknown net option '{0}' (tap, fd, queues, mac, queue_size, mtu, up)")]
+    UnknownOption(String),
+    /// A value that is not a number.
+    #[error("net option {key}: '{value}' is not a number")]
+    Number {
+        /// Option.
+        key: String,
+        /// Value given.
+        value: String,
+    },
+    /// A malformed MAC address.
+    #[error("'{0}' is not a MAC address (expected aa:bb:cc:dd:ee:ff)")]
+    Mac(String),
+    /// Neither `tap=` nor `fd=`.
+    #[error("net device without a tap (tap=NAME or fd=N)")]
+    NoTap,
+    /// Both `tap=` and `fd=`.
+    #[error("net device with both tap= and fd=")]
+    TapAndFd,
+    /// A boolean option with another value.
+    #[error("net option {key}: '{value}' is not on/off")]
+    Bool {
+        /// Option.
+        key: String,
+        /// Value given.
+        value: String,
+    },
+}
+
+/// The table form of a net device in a configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetConfigTable {
+    tap: Option<String>,
+    fd: Option<RawFd>,
+    #[serde(alias = "queue_pairs")]
+    queues: Option<u16>,
+    mac: Option<String>,
+    queue_size: Option<u16>,
+    mtu: Option<u16>,
+    #[serde(alias = "link_up")]
+    up: Option<bool>,
+}
+
+impl TryFrom<NetConfigTable> for NetConfig {
+    type Error = NetConfigError;
+
+    fn try_from(t: NetConfigTable) -> Result<Self, Self::Error> {
+        let tap = match (t.tap, t.fd) {
+            (Some(_), Some(_)) => return Err(NetConfigError::TapAndFd),
+            (Some(name), None) => TapSource::Name(name),
+            (None, Some(fd)) => TapSource::Fd(fd),
+            (None, None) => return Err(NetConfigError::NoTap),
+        };
+        Ok(Self {
+            tap,
+            queue_pairs: t.queues.unwrap_or(1),
+            mac: t.mac.as_deref().map(str::parse).transpose()?,
+            queue_size: t.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
+            mtu: t.mtu,
+            link_up: t.up.unwrap_or(true),
+        })
+    }
+}
+
+impl FromStr for NetConfig {
+    type Err = NetConfigError;
+
+    /// `tap=NAME[,queues=N][,mac=aa:bb:cc:dd:ee:ff][,queue_size=N][,mtu=N][,up=on|off]`, or
+    /// `fd=N` instead of `tap=NAME`; a bare first word is the tap name (`tap0,queues=2`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut t = NetConfigTable::default();
+        for (i, part) in s.split(',').enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            let number = |v: &str| {
+                v.parse::<u16>().map_err(|_| NetConfigError::Number {
+                    key: key.to_string(),
+                    value: v.to_string(),
+                })
+            };
+            match key {
+                "tap" | "ifname" => t.tap = Some(value.to_string()),
+                "fd" => {
+                    t.fd = Some(value.parse().map_err(|_| NetConfigError::Number {
+                        key: key.to_string(),
+                        value: value.to_string(),
+                    })?)
+                }
+                "queues" | "queue_pairs" => t.queues = Some(number(value)?),
+                "queue_size" => t.queue_size = Some(number(value)?),
+                "mtu" => t.mtu = Some(number(value)?),
+                "mac" => t.mac = Some(value.to_string()),
+                "up" | "link_up" => {
+                    t.up = Some(match value {
+                        "" | "on" | "true" | "yes" => true,
+                        "off" | "false" | "no" => false,
+                        _ => {
+                            return Err(NetConfigError::Bool {
+                                key: key.to_string(),
+                                value: value.to_string(),
+                            })
+                        }
+                    })
+                }
+                _ if i == 0 && !part.contains('=') => t.tap = Some(part.to_string()),
+                _ => return Err(NetConfigError::UnknownOption(part.to_string())),
+            }
+        }
+        t.try_into()
+    }
+}
+
+impl<'de> Deserialize<'de> for NetConfig {
+    /// Either the string form (see [`NetConfig::from_str`]) or a table with the same keys.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NetConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a net device: \"tap=NAME,queues=N\" or a table with tap, queues, ...")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<NetConfig, E> {
+                s.parse().map_err(E::custom)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NetConfig, A::Error> {
+                let t = NetConfigTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                t.try_into().map_err(de::Error::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Net device errors.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The tap cannot be used.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// Queue pair count out of range.
+    #[error("net device on {tap}: {pairs} queue pairs requested, 1 to {MAX_QUEUE_PAIRS} allowed")]
+    QueuePairs {
+        /// The tap.
+        tap: String,
+        /// Requested.
+        pairs: u16,
+    },
+    /// An inherited descriptor is one queue.
+    #[error("net device on tap fd {fd}: an inherited descriptor carries one queue pair, {pairs} requested")]
+    FdQueuePairs {
+        /// The descriptor.
+        fd: RawFd,
+        /// Requested.
+        pairs: u16,
+    },
+    /// Queue size not a power of two in range.
+    #[error("net device on {tap}: queue size {size} must be a power of two from 2 to 32768")]
+    QueueSize {
+        /// The tap.
+        tap: String,
+        /// Requested.
+        size: u16,
+    },
+    /// A group address as the guest's MAC.
+    #[error("net device on {tap}: {mac} is a multicast address")]
+    MulticastMac {
+        /// The tap.
+        tap: String,
+        /// The address.
+        mac: MacAddr,
+    },
+    /// MTU out of range.
+    #[error("net device on {tap}: MTU {mtu} is below {MIN_MTU}")]
+    Mtu {
+        /// The tap.
+        tap: String,
+        /// Requested.
+        mtu: u16,
+    },
+}
+
+/// Length of the config space: mac, status, max_virtqueue_pairs, mtu.
+pub const CONFIG_LEN: usize = 12;
+
+/// `struct virtio_net_config` (the fields Pulse offers), little endian.
+#[derive(Clone, Debug)]
+pub struct ConfigSpace {
+    bytes: [u8; CONFIG_LEN],
+}
+
+impl ConfigSpace {
+    fn new(mac: MacAddr, pairs: u16, mtu: u16) -> Self {
+        let mut bytes = [0u8; CONFIG_LEN];
+        bytes[0..6].copy_from_slice(&mac.0);
+        bytes[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
+        bytes[8..10].copy_from_slice(&pairs.to_le_bytes());
+        bytes[10..12].copy_from_slice(&mtu.to_le_bytes());
+        Self { bytes }
+    }
+
+    /// The MAC the guest sees.
+    pub fn mac(&self) -> MacAddr {
+        let mut m = [0u8; 6];
+        m.copy_from_slice(&self.bytes[0..6]);
+        MacAddr(m)
+    }
+
+    /// Changes the MAC (VIRTIO_NET_CTRL_MAC_ADDR_SET).
+    pub fn set_mac(&mut self, mac: [u8; 6]) {
+        self.bytes[0..6].copy_from_slice(&mac);
+    }
+}
+
+/// TUN_F_* offload flags for negotiated (or GUEST_OFFLOADS_SET) guest features: what the
+/// kernel may hand the guest. Segmentation needs checksum offload, ECN needs TSO.
+pub fn tun_offload(features: u64) -> libc::c_uint {
+    if features & F_GUEST_CSUM == 0 {
+        return 0;
+    }
+    let mut f = libc::TUN_F_CSUM;
+    if features & F_GUEST_TSO4 != 0 {
+        f |= libc::TUN_F_TSO4;
+    }
+    if features & F_GUEST_TSO6 != 0 {
+        f |= libc::TUN_F_TSO6;
+    }
+    if features & F_GUEST_ECN != 0 && features & (F_GUEST_TSO4 | F_GUEST_TSO6) != 0 {
+        f |= libc::TUN_F_TSO_ECN;
+    }
+    if features & F_GUEST_UFO != 0 {
+        f |= libc::TUN_F_UFO;
+    }
+    f
+}
+
+struct Running {
+    kill: EventFd,
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+/// A virtio-net device.
+pub struct Net {
+    config: NetConfig,
+    mac: MacAddr,
+    tap: Arc<Tap>,
+    config_space: Arc<Mutex<ConfigSpace>>,
+    counters: Vec<Arc<QueueCounters>>,
+    running: Option<Running>,
+}
+
+impl Net {
+    /// Opens (or creates) the tap and builds the device. Only queue pair 0's tap queue is
+    /// attached until the driver asks for more pairs.
+    pub fn new(config: NetConfig) -> Result<Self, NetError> {
+        let label = match &config.tap {
+            TapSource::Name(n) => n.clone(),
+            TapSource::Fd(fd) => format!("tap fd {fd}"),
+        };
+        if config.queue_pairs == 0 || config.queue_pairs > MAX_QUEUE_PAIRS {
+            return Err(NetError::QueuePairs {
+                tap: label,
+                pairs: config.queue_pairs,
+            });
+        }
+        if !config.queue_size.is_power_of_two() || config.queue_size < 2 {
+            return Err(NetError::QueueSize {
+                tap: label,
+                size: config.queue_size,
+            });
+        }
+        if let Some(mac) = config.mac.filter(MacAddr::is_multicast) {
+            return Err(NetError::MulticastMac { tap: label, mac });
+        }
+        if let Some(mtu) = config.mtu.filter(|m| *m < MIN_MTU) {
+            return Err(NetError::Mtu { tap: label, mtu });
+        }
+        let tap = match &config.tap {
+            TapSource::Name(name) => Tap::open(name, usize::from(config.queue_pairs))?,
+            TapSource::Fd(fd) => {
+                if config.queue_pairs != 1 {
+                    return Err(NetError::FdQueuePairs {
+                        fd: *fd,
+                        pairs: config.queue_pairs,
+                    });
+                }
+                Tap::from_fd(*fd)?
+            }
+        };
+        tap.set_active_queues(1)?;
+        if let Some(mtu) = config.mtu {
+            tap.set_mtu(u32::from(mtu))?;
+        }
+        if config.link_up {
+            tap.set_link_up()?;
+        }
+        let mac = config.mac.unwrap_or_else(MacAddr::random);
+        let config_space = Arc::new(Mutex::new(ConfigSpace::new(
+            mac,
+            config.queue_pairs,
+            config.mtu.unwrap_or(0),
+        )));
+        let counters = (0..2 * config.queue_pairs + 1)
+            .map(|_| Arc::new(QueueCounters::default()))
+            .collect();
+        Ok(Self {
+            config,
+            mac,
+            tap: Arc::new(tap),
+            config_space,
+            counters,
+            running: None,
+        })
+    }
+
+    /// Counters per queue, by queue index: rx0, tx0, rx1, tx1, ..., control last.
+    pub fn counters(&self) -> &[Arc<QueueCounters>] {
+        &self.counters
+    }
+
+    /// The tap's interface name.
+    pub fn tap_name(&self) -> &str {
+        self.tap.name()
+    }
+
+    /// Whether Pulse created the tap (it goes away with the device).
+    pub fn tap_origin(&self) -> TapOrigin {
+        self.tap.origin()
+    }
+
+    /// The MAC the guest sees now.
+    pub fn mac(&self) -> MacAddr {
+        self.config_space
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .mac()
+    }
+
+    /// Queue pairs configured.
+    pub fn queue_pairs(&self) -> u16 {
+        self.config.queue_pairs
+    }
+
+    /// Queue pairs the driver uses now (1 until it sends VQ_PAIRS_SET, 0 when not active).
+    pub fn active_queue_pairs(&self) -> u16 {
+        self.running.as_ref().map_or(0, |r| r.shared.active_pairs())
+    }
+
+    fn ctrl_index(&self, negotiated: u64) -> u16 {
+        if negotiated & F_MQ != 0 {
+            2 * self.config.queue_pairs
+        } else {
+            2
+        }
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        device_type::NET
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        let mut sizes = vec![self.config.queue_size; 2 * usize::from(self.config.queue_pairs)];
+        sizes.push(CTRL_QUEUE_SIZE);
+        sizes
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = features::VERSION_1
+            | features::RING_EVENT_IDX
+            | features::RING_INDIRECT_DESC
+            | F_CSUM
+            | F_GUEST_CSUM
+            | F_CTRL_GUEST_OFFLOADS
+            | F_MAC
+            | F_GUEST_TSO4
+            | F_GUEST_TSO6
+            | F_GUEST_ECN
+            | F_GUEST_UFO
+            | F_HOST_TSO4
+            | F_HOST_TSO6
+            | F_HOST_ECN
+            | F_HOST_UFO
+            | F_MRG_RXBUF
+            | F_STATUS
+            | F_CTRL_VQ
+            | F_CTRL_MAC_ADDR;
+        if self.config.queue_pairs > 1 {
+            f |= F_MQ;
+        }
+        if self.config.mtu.is_some() {
+            f |= F_MTU;
+        }
+        f
+    }
+
+    fn name(&self) -> &'static str {
+        "net"
+    }
+
+    fn queue_name(&self, index: u16) -> String {
+        let pairs = self.config.queue_pairs;
+        if index >= 2 * pairs {
+            "control".into()
+        } else if index.is_multiple_of(2) {
+            format!("input.{}", index / 2)
+        } else {
+            format!("output.{}", index / 2)
+        }
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.config_space.lock().unwrap_or_else(|e| e.into_inner());
+        read_config_bytes(&config.bytes, offset, data);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // Read-only with VERSION_1: the MAC changes through the control queue.
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<(), ActivateError> {
+        self.reset();
+        let negotiated = features & self.features();
+        let pairs = if negotiated & F_MQ != 0 {
+            self.config.queue_pairs
+        } else {
+            1
+        };
+        let ctrl_index = (negotiated & F_CTRL_VQ != 0).then(|| self.ctrl_index(negotiated));
+        let other = |e: TapError| ActivateError::Other(e.to_string());
+        self.tap
+            .set_offload(tun_offload(negotiated))
+            .map_err(other)?;
+        self.tap.set_active_queues(1).map_err(other)?;
+
+        let mut slots: Vec<Option<ActiveQueue>> = Vec::new();
+        slots.resize_with(usize::from(2 * self.config.queue_pairs + 1), || None);
+        for q in queues {
+            if let Some(slot) = slots.get_mut(usize::from(q.index)) {
+                *slot = Some(q);
+            }
+        }
+        // Pairs the driver set up completely; the first incomplete one ends the list.
+        let mut served = 0u16;
+        while served < pairs
+            && slots[usize::from(2 * served)].is_some()
+            && slots[usize::from(2 * served + 1)].is_some()
+        {
+            served += 1;
+        }
+        if served == 0 {
+            let missing = if slots[0].is_none() { 0 } else { 1 };
+            return Err(ActivateError::QueueNotReady(missing));
+        }
+        let mut wakers = Vec::new();
+        let mut worker_wakes = Vec::new();
+        for _ in 0..served {
+            let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+            worker_wakes.push(wake.try_clone().map_err(ActivateError::Worker)?);
+            wakers.push(wake);
+        }
+        let shared = Arc::new(Shared::new(
+            self.tap.clone(),
+            negotiated,
+            served,
+            self.config_space.clone(),
+            wakers,
+        ));
+        let vring = |q: ActiveQueue, counters: &[Arc<QueueCounters>]| Vring {
+            index: q.index,
+            counters: counters[usize::from(q.index)].clone(),
+            queue: q.queue,
+            notifier: q.notifier,
+        };
+        let mut ctrl = ctrl_index
+            .and_then(|i| slots.get_mut(usize::from(i)))
+            .and_then(Option::take)
+            .map(|q| Ctrl {
+                vring: Vring {
+                    index: q.index,
+                    // The control queue's counters are the last ones, wherever it sits.
+                    counters: self.counters[self.counters.len() - 1].clone(),
+                    queue: q.queue,
+                    notifier: q.notifier,
+                },
+                shared: shared.clone(),
+            });
+        let mode = RxMode {
+            mergeable: negotiated & F_MRG_RXBUF != 0,
+            guest_csum: negotiated & F_GUEST_CSUM != 0,
+        };
+        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let mut running = Running {
+            kill,
+            threads: Vec::new(),
+            shared: shared.clone(),
+        };
+        for (pair, wake) in (0..served).zip(worker_wakes) {
+            let rx = slots[usize::from(2 * pair)].take().expect("checked above");
+            let tx = slots[usize::from(2 * pair + 1)]
+                .take()
+                .expect("checked above");
+            let tap = self
+                .tap
+                .queue(usize::from(pair))
+                .expect("one tap queue per pair")
+                .clone();
+            let worker = PairWorker::new(PairParts {
+                pair,
+                mem: mem.clone(),
+                rx: vring(rx, &self.counters),
+                tx: vring(tx, &self.counters),
+                ctrl: if pair == 0 { ctrl.take() } else { None },
+                tap,
+                kill: running.kill.try_clone().map_err(ActivateError::Worker)?,
+                wake,
+                interrupt: interrupt.clone(),
+                shared: shared.clone(),
+                mode,
+            });
+            let thread = std::thread::Builder::new()
+                .name(format!("net-q{pair}"))
+                .spawn(move || worker.run());
+            match thread {
+                Ok(t) => running.threads.push(t),
+                Err(e) => {
+                    stop(running);
+                    return Err(ActivateError::Worker(e));
+                }
+            }
+        }
+        if served < pairs {
+            tracing::warn!(
+                tap = self.tap.name(),
+                "the driver set up {served} of {pairs} queue pairs"
+            );
+        }
+        self.running = Some(running);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(running) = self.running.take() {
+            stop(running);
+        }
+        if let Err(e) = self.tap.set_active_queues(1) {
+            tracing::warn!("{e}");
+        }
+        // A reset device has its original MAC again.
+        self.config_space
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_mac(self.mac.0);
+    }
+
+    fn completed_requests(&self) -> Vec<u64> {
+        self.counters
+            .iter()
+            .map(|c| c.frames.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+fn stop(running: Running) {
+    let _ = running.kill.write(1);
+    for t in running.threads {
+        let _ = t.join();
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            stop(running);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
