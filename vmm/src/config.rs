@@ -7,6 +7,8 @@ use serde::Deserialize;
 use crate::boot::mptable::MAX_VCPUS;
 use crate::boot::{check_cmdline, BootError, BootProtocol, KernelSource};
 use crate::devices::block::{BlockConfig, DEFAULT_QUEUE_SIZE};
+use crate::devices::console::ConsoleConfig;
+use crate::devices::net::NetConfig;
 use crate::devices::serial::SerialOutput;
 use crate::devices::vsock::VsockConfig;
 use crate::memory::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
@@ -40,6 +42,10 @@ pub struct VmConfig {
     pub block: Vec<BlockConfig>,
     /// A virtio-vsock device, its host side a hybrid-vsock unix socket.
     pub vsock: Option<VsockConfig>,
+    /// virtio-net devices, each on a tap.
+    pub net: Vec<NetConfig>,
+    /// A virtio-console device (the guest's `hvc0`).
+    pub console: Option<ConsoleConfig>,
 }
 
 /// Configuration errors.
@@ -105,6 +111,8 @@ impl VmConfig {
             boot_protocol: BootProtocol::Auto,
             block: Vec::new(),
             vsock: None,
+            net: Vec::new(),
+            console: None,
         }
     }
 
@@ -165,6 +173,11 @@ pub struct VmConfigFile {
     pub block: Vec<BlockConfigFile>,
     /// The virtio-vsock device (`[vsock]` table).
     pub vsock: Option<VsockConfigFile>,
+    /// virtio-net devices (`[[net]]` tables or `"tap=NAME,queues=N"` strings).
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+    /// The virtio-console sink: `file:PATH`, `stdio`, `unix:PATH` or `none`.
+    pub console: Option<ConsoleConfig>,
 }
 
 /// The `[vsock]` table, or the `--vsock cid=N,uds=PATH` flag.
@@ -292,6 +305,12 @@ impl VmConfigFile {
                 other.block
             },
             vsock: other.vsock.or(self.vsock),
+            net: if other.net.is_empty() {
+                self.net
+            } else {
+                other.net
+            },
+            console: other.console.or(self.console),
         }
     }
 
@@ -333,6 +352,8 @@ impl VmConfigFile {
                 serial: block.serial,
             });
         }
+        config.net = self.net;
+        config.console = self.console;
         config.vsock = self.vsock.map(|v| VsockConfig {
             guest_cid: v.cid,
             uds_path: v.uds,

@@ -57,6 +57,13 @@ struct RunArgs {
     /// virtio-vsock device: cid=N,uds=PATH (guest connections to host port P go to PATH_P).
     #[arg(long)]
     vsock: Option<pulse_vmm::config::VsockConfigFile>,
+    /// virtio-net device, repeatable: tap=NAME[,queues=N][,mac=aa:bb:cc:dd:ee:ff][,mtu=N]
+    /// or fd=N (an inherited tap descriptor).
+    #[arg(long = "net")]
+    net: Vec<pulse_vmm::devices::net::NetConfig>,
+    /// virtio-console (hvc0): file:PATH, stdio, unix:PATH (Pulse listens) or none.
+    #[arg(long)]
+    console: Option<pulse_vmm::devices::console::ConsoleConfig>,
 }
 
 #[derive(Args)]
@@ -83,6 +90,14 @@ struct ProbeArgs {
     /// to a host listener, a transport reset at the end.
     #[arg(long)]
     vsock: bool,
+    /// Add a virtio-net device with this many queue pairs, on a tap the run creates and
+    /// removes: the guest sends frames on every tx queue, the host sends it frames until
+    /// every rx queue has some.
+    #[arg(long)]
+    net_queues: Option<u16>,
+    /// Add a virtio-console device: the guest writes on hvc0 and echoes a host line.
+    #[arg(long)]
+    console: bool,
     /// Concurrent host vsock connections.
     #[arg(long, default_value_t = 100)]
     vsock_conns: u32,
@@ -111,7 +126,23 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version print as clap formats them; a bad flag is one error line.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("bad arguments");
+            eprintln!(
+                "pulse-vmm: error: {} (see pulse-vmm --help)",
+                first.trim_start_matches("error: ").trim()
+            );
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Probe(args) => probe_command(args),
@@ -155,6 +186,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         boot_protocol: args.boot,
         block: args.block,
         vsock: args.vsock,
+        net: args.net,
+        console: args.console,
     };
     let config = file.merged_with(flags).into_vm_config()?;
     let signals = SignalWatcher::block()?;
@@ -198,6 +231,8 @@ fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
             bytes: args.vsock_bytes,
         }),
         blk_queues: args.blk_queues,
+        net_queues: args.net_queues,
+        console: args.console,
         irq: args.irq.parse().map_err(anyhow::Error::msg)?,
         requests: args.requests,
         vcpus,
@@ -268,6 +303,30 @@ fn print_report(r: &ProbeReport) {
     for d in &r.devices {
         print_device(d);
     }
+    if let Some(n) = &r.net_host {
+        println!(
+            "  net host side: tap {}, guest frames seen per pair {:?}, {} frames sent, \
+             delivered per rx queue {:?}",
+            n.tap, n.from_guest, n.sent, n.delivered
+        );
+        for e in &n.errors {
+            println!("    error: {e}");
+        }
+    }
+    if let Some(c) = &r.console_host {
+        println!(
+            "  console host side: {} ({:?})",
+            if c.ok {
+                "hello and echo received"
+            } else {
+                "FAILED"
+            },
+            c.output
+        );
+        for e in &c.errors {
+            println!("    error: {e}");
+        }
+    }
     if let Some(v) = &r.vsock_host {
         println!(
             "  vsock host side: {} connections echoed intact ({} mismatched, {} retries before \
@@ -312,6 +371,18 @@ fn print_device(d: &probe::DeviceReport) {
         d.guest_msi
             .map_or("-", |m| if m { "MSI" } else { "legacy" }),
     );
+    if let Some(n) = &d.net {
+        println!(
+            "    guest: {} pairs (VQ_PAIRS_SET {}), sent per pair {}, host frames per rx queue {}, other {}",
+            n["pairs"], n["mq_set"], n["tx_done"], n["rx_host"], n["rx_other"]
+        );
+    }
+    if let Some(c) = &d.console {
+        println!(
+            "    guest: {} writes, {} bytes in, echo sent {}",
+            c["writes_done"], c["bytes_received"], c["echo_sent"]
+        );
+    }
     if let Some(v) = &d.vsock {
         println!(
             "    guest: {} of {} connections echoed ({} bytes), guest connection ok {}, {} event(s)",

@@ -13,7 +13,9 @@ use crate::bus::{Bus, BusError};
 use crate::config::{ConfigError, VmConfig};
 use crate::devices::block::{Block, BlockError};
 use crate::devices::boot_timer::BootTimer;
+use crate::devices::console::{Console, ConsoleError};
 use crate::devices::debug_exit::DebugExit;
+use crate::devices::net::{Net, NetError, QueueCounters as NetQueueCounters};
 use crate::devices::phase_marker::{Marks, PhaseMark, PhaseMarker};
 use crate::devices::reset::{ResetControl, RESET_PORT};
 use crate::devices::serial::{open_output, SerialDevice, SerialOutput};
@@ -77,6 +79,12 @@ pub enum VmError {
     /// The vsock device cannot be created.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// A network card cannot be created.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The console cannot be created.
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
     /// A virtio-mmio window cannot be set up.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -88,15 +96,30 @@ pub enum VmError {
     EventLoop(std::io::Error),
 }
 
-/// The virtio devices of `config`, in slot order (disks, then vsock), and the handles the
-/// VM keeps to control them while they run.
+/// The virtio devices of `config`, in slot order (disks, network cards, vsock, console),
+/// and the handles the VM keeps to watch or control them while they run.
 struct VirtioDevices {
     devices: Vec<Box<dyn VirtioDevice>>,
     vsock: Option<VsockHandle>,
+    nets: Vec<NetHandle>,
+}
+
+/// What the VM keeps of a network card: its tap, MAC and per-queue counters.
+#[derive(Clone, Debug)]
+pub struct NetHandle {
+    /// The tap's interface name.
+    pub tap: String,
+    /// The guest's MAC.
+    pub mac: [u8; 6],
+    /// Counters per queue: rx0, tx0, rx1, tx1, ..., control.
+    pub counters: Vec<Arc<NetQueueCounters>>,
 }
 
 fn create_virtio_devices(config: &VmConfig) -> Result<VirtioDevices, VmError> {
-    let count = config.block.len() + usize::from(config.vsock.is_some());
+    let count = config.block.len()
+        + config.net.len()
+        + usize::from(config.vsock.is_some())
+        + usize::from(config.console.is_some());
     if count > mmio::MAX_DEVICES as usize {
         return Err(VmError::TooManyDevices(count));
     }
@@ -104,15 +127,29 @@ fn create_virtio_devices(config: &VmConfig) -> Result<VirtioDevices, VmError> {
     for block in &config.block {
         devices.push(Box::new(Block::new(block.clone())?));
     }
+    let mut nets = Vec::new();
+    for net in &config.net {
+        let net = Net::new(net.clone())?;
+        nets.push(NetHandle {
+            tap: net.tap_name().to_string(),
+            mac: net.mac().0,
+            counters: net.counters().to_vec(),
+        });
+        devices.push(Box::new(net));
+    }
     let mut vsock_handle = None;
     if let Some(config) = &config.vsock {
         let vsock = Vsock::new(config.clone())?;
         vsock_handle = Some(vsock.handle()?);
         devices.push(Box::new(vsock));
     }
+    if let Some(config) = &config.console {
+        devices.push(Box::new(Console::new(config.clone())?));
+    }
     Ok(VirtioDevices {
         devices,
         vsock: vsock_handle,
+        nets,
     })
 }
 
@@ -151,6 +188,7 @@ pub struct Vm {
     // Dropped before the VM fd: stopping a device joins its workers and detaches its irqfds.
     devices: Vec<Arc<Mutex<MmioTransport>>>,
     vsock: Option<VsockHandle>,
+    nets: Vec<NetHandle>,
     vcpu_stats: Arc<std::sync::OnceLock<Vec<crate::kvm_stats::StatsFd>>>,
     marks: Marks,
     // Declared before the memory so that KVM lets go of the slots before the mapping goes.
@@ -177,6 +215,7 @@ impl Vm {
         let VirtioDevices {
             devices: virtio_devices,
             vsock,
+            nets,
         } = create_virtio_devices(config)?;
         let mut mmio = Bus::new();
         let mut devices = Vec::new();
@@ -289,6 +328,7 @@ impl Vm {
             cmdline,
             devices,
             vsock,
+            nets,
             vcpu_stats: kvm_stats,
             marks,
             _vm_fd: vm_fd,
@@ -330,6 +370,11 @@ impl Vm {
     /// The vsock device's control handle, if the VM has one.
     pub fn vsock(&self) -> Option<&VsockHandle> {
         self.vsock.as_ref()
+    }
+
+    /// The network cards: taps, MACs, per-queue counters.
+    pub fn nets(&self) -> &[NetHandle] {
+        &self.nets
     }
 
     /// What each virtio device did: queues, MSI state, per-vector counters, errors.

@@ -17,9 +17,19 @@ use crate::exit::VmExit;
 use crate::mmio::TransportStats;
 use crate::vm::{MemoryUsage, Vm, VmError};
 
+pub mod console_peer;
+pub mod net_peer;
 pub mod vsock_peer;
 
+use crate::devices::console::{ConsoleConfig, ConsoleSink};
+use crate::devices::net::{NetConfig, TapSource};
+use console_peer::{ConsolePeer, ConsolePeerReport};
+use net_peer::{NetPeer, NetPeerReport};
 use vsock_peer::{PeerPlan, PeerReport, VsockPeer};
+
+/// Frames the guest sends on every tx queue, and host frames every rx queue must deliver.
+const NET_FRAMES: u32 = 16;
+const NET_RX: u32 = 4;
 
 /// The vsock echo server's guest port, and the host port the guest connects to.
 const VSOCK_GUEST_PORT: u32 = 1234;
@@ -68,6 +78,10 @@ pub struct ProbeOptions {
     pub requests: u32,
     /// A vsock device with this workload.
     pub vsock: Option<VsockWorkload>,
+    /// A virtio-net device with this many queue pairs, on a tap the run creates.
+    pub net_queues: Option<u16>,
+    /// A virtio-console device, its host side a unix socket the run talks through.
+    pub console: bool,
     /// vCPUs.
     pub vcpus: u8,
     /// Guest memory.
@@ -108,6 +122,8 @@ impl Default for ProbeOptions {
             irq: IrqMode::Msi,
             requests: 32,
             vsock: None,
+            net_queues: None,
+            console: false,
             vcpus: 1,
             memory_mib: 64,
             boot_protocol: BootProtocol::Auto,
@@ -153,6 +169,10 @@ pub struct ProbeReport {
     pub devices: Vec<DeviceReport>,
     /// The host side of the vsock workload.
     pub vsock_host: Option<PeerReport>,
+    /// The host side of the net workload.
+    pub net_host: Option<NetPeerReport>,
+    /// The host side of the console workload.
+    pub console_host: Option<ConsolePeerReport>,
     /// Every interrupt the VMM raised on an MSI vector was taken by the guest, and no
     /// legacy line was taken more often than raised.
     pub interrupts_match: bool,
@@ -199,6 +219,10 @@ pub struct DeviceReport {
     pub data_errors: Option<u64>,
     /// The guest driver's account of a vsock workload.
     pub vsock: Option<Value>,
+    /// The guest driver's account of a net workload.
+    pub net: Option<Value>,
+    /// The guest driver's account of a console workload.
+    pub console: Option<Value>,
     /// What the guest driver noted about the device (a fallback, an unused queue).
     pub guest_note: Option<String>,
     /// What the guest driver found wrong with the device.
@@ -298,14 +322,36 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         words.push(format!("probe.irq={}", irq_word(options.irq)));
         words.push(format!("probe.requests={}", options.requests));
     }
-    if options.blk_queues.is_none() && options.vsock.is_some() {
+    if options.blk_queues.is_none()
+        && (options.vsock.is_some() || options.net_queues.is_some() || options.console)
+    {
         words.push(format!("probe.irq={}", irq_word(options.irq)));
     }
+    if let Some(pairs) = options.net_queues {
+        config.net.push(NetConfig {
+            tap: TapSource::Name(format!("pprobe{}", std::process::id() % 100_000)),
+            queue_pairs: pairs,
+            ..NetConfig::new("")
+        });
+        words.push(format!(
+            "probe.net.frames={NET_FRAMES} probe.net.rx={NET_RX}"
+        ));
+    }
     // The sockets live in a private directory that goes with the run.
-    let mut vsock_dir = None;
+    let sockets = if options.vsock.is_some() || options.console {
+        Some(tempfile::tempdir().map_err(ProbeError::Vsock)?)
+    } else {
+        None
+    };
+    let console_path = sockets.as_ref().map(|d| d.path().join("console.sock"));
+    if options.console {
+        config.console = Some(ConsoleConfig {
+            sink: ConsoleSink::UnixSocket(console_path.clone().expect("socket directory")),
+        });
+        words.push("probe.console.echo=1".to_string());
+    }
     let mut peer = None;
-    if let Some(w) = options.vsock {
-        let dir = tempfile::tempdir().map_err(ProbeError::Vsock)?;
+    if let (Some(w), Some(dir)) = (options.vsock, &sockets) {
         let uds = dir.path().join("vsock.sock");
         config.vsock = Some(VsockConfig {
             guest_cid: VSOCK_CID,
@@ -327,15 +373,23 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
             })
             .map_err(ProbeError::Vsock)?,
         );
-        vsock_dir = Some(dir);
     }
     words.extend(options.extra_cmdline.iter().cloned());
     config.cmdline = words.join(" ");
 
     let mut vm = Vm::start(&config)?;
     let peer = peer.map(|p| p.start(vm.vsock().cloned()));
+    let net_peer = options
+        .net_queues
+        .zip(vm.nets().first().cloned())
+        .map(|(pairs, net)| NetPeer::start(net, pairs, NET_RX));
+    let console_peer = console_path
+        .filter(|_| options.console)
+        .map(ConsolePeer::start);
     let exit = vm.wait(Some(options.timeout));
     let vsock_host = peer.map(|p| p.finish());
+    let net_host = net_peer.map(NetPeer::finish);
+    let console_host = console_peer.map(ConsolePeer::finish);
     let run_ms = started.elapsed().as_secs_f64() * 1000.0;
     let memory = vm.memory_usage();
     let exits = vm.metrics();
@@ -345,7 +399,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     let boot_protocol = vm.entry().protocol_name();
     drop(vm);
     drop(disk);
-    drop(vsock_dir);
+    drop(sockets);
 
     let output =
         String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
@@ -364,12 +418,16 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         .iter()
         .map(|d| merge_device(d, guest.as_ref(), u64::from(options.requests)))
         .collect();
-    let host_ok = vsock_host.as_ref().is_none_or(|(plan, r)| r.ok(plan));
+    let host_ok = vsock_host.as_ref().is_none_or(|(plan, r)| r.ok(plan))
+        && net_host.as_ref().is_none_or(|r| r.ok(NET_FRAMES, NET_RX))
+        && console_host.as_ref().is_none_or(|r| r.ok);
     let interrupts_match = devices.iter().all(DeviceReport::interrupts_match);
     Ok(ProbeReport {
         irq_mode: options.irq,
         devices,
         vsock_host: vsock_host.map(|(_, r)| r),
+        net_host,
+        console_host,
         first_output_ms: exits.first_output_ms,
         ok: guest_ok && host_ok && interrupts_match && exit == VmExit::DebugExit(0),
         interrupts_match,
@@ -467,6 +525,8 @@ fn merge_device(
                     .unwrap_or(u64::from(stats.queues))
         }),
         vsock: g.and_then(|g| g.get("vsock")).cloned(),
+        net: g.and_then(|g| g.get("net")).cloned(),
+        console: g.and_then(|g| g.get("console")).cloned(),
         guest_note: g
             .and_then(|g| g.get("note"))
             .and_then(Value::as_str)

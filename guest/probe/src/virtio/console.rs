@@ -87,12 +87,20 @@ pub fn run(q: &Queues, echo: bool, pacers: &mut [IrqPacer; 2]) -> ConsoleResult 
             core::ptr::addr_of!((*bufs()).echo) as u64,
         )
     };
-    write_bytes(hello, CONSOLE_HELLO);
-    q.tx.set_desc(0, hello, CONSOLE_HELLO.len() as u32, 0, 0);
-    q.tx.put_avail(0, 0);
-    q.tx.publish(1);
-    kick(1);
-    let mut tx_avail = 1u16;
+    // With host input asked for, the hello waits for it: the host side is connected then
+    // and sees every line.
+    let send_hello = |tx_avail: &mut u16| {
+        write_bytes(hello, CONSOLE_HELLO);
+        q.tx.set_desc(0, hello, CONSOLE_HELLO.len() as u32, 0, 0);
+        q.tx.put_avail(*tx_avail, 0);
+        *tx_avail = tx_avail.wrapping_add(1);
+        q.tx.publish(*tx_avail);
+        kick(1);
+    };
+    let mut tx_avail = 0u16;
+    if !echo {
+        send_hello(&mut tx_avail);
+    }
 
     let mut line = [0u8; LINE_MAX];
     let mut line_len = 0;
@@ -136,6 +144,7 @@ pub fn run(q: &Queues, echo: bool, pacers: &mut [IrqPacer; 2]) -> ConsoleResult 
             kick(0);
         }
         if r.line_received && !r.echo_sent {
+            send_hello(&mut tx_avail);
             let n = CONSOLE_ECHO_PREFIX.len();
             write_bytes(echo_buf, CONSOLE_ECHO_PREFIX);
             write_bytes(echo_buf + n as u64, &line[..line_len]);
