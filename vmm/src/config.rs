@@ -387,6 +387,73 @@ mod tests {
     }
 
     #[test]
+    fn devices_from_toml() {
+        let kernel = existing_file();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "kernel = {:?}\nconsole = \"unix:{}\"\n\
+             [vsock]\ncid = 7\nuds = {:?}\n\
+             [[net]]\ntap = \"tap-a\"\nqueues = 2\nmac = \"02:00:00:00:00:0a\"\n\
+             [[net]]\ntap = \"tap-b\"\n",
+            kernel.path(),
+            dir.path().join("console.sock").display(),
+            dir.path().join("v.sock"),
+        );
+        let file: VmConfigFile = toml::from_str(&text).unwrap();
+        let c = file.into_vm_config().unwrap();
+        let vsock = c.vsock.as_ref().unwrap();
+        assert_eq!(
+            (vsock.guest_cid, vsock.uds_path.clone()),
+            (7, dir.path().join("v.sock"))
+        );
+        assert_eq!(c.net.len(), 2);
+        assert_eq!(c.net[0].queue_pairs, 2);
+        assert_eq!(c.net[1].queue_pairs, 1);
+        assert!(matches!(
+            c.console.unwrap().sink,
+            crate::devices::console::ConsoleSink::UnixSocket(_)
+        ));
+    }
+
+    #[test]
+    fn bad_devices_are_named() {
+        let kernel = existing_file();
+        let base = format!("kernel = {:?}\n", kernel.path());
+        for (extra, wanted) in [
+            ("[vsock]\ncid = 2\nuds = \"/tmp/x.sock\"\n", "CID 2"),
+            (
+                "[vsock]\ncid = 3\nuds = \"/no/such/dir/x.sock\"\n",
+                "does not exist",
+            ),
+            ("console = \"tcp:1\"\n", "console"),
+            ("[[net]]\nqueues = 2\n", "tap"),
+        ] {
+            let text = format!("{base}{extra}");
+            let err = match toml::from_str::<VmConfigFile>(&text) {
+                Err(e) => e.to_string(),
+                Ok(file) => file.into_vm_config().unwrap_err().to_string(),
+            };
+            assert!(err.contains(wanted), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn vsock_flag_syntax() {
+        let v: VsockConfigFile = "cid=5,uds=/run/v.sock".parse().unwrap();
+        assert_eq!((v.cid, v.uds), (5, PathBuf::from("/run/v.sock")));
+        assert!("cid=5"
+            .parse::<VsockConfigFile>()
+            .unwrap_err()
+            .contains("uds"));
+        assert!("uds=/x"
+            .parse::<VsockConfigFile>()
+            .unwrap_err()
+            .contains("cid"));
+        assert!("cid=x,uds=/x".parse::<VsockConfigFile>().is_err());
+        assert!("port=1".parse::<VsockConfigFile>().is_err());
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let kernel = existing_file();
         let base = VmConfigFile {
