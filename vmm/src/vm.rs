@@ -11,7 +11,7 @@ use vmm_sys_util::signal::Killable;
 use crate::boot::{self, BootInputs, EntryPoint};
 use crate::bus::{Bus, BusError};
 use crate::config::{ConfigError, VmConfig};
-use crate::devices::block::{Block, BlockError};
+use crate::devices::block::{Block, BlockError, BlockHandle};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::console::{Console, ConsoleError};
 use crate::devices::debug_exit::DebugExit;
@@ -100,6 +100,7 @@ pub enum VmError {
 /// and the handles the VM keeps to watch or control them while they run.
 struct VirtioDevices {
     devices: Vec<Box<dyn VirtioDevice>>,
+    blocks: Vec<BlockHandle>,
     vsock: Option<VsockHandle>,
     nets: Vec<NetHandle>,
 }
@@ -124,8 +125,11 @@ fn create_virtio_devices(config: &VmConfig) -> Result<VirtioDevices, VmError> {
         return Err(VmError::TooManyDevices(count));
     }
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(count);
+    let mut blocks = Vec::new();
     for block in &config.block {
-        devices.push(Box::new(Block::new(block.clone())?));
+        let block = Block::new(block.clone())?;
+        blocks.push(block.handle());
+        devices.push(Box::new(block));
     }
     let mut nets = Vec::new();
     for net in &config.net {
@@ -148,6 +152,7 @@ fn create_virtio_devices(config: &VmConfig) -> Result<VirtioDevices, VmError> {
     }
     Ok(VirtioDevices {
         devices,
+        blocks,
         vsock: vsock_handle,
         nets,
     })
@@ -187,6 +192,7 @@ pub struct Vm {
     cmdline: String,
     // Dropped before the VM fd: stopping a device joins its workers and detaches its irqfds.
     devices: Vec<Arc<Mutex<MmioTransport>>>,
+    blocks: Vec<BlockHandle>,
     vsock: Option<VsockHandle>,
     nets: Vec<NetHandle>,
     vcpu_stats: Arc<std::sync::OnceLock<Vec<crate::kvm_stats::StatsFd>>>,
@@ -214,6 +220,7 @@ impl Vm {
         // kernel command line.
         let VirtioDevices {
             devices: virtio_devices,
+            blocks,
             vsock,
             nets,
         } = create_virtio_devices(config)?;
@@ -327,6 +334,7 @@ impl Vm {
             vcpus: config.vcpus,
             cmdline,
             devices,
+            blocks,
             vsock,
             nets,
             vcpu_stats: kvm_stats,
@@ -370,6 +378,12 @@ impl Vm {
     /// The vsock device's control handle, if the VM has one.
     pub fn vsock(&self) -> Option<&VsockHandle> {
         self.vsock.as_ref()
+    }
+
+    /// The block devices, in configuration order: handles to swap or re-read their images
+    /// while the guest runs (the guest gets a configuration-change interrupt).
+    pub fn blocks(&self) -> &[BlockHandle] {
+        &self.blocks
     }
 
     /// The network cards: taps, MACs, per-queue counters.

@@ -94,6 +94,11 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device configuration space at `offset`.
     fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Changes of the configuration space the device made on its own (e.g. a new disk
+    /// capacity); the transport folds it into ConfigGeneration.
+    fn config_generation(&self) -> u32 {
+        0
+    }
     /// Starts the device with the negotiated `features` and the driver's queues.
     fn activate(
         &mut self,

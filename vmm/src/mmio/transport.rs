@@ -247,7 +247,9 @@ impl MmioTransport {
             QUEUE_NOTIFY => NOTIFY_INFO,
             INTERRUPT_STATUS => self.interrupts.interrupt_status(),
             STATUS => self.read_status(),
-            CONFIG_GENERATION => self.config_generation,
+            CONFIG_GENERATION => self
+                .config_generation
+                .wrapping_add(self.device.config_generation()),
             _ => 0,
         }
     }

@@ -3,6 +3,7 @@
 //! descriptors; one interrupt per completed batch.
 
 pub mod backend;
+pub mod media;
 pub mod request;
 mod worker;
 
@@ -19,6 +20,7 @@ use crate::devices::virtio::{
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 use backend::{Backend, BackendError};
+pub use media::{BlockHandle, Media};
 use request::{ID_BYTES, MAX_SEGMENTS};
 pub use worker::QueueCounters;
 use worker::QueueWorker;
@@ -90,9 +92,8 @@ struct Running {
 /// A virtio-blk device.
 pub struct Block {
     config: BlockConfig,
-    backend: Backend,
+    media: Arc<Media>,
     id: [u8; ID_BYTES],
-    config_space: Vec<u8>,
     counters: Vec<Arc<QueueCounters>>,
     running: Option<Running>,
 }
@@ -112,7 +113,7 @@ impl Block {
                 size: config.queue_size,
             });
         }
-        let backend = Backend::open(&config.path, config.read_only)?;
+        let media = Arc::new(Media::open(&config.path, config.read_only)?);
         let serial = config.serial.clone().unwrap_or_else(|| {
             config
                 .path
@@ -123,15 +124,13 @@ impl Block {
         let mut id = [0u8; ID_BYTES];
         let n = serial.len().min(ID_BYTES);
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
-        let config_space = build_config_space(&backend, config.queues);
         let counters = (0..config.queues)
             .map(|_| Arc::new(QueueCounters::default()))
             .collect();
         Ok(Self {
             config,
-            backend,
+            media,
             id,
-            config_space,
             counters,
             running: None,
         })
@@ -140,6 +139,11 @@ impl Block {
     /// Counters per queue.
     pub fn counters(&self) -> &[Arc<QueueCounters>] {
         &self.counters
+    }
+
+    /// A handle to change the image while the VM runs.
+    pub fn handle(&self) -> BlockHandle {
+        BlockHandle(self.media.clone())
     }
 }
 
@@ -194,7 +198,13 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config_space, offset, data);
+        // Built on each read: the capacity follows the image (see `media`).
+        let space = build_config_space(&self.media.backend(), self.config.queues);
+        read_config_bytes(&space, offset, data);
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.media.generation()
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -222,10 +232,7 @@ impl VirtioDevice for Block {
                 notifier: q.notifier,
                 kill: running.kill.try_clone().map_err(ActivateError::Worker)?,
                 mem: mem.clone(),
-                backend: self
-                    .backend
-                    .try_clone()
-                    .map_err(|e| ActivateError::Other(e.to_string()))?,
+                media: self.media.clone(),
                 id: self.id,
                 interrupt: interrupt.clone(),
                 counters: self.counters[usize::from(index)].clone(),
@@ -242,10 +249,12 @@ impl VirtioDevice for Block {
             }
         }
         self.running = Some(running);
+        self.media.set_interrupt(Some(interrupt));
         Ok(())
     }
 
     fn reset(&mut self) {
+        self.media.set_interrupt(None);
         if let Some(running) = self.running.take() {
             stop(running);
         }

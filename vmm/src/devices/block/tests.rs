@@ -55,7 +55,10 @@ fn rig_with(read_only: bool, disk_bytes: usize) -> Rig {
         notifier: EventFd::new(0).unwrap(),
         kill: EventFd::new(0).unwrap(),
         mem: mem.clone(),
-        backend,
+        media: Arc::new(super::Media::with_backend(
+            backend,
+            disk.path().to_path_buf(),
+        )),
         id,
         interrupt: irq.clone(),
         counters: Arc::new(QueueCounters::default()),
@@ -307,4 +310,97 @@ fn bad_configurations_are_refused() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
+}
+
+#[derive(Default)]
+struct ConfigInterrupt(AtomicU64);
+
+impl Interrupt for ConfigInterrupt {
+    fn trigger(&self, _queue: u16) {}
+    fn trigger_config(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn an_image_written_into_a_slot_shows_up_with_a_config_interrupt() {
+    use crate::devices::virtio::{features, ActiveQueue, VirtioDevice};
+    let dir = tempfile::tempdir().unwrap();
+    let slot = dir.path().join("slot0.img");
+    // An empty placeholder, as the shim attaches at boot.
+    std::fs::write(&slot, b"").unwrap();
+    let mut block = super::Block::new(super::BlockConfig {
+        path: slot.clone(),
+        read_only: false,
+        queues: 1,
+        queue_size: QSIZE,
+        serial: Some("slot0".into()),
+    })
+    .unwrap();
+    let handle = block.handle();
+    let mem = create_guest_memory(16).unwrap();
+    let mut ring = DriverRing::new(&mem, GuestAddress(RING), QSIZE);
+    let doorbell = EventFd::new(0).unwrap();
+    let irq = Arc::new(ConfigInterrupt::default());
+    block
+        .activate(
+            mem.clone(),
+            features::VERSION_1,
+            vec![ActiveQueue {
+                index: 0,
+                queue: ring.queue(),
+                notifier: doorbell.try_clone().unwrap(),
+            }],
+            irq.clone(),
+        )
+        .unwrap();
+    let capacity = |b: &super::Block| {
+        let mut cap = [0u8; 8];
+        b.read_config(0, &mut cap);
+        u64::from_le_bytes(cap)
+    };
+    assert_eq!(capacity(&block), 0);
+    let generation = block.config_generation();
+
+    // The host writes a 4-sector image into the slot (a new file renamed over it: the open
+    // descriptor still sees the old, empty one until the reload).
+    let image = dir.path().join("rootfs.img");
+    let contents: Vec<u8> = (0..4 * SECTOR_SIZE as usize)
+        .map(|i| (i / 512) as u8 + 1)
+        .collect();
+    std::fs::write(&image, &contents).unwrap();
+    std::fs::rename(&image, &slot).unwrap();
+    assert_eq!(handle.reload(None).unwrap(), 4 * SECTOR_SIZE);
+    assert_eq!(capacity(&block), 4);
+    assert_ne!(block.config_generation(), generation);
+    assert_eq!(
+        irq.0.load(Ordering::SeqCst),
+        1,
+        "one config-change interrupt"
+    );
+
+    // A read through the queue sees the new image.
+    mem.write_obj(kind::IN, GuestAddress(HEADER)).unwrap();
+    mem.write_obj(3u64, GuestAddress(HEADER + 8)).unwrap();
+    let head = ring.add_chain(&[(HEADER, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
+    ring.publish(&[head]);
+    doorbell.write(1).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while ring.used_idx() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request not completed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), STATUS_OK);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 4);
+
+    // A path that cannot be opened changes nothing.
+    assert!(handle
+        .reload(Some(&dir.path().join("missing.img")))
+        .is_err());
+    assert_eq!(capacity(&block), 4);
+    assert_eq!(handle.path(), slot);
+    block.reset();
 }

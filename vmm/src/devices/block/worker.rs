@@ -9,6 +9,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::Backend;
+use super::media::Media;
 use super::request::{self, Buffer, ID_BYTES, STATUS_IOERR};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
@@ -37,8 +38,8 @@ pub struct QueueWorker {
     pub kill: EventFd,
     /// Guest memory.
     pub mem: GuestMemoryMmap,
-    /// Disk.
-    pub backend: Backend,
+    /// Disk (shared: the host may swap the image while the guest runs).
+    pub media: Arc<Media>,
     /// Device ID string.
     pub id: [u8; ID_BYTES],
     /// Interrupt.
@@ -97,6 +98,7 @@ impl QueueWorker {
     /// Drains the queue and signals once for the whole batch.
     pub fn process(&mut self) {
         let mut scratch = Vec::new();
+        let backend = self.media.backend();
         let mut used_any = false;
         loop {
             // With EVENT_IDX, no doorbells while the ring is being drained.
@@ -112,7 +114,7 @@ impl QueueWorker {
                         writable: d.is_write_only(),
                     })
                     .collect();
-                let len = self.complete(&buffers, &mut scratch);
+                let len = self.complete(&backend, &buffers, &mut scratch);
                 if let Err(e) = self.queue.add_used(&self.mem, head, len) {
                     tracing::warn!("block queue {}: add_used: {e}", self.index);
                 }
@@ -130,12 +132,12 @@ impl QueueWorker {
     }
 
     /// Completes one chain; returns the used length.
-    fn complete(&mut self, buffers: &[Buffer], scratch: &mut Vec<u8>) -> u32 {
+    fn complete(&mut self, backend: &Backend, buffers: &[Buffer], scratch: &mut Vec<u8>) -> u32 {
         self.counters.completed.fetch_add(1, Ordering::Relaxed);
         let (status, written) = match request::parse(&self.mem, buffers) {
             Ok(req) => {
                 let (status, written) =
-                    request::execute(&self.mem, &self.backend, &self.id, &req, scratch);
+                    request::execute(&self.mem, backend, &self.id, &req, scratch);
                 match self.mem.write_obj(status, req.status) {
                     Ok(()) => (status, written),
                     Err(_) => (STATUS_IOERR, 0),
