@@ -46,6 +46,8 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     /// A virtio-console device (the guest's `hvc0`).
     pub console: Option<ConsoleConfig>,
+    /// Offer per-queue MSI on every virtio device (else the guest only finds legacy lines).
+    pub msi: bool,
 }
 
 /// Configuration errors.
@@ -113,6 +115,7 @@ impl VmConfig {
             vsock: None,
             net: Vec::new(),
             console: None,
+            msi: true,
         }
     }
 
@@ -178,6 +181,8 @@ pub struct VmConfigFile {
     pub net: Vec<NetConfig>,
     /// The virtio-console sink: `file:PATH`, `stdio`, `unix:PATH` or `none`.
     pub console: Option<ConsoleConfig>,
+    /// Offer per-queue MSI (default true).
+    pub msi: Option<bool>,
 }
 
 /// The `[vsock]` table, or the `--vsock cid=N,uds=PATH` flag.
@@ -311,6 +316,7 @@ impl VmConfigFile {
                 other.net
             },
             console: other.console.or(self.console),
+            msi: other.msi.or(self.msi),
         }
     }
 
@@ -354,6 +360,7 @@ impl VmConfigFile {
         }
         config.net = self.net;
         config.console = self.console;
+        config.msi = self.msi.unwrap_or(true);
         config.vsock = self.vsock.map(|v| VsockConfig {
             guest_cid: v.cid,
             uds_path: v.uds,

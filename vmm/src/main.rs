@@ -64,6 +64,17 @@ struct RunArgs {
     /// virtio-console (hvc0): file:PATH, stdio, unix:PATH (Pulse listens) or none.
     #[arg(long)]
     console: Option<pulse_vmm::devices::console::ConsoleConfig>,
+    /// Offer per-queue MSI on the virtio devices: on (default) or off.
+    #[arg(long, value_parser = parse_on_off)]
+    msi: Option<bool>,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("'{s}' is not on or off")),
+    }
 }
 
 #[derive(Args)]
@@ -98,6 +109,10 @@ struct ProbeArgs {
     /// Add a virtio-console device: the guest writes on hvc0 and echoes a host line.
     #[arg(long)]
     console: bool,
+    /// Whether the VMM offers per-queue MSI: on (default) or off (the guest driver then
+    /// falls back to the legacy line even with --irq msi).
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    offer_msi: bool,
     /// Concurrent host vsock connections.
     #[arg(long, default_value_t = 100)]
     vsock_conns: u32,
@@ -188,6 +203,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         vsock: args.vsock,
         net: args.net,
         console: args.console,
+        msi: args.msi,
     };
     let config = file.merged_with(flags).into_vm_config()?;
     let signals = SignalWatcher::block()?;
@@ -233,6 +249,7 @@ fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
         blk_queues: args.blk_queues,
         net_queues: args.net_queues,
         console: args.console,
+        offer_msi: args.offer_msi,
         irq: args.irq.parse().map_err(anyhow::Error::msg)?,
         requests: args.requests,
         vcpus,

@@ -231,7 +231,8 @@ impl Vm {
             let (base, gsi) = (mmio::slot_base(slot as u32), mmio::slot_gsi(slot as u32));
             let queues = device.queue_max_sizes().len() as u16;
             let irq = DeviceInterrupts::new(interrupts.clone(), gsi, queues)?;
-            let transport = MmioTransport::new(&vm_fd, base, device, memory.clone(), irq)?;
+            let mut transport = MmioTransport::new(&vm_fd, base, device, memory.clone(), irq)?;
+            transport.set_msi_offered(config.msi);
             let transport = Arc::new(Mutex::new(transport));
             mmio.insert(transport.clone(), base, layout::MMIO_DEVICE_WINDOW)?;
             devices.push(transport);

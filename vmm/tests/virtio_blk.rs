@@ -130,3 +130,22 @@ fn bad_queue_counts_are_refused_with_one_line() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
 }
+
+#[test]
+fn a_guest_asking_for_msi_falls_back_when_the_vmm_offers_none() {
+    let (code, r) = probe(&["--blk-queues", "2", "--offer-msi", "off"]);
+    assert_eq!(code, Some(0), "{r}");
+    let d = only_device(&r);
+    assert_eq!(d["msi_enabled"], false);
+    assert_eq!(d["guest_msi"], false);
+    assert!(
+        d["guest_note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not offered"),
+        "{d}"
+    );
+    assert_eq!(d["requests_completed"], 2 * 32);
+    assert_eq!(d["data_errors"], 0);
+    assert!(d["legacy"]["sent"].as_u64().unwrap() > 0);
+}

@@ -22,6 +22,8 @@ use crate::memory::GuestMemoryMmap;
 pub struct TransportErrors {
     /// MSI_CSR written after DRIVER_OK.
     pub csr_after_driver_ok: u64,
+    /// MSI registers written on a device that does not offer MSI.
+    pub msi_not_offered: u64,
     /// MSI_CMD with an unknown operation.
     pub unknown_msi_op: u64,
     /// MSI_CMD naming a vector the device does not have.
@@ -88,6 +90,8 @@ pub struct MmioTransport {
     msi_address_lo: u32,
     msi_address_hi: u32,
     msi_data: u32,
+    /// The MSI extension is offered (VendorID's MSI bit, MSI_CSR bit 15).
+    msi_offered: bool,
     errors: TransportErrors,
 }
 
@@ -167,8 +171,15 @@ impl MmioTransport {
             msi_address_lo: 0,
             msi_address_hi: 0,
             msi_data: 0,
+            msi_offered: true,
             errors: TransportErrors::default(),
         })
+    }
+
+    /// Offers per-queue MSI or not. Without it the device looks like a plain virtio-mmio
+    /// device with the legacy line (doorbells stay), and the MSI registers do nothing.
+    pub fn set_msi_offered(&mut self, offered: bool) {
+        self.msi_offered = offered;
     }
 
     fn device_features(&self) -> u64 {
@@ -177,10 +188,17 @@ impl MmioTransport {
     }
 
     fn vendor_id(&self) -> u32 {
-        VENDOR_SIGNATURE | VENDOR_F_MSI | VENDOR_F_PER_QUEUE_NOTIFY | VENDOR_F_MSI_VECTOR_COUNT
+        if self.msi_offered {
+            VENDOR_SIGNATURE | VENDOR_F_MSI | VENDOR_F_PER_QUEUE_NOTIFY | VENDOR_F_MSI_VECTOR_COUNT
+        } else {
+            VENDOR_SIGNATURE | VENDOR_F_PER_QUEUE_NOTIFY
+        }
     }
 
     fn msi_csr(&self) -> u16 {
+        if !self.msi_offered {
+            return 0;
+        }
         let mut csr = MSI_CSR_ENABLE | (self.interrupts.vector_count() & MSI_CSR_VECTORS_MASK);
         if self.interrupts.msi_enabled() {
             csr |= MSI_CSR_ACTIVE;
@@ -438,6 +456,10 @@ impl MmioTransport {
     }
 
     fn write_msi_csr(&mut self, value: u16) {
+        if !self.msi_offered {
+            self.errors.msi_not_offered += 1;
+            return;
+        }
         if self.driver_ok() {
             self.errors.csr_after_driver_ok += 1;
             self.set_needs_reset();
@@ -447,6 +469,10 @@ impl MmioTransport {
     }
 
     fn write_msi_cmd(&mut self, value: u16) {
+        if !self.msi_offered {
+            self.errors.msi_not_offered += 1;
+            return;
+        }
         let op = value >> 12;
         let vector = value & 0x0fff;
         if !matches!(op, MSI_CMD_UPDATE | MSI_CMD_MASK | MSI_CMD_UNMASK) {
@@ -758,6 +784,19 @@ mod tests {
         r.driver_ok();
         assert!(r.irq.vector_configured(0) && r.irq.vector_configured(1));
         assert!(!r.irq.vector_configured(2));
+    }
+
+    #[test]
+    fn without_msi_offered_the_device_is_plain_virtio_mmio() {
+        let mut r = rig();
+        r.t.set_msi_offered(false);
+        assert_eq!(r.r32(VENDOR_ID) & VENDOR_F_MSI, 0);
+        assert_eq!(r.r16(MSI_CSR), 0);
+        r.w16(MSI_CSR, MSI_CSR_ENABLE);
+        r.w16(MSI_CMD, 0x1000);
+        assert_eq!(r.r16(MSI_CSR), 0, "the enable does nothing");
+        assert_eq!(r.t.stats().errors.msi_not_offered, 2);
+        assert!(!r.t.stats().msi_enabled);
     }
 
     #[test]

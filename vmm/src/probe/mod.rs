@@ -82,6 +82,8 @@ pub struct ProbeOptions {
     pub net_queues: Option<u16>,
     /// A virtio-console device, its host side a unix socket the run talks through.
     pub console: bool,
+    /// The VMM offers per-queue MSI (off: the guest driver must fall back to legacy lines).
+    pub offer_msi: bool,
     /// vCPUs.
     pub vcpus: u8,
     /// Guest memory.
@@ -124,6 +126,7 @@ impl Default for ProbeOptions {
             vsock: None,
             net_queues: None,
             console: false,
+            offer_msi: true,
             vcpus: 1,
             memory_mib: 64,
             boot_protocol: BootProtocol::Auto,
@@ -296,6 +299,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     config.vcpus = options.vcpus;
     config.memory_mib = options.memory_mib;
     config.boot_protocol = options.boot_protocol;
+    config.msi = options.offer_msi;
     config.serial = SerialOutput::Capture {
         buffer: buffer.clone(),
         echo: options.echo_serial,
