@@ -9,7 +9,8 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "insta
 
 # qemu-system-x86: the comparison VMM of the benchmarks and the software-emulated Linux rig.
 # busybox-static: the container rootfs of the agent tests. musl-tools: the static agent's C bits.
-for pkg in qemu-system-x86 busybox-static musl-tools; do
+# containerd runc e2fsprogs util-linux: the shim's end-to-end tests (containerd 1.6, mkfs.ext4 -d, script).
+for pkg in qemu-system-x86 busybox-static musl-tools containerd runc e2fsprogs util-linux; do
     pkg_installed "$pkg" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -19,8 +19,8 @@ use crate::report::{self, Report};
 use crate::rootfs::{self, RootfsMount};
 use crate::state::{slot_serial, SandboxMachine, SlotTable, StateError};
 
-/// How long the guest gets to power off by itself before the VMM is stopped.
-const POWEROFF_WAIT: Duration = Duration::from_secs(5);
+/// How long the agent gets to remove the containers at teardown.
+const POWEROFF_WAIT: Duration = Duration::from_secs(3);
 
 /// One pod's VM and what belongs to it.
 pub struct Sandbox {
@@ -276,13 +276,12 @@ impl Sandbox {
                 },
             )
             .await;
-        let mut vm = self.vm.lock().await;
-        if destroy.is_ok_and(|r| r.powering_off) {
-            let deadline = tokio::time::Instant::now() + POWEROFF_WAIT;
-            while vm.exited().is_none() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        if let Err(e) = destroy {
+            tracing::debug!(pod = %self.pod, "DestroySandbox: {e}");
         }
+        // The containers are gone and nothing in the guest needs saving: the
+        // VMM stops the VM now rather than waiting for the guest's power-off.
+        let mut vm = self.vm.lock().await;
         if let Err(e) = vm.stop().await {
             tracing::warn!(pod = %self.pod, "stopping the VM: {e}");
         }

@@ -1077,8 +1077,13 @@ impl Task for Service {
             return Ok(api::Empty::new());
         }
         tracing::info!("shutdown: stopping the pod");
-        self.teardown().await;
-        self.inner.exit.signal();
+        // containerd gives Shutdown a few seconds; the teardown finishes in the
+        // background and the shim exits when it is done.
+        let service = self.clone();
+        tokio::spawn(async move {
+            service.teardown().await;
+            service.inner.exit.signal();
+        });
         Ok(api::Empty::new())
     }
 }

@@ -28,6 +28,8 @@ pub struct PulseShim {
     namespace: String,
     id: String,
     bundle: PathBuf,
+    /// The ttrpc socket this process serves (daemon mode).
+    socket: String,
 }
 
 /// The pod a bundle's container belongs to, from its config.json.
@@ -67,6 +69,7 @@ impl Shim for PulseShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             bundle,
+            socket: args.socket.clone(),
         }
     }
 
@@ -163,6 +166,12 @@ impl Shim for PulseShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
+        // containerd may have removed the bundle (and its `address` file) by
+        // now, so the socket is removed here rather than by the library.
+        let path = self.socket.trim_start_matches("unix://");
+        if !path.is_empty() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
@@ -202,6 +211,13 @@ pub fn cleanup_dead_shim(bundle: &Path, namespace: &str, id: &str) {
         } else {
             let killed = crate::sandbox::cleanup_recorded(&dir);
             tracing::info!(dir = %dir.display(), killed, "cleaned up a dead shim's sandbox");
+        }
+    }
+    // The dead shim's ttrpc socket, unless another shim of the pod serves it.
+    if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+        let path = address.trim().trim_start_matches("unix://");
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
         }
     }
     let rootfs = bundle.join("rootfs");

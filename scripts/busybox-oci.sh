@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds an offline OCI image tarball of busybox-static (no registry needed):
+#   scripts/busybox-oci.sh OUT.tar [IMAGE-NAME]
+# then `ctr images import OUT.tar`. Default name docker.io/library/pulse-busybox:latest.
+set -euo pipefail
+out=$1
+name=${2:-docker.io/library/pulse-busybox:latest}
+busybox=${BUSYBOX:-/bin/busybox}
+[ -x "$busybox" ] || { echo "busybox-oci: $busybox missing (apt-get install busybox-static)" >&2; exit 1; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+layer=$work/layer
+mkdir -p "$layer/bin" "$work/blobs/sha256"
+cp "$busybox" "$layer/bin/busybox"
+for applet in $("$busybox" --list); do
+    [ "$applet" = busybox ] || ln -s busybox "$layer/bin/$applet"
+done
+mkdir -p "$layer"/{proc,sys,dev,tmp,etc,root,run}
+printf 'root:x:0:0:root:/root:/bin/sh\n' > "$layer/etc/passwd"
+printf 'root:x:0:\n' > "$layer/etc/group"
+blob() { # file -> moves it into blobs/, prints "digest size"
+    local sha size
+    sha=$(sha256sum "$1" | cut -d' ' -f1); size=$(stat -c %s "$1")
+    mv "$1" "$work/blobs/sha256/$sha"; echo "$sha $size"
+}
+tar -C "$layer" --sort=name --mtime=@0 --numeric-owner --owner=0 --group=0 -cf "$work/layer.tar" .
+read -r lsha lsize < <(blob "$work/layer.tar")
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$lsha" > "$work/config.json"
+read -r csha csize < <(blob "$work/config.json")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
+    "$csha" "$csize" "$lsha" "$lsize" > "$work/manifest.json"
+read -r msha msize < <(blob "$work/manifest.json")
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
+    "$msha" "$msize" "$name" "${name##*:}" > "$work/index.json"
+echo '{"imageLayoutVersion":"1.0.0"}' > "$work/oci-layout"
+tar -C "$work" -cf "$out" oci-layout index.json blobs

@@ -1,0 +1,393 @@
+//! A private containerd (Debian's 1.6, as root, under a temporary root, state
+//! and address), the offline busybox image, and leak checks, for the shim's
+//! end-to-end tests. The guest image comes from `make guest`
+//! (build/guest/vmlinux, build/guest/initramfs.cpio.gz) or from
+//! `PULSE_TEST_KERNEL` / `PULSE_TEST_INITRAMFS`; without one the tests say so
+//! and pass as skipped. They run through the `qemu` backend.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One VM at a time: the machines have two cores.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub const IMAGE: &str = "docker.io/library/pulse-busybox:latest";
+pub const NS: &str = "pulse-test";
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn shim_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-pulse-v2"))
+}
+
+/// The guest kernel and initramfs, when there are some.
+pub fn guest_image() -> Option<(PathBuf, PathBuf)> {
+    let kernel = std::env::var_os("PULSE_TEST_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("build/guest/vmlinux"));
+    let initramfs = std::env::var_os("PULSE_TEST_INITRAMFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("build/guest/initramfs.cpio.gz"));
+    (kernel.is_file() && initramfs.is_file()).then_some((kernel, initramfs))
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Why the end-to-end tests cannot run here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root".into());
+    }
+    for cmd in [
+        "containerd",
+        "ctr",
+        "qemu-system-x86_64",
+        "vhost-device-vsock",
+        "mkfs.ext4",
+    ] {
+        if !have(cmd) {
+            return Some(format!("{cmd} is not installed (scripts/install-deps.sh)"));
+        }
+    }
+    if guest_image().is_none() {
+        return Some(
+            "no guest image (make guest, or PULSE_TEST_KERNEL/PULSE_TEST_INITRAMFS)".into(),
+        );
+    }
+    None
+}
+
+/// Skips the calling test (returns from it) when the environment lacks something.
+#[macro_export]
+macro_rules! require_env {
+    () => {
+        if let Some(why) = common::skip_reason() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub containerd: Option<Child>,
+    pub sockets_before: Vec<String>,
+}
+
+impl Env {
+    pub fn sock(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("ps")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("pulse.toml")
+    }
+
+    /// Writes pulse.toml: the qemu backend with the guest image, plus `extra` TOML lines
+    /// (which may replace whole sections).
+    pub fn write_config(&self, vm_extra: &str, agent_extra: &str) {
+        let (kernel, initramfs) = guest_image().expect("guest image");
+        let agent = if agent_extra.contains("connect_timeout_ms") {
+            agent_extra.to_string()
+        } else {
+            format!("connect_timeout_ms = 60000\n{agent_extra}")
+        };
+        let text = format!(
+            "[hypervisor]\nbackend = \"qemu\"\n[vm]\nkernel = {kernel:?}\ninitramfs = {initramfs:?}\nmemory_mib = 256\n{vm_extra}\n\
+             [agent]\n{agent}\n[shim]\nstate_dir = {:?}\nlog_level = \"debug\"\n",
+            self.state_dir()
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Starts containerd and imports the busybox image.
+    pub fn start() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("pt")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let sockets_before = shim_sockets();
+        let mut env = Env {
+            dir,
+            containerd: None,
+            sockets_before,
+        };
+        env.write_config("", "");
+        let d = env.dir.path().to_path_buf();
+        std::fs::write(
+            d.join("containerd.toml"),
+            format!(
+                "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = {:?}\n",
+                d.join("root"),
+                d.join("state"),
+                env.sock()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("containerd.toml"))
+            .env("PULSE_CONFIG", env.config_path())
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    shim_binary().parent().unwrap().display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd");
+        env.containerd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !env.sock().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                env.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let image = d.join("busybox.tar");
+        let status = Command::new(repo().join("scripts/busybox-oci.sh"))
+            .arg(&image)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = env.ctr(&["images", "import", image.to_str().unwrap()]);
+        assert!(out.status.success(), "import: {}", text(&out.stderr));
+        env
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(self.sock())
+            .args(["--namespace", NS])
+            .args(args);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        let mut cmd = self.ctr_cmd(args);
+        run_with_timeout(&mut cmd, Duration::from_secs(180))
+    }
+
+    /// `ctr run --rm` of busybox with the Pulse shim (by path).
+    pub fn run_rm(&self, id: &str, extra: &[&str], cmd: &[&str]) -> Output {
+        let shim = shim_binary();
+        let mut args = vec!["run", "--rm", "--runtime", shim.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// Waits until `ctr tasks ls` shows `id` with `status`.
+    pub fn wait_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.ctr(&["tasks", "ls"]);
+            let listing = text(&out.stdout);
+            if listing
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never became {status}: {listing}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until `id` no longer runs: stopped, or gone from the task list.
+    pub fn wait_not_running(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let listing = text(&self.ctr(&["tasks", "ls"]).stdout);
+            let running = listing
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"));
+            if !running {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{id} still runs: {listing}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Processes that belong to this environment's pods (shims, qemu, vhost-device-vsock).
+    pub fn pod_processes(&self) -> Vec<(u32, String)> {
+        let needle = self.dir.path().to_string_lossy().to_string();
+        processes()
+            .into_iter()
+            .filter(|(_, cmd)| {
+                cmd.contains(&needle)
+                    && (cmd.contains("containerd-shim-pulse-v2")
+                        || cmd.contains("qemu-system")
+                        || cmd.contains("vhost-device-vsock"))
+            })
+            .collect()
+    }
+
+    /// Nothing of a pod is left: processes, sandbox directories (sockets, disk
+    /// images), mounts below the environment, shim sockets.
+    pub fn assert_no_leaks(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let procs = self.pod_processes();
+            let sandboxes = list_dir(&self.state_dir().join(NS));
+            let mounts = self.mounts();
+            let sockets: Vec<String> = shim_sockets()
+                .into_iter()
+                .filter(|s| !self.sockets_before.contains(s))
+                .collect();
+            if procs.is_empty() && sandboxes.is_empty() && mounts.is_empty() && sockets.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "leaks: processes {procs:?}, sandbox dirs {sandboxes:?}, mounts {mounts:?}, shim sockets {sockets:?}\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Mounts below the state dir or a bundle's rootfs (containerd's own snapshot mounts excluded).
+    pub fn mounts(&self) -> Vec<String> {
+        let pulse = self.state_dir().to_string_lossy().to_string();
+        let bundles = self.dir.path().join("state").to_string_lossy().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&pulse) || m.starts_with(&bundles))
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Stop what a failed test left, then containerd, then unmount and remove.
+        for (pid, _) in self.pod_processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if let Some(mut c) = self.containerd.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let prefix = self.dir.path().to_string_lossy().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for s in shim_sockets() {
+            if !self.sockets_before.contains(&s) {
+                let path = Path::new("/run/containerd/s").join(&s);
+                if std::os::unix::net::UnixStream::connect(&path).is_err() {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+pub fn list_dir(p: &Path) -> Vec<String> {
+    std::fs::read_dir(p)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn shim_sockets() -> Vec<String> {
+    list_dir(Path::new("/run/containerd/s"))
+}
+
+pub fn processes() -> Vec<(u32, String)> {
+    list_dir(Path::new("/proc"))
+        .into_iter()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+            (!cmd.is_empty()).then_some((pid, cmd))
+        })
+        .collect()
+}
+
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    }
+}
