@@ -113,6 +113,10 @@ struct ProbeArgs {
     /// falls back to the legacy line even with --irq msi).
     #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     offer_msi: bool,
+    /// After the block workload, double the disk while the guest runs: the guest must take
+    /// the configuration-change interrupt and see the new capacity.
+    #[arg(long)]
+    blk_resize: bool,
     /// Concurrent host vsock connections.
     #[arg(long, default_value_t = 100)]
     vsock_conns: u32,
@@ -250,6 +254,7 @@ fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
         net_queues: args.net_queues,
         console: args.console,
         offer_msi: args.offer_msi,
+        blk_resize: args.blk_resize,
         irq: args.irq.parse().map_err(anyhow::Error::msg)?,
         requests: args.requests,
         vcpus,
@@ -392,6 +397,12 @@ fn print_device(d: &probe::DeviceReport) {
         println!(
             "    guest: {} pairs (VQ_PAIRS_SET {}), sent per pair {}, host frames per rx queue {}, other {}",
             n["pairs"], n["mq_set"], n["tx_done"], n["rx_host"], n["rx_other"]
+        );
+    }
+    if let Some(r) = &d.resize {
+        println!(
+            "    guest: resize seen, capacity {} -> {} sectors, {} config-change interrupt(s)",
+            r["capacity_before"], r["capacity_after"], r["config_interrupts"]
         );
     }
     if let Some(c) = &d.console {

@@ -412,6 +412,11 @@ impl Vm {
         crate::kvm_stats::sum(&all)
     }
 
+    /// The list the guest's phase marks go into, to watch from another thread.
+    pub fn phase_marks_handle(&self) -> Marks {
+        self.marks.clone()
+    }
+
     /// The guest's phase marks so far.
     pub fn phase_marks(&self) -> Vec<PhaseMark> {
         self.marks.lock().unwrap_or_else(|p| p.into_inner()).clone()

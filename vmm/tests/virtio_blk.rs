@@ -149,3 +149,28 @@ fn a_guest_asking_for_msi_falls_back_when_the_vmm_offers_none() {
     assert_eq!(d["data_errors"], 0);
     assert!(d["legacy"]["sent"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn a_disk_changed_while_the_guest_runs_raises_the_config_vector() {
+    for irq in ["msi", "legacy"] {
+        let (code, r) = probe(&["--blk-queues", "2", "--blk-resize", "--irq", irq]);
+        assert_eq!(code, Some(0), "{irq}: {r}");
+        let d = only_device(&r);
+        let resize = &d["resize"];
+        assert_eq!(resize["config_interrupts"], 1, "{irq}: {d}");
+        assert_eq!(
+            resize["capacity_after"].as_u64().unwrap(),
+            2 * resize["capacity_before"].as_u64().unwrap(),
+            "{irq}: {d}"
+        );
+        assert_eq!(resize["config_generation_moved"], true);
+        if irq == "msi" {
+            let config = &d["vectors"][0];
+            assert_eq!(config["role"], "config");
+            assert_eq!(
+                (config["sent"].as_u64(), config["received"].as_u64()),
+                (Some(1), Some(1))
+            );
+        }
+    }
+}

@@ -123,6 +123,9 @@ pub struct Config {
     pub net: NetPlan,
     /// `probe.console.echo=1`: wait for a line of host input on hvc0 and echo it.
     pub console_echo: bool,
+    /// `probe.blk.resize=1`: after the workload, ask the host (phase mark 3) to change the
+    /// disk and wait for the configuration-change interrupt and the new capacity.
+    pub blk_resize: bool,
     /// Problems with the words the probe understands (bad values).
     pub errors: ErrorList,
 }
@@ -140,6 +143,7 @@ impl Default for Config {
             vsock: VsockPlan::default(),
             net: NetPlan::default(),
             console_echo: false,
+            blk_resize: false,
             errors: ErrorList::new(),
         }
     }
@@ -175,6 +179,7 @@ pub const KEYS: &[(&str, Handler)] = &[
     ("probe.net.frames", set_net_frames),
     ("probe.net.rx", set_net_rx),
     ("probe.console.echo", set_console_echo),
+    ("probe.blk.resize", set_blk_resize),
 ];
 
 /// Largest value `probe.cpus` accepts (xAPIC ids are 8 bits).
@@ -345,6 +350,15 @@ fn set_console_echo(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
         "1" | "" => true,
         "0" => false,
         _ => return Err("cmdline: bad probe.console.echo"),
+    };
+    Ok(())
+}
+
+fn set_blk_resize(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    cfg.blk_resize = match value {
+        "1" | "" => true,
+        "0" => false,
+        _ => return Err("cmdline: bad probe.blk.resize"),
     };
     Ok(())
 }

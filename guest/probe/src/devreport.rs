@@ -59,6 +59,16 @@ pub struct NetResult {
     pub bad_buffers: u32,
 }
 
+/// `"resize"`: the host changed the disk while the guest ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResizeResult {
+    pub capacity_before: u64,
+    pub capacity_after: u64,
+    /// Configuration-change interrupts taken (MSI vector 0, or the legacy line's config bit).
+    pub config_interrupts: u32,
+    pub config_generation_moved: bool,
+}
+
 /// `"console"`: what went over hvc0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConsoleResult {
@@ -128,6 +138,7 @@ pub struct DeviceReport {
     pub vsock: Option<VsockResult>,
     pub net: Option<NetResult>,
     pub console: Option<ConsoleResult>,
+    pub resize: Option<ResizeResult>,
     /// Something worth knowing that is not an error (skipped device, legacy fallback).
     pub note: Option<&'static str>,
     pub errors: ErrorList,
@@ -175,6 +186,15 @@ impl DeviceReport {
                 self.errors.push("net: host frames missing on an rx queue");
             }
         }
+        if let Some(r) = self.resize {
+            if r.config_interrupts == 0 {
+                self.errors
+                    .push("blk: no configuration-change interrupt after the resize");
+            }
+            if r.capacity_after <= r.capacity_before || !r.config_generation_moved {
+                self.errors.push("blk: the new capacity was not seen");
+            }
+        }
         if let Some(c) = self.console {
             if c.writes_done == 0 {
                 self.errors.push("console: the hello line was not written");
@@ -207,7 +227,8 @@ impl DeviceReport {
         for i in 0..self.n_vectors {
             let v = self.vectors[i];
             if v.index == 0 {
-                if v.received != 0 {
+                let resized = self.resize.map_or(0, |r| r.config_interrupts);
+                if v.received != resized {
                     self.errors.push("msi: config vector received interrupts");
                 }
                 continue;
@@ -291,6 +312,14 @@ impl DeviceReport {
                 .u32_list("rx_host", &n.rx_host[..pairs])
                 .u64("rx_other", n.rx_other as u64)
                 .u64("bad_buffers", n.bad_buffers as u64);
+            let _ = e.end();
+        }
+        if let Some(r) = self.resize {
+            let mut e = o.object("resize");
+            e.u64("capacity_before", r.capacity_before)
+                .u64("capacity_after", r.capacity_after)
+                .u64("config_interrupts", r.config_interrupts as u64)
+                .bool("config_generation_moved", r.config_generation_moved);
             let _ = e.end();
         }
         if let Some(c) = self.console {

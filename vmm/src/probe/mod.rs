@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::boot::{BootProtocol, KernelSource};
 use crate::config::VmConfig;
-use crate::devices::block::{BlockConfig, DEFAULT_QUEUE_SIZE};
+use crate::devices::block::{BlockConfig, BlockHandle, DEFAULT_QUEUE_SIZE};
 use crate::devices::phase_marker::{self, PhaseDelta};
 use crate::devices::serial::SerialOutput;
 use crate::devices::vsock::VsockConfig;
@@ -84,6 +84,9 @@ pub struct ProbeOptions {
     pub console: bool,
     /// The VMM offers per-queue MSI (off: the guest driver must fall back to legacy lines).
     pub offer_msi: bool,
+    /// After the block workload the host doubles the disk while the guest runs; the guest
+    /// must see the configuration-change interrupt and the new capacity.
+    pub blk_resize: bool,
     /// vCPUs.
     pub vcpus: u8,
     /// Guest memory.
@@ -127,6 +130,7 @@ impl Default for ProbeOptions {
             net_queues: None,
             console: false,
             offer_msi: true,
+            blk_resize: false,
             vcpus: 1,
             memory_mib: 64,
             boot_protocol: BootProtocol::Auto,
@@ -176,6 +180,8 @@ pub struct ProbeReport {
     pub net_host: Option<NetPeerReport>,
     /// The host side of the console workload.
     pub console_host: Option<ConsolePeerReport>,
+    /// The host side of the resize test.
+    pub resize_host: Option<ResizeHostReport>,
     /// Every interrupt the VMM raised on an MSI vector was taken by the guest, and no
     /// legacy line was taken more often than raised.
     pub interrupts_match: bool,
@@ -226,6 +232,8 @@ pub struct DeviceReport {
     pub net: Option<Value>,
     /// The guest driver's account of a console workload.
     pub console: Option<Value>,
+    /// The guest driver's account of the resize test.
+    pub resize: Option<Value>,
     /// What the guest driver noted about the device (a fallback, an unused queue).
     pub guest_note: Option<String>,
     /// What the guest driver found wrong with the device.
@@ -277,6 +285,77 @@ pub struct LegacyReport {
     pub received: Option<u64>,
 }
 
+/// What the host did in the resize test.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ResizeHostReport {
+    /// Capacity in bytes after the change.
+    pub capacity: u64,
+    /// Why it did not happen.
+    pub error: Option<String>,
+}
+
+/// Waits for the guest's "change my disk" mark, then doubles the disk and reloads it.
+struct Resizer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<ResizeHostReport>,
+}
+
+/// The guest's phase mark that asks for the resize.
+const PHASE_RESIZE: u8 = 3;
+
+impl Resizer {
+    fn start(marks: crate::devices::phase_marker::Marks, block: BlockHandle) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let asked = || {
+                marks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .any(|m| m.phase == PHASE_RESIZE)
+            };
+            while !asked() {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return ResizeHostReport {
+                        error: Some("the guest never asked for the resize".into()),
+                        ..ResizeHostReport::default()
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let grow = || -> Result<u64, String> {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(block.path())
+                    .map_err(|e| e.to_string())?;
+                let size = file.metadata().map_err(|e| e.to_string())?.len();
+                file.set_len(size * 2).map_err(|e| e.to_string())?;
+                block.reload(None).map_err(|e| e.to_string())
+            };
+            match grow() {
+                Ok(capacity) => ResizeHostReport {
+                    capacity,
+                    error: None,
+                },
+                Err(e) => ResizeHostReport {
+                    capacity: 0,
+                    error: Some(e),
+                },
+            }
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> ResizeHostReport {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap_or_else(|_| ResizeHostReport {
+            error: Some("resizer panicked".into()),
+            ..ResizeHostReport::default()
+        })
+    }
+}
+
 /// Why a probe run could not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -325,6 +404,9 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         disk = Some(file);
         words.push(format!("probe.irq={}", irq_word(options.irq)));
         words.push(format!("probe.requests={}", options.requests));
+        if options.blk_resize {
+            words.push("probe.blk.resize=1".to_string());
+        }
     }
     if options.blk_queues.is_none()
         && (options.vsock.is_some() || options.net_queues.is_some() || options.console)
@@ -390,10 +472,15 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     let console_peer = console_path
         .filter(|_| options.console)
         .map(ConsolePeer::start);
+    let resizer = match (options.blk_resize, vm.blocks().first()) {
+        (true, Some(block)) => Some(Resizer::start(vm.phase_marks_handle(), block.clone())),
+        _ => None,
+    };
     let exit = vm.wait(Some(options.timeout));
     let vsock_host = peer.map(|p| p.finish());
     let net_host = net_peer.map(NetPeer::finish);
     let console_host = console_peer.map(ConsolePeer::finish);
+    let resize_host = resizer.map(Resizer::finish);
     let run_ms = started.elapsed().as_secs_f64() * 1000.0;
     let memory = vm.memory_usage();
     let exits = vm.metrics();
@@ -424,7 +511,8 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         .collect();
     let host_ok = vsock_host.as_ref().is_none_or(|(plan, r)| r.ok(plan))
         && net_host.as_ref().is_none_or(|r| r.ok(NET_FRAMES, NET_RX))
-        && console_host.as_ref().is_none_or(|r| r.ok);
+        && console_host.as_ref().is_none_or(|r| r.ok)
+        && resize_host.as_ref().is_none_or(|r| r.error.is_none());
     let interrupts_match = devices.iter().all(DeviceReport::interrupts_match);
     Ok(ProbeReport {
         irq_mode: options.irq,
@@ -432,6 +520,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         vsock_host: vsock_host.map(|(_, r)| r),
         net_host,
         console_host,
+        resize_host,
         first_output_ms: exits.first_output_ms,
         ok: guest_ok && host_ok && interrupts_match && exit == VmExit::DebugExit(0),
         interrupts_match,
@@ -531,6 +620,7 @@ fn merge_device(
         vsock: g.and_then(|g| g.get("vsock")).cloned(),
         net: g.and_then(|g| g.get("net")).cloned(),
         console: g.and_then(|g| g.get("console")).cloned(),
+        resize: g.and_then(|g| g.get("resize")).cloned(),
         guest_note: g
             .and_then(|g| g.get("note"))
             .and_then(Value::as_str)

@@ -20,7 +20,7 @@ use crate::msi::{self, Message};
 use crate::smp::{self, MAX_CPUS};
 use crate::{idt, lapic};
 use blk::QueueRun;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use mmio::Window;
 use pulse_probe::cmdline::{Config, IrqMode, MmioDevice, MAX_MMIO_DEVICES};
 use pulse_probe::devreport::{
@@ -52,6 +52,9 @@ const LATE_IRQ_MS: u64 = 1000;
 const PHASE_PORT: u16 = 0x441;
 const PHASE_START: u8 = 1;
 const PHASE_DONE: u8 = 2;
+/// "Change my disk now" (the resize test); the host answers with a config-change interrupt.
+const PHASE_RESIZE: u8 = 3;
+const RESIZE_WAIT_MS: u64 = 10_000;
 
 /// The device types the probe drives.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -119,6 +122,8 @@ static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 static DONE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// Window base per legacy vector, for the legacy interrupt hook.
 static LEGACY_WINDOWS: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
+/// Configuration changes the legacy handler saw per device (InterruptStatus bit 1).
+static LEGACY_CONFIG: [AtomicU32; MAX_DEVICES] = [const { AtomicU32::new(0) }; MAX_DEVICES];
 
 fn cpus() -> &'static [(usize, u8)] {
     // SAFETY: written once in `run` before any job is posted or any reader runs; read-only
@@ -207,6 +212,9 @@ pub fn run(cfg: &Config, ioapic_addr: Option<u32>) -> Outcome {
 
     for (d, report) in out.devices[..out.n].iter_mut().enumerate() {
         let Some(dev) = device(d) else { continue };
+        if cfg.blk_resize && dev.kind == Kind::Blk {
+            resize_test(d, report);
+        }
         if cfg.masktest && dev.kind == Kind::Blk {
             if dev.msi {
                 mask_test(d, report);
@@ -574,6 +582,48 @@ fn legacy_interrupt(vector: u8, _cpu: usize) {
     if pending != 0 {
         w.write32(reg::INTERRUPT_ACK, pending);
     }
+    if pending & INT_CONFIG != 0 {
+        LEGACY_CONFIG[d].fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// InterruptStatus bit of a configuration change.
+const INT_CONFIG: u32 = 2;
+
+/// Configuration-change interrupts device `d` got so far.
+fn config_interrupts(d: usize, dev: &Device) -> u32 {
+    if dev.msi {
+        received(dev.vectors[0])
+    } else {
+        LEGACY_CONFIG[d].load(Ordering::Acquire)
+    }
+}
+
+/// Resize test: asks the host (phase mark 3) to change the disk, waits for the configuration
+/// interrupt, and reads the new capacity (consistently, with ConfigGeneration).
+fn resize_test(d: usize, report: &mut DeviceReport) {
+    let Some(dev) = device(d) else { return };
+    let w = dev.window;
+    let (before, _) = read_config(&w, true);
+    let generation = w.read32(reg::CONFIG_GENERATION);
+    let irqs_before = config_interrupts(d, &dev);
+    arch::outb(PHASE_PORT, PHASE_RESIZE);
+    lapic::start_watchdog(WATCHDOG_VECTOR, WATCHDOG_MS);
+    wait(true, RESIZE_WAIT_MS, || {
+        config_interrupts(d, &dev) > irqs_before
+    });
+    // A second interrupt would be a duplicate: give it time to show.
+    arch::sti();
+    Deadline::after_ms(20).wait();
+    arch::cli();
+    lapic::stop_watchdog();
+    let (after, _) = read_config(&w, true);
+    report.resize = Some(pulse_probe::devreport::ResizeResult {
+        capacity_before: before,
+        capacity_after: after,
+        config_interrupts: config_interrupts(d, &dev) - irqs_before,
+        config_generation_moved: w.read32(reg::CONFIG_GENERATION) != generation,
+    });
 }
 
 /// Waits for `done()`. With `halt` (MSI mode), sleeps in `sti; hlt` between checks and
