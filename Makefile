@@ -30,6 +30,7 @@ demo: build
 	@echo
 	@echo "== the same workload on the legacy interrupt line =="
 	$(RELEASE_DIR)/pulse-vmm probe --vcpus 2 --blk-queues 4 --irq legacy
+	@echo; scripts/demo.sh
 
 lint: deps
 	$(CARGO) fmt --all -- --check
@@ -48,6 +49,7 @@ bench: build
 	$(CARGO) bench -p pulse-vmm --bench exits
 	$(CARGO) bench -p pulse-vmm --bench block -- --noplot
 	$(CARGO) bench -p pulse-vmm --bench vsock -- --noplot
+	scripts/bench-shim.sh  # Pulse vs runc through containerd (qemu backend where there is no VT-x)
 
 clean:
 	$(CARGO) clean

@@ -2,10 +2,14 @@
 //!
 //! `pulse-ctl agent report --addr unix:///tmp/a.sock` prints the guest
 //! agent's device report as JSON; `agent health`, `agent version` and
-//! `agent details` print the other read-only answers.
+//! `agent details` print the other read-only answers. `pulse-ctl status POD`
+//! prints a running pod's device report (VMM and guest views, metrics) from its
+//! shim; `pulse-ctl check` says whether this host can run Pulse.
 
 mod agent;
+mod check;
 mod connect;
+mod status;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,6 +25,10 @@ struct Cli {
 enum Command {
     /// Talk to a guest agent.
     Agent(agent::AgentArgs),
+    /// A running pod's devices: what the VMM configured, what the guest reports, metrics.
+    Status(status::StatusArgs),
+    /// Whether this host can run Pulse, and why not.
+    Check(check::CheckArgs),
 }
 
 fn main() -> Result<()> {
@@ -30,5 +38,12 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Agent(args) => runtime.block_on(agent::run(args)),
+        Command::Status(args) => runtime.block_on(status::run(args)),
+        Command::Check(args) => {
+            if !check::run(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
