@@ -143,6 +143,19 @@ impl VmConfig {
                 return Err(ConfigError::DiskMissing(block.path.clone()));
             }
         }
+        if matches!(self.serial, SerialOutput::Stdout)
+            && self
+                .console
+                .as_ref()
+                .is_some_and(|c| c.sink == crate::devices::console::ConsoleSink::Stdout)
+        {
+            return Err(ConfigError::Field {
+                field: "console",
+                message: "stdio is the serial port's already (serial = stdio); give the \
+                          console another sink, or the serial port file:PATH or none"
+                    .into(),
+            });
+        }
         if let Some(vsock) = &self.vsock {
             vsock.validate().map_err(|message| ConfigError::Field {
                 field: "vsock",
@@ -433,6 +446,7 @@ mod tests {
                 "does not exist",
             ),
             ("console = \"tcp:1\"\n", "console"),
+            ("serial = \"stdio\"\nconsole = \"stdio\"\n", "serial port"),
             ("[[net]]\nqueues = 2\n", "tap"),
         ] {
             let text = format!("{base}{extra}");
