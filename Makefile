@@ -30,6 +30,9 @@ demo: build
 	@echo
 	@echo "== the same workload on the legacy interrupt line =="
 	$(RELEASE_DIR)/pulse-vmm probe --vcpus 2 --blk-queues 4 --irq legacy
+	@echo
+	@echo "== block, net (2 queue pairs on a tap), vsock (100 echo connections) and console, one MSI per queue =="
+	$(RELEASE_DIR)/pulse-vmm probe --vcpus 2 --blk-queues 2 --net-queues 2 --vsock --console
 	@echo; scripts/demo.sh
 
 lint: deps
@@ -49,6 +52,7 @@ bench: build
 	$(CARGO) bench -p pulse-vmm --bench exits
 	$(CARGO) bench -p pulse-vmm --bench block -- --noplot
 	$(CARGO) bench -p pulse-vmm --bench vsock -- --noplot
+	$(CARGO) bench -p pulse-vmm --bench net -- --noplot
 	scripts/bench-shim.sh  # Pulse vs runc through containerd (qemu backend where there is no VT-x)
 
 clean:
