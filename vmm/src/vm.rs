@@ -356,6 +356,12 @@ impl Vm {
         Ok(vm)
     }
 
+    /// Why the VM stopped, if it has (the guest reset, a triple fault, a stop request...);
+    /// `None` while it runs. Does not block; [`Vm::wait`] still joins the threads.
+    pub fn exit_reason(&self) -> Option<VmExit> {
+        self.exit.reason()
+    }
+
     /// A handle to stop this VM from another thread.
     pub fn handle(&self) -> VmHandle {
         VmHandle(self.exit.clone())
