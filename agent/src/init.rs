@@ -1,7 +1,9 @@
 //! PID 1 duties: the guest's filesystems, stdio, hostname, power-off.
 
+use std::ffi::CString;
 use std::fs;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -18,6 +20,8 @@ pub enum InitError {
     },
     #[error("creating {0}: {1}")]
     Dir(&'static str, #[source] std::io::Error),
+    #[error("moving off the initramfs: {0}: {1}")]
+    Switch(&'static str, String),
 }
 
 /// What a PID 1 mounts, in order: (fstype, target, flags, data).
@@ -66,6 +70,86 @@ const MOUNTS: &[(&str, &str, MsFlags, &str)] = &[
         "",
     ),
 ];
+
+/// Where the new root is assembled on the initramfs before the move.
+const NEW_ROOT: &str = "/.pulse-root";
+
+/// Whether `/` is the kernel's initial root filesystem (the initramfs, fstype
+/// `rootfs` in mountinfo). pivot_root(2) cannot move that mount, so no
+/// container could pivot out of it.
+fn root_is_initramfs() -> Result<bool, InitError> {
+    fs::create_dir_all("/proc").map_err(|e| InitError::Dir("/proc", e))?;
+    // The flags of MOUNTS' /proc entry: setup_guest keeps this mount.
+    let flags = MsFlags::MS_NOSUID
+        .union(MsFlags::MS_NODEV)
+        .union(MsFlags::MS_NOEXEC);
+    match mount(Some("proc"), "/proc", Some("proc"), flags, None::<&str>) {
+        Ok(()) | Err(Errno::EBUSY) => {}
+        Err(err) => {
+            return Err(InitError::Mount {
+                fstype: "proc",
+                target: "/proc",
+                err,
+            })
+        }
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| InitError::Switch("reading /proc/self/mountinfo", e.to_string()))?;
+    // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER".
+    Ok(mountinfo.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let mount_point = fields.nth(4);
+        let fstype = fields.skip_while(|f| *f != "-").nth(1);
+        mount_point == Some("/") && fstype == Some("rootfs")
+    }))
+}
+
+/// As PID 1 on the initramfs: moves the guest onto a fresh tmpfs root, as
+/// switch_root(8) does, and re-executes the agent there, so that containers
+/// can pivot_root. Returns `Ok(())` when `/` is already a real mount; does
+/// not return when it moved.
+pub fn leave_initramfs() -> Result<(), InitError> {
+    if !root_is_initramfs()? {
+        return Ok(());
+    }
+    let fail = |what: &'static str| move |e: Errno| InitError::Switch(what, e.to_string());
+    fs::create_dir_all(NEW_ROOT).map_err(|e| InitError::Dir(NEW_ROOT, e))?;
+    mount(
+        Some("tmpfs"),
+        NEW_ROOT,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(|err| InitError::Mount {
+        fstype: "tmpfs",
+        target: NEW_ROOT,
+        err,
+    })?;
+    fs::copy("/proc/self/exe", Path::new(NEW_ROOT).join("init"))
+        .map_err(|e| InitError::Switch("copying the agent", e.to_string()))?;
+    // Once covered, the old root's files stay in memory for good: drop the
+    // agent's copy there (the running image lives on until the exec).
+    if let Ok(exe) = std::env::current_exe() {
+        let _ = fs::remove_file(exe);
+    }
+    let _ = nix::mount::umount2("/proc", nix::mount::MntFlags::MNT_DETACH);
+    nix::unistd::chdir(NEW_ROOT).map_err(fail("chdir"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(fail("moving the new root onto /"))?;
+    nix::unistd::chroot(".").map_err(fail("chroot"))?;
+    nix::unistd::chdir("/").map_err(fail("chdir /"))?;
+    let mut args: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.into_vec()).ok())
+        .collect();
+    if args.is_empty() {
+        args.push(c"/init".into());
+    }
+    match nix::unistd::execv(c"/init", &args) {
+        Ok(never) => match never {},
+        Err(e) => Err(fail("exec /init")(e)),
+    }
+}
 
 /// Controllers handed down to the containers' cgroups.
 const CONTROLLERS: &[&str] = &["cpuset", "cpu", "io", "memory", "pids", "hugetlb"];

@@ -84,6 +84,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, init_mode: bool) -> Result<ShutdownAction> {
     if init_mode {
+        // Containers cannot pivot_root out of the initramfs: move off it first.
+        if let Err(e) = init::leave_initramfs() {
+            tracing::warn!("staying on the initramfs, containers will fail: {e}");
+        }
         init::setup_guest().context("setting up the guest as PID 1")?;
         nix::unistd::sethostname(&cli.hostname).context("setting the hostname")?;
     }
