@@ -21,6 +21,13 @@ build: deps
 agent: deps
 	$(CARGO) build --release --target x86_64-unknown-linux-musl -p pulse-agent
 
+# The guest: vmlinux (built once per input hash, cached in /var/cache/pulse/kernel) and the
+# initramfs with the agent as /init, both in build/guest/.
+.PHONY: guest
+guest: agent
+	guest/kernel/build.sh
+	guest/image/mkinitramfs.sh --agent $(MUSL_DIR)/pulse-agent
+
 demo: build
 	@echo "== pulse-vmm probe: boot the embedded probe guest on 2 vCPUs =="
 	$(RELEASE_DIR)/pulse-vmm probe --vcpus 2
@@ -41,7 +48,7 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd guest/probe && $(CARGO) clippy --release --target x86_64-unknown-none -- -D warnings
 
-unit-tests: deps
+unit-tests: deps guest
 	$(CARGO) test --workspace
 	cd guest/probe && $(CARGO) test --lib --target x86_64-unknown-linux-gnu
 
@@ -53,6 +60,7 @@ bench: build
 	$(CARGO) bench -p pulse-vmm --bench block -- --noplot
 	$(CARGO) bench -p pulse-vmm --bench vsock -- --noplot
 	$(CARGO) bench -p pulse-vmm --bench net -- --noplot
+	$(MAKE) --no-print-directory guest && $(CARGO) bench -p pulse-tests --bench guest_boot
 	scripts/bench-shim.sh  # Pulse vs runc through containerd (qemu backend where there is no VT-x)
 
 clean:

@@ -13,6 +13,11 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "insta
 for pkg in qemu-system-x86 busybox-static musl-tools containerd runc e2fsprogs util-linux; do
     pkg_installed "$pkg" || need_apt+=("$pkg")
 done
+# The guest kernel build (guest/kernel/build.sh also installs linux-source-6.1) and the rootfs
+# disk images (mkfs.ext4 -d).
+for pkg in bc bison flex libelf-dev libssl-dev e2fsprogs; do
+    pkg_installed "$pkg" || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "install-deps: need root to install: ${need_apt[*]}" >&2
@@ -31,4 +36,10 @@ if have rustup; then
         grep -qx "$target" <<<"$installed" || rustup target add "$target"
     done
     rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+fi
+
+# vhost-device-vsock: the vsock backend of the QEMU rig (tests/src/qemu.rs).
+if ! have vhost-device-vsock && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/vhost-device-vsock" ]; then
+    echo "install-deps: cargo install vhost-device-vsock 0.3.0"
+    cargo install --quiet --locked vhost-device-vsock --version 0.3.0
 fi

@@ -1,0 +1,34 @@
+//! Pulse's end-to-end test fixtures.
+//!
+//! - [`qemu`]: the QEMU rig. Boots the project's guest kernel and initramfs
+//!   (`make guest`) under `qemu-system-x86_64 -M microvm -accel tcg`, with
+//!   virtio-mmio block disks and a vsock device backed by
+//!   `vhost-device-vsock`, and hands out the agent's hybrid-vsock address.
+//!   A test fixture only: the product path is Pulse's own VMM.
+//! - [`agent`]: ttrpc clients for the agent in such a guest.
+//! - [`rootfs`]: busybox root filesystems and ext4 images of them.
+//! - [`connect`]: pulse-ctl's connection code (`hvsock://PATH:PORT`), the
+//!   same source file, compiled into this crate.
+
+pub mod agent;
+#[path = "../../ctl/src/connect.rs"]
+pub mod connect;
+pub mod qemu;
+pub mod rootfs;
+
+use std::path::PathBuf;
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Where `make guest` puts the kernel and the initramfs.
+pub fn guest_build_dir() -> PathBuf {
+    std::env::var_os("PULSE_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("build/guest"))
+}
