@@ -129,9 +129,28 @@ pub fn run(args: CheckArgs) -> Result<bool> {
         if hw {
             "hardware virtualization: Linux guests run at full speed".into()
         } else {
-            "no VT-x/AMD-V flag: KVM here cannot run a Linux guest at speed; use backend = \"qemu\" (TCG)".into()
+            "no VT-x/AMD-V flag: KVM here runs guests through its instruction emulator and cannot boot Linux; use backend = \"qemu\" (TCG)".into()
         },
     );
+    let net_queues = config
+        .as_ref()
+        .and_then(|c| c.get("devices")?.get("net_queues")?.as_integer())
+        .unwrap_or(0);
+    if net_queues > 0 {
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun");
+        add(
+            tun.is_ok(),
+            true,
+            "/dev/net/tun",
+            match &tun {
+                Ok(_) => format!("opens (devices.net_queues = {net_queues}: one tap per pod)"),
+                Err(e) => format!("{e} (devices.net_queues = {net_queues} needs a tap per pod)"),
+            },
+        );
+    }
     for (key, default) in [
         ("kernel", "/usr/share/pulse/vmlinux"),
         ("initramfs", "/usr/share/pulse/initramfs.cpio.gz"),
@@ -230,6 +249,12 @@ pub fn run(args: CheckArgs) -> Result<bool> {
             ""
         };
         println!("\nthis host can run Pulse{accel}");
+    } else if backend == "embedded" && !hw {
+        println!(
+            "\nthis host cannot run Pulse with backend = \"embedded\": it has no VT-x/AMD-V.\n\
+             Set [hypervisor] backend = \"qemu\" in {} (QEMU's software emulator), then check again.",
+            config_path.display()
+        );
     } else {
         println!("\nthis host cannot run Pulse yet: see FAIL above");
     }

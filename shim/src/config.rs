@@ -119,6 +119,8 @@ pub struct DevicesConfig {
     pub net_queues: u16,
     /// Per-queue MSI (Pulse's virtio-mmio extension); off means the legacy interrupt line.
     pub msi: bool,
+    /// A virtio-console (`hvc0` in the guest) writing to `<sandbox>/hvc0.log`.
+    pub virtio_console: bool,
 }
 
 impl Default for DevicesConfig {
@@ -128,6 +130,7 @@ impl Default for DevicesConfig {
             block_queues: 0,
             net_queues: 0,
             msi: true,
+            virtio_console: false,
         }
     }
 }
@@ -481,7 +484,13 @@ mod tests {
                     "memory_mib",
                     "kernel_params",
                 ]),
-                devices: keys(&["block_slots", "block_queues", "net_queues", "msi"]),
+                devices: keys(&[
+                    "block_slots",
+                    "block_queues",
+                    "net_queues",
+                    "msi",
+                    "virtio_console",
+                ]),
                 agent: keys(&["port", "connect_timeout_ms", "request_timeout_ms"]),
                 qemu: keys(&["binary", "vhost_vsock_binary", "accel", "extra_args"]),
                 rootfs: keys(&["free_mib", "min_mib", "mkfs"]),

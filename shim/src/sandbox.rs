@@ -310,7 +310,8 @@ impl Sandbox {
 /// Unix socket paths must fit in sun_path (108 bytes with the NUL).
 fn check_socket_paths(paths: &SandboxPaths) -> Result<()> {
     for p in [paths.vhost(), paths.vsock(), paths.qmp(), paths.mgmt()] {
-        if p.as_os_str().len() > 100 {
+        // The VMM's vsock adds `_<port>` for guest-initiated connections.
+        if p.as_os_str().len() > pulse_vmm::devices::vsock::MAX_UDS_PATH {
             return Err(anyhow!(
                 "socket path {} is too long for a unix socket; use a shorter shim.state_dir",
                 p.display()

@@ -1,24 +1,37 @@
 //! The `embedded` backend: `pulse-vmm` in the shim's own process.
 //!
-//! What works against the current `pulse-vmm` API: the VM is built with
-//! [`pulse_vmm::Vm::start`] from the pod's kernel, initramfs, vCPUs, memory and
-//! its empty block slots (virtio-blk over placeholder files, with the slot
-//! serials and queue counts), the guest console goes to the sandbox's console
-//! log, the device view comes from [`pulse_vmm::Vm::device_stats`] (queues,
-//! MSI state, per-vector interrupt counts), and stop joins every VM thread.
+//! The VM is built with [`pulse_vmm::Vm::start`] from the pod's kernel,
+//! initramfs, vCPUs and memory, with:
+//! - its empty block slots: virtio-blk over placeholder files, with the slot
+//!   serials and queue counts; attaching a disk rewrites the slot's file and
+//!   calls [`BlockHandle::reload`](pulse_vmm::devices::block::BlockHandle::reload)
+//!   (new capacity, config generation, configuration-change interrupt);
+//! - a hybrid-vsock device whose host side is the sandbox's `vm.vsock` socket
+//!   (`CONNECT <port>\n` -> `OK <port>\n`; before the guest driver is ready the
+//!   socket answers `ERR ...` and closes, and the agent client retries);
+//! - per-queue MSI offered or not (`devices.msi`);
+//! - a multi-queue virtio-net on the pod's tap (`devices.net_queues` > 0): the
+//!   device creates the tap and removes it when the VM goes (a non-persistent
+//!   tap also vanishes with the process if the shim is killed);
+//! - the serial console in the sandbox's `console.log`, and optionally a
+//!   virtio-console in `hvc0.log` (`devices.virtio_console`).
 //!
-//! What needs the VMM (marked `NEEDS-VMM` below):
-//! - a hybrid-vsock device in `VmConfig` (host side: a unix socket that
-//!   answers `CONNECT <port>\n` with `OK <port>\n`), so the agent can be reached;
-//! - a way to tell a block device that its backing file changed size: re-read
-//!   the length, update `capacity` in the config space, bump
-//!   `config_generation` and raise the configuration-change interrupt;
-//! - a switch to offer or withhold per-queue MSI (`devices.msi = false`).
+//! The device view comes from [`pulse_vmm::Vm::device_stats`] (queues, MSI
+//! state, per-vector interrupt counts); [`pulse_vmm::Vm::exit_reason`] says
+//! whether the VM stopped; stop joins every VM thread.
+//!
+//! Linux boots under this backend only on a host with VT-x/AMD-V: without it
+//! KVM runs the guest through its instruction emulator (no SSE/xsave, ~1000x
+//! slower), the guest never gets to its agent, and the sandbox fails at the
+//! agent deadline with everything removed again.
 
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 use pulse_vmm::devices::block::{BlockConfig, DEFAULT_QUEUE_SIZE};
+use pulse_vmm::devices::console::{ConsoleConfig, ConsoleSink};
+use pulse_vmm::devices::net::NetConfig;
+use pulse_vmm::devices::vsock::VsockConfig;
 use pulse_vmm::{KernelSource, SerialOutput, Vm, VmConfig};
 
 use super::{
@@ -27,6 +40,9 @@ use super::{
 };
 use crate::config::PulseConfig;
 use crate::state::slot_serial;
+
+/// The guest's vsock context id (the VM is alone on its hybrid-vsock socket).
+pub const GUEST_CID: u64 = 3;
 
 /// pulse-vmm in-process.
 pub struct Embedded {
@@ -65,110 +81,151 @@ impl Embedded {
                 serial: Some(slot_serial(slot)),
             })
             .collect();
-        // NEEDS-VMM: `vm.vsock = Some(VsockConfig { cid: 3, uds: self.paths.vsock() })`
-        // once pulse-vmm's VmConfig has its hybrid-vsock device.
-        // NEEDS-VMM: `vm.msi = c.devices.msi` (offer per-queue MSI or not).
-        // NEEDS-VMM: net (`devices.net_queues`) and console devices.
+        vm.vsock = Some(VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: self.paths.vsock(),
+        });
+        vm.msi = c.devices.msi;
+        if c.devices.net_queues > 0 {
+            let mut net = NetConfig::new(&self.paths.tap_name());
+            net.queue_pairs = c.devices.net_queues;
+            vm.net = vec![net];
+        }
+        if c.devices.virtio_console {
+            vm.console = Some(ConsoleConfig {
+                sink: ConsoleSink::File(self.paths.hvc_console()),
+            });
+        }
         vm
     }
-}
 
-/// Why the embedded backend cannot reach the agent yet.
-const NO_VSOCK: &str = "the embedded backend cannot reach the guest agent yet: pulse-vmm has no \
-                        hybrid-vsock device in VmConfig; set [hypervisor] backend = \"qemu\" in \
-                        the pulse config";
+    /// The VM's devices in the VMM's slot order (disks, network card, vsock,
+    /// console), without counters: what the configuration asks for.
+    fn configured_devices(&self) -> Vec<HostDevice> {
+        let c = &self.config;
+        let mut devices: Vec<HostDevice> = (0..c.devices.block_slots)
+            .map(|slot| HostDevice {
+                kind: "block".into(),
+                id: slot_serial(slot),
+                queues: c.block_queues(),
+                msi: c.devices.msi,
+                interrupts: Vec::new(),
+            })
+            .collect();
+        if c.devices.net_queues > 0 {
+            devices.push(HostDevice {
+                kind: "net".into(),
+                id: self.paths.tap_name(),
+                queues: c.devices.net_queues * 2,
+                msi: c.devices.msi,
+                interrupts: Vec::new(),
+            });
+        }
+        devices.push(HostDevice {
+            kind: "vsock".into(),
+            id: "vsock0".into(),
+            queues: 3,
+            msi: c.devices.msi,
+            interrupts: Vec::new(),
+        });
+        if c.devices.virtio_console {
+            devices.push(HostDevice {
+                kind: "console".into(),
+                id: "hvc0".into(),
+                queues: 2,
+                msi: c.devices.msi,
+                interrupts: Vec::new(),
+            });
+        }
+        devices
+    }
+
+    fn reload(&self, slot: usize) -> Result<u64, HypervisorError> {
+        let vm = self
+            .vm
+            .as_ref()
+            .ok_or_else(|| HypervisorError::Control("the VM is not running".into()))?;
+        let block = vm
+            .blocks()
+            .get(slot)
+            .ok_or_else(|| HypervisorError::Control(format!("the VM has no block slot {slot}")))?;
+        block
+            .reload(None)
+            .map_err(|e| HypervisorError::Control(format!("block slot {slot}: {e}")))
+    }
+}
 
 #[async_trait]
 impl Hypervisor for Embedded {
     async fn boot(&mut self) -> Result<(), HypervisorError> {
-        // Without vsock the guest would boot but never be reachable: refuse up
-        // front, before a VM exists. NEEDS-VMM: drop this once vsock is there.
-        if !vmm_has_vsock() {
-            return Err(HypervisorError::Unsupported(NO_VSOCK.into()));
-        }
         create_placeholders(&self.paths, self.config.devices.block_slots)?;
         let config = self.vm_config();
         let vm = tokio::task::spawn_blocking(move || Vm::start(&config))
             .await
             .map_err(|e| HypervisorError::Boot(e.to_string()))?
             .map_err(|e| HypervisorError::Boot(e.to_string()))?;
+        tracing::info!(cmdline = vm.cmdline(), "embedded VM started");
         self.vm = Some(vm);
         Ok(())
     }
 
     fn agent_socket(&self) -> Result<PathBuf, HypervisorError> {
-        if vmm_has_vsock() {
-            Ok(self.paths.vsock())
-        } else {
-            Err(HypervisorError::Unsupported(NO_VSOCK.into()))
-        }
+        Ok(self.paths.vsock())
     }
 
     fn slot_image(&self, slot: usize) -> PathBuf {
         self.paths.slot_image(slot)
     }
 
-    async fn attach_disk(&mut self, slot: usize, _bytes: u64) -> Result<(), HypervisorError> {
-        // NEEDS-VMM: `vm.block_resized(slot)` (re-read the file size, update the
-        // capacity, raise the config-change interrupt).
-        Err(HypervisorError::Unsupported(format!(
-            "the embedded backend cannot signal a capacity change on block slot {slot} yet \
-             (pulse-vmm has no block resize call)"
-        )))
+    async fn attach_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
+        let capacity = self.reload(slot)?;
+        if capacity != bytes {
+            return Err(HypervisorError::Control(format!(
+                "block slot {slot}: the VMM sees {capacity} bytes, the image has {bytes}"
+            )));
+        }
+        Ok(())
     }
 
     async fn detach_disk(&mut self, slot: usize) -> Result<(), HypervisorError> {
-        Err(HypervisorError::Unsupported(format!(
-            "the embedded backend cannot empty block slot {slot} yet (pulse-vmm has no block resize call)"
-        )))
+        let path = self.paths.slot_image(slot);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(HypervisorError::io(format!("opening {}", path.display())))?;
+        file.set_len(0)
+            .map_err(HypervisorError::io(format!("emptying {}", path.display())))?;
+        self.reload(slot).map(|_| ())
     }
 
     fn host_view(&self) -> HostView {
         let c = &self.config;
-        let stats = self.vm.as_ref().map(Vm::device_stats).unwrap_or_default();
-        let serials: Vec<String> = (0..c.devices.block_slots).map(slot_serial).collect();
-        let devices = if stats.is_empty() {
-            serials
-                .into_iter()
-                .map(|id| HostDevice {
-                    kind: "block".into(),
-                    id,
-                    queues: c.block_queues(),
-                    msi: c.devices.msi,
-                    interrupts: Vec::new(),
-                })
-                .collect()
-        } else {
-            stats
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let mut interrupts: Vec<HostVector> = s
-                        .vectors
-                        .iter()
-                        .map(|v| HostVector {
-                            name: if v.index == 0 {
-                                "config".into()
-                            } else {
-                                format!("queue{}", v.index - 1)
-                            },
-                            sent: v.sent,
-                        })
-                        .collect();
-                    interrupts.push(HostVector {
-                        name: "legacy".into(),
-                        sent: s.legacy_sent,
-                    });
-                    HostDevice {
-                        kind: s.device_type.to_string(),
-                        id: serials.get(i).cloned().unwrap_or_else(|| format!("dev{i}")),
-                        queues: s.queues,
-                        msi: s.msi_enabled,
-                        interrupts,
-                    }
-                })
-                .collect()
-        };
+        let mut devices = self.configured_devices();
+        if let Some(vm) = &self.vm {
+            // The VMM lists its devices in the same order as configured_devices.
+            for (device, s) in devices.iter_mut().zip(vm.device_stats()) {
+                device.msi = s.msi_enabled;
+                if device.kind != "net" {
+                    device.queues = s.queues;
+                }
+                device.interrupts = s
+                    .vectors
+                    .iter()
+                    .map(|v| HostVector {
+                        name: if v.index == 0 {
+                            "config".into()
+                        } else {
+                            format!("queue{}", v.index - 1)
+                        },
+                        sent: v.sent,
+                    })
+                    .collect();
+                device.interrupts.push(HostVector {
+                    name: "legacy".into(),
+                    sent: s.legacy_sent,
+                });
+            }
+        }
         HostView {
             backend: "embedded".into(),
             accel: "kvm".into(),
@@ -180,54 +237,132 @@ impl Hypervisor for Embedded {
     }
 
     fn exited(&mut self) -> Option<String> {
-        // NEEDS-VMM: a non-blocking "has the VM stopped, and why" (Vm::wait takes &mut and blocks).
+        if self.exit_reason.is_none() {
+            self.exit_reason = self
+                .vm
+                .as_ref()
+                .and_then(Vm::exit_reason)
+                .map(|e| e.to_string());
+        }
         self.exit_reason.clone()
     }
 
     async fn stop(&mut self) -> Result<(), HypervisorError> {
         if let Some(mut vm) = self.vm.take() {
-            let exit = tokio::task::spawn_blocking(move || vm.stop())
-                .await
-                .map_err(|e| HypervisorError::Control(e.to_string()))?;
-            self.exit_reason = Some(format!("{exit:?}"));
+            vm.handle().request_stop();
+            let exit = tokio::task::spawn_blocking(move || {
+                let exit = vm.stop();
+                // Dropping the VM joins its device workers and closes the tap.
+                drop(vm);
+                exit
+            })
+            .await
+            .map_err(|e| HypervisorError::Control(e.to_string()))?;
+            tracing::info!(%exit, "embedded VM stopped");
+            self.exit_reason.get_or_insert_with(|| exit.to_string());
         }
+        let _ = std::fs::remove_file(self.paths.vsock());
         Ok(())
     }
-}
-
-/// Whether the linked pulse-vmm can give the guest a hybrid-vsock device.
-/// NEEDS-VMM: true once `VmConfig` has `vsock`.
-fn vmm_has_vsock() -> bool {
-    false
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pulse_vmm::devices::net::TapSource;
+
+    fn backend(edit: impl FnOnce(&mut PulseConfig)) -> (Embedded, SandboxPaths) {
+        let mut config = PulseConfig::default();
+        edit(&mut config);
+        let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p");
+        (Embedded::new(config, paths.clone()), paths)
+    }
 
     #[test]
-    fn vm_config_has_the_slots_and_the_console() {
-        let mut config = PulseConfig::default();
-        config.vm.vcpus = 2;
-        config.devices.block_slots = 3;
-        let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p");
-        let e = Embedded::new(config, paths.clone());
+    fn vm_config_has_the_slots_vsock_and_the_console() {
+        let (e, paths) = backend(|c| {
+            c.vm.vcpus = 2;
+            c.vm.memory_mib = 512;
+            c.vm.kernel_params = "quiet".into();
+            c.devices.block_slots = 3;
+        });
         let vm = e.vm_config();
+        assert!(matches!(vm.kernel, KernelSource::Path(ref p) if *p == e.config.vm.kernel));
+        assert_eq!(vm.initrd.as_ref(), Some(&e.config.vm.initramfs));
+        assert_eq!((vm.vcpus, vm.memory_mib), (2, 512));
         assert_eq!(vm.block.len(), 3);
         assert_eq!(vm.block[1].serial.as_deref(), Some("pulse-slot-1"));
-        assert_eq!(vm.block[1].queues, 2);
+        assert_eq!(vm.block[1].path, paths.slot_image(1));
+        assert_eq!(vm.block[1].queues, 2, "0 block queues: one per vCPU");
+        assert!(!vm.block[0].read_only);
         assert!(matches!(vm.serial, SerialOutput::File(ref p) if *p == paths.console()));
         assert!(vm.cmdline.starts_with("console=ttyS0"));
+        assert!(vm.cmdline.ends_with(" quiet"), "{}", vm.cmdline);
+        assert!(!vm.cmdline.contains("tsc=reliable"));
+        let vsock = vm.vsock.as_ref().expect("a vsock device");
+        assert_eq!(vsock.guest_cid, GUEST_CID);
+        assert_eq!(vsock.uds_path, paths.vsock());
+        assert!(vm.msi);
+        assert!(vm.net.is_empty(), "net_queues = 0: no network card");
+        assert!(vm.console.is_none());
+    }
+
+    #[test]
+    fn msi_net_and_console_follow_the_config() {
+        let (e, paths) = backend(|c| {
+            c.devices.msi = false;
+            c.devices.net_queues = 4;
+            c.devices.block_queues = 3;
+            c.devices.virtio_console = true;
+        });
+        let vm = e.vm_config();
+        assert!(!vm.msi);
+        assert_eq!(vm.block[0].queues, 3);
+        assert_eq!(vm.net.len(), 1);
+        assert_eq!(vm.net[0].queue_pairs, 4);
+        assert_eq!(vm.net[0].tap, TapSource::Name(paths.tap_name()));
+        assert!(vm.net[0].link_up);
+        assert_eq!(
+            vm.console.as_ref().map(|c| &c.sink),
+            Some(&ConsoleSink::File(paths.hvc_console()))
+        );
+        let view = e.host_view();
+        let kinds: Vec<(&str, u16, bool)> = view
+            .devices
+            .iter()
+            .map(|d| (d.kind.as_str(), d.queues, d.msi))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("block", 3, false),
+                ("block", 3, false),
+                ("block", 3, false),
+                ("block", 3, false),
+                ("net", 8, false),
+                ("vsock", 3, false),
+                ("console", 2, false),
+            ]
+        );
+        assert_eq!(view.devices[4].id, paths.tap_name());
     }
 
     #[tokio::test]
-    async fn boot_without_vsock_is_a_clear_error() {
+    async fn a_vm_that_cannot_start_is_a_clear_error_and_stop_is_safe() {
         let dir = tempfile::tempdir().unwrap();
         let paths = SandboxPaths::new(dir.path(), "ns", "p");
-        let mut e = Embedded::new(PulseConfig::default(), paths);
+        std::fs::create_dir_all(&paths.dir).unwrap();
+        let mut config = PulseConfig::default();
+        config.vm.kernel = dir.path().join("no-such-vmlinux");
+        let mut e = Embedded::new(config, paths.clone());
+        e.vm_config().vsock.unwrap().validate().unwrap();
         let err = e.boot().await.unwrap_err().to_string();
-        assert!(err.contains("backend = \"qemu\""), "{err}");
+        assert!(err.contains("the VM failed to start"), "{err}");
+        assert!(e.exited().is_none());
         e.stop().await.unwrap();
-        assert_eq!(e.host_view().devices.len(), 4);
+        e.stop().await.unwrap();
+        assert!(!paths.vsock().exists());
+        assert_eq!(e.host_view().devices.len(), 5);
+        assert!(e.attach_disk(0, 0).await.is_err());
     }
 }

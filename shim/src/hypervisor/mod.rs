@@ -133,6 +133,23 @@ impl SandboxPaths {
         self.dir.join("console.log")
     }
 
+    /// The virtio-console's output (`devices.virtio_console`).
+    pub fn hvc_console(&self) -> PathBuf {
+        self.dir.join("hvc0.log")
+    }
+
+    /// The pod's tap (`devices.net_queues` > 0): `pulse` and 8 hex digits of a
+    /// hash of the sandbox directory, within the 15 bytes of an interface name.
+    pub fn tap_name(&self) -> String {
+        // FNV-1a: stable across builds, so `pulse-ctl` and tests can compute it too.
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in self.dir.as_os_str().as_encoded_bytes() {
+            hash ^= u32::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        format!("pulse{hash:08x}")
+    }
+
     /// The management socket (`/metrics`, `/report`).
     pub fn mgmt(&self) -> PathBuf {
         self.dir.join("mgmt.sock")
@@ -261,6 +278,16 @@ mod tests {
             Path::new("/run/pulse/default/pod1/slot-2.img")
         );
         assert!(p.staging("c").starts_with(&p.dir));
+        let tap = p.tap_name();
+        assert!(tap.len() <= 15 && tap.starts_with("pulse"), "{tap}");
+        assert_eq!(
+            tap,
+            SandboxPaths::new(Path::new("/run/pulse"), "default", "pod1").tap_name()
+        );
+        assert_ne!(
+            tap,
+            SandboxPaths::new(Path::new("/run/pulse"), "default", "pod2").tap_name()
+        );
     }
 
     #[test]

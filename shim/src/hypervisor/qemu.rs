@@ -125,8 +125,41 @@ impl Qemu {
                 slot_serial(slot)
             ));
         }
+        if c.devices.net_queues > 0 {
+            // QEMU opens the tap by name and creates it when absent; a tap it
+            // created is not persistent and goes when QEMU closes it.
+            let pairs = c.devices.net_queues;
+            args.push("-netdev".into());
+            args.push(format!(
+                "tap,id=net0,ifname={},script=no,downscript=no,vhost=off,queues={pairs}",
+                self.paths.tap_name()
+            ));
+            args.push("-device".into());
+            args.push(if pairs > 1 {
+                "virtio-net-device,netdev=net0,mq=on".into()
+            } else {
+                "virtio-net-device,netdev=net0".into()
+            });
+        }
+        if c.devices.virtio_console {
+            args.push("-chardev".into());
+            args.push(format!(
+                "file,id=hvc0,path={}",
+                self.paths.hvc_console().display()
+            ));
+            args.push("-device".into());
+            args.push("virtio-serial-device,max_ports=1".into());
+            args.push("-device".into());
+            args.push("virtconsole,chardev=hvc0".into());
+        }
         args.extend(c.qemu.extra_args.iter().cloned());
         args
+    }
+
+    /// virtio-mmio transports the configuration needs.
+    pub fn transports(&self) -> usize {
+        let d = &self.config.devices;
+        1 + d.block_slots + usize::from(d.net_queues > 0) + usize::from(d.virtio_console)
     }
 
     async fn spawn_vhost(&mut self) -> Result<(), HypervisorError> {
@@ -228,21 +261,19 @@ impl Qemu {
 #[async_trait]
 impl Hypervisor for Qemu {
     async fn boot(&mut self) -> Result<(), HypervisorError> {
-        if self.config.devices.block_slots + 1 > MICROVM_TRANSPORTS {
+        if self.transports() > MICROVM_TRANSPORTS {
+            let d = &self.config.devices;
             return Err(HypervisorError::Unsupported(format!(
-                "devices.block_slots = {}: QEMU's microvm has {MICROVM_TRANSPORTS} virtio-mmio \
-                 transports, one is the vsock device, so at most {} block slots",
-                self.config.devices.block_slots,
-                MICROVM_TRANSPORTS - 1
+                "QEMU's microvm has {MICROVM_TRANSPORTS} virtio-mmio transports; this pod needs {}: \
+                 the vsock device, devices.block_slots = {}{}{}",
+                self.transports(),
+                d.block_slots,
+                if d.net_queues > 0 { ", a network card (devices.net_queues)" } else { "" },
+                if d.virtio_console { ", a console (devices.virtio_console)" } else { "" },
             )));
         }
         if self.config.devices.msi {
             tracing::info!("QEMU's virtio-mmio has no MSI: the guest uses legacy interrupts");
-        }
-        if self.config.devices.net_queues > 0 {
-            tracing::warn!(
-                "the qemu backend has no network device yet; devices.net_queues ignored"
-            );
         }
         create_placeholders(&self.paths, self.config.devices.block_slots)?;
         self.spawn_vhost().await?;
@@ -286,6 +317,25 @@ impl Hypervisor for Qemu {
                 kind: "block".into(),
                 id: slot_serial(slot),
                 queues: c.block_queues(),
+                msi: false,
+                interrupts: Vec::new(),
+            });
+        }
+        if c.devices.net_queues > 0 {
+            devices.push(HostDevice {
+                kind: "net".into(),
+                id: self.paths.tap_name(),
+                queues: c.devices.net_queues * 2,
+                msi: false,
+                interrupts: Vec::new(),
+            });
+        }
+        if c.devices.virtio_console {
+            devices.push(HostDevice {
+                kind: "console".into(),
+                id: "hvc0".into(),
+                // virtio-serial with one port and the control queues (VIRTIO_CONSOLE_F_MULTIPORT).
+                queues: 4,
                 msi: false,
                 interrupts: Vec::new(),
             });
@@ -485,6 +535,50 @@ mod tests {
         assert!(!args.contains("slot2"));
         assert!(args.contains("-qmp unix:/run/pulse/ns/p/qmp.sock,server=on,wait=off"));
         assert!(args.contains("tsc=reliable"));
+        assert!(!args.contains("netdev"), "net_queues = 0: no network card");
+        assert!(!args.contains("virtconsole"));
+    }
+
+    #[test]
+    fn net_and_console_devices_and_the_transport_limit() {
+        let mut config = PulseConfig::default();
+        config.devices.net_queues = 2;
+        config.devices.virtio_console = true;
+        let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p");
+        let q = Qemu::new(config.clone(), paths.clone());
+        let args = q.qemu_args().join(" ");
+        let tap = paths.tap_name();
+        assert!(
+            args.contains(&format!(
+                "-netdev tap,id=net0,ifname={tap},script=no,downscript=no,vhost=off,queues=2 \
+                 -device virtio-net-device,netdev=net0,mq=on"
+            )),
+            "{args}"
+        );
+        assert!(args.contains("-chardev file,id=hvc0,path=/run/pulse/ns/p/hvc0.log"));
+        assert!(args.contains("virtconsole,chardev=hvc0"));
+        assert_eq!(q.transports(), 7);
+        let kinds: Vec<String> = q
+            .host_view()
+            .devices
+            .iter()
+            .map(|d| d.kind.clone())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["vsock", "block", "block", "block", "block", "net", "console"]
+        );
+        assert_eq!(q.host_view().devices[5].queues, 4);
+
+        config.devices.block_slots = 6;
+        let mut q = Qemu::new(config, paths);
+        let err = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(q.boot())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("this pod needs 9"), "{err}");
     }
 
     #[tokio::test]

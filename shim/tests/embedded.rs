@@ -1,0 +1,170 @@
+//! The `embedded` backend against real KVM on a host without VT-x/AMD-V
+//! (these machines): the VM starts (its vsock socket answers, its tap exists),
+//! Linux never gets to its agent under KVM's instruction emulator, the
+//! sandbox fails at the (short) agent deadline with a clear error, and nothing
+//! is left: no thread, no fd, no socket, no tap, no disk image.
+//!
+//! One test in this binary, so that the thread and fd counts are its own.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pulse_shim::config::{Backend, PulseConfig};
+use pulse_shim::hypervisor::SandboxPaths;
+use pulse_shim::sandbox::Sandbox;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+fn guest_image() -> Option<(PathBuf, PathBuf)> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let kernel = std::env::var_os("PULSE_TEST_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("build/guest/vmlinux"));
+    let initramfs = std::env::var_os("PULSE_TEST_INITRAMFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("build/guest/initramfs.cpio.gz"));
+    (kernel.is_file() && initramfs.is_file()).then_some((kernel, initramfs))
+}
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// The open fds and what they are.
+fn fds() -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let target = std::fs::read_link(e.path()).unwrap_or_default();
+                    format!(
+                        "{} -> {}",
+                        e.file_name().to_string_lossy(),
+                        target.display()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds
+}
+
+/// What the VM's hybrid-vsock socket answers to `CONNECT 1024`, once it exists.
+async fn vsock_answer(socket: PathBuf, deadline: Instant) -> Option<String> {
+    while Instant::now() < deadline {
+        if let Ok(mut s) = tokio::net::UnixStream::connect(&socket).await {
+            if s.write_all(b"CONNECT 1024\n").await.is_ok() {
+                let mut line = String::new();
+                let mut reader = BufReader::new(s);
+                if reader.read_line(&mut line).await.is_ok() && !line.is_empty() {
+                    return Some(line.trim().to_string());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[test]
+fn an_embedded_vm_without_hardware_virtualization_fails_clearly_and_leaves_nothing() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: not root (the tap needs CAP_NET_ADMIN)");
+        return;
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        eprintln!("SKIPPED: no /dev/kvm");
+        return;
+    }
+    if pulse_shim::hypervisor::host_has_hw_virt() {
+        eprintln!("SKIPPED: this host has VT-x/AMD-V: the embedded VM would boot Linux");
+        return;
+    }
+    let Some((kernel, initramfs)) = guest_image() else {
+        eprintln!("SKIPPED: no guest image (make guest)");
+        return;
+    };
+    let work = tempfile::Builder::new()
+        .prefix("pe")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut config = PulseConfig::default();
+    config.hypervisor.backend = Backend::Embedded;
+    config.vm.kernel = kernel;
+    config.vm.initramfs = initramfs;
+    config.vm.vcpus = 2;
+    config.devices.net_queues = 2;
+    config.devices.virtio_console = true;
+    config.agent.connect_timeout_ms = 3000;
+    config.shim.state_dir = work.path().join("ps");
+    config.validate(Path::new("test")).unwrap();
+    let paths = SandboxPaths::new(&config.shim.state_dir, "ns", "pod");
+    let tap = Path::new("/sys/class/net").join(paths.tap_name());
+    assert!(!tap.exists(), "a stale tap {} exists", tap.display());
+
+    // tokio's signal driver opens a process-wide socket pair the first time a
+    // runtime is built; that one is not the sandbox's.
+    drop(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+    );
+    let threads_before = count("/proc/self/task");
+    let fds_before = fds();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let (result, answer, tap_seen) = rt.block_on(async {
+        let (oom, _oom_rx) = tokio::sync::mpsc::unbounded_channel();
+        let probe = async {
+            let answer =
+                vsock_answer(paths.vsock(), Instant::now() + Duration::from_secs(10)).await;
+            let tap_seen = tap.exists();
+            (answer, tap_seen)
+        };
+        let (result, (answer, tap_seen)) =
+            tokio::join!(Sandbox::start(config, "ns", "pod", oom), probe);
+        (result, answer, tap_seen)
+    });
+    drop(rt);
+    let took = started.elapsed();
+
+    let err = match result {
+        Ok(_) => panic!("the agent answered under KVM's emulator?"),
+        Err(e) => format!("{e:#}"),
+    };
+    eprintln!("error after {took:?}: {err}");
+    eprintln!("vsock answered {answer:?} while the guest booted; tap seen: {tap_seen}");
+    assert!(
+        err.contains("the guest agent is unreachable")
+            && (err.contains("did not answer") || err.contains("VM stopped before")),
+        "{err}"
+    );
+    assert!(err.contains("embedded") || err.contains("pod pod"), "{err}");
+    assert_eq!(
+        answer.as_deref(),
+        Some("ERR guest vsock driver not ready"),
+        "the VM's vsock device served its socket"
+    );
+    assert!(tap_seen, "the VM's net device created its tap");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+
+    assert!(!tap.exists(), "the tap {} is left", tap.display());
+    assert!(!paths.dir.exists(), "{} is left", paths.dir.display());
+    assert_eq!(count("/proc/self/task"), threads_before, "threads left");
+    // read_dir's own descriptor is in both lists.
+    assert_eq!(
+        fds().len(),
+        fds_before.len(),
+        "fds left: {:?}, before: {fds_before:?}",
+        fds()
+    );
+}
