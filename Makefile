@@ -54,13 +54,13 @@ unit-tests: deps guest
 
 test: lint unit-tests
 
-bench: build
+bench: build guest
 	$(CARGO) bench -p pulse-vmm --bench boot
 	$(CARGO) bench -p pulse-vmm --bench exits
 	$(CARGO) bench -p pulse-vmm --bench block -- --noplot
 	$(CARGO) bench -p pulse-vmm --bench vsock -- --noplot
 	$(CARGO) bench -p pulse-vmm --bench net -- --noplot
-	$(MAKE) --no-print-directory guest && $(CARGO) bench -p pulse-tests --bench guest_boot
+	$(CARGO) bench -p pulse-tests --bench guest_boot
 	scripts/bench-shim.sh  # Pulse vs runc through containerd (qemu backend where there is no VT-x)
 
 clean:
