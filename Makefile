@@ -28,7 +28,7 @@ guest: agent
 	guest/kernel/build.sh
 	guest/image/mkinitramfs.sh --agent $(MUSL_DIR)/pulse-agent
 
-demo: build
+demo: build guest
 	@echo "== pulse-vmm probe: boot the embedded probe guest on 2 vCPUs =="
 	$(RELEASE_DIR)/pulse-vmm probe --vcpus 2
 	@echo
