@@ -582,7 +582,16 @@ impl Manager {
     pub async fn stats(&self, id: &str) -> Result<libcgroups::stats::Stats> {
         let container = self.get(id).await?;
         let manager = self.cgroup_manager(&container)?;
-        tokio::task::spawn_blocking(move || manager.stats())
+        let dir = Path::new("/sys/fs/cgroup").join(
+            container
+                .cgroup_path
+                .strip_prefix("/")
+                .unwrap_or(&container.cgroup_path),
+        );
+        // libcgroups wants every cpu.stat field, and a kernel without CFS bandwidth
+        // control (the guest's) has no nr_periods: then read the fields the API
+        // reports directly, in libcgroups' units.
+        tokio::task::spawn_blocking(move || manager.stats().or_else(|e| basic_stats(&dir).ok_or(e)))
             .await
             .map_err(|e| ContainerError::Runtime(format!("stats task: {e}")))?
             .map_err(|e| ContainerError::Runtime(format!("reading cgroup stats: {e}")))
@@ -721,4 +730,34 @@ impl Drop for Reservation<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
     }
+}
+
+/// pids, cpu usage and memory of a cgroup v2 directory, as libcgroups reports them.
+fn basic_stats(dir: &Path) -> Option<libcgroups::stats::Stats> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let number = |text: &str| match text.trim() {
+        "max" => Some(u64::MAX),
+        n => n.parse().ok(),
+    };
+    let mut stats = libcgroups::stats::Stats::default();
+    for line in read("cpu.stat")?.lines() {
+        let mut kv = line.split_whitespace();
+        let (Some(key), Some(value)) = (kv.next(), kv.next().and_then(|v| v.parse().ok())) else {
+            continue;
+        };
+        match key {
+            "usage_usec" => stats.cpu.usage.usage_total = value,
+            "user_usec" => stats.cpu.usage.usage_user = value,
+            "system_usec" => stats.cpu.usage.usage_kernel = value,
+            _ => {}
+        }
+    }
+    stats.memory.memory.usage = number(&read("memory.current")?)?;
+    stats.memory.memory.limit = number(&read("memory.max")?)?;
+    stats.pids.current = number(&read("pids.current")?)?;
+    stats.pids.limit = match number(&read("pids.max")?)? {
+        u64::MAX => 0,
+        n => n,
+    };
+    Some(stats)
 }
