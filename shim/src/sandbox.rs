@@ -2,7 +2,7 @@
 //! connection, the block slots that carry container rootfs disks, the device
 //! check, the management socket, and a teardown that leaves nothing behind.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ pub struct Sandbox {
     slots: Mutex<SlotTable>,
     machine: Mutex<SandboxMachine>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    oom: Arc<OomScanner>,
 }
 
 impl Sandbox {
@@ -137,15 +138,21 @@ impl Sandbox {
             agent,
             machine: Mutex::new(machine),
             tasks: Mutex::new(Vec::new()),
+            oom: Arc::new(OomScanner::new(paths.console())),
         });
         sandbox.check_devices().await;
         match crate::mgmt::serve(&paths.mgmt(), Arc::downgrade(&sandbox)) {
             Ok(task) => sandbox.tasks.lock().unwrap().push(task),
             Err(e) => tracing::warn!("management socket {}: {e}", paths.mgmt().display()),
         }
-        let watcher = watch_console_for_oom(paths.console(), oom);
+        let watcher = watch_console_for_oom(sandbox.oom.clone(), oom);
         sandbox.tasks.lock().unwrap().push(watcher);
         Ok(sandbox)
+    }
+
+    /// Containers the guest kernel OOM-killed in since the last look.
+    pub fn scan_oom(&self) -> Vec<String> {
+        self.oom.scan()
     }
 
     /// The agent.
@@ -355,31 +362,60 @@ pub fn oom_container(line: &str) -> Option<String> {
     (!id.is_empty()).then(|| id.to_string())
 }
 
-/// Follows the guest console and reports OOM kills.
+/// Reads the guest console from where it last stopped and returns the
+/// containers the kernel OOM-killed in since then. Shared by the background
+/// watcher and the exit path (which looks once more before it reports an
+/// exit, so that the OOM event comes first).
+#[derive(Debug)]
+pub struct OomScanner {
+    path: PathBuf,
+    state: Mutex<(usize, String)>,
+}
+
+impl OomScanner {
+    /// A scanner of the console at `path`, from its beginning.
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            state: Mutex::new((0, String::new())),
+        }
+    }
+
+    /// Container ids of OOM kills reported since the last scan.
+    pub fn scan(&self) -> Vec<String> {
+        let Ok(bytes) = std::fs::read(&self.path) else {
+            return Vec::new();
+        };
+        let mut state = self.state.lock().unwrap();
+        let (offset, partial) = &mut *state;
+        if bytes.len() <= *offset {
+            return Vec::new();
+        }
+        partial.push_str(&String::from_utf8_lossy(&bytes[*offset..]));
+        *offset = bytes.len();
+        let mut found = Vec::new();
+        while let Some(end) = partial.find('\n') {
+            let line: String = partial.drain(..=end).collect();
+            if let Some(id) = oom_container(&line) {
+                tracing::info!(container = %id, "guest kernel OOM kill");
+                found.push(id);
+            }
+        }
+        found
+    }
+}
+
+/// Scans the guest console every 250 ms and reports OOM kills.
 fn watch_console_for_oom(
-    path: std::path::PathBuf,
+    scanner: Arc<OomScanner>,
     oom: mpsc::UnboundedSender<String>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut offset = 0usize;
-        let mut partial = String::new();
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            let Ok(bytes) = tokio::fs::read(&path).await else {
-                continue;
-            };
-            if bytes.len() <= offset {
-                continue;
-            }
-            partial.push_str(&String::from_utf8_lossy(&bytes[offset..]));
-            offset = bytes.len();
-            while let Some(end) = partial.find('\n') {
-                let line: String = partial.drain(..=end).collect();
-                if let Some(id) = oom_container(&line) {
-                    tracing::info!(container = %id, "guest kernel OOM kill");
-                    if oom.send(id).is_err() {
-                        return;
-                    }
+            for id in scanner.scan() {
+                if oom.send(id).is_err() {
+                    return;
                 }
             }
         }
@@ -398,6 +434,24 @@ mod tests {
             oom_container("Memory cgroup out of memory: Killed process 80"),
             None
         );
+    }
+
+    #[test]
+    fn the_oom_scanner_reads_each_line_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("console.log");
+        let scanner = OomScanner::new(p.clone());
+        assert!(scanner.scan().is_empty(), "no console yet");
+        let kill = |id: &str| {
+            format!("[ 1.0] oom-kill:constraint=CONSTRAINT_MEMCG,oom_memcg=/ns/{id},task_memcg=/ns/{id},task=dd,pid=9,uid=0\n")
+        };
+        std::fs::write(&p, format!("boot\n{}[ 1.1] oom-k", kill("a"))).unwrap();
+        assert_eq!(scanner.scan(), ["a"]);
+        assert!(scanner.scan().is_empty());
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        text.push_str(&kill("b")["[ 1.0] oom-k".len()..]);
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(scanner.scan(), ["b"], "a line split across two reads");
     }
 
     #[test]

@@ -161,21 +161,31 @@ impl Service {
         tokio::spawn(async move {
             while let Some(id) = oom_rx.recv().await {
                 let Some(inner) = weak.upgrade() else { break };
-                let known = inner.state.lock().unwrap().containers.contains_key(&id);
-                if known {
-                    Service { inner }
-                        .publish(
-                            topics::TASK_OOM_EVENT_TOPIC,
-                            ev::TaskOOM {
-                                container_id: id,
-                                ..Default::default()
-                            },
-                        )
-                        .await;
-                }
+                Service { inner }.publish_oom(id).await;
             }
         });
         service
+    }
+
+    /// `/tasks/oom` for container `id`, if this shim runs it.
+    async fn publish_oom(&self, id: String) {
+        let known = self
+            .inner
+            .state
+            .lock()
+            .unwrap()
+            .containers
+            .contains_key(&id);
+        if known {
+            self.publish(
+                topics::TASK_OOM_EVENT_TOPIC,
+                ev::TaskOOM {
+                    container_id: id,
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
     }
 
     async fn publish<M: MessageDyn>(&self, topic: &str, event: M) {
@@ -385,6 +395,10 @@ impl Service {
                 }
             };
             pumps.drain(DRAIN_LIMIT).await;
+            // A kill by the OOM killer is on the console by now: publish it before the exit.
+            for oom in sandbox.scan_oom() {
+                service.publish_oom(oom).await;
+            }
             let exit = ExitInfo {
                 status: status_code,
                 at: SystemTime::now(),
@@ -427,10 +441,88 @@ impl Service {
         });
     }
 
+    /// Stops the pod when the shim gets SIGTERM or SIGINT (containerd-shim's
+    /// own handler only logs them): its containers are killed (their exits
+    /// are published), the VM is stopped, the sandbox directory removed, and
+    /// the shim exits (its socket goes with it).
+    pub fn stop_on_signals(&self) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!("cannot watch SIGTERM/SIGINT");
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            let Some(inner) = weak.upgrade() else { return };
+            tracing::info!("{name}: stopping the pod and exiting");
+            let service = Service { inner };
+            service.terminate().await;
+            service.inner.exit.signal();
+        });
+    }
+
+    /// Kills every process of the pod, waits briefly for their exits, then tears the sandbox down.
+    async fn terminate(&self) {
+        let _serial = self.inner.lifecycle.lock().await;
+        let (sandbox, waits) = {
+            let state = self.inner.state.lock().unwrap();
+            let waits: Vec<(String, watch::Receiver<Option<ExitInfo>>)> = state
+                .containers
+                .iter()
+                .filter(|(_, c)| c.init.machine.check_kill().is_ok())
+                .map(|(id, c)| (id.clone(), c.init.exit.subscribe()))
+                .collect();
+            (state.sandbox.clone(), waits)
+        };
+        if let Some(sandbox) = sandbox {
+            let agent = sandbox.agent();
+            for (id, _) in &waits {
+                let killed = agent
+                    .containers()
+                    .signal_process(
+                        agent.ctx(),
+                        &containers::SignalProcessRequest {
+                            container_id: id.clone(),
+                            signal: libc::SIGKILL as u32,
+                            all: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                if let Err(e) = killed {
+                    tracing::warn!(container = %id, "SIGKILL at shutdown: {e}");
+                }
+            }
+            let exits = wait_for_exits(waits);
+            if tokio::time::timeout(DRAIN_LIMIT, exits).await.is_err() {
+                tracing::warn!("some containers did not exit in time; stopping the VM anyway");
+            }
+        }
+        self.teardown().await;
+    }
+
     async fn teardown(&self) {
         let sandbox = self.inner.state.lock().unwrap().sandbox.take();
         if let Some(s) = sandbox {
             s.stop().await;
+        }
+    }
+}
+
+/// Waits until every receiver has seen an exit.
+async fn wait_for_exits(waits: Vec<(String, watch::Receiver<Option<ExitInfo>>)>) {
+    for (_, mut rx) in waits {
+        while rx.borrow_and_update().is_none() {
+            if rx.changed().await.is_err() {
+                break;
+            }
         }
     }
 }

@@ -175,7 +175,9 @@ impl Shim for PulseShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        Service::new(&self.namespace, publisher, self.exit.clone())
+        let service = Service::new(&self.namespace, publisher, self.exit.clone());
+        service.stop_on_signals();
+        service
     }
 }
 

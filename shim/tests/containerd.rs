@@ -322,3 +322,395 @@ fn a_missing_kernel_and_a_broken_config_are_clear_errors() {
     );
     env.assert_no_leaks();
 }
+
+/// The pid of the one Pulse shim of this environment.
+fn the_shim(env: &Env) -> u32 {
+    let shims: Vec<u32> = env
+        .pod_processes()
+        .into_iter()
+        .filter(|(_, c)| c.contains("containerd-shim-pulse-v2"))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    shims[0]
+}
+
+/// `GET path` on a management socket: (status line, body).
+fn http_get(socket: &std::path::Path, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: pulse\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// Checks the Prometheus text exposition format, line by line; returns the
+/// samples as (name, labels, value).
+/// One Prometheus sample: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut typed = std::collections::HashSet::new();
+    let is_name = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut words = rest.split_whitespace();
+            let kind = words.next().unwrap();
+            let name = words
+                .next()
+                .unwrap_or_else(|| panic!("bad comment {line:?}"));
+            assert!(is_name(name), "bad metric name in {line:?}");
+            if kind == "TYPE" {
+                let t = words.next().unwrap();
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                    "{line}"
+                );
+                assert!(typed.insert(name.to_string()), "two TYPE lines for {name}");
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels: {line:?}"));
+                let mut labels = Vec::new();
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let (key, after) = rest
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                    assert!(is_name(key), "bad label name {key:?} in {line:?}");
+                    // The value runs to the next unescaped quote.
+                    let mut end = None;
+                    let mut escaped = false;
+                    for (i, c) in after.char_indices() {
+                        match (c, escaped) {
+                            ('\\', false) => escaped = true,
+                            ('"', false) => {
+                                end = Some(i);
+                                break;
+                            }
+                            _ => escaped = false,
+                        }
+                    }
+                    let end = end.unwrap_or_else(|| panic!("unterminated label value in {line:?}"));
+                    labels.push((key.to_string(), after[..end].to_string()));
+                    rest = after[end + 1..]
+                        .strip_prefix(',')
+                        .unwrap_or(&after[end + 1..]);
+                }
+                (name, labels)
+            }
+            None => (series, Vec::new()),
+        };
+        assert!(is_name(name), "bad metric name in {line:?}");
+        assert!(
+            typed.contains(name),
+            "{name} has no TYPE line before its samples"
+        );
+        samples.push((name.to_string(), labels, value));
+    }
+    samples
+}
+
+fn label<'a>(labels: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    labels
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `ctr tasks metrics --format json`, parsed.
+fn task_metrics(env: &Env, id: &str) -> serde_json::Value {
+    let out = env.ctr(&["tasks", "metrics", "--format", "json", id]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        env.log()
+            .lines()
+            .filter(|l| l.contains("metrics") || l.contains("stats"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+}
+
+/// containerd's task API on the pod's shim socket: Update with an OCI
+/// LinuxResources (ctr 1.6 has no `tasks update`).
+fn update_memory_limit(env: &Env, id: &str, bytes: u64) {
+    let bundle = env
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(common::NS)
+        .join(id);
+    let address = std::fs::read_to_string(bundle.join("address")).expect("the shim's address");
+    let resources = serde_json::json!({ "memory": { "limit": bytes } });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use containerd_shim_protos::api::UpdateTaskRequest;
+        use containerd_shim_protos::protobuf::well_known_types::any::Any;
+        use containerd_shim_protos::protobuf::MessageField;
+        let client = ttrpc::r#async::Client::connect(address.trim())
+            .await
+            .expect("connect");
+        let task = containerd_shim_protos::shim_async::TaskClient::new(client);
+        let req = UpdateTaskRequest {
+            id: id.into(),
+            resources: MessageField::some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: serde_json::to_vec(&resources).unwrap(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        task.update(ttrpc::context::with_timeout(30_000_000_000), &req)
+            .await
+            .expect("Update");
+    });
+}
+
+#[test]
+fn pause_resume_metrics_update_and_the_management_socket() {
+    require_env!();
+    let _one = serial();
+    let env = Env::start();
+    let out = env.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        &shim(),
+        IMAGE,
+        "pm1",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), env.log());
+    env.wait_status("pm1", "RUNNING");
+
+    // Pause freezes the container's cgroup in the guest; resume thaws it.
+    let out = env.ctr(&["tasks", "pause", "pm1"]);
+    assert!(out.status.success(), "pause: {}", text(&out.stderr));
+    env.wait_status("pm1", "PAUSED");
+    let out = env.ctr(&["tasks", "exec", "--exec-id", "p", "pm1", "true"]);
+    assert!(
+        !out.status.success(),
+        "exec into a paused container must fail"
+    );
+    let out = env.ctr(&["tasks", "resume", "pm1"]);
+    assert!(out.status.success(), "resume: {}", text(&out.stderr));
+    env.wait_status("pm1", "RUNNING");
+    let out = env.ctr(&["tasks", "exec", "--exec-id", "r", "pm1", "echo", "thawed"]);
+    assert_eq!(text(&out.stdout).trim(), "thawed", "{}", text(&out.stderr));
+
+    // Stats: cgroup v2 metrics from the guest.
+    let m = task_metrics(&env, "pm1");
+    assert!(m["pids"]["current"].as_u64().unwrap_or(0) >= 1, "{m}");
+    assert!(m["memory"]["usage"].as_u64().unwrap_or(0) > 0, "{m}");
+    assert!(m["cpu"].is_object(), "{m}");
+    let table = env.ctr(&["tasks", "metrics", "pm1"]);
+    assert!(
+        text(&table.stdout).contains("memory.usage"),
+        "{}",
+        text(&table.stdout)
+    );
+
+    // Update: a memory limit, seen in the next stats.
+    update_memory_limit(&env, "pm1", 48 << 20);
+    let m = task_metrics(&env, "pm1");
+    assert_eq!(m["memory"]["usage_limit"].as_u64(), Some(48 << 20), "{m}");
+
+    // The management socket: /metrics (Prometheus text), /report (JSON, both views).
+    let socket = env.state_dir().join(common::NS).join("pm1/mgmt.sock");
+    let (status, body) = http_get(&socket, "/metrics");
+    assert!(status.contains("200"), "{status}: {body}");
+    let samples = parse_prometheus(&body);
+    let value = |name: &str| {
+        samples
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, v)| *v)
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+    };
+    assert_eq!(value("pulse_guest_report_up"), 1.0, "{body}");
+    assert_eq!(value("pulse_host_vcpus"), 1.0);
+    let guest_irqs: Vec<_> = samples
+        .iter()
+        .filter(|(n, _, _)| n == "pulse_guest_interrupts_total")
+        .collect();
+    // One series per vector and queue: under QEMU (no MSI) each device has its legacy line.
+    assert!(guest_irqs.len() >= 5, "vsock + 4 block slots:\n{body}");
+    for (_, labels, _) in &guest_irqs {
+        for key in ["device", "vector", "queue", "role", "irq"] {
+            assert!(label(labels, key).is_some(), "{key} missing in {labels:?}");
+        }
+    }
+    assert!(
+        guest_irqs
+            .iter()
+            .any(|(_, l, v)| *v > 0.0 && label(l, "device").is_some()),
+        "no interrupt counted:\n{body}"
+    );
+    let queues: Vec<_> = samples
+        .iter()
+        .filter(|(n, l, _)| n == "pulse_host_device_queues" && label(l, "kind") == Some("block"))
+        .collect();
+    assert_eq!(queues.len(), 4, "{body}");
+
+    let (status, body) = http_get(&socket, "/report");
+    assert!(status.contains("200"), "{status}: {body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(report["sandbox"], "pm1");
+    assert_eq!(report["host"]["backend"], "qemu");
+    assert_eq!(
+        report["host"]["devices"].as_array().map(Vec::len),
+        Some(5),
+        "{body}"
+    );
+    let guest_devices = report["guest"]["devices"]
+        .as_array()
+        .expect("guest devices");
+    assert_eq!(guest_devices.len(), 5, "{body}");
+    assert!(report["mismatches"].is_array(), "{body}");
+    assert!(report.get("guest_error").is_none(), "{body}");
+    let (status, _) = http_get(&socket, "/nope");
+    assert!(status.contains("404"), "{status}");
+
+    let out = env.ctr(&["tasks", "kill", "--signal", "SIGKILL", "pm1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.wait_status("pm1", "STOPPED");
+    assert!(env.ctr(&["tasks", "delete", "pm1"]).status.success());
+    assert!(env.ctr(&["containers", "delete", "pm1"]).status.success());
+    env.assert_no_leaks();
+}
+
+#[test]
+fn an_oom_kill_in_the_guest_is_an_oom_event_and_exit_137() {
+    require_env!();
+    let _one = serial();
+    let env = Env::start();
+    let events_file = env.dir.path().join("events.txt");
+    let mut events = env.ctr_cmd(&["events"]);
+    events
+        .stdout(std::fs::File::create(&events_file).unwrap())
+        .stderr(Stdio::null());
+    let mut events = events.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // dd allocates its 128 MiB block buffer and fills it from /dev/zero; the
+    // container may use 32 MiB. (A 256 MiB buffer is refused by malloc in a
+    // 256 MiB guest, before the cgroup limit matters: "dd: out of memory".)
+    let out = env.run_rm(
+        "oom1",
+        &["--memory-limit", &(32u64 << 20).to_string()],
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "stdout {} stderr {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        env.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let seen = loop {
+        let seen = std::fs::read_to_string(&events_file).unwrap_or_default();
+        if seen.contains("/tasks/oom") || Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    let oom = seen
+        .lines()
+        .find(|l| l.contains("/tasks/oom"))
+        .unwrap_or_else(|| panic!("no /tasks/oom in:\n{seen}"));
+    assert!(oom.contains("oom1"), "{oom}");
+    env.assert_no_leaks();
+}
+
+#[test]
+fn sigterm_to_the_shim_stops_the_pod_and_the_shim_exits() {
+    require_env!();
+    let _one = serial();
+    let env = Env::start();
+    let out = env.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        &shim(),
+        IMAGE,
+        "t1",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.wait_status("t1", "RUNNING");
+    let pid = the_shim(&env);
+    let sandbox = env.state_dir().join(common::NS).join("t1");
+    assert!(sandbox.join("mgmt.sock").exists());
+    let started = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // The shim exits by itself, having stopped the VM and removed its files.
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the shim still runs 30 s after SIGTERM\n{}",
+            env.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("the shim exited {:?} after SIGTERM", started.elapsed());
+    assert!(!sandbox.exists(), "{} is left", sandbox.display());
+    let vm: Vec<_> = env
+        .pod_processes()
+        .into_iter()
+        .filter(|(_, c)| !c.contains("containerd-shim-pulse-v2"))
+        .collect();
+    assert!(vm.is_empty(), "VM processes left: {vm:?}");
+    assert!(
+        env.log().contains("SIGTERM: stopping the pod"),
+        "the shim logged no clean stop:\n{}",
+        env.log()
+    );
+    env.wait_not_running("t1");
+    let _ = env.ctr(&["tasks", "delete", "t1"]);
+    let out = env.ctr(&["containers", "delete", "t1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.assert_no_leaks();
+}
