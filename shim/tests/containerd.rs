@@ -714,3 +714,99 @@ fn sigterm_to_the_shim_stops_the_pod_and_the_shim_exits() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     env.assert_no_leaks();
 }
+
+#[test]
+fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes() {
+    require_env!();
+    let _one = serial();
+    let env = Env::start();
+    // Two vCPUs: the guest driver enables min(queue pairs, CPUs) pairs, and QEMU
+    // detaches the tap queues the guest does not use.
+    env.write_config("vcpus = 2\n[devices]\nnet_queues = 2", "");
+    let tap =
+        pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "net1").tap_name();
+    let sys = std::path::Path::new("/sys/class/net").join(&tap);
+    assert!(!sys.exists(), "stale tap {tap}");
+    let out = env.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        &shim(),
+        IMAGE,
+        "net1",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), env.log());
+    env.wait_status("net1", "RUNNING");
+    assert!(sys.exists(), "no tap {tap} while the pod runs");
+    let queues = common::list_dir(&sys.join("queues"));
+    assert_eq!(
+        queues.iter().filter(|q| q.starts_with("rx-")).count(),
+        2,
+        "{queues:?}"
+    );
+
+    let socket = env.state_dir().join(common::NS).join("net1/mgmt.sock");
+    let (_, body) = http_get(&socket, "/report");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let host_net: Vec<_> = report["host"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "net")
+        .collect();
+    assert_eq!(host_net.len(), 1, "{body}");
+    assert_eq!(host_net[0]["id"], tap.as_str());
+    assert_eq!(host_net[0]["queues"], 4);
+    let guest_net: Vec<_> = report["guest"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d.to_string().contains("\"net\""))
+        .collect();
+    assert_eq!(guest_net.len(), 1, "the guest sees one virtio-net: {body}");
+    let mismatches = report["mismatches"].to_string();
+    assert!(!mismatches.contains("net:"), "{mismatches}");
+
+    let out = env.ctr(&["tasks", "kill", "--signal", "SIGKILL", "net1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.wait_status("net1", "STOPPED");
+    assert!(env.ctr(&["tasks", "delete", "net1"]).status.success());
+    assert!(env.ctr(&["containers", "delete", "net1"]).status.success());
+    env.assert_no_leaks();
+    assert!(!sys.exists(), "the tap {tap} is left");
+}
+
+#[test]
+fn the_embedded_backend_without_vt_x_is_a_clear_error_through_containerd() {
+    require_env!();
+    if pulse_shim::hypervisor::host_has_hw_virt() {
+        eprintln!("SKIPPED: this host has VT-x/AMD-V: the embedded VM would boot Linux");
+        return;
+    }
+    let _one = serial();
+    let env = Env::start();
+    env.write_config("[devices]\nnet_queues = 1", "connect_timeout_ms = 3000");
+    let config = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        config.replace("backend = \"qemu\"", "backend = \"embedded\""),
+    )
+    .unwrap();
+    let tap =
+        pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "emb1").tap_name();
+    let started = Instant::now();
+    let out = env.run_rm("emb1", &[], &["true"]);
+    let took = started.elapsed();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("starting the embedded VM") || err.contains("guest agent did not answer"),
+        "{err}"
+    );
+    assert!(err.contains("guest agent"), "{err}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    env.assert_no_leaks();
+    assert!(!std::path::Path::new("/sys/class/net").join(&tap).exists());
+}
