@@ -53,12 +53,12 @@ fn fds() -> Vec<String> {
 async fn vsock_answer(socket: PathBuf, deadline: Instant) -> Option<String> {
     while Instant::now() < deadline {
         if let Ok(mut s) = tokio::net::UnixStream::connect(&socket).await {
-            if s.write_all(b"CONNECT 1024\n").await.is_ok() {
-                let mut line = String::new();
-                let mut reader = BufReader::new(s);
-                if reader.read_line(&mut line).await.is_ok() && !line.is_empty() {
-                    return Some(line.trim().to_string());
-                }
+            // A refusal may come before the line is written: read the answer either way.
+            let _ = s.write_all(b"CONNECT 1024\n").await;
+            let mut line = String::new();
+            let mut reader = BufReader::new(s);
+            if reader.read_line(&mut line).await.is_ok() && !line.is_empty() {
+                return Some(line.trim().to_string());
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -42,6 +42,10 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// How long a host process that connects before the guest driver is ready has to send its
+/// CONNECT line before it gets the refusal anyway.
+const REFUSAL_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Longest unix socket path (`sun_path` holds 108 bytes with the NUL); the forward sockets
 /// `<uds_path>_<port>` add up to 11 more.
 pub const MAX_UDS_PATH: usize = 107 - 11;
@@ -208,8 +212,17 @@ fn refuse_until_stopped(listener: UnixListener, kill: EventFd, counters: Arc<Vso
                 return;
             }
         }
-        while let Ok((mut stream, _)) = listener.accept() {
-            let _ = stream.write_all(b"ERR guest vsock driver not ready\n");
+        while let Ok((stream, _)) = listener.accept() {
+            // Take the CONNECT line first (briefly): answering before it arrived would make the
+            // client's write fail with EPIPE instead of letting it read the refusal.
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(REFUSAL_READ_TIMEOUT));
+            let mut pending =
+                unix::PendingConnect::new(stream, std::time::Instant::now() + REFUSAL_READ_TIMEOUT);
+            let _ = pending.read_line();
+            let _ = pending
+                .stream
+                .write_all(b"ERR guest vsock driver not ready\n");
             counters.refused.fetch_add(1, Ordering::Relaxed);
         }
     }
