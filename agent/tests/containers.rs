@@ -322,6 +322,11 @@ async fn pause_resume_stats_and_update() {
     assert!(stats.memory_usage_bytes > 0, "{stats:?}");
     assert_eq!(stats.pids_current, 1, "{stats:?}");
     assert_eq!(stats.pids_limit, 32, "{stats:?}");
+    // The API speaks nanoseconds; cgroup v2 counts microseconds (v1's cpuacct nanoseconds).
+    assert!(stats.cpu_usage_ns >= 1000, "{stats:?}");
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert_eq!(stats.cpu_usage_ns % 1000, 0, "{stats:?}");
+    }
 
     let bad = UpdateContainerRequest {
         container_id: id.into(),

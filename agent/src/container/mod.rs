@@ -732,6 +732,11 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// Whether the cgroup hierarchy is the unified (v2) one.
+pub fn cgroup_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
 /// pids, cpu usage and memory of a cgroup v2 directory, as libcgroups reports them.
 fn basic_stats(dir: &Path) -> Option<libcgroups::stats::Stats> {
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();

@@ -207,10 +207,16 @@ impl Containers for ContainersService {
             .stats(&req.container_id)
             .await
             .map_err(rpc_error)?;
+        // libcgroups keeps cgroup v2's cpu.stat in microseconds (v1's cpuacct is in ns).
+        let to_ns = if crate::container::cgroup_v2() {
+            1000
+        } else {
+            1
+        };
         Ok(ContainerStatsResponse {
-            cpu_usage_ns: stats.cpu.usage.usage_total,
-            cpu_user_ns: stats.cpu.usage.usage_user,
-            cpu_system_ns: stats.cpu.usage.usage_kernel,
+            cpu_usage_ns: stats.cpu.usage.usage_total.saturating_mul(to_ns),
+            cpu_user_ns: stats.cpu.usage.usage_user.saturating_mul(to_ns),
+            cpu_system_ns: stats.cpu.usage.usage_kernel.saturating_mul(to_ns),
             memory_usage_bytes: stats.memory.memory.usage,
             memory_limit_bytes: stats.memory.memory.limit,
             pids_current: stats.pids.current,
