@@ -135,14 +135,9 @@ async fn device_report_shows_block_and_vsock_on_the_legacy_fallback() {
 
     let vsock = device(&report, "vsock");
     assert_eq!(vsock.driver, "vmw_vsock_virtio_transport", "{text}");
-    // rx, tx and event. On the legacy line nothing in sysfs counts a vsock
-    // device's queues (no per-queue interrupt lines, no subsystem queues);
-    // the agent then says so rather than guess.
-    let unknown = format!("{}: number of queues unknown", vsock.name);
-    assert!(
-        vsock.num_queues == 3 || (vsock.num_queues == 0 && report.warnings.contains(&unknown)),
-        "{text}"
-    );
+    // rx, tx and event: on the legacy line nothing in sysfs counts a vsock device's
+    // queues, and the agent takes the count the device type fixes.
+    assert_eq!(vsock.num_queues, 3, "{text}");
     guest.check_running().unwrap();
 }
 

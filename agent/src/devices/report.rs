@@ -14,6 +14,9 @@ use super::virtio::{
 };
 use super::ReportError;
 
+/// virtio device ID of vsock.
+const VIRTIO_ID_VSOCK: u32 = 19;
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceReport {
@@ -365,6 +368,13 @@ impl Context<'_> {
                 format!("/sys/class/net/{subsystem_name}/queues (rx + tx)"),
             );
             rx_q + tx_q
+        } else if dev.device_id == VIRTIO_ID_VSOCK {
+            // Fixed by the device type (virtio 1.2, 5.10.2): nothing in sysfs counts them.
+            fact(
+                "num_queues",
+                "virtio spec: a vsock device has rx, tx and event queues".to_string(),
+            );
+            3
         } else {
             warnings.push(format!("{name}: number of queues unknown"));
             0
