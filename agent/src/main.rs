@@ -58,9 +58,11 @@ fn main() -> ExitCode {
         Cli::parse()
     };
     let filter = std::env::var("PULSE_AGENT_LOG").unwrap_or_else(|_| cli.log.clone());
+    // Colours only for a terminal: as PID 1 stderr is the serial console, read from a log.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && !init_mode)
         .init();
 
     let result = run(cli, init_mode);
