@@ -41,7 +41,7 @@ pulse_env_cleanup() {
     ctr_ containers ls -q 2>/dev/null | while read -r c; do ctr_ containers delete "$c" >/dev/null 2>&1 || true; done
     kill "$containerd_pid" 2>/dev/null || true
     wait "$containerd_pid" 2>/dev/null || true
-    grep " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" || true; done
+    { grep " $work" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" || true; done
     rm -rf "$work"
 }
 trap pulse_env_cleanup EXIT
