@@ -144,6 +144,12 @@ struct Inner {
 }
 
 impl Service {
+    /// The sandbox of container `id` (which must exist).
+    fn sandbox_of(&self, id: &str) -> ttrpc::Result<Arc<Sandbox>> {
+        let mut state = self.inner.state.lock().unwrap();
+        state.container(id)?;
+        state.sandbox()
+    }
     /// A service publishing to `publisher`; `exit` is signalled once the pod is gone.
     pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
         let (oom_tx, mut oom_rx) = mpsc::unbounded_channel::<String>();
@@ -766,11 +772,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> ttrpc::Result<api::PidsResponse> {
-        let sandbox = {
-            let mut state = self.inner.state.lock().unwrap();
-            state.container(&req.id)?;
-            state.sandbox()?
-        };
+        let sandbox = self.sandbox_of(&req.id)?;
         let agent = sandbox.agent();
         let list = agent
             .containers()
@@ -1038,11 +1040,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let sandbox = {
-            let mut state = self.inner.state.lock().unwrap();
-            state.container(&req.id)?;
-            state.sandbox()?
-        };
+        let sandbox = self.sandbox_of(&req.id)?;
         let resources = req
             .resources
             .as_ref()
@@ -1093,11 +1091,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> ttrpc::Result<api::StatsResponse> {
-        let sandbox = {
-            let mut state = self.inner.state.lock().unwrap();
-            state.container(&req.id)?;
-            state.sandbox()?
-        };
+        let sandbox = self.sandbox_of(&req.id)?;
         let agent = sandbox.agent();
         let s = agent
             .containers()

@@ -10,6 +10,14 @@ use clap::{Args, Parser, Subcommand};
 use pulse_vmm::probe::{self, ProbeOptions, ProbeReport};
 use pulse_vmm::{BootProtocol, Vm, VmConfigFile, VmHandle};
 
+/// `println!` that ignores a closed stdout (`pulse-vmm probe | head` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "pulse-vmm", version, about = "Pulse's KVM microVM monitor")]
 struct Cli {
@@ -266,7 +274,7 @@ fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
     };
     let report = probe::run(&options).context("cannot run the probe")?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        out!("{}", serde_json::to_string(&report)?);
     } else {
         print_report(&report);
     }
@@ -279,7 +287,7 @@ fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
 
 fn print_report(r: &ProbeReport) {
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
-    println!(
+    out!(
         "probe {}: booted via {} on {}/{} vCPUs, boot timer at {}, VM ran {:.1} ms",
         if r.ok { "OK" } else { "FAILED" },
         r.boot_protocol,
@@ -288,20 +296,24 @@ fn print_report(r: &ProbeReport) {
         ms(r.boot_ms),
         r.run_ms
     );
-    println!("  exit:    {}", r.exit);
+    out!("  exit:    {}", r.exit);
     if let Some(guest) = &r.guest {
-        println!(
+        out!(
             "  guest:   ok={} apic_ids={} errors={}",
-            guest["ok"], guest["apic_ids"], guest["errors"]
+            guest["ok"],
+            guest["apic_ids"],
+            guest["errors"]
         );
     } else {
-        println!("  guest:   printed no result line");
+        out!("  guest:   printed no result line");
     }
-    println!(
+    out!(
         "  exits:   {} port I/O, {} MMIO, {} to unclaimed addresses (userspace)",
-        r.exits.pio, r.exits.mmio, r.exits.unhandled
+        r.exits.pio,
+        r.exits.mmio,
+        r.exits.unhandled
     );
-    println!(
+    out!(
         "  memory:  VMM overhead {:.1} MiB (process RSS {:.1} MiB, guest pages {:.1} MiB)",
         r.memory.overhead_kib as f64 / 1024.0,
         r.memory.rss_kib as f64 / 1024.0,
@@ -309,7 +321,7 @@ fn print_report(r: &ProbeReport) {
     );
     if !r.exits.kvm.is_empty() {
         let k = |name: &str| r.exits.kvm.get(name).copied().unwrap_or(0);
-        println!(
+        out!(
             "  KVM:     {} exits, {} halts, {} interrupt injections",
             k("exits"),
             k("halt_exits"),
@@ -317,26 +329,32 @@ fn print_report(r: &ProbeReport) {
         );
     }
     if let Some(w) = &r.exits.workload {
-        println!(
+        out!(
             "  workload: {:.1} ms, {} port I/O + {} MMIO exits to userspace, {} KVM exits",
-            w.ms, w.pio_exits, w.mmio_exits, w.kvm_exits
+            w.ms,
+            w.pio_exits,
+            w.mmio_exits,
+            w.kvm_exits
         );
     }
     for d in &r.devices {
         print_device(d);
     }
     if let Some(n) = &r.net_host {
-        println!(
+        out!(
             "  net host side: tap {}, guest frames seen per pair {:?}, {} frames sent, \
              delivered per rx queue {:?}",
-            n.tap, n.from_guest, n.sent, n.delivered
+            n.tap,
+            n.from_guest,
+            n.sent,
+            n.delivered
         );
         for e in &n.errors {
-            println!("    error: {e}");
+            out!("    error: {e}");
         }
     }
     if let Some(c) = &r.console_host {
-        println!(
+        out!(
             "  console host side: {} ({:?})",
             if c.ok {
                 "hello and echo received"
@@ -346,11 +364,11 @@ fn print_report(r: &ProbeReport) {
             c.output
         );
         for e in &c.errors {
-            println!("    error: {e}");
+            out!("    error: {e}");
         }
     }
     if let Some(v) = &r.vsock_host {
-        println!(
+        out!(
             "  vsock host side: {} connections echoed intact ({} mismatched, {} retries before \
              the guest was ready) in {:.0} ms; guest connection {}; {} transport reset(s)",
             v.echoed,
@@ -365,17 +383,17 @@ fn print_report(r: &ProbeReport) {
             v.resets
         );
         for e in &v.errors {
-            println!("    error: {e}");
+            out!("    error: {e}");
         }
     }
     for line in &r.serial {
-        println!("  serial:  {line}");
+        out!("  serial:  {line}");
     }
 }
 
 fn print_device(d: &probe::DeviceReport) {
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-    println!();
+    out!();
     let work = match d.requests_asked {
         Some(asked) => format!(
             "requests {}/{asked} completed, data errors {}",
@@ -384,7 +402,7 @@ fn print_device(d: &probe::DeviceReport) {
         ),
         None => format!("{} packets", d.requests_completed),
     };
-    println!(
+    out!(
         "  {} at {}: {} queues, MSI {} (guest says {}), {work}",
         d.device_type,
         d.base,
@@ -394,45 +412,54 @@ fn print_device(d: &probe::DeviceReport) {
             .map_or("-", |m| if m { "MSI" } else { "legacy" }),
     );
     if let Some(n) = &d.net {
-        println!(
+        out!(
             "    guest: {} pairs (VQ_PAIRS_SET {}), sent per pair {}, host frames per rx queue {}, other {}",
             n["pairs"], n["mq_set"], n["tx_done"], n["rx_host"], n["rx_other"]
         );
     }
     if let Some(r) = &d.resize {
-        println!(
+        out!(
             "    guest: resize seen, capacity {} -> {} sectors, {} config-change interrupt(s)",
-            r["capacity_before"], r["capacity_after"], r["config_interrupts"]
+            r["capacity_before"],
+            r["capacity_after"],
+            r["config_interrupts"]
         );
     }
     if let Some(c) = &d.console {
-        println!(
+        out!(
             "    guest: {} writes, {} bytes in, echo sent {}",
-            c["writes_done"], c["bytes_received"], c["echo_sent"]
+            c["writes_done"],
+            c["bytes_received"],
+            c["echo_sent"]
         );
     }
     if let Some(v) = &d.vsock {
-        println!(
+        out!(
             "    guest: {} of {} connections echoed ({} bytes), guest connection ok {}, {} event(s)",
             v["conns_done"], v["conns_expected"], v["bytes_echoed"], v["connect_ok"], v["events"]
         );
     }
     if let Some(note) = &d.guest_note {
-        println!("    guest note: {note}");
+        out!("    guest note: {note}");
     }
     for e in &d.guest_errors {
-        println!("    guest error: {e}");
+        out!("    guest error: {e}");
     }
-    println!(
+    out!(
         "    {:<7} {:<8} {:>5} {:>4} {:>8} {:>9}",
-        "vector", "role", "gsi", "cpu", "sent", "received"
+        "vector",
+        "role",
+        "gsi",
+        "cpu",
+        "sent",
+        "received"
     );
     for v in &d.vectors {
         let role = match v.queue {
             Some(q) => format!("queue {q}"),
             None => v.role.to_string(),
         };
-        println!(
+        out!(
             "    {:<7} {:<8} {:>5} {:>4} {:>8} {:>9}",
             v.index,
             role,
@@ -442,7 +469,7 @@ fn print_device(d: &probe::DeviceReport) {
             opt(v.received)
         );
     }
-    println!(
+    out!(
         "    {:<7} {:<8} {:>5} {:>4} {:>8} {:>9}",
         "legacy",
         "line",

@@ -2,6 +2,7 @@
 //! BSP: write a hello line, and, when asked, wait for one line of host input and write it
 //! back after `echo: `.
 
+use super::buf::{read_byte, write_bytes};
 use super::queue::Virtq;
 use super::{mmio, IrqPacer};
 use crate::arch::{self, Deadline, RacyCell};
@@ -34,20 +35,6 @@ fn bufs() -> *mut Buffers {
 fn rx_addr(slot: usize) -> u64 {
     // SAFETY: address computation inside the static (no access); slot < RX_SLOTS.
     unsafe { core::ptr::addr_of!((*bufs()).rx[slot]) as u64 }
-}
-
-fn write_bytes(addr: u64, data: &[u8]) {
-    for (i, b) in data.iter().enumerate() {
-        // SAFETY: `addr..addr + data.len()` lies in this module's buffers, which the device
-        // does not use until the descriptor pointing there is published.
-        unsafe { core::ptr::write_volatile((addr + i as u64) as *mut u8, *b) };
-    }
-}
-
-fn read_byte(addr: u64) -> u8 {
-    // SAFETY: one byte of this module's buffers, written by the device before the used
-    // index the caller acquired.
-    unsafe { core::ptr::read_volatile(addr as *const u8) }
 }
 
 /// The two queues of port 0 and their doorbells.

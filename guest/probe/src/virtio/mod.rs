@@ -8,6 +8,7 @@
 //! optional mask test. The counts end up in [`DeviceReport`]s for the JSON line.
 
 pub mod blk;
+pub mod buf;
 pub mod console;
 pub mod mmio;
 pub mod net;

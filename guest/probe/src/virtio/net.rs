@@ -2,6 +2,7 @@
 //! through the control queue, send frames on every tx queue, and take the host harness's
 //! frames on every rx queue (the tap spreads them over its queues by flow hash).
 
+use super::buf::{read_byte, write_bytes};
 use super::queue::{Virtq, QUEUE_SIZE_CAP};
 use super::{mmio, IrqPacer};
 use crate::arch::{self, Deadline, RacyCell};
@@ -46,20 +47,6 @@ fn tx_addr(pair: usize, slot: usize) -> u64 {
 fn ctrl_addr() -> u64 {
     // SAFETY: as above.
     unsafe { core::ptr::addr_of!((*bufs()).ctrl) as u64 }
-}
-
-fn write_bytes(addr: u64, data: &[u8]) {
-    for (i, b) in data.iter().enumerate() {
-        // SAFETY: `addr..addr + data.len()` lies in one of this module's buffers, which the
-        // device does not use until the descriptor pointing there is published.
-        unsafe { core::ptr::write_volatile((addr + i as u64) as *mut u8, *b) };
-    }
-}
-
-fn read_byte(addr: u64) -> u8 {
-    // SAFETY: one byte of this module's buffers, written by the device before the used
-    // index the caller acquired.
-    unsafe { core::ptr::read_volatile(addr as *const u8) }
 }
 
 /// One queue: its ring, doorbell and pacer slot.

@@ -8,6 +8,7 @@
 //! descriptor holding the header and up to 4052 payload bytes; a tx packet is a header
 //! descriptor, plus a payload descriptor for RW.
 
+use super::buf::{read_bytes, write_bytes};
 use super::queue::{Virtq, QUEUE_SIZE_CAP};
 use super::{mmio, IrqPacer};
 use crate::arch::{self, Deadline, RacyCell};
@@ -71,20 +72,6 @@ fn tx_header_addr(slot: usize) -> u64 {
 fn event_addr(slot: usize) -> u64 {
     // SAFETY: as above; slot < EV_SLOTS.
     unsafe { core::ptr::addr_of!((*bufs()).events[slot]) as u64 }
-}
-
-fn read_bytes<const N: usize>(addr: u64) -> [u8; N] {
-    // SAFETY: `addr` is one of this module's buffers, N bytes long at least; the device
-    // wrote it before the used index that the caller acquired.
-    unsafe { core::ptr::read_volatile(addr as *const [u8; N]) }
-}
-
-fn write_bytes(addr: u64, data: &[u8]) {
-    for (i, b) in data.iter().enumerate() {
-        // SAFETY: `addr..addr + data.len()` lies in one of this module's buffers, which the
-        // device does not use until the descriptor pointing there is published.
-        unsafe { core::ptr::write_volatile((addr + i as u64) as *mut u8, *b) };
-    }
 }
 
 /// The device's queues as the transport set them up.
