@@ -234,6 +234,18 @@ mod tests {
     use super::*;
     use crate::persist::ProcRecord;
 
+    /// The record containerd's bundle keeps of the pod `pod` in `sandbox`.
+    fn write_bundle_record(bundle: &std::path::Path, sandbox: &std::path::Path) {
+        std::fs::write(
+            bundle.join(BUNDLE_RECORD),
+            serde_json::to_vec(&BundleRecord {
+                pod: "pod".into(),
+                sandbox_dir: sandbox.to_path_buf(),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+    }
     #[test]
     fn delete_kills_a_dead_shims_vm_and_removes_its_files() {
         let work = tempfile::tempdir().unwrap();
@@ -260,15 +272,7 @@ mod tests {
         }
         .save(&sandbox.join("state.json"))
         .unwrap();
-        std::fs::write(
-            bundle.join(BUNDLE_RECORD),
-            serde_json::to_vec(&BundleRecord {
-                pod: "pod".into(),
-                sandbox_dir: sandbox.clone(),
-            })
-            .unwrap(),
-        )
-        .unwrap();
+        write_bundle_record(&bundle, &sandbox);
         cleanup_dead_shim(&bundle, "ns", "c1");
         assert!(!vm.wait().unwrap().success(), "the VM process was killed");
         assert!(!sandbox.exists());
@@ -292,15 +296,7 @@ mod tests {
         }
         .save(&sandbox.join("state.json"))
         .unwrap();
-        std::fs::write(
-            bundle.join(BUNDLE_RECORD),
-            serde_json::to_vec(&BundleRecord {
-                pod: "pod".into(),
-                sandbox_dir: sandbox.clone(),
-            })
-            .unwrap(),
-        )
-        .unwrap();
+        write_bundle_record(&bundle, &sandbox);
         cleanup_dead_shim(&bundle, "ns", "c2");
         assert!(
             sandbox.exists(),

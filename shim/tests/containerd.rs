@@ -71,18 +71,7 @@ fn detached_container_exec_tty_kill_delete() {
     require_env!();
     let _one = serial();
     let env = Env::start();
-    let out = env.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        &shim(),
-        IMAGE,
-        "d1",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}\n{}", text(&out.stderr), env.log());
-    env.wait_status("d1", "RUNNING");
+    env.run_sleeping("d1");
 
     let out = env.ctr(&[
         "tasks",
@@ -190,18 +179,7 @@ fn ctr_events_shows_the_task_events() {
     let mut events = events.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
 
-    let out = env.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        &shim(),
-        IMAGE,
-        "ev1",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    env.wait_status("ev1", "RUNNING");
+    env.run_sleeping("ev1");
     let out = env.ctr(&["tasks", "exec", "--exec-id", "x", "ev1", "true"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = env.ctr(&["tasks", "kill", "--signal", "SIGKILL", "ev1"]);
@@ -240,18 +218,7 @@ fn kill_9_of_the_shim_then_delete_leaves_nothing() {
     require_env!();
     let _one = serial();
     let env = Env::start();
-    let out = env.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        &shim(),
-        IMAGE,
-        "k1",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    env.wait_status("k1", "RUNNING");
+    env.run_sleeping("k1");
     let shims: Vec<u32> = env
         .pod_processes()
         .into_iter()
@@ -500,18 +467,7 @@ fn pause_resume_metrics_update_and_the_management_socket() {
     require_env!();
     let _one = serial();
     let env = Env::start();
-    let out = env.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        &shim(),
-        IMAGE,
-        "pm1",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}\n{}", text(&out.stderr), env.log());
-    env.wait_status("pm1", "RUNNING");
+    env.run_sleeping("pm1");
 
     // Pause freezes the container's cgroup in the guest; resume thaws it.
     let out = env.ctr(&["tasks", "pause", "pm1"]);
@@ -661,18 +617,7 @@ fn sigterm_to_the_shim_stops_the_pod_and_the_shim_exits() {
     require_env!();
     let _one = serial();
     let env = Env::start();
-    let out = env.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        &shim(),
-        IMAGE,
-        "t1",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    env.wait_status("t1", "RUNNING");
+    env.run_sleeping("t1");
     let pid = the_shim(&env);
     let sandbox = env.state_dir().join(common::NS).join("t1");
     assert!(sandbox.join("mgmt.sock").exists());
@@ -727,18 +672,7 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
         pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "net1").tap_name();
     let sys = std::path::Path::new("/sys/class/net").join(&tap);
     assert!(!sys.exists(), "stale tap {tap}");
-    let out = env.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        &shim(),
-        IMAGE,
-        "net1",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}\n{}", text(&out.stderr), env.log());
-    env.wait_status("net1", "RUNNING");
+    env.run_sleeping("net1");
     assert!(sys.exists(), "no tap {tap} while the pod runs");
     let queues = common::list_dir(&sys.join("queues"));
     assert_eq!(

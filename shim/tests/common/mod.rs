@@ -211,6 +211,29 @@ impl Env {
         self.ctr(&args)
     }
 
+    /// `ctr run -d` of busybox `sleep 1000` with the Pulse shim (by path); returns once the
+    /// task is RUNNING.
+    pub fn run_sleeping(&self, id: &str) {
+        let shim = shim_binary();
+        let out = self.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            shim.to_str().unwrap(),
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out.stderr),
+            self.log()
+        );
+        self.wait_status(id, "RUNNING");
+    }
+
     /// Waits until `ctr tasks ls` shows `id` with `status`.
     pub fn wait_status(&self, id: &str, status: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
