@@ -122,6 +122,19 @@ pub fn halt_forever() -> ! {
 /// 0x40000010, else a guess of 3 GHz (timeouts then stretch or shrink by that error;
 /// they only bound waits that normally end long before).
 pub fn tsc_khz() -> u64 {
+    // CPUID is an exit per leaf (and slow under an emulator); every deadline asks, so ask once.
+    static KHZ: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+    match KHZ.load(core::sync::atomic::Ordering::Relaxed) {
+        0 => {
+            let khz = measure_tsc_khz();
+            KHZ.store(khz, core::sync::atomic::Ordering::Relaxed);
+            khz
+        }
+        khz => khz,
+    }
+}
+
+fn measure_tsc_khz() -> u64 {
     let max = cpuid(0).0;
     if max >= 0x15 {
         let (den, num, crystal_hz, _) = cpuid(0x15);
