@@ -6,13 +6,12 @@
 //! - `block_throughput/queues/N`: N driver threads, one per queue, each keeping a batch of 32
 //!   4 KiB reads in flight; criterion reports bytes per second.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use pulse_vmm::devices::block::{Block, BlockConfig};
-use pulse_vmm::devices::driver_ring::DriverRing;
+use pulse_vmm::devices::driver_ring::{CountingInterrupt, DriverRing};
 use pulse_vmm::devices::virtio::{features, ActiveQueue, VirtioDevice};
 use pulse_vmm::interrupts::Interrupt;
 use pulse_vmm::memory::{create_guest_memory, GuestMemoryMmap};
@@ -23,16 +22,6 @@ const QUEUE_SIZE: u16 = 128;
 const BATCH: u16 = 32;
 const DISK_BYTES: u64 = 64 << 20;
 const REQ_BYTES: u32 = 4096;
-
-#[derive(Default)]
-struct CountingInterrupt(AtomicU64);
-
-impl Interrupt for CountingInterrupt {
-    fn trigger(&self, _queue: u16) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    fn trigger_config(&self) {}
-}
 
 /// Guest-side state of one queue: its ring and its buffers.
 struct Driver {

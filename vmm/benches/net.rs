@@ -20,11 +20,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use pulse_vmm::devices::driver_ring::DriverRing;
+use pulse_vmm::devices::driver_ring::{CountingInterrupt, DriverRing};
 use pulse_vmm::devices::net::ctrl::cmd;
 use pulse_vmm::devices::net::{MacAddr, Net, NetConfig, F_CTRL_VQ, F_MQ};
 use pulse_vmm::devices::virtio::{features, ActiveQueue, VirtioDevice};
-use pulse_vmm::interrupts::Interrupt;
 use pulse_vmm::memory::{create_guest_memory, GuestMemoryMmap};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -35,13 +34,6 @@ const BUF_LEN: u32 = 2048;
 const HDR: usize = 12;
 const GUEST_MAC: [u8; 6] = [0x02, 0x50, 0x55, 0x4c, 0x53, 0x45];
 const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-
-struct NoInterrupt;
-
-impl Interrupt for NoInterrupt {
-    fn trigger(&self, _queue: u16) {}
-    fn trigger_config(&self) {}
-}
 
 /// An IPv4/UDP frame of `len` bytes in flow `port`: the tap picks an rx queue per flow.
 fn udp_frame(dst: [u8; 6], src: [u8; 6], port: u16, len: usize) -> Vec<u8> {
@@ -248,8 +240,13 @@ fn setup(pairs: u16) -> Rig {
             buffers: 0x100_0000 + u64::from(q) * 0x100_0000,
         });
     }
-    net.activate(mem.clone(), negotiated, active, Arc::new(NoInterrupt))
-        .unwrap();
+    net.activate(
+        mem.clone(),
+        negotiated,
+        active,
+        Arc::new(CountingInterrupt::default()),
+    )
+    .unwrap();
     let mut ctrl = drivers.pop().unwrap();
     if pairs > 1 {
         let at = ctrl.buffers;

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use pulse_vmm::devices::driver_ring::DriverRing;
+use pulse_vmm::devices::driver_ring::{CountingInterrupt, DriverRing};
 use pulse_vmm::devices::virtio::{features, ActiveQueue, VirtioDevice};
 use pulse_vmm::devices::vsock::packet::{op, Header, HEADER_SIZE, HOST_CID, TYPE_STREAM};
 use pulse_vmm::devices::vsock::{Vsock, VsockConfig};
-use pulse_vmm::interrupts::Interrupt;
 use pulse_vmm::memory::{create_guest_memory, GuestMemoryMmap};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -29,12 +28,6 @@ const RX_BUF: u32 = 4096;
 const RX_BASE: u64 = 0x100_0000;
 const TX_BASE: u64 = 0x300_0000;
 const TX_SLOT: u64 = 0x1_1000;
-
-struct NoInterrupt;
-impl Interrupt for NoInterrupt {
-    fn trigger(&self, _: u16) {}
-    fn trigger_config(&self) {}
-}
 
 /// The guest: rx and tx rings, the echo bookkeeping.
 struct Guest {
@@ -202,8 +195,13 @@ fn rig() -> Rig {
     .unwrap();
     let mem = create_guest_memory(128).unwrap();
     let (guest, queues) = Guest::new(mem.clone());
-    dev.activate(mem, features::VERSION_1, queues, Arc::new(NoInterrupt))
-        .unwrap();
+    dev.activate(
+        mem,
+        features::VERSION_1,
+        queues,
+        Arc::new(CountingInterrupt::default()),
+    )
+    .unwrap();
     Rig {
         _dev: dev,
         guest,

@@ -1,9 +1,14 @@
 //! The driver's side of a split virtqueue, written into guest memory from the host: tests and
 //! benchmarks use it to play the guest in front of a device model.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 
 /// Descriptor flag: the chain continues at `next`.
@@ -129,5 +134,52 @@ impl DriverRing {
         self.mem
             .write_obj(idx, GuestAddress(at))
             .expect("used_event");
+    }
+}
+
+/// The interrupt a device model gets in tests and benches: it counts what the device raises,
+/// per queue and for configuration changes, instead of reaching a guest.
+#[derive(Debug, Default)]
+pub struct CountingInterrupt {
+    queues: Mutex<HashMap<u16, u64>>,
+    total: AtomicU64,
+    config: AtomicU64,
+}
+
+impl CountingInterrupt {
+    /// Interrupts raised for queue `q`.
+    pub fn queue(&self, q: u16) -> u64 {
+        *self
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&q)
+            .unwrap_or(&0)
+    }
+
+    /// Queue interrupts raised, all queues together.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// Configuration-change interrupts raised.
+    pub fn config(&self) -> u64 {
+        self.config.load(Ordering::SeqCst)
+    }
+}
+
+impl Interrupt for CountingInterrupt {
+    fn trigger(&self, queue: u16) {
+        *self
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(queue)
+            .or_default() += 1;
+        self.total.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn trigger_config(&self) {
+        self.config.fetch_add(1, Ordering::SeqCst);
     }
 }

@@ -1,7 +1,7 @@
 //! virtio-blk driven through a hand-built split ring in guest memory: every request type, and
 //! malformed chains that must fail their request, not the device.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress};
@@ -10,8 +10,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend::{Backend, SECTOR_SIZE};
 use super::request::{kind, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP};
 use super::worker::{QueueCounters, QueueWorker};
-use crate::devices::driver_ring::{DriverRing, DESC_F_NEXT as F_NEXT, DESC_F_WRITE as F_WRITE};
-use crate::interrupts::Interrupt;
+use crate::devices::driver_ring::{
+    CountingInterrupt, DriverRing, DESC_F_NEXT as F_NEXT, DESC_F_WRITE as F_WRITE,
+};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
 const QSIZE: u16 = 16;
@@ -19,16 +20,6 @@ const RING: u64 = 0x1_0000;
 const HEADER: u64 = 0x10_0000;
 const DATA: u64 = 0x20_0000;
 const STATUS: u64 = 0x30_0000;
-
-#[derive(Default)]
-struct CountingInterrupt(AtomicU64);
-
-impl Interrupt for CountingInterrupt {
-    fn trigger(&self, _queue: u16) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-    fn trigger_config(&self) {}
-}
 
 struct Rig {
     mem: GuestMemoryMmap,
@@ -136,7 +127,7 @@ fn read_returns_disk_contents() {
     assert!(data[..512].iter().all(|b| *b == 3));
     assert!(data[512..].iter().all(|b| *b == 4));
     assert_eq!(r.used_len(0), 1024 + 1);
-    assert_eq!(r.irq.0.load(Ordering::SeqCst), 1);
+    assert_eq!(r.irq.total(), 1);
 }
 
 #[test]
@@ -225,11 +216,7 @@ fn malformed_chains_fail_their_request() {
     );
     assert_eq!(r.used_len(3), 0, "no status byte: nothing written");
     assert_eq!(r.worker.counters.failed.load(Ordering::SeqCst), 5);
-    assert_eq!(
-        r.irq.0.load(Ordering::SeqCst),
-        1,
-        "one interrupt for the batch"
-    );
+    assert_eq!(r.irq.total(), 1, "one interrupt for the batch");
 }
 
 #[test]
@@ -266,7 +253,7 @@ fn one_interrupt_per_batch() {
     }
     r.worker.process();
     assert_eq!(r.used_idx(), 4);
-    assert_eq!(r.irq.0.load(Ordering::SeqCst), 1);
+    assert_eq!(r.irq.total(), 1);
     assert_eq!(r.worker.counters.completed.load(Ordering::SeqCst), 4);
 }
 
@@ -312,16 +299,6 @@ fn bad_configurations_are_refused() {
     assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
 }
 
-#[derive(Default)]
-struct ConfigInterrupt(AtomicU64);
-
-impl Interrupt for ConfigInterrupt {
-    fn trigger(&self, _queue: u16) {}
-    fn trigger_config(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 #[test]
 fn an_image_written_into_a_slot_shows_up_with_a_config_interrupt() {
     use crate::devices::virtio::{features, ActiveQueue, VirtioDevice};
@@ -341,7 +318,7 @@ fn an_image_written_into_a_slot_shows_up_with_a_config_interrupt() {
     let mem = create_guest_memory(16).unwrap();
     let mut ring = DriverRing::new(&mem, GuestAddress(RING), QSIZE);
     let doorbell = EventFd::new(0).unwrap();
-    let irq = Arc::new(ConfigInterrupt::default());
+    let irq = Arc::new(CountingInterrupt::default());
     block
         .activate(
             mem.clone(),
@@ -373,11 +350,7 @@ fn an_image_written_into_a_slot_shows_up_with_a_config_interrupt() {
     assert_eq!(handle.reload(None).unwrap(), 4 * SECTOR_SIZE);
     assert_eq!(capacity(&block), 4);
     assert_ne!(block.config_generation(), generation);
-    assert_eq!(
-        irq.0.load(Ordering::SeqCst),
-        1,
-        "one config-change interrupt"
-    );
+    assert_eq!(irq.config(), 1, "one config-change interrupt");
 
     // A read through the queue sees the new image.
     mem.write_obj(kind::IN, GuestAddress(HEADER)).unwrap();

@@ -14,23 +14,12 @@ use vmm_sys_util::eventfd::EventFd;
 use super::sink::{Output, Sink};
 use super::worker::{ConsoleWorker, Vring};
 use super::*;
-use crate::devices::driver_ring::{DriverRing, DESC_F_NEXT, DESC_F_WRITE};
+use crate::devices::driver_ring::{CountingInterrupt, DriverRing, DESC_F_NEXT, DESC_F_WRITE};
 use crate::devices::virtio::{features as vf, ActiveQueue, VirtioDevice};
-use crate::interrupts::Interrupt;
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
 const QSIZE: u16 = 64;
 const WAIT: Duration = Duration::from_secs(5);
-
-#[derive(Default)]
-struct Irq([AtomicU64; 2]);
-
-impl Interrupt for Irq {
-    fn trigger(&self, queue: u16) {
-        self.0[usize::from(queue)].fetch_add(1, Ordering::SeqCst);
-    }
-    fn trigger_config(&self) {}
-}
 
 fn wait_until(mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + WAIT;
@@ -141,8 +130,8 @@ impl Guest {
     }
 }
 
-fn activate(console: &mut Console, guest: &Guest) -> Arc<Irq> {
-    let irq = Arc::new(Irq::default());
+fn activate(console: &mut Console, guest: &Guest) -> Arc<CountingInterrupt> {
+    let irq = Arc::new(CountingInterrupt::default());
     console
         .activate(
             guest.mem.clone(),
@@ -176,8 +165,8 @@ fn output_reaches_a_file() {
     assert_eq!(load(&tx.chains), 2);
     assert_eq!(load(&tx.bytes), 12);
     assert_eq!(load(&tx.errors), 0);
-    assert!(load(&irq.0[1]) >= 1);
-    assert_eq!(load(&tx.interrupts), load(&irq.0[1]));
+    assert!(irq.queue(1) >= 1);
+    assert_eq!(load(&tx.interrupts), irq.queue(1));
     assert_eq!(console.completed_requests(), vec![0, 2]);
 }
 
@@ -384,7 +373,7 @@ fn bad_chains_are_counted_not_fatal() {
         notifier: EventFd::new(0).unwrap(),
         counters: c.clone(),
     };
-    let irq = Arc::new(Irq::default());
+    let irq = Arc::new(CountingInterrupt::default());
     let mut worker = ConsoleWorker::new(
         guest.mem.clone(),
         vring(0, &guest.rx, &counters[0]),
@@ -495,7 +484,7 @@ fn config_space_and_features() {
             guest.mem.clone(),
             vf::VERSION_1,
             guest.queues().into_iter().take(1).collect(),
-            Arc::new(Irq::default()),
+            Arc::new(CountingInterrupt::default()),
         )
         .err()
         .unwrap();

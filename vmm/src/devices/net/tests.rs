@@ -20,7 +20,7 @@ use super::ctrl::{cmd, Ctrl, Shared};
 use super::tap::{self, Tap, TapError, TapOrigin, VNET_HDR_LEN};
 use super::worker::{PairParts, PairWorker, QueueCounters, RxMode, Vring, MAX_CHAIN_LEN};
 use super::*;
-use crate::devices::driver_ring::{DriverRing, DESC_F_NEXT, DESC_F_WRITE};
+use crate::devices::driver_ring::{CountingInterrupt, DriverRing, DESC_F_NEXT, DESC_F_WRITE};
 use crate::devices::virtio::{features as vf, ActiveQueue, VirtioDevice};
 use crate::interrupts::Interrupt;
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
@@ -38,23 +38,6 @@ fn ring_base(q: u16) -> u64 {
 
 fn buf_base(q: u16) -> u64 {
     0x100_0000 + u64::from(q) * 0x20_0000
-}
-
-/// Interrupts counted per queue.
-#[derive(Default)]
-struct Irq(Mutex<HashMap<u16, u64>>);
-
-impl Irq {
-    fn count(&self, q: u16) -> u64 {
-        *self.0.lock().unwrap().get(&q).unwrap_or(&0)
-    }
-}
-
-impl Interrupt for Irq {
-    fn trigger(&self, queue: u16) {
-        *self.0.lock().unwrap().entry(queue).or_default() += 1;
-    }
-    fn trigger_config(&self) {}
 }
 
 fn load(c: &AtomicU64) -> u64 {
@@ -135,7 +118,7 @@ struct FakeRig {
     tx: DriverRing,
     ctrl: Option<DriverRing>,
     peer: OwnedFd,
-    irq: Arc<Irq>,
+    irq: Arc<CountingInterrupt>,
     /// Doorbells of rx and tx, and the kill eventfd, for a worker running in a thread.
     bells: [EventFd; 3],
     shared: Arc<Shared>,
@@ -197,7 +180,7 @@ fn fake_rig(mode: RxMode, event_idx: bool, with_ctrl: bool, features: u64) -> Fa
     } else {
         (None, None)
     };
-    let irq = Arc::new(Irq::default());
+    let irq = Arc::new(CountingInterrupt::default());
     let bells = [
         EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         EventFd::new(libc::EFD_NONBLOCK).unwrap(),
@@ -342,7 +325,7 @@ fn tx_frames_go_to_the_tap_with_their_header() {
     assert_eq!(load(&r.tx_counters.frames), 5);
     let bytes: usize = frames.iter().map(Vec::len).sum();
     assert_eq!(load(&r.tx_counters.bytes), bytes as u64);
-    assert_eq!(r.irq.count(1), 1, "one interrupt for the batch");
+    assert_eq!(r.irq.queue(1), 1, "one interrupt for the batch");
     assert_eq!(load(&r.tx_counters.interrupts), 1);
 }
 
@@ -499,7 +482,7 @@ fn rx_frame_lands_in_one_buffer_with_num_buffers_one() {
     assert_eq!(&got[VNET_HDR_LEN..], &frame[..]);
     assert_eq!(load(&r.rx_counters.frames), 1);
     assert_eq!(load(&r.rx_counters.bytes), frame.len() as u64);
-    assert_eq!(r.irq.count(0), 1);
+    assert_eq!(r.irq.queue(0), 1);
     // The other three buffers wait in the reserve? Without MRG_RXBUF, at most one is taken.
     assert!(r.worker.rx_reserved() <= 1);
 }
@@ -650,10 +633,10 @@ fn event_idx_suppresses_interrupts_until_used_event() {
         r.send(&marker_frame([0xff; 6], 0, i, 60));
     }
     r.worker.process_tx();
-    assert_eq!(r.irq.count(1), 0, "used_event not reached");
+    assert_eq!(r.irq.queue(1), 0, "used_event not reached");
     r.send(&marker_frame([0xff; 6], 0, 3, 60));
     r.worker.process_tx();
-    assert_eq!(r.irq.count(1), 1);
+    assert_eq!(r.irq.queue(1), 1);
     assert_eq!(r.peer_frames().len(), 4);
 }
 
@@ -746,7 +729,7 @@ fn control_commands_are_acked_or_refused() {
     assert_eq!(r.command(cmd::CLASS_VLAN, 0, &[0, 1]).0, cmd::ERR);
     assert_eq!(r.command(200, 7, &[]).0, cmd::ERR);
     assert_eq!(
-        r.irq.count(2),
+        r.irq.queue(2),
         13,
         "no EVENT_IDX: an interrupt per batch of one"
     );
@@ -1223,7 +1206,7 @@ struct TapRig {
     net: Net,
     rings: HashMap<u16, DriverRing>,
     bells: HashMap<u16, EventFd>,
-    irq: Arc<Irq>,
+    irq: Arc<CountingInterrupt>,
     /// Guest address of each posted rx buffer, by (queue, head).
     bufs: HashMap<(u16, u16), u64>,
     next_buf: HashMap<u16, u64>,
@@ -1266,7 +1249,7 @@ fn tap_rig(pairs: u16, negotiated: u64) -> TapRig {
         rings.insert(q, ring);
         bells.insert(q, bell);
     }
-    let irq = Arc::new(Irq::default());
+    let irq = Arc::new(CountingInterrupt::default());
     net.activate(mem.clone(), negotiated, active, irq.clone())
         .unwrap();
     TapRig {
@@ -1406,7 +1389,7 @@ fn frames_sent_on_every_tx_queue_arrive_on_the_tap() {
         let c = &r.net.counters()[2 * pair + 1];
         assert_eq!(load(&c.frames), 3, "tx{pair}");
         assert_eq!(load(&c.errors) + load(&c.dropped), 0);
-        assert_eq!(load(&c.interrupts), r.irq.count(2 * pair as u16 + 1));
+        assert_eq!(load(&c.interrupts), r.irq.queue(2 * pair as u16 + 1));
         assert!(load(&c.interrupts) >= 1);
     }
     assert_eq!(r.net.completed_requests().len(), 9);
@@ -1661,7 +1644,7 @@ fn activation_needs_pair_zero_and_survives_resets() {
     }
     let mem = create_guest_memory(MEM_MIB).unwrap();
     let mut net = Net::new(NetConfig::new(&tap_name())).unwrap();
-    let irq: Arc<dyn Interrupt> = Arc::new(Irq::default());
+    let irq: Arc<dyn Interrupt> = Arc::new(CountingInterrupt::default());
     let err = net
         .activate(mem.clone(), vf::VERSION_1, Vec::new(), irq.clone())
         .err()

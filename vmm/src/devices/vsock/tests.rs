@@ -11,20 +11,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::{op, Header, HEADER_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{Vsock, VsockConfig};
-use crate::devices::driver_ring::DriverRing;
+use crate::devices::driver_ring::{CountingInterrupt, DriverRing};
 use crate::devices::virtio::{features, ActiveQueue, VirtioDevice};
-use crate::interrupts::Interrupt;
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
 const CID: u64 = 42;
 const QSIZE: u16 = 64;
 const RX_BUF: u32 = 4096;
-
-struct NoInterrupt;
-impl Interrupt for NoInterrupt {
-    fn trigger(&self, _: u16) {}
-    fn trigger_config(&self) {}
-}
 
 struct Guest {
     mem: GuestMemoryMmap,
@@ -88,8 +81,13 @@ fn rig() -> Rig {
         tx_slot: 0,
     };
     guest.post_rx(QSIZE);
-    dev.activate(mem, features::VERSION_1, queues, Arc::new(NoInterrupt))
-        .unwrap();
+    dev.activate(
+        mem,
+        features::VERSION_1,
+        queues,
+        Arc::new(CountingInterrupt::default()),
+    )
+    .unwrap();
     Rig {
         dev,
         guest,
