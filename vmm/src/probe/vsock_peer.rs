@@ -4,13 +4,14 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::devices::vsock::unix::forward_path;
 use crate::devices::vsock::VsockHandle;
 
 /// What the guest sends on its own connection (the probe's constant)...
@@ -79,13 +80,6 @@ pub struct VsockPeer {
 pub struct RunningPeer {
     plan: PeerPlan,
     coordinator: JoinHandle<PeerReport>,
-}
-
-/// `<uds>_<port>`: where guest connections to host port `port` arrive.
-pub fn forward_path(uds: &Path, port: u32) -> PathBuf {
-    let mut p = uds.as_os_str().to_owned();
-    p.push(format!("_{port}"));
-    PathBuf::from(p)
 }
 
 /// Byte `i` of connection `c`'s stream: differs between connections and across 4 KiB
