@@ -11,6 +11,7 @@ pub mod guest;
 pub mod helper;
 pub mod init;
 pub mod listen;
+pub mod ready;
 pub mod reaper;
 mod runtime;
 pub mod server;

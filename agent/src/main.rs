@@ -20,8 +20,14 @@ use tokio::signal::unix::{signal, SignalKind};
 #[command(name = "pulse-agent", version, about = "Pulse guest agent")]
 struct Cli {
     /// Where to serve the API: vsock://PORT, vsock://CID:PORT or unix:///PATH.
-    #[arg(long, default_value = "vsock://1024")]
+    /// As PID 1 it comes from the kernel command line's PULSE_AGENT_LISTEN=.
+    #[arg(long, env = "PULSE_AGENT_LISTEN", default_value = "vsock://1024")]
     listen: String,
+    /// Once serving on vsock, connect to this host vsock port (CID 2) and
+    /// write `READY <port>`: the host waits for it before connecting.
+    /// As PID 1 it comes from PULSE_AGENT_READY_PORT= on the kernel command line.
+    #[arg(long, env = "PULSE_AGENT_READY_PORT")]
+    ready_port: Option<u32>,
     /// State directory (bundles, runtime state, console sockets).
     #[arg(long, default_value = "/run/pulse-agent")]
     state_dir: PathBuf,
@@ -53,7 +59,11 @@ fn main() -> ExitCode {
     let init_mode = nix::unistd::getpid().as_raw() == 1;
     // As PID 1 the kernel passes its own arguments; ignore what clap cannot use.
     let cli = if init_mode {
-        Cli::try_parse().unwrap_or_else(|_| Cli::parse_from(["pulse-agent"]))
+        // The settings come as environment variables then (see the fields).
+        Cli::try_parse().unwrap_or_else(|e| {
+            eprintln!("pulse-agent: ignoring the kernel's arguments for init: {e}");
+            Cli::parse_from(["pulse-agent"])
+        })
     } else {
         Cli::parse()
     };
@@ -128,6 +138,16 @@ async fn serve(cli: Cli, addr: ListenAddr, init_mode: bool) -> Result<ShutdownAc
         .await
         .context("starting the API server")?;
     tracing::info!(listen = %cli.listen, init_mode, "pulse-agent serving");
+    match (cli.ready_port, &addr) {
+        (Some(ready), ListenAddr::Vsock { port, .. }) => {
+            let port = *port;
+            tokio::task::spawn_blocking(move || pulse_agent::ready::announce(ready, port));
+        }
+        (Some(_), ListenAddr::Unix(_)) => {
+            tracing::warn!("--ready-port is for vsock only: not announcing");
+        }
+        (None, _) => {}
+    }
 
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;

@@ -24,3 +24,48 @@ pub const DEFAULT_VSOCK_PORT: u32 = 1024;
 
 pub use protobuf;
 pub use ttrpc;
+
+/// The host vsock port (CID 2) the agent connects to once it serves, to say
+/// so; on the host it is the hybrid-vsock socket `<uds>_1023`.
+pub const DEFAULT_READY_PORT: u32 = 1023;
+
+/// The readiness announcement: one line, `READY <port the agent listens on>`.
+///
+/// A host sends its first hybrid-vsock `CONNECT` only after this line came.
+/// The guest's own connection completes only once the device's queues run
+/// on both sides, and a CONNECT that reaches a vhost-user backend while the
+/// guest driver is still setting the device up can stop the backend for good
+/// (vhost-device-vsock 0.3.0 does).
+pub fn ready_line(listen_port: u32) -> String {
+    format!("READY {listen_port}\n")
+}
+
+/// The port in a readiness line (with or without its newline).
+pub fn parse_ready_line(line: &str) -> Option<u32> {
+    line.trim_end_matches('\n')
+        .strip_prefix("READY ")?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod ready_tests {
+    use super::*;
+
+    #[test]
+    fn ready_lines_round_trip_and_refuse_the_rest() {
+        assert_eq!(ready_line(1024), "READY 1024\n");
+        assert_eq!(parse_ready_line(&ready_line(1024)), Some(1024));
+        assert_eq!(parse_ready_line("READY 7"), Some(7));
+        for bad in [
+            "",
+            "READY",
+            "READY x\n",
+            "OK 1024\n",
+            "ready 1024\n",
+            "READY -1\n",
+        ] {
+            assert_eq!(parse_ready_line(bad), None, "{bad:?}");
+        }
+    }
+}

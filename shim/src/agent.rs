@@ -1,11 +1,15 @@
 //! The connection to the guest agent: hybrid vsock (the VMM's unix socket,
 //! `CONNECT <port>\n`, answer `OK <host port>\n`), then ttrpc on the stream.
 //!
-//! A CONNECT before the guest's agent listens is normal while the guest
-//! boots (the VMM closes the connection or refuses it): [`connect`] retries
-//! until its deadline and also stops early when the VM itself is gone.
+//! The shim sends no CONNECT before the agent said it serves: the agent
+//! connects to host port [`pulse_protocols::DEFAULT_READY_PORT`] (the unix
+//! socket [`ReadyListener`] binds before the VM boots) and writes `READY
+//! <port>`. A CONNECT that reaches vhost-device-vsock (the qemu backend)
+//! while the guest driver is still setting the device up stops that backend
+//! for good. After the announcement [`connect`] still retries until its
+//! deadline, and stops early when the VM itself is gone.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pulse_protocols::{
@@ -13,7 +17,7 @@ use pulse_protocols::{
     health_ttrpc::HealthClient, sandbox_ttrpc::SandboxClient,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::net::{UnixListener, UnixStream};
 use ttrpc::context::{self, Context};
 use ttrpc::r#async::transport::Socket;
 use ttrpc::r#async::Client;
@@ -22,14 +26,141 @@ use crate::hypervisor::Hypervisor;
 
 /// The longest handshake answer accepted.
 const MAX_REPLY: usize = 64;
-/// One CONNECT attempt, handshake and health check included.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a CONNECT may wait for its OK before the attempt starts over.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How often a wait looks whether the VM still runs.
+const VM_CHECK: Duration = Duration::from_millis(100);
+
+/// The host end of the agent's readiness announcement.
+pub struct ReadyListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ReadyListener {
+    /// Binds `path` (a stale file from an earlier VM is replaced).
+    pub fn bind(path: &Path) -> std::io::Result<Self> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        Ok(Self {
+            listener: UnixListener::bind(path)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accepts connections until one carries a readiness line and returns the
+    /// port it names. A connection that says something else is dropped.
+    async fn next_announcement(&self) -> std::io::Result<u32> {
+        loop {
+            let (mut stream, _) = self.listener.accept().await?;
+            let mut line = Vec::new();
+            let read = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                while line.len() <= MAX_REPLY {
+                    match stream.read_u8().await? {
+                        b'\n' => break,
+                        byte => line.push(byte),
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            let text = String::from_utf8_lossy(&line);
+            match (read, pulse_protocols::parse_ready_line(&text)) {
+                (Ok(Ok(())), Some(port)) => return Ok(port),
+                (read, _) => tracing::warn!(
+                    ?read,
+                    line = %text,
+                    "ignoring a connection to {} that is no readiness line",
+                    self.path.display()
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for ReadyListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Waits for the agent's announcement, checking every [`VM_CHECK`] that the
+/// VM still runs. Consumes the listener: its socket goes once the agent spoke.
+async fn wait_ready(
+    vm: &mut dyn Hypervisor,
+    ready: ReadyListener,
+    port: u32,
+    deadline: Duration,
+) -> Result<(), ConnectError> {
+    let started = Instant::now();
+    let not_ready = |ready: &ReadyListener| ConnectError::NotReady {
+        socket: ready.path().display().to_string(),
+        port: pulse_protocols::DEFAULT_READY_PORT,
+        after: deadline,
+    };
+    loop {
+        let left = deadline.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(not_ready(&ready));
+        }
+        match tokio::time::timeout(left.min(VM_CHECK), ready.next_announcement()).await {
+            Ok(Ok(announced)) if announced == port => {
+                tracing::info!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "guest agent announced itself"
+                );
+                return Ok(());
+            }
+            Ok(Ok(announced)) => {
+                return Err(ConnectError::WrongPort {
+                    announced,
+                    expected: port,
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(ConnectError::NoSocket(format!(
+                    "accepting on {}: {e}",
+                    ready.path().display()
+                )))
+            }
+            Err(_) => {}
+        }
+        if let Some(reason) = vm.exited() {
+            return Err(ConnectError::VmExited(reason));
+        }
+    }
+}
 
 /// Why the agent could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The agent never said it serves.
+    #[error("the guest agent did not announce itself on {socket} (host vsock port {port}) within {after:?}: it did not start, or the guest has no working vsock")]
+    NotReady {
+        /// The readiness socket.
+        socket: String,
+        /// The host port it stands for.
+        port: u32,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The agent listens on another port than the shim's configuration says.
+    #[error("the guest agent serves on vsock port {announced}, but agent.port is {expected}")]
+    WrongPort {
+        /// What the agent said.
+        announced: u32,
+        /// `agent.port`.
+        expected: u32,
+    },
     /// The deadline passed.
     #[error("the guest agent did not answer on {socket} (vsock port {port}) within {after:?}; last error: {last}")]
     Timeout {
@@ -133,26 +264,44 @@ impl Agent {
     }
 }
 
-async fn attempt(socket: &Path, port: u32, timeout: Duration) -> Result<Agent, String> {
-    let stream = handshake(socket, port).await.map_err(|e| e.to_string())?;
-    let agent = Agent::new(Client::new(Socket::from(stream)), timeout);
+/// One attempt: the CONNECT/OK handshake within [`HANDSHAKE_TIMEOUT`], then a
+/// health check within `health_timeout`. Once OK came the agent listens, so a slow
+/// answer (a loaded TCG guest) is waited for instead of starting over.
+async fn attempt(
+    socket: &Path,
+    port: u32,
+    health_timeout: Duration,
+    request_timeout: Duration,
+) -> Result<Agent, String> {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(socket, port)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => {
+            return Err(format!(
+                "CONNECT {port} sent, no OK within {HANDSHAKE_TIMEOUT:?}"
+            ))
+        }
+    };
+    let agent = Agent::new(Client::new(Socket::from(stream)), request_timeout);
     let health = agent
         .health()
         .check(
-            context::with_timeout(ATTEMPT_TIMEOUT.as_nanos() as i64),
+            context::with_timeout(health_timeout.as_nanos() as i64),
             &health::CheckRequest::new(),
         )
         .await
-        .map_err(|e| format!("health check: {e}"))?;
+        .map_err(|e| format!("connected, but the health check failed: {e}"))?;
     if health.state.enum_value_or_default() != health::ServingState::SERVING_STATE_SERVING {
         return Err(format!("agent state {:?}", health.state));
     }
     Ok(agent)
 }
 
-/// Connects to the agent of `vm`, retrying until `deadline` passes.
+/// Connects to the agent of `vm` once it announced itself on `ready`,
+/// retrying until `deadline` (counted from the call) passes.
 pub async fn connect(
     vm: &mut dyn Hypervisor,
+    ready: ReadyListener,
     port: u32,
     deadline: Duration,
     request_timeout: Duration,
@@ -161,12 +310,16 @@ pub async fn connect(
         .agent_socket()
         .map_err(|e| ConnectError::NoSocket(e.to_string()))?;
     let started = Instant::now();
+    wait_ready(vm, ready, port, deadline).await?;
     let mut last;
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(&socket, port, request_timeout)).await {
-            Ok(Ok(agent)) => {
+        // The health check may not outlast the deadline (but gets a fair try).
+        let left = deadline.saturating_sub(started.elapsed());
+        let health_timeout = request_timeout.min(left.max(HANDSHAKE_TIMEOUT));
+        match attempt(&socket, port, health_timeout, request_timeout).await {
+            Ok(agent) => {
                 tracing::info!(
                     attempts,
                     ms = started.elapsed().as_millis() as u64,
@@ -174,8 +327,7 @@ pub async fn connect(
                 );
                 return Ok(agent);
             }
-            Ok(Err(e)) => last = e,
-            Err(_) => last = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+            Err(e) => last = e,
         }
         if let Some(reason) = vm.exited() {
             return Err(ConnectError::VmExited(reason));
@@ -195,7 +347,6 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::UnixListener;
 
     #[tokio::test]
     async fn handshake_accepts_ok_and_refuses_the_rest() {
@@ -223,5 +374,24 @@ mod tests {
         let refused = handshake(&path, 1024).await.unwrap_err();
         assert!(refused.to_string().contains("refused"), "{refused}");
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_ready_listener_takes_only_a_readiness_line_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.vsock_1023");
+        std::fs::write(&path, b"stale").unwrap();
+        let ready = ReadyListener::bind(&path).unwrap();
+        let client = path.clone();
+        let guest = tokio::spawn(async move {
+            for line in [&b"hello\n"[..], b"READY 1024\n"] {
+                let mut s = UnixStream::connect(&client).await.unwrap();
+                s.write_all(line).await.unwrap();
+            }
+        });
+        assert_eq!(ready.next_announcement().await.unwrap(), 1024);
+        guest.await.unwrap();
+        drop(ready);
+        assert!(!path.exists(), "the socket goes with the listener");
     }
 }

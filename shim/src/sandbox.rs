@@ -66,6 +66,13 @@ impl Sandbox {
         };
         let _ = record.save(&paths.state_file());
 
+        // Bound before the boot, so the agent's announcement finds it.
+        let ready = agent::ReadyListener::bind(&paths.ready()).with_context(|| {
+            format!(
+                "binding the agent's readiness socket {}",
+                paths.ready().display()
+            )
+        })?;
         let mut vm = hypervisor::create(&config, paths.clone());
         let booted = vm.boot().await;
         record.vm = vm
@@ -94,6 +101,7 @@ impl Sandbox {
         }
         let agent = match agent::connect(
             vm.as_mut(),
+            ready,
             config.agent.port,
             config.connect_timeout(),
             config.request_timeout(),

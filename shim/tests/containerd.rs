@@ -244,16 +244,25 @@ fn a_guest_that_never_answers_is_a_clear_error_and_leaves_nothing() {
     require_env!();
     let _one = serial();
     let env = Env::start();
-    // The agent serves a unix socket inside the guest instead of vsock: it never answers.
+    // The agent serves a unix socket inside the guest instead of vsock (the
+    // later PULSE_AGENT_LISTEN= replaces the shim's in init's environment):
+    // it never announces itself and never answers.
     env.write_config(
-        "kernel_params = \"-- --listen unix:///run/nowhere.sock\"",
+        "kernel_params = \"PULSE_AGENT_LISTEN=unix:///run/nowhere.sock\"",
         "connect_timeout_ms = 5000",
     );
     let started = Instant::now();
     let out = env.run_rm("silent", &[], &["true"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("did not answer"), "{err}");
+    assert!(
+        err.contains("the guest agent did not announce itself") && err.contains("within 5s"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--ready-port is for vsock only"),
+        "the agent ran, on the unix socket: {err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(60));
     env.assert_no_leaks();
 }
@@ -736,7 +745,8 @@ fn the_embedded_backend_without_vt_x_is_a_clear_error_through_containerd() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
-        err.contains("starting the embedded VM") || err.contains("guest agent did not answer"),
+        err.contains("starting the embedded VM")
+            || err.contains("guest agent did not announce itself"),
         "{err}"
     );
     assert!(err.contains("guest agent"), "{err}");

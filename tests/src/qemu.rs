@@ -13,6 +13,8 @@
 //! vhost-user needs guest memory that the backend can map: hence the shared
 //! memfd backend. The host side of vsock is `DIR/vsock.sock`, the hybrid
 //! vsock protocol (`CONNECT 1024\n` -> `OK <port>\n`) that pulse-ctl speaks.
+//! As the shim does, the rig connects only after the agent announced itself
+//! on `DIR/vsock.sock_1023` (see `pulse_protocols::ready_line`).
 //! QEMU's virtio-mmio has no MSI: this rig runs the guest driver's legacy
 //! interrupt path.
 //!
@@ -22,6 +24,7 @@
 //! `PR_SET_PDEATHSIG`, so they die with the thread that started them.
 
 use std::fs;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -100,7 +103,10 @@ impl GuestConfig {
         // reboot=t + QEMU's -no-reboot: a guest reboot ends QEMU.
         // tsc=reliable: under TCG the TSC is otherwise distrusted with
         // several vCPUs and the clock falls back to jiffies.
-        let mut cmdline = "console=ttyS0 reboot=t panic=-1 tsc=reliable".to_string();
+        let mut cmdline = format!(
+            "console=ttyS0 reboot=t panic=-1 tsc=reliable PULSE_AGENT_READY_PORT={}",
+            pulse_protocols::DEFAULT_READY_PORT
+        );
         if !self.extra_cmdline.is_empty() {
             cmdline.push(' ');
             cmdline.push_str(&self.extra_cmdline);
@@ -115,6 +121,8 @@ pub struct Guest {
     qemu: Option<Child>,
     backend: Option<Child>,
     vsock_uds: PathBuf,
+    /// Where the agent announces itself (non-blocking).
+    ready: UnixListener,
     console: PathBuf,
     started: Instant,
 }
@@ -130,9 +138,13 @@ impl Guest {
         let vhost_socket = dir.path().join("vhost.sock");
         let vsock_uds = dir.path().join("vsock.sock");
         let console = dir.path().join("console.log");
+        let ready = UnixListener::bind(ready_path(&vsock_uds))
+            .context("binding the agent's readiness socket")?;
+        ready.set_nonblocking(true)?;
         let mut guest = Guest {
             qemu: None,
             backend: None,
+            ready,
             vsock_uds,
             console,
             started: Instant::now(),
@@ -184,14 +196,10 @@ impl Guest {
     pub async fn connect_agent(&mut self, timeout: Duration) -> Result<(Agent, Duration)> {
         let deadline = Instant::now() + timeout;
         let addr = self.agent_addr();
-        // vhost-device-vsock 0.3.0 can stop answering CONNECTs for good when
-        // hybrid-vsock connections reach it before the guest's driver has set
-        // up the device (seen under CPU load). The kernel runs /init only after
-        // every built-in driver probed: connect from then on.
-        while !self.console().contains(INIT_LINE) && Instant::now() + timeout / 2 < deadline {
-            self.check_running()?;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // No CONNECT before the agent's announcement: vhost-device-vsock 0.3.0
+        // stops for good when one reaches it while the guest driver is still
+        // setting the device up.
+        self.wait_ready(deadline).await?;
         let mut last_err = None;
         loop {
             self.check_running()?;
@@ -213,6 +221,42 @@ impl Guest {
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the agent wrote its readiness line, or fails at `deadline`.
+    async fn wait_ready(&mut self, deadline: Instant) -> Result<()> {
+        loop {
+            self.check_running()?;
+            match self.ready.accept() {
+                Ok((mut stream, _)) => {
+                    stream.set_nonblocking(false)?;
+                    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    let mut line = String::new();
+                    let _ = std::io::BufRead::read_line(
+                        &mut std::io::BufReader::new(&mut stream),
+                        &mut line,
+                    );
+                    match pulse_protocols::parse_ready_line(&line) {
+                        Some(port) if port == pulse_protocols::DEFAULT_VSOCK_PORT => return Ok(()),
+                        _ => bail!(
+                            "the agent announced {line:?}, not READY {}",
+                            pulse_protocols::DEFAULT_VSOCK_PORT
+                        ),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e).context("accepting the agent's announcement"),
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent did not announce itself on {}\n--- vhost-device-vsock ---\n{}\n--- console ---\n{}",
+                    ready_path(&self.vsock_uds).display(),
+                    tail(&self.file_text("vhost-device-vsock.log"), 40),
+                    self.console_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -331,21 +375,30 @@ fn kill_and_reap(mut child: Child) {
 /// Spawns `cmd` so that it dies with the spawning thread (PR_SET_PDEATHSIG),
 /// even if this process is killed before its destructors run.
 fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
+    // An orphan may go to a subreaper rather than pid 1: compare with our pid.
+    let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe calls (prctl, getppid).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl.
-            if libc::getppid() == 1 {
+            if libc::getppid() != parent {
                 return Err(std::io::Error::other("parent exited"));
             }
             Ok(())
         });
     }
     cmd.spawn()
+}
+
+/// The hybrid-vsock socket of the agent's readiness announcements.
+fn ready_path(vsock_uds: &Path) -> PathBuf {
+    let mut path = vsock_uds.as_os_str().to_owned();
+    path.push(format!("_{}", pulse_protocols::DEFAULT_READY_PORT));
+    PathBuf::from(path)
 }
 
 fn qemu_args(config: &GuestConfig, vhost_socket: &Path, console: &Path) -> Vec<String> {

@@ -118,6 +118,15 @@ impl SandboxPaths {
         self.dir.join("vm.vsock")
     }
 
+    /// Where the guest agent says it serves: the hybrid-vsock socket of
+    /// host port [`pulse_protocols::DEFAULT_READY_PORT`] (`vm.vsock_1023`).
+    pub fn ready(&self) -> PathBuf {
+        pulse_vmm::devices::vsock::unix::forward_path(
+            &self.vsock(),
+            pulse_protocols::DEFAULT_READY_PORT,
+        )
+    }
+
     /// The vhost-user socket between QEMU and vhost-device-vsock.
     pub fn vhost(&self) -> PathBuf {
         self.dir.join("vhost.sock")
@@ -205,6 +214,13 @@ pub trait Hypervisor: Send + Sync {
 /// The command line every backend gives the guest, before its device entries.
 pub fn base_cmdline(config: &PulseConfig, tcg: bool) -> String {
     let mut cmdline = String::from("console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nokbd");
+    // Unknown NAME=value parameters become init's environment: the agent's
+    // port, and the host port it announces itself on once it serves.
+    cmdline.push_str(&format!(
+        " PULSE_AGENT_LISTEN=vsock://{} PULSE_AGENT_READY_PORT={}",
+        config.agent.port,
+        pulse_protocols::DEFAULT_READY_PORT
+    ));
     if tcg {
         // Under the software emulator the TSC check fails and the clock falls back to jiffies.
         cmdline.push_str(" tsc=reliable");
@@ -274,6 +290,10 @@ mod tests {
         let p = SandboxPaths::new(Path::new("/run/pulse"), "default", "pod1");
         assert_eq!(p.vsock(), Path::new("/run/pulse/default/pod1/vm.vsock"));
         assert_eq!(
+            p.ready(),
+            Path::new("/run/pulse/default/pod1/vm.vsock_1023")
+        );
+        assert_eq!(
             p.slot_image(2),
             Path::new("/run/pulse/default/pod1/slot-2.img")
         );
@@ -298,5 +318,11 @@ mod tests {
         assert!(c.starts_with("console=ttyS0 reboot=t panic=-1"));
         assert!(c.ends_with("tsc=reliable quiet"), "{c}");
         assert!(!base_cmdline(&PulseConfig::default(), false).contains("tsc"));
+        config.agent.port = 2000;
+        let c = base_cmdline(&config, false);
+        assert!(
+            c.contains(" PULSE_AGENT_LISTEN=vsock://2000 PULSE_AGENT_READY_PORT=1023 "),
+            "the agent learns its port and where to announce itself: {c}"
+        );
     }
 }

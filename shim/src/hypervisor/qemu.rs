@@ -417,15 +417,18 @@ impl Hypervisor for Qemu {
 
 /// Makes the child get SIGKILL when the shim dies.
 fn die_with_parent(cmd: &mut Command) {
+    // An orphan goes to the nearest subreaper (containerd is one), not always
+    // to pid 1, so "the shim died" means "the parent is no longer the shim".
+    let shim = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe calls (prctl, getppid, kill) on values it owns.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The shim may have died between fork and prctl.
-            if libc::getppid() == 1 {
+            if libc::getppid() != shim {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }
             Ok(())
