@@ -145,7 +145,7 @@ fn an_embedded_vm_without_hardware_virtualization_fails_clearly_and_leaves_nothi
     eprintln!("vsock answered {answer:?} while the guest booted; tap seen: {tap_seen}");
     assert!(
         err.contains("the guest agent is unreachable")
-            && (err.contains("did not answer") || err.contains("VM stopped before")),
+            && (err.contains("did not announce itself") || err.contains("VM stopped before")),
         "{err}"
     );
     assert!(err.contains("embedded") || err.contains("pod pod"), "{err}");
