@@ -16,7 +16,7 @@ use pulse_protocols::{
     containers_ttrpc::ContainersClient, devices, devices_ttrpc::DevicesClient, health,
     health_ttrpc::HealthClient, sandbox_ttrpc::SandboxClient,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use ttrpc::context::{self, Context};
 use ttrpc::r#async::transport::Socket;
@@ -58,25 +58,21 @@ impl ReadyListener {
     }
 
     /// Accepts connections until one carries a readiness line and returns the
-    /// port it names. A connection that says something else is dropped.
+    /// port it names. A connection that says something else is dropped. Not
+    /// cancel-safe: a caller that drops it after the accept loses the line.
     async fn next_announcement(&self) -> std::io::Result<u32> {
         loop {
-            let (mut stream, _) = self.listener.accept().await?;
+            let (stream, _) = self.listener.accept().await?;
+            // Up to the newline or EOF; the caller's deadline bounds the wait.
             let mut line = Vec::new();
-            let read = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                while line.len() <= MAX_REPLY {
-                    match stream.read_u8().await? {
-                        b'\n' => break,
-                        byte => line.push(byte),
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
+            let read = tokio::io::BufReader::new(stream)
+                .take(MAX_REPLY as u64)
+                .read_until(b'\n', &mut line)
+                .await;
             let text = String::from_utf8_lossy(&line);
-            match (read, pulse_protocols::parse_ready_line(&text)) {
-                (Ok(Ok(())), Some(port)) => return Ok(port),
-                (read, _) => tracing::warn!(
+            match (&read, pulse_protocols::parse_ready_line(&text)) {
+                (Ok(_), Some(port)) => return Ok(port),
+                _ => tracing::warn!(
                     ?read,
                     line = %text,
                     "ignoring a connection to {} that is no readiness line",
@@ -102,37 +98,40 @@ async fn wait_ready(
     deadline: Duration,
 ) -> Result<(), ConnectError> {
     let started = Instant::now();
-    let not_ready = |ready: &ReadyListener| ConnectError::NotReady {
-        socket: ready.path().display().to_string(),
-        port: pulse_protocols::DEFAULT_READY_PORT,
-        after: deadline,
-    };
+    // One future across the checks: dropping it between its accept and the
+    // line would lose the only announcement.
+    let announcement = ready.next_announcement();
+    tokio::pin!(announcement);
     loop {
         let left = deadline.saturating_sub(started.elapsed());
         if left.is_zero() {
-            return Err(not_ready(&ready));
+            return Err(ConnectError::NotReady {
+                socket: ready.path().display().to_string(),
+                port: pulse_protocols::DEFAULT_READY_PORT,
+                after: deadline,
+            });
         }
-        match tokio::time::timeout(left.min(VM_CHECK), ready.next_announcement()).await {
-            Ok(Ok(announced)) if announced == port => {
-                tracing::info!(
-                    ms = started.elapsed().as_millis() as u64,
-                    "guest agent announced itself"
-                );
-                return Ok(());
+        tokio::select! {
+            announced = &mut announcement => {
+                return match announced {
+                    Ok(announced) if announced == port => {
+                        tracing::info!(
+                            ms = started.elapsed().as_millis() as u64,
+                            "guest agent announced itself"
+                        );
+                        Ok(())
+                    }
+                    Ok(announced) => Err(ConnectError::WrongPort {
+                        announced,
+                        expected: port,
+                    }),
+                    Err(e) => Err(ConnectError::NoSocket(format!(
+                        "accepting on {}: {e}",
+                        ready.path().display()
+                    ))),
+                };
             }
-            Ok(Ok(announced)) => {
-                return Err(ConnectError::WrongPort {
-                    announced,
-                    expected: port,
-                })
-            }
-            Ok(Err(e)) => {
-                return Err(ConnectError::NoSocket(format!(
-                    "accepting on {}: {e}",
-                    ready.path().display()
-                )))
-            }
-            Err(_) => {}
+            _ = tokio::time::sleep(left.min(VM_CHECK)) => {}
         }
         if let Some(reason) = vm.exited() {
             return Err(ConnectError::VmExited(reason));
@@ -393,5 +392,129 @@ mod tests {
         guest.await.unwrap();
         drop(ready);
         assert!(!path.exists(), "the socket goes with the listener");
+    }
+
+    /// A VM that runs until `exit_after` has passed.
+    struct FakeVm {
+        started: Instant,
+        exit_after: Option<Duration>,
+    }
+
+    #[async_trait::async_trait]
+    impl Hypervisor for FakeVm {
+        async fn boot(&mut self) -> Result<(), crate::hypervisor::HypervisorError> {
+            Ok(())
+        }
+        fn agent_socket(&self) -> Result<PathBuf, crate::hypervisor::HypervisorError> {
+            Ok(PathBuf::from("/nonexistent"))
+        }
+        fn slot_image(&self, _slot: usize) -> PathBuf {
+            PathBuf::new()
+        }
+        async fn attach_disk(
+            &mut self,
+            _slot: usize,
+            _bytes: u64,
+        ) -> Result<(), crate::hypervisor::HypervisorError> {
+            Ok(())
+        }
+        async fn detach_disk(
+            &mut self,
+            _slot: usize,
+        ) -> Result<(), crate::hypervisor::HypervisorError> {
+            Ok(())
+        }
+        fn host_view(&self) -> crate::hypervisor::HostView {
+            crate::hypervisor::HostView {
+                backend: "fake".into(),
+                accel: "none".into(),
+                vcpus: 1,
+                memory_mib: 1,
+                devices: Vec::new(),
+                pids: Vec::new(),
+            }
+        }
+        fn exited(&mut self) -> Option<String> {
+            self.exit_after
+                .filter(|after| self.started.elapsed() >= *after)
+                .map(|_| "the fake VM ended".to_string())
+        }
+        async fn stop(&mut self) -> Result<(), crate::hypervisor::HypervisorError> {
+            Ok(())
+        }
+    }
+
+    fn running() -> FakeVm {
+        FakeVm {
+            started: Instant::now(),
+            exit_after: None,
+        }
+    }
+
+    /// Connects to `path` and writes `line` only after `delay`.
+    fn slow_guest(
+        path: PathBuf,
+        delay: Duration,
+        line: &'static [u8],
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut s = UnixStream::connect(&path).await.unwrap();
+            tokio::time::sleep(delay).await;
+            s.write_all(line).await.unwrap();
+        })
+    }
+
+    #[tokio::test]
+    async fn a_line_that_comes_after_several_vm_checks_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.vsock_1023");
+        let ready = ReadyListener::bind(&path).unwrap();
+        // Connected at once, the line only after three VM checks.
+        let guest = slow_guest(path.clone(), VM_CHECK * 3 + VM_CHECK / 2, b"READY 1024\n");
+        wait_ready(&mut running(), ready, 1024, Duration::from_secs(10))
+            .await
+            .unwrap();
+        guest.await.unwrap();
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_port_a_silent_guest_and_a_dead_vm_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.vsock_1023");
+
+        let guest = slow_guest(path.clone(), Duration::ZERO, b"READY 2000\n");
+        let ready = ReadyListener::bind(&path).unwrap();
+        let err = wait_ready(&mut running(), ready, 1024, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConnectError::WrongPort {
+                    announced: 2000,
+                    expected: 1024
+                }
+            ),
+            "{err}"
+        );
+        let _ = guest.await;
+
+        let ready = ReadyListener::bind(&path).unwrap();
+        let err = wait_ready(&mut running(), ready, 1024, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("did not announce itself"), "{err}");
+        assert!(err.to_string().contains("vm.vsock_1023"), "{err}");
+
+        let ready = ReadyListener::bind(&path).unwrap();
+        let mut dying = FakeVm {
+            started: Instant::now(),
+            exit_after: Some(Duration::from_millis(150)),
+        };
+        let err = wait_ready(&mut dying, ready, 1024, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::VmExited(_)), "{err}");
     }
 }
