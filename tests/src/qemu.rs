@@ -231,7 +231,10 @@ impl Guest {
             match self.ready.accept() {
                 Ok((mut stream, _)) => {
                     stream.set_nonblocking(false)?;
-                    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    // The line follows the connection at once, but a loaded
+                    // emulator may take a while: up to the deadline.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    stream.set_read_timeout(Some(left.max(Duration::from_secs(1))))?;
                     let mut line = String::new();
                     let _ = std::io::BufRead::read_line(
                         &mut std::io::BufReader::new(&mut stream),
