@@ -483,8 +483,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vm.vsock_1023");
 
-        let guest = slow_guest(path.clone(), Duration::ZERO, b"READY 2000\n");
         let ready = ReadyListener::bind(&path).unwrap();
+        let guest = slow_guest(path.clone(), Duration::ZERO, b"READY 2000\n");
         let err = wait_ready(&mut running(), ready, 1024, Duration::from_secs(10))
             .await
             .unwrap_err();

@@ -399,9 +399,7 @@ fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
 
 /// The hybrid-vsock socket of the agent's readiness announcements.
 fn ready_path(vsock_uds: &Path) -> PathBuf {
-    let mut path = vsock_uds.as_os_str().to_owned();
-    path.push(format!("_{}", pulse_protocols::DEFAULT_READY_PORT));
-    PathBuf::from(path)
+    pulse_vmm::devices::vsock::unix::forward_path(vsock_uds, pulse_protocols::DEFAULT_READY_PORT)
 }
 
 fn qemu_args(config: &GuestConfig, vhost_socket: &Path, console: &Path) -> Vec<String> {
