@@ -10,7 +10,8 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "insta
 # qemu-system-x86: the comparison VMM of the benchmarks and the software-emulated Linux rig.
 # busybox-static: the container rootfs of the agent tests. musl-tools: the static agent's C bits.
 # containerd runc e2fsprogs util-linux: the shim's end-to-end tests (containerd 1.6, mkfs.ext4 -d, script).
-for pkg in qemu-system-x86 busybox-static musl-tools containerd runc e2fsprogs util-linux; do
+# kmod: modprobe/depmod for the nested rig's L1 kernel (scripts/l1-kernel.sh, tests/nested/).
+for pkg in qemu-system-x86 busybox-static musl-tools containerd runc e2fsprogs util-linux kmod bc; do
     pkg_installed "$pkg" || need_apt+=("$pkg")
 done
 # The guest kernel build (guest/kernel/build.sh also installs linux-source-6.1) and the rootfs
@@ -43,3 +44,6 @@ if ! have vhost-device-vsock && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/vhost-de
     echo "install-deps: cargo install vhost-device-vsock 0.3.0"
     cargo install --quiet --locked vhost-device-vsock --version 0.3.0
 fi
+
+# The nested-virtualization rig's L1 kernel (scripts/nested.sh): Debian's amd64 kernel, extracted.
+"$(dirname "$0")/l1-kernel.sh" >/dev/null

@@ -1,0 +1,75 @@
+#!/bin/busybox sh
+# /init of the nested-virtualization rig's L1 guest (scripts/nested.sh).
+#
+# Mounts the host's root read-only over 9p at /host, gives it writable tmpfs on /tmp, /run,
+# /srv and /var/tmp, this kernel's /dev, /proc, /sys and cgroup2, loads kvm_amd (QEMU's
+# emulated SVM with nested paging) and what Pulse's tests use, then runs the exchange
+# directory's cmd.sh chrooted into /host with its output in out and its exit status in rc,
+# and powers off. Everything it reads comes from the kernel command line:
+#   pulse.xchg=PATH    the exchange directory (also 9p tag "xchg", writable), same path as on the host
+#   pulse.l1=DIR       the extracted L1 kernel package (modules for modprobe -d)
+#   pulse.modules=A,B  modules to load from DIR once the host root is there
+/bin/busybox mkdir -p /bin /proc /sys /dev /host /xchg
+/bin/busybox --install -s /bin
+export PATH=/bin
+# Host binaries run by absolute path: busybox would run its own applets of the same names.
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+say() { echo "l1-init: $*" >/dev/console; }
+fail() {
+    say "$*"
+    echo 125 >/xchg/rc 2>/dev/null
+    sync
+    poweroff -f
+}
+
+xchg= l1= modules=
+for arg in $(cat /proc/cmdline); do
+    case $arg in
+        pulse.xchg=*) xchg=${arg#pulse.xchg=} ;;
+        pulse.l1=*) l1=${arg#pulse.l1=} ;;
+        pulse.modules=*) modules=$(echo "${arg#pulse.modules=}" | tr , ' ') ;;
+    esac
+done
+
+# The 9p client, in the order modprobe --show-depends gave when the archive was built.
+for ko in $(cat /modules/order); do
+    insmod "/modules/$ko" || say "insmod $ko failed"
+done
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 xchg /xchg || fail "cannot mount the exchange directory"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro,cache=loose host /host || fail "cannot mount the host's root"
+
+# What bash, containerd and the tests expect in /dev, then the host root's writable places.
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount --rbind /dev /host/dev
+mount --rbind /proc /host/proc
+mount --rbind /sys /host/sys
+for d in tmp run srv var/tmp; do
+    mount -t tmpfs -o mode=1777 tmpfs "/host/$d"
+done
+mkdir -p "/host$xchg"
+mount --bind /xchg "/host$xchg"
+ip link set lo up
+hostname pulse-l1
+
+if [ -n "$modules" ]; then
+    # shellcheck disable=SC2086
+    chroot /host /usr/sbin/modprobe -d "$l1" -a $modules || fail "modprobe -d $l1 $modules failed"
+fi
+[ -c /dev/kvm ] || fail "no /dev/kvm after loading kvm_amd (does the CPU model show svm?)"
+
+chroot /host /bin/bash "$xchg/cmd.sh" </dev/null >"/xchg/out" 2>&1
+echo $? >/xchg/rc.tmp && mv /xchg/rc.tmp /xchg/rc
+sync
+umount "/host$xchg" /xchg 2>/dev/null
+poweroff -f
