@@ -1,7 +1,9 @@
 # Sourced by scripts/demo.sh and scripts/bench-shim.sh: a private containerd
 # (Debian's 1.6, as root) under a temporary directory, the offline busybox
-# image, the shim by absolute path, and a pulse.toml with the qemu backend.
-# Needs: containerd, ctr, qemu-system-x86_64, vhost-device-vsock, the guest image.
+# image, the shim by absolute path, and a pulse.toml with the backend in PULSE_BACKEND (qemu by
+# default; embedded needs VT-x/AMD-V or the nested rig), PULSE_VCPUS vCPUs, and for the embedded
+# backend multi-queue disks (one queue per vCPU), PULSE_NET_QUEUES queue pairs and a virtio-console.
+# Needs: containerd, ctr, the guest image; qemu-system-x86_64 and vhost-device-vsock for qemu.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 kernel=${PULSE_KERNEL:-$repo/build/guest/vmlinux}
@@ -16,12 +18,15 @@ ns=pulse-demo
 image=docker.io/library/pulse-busybox:latest
 cat > "$work/pulse.toml" <<TOML
 [hypervisor]
-backend = "qemu"
+backend = "${PULSE_BACKEND:-qemu}"
 [vm]
 kernel = "$kernel"
 initramfs = "$initramfs"
 vcpus = ${PULSE_VCPUS:-1}
 memory_mib = ${PULSE_MEMORY_MIB:-256}
+[devices]
+net_queues = ${PULSE_NET_QUEUES:-0}
+virtio_console = ${PULSE_VIRTIO_CONSOLE:-false}
 [shim]
 state_dir = "$work/ps"
 TOML

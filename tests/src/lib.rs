@@ -6,6 +6,11 @@
 //!   `vhost-device-vsock`, and hands out the agent's hybrid-vsock address.
 //!   A test fixture only: the product path is Pulse's own VMM.
 //! - [`agent`]: ttrpc clients for the agent in such a guest.
+//! - [`embedded`]: the same guest under Pulse's own VMM (the library the
+//!   shim embeds), one MSI per queue; needs VT-x/AMD-V or the nested rig.
+//! - [`nested`]: the nested-virtualization rig (`scripts/nested.sh`): a
+//!   command run as root in an L1 guest whose KVM has (emulated) AMD SVM, so
+//!   that Pulse's own VMM boots the real Linux guest on these machines.
 //! - [`rootfs`]: busybox root filesystems and ext4 images of them.
 //! - [`connect`]: pulse-ctl's connection code (`hvsock://PATH:PORT`), the
 //!   same source file, compiled into this crate.
@@ -13,6 +18,8 @@
 pub mod agent;
 #[path = "../../ctl/src/connect.rs"]
 pub mod connect;
+pub mod embedded;
+pub mod nested;
 pub mod qemu;
 pub mod rootfs;
 

@@ -3,7 +3,9 @@
 //! end-to-end tests. The guest image comes from `make guest`
 //! (build/guest/vmlinux, build/guest/initramfs.cpio.gz) or from
 //! `PULSE_TEST_KERNEL` / `PULSE_TEST_INITRAMFS`; without one the tests say so
-//! and pass as skipped. They run through the `qemu` backend.
+//! and pass as skipped. They run through the `qemu` backend, or through the
+//! `embedded` one with `PULSE_TEST_BACKEND=embedded`, which needs VT-x/AMD-V
+//! (`make test` runs them that way inside the nested rig, scripts/nested.sh).
 
 #![allow(dead_code)]
 
@@ -40,6 +42,19 @@ pub fn guest_image() -> Option<(PathBuf, PathBuf)> {
     (kernel.is_file() && initramfs.is_file()).then_some((kernel, initramfs))
 }
 
+/// The backend under test: `PULSE_TEST_BACKEND` (`qemu`, the default, or `embedded`).
+pub fn backend() -> &'static str {
+    match std::env::var("PULSE_TEST_BACKEND").as_deref() {
+        Ok("embedded") => "embedded",
+        _ => "qemu",
+    }
+}
+
+/// Whether the pods of these tests run in the shim's own process (no QEMU).
+pub fn embedded() -> bool {
+    backend() == "embedded"
+}
+
 fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
@@ -53,16 +68,20 @@ pub fn skip_reason() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("not root".into());
     }
-    for cmd in [
-        "containerd",
-        "ctr",
-        "qemu-system-x86_64",
-        "vhost-device-vsock",
-        "mkfs.ext4",
-    ] {
+    let vm_tools: &[&str] = if embedded() {
+        &[]
+    } else {
+        &["qemu-system-x86_64", "vhost-device-vsock"]
+    };
+    for cmd in ["containerd", "ctr", "mkfs.ext4"].iter().chain(vm_tools) {
         if !have(cmd) {
             return Some(format!("{cmd} is not installed (scripts/install-deps.sh)"));
         }
+    }
+    if embedded() && !pulse_shim::hypervisor::host_has_hw_virt() {
+        return Some(
+            "the embedded backend needs VT-x/AMD-V and /dev/kvm (make test runs this suite in the nested rig)".into(),
+        );
     }
     if guest_image().is_none() {
         return Some(
@@ -102,7 +121,7 @@ impl Env {
         self.dir.path().join("pulse.toml")
     }
 
-    /// Writes pulse.toml: the qemu backend with the guest image, plus `extra` TOML lines
+    /// Writes pulse.toml: the backend under test with the guest image, plus `extra` TOML lines
     /// (which may replace whole sections).
     pub fn write_config(&self, vm_extra: &str, agent_extra: &str) {
         let (kernel, initramfs) = guest_image().expect("guest image");
@@ -112,8 +131,9 @@ impl Env {
             format!("connect_timeout_ms = 60000\n{agent_extra}")
         };
         let text = format!(
-            "[hypervisor]\nbackend = \"qemu\"\n[vm]\nkernel = {kernel:?}\ninitramfs = {initramfs:?}\nmemory_mib = 256\n{vm_extra}\n\
+            "[hypervisor]\nbackend = {:?}\n[vm]\nkernel = {kernel:?}\ninitramfs = {initramfs:?}\nmemory_mib = 256\n{vm_extra}\n\
              [agent]\n{agent}\n[shim]\nstate_dir = {:?}\nlog_level = \"debug\"\n",
+            backend(),
             self.state_dir()
         );
         std::fs::write(self.config_path(), text).unwrap();
