@@ -194,3 +194,19 @@ impl Interrupt for CountingInterrupt {
         self.trigger_config();
     }
 }
+
+/// Joins `thread`, or gives up after `deadline`: tests use it to tell a worker that hangs from
+/// one that stops (the deadline is far beyond any slow machine, never a speed check).
+pub fn join_within<T: Send + 'static>(
+    thread: std::thread::JoinHandle<T>,
+    deadline: std::time::Duration,
+) -> Result<T, &'static str> {
+    let start = std::time::Instant::now();
+    while !thread.is_finished() {
+        if start.elapsed() > deadline {
+            return Err("the thread did not finish");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    thread.join().map_err(|_| "the thread panicked")
+}
