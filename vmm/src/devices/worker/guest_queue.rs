@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
-use super::fault_log::GuestFault;
+use super::fault_log::{FaultLog, GuestFault};
 use crate::memory::GuestMemoryMmap;
 
 /// A descriptor chain in guest memory.
@@ -151,11 +151,14 @@ pub struct Drained {
 }
 
 /// Serves up to `budget` chains with `serve`, with doorbells off meanwhile (EVENT_IDX), and
-/// asks for the next doorbell when the ring is empty. A fault ends the draining; what was
-/// served before it is in the `Drained`.
+/// asks for the next doorbell when the ring is empty. An available entry naming a descriptor
+/// beyond the table is skipped (it has no used entry to go back to) and recorded in
+/// `faults`; any other fault ends the draining, and what was served before it is in the
+/// `Drained`.
 pub fn drain<F>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
+    faults: &FaultLog,
     budget: usize,
     mut serve: F,
 ) -> (Drained, Result<(), QueueFault>)
@@ -174,12 +177,16 @@ where
                 done.more = true;
                 return (done, Ok(()));
             }
+            served += 1;
             let chain = match pop(queue, mem) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break,
+                Err(fault @ QueueFault::HeadOutOfRange { .. }) => {
+                    faults.record(fault.kind(), &fault);
+                    continue;
+                }
                 Err(fault) => return (done, Err(fault)),
             };
-            served += 1;
             let head = chain.head_index();
             match serve(chain) {
                 Served::Used(len) => {
@@ -256,10 +263,11 @@ mod tests {
             .map(|i| ring.add_chain(&[(0x20_0000 + i * 64, 64, false)]))
             .collect();
         ring.publish(&heads);
-        let (done, result) = drain(&mut queue, &mem, 4, |_| Served::Used(0));
+        let log = FaultLog::new("test");
+        let (done, result) = drain(&mut queue, &mem, &log, 4, |_| Served::Used(0));
         assert!(result.is_ok() && done.used && done.more);
         assert_eq!(ring.used_idx(), 4);
-        let (done, result) = drain(&mut queue, &mem, 100, |_| Served::Used(0));
+        let (done, result) = drain(&mut queue, &mem, &log, 100, |_| Served::Used(0));
         assert!(result.is_ok() && !done.more);
         assert_eq!(ring.used_idx(), 10);
     }
