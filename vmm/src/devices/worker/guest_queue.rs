@@ -148,6 +148,8 @@ pub struct Drained {
     pub more: bool,
     /// `serve` asked to retry a chain later.
     pub retry: bool,
+    /// Available entries skipped because they name a descriptor beyond the table.
+    pub skipped: u64,
 }
 
 /// Serves up to `budget` chains with `serve`, with doorbells off meanwhile (EVENT_IDX), and
@@ -183,6 +185,7 @@ where
                 Ok(None) => break,
                 Err(fault @ QueueFault::HeadOutOfRange { .. }) => {
                     faults.record(fault.kind(), &fault);
+                    done.skipped += 1;
                     continue;
                 }
                 Err(fault) => return (done, Err(fault)),
