@@ -144,6 +144,7 @@ pub struct CountingInterrupt {
     queues: Mutex<HashMap<u16, u64>>,
     total: AtomicU64,
     config: AtomicU64,
+    needs_reset: AtomicU64,
 }
 
 impl CountingInterrupt {
@@ -166,6 +167,11 @@ impl CountingInterrupt {
     pub fn config(&self) -> u64 {
         self.config.load(Ordering::SeqCst)
     }
+
+    /// Times the device asked for a reset (DEVICE_NEEDS_RESET).
+    pub fn needs_reset_requests(&self) -> u64 {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
 }
 
 impl Interrupt for CountingInterrupt {
@@ -182,4 +188,25 @@ impl Interrupt for CountingInterrupt {
     fn trigger_config(&self) {
         self.config.fetch_add(1, Ordering::SeqCst);
     }
+
+    fn needs_reset(&self) {
+        self.needs_reset.fetch_add(1, Ordering::SeqCst);
+        self.trigger_config();
+    }
+}
+
+/// Joins `thread`, or gives up after `deadline`: tests use it to tell a worker that hangs from
+/// one that stops (the deadline is far beyond any slow machine, never a speed check).
+pub fn join_within<T: Send + 'static>(
+    thread: std::thread::JoinHandle<T>,
+    deadline: std::time::Duration,
+) -> Result<T, &'static str> {
+    let start = std::time::Instant::now();
+    while !thread.is_finished() {
+        if start.elapsed() > deadline {
+            return Err("the thread did not finish");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    thread.join().map_err(|_| "the thread panicked")
 }

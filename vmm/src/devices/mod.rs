@@ -11,3 +11,4 @@ pub mod reset;
 pub mod serial;
 pub mod virtio;
 pub mod vsock;
+pub mod worker;

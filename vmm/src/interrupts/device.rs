@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Interrupt, InterruptError, InterruptManager, MsiMessage};
+use super::{Interrupt, InterruptError, InterruptManager, MsiMessage, MsiRejection};
 
 /// InterruptStatus bit: used buffers.
 pub const INT_VRING: u32 = 0x1;
@@ -56,6 +56,17 @@ pub struct VectorStats {
     pub configured: bool,
 }
 
+/// What became of an UPDATE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorUpdate {
+    /// The message is stored (and routed, once the driver is ready and the vector unmasked).
+    Stored,
+    /// The message is refused and never routed; the vector keeps what it had.
+    Refused(MsiRejection),
+    /// The device has no such vector.
+    NoSuchVector,
+}
+
 /// Interrupt resources and MSI state of one device.
 pub struct DeviceInterrupts {
     manager: Arc<InterruptManager>,
@@ -69,6 +80,8 @@ pub struct DeviceInterrupts {
     active: AtomicBool,
     /// Serialises the slow path (route and irqfd changes) against itself.
     control: Mutex<()>,
+    /// The device model asked for a reset (a queue the driver broke).
+    needs_reset: AtomicBool,
 }
 
 impl DeviceInterrupts {
@@ -106,6 +119,7 @@ impl DeviceInterrupts {
             msi_enabled: AtomicBool::new(false),
             active: AtomicBool::new(false),
             control: Mutex::new(()),
+            needs_reset: AtomicBool::new(false),
         }))
     }
 
@@ -139,23 +153,35 @@ impl DeviceInterrupts {
         self.msi_enabled.store(enabled, Ordering::SeqCst);
     }
 
-    /// Stores `msg` in `vector` (MSI_CMD UPDATE). Invalid addresses are rejected and leave the
-    /// vector unconfigured; after DRIVER_OK the route is rewritten at once.
-    pub fn update_vector(&self, vector: u16, msg: MsiMessage) -> Result<bool, InterruptError> {
+    /// Stores `msg` in `vector` (MSI_CMD UPDATE). A message [`MsiMessage::check_x86`] refuses
+    /// is never stored nor routed; after DRIVER_OK the route is rewritten at once, and a masked
+    /// vector stays masked (its irqfd is attached only by UNMASK).
+    pub fn update_vector(
+        &self,
+        vector: u16,
+        msg: MsiMessage,
+    ) -> Result<VectorUpdate, InterruptError> {
         let Some(v) = self.vectors.get(usize::from(vector)) else {
-            return Ok(false);
+            return Ok(VectorUpdate::NoSuchVector);
         };
-        if !msg.is_valid_x86() {
-            return Ok(false);
+        if let Err(why) = msg.check_x86() {
+            return Ok(VectorUpdate::Refused(why));
         }
         let _guard = self.control.lock().unwrap_or_else(|p| p.into_inner());
         *v.message.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
         v.configured.store(true, Ordering::SeqCst);
         if self.active.load(Ordering::SeqCst) {
             self.manager.set_msi_route(v.gsi, Some(msg))?;
-            self.attach(v)?;
+            if !v.masked.load(Ordering::SeqCst) {
+                self.attach(v)?;
+            }
         }
-        Ok(true)
+        Ok(VectorUpdate::Stored)
+    }
+
+    /// Whether the device model asked for a reset since the last one.
+    pub fn device_needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
     }
 
     /// Masks `vector`: its irqfd is detached, so interrupts wait in the eventfd.
@@ -224,6 +250,7 @@ impl DeviceInterrupts {
             let _ = v.evt.read();
         }
         self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
         result
     }
 
@@ -287,6 +314,13 @@ impl DeviceInterrupts {
             .is_some_and(|v| v.configured.load(Ordering::SeqCst))
     }
 
+    /// Whether the guest masked `vector`.
+    pub fn vector_masked(&self, vector: u16) -> bool {
+        self.vectors
+            .get(usize::from(vector))
+            .is_some_and(|v| v.masked.load(Ordering::SeqCst))
+    }
+
     fn raise(&self, vector: usize, status_bit: u32) {
         if self.msi_enabled() {
             let Some(v) = self.vectors.get(vector) else {
@@ -324,6 +358,13 @@ impl Interrupt for DeviceInterrupts {
 
     fn trigger_config(&self) {
         self.raise(0, INT_CONFIG);
+    }
+
+    fn needs_reset(&self) {
+        // One interrupt per reset cycle: a device that keeps failing must not flood the guest.
+        if !self.needs_reset.swap(true, Ordering::SeqCst) {
+            self.raise(0, INT_CONFIG);
+        }
     }
 }
 
@@ -371,7 +412,7 @@ mod tests {
         let d = device(2);
         assert_eq!(d.vector_count(), 3);
         d.set_msi_enabled(true);
-        assert!(d.update_vector(2, msg(0x41)).unwrap());
+        assert_eq!(d.update_vector(2, msg(0x41)).unwrap(), VectorUpdate::Stored);
         d.activate().unwrap();
         assert!(d.msi_active());
         assert_eq!(d.manager.msi_route(d.vectors[2].gsi), Some(msg(0x41)));
@@ -395,9 +436,15 @@ mod tests {
             address_lo: 0x1000,
             ..msg(0x30)
         };
-        assert!(!d.update_vector(0, bad).unwrap());
+        assert_eq!(
+            d.update_vector(0, bad).unwrap(),
+            VectorUpdate::Refused(MsiRejection::Address)
+        );
         assert!(!d.vector_configured(0));
-        assert!(!d.update_vector(2, msg(0x30)).unwrap());
+        assert_eq!(
+            d.update_vector(2, msg(0x30)).unwrap(),
+            VectorUpdate::NoSuchVector
+        );
         assert!(!d.mask(7).unwrap());
     }
 
@@ -416,6 +463,52 @@ mod tests {
         d.trigger(0);
         d.unmask(1).unwrap();
         assert!(d.vectors[1].attached.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn nmi_smi_init_extint_and_low_vectors_are_never_routed() {
+        let d = device(1);
+        d.set_msi_enabled(true);
+        d.activate().unwrap();
+        for data in [0x400 | 0x41, 0x200 | 0x41, 0x500, 0x700, 0x0e] {
+            let m = MsiMessage { data, ..msg(0) };
+            assert!(matches!(
+                d.update_vector(1, m).unwrap(),
+                VectorUpdate::Refused(_)
+            ));
+            assert!(!d.vector_configured(1));
+            assert_eq!(d.manager.msi_route(d.vectors[1].gsi), None);
+            assert!(!d.vectors[1].attached.load(Ordering::SeqCst));
+        }
+    }
+
+    #[test]
+    fn update_keeps_a_masked_vector_masked() {
+        let d = device(1);
+        d.set_msi_enabled(true);
+        d.update_vector(1, msg(0x40)).unwrap();
+        d.activate().unwrap();
+        d.mask(1).unwrap();
+        d.update_vector(1, msg(0x41)).unwrap();
+        assert!(
+            !d.vectors[1].attached.load(Ordering::SeqCst),
+            "UPDATE must not unmask"
+        );
+        assert_eq!(d.manager.msi_route(d.vectors[1].gsi), Some(msg(0x41)));
+        d.unmask(1).unwrap();
+        assert!(d.vectors[1].attached.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn needs_reset_raises_one_config_interrupt_until_reset() {
+        let d = device(1);
+        d.needs_reset();
+        d.needs_reset();
+        assert!(d.device_needs_reset());
+        assert_eq!(d.legacy_sent(), 1);
+        assert_eq!(d.interrupt_status(), INT_CONFIG);
+        d.reset().unwrap();
+        assert!(!d.device_needs_reset());
     }
 
     #[test]

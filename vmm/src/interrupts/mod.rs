@@ -7,7 +7,7 @@
 pub mod device;
 pub mod routing;
 
-pub use device::{DeviceInterrupts, VectorRole, VectorStats};
+pub use device::{DeviceInterrupts, VectorRole, VectorStats, VectorUpdate};
 pub use routing::InterruptManager;
 
 /// What a device calls when it has used buffers or changed its configuration.
@@ -16,6 +16,10 @@ pub trait Interrupt: Send + Sync {
     fn trigger(&self, queue: u16);
     /// The device configuration changed.
     fn trigger_config(&self);
+    /// The device hit a guest error it cannot recover from without a reset (e.g. a queue the
+    /// driver broke): the transport shows DEVICE_NEEDS_RESET and the driver gets a
+    /// configuration-change interrupt.
+    fn needs_reset(&self);
 }
 
 /// An MSI message as the guest programs it.
@@ -34,11 +38,58 @@ pub const MSI_ADDRESS_START: u32 = 0xfee0_0000;
 /// Last address of the x86 MSI window.
 pub const MSI_ADDRESS_END: u32 = 0xfeef_ffff;
 
+/// Lowest vector a device may raise: 0-15 are the CPU's exceptions.
+pub const MIN_MSI_VECTOR: u8 = 16;
+
+/// Why an MSI message is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MsiRejection {
+    /// The address is outside the LAPIC window, or has a high half.
+    #[error("address outside the x86 interrupt window")]
+    Address,
+    /// A delivery mode other than fixed or lowest priority (SMI, NMI, INIT, ExtINT, ...).
+    #[error("delivery mode {0} is not fixed or lowest priority")]
+    DeliveryMode(u8),
+    /// A vector below 16: an exception, not an interrupt.
+    #[error("vector {0} is below 16")]
+    Vector(u8),
+}
+
+/// MSI data: delivery mode in bits 10:8.
+const DELIVERY_MODE_SHIFT: u32 = 8;
+/// Delivery mode: fixed.
+const DELIVERY_FIXED: u8 = 0;
+/// Delivery mode: lowest priority.
+const DELIVERY_LOWEST_PRIORITY: u8 = 1;
+
 impl MsiMessage {
-    /// Whether an x86 LAPIC would accept this message: its address in the interrupt window and
-    /// no high half.
+    /// Checks that an x86 LAPIC would take this as an ordinary device interrupt: the address
+    /// in the interrupt window without a high half, a fixed or lowest-priority delivery mode,
+    /// and a vector of 16 or more. Anything else (NMI, SMI, INIT, ExtINT, exception vectors)
+    /// would let the guest's device poke at the CPU in ways no driver needs.
+    pub fn check_x86(&self) -> Result<(), MsiRejection> {
+        if self.address_hi != 0 || !(MSI_ADDRESS_START..=MSI_ADDRESS_END).contains(&self.address_lo)
+        {
+            return Err(MsiRejection::Address);
+        }
+        let mode = self.delivery_mode();
+        if mode != DELIVERY_FIXED && mode != DELIVERY_LOWEST_PRIORITY {
+            return Err(MsiRejection::DeliveryMode(mode));
+        }
+        if self.vector() < MIN_MSI_VECTOR {
+            return Err(MsiRejection::Vector(self.vector()));
+        }
+        Ok(())
+    }
+
+    /// Whether [`MsiMessage::check_x86`] accepts it.
     pub fn is_valid_x86(&self) -> bool {
-        self.address_hi == 0 && (MSI_ADDRESS_START..=MSI_ADDRESS_END).contains(&self.address_lo)
+        self.check_x86().is_ok()
+    }
+
+    /// Delivery mode (data bits 10:8).
+    pub fn delivery_mode(&self) -> u8 {
+        ((self.data >> DELIVERY_MODE_SHIFT) & 0x7) as u8
     }
 
     /// Destination APIC ID (physical mode).
@@ -104,5 +155,32 @@ mod tests {
             ..ok
         }
         .is_valid_x86());
+    }
+
+    #[test]
+    fn only_fixed_and_lowest_priority_device_vectors_are_accepted() {
+        let with = |data: u32| MsiMessage {
+            address_lo: 0xfee0_0000,
+            address_hi: 0,
+            data,
+        };
+        assert_eq!(with(0x41).check_x86(), Ok(()));
+        assert_eq!(with(0x141).check_x86(), Ok(()), "lowest priority");
+        for (mode, name) in [
+            (2, "SMI"),
+            (4, "NMI"),
+            (5, "INIT"),
+            (6, "SIPI"),
+            (7, "ExtINT"),
+        ] {
+            assert_eq!(
+                with((mode << 8) | 0x41).check_x86(),
+                Err(MsiRejection::DeliveryMode(mode as u8)),
+                "{name}"
+            );
+        }
+        assert_eq!(with(2).check_x86(), Err(MsiRejection::Vector(2)));
+        assert_eq!(with(15).check_x86(), Err(MsiRejection::Vector(15)));
+        assert_eq!(with(16).check_x86(), Ok(()));
     }
 }

@@ -14,7 +14,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::registers::*;
 use crate::bus::BusDevice;
 use crate::devices::virtio::{features, status, ActiveQueue, VirtioDevice};
-use crate::interrupts::{DeviceInterrupts, InterruptError, MsiMessage, VectorStats};
+use crate::interrupts::{
+    DeviceInterrupts, InterruptError, MsiMessage, MsiRejection, VectorStats, VectorUpdate,
+};
 use crate::memory::GuestMemoryMmap;
 
 /// Counters of guest mistakes, per device.
@@ -30,11 +32,14 @@ pub struct TransportErrors {
     pub vector_out_of_range: u64,
     /// UPDATE with an address outside the x86 interrupt window (or a high half).
     pub msi_address_rejected: u64,
+    /// UPDATE with data the VMM never routes: a delivery mode other than fixed or lowest
+    /// priority (NMI, SMI, INIT, ExtINT), or a vector below 16.
+    pub msi_data_rejected: u64,
     /// A register accessed with the wrong width.
     pub bad_access_width: u64,
     /// A notification for a queue the device does not have.
     pub bad_notify: u64,
-    /// A status write that clears bits or skips a step.
+    /// A status write that clears bits, skips a step, or sets bits that are not the driver's.
     pub bad_status: u64,
     /// Queue setup written after DRIVER_OK, or for a queue that does not exist.
     pub bad_queue_setup: u64,
@@ -82,6 +87,8 @@ pub struct MmioTransport {
     notifiers: Vec<EventFd>,
     status: u32,
     needs_reset: bool,
+    /// FEATURES_OK was refused: neither it nor DRIVER_OK can be set until a reset.
+    features_refused: bool,
     device_features_sel: u32,
     driver_features_sel: u32,
     driver_features: u64,
@@ -163,6 +170,7 @@ impl MmioTransport {
             notifiers,
             status: 0,
             needs_reset: false,
+            features_refused: false,
             device_features_sel: 0,
             driver_features_sel: 0,
             driver_features: 0,
@@ -235,8 +243,11 @@ impl MmioTransport {
     }
 
     fn read_status(&self) -> u32 {
+        // The device model raises its own need (a queue the driver broke) through its
+        // interrupt resources, from its worker threads.
+        let needs_reset = self.needs_reset || self.interrupts.device_needs_reset();
         self.status
-            | if self.needs_reset {
+            | if needs_reset {
                 status::DEVICE_NEEDS_RESET
             } else {
                 0
@@ -317,16 +328,30 @@ impl MmioTransport {
             self.errors.bad_queue_setup += 1;
             return;
         };
-        match offset {
-            QUEUE_NUM => queue.set_size(value as u16),
-            QUEUE_READY => queue.set_ready(value == 1),
-            QUEUE_DESC_LOW => queue.set_desc_table_address(Some(value), None),
-            QUEUE_DESC_HIGH => queue.set_desc_table_address(None, Some(value)),
-            QUEUE_AVAIL_LOW => queue.set_avail_ring_address(Some(value), None),
-            QUEUE_AVAIL_HIGH => queue.set_avail_ring_address(None, Some(value)),
-            QUEUE_USED_LOW => queue.set_used_ring_address(Some(value), None),
-            QUEUE_USED_HIGH => queue.set_used_ring_address(None, Some(value)),
-            _ => {}
+        // The `try_` setters: the plain ones log an ERROR line for every refused value, which
+        // a guest could repeat without end. A refused value is counted instead.
+        let accepted = match offset {
+            QUEUE_NUM => u16::try_from(value).is_ok_and(|size| queue.try_set_size(size).is_ok()),
+            QUEUE_READY => {
+                queue.set_ready(value == 1);
+                true
+            }
+            QUEUE_DESC_LOW | QUEUE_DESC_HIGH => {
+                let addr = with_half(queue.desc_table(), offset == QUEUE_DESC_HIGH, value);
+                queue.try_set_desc_table_address(addr).is_ok()
+            }
+            QUEUE_AVAIL_LOW | QUEUE_AVAIL_HIGH => {
+                let addr = with_half(queue.avail_ring(), offset == QUEUE_AVAIL_HIGH, value);
+                queue.try_set_avail_ring_address(addr).is_ok()
+            }
+            QUEUE_USED_LOW | QUEUE_USED_HIGH => {
+                let addr = with_half(queue.used_ring(), offset == QUEUE_USED_HIGH, value);
+                queue.try_set_used_ring_address(addr).is_ok()
+            }
+            _ => true,
+        };
+        if !accepted {
+            self.errors.bad_queue_setup += 1;
         }
     }
 
@@ -351,9 +376,21 @@ impl MmioTransport {
             self.errors.bad_status += 1;
             return;
         }
+        if value & !DRIVER_STATUS_BITS != 0 {
+            // Bits that are not the driver's to set (DEVICE_NEEDS_RESET, reserved ones): the
+            // write is refused as a whole, so they never read back.
+            self.errors.bad_status += 1;
+            return;
+        }
         let added = value & !old;
         if added & status::FAILED != 0 {
-            self.status = value;
+            // The driver gave up: nothing else it added in the same write takes effect.
+            self.status = old | status::FAILED;
+            return;
+        }
+        if self.features_refused && added & (status::FEATURES_OK | status::DRIVER_OK) != 0 {
+            // Refused features stay refused until a reset.
+            self.errors.bad_status += 1;
             return;
         }
         if added & status::FEATURES_OK != 0 {
@@ -361,9 +398,11 @@ impl MmioTransport {
             if self.driver_features & !offered != 0
                 || self.driver_features & features::VERSION_1 == 0
             {
-                // Leaving FEATURES_OK clear tells the driver the features were refused.
+                // Leaving FEATURES_OK clear tells the driver the features were refused; a
+                // DRIVER_OK in the same write is refused with it.
                 self.errors.bad_features += 1;
-                self.status = value & !status::FEATURES_OK;
+                self.features_refused = true;
+                self.status = value & !(status::FEATURES_OK | status::DRIVER_OK);
                 return;
             }
         }
@@ -386,7 +425,7 @@ impl MmioTransport {
             if !queue.ready() {
                 continue;
             }
-            if !queue.is_valid(&self.mem) {
+            if !rings_fit(queue, &self.mem) {
                 // The rings do not fit in guest memory, or are misaligned.
                 self.errors.bad_queue_setup += 1;
                 self.needs_reset = true;
@@ -446,6 +485,7 @@ impl MmioTransport {
         }
         self.status = 0;
         self.needs_reset = false;
+        self.features_refused = false;
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
         self.driver_features = 0;
@@ -492,20 +532,52 @@ impl MmioTransport {
                     address_hi: self.msi_address_hi,
                     data: self.msi_data,
                 };
-                let stored = self.interrupts.update_vector(vector, msg);
-                if matches!(stored, Ok(false)) {
-                    self.errors.msi_address_rejected += 1;
-                }
-                stored
+                self.interrupts
+                    .update_vector(vector, msg)
+                    .map(|update| match update {
+                        VectorUpdate::Refused(MsiRejection::Address) => {
+                            self.errors.msi_address_rejected += 1
+                        }
+                        VectorUpdate::Refused(_) => self.errors.msi_data_rejected += 1,
+                        VectorUpdate::Stored | VectorUpdate::NoSuchVector => {}
+                    })
             }
-            MSI_CMD_MASK => self.interrupts.mask(vector),
-            _ => self.interrupts.unmask(vector),
+            MSI_CMD_MASK => self.interrupts.mask(vector).map(drop),
+            _ => self.interrupts.unmask(vector).map(drop),
         };
         if let Err(e) = result {
             tracing::error!(base = self.base, "MSI command failed: {e}");
             self.errors.interrupt_setup_failed += 1;
         }
     }
+}
+
+/// The status bits a driver may write (virtio 1.x, 2.1); DEVICE_NEEDS_RESET is the device's.
+const DRIVER_STATUS_BITS: u32 =
+    status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK | status::FAILED;
+
+/// `current` with its low (or high) 32 bits replaced by `value`.
+fn with_half(current: u64, high: bool, value: u32) -> vm_memory::GuestAddress {
+    let value = u64::from(value);
+    vm_memory::GuestAddress(if high {
+        (current & 0xffff_ffff) | (value << 32)
+    } else {
+        (current & !0xffff_ffff) | value
+    })
+}
+
+/// Whether the rings of a ready queue lie in guest memory: `Queue::is_valid` without its
+/// ERROR line per refusal (the driver decides how often it asks).
+fn rings_fit(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
+    let size = u64::from(queue.size());
+    let fits = |addr: u64, len: u64| mem.check_range(GuestAddress(addr), len as usize);
+    // Descriptor table: 16 bytes each; available ring: flags, idx, ring, used_event; used
+    // ring: flags, idx, 8 bytes each, avail_event.
+    queue.ready()
+        && fits(queue.desc_table(), 16 * size)
+        && fits(queue.avail_ring(), 6 + 2 * size)
+        && fits(queue.used_ring(), 6 + 8 * size)
 }
 
 impl BusDevice for MmioTransport {
@@ -969,6 +1041,99 @@ mod tests {
         r.w32(QUEUE_NOTIFY, 9);
         r.t.write(DOORBELLS + 4 * 7, &[0; 4]);
         assert_eq!(r.errors().bad_notify, 2);
+    }
+
+    #[test]
+    fn a_failed_write_with_garbage_bits_does_not_read_back() {
+        let mut r = rig();
+        r.w32(STATUS, status::ACKNOWLEDGE);
+        r.w32(STATUS, 0xffff_ffff);
+        assert_eq!(r.r32(STATUS), status::ACKNOWLEDGE, "garbage refused");
+        r.w32(
+            STATUS,
+            status::ACKNOWLEDGE | status::FAILED | status::DRIVER_OK,
+        );
+        assert_eq!(
+            r.r32(STATUS),
+            status::ACKNOWLEDGE | status::FAILED,
+            "FAILED is taken, nothing else of that write"
+        );
+        assert!(r.activations.lock().unwrap().is_empty());
+        assert_eq!(r.errors().bad_status, 1);
+    }
+
+    #[test]
+    fn refused_features_never_show_driver_ok() {
+        let mut r = rig();
+        r.w32(STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        r.w32(DRIVER_FEATURES, 1 << 3); // not offered, and no VERSION_1
+        let all = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+        r.w32(STATUS, all);
+        assert_eq!(r.r32(STATUS), status::ACKNOWLEDGE | status::DRIVER);
+        // Trying again without a reset does not help either.
+        r.w32(STATUS, all);
+        assert_eq!(r.r32(STATUS) & (status::FEATURES_OK | status::DRIVER_OK), 0);
+        assert!(r.activations.lock().unwrap().is_empty());
+        // A reset starts over.
+        r.negotiate();
+        r.driver_ok();
+        assert_ne!(r.r32(STATUS) & status::DRIVER_OK, 0);
+    }
+
+    #[test]
+    fn msi_data_for_nmi_smi_init_extint_or_low_vectors_is_refused_and_counted() {
+        let mut r = rig();
+        r.negotiate();
+        r.w16(MSI_CSR, MSI_CSR_ENABLE);
+        for data in [0x400 | 0x41, 0x200 | 0x41, 0x500, 0x700 | 0x41, 0x02] {
+            r.w32(MSI_ADDRESS_LOW, 0xfee0_0000);
+            r.w32(MSI_ADDRESS_HIGH, 0);
+            r.w32(MSI_DATA, data);
+            r.w16(MSI_CMD, (MSI_CMD_UPDATE << 12) | 1);
+        }
+        r.driver_ok();
+        assert!(!r.irq.vector_configured(1));
+        assert_eq!(r.errors().msi_data_rejected, 5);
+        r.device_interrupt().trigger(0);
+        assert_eq!(r.irq.stats()[1].sent, 0, "never injected");
+    }
+
+    #[test]
+    fn update_on_a_masked_vector_keeps_it_masked() {
+        let mut r = rig();
+        r.negotiate();
+        r.w16(MSI_CSR, MSI_CSR_ENABLE);
+        r.program(1, 0xfee0_0000);
+        r.driver_ok();
+        r.w16(MSI_CMD, (MSI_CMD_MASK << 12) | 1);
+        r.program(1, 0xfee0_1000);
+        // Still masked: an interrupt waits in the eventfd, which UNMASK would deliver.
+        let before = r.irq.stats()[1].sent;
+        r.device_interrupt().trigger(0);
+        assert_eq!(r.irq.stats()[1].sent, before + 1);
+        assert!(r.irq.vector_masked(1));
+    }
+
+    #[test]
+    fn a_device_that_needs_a_reset_shows_it_until_the_reset() {
+        let mut r = rig();
+        r.negotiate();
+        r.driver_ok();
+        r.device_interrupt().needs_reset();
+        assert!(r.needs_reset());
+        assert_eq!(r.r32(INTERRUPT_STATUS) & 2, 2, "configuration interrupt");
+        r.w32(STATUS, 0);
+        assert!(!r.needs_reset());
+    }
+
+    #[test]
+    fn refused_queue_setup_values_are_counted() {
+        let mut r = rig();
+        r.negotiate();
+        r.w32(QUEUE_SEL, 0);
+        r.w32(QUEUE_NUM, 3); // not a power of two
+        r.w32(QUEUE_DESC_LOW, 0x10_0001); // misaligned
+        assert_eq!(r.errors().bad_queue_setup, 2);
     }
 
     #[test]

@@ -17,11 +17,12 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
 };
+use crate::devices::worker::{FaultLog, LoopContext};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 use backend::{Backend, BackendError};
 pub use media::{BlockHandle, Media};
-use request::{ID_BYTES, MAX_SEGMENTS};
+use request::{ID_BYTES, MAX_RANGE_SECTORS, MAX_RANGE_SEGMENTS, MAX_SEGMENTS};
 pub use worker::QueueCounters;
 use worker::QueueWorker;
 
@@ -95,6 +96,7 @@ pub struct Block {
     media: Arc<Media>,
     id: [u8; ID_BYTES],
     counters: Vec<Arc<QueueCounters>>,
+    faults: Arc<FaultLog>,
     running: Option<Running>,
 }
 
@@ -132,6 +134,7 @@ impl Block {
             media,
             id,
             counters,
+            faults: Arc::new(FaultLog::new("block")),
             running: None,
         })
     }
@@ -139,6 +142,11 @@ impl Block {
     /// Counters per queue.
     pub fn counters(&self) -> &[Arc<QueueCounters>] {
         &self.counters
+    }
+
+    /// The guest's mistakes this device saw.
+    pub fn faults(&self) -> &Arc<FaultLog> {
+        &self.faults
     }
 
     /// A handle to change the image while the VM runs.
@@ -154,12 +162,12 @@ fn build_config_space(backend: &Backend, queues: u16) -> Vec<u8> {
     c[12..16].copy_from_slice(&(MAX_SEGMENTS as u32).to_le_bytes()); // seg_max
     c[20..24].copy_from_slice(&512u32.to_le_bytes()); // blk_size
     c[34..36].copy_from_slice(&queues.to_le_bytes()); // num_queues
-    let max_sectors = u32::MAX / 512;
-    c[36..40].copy_from_slice(&max_sectors.to_le_bytes()); // max_discard_sectors
-    c[40..44].copy_from_slice(&1u32.to_le_bytes()); // max_discard_seg
+                                                      // The request code refuses what goes beyond these limits.
+    c[36..40].copy_from_slice(&MAX_RANGE_SECTORS.to_le_bytes()); // max_discard_sectors
+    c[40..44].copy_from_slice(&MAX_RANGE_SEGMENTS.to_le_bytes()); // max_discard_seg
     c[44..48].copy_from_slice(&1u32.to_le_bytes()); // discard_sector_alignment
-    c[48..52].copy_from_slice(&max_sectors.to_le_bytes()); // max_write_zeroes_sectors
-    c[52..56].copy_from_slice(&1u32.to_le_bytes()); // max_write_zeroes_seg
+    c[48..52].copy_from_slice(&MAX_RANGE_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
+    c[52..56].copy_from_slice(&MAX_RANGE_SEGMENTS.to_le_bytes()); // max_write_zeroes_seg
     c[56] = 1; // write_zeroes_may_unmap
     c
 }
@@ -230,16 +238,18 @@ impl VirtioDevice for Block {
                 index,
                 queue: q.queue,
                 notifier: q.notifier,
-                kill: running.kill.try_clone().map_err(ActivateError::Worker)?,
                 mem: mem.clone(),
                 media: self.media.clone(),
                 id: self.id,
-                interrupt: interrupt.clone(),
                 counters: self.counters[usize::from(index)].clone(),
+                more: false,
             };
+            let stop_request = running.kill.try_clone().map_err(ActivateError::Worker)?;
+            let ctx = LoopContext::new(interrupt.clone(), self.faults.clone())
+                .map_err(ActivateError::Worker)?;
             let thread = std::thread::Builder::new()
                 .name(format!("blk-q{index}"))
-                .spawn(move || worker.run());
+                .spawn(move || worker.run(ctx, stop_request));
             match thread {
                 Ok(t) => running.threads.push(t),
                 Err(e) => {

@@ -39,6 +39,13 @@ const SEGMENT_SIZE: u32 = 16;
 pub const MAX_SEGMENTS: usize = 128;
 /// Most data bytes in one request.
 pub const MAX_REQUEST_BYTES: u64 = 8 << 20;
+/// Most segments in one discard or write-zeroes request (advertised as max_discard_seg and
+/// max_write_zeroes_seg).
+pub const MAX_RANGE_SEGMENTS: u32 = 1;
+/// Most sectors in one discard or write-zeroes segment (advertised as max_discard_sectors and
+/// max_write_zeroes_sectors): 32 MiB, so that a filesystem that zeroes by writing (tmpfs)
+/// keeps a worker busy for milliseconds, not hours.
+pub const MAX_RANGE_SECTORS: u32 = (32 << 20) / 512;
 
 /// Why a chain is not a well-formed request.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,6 +77,12 @@ pub enum RequestError {
     /// A discard/write-zeroes segment list of the wrong size or with unknown flags.
     #[error("malformed discard/write-zeroes segment")]
     BadSegment,
+    /// More discard/write-zeroes segments than advertised.
+    #[error("{0} discard/write-zeroes segments, at most {MAX_RANGE_SEGMENTS} allowed")]
+    TooManySegments(u64),
+    /// A discard/write-zeroes segment larger than advertised.
+    #[error("discard/write-zeroes segment of {0} sectors, at most {MAX_RANGE_SECTORS} allowed")]
+    SegmentTooLarge(u32),
     /// The backend failed.
     #[error("backend: {0}")]
     Backend(String),
@@ -108,8 +121,11 @@ pub struct Request {
 /// The status byte of a chain, if its last descriptor can hold one: written on failure.
 pub fn status_of(buffers: &[Buffer]) -> Option<GuestAddress> {
     let last = buffers.last()?;
-    (buffers.len() >= 2 && last.writable && last.len >= 1)
-        .then(|| last.addr.unchecked_add(u64::from(last.len) - 1))
+    if buffers.len() < 2 || !last.writable || last.len == 0 {
+        return None;
+    }
+    // The guest picks both: an address near the top of the space must not wrap to 0.
+    last.addr.checked_add(u64::from(last.len) - 1)
 }
 
 /// Parses `buffers` (a chain in order) into a request.
@@ -122,8 +138,9 @@ pub fn parse(mem: &GuestMemoryMmap, buffers: &[Buffer]) -> Result<Request, Reque
     let kind: u32 = mem
         .read_obj(header.addr)
         .map_err(|_| RequestError::BadAddress)?;
+    let sector_at = header.addr.checked_add(8).ok_or(RequestError::BadAddress)?;
     let sector: u64 = mem
-        .read_obj(header.addr.unchecked_add(8))
+        .read_obj(sector_at)
         .map_err(|_| RequestError::BadAddress)?;
     let data = buffers[1..buffers.len() - 1].to_vec();
     if data.len() > MAX_SEGMENTS {
@@ -250,21 +267,35 @@ fn ranges(mem: &GuestMemoryMmap, backend: &Backend, request: &Request) -> Result
     if backend.read_only() {
         return Err(RequestError::ReadOnly);
     }
+    if request.data.iter().any(|b| b.len % SEGMENT_SIZE != 0) {
+        return Err(RequestError::BadSegment);
+    }
+    // Checked before any work: the limits are what the config space advertises.
+    let segments: u64 = request
+        .data
+        .iter()
+        .map(|b| u64::from(b.len / SEGMENT_SIZE))
+        .sum();
+    if segments > u64::from(MAX_RANGE_SEGMENTS) {
+        return Err(RequestError::TooManySegments(segments));
+    }
+    let field =
+        |at: GuestAddress, offset: u64| at.checked_add(offset).ok_or(RequestError::BadAddress);
     for b in &request.data {
-        if b.len % SEGMENT_SIZE != 0 {
-            return Err(RequestError::BadSegment);
-        }
         for i in 0..b.len / SEGMENT_SIZE {
-            let at = b.addr.unchecked_add(u64::from(i * SEGMENT_SIZE));
+            let at = field(b.addr, u64::from(i * SEGMENT_SIZE))?;
             let sector: u64 = mem.read_obj(at).map_err(|_| RequestError::BadAddress)?;
             let count: u32 = mem
-                .read_obj(at.unchecked_add(8))
+                .read_obj(field(at, 8)?)
                 .map_err(|_| RequestError::BadAddress)?;
             let flags: u32 = mem
-                .read_obj(at.unchecked_add(12))
+                .read_obj(field(at, 12)?)
                 .map_err(|_| RequestError::BadAddress)?;
             if flags & !FLAG_UNMAP != 0 || (request.kind == kind::DISCARD && flags != 0) {
                 return Err(RequestError::BadSegment);
+            }
+            if count > MAX_RANGE_SECTORS {
+                return Err(RequestError::SegmentTooLarge(count));
             }
             let len = u64::from(count) * SECTOR_SIZE;
             let offset = checked_offset(backend, sector, len)?;

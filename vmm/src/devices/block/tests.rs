@@ -11,8 +11,9 @@ use super::backend::{Backend, SECTOR_SIZE};
 use super::request::{kind, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP};
 use super::worker::{QueueCounters, QueueWorker};
 use crate::devices::driver_ring::{
-    CountingInterrupt, DriverRing, DESC_F_NEXT as F_NEXT, DESC_F_WRITE as F_WRITE,
+    join_within, CountingInterrupt, DriverRing, DESC_F_NEXT as F_NEXT, DESC_F_WRITE as F_WRITE,
 };
+use crate::devices::worker::{FaultLog, GuestFault, LoopContext};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
 const QSIZE: u16 = 16;
@@ -24,6 +25,7 @@ const STATUS: u64 = 0x30_0000;
 struct Rig {
     mem: GuestMemoryMmap,
     worker: QueueWorker,
+    ctx: LoopContext,
     irq: Arc<CountingInterrupt>,
     ring: DriverRing,
     _disk: tempfile::NamedTempFile,
@@ -44,19 +46,20 @@ fn rig_with(read_only: bool, disk_bytes: usize) -> Rig {
         index: 0,
         queue,
         notifier: EventFd::new(0).unwrap(),
-        kill: EventFd::new(0).unwrap(),
         mem: mem.clone(),
         media: Arc::new(super::Media::with_backend(
             backend,
             disk.path().to_path_buf(),
         )),
         id,
-        interrupt: irq.clone(),
         counters: Arc::new(QueueCounters::default()),
+        more: false,
     };
+    let ctx = LoopContext::new(irq.clone(), Arc::new(FaultLog::new("block"))).unwrap();
     Rig {
         mem,
         worker,
+        ctx,
         irq,
         ring,
         _disk: disk,
@@ -100,8 +103,12 @@ impl Rig {
             (DATA, data_len, data_flags),
             (STATUS, 1, F_WRITE),
         ]);
-        self.worker.process();
+        self.process();
         self.mem.read_obj(GuestAddress(STATUS)).unwrap()
+    }
+
+    fn process(&mut self) {
+        self.worker.process(&mut self.ctx);
     }
 
     fn used_len(&self, slot: u16) -> u32 {
@@ -208,7 +215,7 @@ fn malformed_chains_fail_their_request() {
     // Header outside guest memory.
     r.push_chain(&[(0x7fff_0000, 16, 0), (STATUS, 1, F_WRITE)]);
     r.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-    r.worker.process();
+    r.process();
     assert_eq!(r.used_idx(), 5, "every chain completed");
     assert_eq!(
         r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
@@ -232,7 +239,7 @@ fn looping_and_overlong_chains_end() {
     r.ring.publish(&[2]);
     // A head index beyond the table.
     r.ring.publish(&[500]);
-    r.worker.process();
+    r.process();
     assert!(r.used_idx() >= 2);
     // The device still works afterwards.
     r.ring.recycle();
@@ -251,7 +258,7 @@ fn one_interrupt_per_batch() {
             (STATUS + sector, 1, F_WRITE),
         ]);
     }
-    r.worker.process();
+    r.process();
     assert_eq!(r.used_idx(), 4);
     assert_eq!(r.irq.total(), 1);
     assert_eq!(r.worker.counters.completed.load(Ordering::SeqCst), 4);
@@ -376,4 +383,208 @@ fn an_image_written_into_a_slot_shows_up_with_a_config_interrupt() {
     assert_eq!(capacity(&block), 4);
     assert_eq!(handle.path(), slot);
     block.reset();
+}
+
+/// The available ring's idx field of the test ring (after 16 descriptors of 16 bytes).
+const AVAIL_IDX: u64 = RING + 16 * QSIZE as u64 + 2;
+
+#[test]
+fn an_avail_index_past_the_ring_breaks_the_queue_and_the_device_still_stops() {
+    use crate::devices::virtio::{features, ActiveQueue, VirtioDevice};
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(disk.path(), vec![0u8; 8 * 512]).unwrap();
+    let mut block = super::Block::new(super::BlockConfig {
+        path: disk.path().to_path_buf(),
+        read_only: false,
+        queues: 1,
+        queue_size: QSIZE,
+        serial: None,
+    })
+    .unwrap();
+    let mem = create_guest_memory(16).unwrap();
+    let ring = DriverRing::new(&mem, GuestAddress(RING), QSIZE);
+    let doorbell = EventFd::new(0).unwrap();
+    let irq = Arc::new(CountingInterrupt::default());
+    block
+        .activate(
+            mem.clone(),
+            features::VERSION_1,
+            vec![ActiveQueue {
+                index: 0,
+                queue: ring.queue(),
+                notifier: doorbell.try_clone().unwrap(),
+            }],
+            irq.clone(),
+        )
+        .unwrap();
+    // The hostile guest: its index runs queue size + 5 ahead of the device.
+    mem.write_obj(QSIZE + 5, GuestAddress(AVAIL_IDX)).unwrap();
+    doorbell.write(1).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while irq.needs_reset_requests() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no DEVICE_NEEDS_RESET"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // More doorbells change nothing, and the reset (which joins the worker) returns.
+    doorbell.write(1).unwrap();
+    let faults = block.faults().clone();
+    let stopper = std::thread::spawn(move || block.reset());
+    join_within(stopper, std::time::Duration::from_secs(30)).expect("the device stops");
+    assert_eq!(irq.needs_reset_requests(), 1);
+    assert_eq!(irq.config(), 1, "one configuration interrupt");
+    assert_eq!(faults.count(GuestFault::AvailIndexTooFar), 1);
+    assert_eq!(ring.used_idx(), 0);
+}
+
+#[test]
+fn a_broken_queue_is_not_served_again() {
+    let mut r = rig();
+    r.mem.write_obj(QSIZE + 5, GuestAddress(AVAIL_IDX)).unwrap();
+    r.process();
+    assert!(r.ctx.is_broken(0));
+    assert!(!r.worker.more, "nothing left to retry");
+    // Even a sane index afterwards is ignored until the reset.
+    r.mem.write_obj(1u16, GuestAddress(AVAIL_IDX)).unwrap();
+    r.process();
+    assert_eq!(r.used_idx(), 0);
+    assert_eq!(r.irq.needs_reset_requests(), 1);
+}
+
+#[test]
+fn a_full_ring_is_served_a_budget_at_a_time() {
+    let mut r = rig();
+    for _ in 0..QSIZE {
+        r.push_chain(&[(HEADER, 16, 0), (STATUS, 1, F_WRITE)]);
+    }
+    r.header(HEADER, kind::FLUSH, 0);
+    r.process();
+    assert_eq!(r.used_idx(), QSIZE, "16 chains fit in one budget");
+    assert!(!r.worker.more);
+}
+
+/// A discard/write-zeroes request whose one data descriptor holds `segments` segments of
+/// `sectors` sectors each.
+fn range_request(r: &mut Rig, k: u32, segments: u32, sectors: u32) -> u8 {
+    for i in 0..u64::from(segments) {
+        r.mem.write_obj(0u64, GuestAddress(DATA + 16 * i)).unwrap();
+        r.mem
+            .write_obj(sectors, GuestAddress(DATA + 16 * i + 8))
+            .unwrap();
+        r.mem
+            .write_obj(0u32, GuestAddress(DATA + 16 * i + 12))
+            .unwrap();
+    }
+    r.request(k, 0, 16 * segments)
+}
+
+#[test]
+fn discard_and_write_zeroes_beyond_the_advertised_limits_are_refused() {
+    use super::request::{MAX_RANGE_SECTORS, MAX_RANGE_SEGMENTS};
+    // A disk large enough that the sector counts are in bounds.
+    let mut r = rig_with(false, 64 * 512);
+    for k in [kind::DISCARD, kind::WRITE_ZEROES] {
+        assert_eq!(range_request(&mut r, k, 4096, 1), STATUS_IOERR, "{k}");
+        assert_eq!(range_request(&mut r, k, 2, 1), STATUS_IOERR, "{k}");
+        assert_eq!(
+            range_request(&mut r, k, 1, MAX_RANGE_SECTORS + 1),
+            STATUS_IOERR
+        );
+        assert_eq!(range_request(&mut r, k, 1, 2), STATUS_OK, "{k}");
+    }
+    // The config space says so.
+    let field = |offset: usize| {
+        let space = super::build_config_space(&r.worker.media.backend(), 1);
+        u32::from_le_bytes(space[offset..offset + 4].try_into().unwrap())
+    };
+    assert_eq!(field(36), MAX_RANGE_SECTORS, "max_discard_sectors");
+    assert_eq!(field(40), MAX_RANGE_SEGMENTS, "max_discard_seg");
+    assert_eq!(field(48), MAX_RANGE_SECTORS, "max_write_zeroes_sectors");
+    assert_eq!(field(52), MAX_RANGE_SEGMENTS, "max_write_zeroes_seg");
+}
+
+#[test]
+fn a_status_descriptor_at_the_top_of_the_address_space_does_not_wrap() {
+    let mut r = rig();
+    r.mem.write_obj(0xaau8, GuestAddress(0)).unwrap();
+    r.header(HEADER, kind::IN, 0);
+    r.push_chain(&[(HEADER, 16, 0), (u64::MAX, 2, F_WRITE)]);
+    r.process();
+    assert_eq!(r.used_idx(), 1);
+    assert_eq!(r.used_len(0), 0, "no usable status byte");
+    assert_eq!(
+        r.mem.read_obj::<u8>(GuestAddress(0)).unwrap(),
+        0xaa,
+        "guest address 0 untouched"
+    );
+}
+
+thread_local! {
+    /// Records the `log` crate (virtio-queue's logger) emitted on this thread.
+    static LOG_RECORDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+struct CountingLogger;
+
+impl log::Log for CountingLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, _: &log::Record) {
+        LOG_RECORDS.with(|c| c.set(c.get() + 1));
+    }
+    fn flush(&self) {}
+}
+
+/// Log lines from the `log` crate on this thread so far (a logger is installed once).
+fn log_records() -> u64 {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        if log::set_logger(&CountingLogger).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+        }
+    });
+    LOG_RECORDS.with(|c| c.get())
+}
+
+#[test]
+fn a_flood_of_bad_chains_writes_a_bounded_number_of_log_lines() {
+    let before = log_records();
+    let mut r = rig();
+    for round in 0..200u64 {
+        r.ring.recycle();
+        let mut heads = Vec::new();
+        for i in 0..u64::from(QSIZE) / 2 {
+            // No status descriptor, and a head beyond the table.
+            heads.push(r.ring.add_chain(&[(HEADER, 16, false)]));
+            heads.push(100 + (round + i) as u16 % 100);
+        }
+        r.ring.publish(&heads);
+        r.process();
+    }
+    assert_eq!(r.ctx.faults().count(GuestFault::MalformedChain), 200 * 8);
+    assert_eq!(r.ctx.faults().count(GuestFault::HeadOutOfRange), 200 * 8);
+    // A broken ring: before, every turn of the spinning worker logged.
+    r.mem
+        .write_obj(
+            r.ring.avail_idx().wrapping_add(QSIZE + 5),
+            GuestAddress(AVAIL_IDX),
+        )
+        .unwrap();
+    for _ in 0..1000 {
+        r.process();
+    }
+    r.ctx.faults().flush();
+    assert!(
+        r.ctx.faults().lines() <= 5,
+        "{} lines",
+        r.ctx.faults().lines()
+    );
+    assert_eq!(
+        log_records() - before,
+        0,
+        "nothing reaches virtio-queue's logger"
+    );
 }

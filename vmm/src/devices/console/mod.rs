@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
 };
+use crate::devices::worker::{FaultLog, LoopContext};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 use sink::Sink;
@@ -173,6 +174,7 @@ pub struct Console {
     sink: Option<Sink>,
     counters: Vec<Arc<QueueCounters>>,
     connections: Arc<AtomicU64>,
+    faults: Arc<FaultLog>,
     running: Option<Running>,
 }
 
@@ -202,8 +204,14 @@ impl Console {
             sink: Some(sink),
             counters: vec![Arc::default(), Arc::default()],
             connections: Arc::default(),
+            faults: Arc::new(FaultLog::new("console")),
             running: None,
         }
+    }
+
+    /// The guest's mistakes this device saw.
+    pub fn faults(&self) -> &Arc<FaultLog> {
+        &self.faults
     }
 
     /// Counters per queue: receiveq0 (input), transmitq0 (output).
@@ -285,18 +293,13 @@ impl VirtioDevice for Console {
         let tx = tx.ok_or(ActivateError::QueueNotReady(usize::from(TRANSMITQ)))?;
         let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
         let sink = self.sink.take().unwrap_or_else(Sink::none);
-        let worker = ConsoleWorker::new(
-            mem,
-            rx,
-            tx,
-            kill.try_clone().map_err(ActivateError::Worker)?,
-            interrupt,
-            sink,
-            self.connections.clone(),
-        );
+        let stop = kill.try_clone().map_err(ActivateError::Worker)?;
+        let ctx =
+            LoopContext::new(interrupt, self.faults.clone()).map_err(ActivateError::Worker)?;
+        let worker = ConsoleWorker::new(mem, rx, tx, sink, self.connections.clone());
         let thread = std::thread::Builder::new()
             .name("console".into())
-            .spawn(move || worker.run())
+            .spawn(move || worker.run(ctx, stop))
             .map_err(ActivateError::Worker)?;
         self.running = Some(Running { kill, thread });
         Ok(())

@@ -16,6 +16,7 @@ use super::worker::{ConsoleWorker, Vring};
 use super::*;
 use crate::devices::driver_ring::{CountingInterrupt, DriverRing, DESC_F_NEXT, DESC_F_WRITE};
 use crate::devices::virtio::{features as vf, ActiveQueue, VirtioDevice};
+use crate::devices::worker::{FaultLog, LoopContext};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
 const QSIZE: u16 = 64;
@@ -374,12 +375,11 @@ fn bad_chains_are_counted_not_fatal() {
         counters: c.clone(),
     };
     let irq = Arc::new(CountingInterrupt::default());
+    let mut ctx = LoopContext::new(irq.clone(), Arc::new(FaultLog::new("console"))).unwrap();
     let mut worker = ConsoleWorker::new(
         guest.mem.clone(),
         vring(0, &guest.rx, &counters[0]),
         vring(1, &guest.tx, &counters[1]),
-        EventFd::new(0).unwrap(),
-        irq.clone(),
         Sink::with_input(Output::File(out), read_end),
         Arc::default(),
     );
@@ -393,7 +393,7 @@ fn bad_chains_are_counted_not_fatal() {
     guest.tx.write_desc(3, at, 4, DESC_F_NEXT, 2);
     guest.tx.write_desc(4, at, 0x1_0001, 0, 0);
     guest.tx.publish(&[0, 1, 2, 4, 900]);
-    worker.process_tx();
+    worker.process_tx(&mut ctx);
     assert_eq!(load(&counters[1].errors), 5);
     assert_eq!(
         guest.tx.used_idx(),
@@ -405,7 +405,7 @@ fn bad_chains_are_counted_not_fatal() {
         guest.tx.add_chain(&[(0, 0, false)]);
     }
     guest.write(&[b"good\n"]);
-    worker.process_tx();
+    worker.process_tx(&mut ctx);
     assert_eq!(std::fs::read(&path).unwrap(), b"good\n");
     assert_eq!(load(&counters[1].bytes), 5);
     // Input: a readable descriptor, a buffer outside memory; then a good one.
@@ -415,7 +415,7 @@ fn bad_chains_are_counted_not_fatal() {
     guest.rx.write_desc(2, at + 0x100, 16, DESC_F_WRITE, 0);
     guest.rx.publish(&[0, 1, 2]);
     guest.rx_bufs.push((2, at + 0x100));
-    worker.process_rx();
+    worker.process_rx(&mut ctx);
     assert_eq!(load(&counters[0].errors), 2);
     assert_eq!(guest.rx.used_idx(), 3);
     assert_eq!(guest.rx.used_elem(0).1, 0);
@@ -425,12 +425,12 @@ fn bad_chains_are_counted_not_fatal() {
     assert!(worker.rx_blocked(), "no buffer left: waits for the guest");
     // More input stays in the pipe until a buffer comes.
     write_end.write_all(b"later").unwrap();
-    worker.process_rx();
+    worker.process_rx(&mut ctx);
     assert_eq!(guest.rx.used_idx(), 3);
     guest.rx.write_desc(3, at + 0x200, 16, DESC_F_WRITE, 0);
     guest.rx.publish(&[3]);
     guest.rx_bufs.push((3, at + 0x200));
-    worker.process_rx();
+    worker.process_rx(&mut ctx);
     assert_eq!(guest.input(), b"later");
 }
 
@@ -538,4 +538,29 @@ fn sink_strings_parse() {
         .unwrap()
         .to_string();
     assert!(err.contains("colour"), "{err}");
+}
+
+#[test]
+fn an_avail_index_past_the_transmit_ring_breaks_the_queue_and_the_device_still_stops() {
+    let mut console = Console::new(ConsoleConfig {
+        sink: ConsoleSink::None,
+    })
+    .unwrap();
+    let guest = Guest::new();
+    let irq = activate(&mut console, &guest);
+    // transmitq0's avail idx: ring base + 16 bytes per descriptor + 2.
+    let avail_idx = GuestAddress(0x2_0000 + 16 * u64::from(QSIZE) + 2);
+    guest.mem.write_obj(QSIZE + 5, avail_idx).unwrap();
+    guest.tx_bell.write(1).unwrap();
+    assert!(wait_until(|| irq.needs_reset_requests() == 1));
+    guest.tx_bell.write(1).unwrap();
+    let faults = console.faults().clone();
+    let stopper = std::thread::spawn(move || console.reset());
+    crate::devices::driver_ring::join_within(stopper, Duration::from_secs(30))
+        .expect("the device stops");
+    assert_eq!(irq.needs_reset_requests(), 1);
+    assert_eq!(
+        faults.count(crate::devices::worker::GuestFault::AvailIndexTooFar),
+        1
+    );
 }

@@ -1,18 +1,21 @@
-//! The console's one thread: transmitq0 to the sink, sink input to receiveq0, and for a
-//! socket sink the listener. Input is read only when the guest has posted a buffer for it, so
-//! nothing is dropped and nothing spins while the guest is not reading.
+//! The console's one thread, on the shared device loop: transmitq0 to the sink, sink input to
+//! receiveq0, and for a socket sink the listener. Input is read only when the guest has
+//! posted a buffer for it, so nothing is dropped and nothing spins while the guest is not
+//! reading. A ring the guest breaks stops that queue (DEVICE_NEEDS_RESET), not the thread.
 
-use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::sink::{InputRead, Sink};
+use crate::devices::worker::{
+    self, guest_queue, Chain, DeviceWorker, GuestFault, LoopContext, Served, BUDGET,
+};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 
@@ -20,7 +23,6 @@ use crate::memory::GuestMemoryMmap;
 pub const MAX_OUTPUT_CHAIN: usize = 64 * 1024;
 /// Most input bytes put in one receive buffer.
 pub const MAX_INPUT_CHUNK: usize = 4096;
-const BUDGET: usize = 256;
 
 /// Counters of one queue.
 #[derive(Debug, Default)]
@@ -54,15 +56,8 @@ pub struct Vring {
 }
 
 impl Vring {
-    fn finish(&mut self, mem: &GuestMemoryMmap, head: u16, len: u32) {
-        bump(&self.counters.chains, 1);
-        if let Err(e) = self.queue.add_used(mem, head, len) {
-            tracing::debug!(queue = self.index, "add_used: {e}");
-        }
-    }
-
     fn signal(&mut self, mem: &GuestMemoryMmap, interrupt: &dyn Interrupt) {
-        if self.queue.needs_notification(mem).unwrap_or(true) {
+        if guest_queue::needs_notification(&mut self.queue, mem) {
             bump(&self.counters.interrupts, 1);
             interrupt.trigger(self.index);
         }
@@ -73,7 +68,7 @@ impl Vring {
 /// inside guest memory, at most `max` bytes. None: malformed.
 fn buffers(
     mem: &GuestMemoryMmap,
-    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    chain: Chain<'_>,
     writable: bool,
     max: usize,
 ) -> Option<Vec<(GuestAddress, usize)>> {
@@ -94,7 +89,6 @@ fn buffers(
     (!last_has_next).then_some(out)
 }
 
-const TOKEN_KILL: u64 = 0;
 const TOKEN_RX: u64 = 1;
 const TOKEN_TX: u64 = 2;
 const TOKEN_INPUT: u64 = 3;
@@ -108,16 +102,14 @@ pub struct ConsoleWorker {
     pub rx: Vring,
     /// transmitq0.
     pub tx: Vring,
-    /// Stop request.
-    pub kill: EventFd,
-    /// Interrupt.
-    pub interrupt: Arc<dyn Interrupt>,
     /// The host side.
     pub sink: Sink,
     /// Connections accepted.
     pub connections: Arc<AtomicU64>,
     rx_blocked: bool,
     input_watch: Option<(RawFd, u32, u64)>,
+    /// Output left after a budgeted turn.
+    tx_more: bool,
 }
 
 impl ConsoleWorker {
@@ -126,8 +118,6 @@ impl ConsoleWorker {
         mem: GuestMemoryMmap,
         rx: Vring,
         tx: Vring,
-        kill: EventFd,
-        interrupt: Arc<dyn Interrupt>,
         sink: Sink,
         connections: Arc<AtomicU64>,
     ) -> Self {
@@ -135,92 +125,20 @@ impl ConsoleWorker {
             mem,
             rx,
             tx,
-            kill,
-            interrupt,
             sink,
             connections,
             rx_blocked: false,
             input_watch: None,
+            tx_more: false,
         }
     }
 
-    /// Runs until `kill` is written; gives the sink back.
-    pub fn run(mut self) -> Sink {
-        let epoll = match Epoll::new() {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!("console: epoll: {e}");
-                return self.sink;
-            }
-        };
-        let mut fds = vec![
-            (self.kill.as_raw_fd(), TOKEN_KILL),
-            (self.rx.notifier.as_raw_fd(), TOKEN_RX),
-            (self.tx.notifier.as_raw_fd(), TOKEN_TX),
-        ];
-        if let Some(l) = &self.sink.listener {
-            fds.push((l.as_raw_fd(), TOKEN_LISTENER));
+    /// Runs on the device loop until `stop` is written; gives the sink back.
+    pub fn run(mut self, mut ctx: LoopContext, stop: EventFd) -> Sink {
+        if let Err(e) = worker::run(&mut self, &mut ctx, &stop) {
+            tracing::error!("console: {e}");
         }
-        for (fd, token) in fds {
-            if let Err(e) = epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            ) {
-                tracing::error!("console: epoll_ctl: {e}");
-                return self.sink;
-            }
-        }
-        self.accept();
-        self.process_tx();
-        self.process_rx();
-        self.update_input_watch(&epoll);
-        let mut events = [EpollEvent::default(); 8];
-        loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("console: epoll_wait: {e}");
-                    return self.sink;
-                }
-            };
-            let (mut tx, mut rx) = (false, false);
-            for event in &events[..n] {
-                match event.data() {
-                    TOKEN_KILL => return self.sink,
-                    TOKEN_RX => {
-                        let _ = self.rx.notifier.read();
-                        self.rx_blocked = false;
-                        rx = true;
-                    }
-                    TOKEN_TX => {
-                        let _ = self.tx.notifier.read();
-                        tx = true;
-                    }
-                    TOKEN_LISTENER => {
-                        self.accept();
-                        rx = true;
-                    }
-                    _ => {
-                        let set = EventSet::from_bits_truncate(event.events);
-                        if set.contains(EventSet::OUT) {
-                            self.sink.flush();
-                        }
-                        if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
-                            rx = true;
-                        }
-                    }
-                }
-            }
-            if tx {
-                self.process_tx();
-            }
-            if rx {
-                self.process_rx();
-            }
-            self.update_input_watch(&epoll);
-        }
+        self.sink
     }
 
     fn accept(&mut self) {
@@ -233,7 +151,7 @@ impl ConsoleWorker {
 
     /// Polls the input for reading only while the guest has somewhere to put it, and a socket
     /// client for writing only while output waits for it.
-    fn update_input_watch(&mut self, epoll: &Epoll) {
+    fn update_input_watch(&mut self, ctx: &LoopContext) {
         let fd = self.sink.input_fd();
         let mut want = EventSet::empty();
         if fd.is_some() && !self.rx_blocked {
@@ -251,11 +169,11 @@ impl ConsoleWorker {
         if let Some((old, _, _)) = self.input_watch.take() {
             // The descriptor may be closed already (a client that went away): then it left the
             // epoll set by itself.
-            let _ = epoll.ctl(ControlOperation::Delete, old, EpollEvent::default());
+            ctx.unwatch(old);
         }
         if let Some((fd, bits, _)) = desired {
             let set = EventSet::from_bits_truncate(bits);
-            match epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, TOKEN_INPUT)) {
+            match ctx.watch(fd, TOKEN_INPUT, set) {
                 Ok(()) => self.input_watch = desired,
                 Err(e) => {
                     // Not pollable (a regular file, /dev/null as stdin): no input from it.
@@ -269,79 +187,86 @@ impl ConsoleWorker {
         }
     }
 
-    /// Writes every available output chain to the sink.
-    pub fn process_tx(&mut self) {
-        let mut used = false;
-        let mut served = 0;
+    /// Writes available output chains (up to a budget) to the sink.
+    pub fn process_tx(&mut self, ctx: &mut LoopContext) {
+        self.tx_more = false;
+        if ctx.is_broken(self.tx.index) {
+            return;
+        }
         let mut data = Vec::new();
-        'drain: loop {
-            if self.tx.queue.disable_notification(&self.mem).is_err() {
-                break;
-            }
-            while let Some(chain) = self.tx.queue.pop_descriptor_chain(&self.mem) {
-                let head = chain.head_index();
-                let counters = self.tx.counters.clone();
-                match buffers(&self.mem, chain, false, MAX_OUTPUT_CHAIN) {
-                    Some(bufs) => {
-                        data.clear();
-                        let mut ok = true;
-                        for (addr, len) in bufs {
-                            let at = data.len();
-                            data.resize(at + len, 0);
-                            ok &= self.mem.read_slice(&mut data[at..], addr).is_ok();
-                        }
-                        if ok {
-                            let lost = self.sink.write(&data);
-                            bump(&counters.bytes, data.len() as u64 - lost);
-                            bump(&counters.dropped, lost);
-                        } else {
-                            bump(&counters.errors, 1);
-                        }
-                    }
-                    None => bump(&counters.errors, 1),
+        let (mem, sink, counters) = (&self.mem, &mut self.sink, &self.tx.counters);
+        let (done, result) =
+            guest_queue::drain(&mut self.tx.queue, mem, ctx.faults(), BUDGET, |chain| {
+                bump(&counters.chains, 1);
+                let Some(bufs) = buffers(mem, chain, false, MAX_OUTPUT_CHAIN) else {
+                    bump(&counters.errors, 1);
+                    ctx.guest_fault(GuestFault::MalformedChain, &"console output chain");
+                    return Served::Used(0);
+                };
+                data.clear();
+                let mut ok = true;
+                for (addr, len) in bufs {
+                    let at = data.len();
+                    data.resize(at + len, 0);
+                    ok &= mem.read_slice(&mut data[at..], addr).is_ok();
                 }
-                self.tx.finish(&self.mem, head, 0);
-                used = true;
-                served += 1;
-                if served == BUDGET {
-                    // Let input and the other queue have a turn; the doorbell brings us back.
-                    break 'drain;
+                if ok {
+                    let lost = sink.write(&data);
+                    bump(&counters.bytes, data.len() as u64 - lost);
+                    bump(&counters.dropped, lost);
+                } else {
+                    bump(&counters.errors, 1);
                 }
-            }
-            match self.tx.queue.enable_notification(&self.mem) {
-                Ok(true) => continue,
-                _ => break,
-            }
+                Served::Used(0)
+            });
+        bump(&self.tx.counters.errors, done.skipped);
+        self.tx_more = done.more;
+        if let Err(fault) = result {
+            ctx.queue_fault(self.tx.index, fault);
         }
-        if used {
-            self.tx.signal(&self.mem, self.interrupt.as_ref());
-        }
-        if served == BUDGET {
-            let _ = self.tx.notifier.write(1);
+        if done.used {
+            self.tx.signal(&self.mem, ctx.interrupt());
         }
     }
 
     /// Gives available input to the guest, one receive buffer per read.
-    pub fn process_rx(&mut self) {
+    pub fn process_rx(&mut self, ctx: &mut LoopContext) {
+        if ctx.is_broken(self.rx.index) {
+            return;
+        }
         let mut used = false;
         let mut buf = [0u8; MAX_INPUT_CHUNK];
         for _ in 0..BUDGET {
             if self.sink.input_fd().is_none() {
                 break;
             }
-            let Some(chain) = self.rx.queue.pop_descriptor_chain(&self.mem) else {
-                // Wait for the guest to post a buffer (with a doorbell), unless it just did.
-                if let Ok(true) = self.rx.queue.enable_notification(&self.mem) {
+            let chain = match guest_queue::pop(&mut self.rx.queue, &self.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => {
+                    // Wait for the guest to post a buffer (with a doorbell), unless it just did.
+                    match guest_queue::enable_notification(&mut self.rx.queue, &self.mem) {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(fault) => ctx.queue_fault(self.rx.index, fault),
+                    }
+                    self.rx_blocked = true;
+                    break;
+                }
+                Err(fault @ guest_queue::QueueFault::HeadOutOfRange { .. }) => {
+                    bump(&self.rx.counters.errors, 1);
+                    ctx.guest_fault(fault.kind(), &fault);
                     continue;
                 }
-                self.rx_blocked = true;
-                break;
+                Err(fault) => {
+                    ctx.queue_fault(self.rx.index, fault);
+                    break;
+                }
             };
             let head = chain.head_index();
             let Some(bufs) = buffers(&self.mem, chain, true, usize::MAX) else {
                 bump(&self.rx.counters.errors, 1);
-                self.rx.finish(&self.mem, head, 0);
-                used = true;
+                ctx.guest_fault(GuestFault::MalformedChain, &"console input chain");
+                used |= self.finish_rx(ctx, head, 0);
                 continue;
             };
             let cap = bufs.iter().map(|b| b.1).sum::<usize>().min(MAX_INPUT_CHUNK);
@@ -365,11 +290,22 @@ impl ConsoleWorker {
                 off += take;
             }
             bump(&self.rx.counters.bytes, n as u64);
-            self.rx.finish(&self.mem, head, n as u32);
-            used = true;
+            used |= self.finish_rx(ctx, head, n as u32);
         }
         if used {
-            self.rx.signal(&self.mem, self.interrupt.as_ref());
+            self.rx.signal(&self.mem, ctx.interrupt());
+        }
+    }
+
+    /// Returns a receive chain; false when the ring could not take it (the queue is broken).
+    fn finish_rx(&mut self, ctx: &mut LoopContext, head: u16, len: u32) -> bool {
+        bump(&self.rx.counters.chains, 1);
+        match guest_queue::add_used(&mut self.rx.queue, &self.mem, head, len) {
+            Ok(()) => true,
+            Err(fault) => {
+                ctx.queue_fault(self.rx.index, fault);
+                false
+            }
         }
     }
 
@@ -377,5 +313,63 @@ impl ConsoleWorker {
     #[cfg(test)]
     pub(crate) fn rx_blocked(&self) -> bool {
         self.rx_blocked
+    }
+}
+
+impl DeviceWorker for ConsoleWorker {
+    fn start(&mut self, ctx: &mut LoopContext) {
+        let mut fds = vec![
+            (self.rx.notifier.as_raw_fd(), TOKEN_RX),
+            (self.tx.notifier.as_raw_fd(), TOKEN_TX),
+        ];
+        if let Some(l) = &self.sink.listener {
+            fds.push((l.as_raw_fd(), TOKEN_LISTENER));
+        }
+        for (fd, token) in fds {
+            if let Err(e) = ctx.watch(fd, token, EventSet::IN) {
+                tracing::error!("console: epoll_ctl: {e}");
+            }
+        }
+        self.accept();
+        self.process_tx(ctx);
+        self.process_rx(ctx);
+        self.update_input_watch(ctx);
+    }
+
+    fn event(&mut self, ctx: &mut LoopContext, token: u64, events: EventSet) {
+        match token {
+            TOKEN_RX => {
+                let _ = self.rx.notifier.read();
+                self.rx_blocked = false;
+                self.process_rx(ctx);
+            }
+            TOKEN_TX => {
+                let _ = self.tx.notifier.read();
+                self.process_tx(ctx);
+            }
+            TOKEN_LISTENER => {
+                self.accept();
+                self.process_rx(ctx);
+            }
+            _ => {
+                if events.contains(EventSet::OUT) {
+                    self.sink.flush();
+                }
+                if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
+                    self.process_rx(ctx);
+                }
+            }
+        }
+    }
+
+    fn turn_done(&mut self, ctx: &mut LoopContext) {
+        if self.tx_more {
+            self.process_tx(ctx);
+        }
+        self.update_input_watch(ctx);
+    }
+
+    fn has_more(&self) -> bool {
+        self.tx_more
     }
 }

@@ -14,7 +14,6 @@
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -23,7 +22,7 @@ use super::worker::{bump, Vring};
 use super::{
     tun_offload, ConfigSpace, F_CTRL_GUEST_OFFLOADS, F_CTRL_MAC_ADDR, F_MQ, GUEST_OFFLOAD_MASK,
 };
-use crate::interrupts::Interrupt;
+use crate::devices::worker::{guest_queue, FaultLog, GuestFault, LoopContext, Served, BUDGET};
 use crate::memory::GuestMemoryMmap;
 
 /// Command classes and commands (virtio 1.2, 5.1.6.5).
@@ -71,6 +70,8 @@ pub struct Shared {
     pub config: Arc<Mutex<ConfigSpace>>,
     /// Wake-ups of every worker, by pair.
     pub wakers: Vec<EventFd>,
+    /// The guest's mistakes (the device's log, which outlives activations).
+    pub faults: Arc<FaultLog>,
 }
 
 impl Shared {
@@ -89,6 +90,7 @@ impl Shared {
             active_pairs: AtomicU16::new(1),
             config,
             wakers,
+            faults: Arc::new(FaultLog::new("net")),
         }
     }
 
@@ -120,123 +122,124 @@ pub struct Ctrl {
 }
 
 impl Ctrl {
-    /// Answers every available command; one interrupt for the batch.
-    pub fn process(&mut self, mem: &GuestMemoryMmap, interrupt: &dyn Interrupt) {
-        let mut used = false;
-        loop {
-            if self.vring.queue.disable_notification(mem).is_err() {
-                break;
-            }
-            while let Some(chain) = self.vring.queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let mut command = Vec::new();
-                let mut ack: Option<GuestAddress> = None;
-                let mut malformed = false;
-                let mut last_has_next = true;
-                let mut any = false;
-                for desc in chain {
-                    any = true;
-                    last_has_next = desc.has_next();
-                    if desc.is_write_only() {
-                        if ack.is_none() && desc.len() >= 1 {
-                            ack = Some(desc.addr());
-                        }
-                        continue;
+    /// Answers available commands (up to a budget); one interrupt for the batch. Returns
+    /// whether commands are left.
+    pub fn process(&mut self, mem: &GuestMemoryMmap, ctx: &mut LoopContext) -> bool {
+        if ctx.is_broken(self.vring.index) {
+            return false;
+        }
+        let counters = self.vring.counters.clone();
+        let (queue, this) = (&mut self.vring.queue, &self.shared);
+        let (done, result) = guest_queue::drain(queue, mem, ctx.faults(), BUDGET, |chain| {
+            let mut command = Vec::new();
+            let mut ack: Option<GuestAddress> = None;
+            let mut malformed = false;
+            let mut last_has_next = true;
+            let mut any = false;
+            for desc in chain {
+                any = true;
+                last_has_next = desc.has_next();
+                if desc.is_write_only() {
+                    if ack.is_none() && desc.len() >= 1 {
+                        ack = Some(desc.addr());
                     }
-                    let len = desc.len() as usize;
-                    if ack.is_some() || command.len() + len > MAX_COMMAND_LEN {
-                        malformed = true;
-                        continue;
-                    }
-                    let at = command.len();
-                    command.resize(at + len, 0);
-                    if mem.read_slice(&mut command[at..], desc.addr()).is_err() {
-                        malformed = true;
-                    }
-                }
-                malformed |= !any || last_has_next;
-                let counters = &self.vring.counters;
-                let Some(ack) = ack else {
-                    bump(&counters.errors, 1);
-                    self.vring.add_used(mem, head, 0);
-                    used = true;
                     continue;
-                };
-                let status = if malformed || command.len() < 2 {
-                    cmd::ERR
-                } else {
-                    self.command(command[0], command[1], &command[2..])
-                };
-                let written = if mem.write_obj(status, ack).is_ok() {
-                    if status == cmd::OK {
-                        bump(&counters.frames, 1);
-                    } else {
-                        bump(&counters.errors, 1);
-                    }
-                    1
+                }
+                let len = desc.len() as usize;
+                if ack.is_some() || command.len() + len > MAX_COMMAND_LEN {
+                    malformed = true;
+                    continue;
+                }
+                let at = command.len();
+                command.resize(at + len, 0);
+                if mem.read_slice(&mut command[at..], desc.addr()).is_err() {
+                    malformed = true;
+                }
+            }
+            malformed |= !any || last_has_next;
+            let Some(ack) = ack else {
+                bump(&counters.errors, 1);
+                ctx.guest_fault(GuestFault::MalformedChain, &"control command without ack");
+                return Served::Used(0);
+            };
+            let status = if malformed || command.len() < 2 {
+                ctx.guest_fault(GuestFault::MalformedChain, &"malformed control command");
+                cmd::ERR
+            } else {
+                command_for(this, command[0], command[1], &command[2..])
+            };
+            if mem.write_obj(status, ack).is_ok() {
+                if status == cmd::OK {
+                    bump(&counters.frames, 1);
                 } else {
                     bump(&counters.errors, 1);
-                    0
-                };
-                self.vring.add_used(mem, head, written);
-                used = true;
+                }
+                Served::Used(1)
+            } else {
+                bump(&counters.errors, 1);
+                Served::Used(0)
             }
-            match self.vring.queue.enable_notification(mem) {
-                Ok(true) => continue,
-                _ => break,
-            }
+        });
+        bump(&counters.errors, done.skipped);
+        if let Err(fault) = result {
+            ctx.queue_fault(self.vring.index, fault);
         }
-        if used {
-            self.vring.signal(mem, interrupt);
+        if done.used {
+            self.vring.signal(mem, ctx.interrupt());
         }
+        done.more
     }
 
     /// Runs one command; returns the ack.
     pub fn command(&self, class: u8, command: u8, data: &[u8]) -> u8 {
-        let features = self.shared.features;
-        let ok = match (class, command) {
-            (cmd::CLASS_MQ, cmd::MQ_VQ_PAIRS_SET) if features & F_MQ != 0 => {
-                match <[u8; 2]>::try_from(data).map(u16::from_le_bytes) {
-                    Ok(pairs) if (1..=self.shared.served_pairs).contains(&pairs) => {
-                        self.shared.set_active_pairs(pairs)
-                    }
-                    _ => false,
+        command_for(&self.shared, class, command, data)
+    }
+}
+
+/// Runs one command against the device state; returns the ack.
+fn command_for(shared: &Shared, class: u8, command: u8, data: &[u8]) -> u8 {
+    let features = shared.features;
+    let ok = match (class, command) {
+        (cmd::CLASS_MQ, cmd::MQ_VQ_PAIRS_SET) if features & F_MQ != 0 => {
+            match <[u8; 2]>::try_from(data).map(u16::from_le_bytes) {
+                Ok(pairs) if (1..=shared.served_pairs).contains(&pairs) => {
+                    shared.set_active_pairs(pairs)
                 }
+                _ => false,
             }
-            (cmd::CLASS_MAC, cmd::MAC_ADDR_SET) if features & F_CTRL_MAC_ADDR != 0 => {
-                match <[u8; 6]>::try_from(data) {
-                    Ok(mac) if mac[0] & 1 == 0 => {
-                        let mut config =
-                            self.shared.config.lock().unwrap_or_else(|e| e.into_inner());
-                        config.set_mac(mac);
-                        true
-                    }
-                    _ => false,
+        }
+        (cmd::CLASS_MAC, cmd::MAC_ADDR_SET) if features & F_CTRL_MAC_ADDR != 0 => {
+            match <[u8; 6]>::try_from(data) {
+                Ok(mac) if mac[0] & 1 == 0 => {
+                    let mut config = shared.config.lock().unwrap_or_else(|e| e.into_inner());
+                    config.set_mac(mac);
+                    true
                 }
+                _ => false,
             }
-            (cmd::CLASS_GUEST_OFFLOADS, cmd::GUEST_OFFLOADS_SET)
-                if features & F_CTRL_GUEST_OFFLOADS != 0 =>
-            {
-                match <[u8; 8]>::try_from(data).map(u64::from_le_bytes) {
-                    Ok(offloads) if offloads & !(features & GUEST_OFFLOAD_MASK) == 0 => {
-                        match self.shared.tap.set_offload(tun_offload(offloads)) {
-                            Ok(()) => true,
-                            Err(e) => {
-                                tracing::warn!("{e}");
-                                false
-                            }
+        }
+        (cmd::CLASS_GUEST_OFFLOADS, cmd::GUEST_OFFLOADS_SET)
+            if features & F_CTRL_GUEST_OFFLOADS != 0 =>
+        {
+            match <[u8; 8]>::try_from(data).map(u64::from_le_bytes) {
+                Ok(offloads) if offloads & !(features & GUEST_OFFLOAD_MASK) == 0 => {
+                    match shared.tap.set_offload(tun_offload(offloads)) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!("{e}");
+                            false
                         }
                     }
-                    _ => false,
                 }
+                _ => false,
             }
-            _ => false,
-        };
-        if ok {
-            cmd::OK
-        } else {
-            tracing::debug!(class, command, "net control command refused");
-            cmd::ERR
         }
+        _ => false,
+    };
+    if ok {
+        cmd::OK
+    } else {
+        tracing::debug!(class, command, "net control command refused");
+        cmd::ERR
     }
 }

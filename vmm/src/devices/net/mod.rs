@@ -28,6 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
 };
+use crate::devices::worker::FaultLog;
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 use ctrl::{Ctrl, Shared};
@@ -438,6 +439,7 @@ pub struct Net {
     tap: Arc<Tap>,
     config_space: Arc<Mutex<ConfigSpace>>,
     counters: Vec<Arc<QueueCounters>>,
+    faults: Arc<FaultLog>,
     running: Option<Running>,
 }
 
@@ -501,6 +503,7 @@ impl Net {
             tap: Arc::new(tap),
             config_space,
             counters,
+            faults: Arc::new(FaultLog::new("net")),
             running: None,
         })
     }
@@ -658,13 +661,15 @@ impl VirtioDevice for Net {
             worker_wakes.push(wake.try_clone().map_err(ActivateError::Worker)?);
             wakers.push(wake);
         }
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             self.tap.clone(),
             negotiated,
             served,
             self.config_space.clone(),
             wakers,
-        ));
+        );
+        shared.faults = self.faults.clone();
+        let shared = Arc::new(shared);
         let vring = |q: ActiveQueue, counters: &[Arc<QueueCounters>]| Vring {
             index: q.index,
             counters: counters[usize::from(q.index)].clone(),
@@ -716,7 +721,8 @@ impl VirtioDevice for Net {
                 interrupt: interrupt.clone(),
                 shared: shared.clone(),
                 mode,
-            });
+            })
+            .map_err(ActivateError::Worker)?;
             let thread = std::thread::Builder::new()
                 .name(format!("net-q{pair}"))
                 .spawn(move || worker.run());

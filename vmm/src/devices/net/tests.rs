@@ -208,7 +208,8 @@ fn fake_rig(mode: RxMode, event_idx: bool, with_ctrl: bool, features: u64) -> Fa
         interrupt: irq.clone(),
         shared: shared.clone(),
         mode,
-    });
+    })
+    .unwrap();
     FakeRig {
         bells,
         shared,
@@ -1666,4 +1667,34 @@ fn activation_needs_pair_zero_and_survives_resets() {
         assert_eq!(net.active_queue_pairs(), 1);
         net.reset();
     }
+}
+
+#[test]
+fn an_avail_index_past_the_transmit_ring_breaks_the_queue_and_the_worker_still_stops() {
+    let r = fake_rig(RxMode::default(), true, false, 0);
+    let FakeRig {
+        worker,
+        bells,
+        mem,
+        irq,
+        shared,
+        ..
+    } = r;
+    // The transmit ring's avail idx: after QSIZE descriptors of 16 bytes, plus 2.
+    let avail_idx = GuestAddress(ring_base(1) + 16 * u64::from(QSIZE) + 2);
+    mem.write_obj(QSIZE + 5, avail_idx).unwrap();
+    let thread = std::thread::spawn(move || worker.run());
+    bells[1].write(1).unwrap();
+    assert!(wait_until(|| irq.needs_reset_requests() == 1));
+    bells[1].write(1).unwrap();
+    bells[2].write(1).unwrap();
+    crate::devices::driver_ring::join_within(thread, Duration::from_secs(30))
+        .expect("the worker stops");
+    assert_eq!(irq.needs_reset_requests(), 1);
+    assert_eq!(
+        shared
+            .faults
+            .count(crate::devices::worker::GuestFault::AvailIndexTooFar),
+        1
+    );
 }

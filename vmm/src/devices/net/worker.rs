@@ -12,7 +12,8 @@
 //!
 //! One interrupt per batch and queue, suppressed with EVENT_IDX when the driver asks. A chain
 //! that is malformed (loop, bad index, out-of-range address, wrong direction, too long) is
-//! returned to the guest unused and counted; nothing the guest writes stops the worker.
+//! returned to the guest unused and counted; a ring the guest breaks stops that queue
+//! (DEVICE_NEEDS_RESET). The thread runs the shared device loop, so it always stops.
 
 use std::collections::VecDeque;
 use std::io;
@@ -20,14 +21,17 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{self, as_iovecs, ChainError, Seg, MAX_SEGMENTS};
 use super::ctrl::{Ctrl, Shared};
 use super::tap::{TapQueue, VNET_HDR_LEN};
+use crate::devices::worker::{
+    self, guest_queue, DeviceWorker, GuestFault, LoopContext, QueueFault, Served,
+};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 
@@ -38,8 +42,7 @@ pub const MAX_FRAME_LEN: usize = 65536 + 14 + 4;
 pub const MAX_CHAIN_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
 /// Shortest frame: an Ethernet header.
 pub const MIN_FRAME_LEN: usize = 14;
-/// Chains served per queue before the worker looks at its other events.
-const BUDGET: usize = 256;
+use crate::devices::worker::BUDGET;
 
 /// Offset of `num_buffers` in the header.
 const HDR_NUM_BUFFERS: usize = 10;
@@ -83,14 +86,14 @@ impl Vring {
     /// Returns a chain to the guest. A head outside the descriptor table has no used entry to
     /// go to; the caller has counted that chain as malformed already.
     pub(crate) fn add_used(&mut self, mem: &GuestMemoryMmap, head: u16, len: u32) {
-        if let Err(e) = self.queue.add_used(mem, head, len) {
+        if let Err(e) = guest_queue::add_used(&mut self.queue, mem, head, len) {
             tracing::debug!(queue = self.index, "add_used: {e}");
         }
     }
 
     /// Raises the queue's interrupt if the driver wants one for what was just used.
     pub(crate) fn signal(&mut self, mem: &GuestMemoryMmap, interrupt: &dyn Interrupt) {
-        if self.queue.needs_notification(mem).unwrap_or(true) {
+        if guest_queue::needs_notification(&mut self.queue, mem) {
             bump(&self.counters.interrupts, 1);
             interrupt.trigger(self.index);
         }
@@ -126,6 +129,10 @@ struct RxState {
     overflow: [u8; 1],
     /// Waiting for the guest to post buffers (the tap is not polled meanwhile).
     blocked: bool,
+    /// The ring broke while taking buffers.
+    fault: Option<QueueFault>,
+    /// An available entry was skipped (a head beyond the table).
+    skipped: Option<QueueFault>,
     notify_enabled: bool,
     more: bool,
 }
@@ -139,7 +146,6 @@ enum RxStep {
     NoBuffers,
 }
 
-const TOKEN_KILL: u64 = 0;
 const TOKEN_RX: u64 = 1;
 const TOKEN_TX: u64 = 2;
 const TOKEN_TAP: u64 = 3;
@@ -153,10 +159,12 @@ pub struct PairWorker {
     rx: Vring,
     tx: Vring,
     ctrl: Option<Ctrl>,
+    ctrl_more: bool,
     tap: Arc<TapQueue>,
-    kill: EventFd,
+    stop: Option<EventFd>,
     wake: EventFd,
-    interrupt: Arc<dyn Interrupt>,
+    /// Out only while [`PairWorker::run`] has it.
+    ctx: Option<LoopContext>,
     shared: Arc<Shared>,
     mode: RxMode,
     rxs: RxState,
@@ -196,17 +204,19 @@ pub struct PairParts {
 impl PairWorker {
     /// A worker for one pair; nothing runs until [`PairWorker::run`] (or the `process_*`
     /// calls in tests).
-    pub fn new(parts: PairParts) -> Self {
-        Self {
+    pub fn new(parts: PairParts) -> io::Result<Self> {
+        let ctx = LoopContext::new(parts.interrupt, parts.shared.faults.clone())?;
+        Ok(Self {
             pair: parts.pair,
             mem: parts.mem,
             rx: parts.rx,
             tx: parts.tx,
             ctrl: parts.ctrl,
+            ctrl_more: false,
             tap: parts.tap,
-            kill: parts.kill,
+            stop: Some(parts.kill),
             wake: parts.wake,
-            interrupt: parts.interrupt,
+            ctx: Some(ctx),
             shared: parts.shared,
             mode: parts.mode,
             rxs: RxState::default(),
@@ -215,102 +225,45 @@ impl PairWorker {
             tx_more: false,
             tap_events: None,
             tap_failed: false,
+        })
+    }
+
+    /// Runs on the device loop until `kill` is written.
+    pub fn run(mut self) {
+        let (Some(mut ctx), Some(stop)) = (self.ctx.take(), self.stop.take()) else {
+            return;
+        };
+        if let Err(e) = worker::run(&mut self, &mut ctx, &stop) {
+            tracing::error!("net pair {}: {e}", self.pair);
         }
     }
 
-    /// Runs until `kill` is written.
-    pub fn run(mut self) {
-        let epoll = match Epoll::new() {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!("net pair {}: epoll: {e}", self.pair);
-                return;
-            }
-        };
-        let mut fds = vec![
-            (self.kill.as_raw_fd(), TOKEN_KILL),
-            (self.rx.notifier.as_raw_fd(), TOKEN_RX),
-            (self.tx.notifier.as_raw_fd(), TOKEN_TX),
-            (self.wake.as_raw_fd(), TOKEN_WAKE),
-        ];
-        if let Some(ctrl) = &self.ctrl {
-            fds.push((ctrl.vring.notifier.as_raw_fd(), TOKEN_CTRL));
+    /// Runs `f` with the worker's context (outside [`PairWorker::run`]: tests).
+    #[cfg(test)]
+    fn with_ctx(&mut self, f: impl FnOnce(&mut Self, &mut LoopContext)) {
+        if let Some(mut ctx) = self.ctx.take() {
+            f(self, &mut ctx);
+            self.ctx = Some(ctx);
         }
-        for (fd, token) in fds {
-            if let Err(e) = epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            ) {
-                tracing::error!("net pair {}: epoll_ctl: {e}", self.pair);
-                return;
-            }
-        }
-        // The driver may have queued work before the thread started.
-        self.process_tx();
-        self.process_rx();
-        self.process_ctrl();
-        self.update_tap_interest(&epoll);
-        let mut events = [EpollEvent::default(); 8];
-        loop {
-            let timeout = if self.tx_more || self.rxs.more { 0 } else { -1 };
-            let n = match epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("net pair {}: epoll_wait: {e}", self.pair);
-                    return;
-                }
-            };
-            let (mut tx, mut rx, mut ctrl) = (self.tx_more, self.rxs.more, false);
-            for event in &events[..n] {
-                match event.data() {
-                    TOKEN_KILL => return,
-                    TOKEN_RX => {
-                        let _ = self.rx.notifier.read();
-                        self.rxs.blocked = false;
-                        rx = true;
-                    }
-                    TOKEN_TX => {
-                        let _ = self.tx.notifier.read();
-                        tx = true;
-                    }
-                    TOKEN_TAP => {
-                        let set = EventSet::from_bits_truncate(event.events);
-                        if set.contains(EventSet::OUT) {
-                            self.tx_blocked = false;
-                            tx = true;
-                        }
-                        if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
-                            // Not something a tap queue does; stop polling it rather than spin.
-                            tracing::error!(pair = self.pair, "tap queue reports an error");
-                            self.tap_failed = true;
-                        } else if set.contains(EventSet::IN) {
-                            rx = true;
-                        }
-                    }
-                    TOKEN_CTRL => {
-                        if let Some(c) = &self.ctrl {
-                            let _ = c.vring.notifier.read();
-                        }
-                        ctrl = true;
-                    }
-                    _ => {
-                        let _ = self.wake.read();
-                    }
-                }
-            }
-            if tx {
-                self.process_tx();
-            }
-            if rx {
-                self.process_rx();
-            }
-            if ctrl {
-                self.process_ctrl();
-            }
-            self.update_tap_interest(&epoll);
-        }
+    }
+
+    /// Serves the control queue, if this worker has it.
+    #[cfg(test)]
+    pub fn process_ctrl(&mut self) {
+        self.with_ctx(|w, ctx| w.ctrl_turn(ctx));
+    }
+
+    /// Sends every available transmit chain (up to a budget) to the tap.
+    #[cfg(test)]
+    pub fn process_tx(&mut self) {
+        self.with_ctx(|w, ctx| w.tx_turn(ctx));
+    }
+
+    /// Moves frames from the tap into guest buffers until the tap is empty, the guest has no
+    /// buffer left, or the budget is spent.
+    #[cfg(test)]
+    pub fn process_rx(&mut self) {
+        self.with_ctx(|w, ctx| w.rx_turn(ctx));
     }
 
     fn active(&self) -> bool {
@@ -319,7 +272,7 @@ impl PairWorker {
 
     /// Polls the tap for frames only while there is somewhere to put them (and only while the
     /// pair is in use), and for write space only while a write was refused.
-    fn update_tap_interest(&mut self, epoll: &Epoll) {
+    fn update_tap_interest(&mut self, ctx: &LoopContext) {
         let mut want = EventSet::empty();
         if !self.tap_failed {
             if self.active() && !self.rxs.blocked {
@@ -330,91 +283,85 @@ impl PairWorker {
             }
         }
         let fd = self.tap.as_raw_fd();
-        let op = match (self.tap_events, want.is_empty()) {
+        let result = match (self.tap_events, want.is_empty()) {
             (None, true) => return,
             (Some(cur), false) if cur == want.bits() => return,
-            (None, false) => ControlOperation::Add,
-            (Some(_), false) => ControlOperation::Modify,
-            (Some(_), true) => ControlOperation::Delete,
+            (None, false) => ctx.watch(fd, TOKEN_TAP, want),
+            (Some(_), false) => ctx.rewatch(fd, TOKEN_TAP, want),
+            (Some(_), true) => {
+                ctx.unwatch(fd);
+                Ok(())
+            }
         };
-        match epoll.ctl(op, fd, EpollEvent::new(want, TOKEN_TAP)) {
+        match result {
             Ok(()) => self.tap_events = (!want.is_empty()).then_some(want.bits()),
             Err(e) => tracing::error!("net pair {}: epoll_ctl on the tap: {e}", self.pair),
         }
     }
 
-    /// Serves the control queue, if this worker has it.
-    pub fn process_ctrl(&mut self) {
+    fn ctrl_turn(&mut self, ctx: &mut LoopContext) {
         if let Some(ctrl) = &mut self.ctrl {
-            ctrl.process(&self.mem, self.interrupt.as_ref());
+            self.ctrl_more = ctrl.process(&self.mem, ctx);
         }
     }
 
-    /// Sends every available transmit chain (up to a budget) to the tap.
-    pub fn process_tx(&mut self) {
+    fn tx_turn(&mut self, ctx: &mut LoopContext) {
         self.tx_more = false;
-        if self.tx_blocked {
+        if self.tx_blocked || ctx.is_broken(self.tx.index) {
             return;
         }
-        let mut used = false;
-        let mut served = 0;
-        'drain: loop {
-            if self.tx.queue.disable_notification(&self.mem).is_err() {
-                break;
-            }
-            loop {
-                if served == BUDGET {
-                    self.tx_more = true;
-                    break 'drain;
-                }
-                let Some(chain) = self.tx.queue.pop_descriptor_chain(&self.mem) else {
-                    break;
-                };
-                served += 1;
-                let head = chain.head_index();
-                self.tx_segs.clear();
-                let counters = &self.tx.counters;
-                match chain::collect(chain, false, MAX_CHAIN_LEN, &mut self.tx_segs, None) {
+        let (mem, tap, segs, pair) = (&self.mem, &self.tap, &mut self.tx_segs, self.pair);
+        let counters = &self.tx.counters;
+        let (done, result) =
+            guest_queue::drain(&mut self.tx.queue, mem, ctx.faults(), BUDGET, |chain| {
+                segs.clear();
+                match chain::collect(chain, false, MAX_CHAIN_LEN, segs, None) {
                     Ok(len) if len >= VNET_HDR_LEN + MIN_FRAME_LEN => {
                         // SAFETY: every segment was produced by `chain::collect` from a
-                        // bounds-checked slice of guest memory, which `self.mem` keeps mapped.
-                        match unsafe { self.tap.writev(as_iovecs(&self.tx_segs)) } {
+                        // bounds-checked slice of guest memory, which `mem` keeps mapped.
+                        match unsafe { tap.writev(as_iovecs(segs)) } {
                             Ok(_) => {
                                 bump(&counters.frames, 1);
                                 bump(&counters.bytes, (len - VNET_HDR_LEN) as u64);
                             }
+                            // The tap is full: retry this chain when it can take it.
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                // The tap is full: retry this chain when it can take it.
-                                self.tx.queue.go_to_previous_position();
-                                self.tx_blocked = true;
-                                break 'drain;
+                                return Served::Retry
                             }
                             Err(e) => {
                                 // The kernel refused the frame (bad GSO header, link down).
-                                tracing::trace!(pair = self.pair, "tap write: {e}");
+                                tracing::trace!(pair, "tap write: {e}");
                                 bump(&counters.dropped, 1);
                             }
                         }
                     }
-                    Ok(_) | Err(_) => bump(&counters.errors, 1),
+                    Ok(_) => {
+                        bump(&counters.errors, 1);
+                        ctx.guest_fault(GuestFault::MalformedChain, &"frame shorter than a header");
+                    }
+                    Err(e) => {
+                        bump(&counters.errors, 1);
+                        ctx.guest_fault(GuestFault::MalformedChain, &e);
+                    }
                 }
-                self.tx.add_used(&self.mem, head, 0);
-                used = true;
-            }
-            match self.tx.queue.enable_notification(&self.mem) {
-                Ok(true) => continue,
-                _ => break,
-            }
+                Served::Used(0)
+            });
+        bump(&self.tx.counters.errors, done.skipped);
+        self.tx_blocked = done.retry;
+        self.tx_more = done.more;
+        if let Err(fault) = result {
+            ctx.queue_fault(self.tx.index, fault);
         }
-        if used {
-            self.tx.signal(&self.mem, self.interrupt.as_ref());
+        if done.used {
+            self.tx.signal(&self.mem, ctx.interrupt());
         }
     }
 
-    /// Moves frames from the tap into guest buffers until the tap is empty, the guest has no
-    /// buffer left, or the budget is spent.
-    pub fn process_rx(&mut self) {
+    fn rx_turn(&mut self, ctx: &mut LoopContext) {
         self.rxs.more = false;
+        if ctx.is_broken(self.rx.index) {
+            return;
+        }
         if self.rxs.notify_enabled && !self.rxs.blocked {
             let _ = self.rx.queue.disable_notification(&self.mem);
             self.rxs.notify_enabled = false;
@@ -427,7 +374,17 @@ impl PairWorker {
                 break;
             }
             steps += 1;
-            match self.rx_one(&mut used) {
+            let step = self.rx_one(&mut used);
+            if let Some(skipped) = self.rxs.skipped.take() {
+                ctx.guest_fault(skipped.kind(), &skipped);
+            }
+            if let Some(fault) = self.rxs.fault.take() {
+                // The guest broke the ring: stop serving it, and stop polling the tap for it.
+                ctx.queue_fault(self.rx.index, fault);
+                self.rxs.blocked = true;
+                break;
+            }
+            match step {
                 RxStep::Progress => {}
                 RxStep::TapEmpty => {
                     self.rxs.blocked = false;
@@ -437,11 +394,16 @@ impl PairWorker {
                     // Ask for a doorbell, then look once more: the guest may have posted
                     // buffers in between.
                     self.rxs.notify_enabled = true;
-                    match self.rx.queue.enable_notification(&self.mem) {
+                    match guest_queue::enable_notification(&mut self.rx.queue, &self.mem) {
                         Ok(true) => {}
-                        Ok(false) | Err(_) => {
+                        Ok(false) => {
                             self.rxs.blocked = true;
                             bump(&self.rx.counters.no_buffers, 1);
+                            break;
+                        }
+                        Err(fault) => {
+                            ctx.queue_fault(self.rx.index, fault);
+                            self.rxs.blocked = true;
                             break;
                         }
                     }
@@ -449,7 +411,7 @@ impl PairWorker {
             }
         }
         if used {
-            self.rx.signal(&self.mem, self.interrupt.as_ref());
+            self.rx.signal(&self.mem, ctx.interrupt());
         }
     }
 
@@ -597,8 +559,18 @@ impl PairWorker {
             if enough {
                 return;
             }
-            let Some(chain) = self.rx.queue.pop_descriptor_chain(&self.mem) else {
-                return;
+            let chain = match guest_queue::pop(&mut self.rx.queue, &self.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => return,
+                Err(fault @ QueueFault::HeadOutOfRange { .. }) => {
+                    bump(&self.rx.counters.errors, 1);
+                    self.rxs.skipped = Some(fault);
+                    continue;
+                }
+                Err(fault) => {
+                    self.rxs.fault = Some(fault);
+                    return;
+                }
             };
             let head = chain.head_index();
             let before = self.rxs.segs.len();
@@ -627,7 +599,7 @@ impl PairWorker {
                 }
                 Err(e) => e,
             };
-            tracing::debug!(pair = self.pair, "rx chain refused: {error}");
+            tracing::trace!(pair = self.pair, "rx chain refused: {error}");
             bump(&self.rx.counters.errors, 1);
             self.rx.add_used(&self.mem, head, 0);
             *used = true;
@@ -700,6 +672,10 @@ impl PairWorker {
         *used = true;
     }
 
+    fn has_work_left(&self) -> bool {
+        self.tx_more || self.rxs.more || self.ctrl_more
+    }
+
     /// Guest buffers held in the receive reserve (for tests).
     #[cfg(test)]
     pub(crate) fn rx_reserved(&self) -> usize {
@@ -710,5 +686,82 @@ impl PairWorker {
     #[cfg(test)]
     pub(crate) fn rx_blocked(&self) -> bool {
         self.rxs.blocked
+    }
+}
+
+impl DeviceWorker for PairWorker {
+    fn start(&mut self, ctx: &mut LoopContext) {
+        let mut fds = vec![
+            (self.rx.notifier.as_raw_fd(), TOKEN_RX),
+            (self.tx.notifier.as_raw_fd(), TOKEN_TX),
+            (self.wake.as_raw_fd(), TOKEN_WAKE),
+        ];
+        if let Some(ctrl) = &self.ctrl {
+            fds.push((ctrl.vring.notifier.as_raw_fd(), TOKEN_CTRL));
+        }
+        for (fd, token) in fds {
+            if let Err(e) = ctx.watch(fd, token, EventSet::IN) {
+                tracing::error!("net pair {}: epoll_ctl: {e}", self.pair);
+            }
+        }
+        // The driver may have queued work before the thread started.
+        self.tx_turn(ctx);
+        self.rx_turn(ctx);
+        self.ctrl_turn(ctx);
+        self.update_tap_interest(ctx);
+    }
+
+    fn event(&mut self, _ctx: &mut LoopContext, token: u64, events: EventSet) {
+        match token {
+            TOKEN_RX => {
+                let _ = self.rx.notifier.read();
+                self.rxs.blocked = false;
+                self.rxs.more = true;
+            }
+            TOKEN_TX => {
+                let _ = self.tx.notifier.read();
+                self.tx_more = true;
+            }
+            TOKEN_TAP => {
+                if events.contains(EventSet::OUT) {
+                    self.tx_blocked = false;
+                    self.tx_more = true;
+                }
+                if events.intersects(EventSet::ERROR | EventSet::HANG_UP) {
+                    // Not something a tap queue does; stop polling it rather than spin.
+                    tracing::error!(pair = self.pair, "tap queue reports an error");
+                    self.tap_failed = true;
+                } else if events.contains(EventSet::IN) {
+                    self.rxs.more = true;
+                }
+            }
+            TOKEN_CTRL => {
+                if let Some(c) = &self.ctrl {
+                    let _ = c.vring.notifier.read();
+                }
+                self.ctrl_more = true;
+            }
+            _ => {
+                let _ = self.wake.read();
+            }
+        }
+    }
+
+    fn turn_done(&mut self, ctx: &mut LoopContext) {
+        // The events only mark what needs serving: each queue gets one budgeted turn per wait.
+        if self.tx_more {
+            self.tx_turn(ctx);
+        }
+        if self.rxs.more {
+            self.rx_turn(ctx);
+        }
+        if self.ctrl_more {
+            self.ctrl_turn(ctx);
+        }
+        self.update_tap_interest(ctx);
+    }
+
+    fn has_more(&self) -> bool {
+        self.has_work_left()
     }
 }

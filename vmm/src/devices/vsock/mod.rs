@@ -24,6 +24,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
 };
+use crate::devices::worker::{FaultLog, LoopContext};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 use muxer::{Muxer, VsockCounters};
@@ -132,6 +133,7 @@ pub struct Vsock {
     reset_request: EventFd,
     listener: UnixListener,
     counters: Arc<VsockCounters>,
+    faults: Arc<FaultLog>,
     worker: Option<Worker>,
 }
 
@@ -152,6 +154,7 @@ impl Vsock {
             reset_request: EventFd::new(libc::EFD_NONBLOCK)?,
             listener,
             counters: Arc::default(),
+            faults: Arc::new(FaultLog::new("vsock")),
             worker: None,
         };
         vsock.worker = Some(vsock.spawn_refuser()?);
@@ -161,6 +164,11 @@ impl Vsock {
     /// Counters.
     pub fn counters(&self) -> &Arc<VsockCounters> {
         &self.counters
+    }
+
+    /// The guest's mistakes this device saw.
+    pub fn faults(&self) -> &Arc<FaultLog> {
+        &self.faults
     }
 
     /// A handle that can reset the transport from another thread.
@@ -302,12 +310,13 @@ impl VirtioDevice for Vsock {
                 .try_clone()
                 .map_err(ActivateError::Worker)?,
             kill: kill.try_clone().map_err(ActivateError::Worker)?,
-            interrupt,
             counters: self.counters.clone(),
         };
+        let ctx =
+            LoopContext::new(interrupt, self.faults.clone()).map_err(ActivateError::Worker)?;
         let thread = std::thread::Builder::new()
             .name("vsock".into())
-            .spawn(move || muxer.run())
+            .spawn(move || muxer.run(ctx))
             .map_err(ActivateError::Worker)?;
         self.worker = Some(Worker { kill, thread });
         Ok(())

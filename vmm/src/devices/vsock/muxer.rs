@@ -4,7 +4,13 @@
 //! Host-initiated: a process connects to the VMM's socket, writes `CONNECT <port>\n`; the muxer
 //! sends the guest a REQUEST and answers `OK <local port>\n` when the guest accepts (or
 //! `ERR <reason>\n` and closes). Guest-initiated: a REQUEST to host port P connects to
-//! `<uds_path>_P`. Data then flows under virtio-vsock credit control in both directions.
+//! `<uds_path>_P` without blocking: a listener whose backlog is full is tried again until
+//! [`HANDSHAKE_TIMEOUT`], while the other connections go on. Data then flows under
+//! virtio-vsock credit control in both directions.
+//!
+//! The worker runs the shared device loop: it always stops, a ring the guest breaks stops
+//! that queue (DEVICE_NEEDS_RESET), and replies the guest has no buffer for wait in a queue
+//! of at most [`MAX_QUEUED_REPLIES`] packets (beyond it they are dropped and counted).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -15,16 +21,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT};
 use vm_memory::Bytes;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::{Connection, State};
 use super::packet::{self, op, Header, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use super::unix::connect_nonblocking;
 use super::unix::{forward_path, LineStatus, PendingConnect};
 use crate::devices::block::request::Buffer;
-use crate::interrupts::Interrupt;
+use crate::devices::worker::{
+    self, guest_queue, DeviceWorker, GuestFault, LoopContext, QueueFault, Served, BUDGET,
+};
 use crate::memory::GuestMemoryMmap;
 
 /// How long a host process has to send its CONNECT line, and the guest to answer a REQUEST.
@@ -33,6 +42,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// Most connections (established or in handshake) at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most control packets (RST, RESPONSE, credit updates) waiting for guest rx buffers. Every
+/// packet for an unknown connection earns a reply: without a bound a guest that posts no rx
+/// buffers grows the VMM without end.
+pub const MAX_QUEUED_REPLIES: usize = 4 * MAX_CONNECTIONS;
+/// How often a connect to a host listener whose backlog is full is tried again.
+const HOST_CONNECT_RETRY: Duration = Duration::from_millis(50);
 
 /// Counters of the device.
 #[derive(Debug, Default)]
@@ -49,6 +64,10 @@ pub struct VsockCounters {
     pub bad_packets: AtomicU64,
     /// Events delivered on the event queue (transport resets).
     pub events: AtomicU64,
+    /// Control replies dropped because [`MAX_QUEUED_REPLIES`] were already waiting.
+    pub replies_dropped: AtomicU64,
+    /// Control replies waiting for guest rx buffers now.
+    pub replies_queued: AtomicU64,
 }
 
 /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` (virtio 1.2, 5.10.6.7): every connection is gone.
@@ -85,16 +104,23 @@ pub struct Muxer {
     pub reset_request: EventFd,
     /// Stop request.
     pub kill: EventFd,
-    /// Interrupt.
-    pub interrupt: Arc<dyn Interrupt>,
     /// Counters.
     pub counters: Arc<VsockCounters>,
 }
 
+/// A guest REQUEST whose host listener had a full backlog: tried again until `deadline`.
+struct HostConnect {
+    request: Header,
+    deadline: Instant,
+}
+
 struct Worker {
     m: Muxer,
-    epoll: Epoll,
+    /// epoll changes waiting for the loop's context (applied in order).
+    interest_changes: Vec<(RawFd, Option<EventSet>)>,
     pending: HashMap<RawFd, PendingConnect>,
+    host_connects: HashMap<Key, HostConnect>,
+    next_connect_retry: Option<Instant>,
     conns: HashMap<Key, Connection>,
     by_fd: HashMap<RawFd, Key>,
     interest: HashMap<RawFd, EventSet>,
@@ -104,6 +130,10 @@ struct Worker {
     rx_starved: bool,
     /// Transport resets not yet delivered (the guest had no event buffer posted).
     events_owed: u32,
+    /// Transmit chains left after a budgeted turn.
+    tx_more: bool,
+    /// Packets for the guest left after a budgeted turn.
+    rx_more: bool,
 }
 
 fn is_would_block(e: &std::io::Error) -> bool {
@@ -116,19 +146,21 @@ fn refuse(mut stream: &UnixStream, reason: &str) {
 }
 
 impl Muxer {
-    /// Runs until `kill` is written.
-    pub fn run(self) {
-        let epoll = match Epoll::new() {
-            Ok(e) => e,
+    /// Runs on the device loop until `kill` is written.
+    pub fn run(self, mut ctx: LoopContext) {
+        let kill = match self.kill.try_clone() {
+            Ok(k) => k,
             Err(e) => {
-                tracing::error!("vsock: epoll: {e}");
+                tracing::error!("vsock: {e}");
                 return;
             }
         };
         let mut w = Worker {
             m: self,
-            epoll,
+            interest_changes: Vec::new(),
             pending: HashMap::new(),
+            host_connects: HashMap::new(),
+            next_connect_retry: None,
             conns: HashMap::new(),
             by_fd: HashMap::new(),
             interest: HashMap::new(),
@@ -137,111 +169,144 @@ impl Muxer {
             next_local_port: FIRST_LOCAL_PORT,
             rx_starved: false,
             events_owed: 0,
+            tx_more: false,
+            rx_more: false,
         };
-        let mut fixed = vec![w.m.kill.as_raw_fd(), w.m.listener.as_raw_fd()];
-        fixed.extend(w.m.rx.as_ref().map(|(_, e)| e.as_raw_fd()));
-        fixed.extend(w.m.tx.as_ref().map(|(_, e)| e.as_raw_fd()));
-        fixed.extend(w.m.event.as_ref().map(|(_, e)| e.as_raw_fd()));
-        fixed.push(w.m.reset_request.as_raw_fd());
-        for fd in fixed {
-            w.watch(fd, EventSet::IN);
+        if let Err(e) = worker::run(&mut w, &mut ctx, &kill) {
+            tracing::error!("vsock: {e}");
         }
-        w.run();
     }
 }
 
+const RX: u16 = 0;
+const TX: u16 = 1;
+const EVENT: u16 = 2;
+
 impl Worker {
     fn watch(&mut self, fd: RawFd, events: EventSet) {
-        let op = if self.interest.contains_key(&fd) {
-            ControlOperation::Modify
-        } else {
-            ControlOperation::Add
-        };
         if self.interest.get(&fd) == Some(&events) {
             return;
         }
-        if let Err(e) = self.epoll.ctl(op, fd, EpollEvent::new(events, fd as u64)) {
-            tracing::warn!("vsock: epoll_ctl on fd {fd}: {e}");
-            return;
-        }
         self.interest.insert(fd, events);
+        self.interest_changes.push((fd, Some(events)));
     }
 
     fn unwatch(&mut self, fd: RawFd) {
         if self.interest.remove(&fd).is_some() {
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            self.interest_changes.push((fd, None));
         }
     }
 
-    fn run(&mut self) {
-        let kill = self.m.kill.as_raw_fd();
-        let listener = self.m.listener.as_raw_fd();
-        let rx_fd = self.m.rx.as_ref().map(|(_, e)| e.as_raw_fd());
-        let tx_fd = self.m.tx.as_ref().map(|(_, e)| e.as_raw_fd());
-        let ev_fd = self.m.event.as_ref().map(|(_, e)| e.as_raw_fd());
-        let reset_fd = self.m.reset_request.as_raw_fd();
-        // Anything the guest queued before we started.
-        self.process_tx();
-        let mut events = vec![EpollEvent::default(); 64];
-        loop {
-            let timeout = if self.pending.is_empty()
-                && !self
-                    .conns
-                    .values()
-                    .any(|c| matches!(c.state, State::Connecting { .. }))
-            {
-                -1
-            } else {
-                250
-            };
-            let n = match self.epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("vsock: epoll_wait: {e}");
-                    return;
+    /// Applies the epoll changes made since the last call, in order.
+    fn apply_interest(&mut self, ctx: &LoopContext) {
+        let mut added: HashSet<RawFd> = HashSet::new();
+        for (fd, change) in self.interest_changes.drain(..) {
+            match change {
+                None => {
+                    ctx.unwatch(fd);
+                    added.remove(&fd);
                 }
-            };
-            for ev in &events[..n] {
-                let fd = ev.data() as RawFd;
-                let set = ev.event_set();
-                if fd == kill {
-                    return;
-                } else if Some(fd) == tx_fd {
-                    if let Some((_, e)) = &self.m.tx {
-                        let _ = e.read();
+                Some(set) => {
+                    let result = if added.contains(&fd) {
+                        ctx.rewatch(fd, fd as u64, set)
+                    } else {
+                        // Modify first: the fd may be watched since an earlier turn.
+                        ctx.rewatch(fd, fd as u64, set)
+                            .or_else(|_| ctx.watch(fd, fd as u64, set))
+                    };
+                    match result {
+                        Ok(()) => {
+                            added.insert(fd);
+                        }
+                        Err(e) => {
+                            tracing::warn!("vsock: epoll_ctl on fd {fd}: {e}");
+                            self.interest.remove(&fd);
+                        }
                     }
-                    self.process_tx();
-                } else if Some(fd) == rx_fd {
-                    if let Some((_, e)) = &self.m.rx {
-                        let _ = e.read();
-                    }
-                    self.rx_starved = false;
-                } else if Some(fd) == ev_fd {
-                    if let Some((_, e)) = &self.m.event {
-                        let _ = e.read();
-                    }
-                    self.deliver_events();
-                } else if fd == reset_fd {
-                    if let Ok(n) = self.m.reset_request.read() {
-                        self.transport_reset(n);
-                    }
-                } else if fd == listener {
-                    self.accept();
-                } else if self.pending.contains_key(&fd) {
-                    self.advance_pending(fd);
-                } else if let Some(key) = self.by_fd.get(&fd).copied() {
-                    self.connection_event(key, set);
                 }
             }
-            self.expire();
-            self.fill_rx();
-            self.update_interest();
         }
     }
 
+    fn fd_of(q: &Option<(Queue, EventFd)>) -> Option<RawFd> {
+        q.as_ref().map(|(_, e)| e.as_raw_fd())
+    }
+}
+
+impl DeviceWorker for Worker {
+    fn start(&mut self, ctx: &mut LoopContext) {
+        let mut fixed = vec![self.m.listener.as_raw_fd()];
+        fixed.extend(Self::fd_of(&self.m.rx));
+        fixed.extend(Self::fd_of(&self.m.tx));
+        fixed.extend(Self::fd_of(&self.m.event));
+        fixed.push(self.m.reset_request.as_raw_fd());
+        for fd in fixed {
+            self.watch(fd, EventSet::IN);
+        }
+        // Anything the guest queued before we started.
+        self.process_tx(ctx);
+        self.turn_done(ctx);
+    }
+
+    fn event(&mut self, ctx: &mut LoopContext, token: u64, set: EventSet) {
+        let fd = token as RawFd;
+        if Some(fd) == Self::fd_of(&self.m.tx) {
+            if let Some((_, e)) = &self.m.tx {
+                let _ = e.read();
+            }
+            self.process_tx(ctx);
+        } else if Some(fd) == Self::fd_of(&self.m.rx) {
+            if let Some((_, e)) = &self.m.rx {
+                let _ = e.read();
+            }
+            self.rx_starved = false;
+        } else if Some(fd) == Self::fd_of(&self.m.event) {
+            if let Some((_, e)) = &self.m.event {
+                let _ = e.read();
+            }
+            self.deliver_events(ctx);
+        } else if fd == self.m.reset_request.as_raw_fd() {
+            if let Ok(n) = self.m.reset_request.read() {
+                self.transport_reset(ctx, n);
+            }
+        } else if fd == self.m.listener.as_raw_fd() {
+            self.accept();
+        } else if self.pending.contains_key(&fd) {
+            self.advance_pending(fd);
+        } else if let Some(key) = self.by_fd.get(&fd).copied() {
+            self.connection_event(key, set);
+        }
+    }
+
+    fn turn_done(&mut self, ctx: &mut LoopContext) {
+        if self.tx_more {
+            self.process_tx(ctx);
+        }
+        self.retry_host_connects();
+        self.expire();
+        self.fill_rx(ctx);
+        self.update_interest();
+        self.apply_interest(ctx);
+    }
+
+    fn has_more(&self) -> bool {
+        self.tx_more || self.rx_more
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        if !self.host_connects.is_empty() {
+            return Some(HOST_CONNECT_RETRY);
+        }
+        let handshakes = !self.pending.is_empty()
+            || self
+                .conns
+                .values()
+                .any(|c| matches!(c.state, State::Connecting { .. }));
+        handshakes.then_some(Duration::from_millis(250))
+    }
+}
+
+impl Worker {
     fn accept(&mut self) {
         loop {
             match self.m.listener.accept() {
@@ -330,12 +395,29 @@ impl Worker {
     }
 
     fn queue(&mut self, local_port: u32, peer_port: u32, op: u16, flags: u32) {
+        if self.control.len() >= MAX_QUEUED_REPLIES {
+            // The guest posts no rx buffers and keeps sending: its replies are lost, its
+            // connections time out or get reset, the VMM does not grow.
+            self.m
+                .counters
+                .replies_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         self.control.push_back(Control {
             local_port,
             peer_port,
             op,
             flags,
         });
+        self.count_queued();
+    }
+
+    fn count_queued(&self) {
+        self.m
+            .counters
+            .replies_queued
+            .store(self.control.len() as u64, Ordering::Relaxed);
     }
 
     /// Resets a connection: RST to the guest, the host stream closed.
@@ -413,44 +495,45 @@ impl Worker {
         }
     }
 
-    fn process_tx(&mut self) {
+    fn process_tx(&mut self, ctx: &mut LoopContext) {
+        self.tx_more = false;
+        if ctx.is_broken(TX) {
+            return;
+        }
         let Some((mut queue, evt)) = self.m.tx.take() else {
             return;
         };
         let mem = self.m.mem.clone();
-        let mut used_any = false;
-        loop {
-            if queue.disable_notification(&mem).is_err() {
-                break;
-            }
-            while let Some(chain) = queue.pop_descriptor_chain(&mem) {
-                let head = chain.head_index();
-                let buffers: Vec<Buffer> = chain
-                    .map(|d| Buffer {
-                        addr: d.addr(),
-                        len: d.len(),
-                        writable: d.is_write_only(),
-                    })
-                    .collect();
-                match packet::read_tx(&mem, &buffers) {
-                    Ok((header, payload)) => {
-                        self.m.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-                        self.handle_packet(header, &payload);
-                    }
-                    Err(e) => {
-                        tracing::debug!("vsock: bad tx packet: {e}");
-                        self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
-                    }
+        let (done, result) = guest_queue::drain(&mut queue, &mem, ctx.faults(), BUDGET, |chain| {
+            let buffers: Vec<Buffer> = chain
+                .map(|d| Buffer {
+                    addr: d.addr(),
+                    len: d.len(),
+                    writable: d.is_write_only(),
+                })
+                .collect();
+            match packet::read_tx(&mem, &buffers) {
+                Ok((header, payload)) => {
+                    self.m.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+                    self.handle_packet(header, &payload);
                 }
-                let _ = queue.add_used(&mem, head, 0);
-                used_any = true;
+                Err(e) => {
+                    ctx.guest_fault(GuestFault::MalformedChain, &e);
+                    self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            if !matches!(queue.enable_notification(&mem), Ok(true)) {
-                break;
-            }
+            Served::Used(0)
+        });
+        self.m
+            .counters
+            .bad_packets
+            .fetch_add(done.skipped, Ordering::Relaxed);
+        self.tx_more = done.more;
+        if let Err(fault) = result {
+            ctx.queue_fault(TX, fault);
         }
-        if used_any && queue.needs_notification(&mem).unwrap_or(true) {
-            self.m.interrupt.trigger(1);
+        if done.used && guest_queue::needs_notification(&mut queue, &mem) {
+            ctx.interrupt().trigger(TX);
         }
         self.m.tx = Some((queue, evt));
     }
@@ -532,15 +615,35 @@ impl Worker {
 
     /// A guest REQUEST to host port `key.0`: forwarded to `<uds_path>_<port>`.
     fn guest_connect(&mut self, key: Key, h: &Header) {
-        if self.conns.contains_key(&key) || self.conns.len() >= MAX_CONNECTIONS {
+        if self.conns.contains_key(&key)
+            || self.host_connects.contains_key(&key)
+            || self.conns.len() + self.host_connects.len() >= MAX_CONNECTIONS
+        {
             self.queue(key.0, key.1, op::RST, 0);
             return;
         }
+        self.try_host_connect(key, *h, Instant::now() + HANDSHAKE_TIMEOUT);
+    }
+
+    /// Connects to the host listener without blocking: one whose backlog is full (it does not
+    /// accept) is tried again later, until `deadline`, and never holds up the device.
+    fn try_host_connect(&mut self, key: Key, h: Header, deadline: Instant) {
         let path = forward_path(&self.m.uds_path, key.0);
-        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+        match connect_nonblocking(&path) {
+            Err(e) if is_would_block(&e) && Instant::now() < deadline => {
+                self.host_connects.insert(
+                    key,
+                    HostConnect {
+                        request: h,
+                        deadline,
+                    },
+                );
+                self.next_connect_retry
+                    .get_or_insert(Instant::now() + HOST_CONNECT_RETRY);
+            }
             Ok(stream) => {
                 let mut conn = Connection::new(stream, key.0, key.1, State::Established);
-                conn.update_peer_credit(h);
+                conn.update_peer_credit(&h);
                 self.insert(conn);
                 self.m.counters.connections.fetch_add(1, Ordering::Relaxed);
                 self.queue(key.0, key.1, op::RESPONSE, 0);
@@ -553,10 +656,24 @@ impl Worker {
         }
     }
 
+    /// Tries the connects that found a full backlog again, once per [`HOST_CONNECT_RETRY`].
+    fn retry_host_connects(&mut self) {
+        if self.host_connects.is_empty()
+            || self.next_connect_retry.is_some_and(|t| Instant::now() < t)
+        {
+            return;
+        }
+        self.next_connect_retry = None;
+        let waiting: Vec<(Key, HostConnect)> = self.host_connects.drain().collect();
+        for (key, c) in waiting {
+            self.try_host_connect(key, c.request, c.deadline);
+        }
+    }
+
     /// Drops every connection (their host streams are closed, which host processes see as
     /// EOF) and tells the guest with one TRANSPORT_RESET event per request, so that it drops
     /// its side too (virtio 1.2, 5.10.6.7).
-    fn transport_reset(&mut self, requests: u64) {
+    fn transport_reset(&mut self, ctx: &mut LoopContext, requests: u64) {
         let keys: Vec<Key> = self.conns.keys().copied().collect();
         for key in keys {
             self.remove(key);
@@ -567,22 +684,36 @@ impl Worker {
             self.pending.remove(&fd);
         }
         self.control.clear();
+        self.count_queued();
+        self.host_connects.clear();
         self.events_owed = self
             .events_owed
             .saturating_add(u32::try_from(requests).unwrap_or(u32::MAX));
-        self.deliver_events();
+        self.deliver_events(ctx);
     }
 
     /// Writes owed events into the buffers the guest posted on the event queue.
-    fn deliver_events(&mut self) {
+    fn deliver_events(&mut self, ctx: &mut LoopContext) {
+        if ctx.is_broken(EVENT) {
+            return;
+        }
         let Some((mut queue, evt)) = self.m.event.take() else {
             return;
         };
         let mem = self.m.mem.clone();
         let mut used_any = false;
         while self.events_owed > 0 {
-            let Some(chain) = queue.pop_descriptor_chain(&mem) else {
-                break;
+            let chain = match guest_queue::pop(&mut queue, &mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(fault @ QueueFault::HeadOutOfRange { .. }) => {
+                    ctx.guest_fault(fault.kind(), &fault);
+                    continue;
+                }
+                Err(fault) => {
+                    ctx.queue_fault(EVENT, fault);
+                    break;
+                }
             };
             let head = chain.head_index();
             let first = chain.clone().next();
@@ -592,7 +723,12 @@ impl Worker {
                     .is_ok(),
                 _ => false,
             };
-            let _ = queue.add_used(&mem, head, if written { 4 } else { 0 });
+            if let Err(fault) =
+                guest_queue::add_used(&mut queue, &mem, head, if written { 4 } else { 0 })
+            {
+                ctx.queue_fault(EVENT, fault);
+                break;
+            }
             used_any = true;
             if written {
                 self.events_owed -= 1;
@@ -601,14 +737,17 @@ impl Worker {
                 self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if used_any && queue.needs_notification(&mem).unwrap_or(true) {
-            self.m.interrupt.trigger(2);
+        if used_any && guest_queue::needs_notification(&mut queue, &mem) {
+            ctx.interrupt().trigger(EVENT);
         }
         self.m.event = Some((queue, evt));
     }
 
     /// Delivers control packets, then host data, into the guest's rx buffers.
-    fn fill_rx(&mut self) {
+    fn fill_rx(&mut self, ctx: &mut LoopContext) {
+        if ctx.is_broken(RX) {
+            return;
+        }
         let Some((mut queue, evt)) = self.m.rx.take() else {
             return;
         };
@@ -624,10 +763,30 @@ impl Worker {
                     .is_some_and(|c| c.wants_to_send() || c.host_eof)
             })
             .collect();
+        let mut served = 0;
+        self.rx_more = false;
         while !self.control.is_empty() || !data_keys.is_empty() {
-            let Some(chain) = queue.pop_descriptor_chain(&mem) else {
-                self.rx_starved = true;
+            if served == BUDGET {
+                // The rest on the next turn; the loop looks at its stop request in between.
+                self.rx_more = true;
                 break;
+            }
+            served += 1;
+            let chain = match guest_queue::pop(&mut queue, &mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => {
+                    self.rx_starved = true;
+                    break;
+                }
+                Err(fault @ QueueFault::HeadOutOfRange { .. }) => {
+                    ctx.guest_fault(fault.kind(), &fault);
+                    continue;
+                }
+                Err(fault) => {
+                    ctx.queue_fault(RX, fault);
+                    self.rx_starved = true;
+                    break;
+                }
             };
             let head = chain.head_index();
             let buffers: Vec<Buffer> = chain
@@ -639,11 +798,12 @@ impl Worker {
                 .collect();
             let Some(capacity) = packet::rx_capacity(&buffers) else {
                 self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
-                let _ = queue.add_used(&mem, head, 0);
+                let _ = guest_queue::add_used(&mut queue, &mem, head, 0);
                 used_any = true;
                 continue;
             };
             let produced = if let Some(ctl) = self.control.pop_front() {
+                self.count_queued();
                 let mut h = self.header(ctl.local_port, ctl.peer_port, ctl.op, ctl.flags);
                 if let Some(c) = self.conns.get_mut(&(ctl.local_port, ctl.peer_port)) {
                     c.stamp(&mut h);
@@ -656,7 +816,7 @@ impl Worker {
             match produced {
                 Some((h, payload)) => match packet::write_rx(&mem, &buffers, &h, &payload) {
                     Ok(n) => {
-                        let _ = queue.add_used(&mem, head, n as u32);
+                        let _ = guest_queue::add_used(&mut queue, &mem, head, n as u32);
                         self.m.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
                         used_any = true;
                         if h.op == op::RW {
@@ -666,15 +826,15 @@ impl Worker {
                     }
                     Err(_) => {
                         self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
-                        let _ = queue.add_used(&mem, head, 0);
+                        let _ = guest_queue::add_used(&mut queue, &mem, head, 0);
                         used_any = true;
                     }
                 },
                 None => queue.go_to_previous_position(),
             }
         }
-        if used_any && queue.needs_notification(&mem).unwrap_or(true) {
-            self.m.interrupt.trigger(0);
+        if used_any && guest_queue::needs_notification(&mut queue, &mem) {
+            ctx.interrupt().trigger(RX);
         }
         self.m.rx = Some((queue, evt));
     }

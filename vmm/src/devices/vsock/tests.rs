@@ -34,6 +34,7 @@ struct Guest {
 struct Rig {
     dev: Vsock,
     guest: Guest,
+    irq: Arc<CountingInterrupt>,
     path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -81,16 +82,13 @@ fn rig() -> Rig {
         tx_slot: 0,
     };
     guest.post_rx(QSIZE);
-    dev.activate(
-        mem,
-        features::VERSION_1,
-        queues,
-        Arc::new(CountingInterrupt::default()),
-    )
-    .unwrap();
+    let irq = Arc::new(CountingInterrupt::default());
+    dev.activate(mem, features::VERSION_1, queues, irq.clone())
+        .unwrap();
     Rig {
         dev,
         guest,
+        irq,
         path,
         _dir: dir,
     }
@@ -454,4 +452,111 @@ fn transport_reset_drops_connections_and_tells_the_guest() {
     );
     // The device keeps working: a new connection goes through.
     let (_s2, _) = host_connect(&mut r, 1024);
+}
+
+#[test]
+fn an_avail_index_past_the_transmit_ring_breaks_the_queue_and_the_device_still_stops() {
+    let r = rig();
+    // tx ring at 0x11_0000: avail idx after QSIZE descriptors of 16 bytes, plus 2.
+    let avail_idx = GuestAddress(0x11_0000 + 16 * u64::from(QSIZE) + 2);
+    r.guest.mem.write_obj(QSIZE + 5, avail_idx).unwrap();
+    r.guest.tx_evt.write(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.irq.needs_reset_requests() == 0 {
+        assert!(Instant::now() < deadline, "no DEVICE_NEEDS_RESET");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    r.guest.tx_evt.write(1).unwrap();
+    let Rig { mut dev, irq, .. } = r;
+    let faults = dev.faults().clone();
+    let stopper = std::thread::spawn(move || dev.reset());
+    crate::devices::driver_ring::join_within(stopper, Duration::from_secs(30))
+        .expect("the device stops");
+    assert_eq!(irq.needs_reset_requests(), 1);
+    assert_eq!(
+        faults.count(crate::devices::worker::GuestFault::AvailIndexTooFar),
+        1
+    );
+}
+
+#[test]
+fn a_host_listener_that_never_accepts_does_not_stall_other_connections() {
+    let mut r = rig();
+    let _full = super::unix::listener_with_full_backlog(std::path::Path::new(&format!(
+        "{}_52",
+        r.path.display()
+    )));
+    let live = UnixListener::bind(format!("{}_53", r.path.display())).unwrap();
+    // The connect to port 52 cannot complete; it must not hold the device.
+    r.guest.send(r.guest.header(5000, 52, op::REQUEST), b"");
+    r.guest.send(r.guest.header(5001, 53, op::REQUEST), b"");
+    let (resp, _) = r.guest.recv_op();
+    assert_eq!(
+        (resp.op, resp.src_port, resp.dst_port),
+        (op::RESPONSE, 53, 5001)
+    );
+    let (mut s, _) = live.accept().unwrap();
+    r.guest.send(r.guest.header(5001, 53, op::RW), b"ping");
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    // A host-initiated connection works too.
+    let (mut h, _) = host_connect(&mut r, 1024);
+    h.write_all(b"x").unwrap();
+    let (p, data) = r.guest.recv_op();
+    assert_eq!((p.op, data.as_slice()), (op::RW, &b"x"[..]));
+    // And the device stops while the connect still waits.
+    let Rig { mut dev, .. } = r;
+    let stopper = std::thread::spawn(move || dev.reset());
+    crate::devices::driver_ring::join_within(stopper, Duration::from_secs(30))
+        .expect("the device stops");
+}
+
+#[test]
+fn replies_the_guest_has_no_buffers_for_are_bounded() {
+    use super::muxer::MAX_QUEUED_REPLIES;
+    const PACKETS: u64 = 100_000;
+    let mut r = rig();
+    // One packet for a connection that does not exist, sent over and over: each earns a RST.
+    let at = 0x180_0000;
+    let h = r.guest.header(5000, 9999, op::RW);
+    r.guest
+        .mem
+        .write_slice(&h.encode(), GuestAddress(at))
+        .unwrap();
+    let mut sent = 0u64;
+    while sent < PACKETS {
+        let batch = (PACKETS - sent).min(u64::from(QSIZE));
+        let heads: Vec<u16> = (0..batch)
+            .map(|_| r.guest.tx.add_chain(&[(at, HEADER_SIZE as u32, false)]))
+            .collect();
+        r.guest.tx.publish(&heads);
+        r.guest.tx_evt.write(1).unwrap();
+        sent += batch;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while r.guest.tx.used_idx() != r.guest.tx.avail_idx() {
+            assert!(Instant::now() < deadline, "tx not served");
+            std::thread::yield_now();
+        }
+    }
+    let counters = r.dev.counters().clone();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while load(&counters.replies_queued) + load(&counters.replies_dropped) + u64::from(QSIZE)
+        < PACKETS
+    {
+        assert!(Instant::now() < deadline, "replies not accounted for");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(load(&counters.replies_queued), MAX_QUEUED_REPLIES as u64);
+    assert_eq!(
+        load(&counters.replies_dropped),
+        PACKETS - u64::from(QSIZE) - MAX_QUEUED_REPLIES as u64
+    );
+    // The queued ones still reach the guest once it posts buffers.
+    r.guest.rx_seen = r.guest.rx.used_idx();
+    r.guest.rx.recycle();
+    r.guest.post_rx(QSIZE);
+    let (p, _) = r.guest.recv();
+    assert_eq!(p.op, op::RST);
 }

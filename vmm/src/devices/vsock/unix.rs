@@ -108,11 +108,50 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     }
 }
 
+/// Connects to the unix socket at `path` without blocking. A listener whose backlog is full
+/// (one that does not accept) gives `WouldBlock` at once instead of holding the caller until
+/// it accepts; the stream returned is non-blocking.
+pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
+    Ok(UnixStream::from(fd))
+}
+
 /// The socket a guest connection to host port `port` is forwarded to: `<uds_path>_<port>`.
 pub fn forward_path(uds_path: &Path, port: u32) -> PathBuf {
     let mut s = uds_path.as_os_str().to_owned();
     s.push(format!("_{port}"));
     PathBuf::from(s)
+}
+
+/// A listener at `path` that never accepts and whose backlog is full: a blocking connect to
+/// it waits until someone accepts (for tests). Keep the returned value alive.
+#[cfg(test)]
+pub(crate) fn listener_with_full_backlog(path: &Path) -> (UnixListener, Vec<UnixStream>) {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let addr = nix::sys::socket::UnixAddr::new(path).unwrap();
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).unwrap();
+    listen(&fd, Backlog::new(0).unwrap()).unwrap();
+    let mut fillers = Vec::new();
+    while let Ok(s) = connect_nonblocking(path) {
+        fillers.push(s);
+        assert!(fillers.len() < 64, "the backlog never fills");
+    }
+    (UnixListener::from(fd), fillers)
 }
 
 #[cfg(test)]
@@ -161,6 +200,19 @@ mod tests {
             PendingConnect::new(a, Instant::now()).read_line(),
             LineStatus::Closed
         );
+    }
+
+    #[test]
+    fn a_connect_to_a_listener_that_never_accepts_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sock");
+        let _listener = listener_with_full_backlog(&path);
+        let err = connect_nonblocking(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let live = dir.path().join("live.sock");
+        let _l = UnixListener::bind(&live).unwrap();
+        assert!(connect_nonblocking(&live).is_ok());
+        assert!(connect_nonblocking(&dir.path().join("none.sock")).is_err());
     }
 
     #[test]
