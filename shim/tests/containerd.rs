@@ -677,8 +677,9 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
     // Two vCPUs: the guest driver enables min(queue pairs, CPUs) pairs, and QEMU
     // detaches the tap queues the guest does not use.
     env.write_config("vcpus = 2\n[devices]\nnet_queues = 2", "");
-    let tap =
-        pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "net1").tap_name();
+    let tap = pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "net1")
+        .unwrap()
+        .tap_name();
     let sys = std::path::Path::new("/sys/class/net").join(&tap);
     assert!(!sys.exists(), "stale tap {tap}");
     env.run_sleeping("net1");
@@ -737,8 +738,9 @@ fn the_embedded_backend_without_vt_x_is_a_clear_error_through_containerd() {
         config.replace("backend = \"qemu\"", "backend = \"embedded\""),
     )
     .unwrap();
-    let tap =
-        pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "emb1").tap_name();
+    let tap = pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "emb1")
+        .unwrap()
+        .tap_name();
     let started = Instant::now();
     let out = env.run_rm("emb1", &[], &["true"]);
     let took = started.elapsed();

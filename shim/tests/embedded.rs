@@ -103,7 +103,7 @@ fn an_embedded_vm_without_hardware_virtualization_fails_clearly_and_leaves_nothi
     config.agent.connect_timeout_ms = 3000;
     config.shim.state_dir = work.path().join("ps");
     config.validate(Path::new("test")).unwrap();
-    let paths = SandboxPaths::new(&config.shim.state_dir, "ns", "pod");
+    let paths = SandboxPaths::new(&config.shim.state_dir, "ns", "pod").unwrap();
     let tap = Path::new("/sys/class/net").join(paths.tap_name());
     assert!(!tap.exists(), "a stale tap {} exists", tap.display());
 
