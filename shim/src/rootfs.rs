@@ -100,7 +100,7 @@ pub fn image_size(usage: TreeUsage, config: &RootfsConfig) -> u64 {
 /// Mounts `mounts` on `target` (the first is the root; usually there is just
 /// the one overlay). With no mounts, `target` is used as it is.
 pub fn mount_all(mounts: &[RootfsMount], target: &Path) -> Result<(), RootfsError> {
-    std::fs::create_dir_all(target).map_err(io(format!("creating {}", target.display())))?;
+    crate::private_fs::create_dir(target).map_err(io(format!("creating {}", target.display())))?;
     for m in mounts {
         let fs_type = (!m.fs_type.is_empty()).then_some(m.fs_type.as_str());
         let source = (!m.source.is_empty()).then_some(m.source.as_str());

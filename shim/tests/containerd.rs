@@ -219,6 +219,25 @@ fn kill_9_of_the_shim_then_delete_leaves_nothing() {
     let _one = serial();
     let env = Env::start();
     env.run_sleeping("k1");
+    env.assert_private("k1");
+    // The VM's processes run in the pod's cgroup, not in containerd's.
+    if let Some(cgroups) = env.cgroup_dir() {
+        let pod_cgroup = cgroups.join(common::NS).join("k1");
+        let members = std::fs::read_to_string(pod_cgroup.join("cgroup.procs")).unwrap();
+        let vm: Vec<(u32, String)> = env
+            .pod_processes()
+            .into_iter()
+            .filter(|(_, c)| c.contains("qemu-system") || c.contains("vhost-device-vsock"))
+            .collect();
+        assert_eq!(vm.len(), 2, "{vm:?}");
+        for (pid, cmd) in &vm {
+            assert!(
+                members.lines().any(|l| l.trim() == pid.to_string()),
+                "{cmd} ({pid}) is not in {}: {members}",
+                pod_cgroup.display()
+            );
+        }
+    }
     let shims: Vec<u32> = env
         .pod_processes()
         .into_iter()
