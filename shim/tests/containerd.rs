@@ -695,7 +695,11 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
     let env = Env::start();
     // Two vCPUs: the guest driver enables min(queue pairs, CPUs) pairs, and QEMU
     // detaches the tap queues the guest does not use.
-    env.write_config("vcpus = 2\n[devices]\nnet_queues = 2", "");
+    // And a virtio-console: QEMU writes it into a pipe it inherits as fd 3.
+    env.write_config(
+        "vcpus = 2\n[devices]\nnet_queues = 2\nvirtio_console = true",
+        "",
+    );
     let tap = pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "net1")
         .unwrap()
         .tap_name();
@@ -703,6 +707,9 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
     assert!(!sys.exists(), "stale tap {tap}");
     env.run_sleeping("net1");
     assert!(sys.exists(), "no tap {tap} while the pod runs");
+    env.assert_private("net1");
+    let hvc = env.state_dir().join(common::NS).join("net1/hvc0.log");
+    assert!(hvc.is_file(), "the shim's capped copy of hvc0");
     let queues = common::list_dir(&sys.join("queues"));
     assert_eq!(
         queues.iter().filter(|q| q.starts_with("rx-")).count(),
