@@ -40,14 +40,10 @@ pub struct ReadyListener {
 }
 
 impl ReadyListener {
-    /// Binds `path` (a stale file from an earlier VM is replaced).
+    /// Binds `path`, 0600 before it listens (a stale file from an earlier VM is replaced).
     pub fn bind(path: &Path) -> std::io::Result<Self> {
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
         Ok(Self {
-            listener: UnixListener::bind(path)?,
+            listener: crate::private_fs::bind_tokio_listener(path)?,
             path: path.to_path_buf(),
         })
     }

@@ -214,6 +214,10 @@ pub struct ShimSection {
     pub log_level: String,
     /// Keep the guest console log after the sandbox stops (for debugging).
     pub keep_console_log: bool,
+    /// Size at which a guest console log (and a helper's log) is rotated, KiB.
+    pub console_log_max_kib: u64,
+    /// The pods' cgroups go under `<cgroup v2 mount>/<this>`; empty: no pod cgroups.
+    pub cgroup_parent: PathBuf,
 }
 
 impl Default for ShimSection {
@@ -222,6 +226,8 @@ impl Default for ShimSection {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             log_level: "info".into(),
             keep_console_log: false,
+            console_log_max_kib: 1024,
+            cgroup_parent: PathBuf::from("pulse"),
         }
     }
 }
@@ -352,6 +358,24 @@ impl PulseConfig {
                 "timeouts must be positive".into(),
             ));
         }
+        if !(4..=1 << 20).contains(&self.shim.console_log_max_kib) {
+            return Err(invalid(
+                "shim.console_log_max_kib",
+                format!(
+                    "must be 4 to 1048576 (1 GiB), got {}",
+                    self.shim.console_log_max_kib
+                ),
+            ));
+        }
+        if !crate::cgroup::valid_parent(&self.shim.cgroup_parent) {
+            return Err(invalid(
+                "shim.cgroup_parent",
+                format!(
+                    "{} must be a relative path without \"..\"",
+                    self.shim.cgroup_parent.display()
+                ),
+            ));
+        }
         if !self.shim.state_dir.is_absolute() {
             return Err(invalid(
                 "shim.state_dir",
@@ -367,6 +391,11 @@ impl PulseConfig {
             0 => u16::from(self.vm.vcpus),
             n => n,
         }
+    }
+
+    /// The console log's rotation size, bytes.
+    pub fn console_log_max_bytes(&self) -> u64 {
+        self.shim.console_log_max_kib * 1024
     }
 
     /// The connect deadline.
@@ -494,7 +523,13 @@ mod tests {
                 agent: keys(&["port", "connect_timeout_ms", "request_timeout_ms"]),
                 qemu: keys(&["binary", "vhost_vsock_binary", "accel", "extra_args"]),
                 rootfs: keys(&["free_mib", "min_mib", "mkfs"]),
-                shim: keys(&["state_dir", "log_level", "keep_console_log"]),
+                shim: keys(&[
+                    "state_dir",
+                    "log_level",
+                    "keep_console_log",
+                    "console_log_max_kib",
+                    "cgroup_parent",
+                ]),
             }
         }
     }
@@ -540,6 +575,22 @@ mod tests {
             err.contains("vm.kernel") && err.contains("/nonexistent/vmlinux"),
             "{err}"
         );
+        let (_dir, text) = with_image("[shim]\nconsole_log_max_kib = 0\n");
+        let err = PulseConfig::parse(&text, path)
+            .unwrap()
+            .validate(path)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("shim.console_log_max_kib"),
+            "{err}"
+        );
+        let (_dir, text) = with_image("[shim]\ncgroup_parent = \"../escape\"\n");
+        let err = PulseConfig::parse(&text, path)
+            .unwrap()
+            .validate(path)
+            .unwrap_err();
+        assert!(err.to_string().contains("shim.cgroup_parent"), "{err}");
+
         let err = PulseConfig::load(Path::new("/nonexistent/pulse.toml")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/pulse.toml"), "{err}");
     }

@@ -9,12 +9,17 @@
 //! ([`stdio`]). The state machines ([`state`]) are plain types with tests.
 
 pub mod agent;
+pub mod cgroup;
 pub mod config;
+pub mod console;
 pub mod hypervisor;
+pub mod ids;
 pub mod logging;
 pub mod mgmt;
+pub mod mountinfo;
 pub mod persist;
 pub mod pod;
+pub mod private_fs;
 pub mod report;
 pub mod rootfs;
 pub mod sandbox;

@@ -6,15 +6,13 @@ use std::path::Path;
 use std::sync::Weak;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
 use crate::sandbox::Sandbox;
 
 /// Serves the socket at `path` until the task is aborted (or the sandbox is gone).
 pub fn serve(path: &Path, sandbox: Weak<Sandbox>) -> std::io::Result<JoinHandle<()>> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
+    let listener = crate::private_fs::bind_tokio_listener(path)?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {

@@ -45,6 +45,9 @@ pub struct SandboxRecord {
     pub shim: Option<ProcRecord>,
     /// VMM processes (qemu, vhost-device-vsock).
     pub vm: Vec<ProcRecord>,
+    /// The pod's cgroup, when it has one.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// What a container's bundle records of its sandbox (`pulse.json` in the bundle).
@@ -63,7 +66,7 @@ impl SandboxRecord {
     /// Writes it atomically to `path`.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        crate::private_fs::write_file(&tmp, &serde_json::to_vec_pretty(self)?)?;
         std::fs::rename(tmp, path)
     }
 
@@ -128,15 +131,7 @@ pub fn remove_dir(dir: &Path) {
     if !dir.exists() {
         return;
     }
-    let prefix = dir.to_string_lossy().to_string();
-    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|mp| mp.starts_with(&prefix))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in mounts {
+    for m in crate::mountinfo::mounts_below(&crate::mountinfo::current(), dir) {
         let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
     }
     if let Err(e) = std::fs::remove_dir_all(dir) {
@@ -169,6 +164,7 @@ mod tests {
             dir: dir.path().into(),
             shim: Some(me.clone()),
             vm: vec![me],
+            cgroup: Some("/sys/fs/cgroup/pulse/ns/p".into()),
         };
         rec.save(&path).unwrap();
         assert_eq!(SandboxRecord::load(&path).unwrap(), rec);
@@ -188,6 +184,34 @@ mod tests {
         let status = child.wait().unwrap();
         assert!(!status.success());
         assert!(!rec.alive());
+    }
+
+    #[test]
+    fn removing_pod_p1_leaves_pod_p10s_mounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let p1 = dir.path().join("ns/p1");
+        let p10_mount = dir.path().join("ns/p10/rootfs/c1");
+        std::fs::create_dir_all(p1.join("rootfs/c1")).unwrap();
+        std::fs::create_dir_all(&p10_mount).unwrap();
+        let mount = |target: &Path| {
+            nix::mount::mount(
+                Some("tmpfs"),
+                target,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+        };
+        if mount(&p10_mount).is_err() {
+            eprintln!("cannot mount tmpfs (not root?); skipped");
+            return;
+        }
+        mount(&p1.join("rootfs/c1")).unwrap();
+        remove_dir(&p1);
+        assert!(!p1.exists());
+        let still = crate::rootfs::is_mount_point(&p10_mount);
+        let _ = nix::mount::umount2(&p10_mount, nix::mount::MntFlags::MNT_DETACH);
+        assert!(still, "p10's staging mount was unmounted by p1's teardown");
     }
 
     #[test]

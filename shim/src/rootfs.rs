@@ -100,7 +100,7 @@ pub fn image_size(usage: TreeUsage, config: &RootfsConfig) -> u64 {
 /// Mounts `mounts` on `target` (the first is the root; usually there is just
 /// the one overlay). With no mounts, `target` is used as it is.
 pub fn mount_all(mounts: &[RootfsMount], target: &Path) -> Result<(), RootfsError> {
-    std::fs::create_dir_all(target).map_err(io(format!("creating {}", target.display())))?;
+    crate::private_fs::create_dir(target).map_err(io(format!("creating {}", target.display())))?;
     for m in mounts {
         let fs_type = (!m.fs_type.is_empty()).then_some(m.fs_type.as_str());
         let source = (!m.source.is_empty()).then_some(m.source.as_str());
@@ -129,20 +129,10 @@ pub fn unmount_all(target: &Path) {
 
 /// Whether something is mounted exactly at `path` (from /proc/self/mountinfo).
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
     let want = path.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| unescape_mountinfo(mp) == want)
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    crate::mountinfo::current()
+        .iter()
+        .any(|e| e.mount_point == want)
 }
 
 /// Writes an ext4 image of `tree` into `image` (truncated first; the inode
@@ -272,7 +262,7 @@ mod tests {
 
     #[test]
     fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(crate::mountinfo::unescape("/a\\040b"), "/a b");
         assert!(is_mount_point(Path::new("/")));
         assert!(!is_mount_point(Path::new("/nonexistent-dir")));
     }

@@ -2,7 +2,7 @@
 //! connection, the block slots that carry container rootfs disks, the device
 //! check, the management socket, and a teardown that leaves nothing behind.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::agent::{self, Agent};
+use crate::cgroup::{self, PodCgroup};
 use crate::config::PulseConfig;
+use crate::console::{rotated_path, OomScanner};
 use crate::hypervisor::{self, Hypervisor, SandboxPaths};
 use crate::persist::{self, ProcRecord, SandboxRecord};
 use crate::report::{self, Report};
@@ -37,6 +39,7 @@ pub struct Sandbox {
     machine: Mutex<SandboxMachine>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     oom: Arc<OomScanner>,
+    cgroup: Option<Arc<PodCgroup>>,
 }
 
 impl Sandbox {
@@ -49,20 +52,22 @@ impl Sandbox {
         pod: &str,
         oom: mpsc::UnboundedSender<String>,
     ) -> Result<Arc<Sandbox>> {
-        let paths = SandboxPaths::new(&config.shim.state_dir, namespace, pod);
+        let paths = SandboxPaths::new(&config.shim.state_dir, namespace, pod)?;
         check_socket_paths(&paths)?;
         if paths.dir.exists() {
             // A dead shim's leftovers: kill what it recorded, then start clean.
             cleanup_recorded(&paths.dir);
         }
-        std::fs::create_dir_all(&paths.dir)
+        crate::private_fs::create_dir(&paths.dir)
             .with_context(|| format!("creating the sandbox directory {}", paths.dir.display()))?;
+        let cgroup = create_cgroup(&config, namespace, pod)?;
         let mut record = SandboxRecord {
             pod: pod.into(),
             namespace: namespace.into(),
             dir: paths.dir.clone(),
             shim: ProcRecord::of(std::process::id()),
             vm: Vec::new(),
+            cgroup: cgroup.as_ref().map(|c| c.path().to_path_buf()),
         };
         let _ = record.save(&paths.state_file());
 
@@ -73,7 +78,7 @@ impl Sandbox {
                 paths.ready().display()
             )
         })?;
-        let mut vm = hypervisor::create(&config, paths.clone());
+        let mut vm = hypervisor::create(&config, paths.clone(), cgroup.clone());
         let booted = vm.boot().await;
         record.vm = vm
             .host_view()
@@ -83,9 +88,11 @@ impl Sandbox {
             .filter_map(ProcRecord::of)
             .collect();
         let _ = record.save(&paths.state_file());
+        let fail_cgroup = cgroup.clone();
         let fail = |vm: Box<dyn Hypervisor>, paths: SandboxPaths, keep_console: bool| async move {
             let mut vm = vm;
             let _ = vm.stop().await;
+            remove_cgroup(fail_cgroup.as_ref()).await;
             let console_tail = console_tail(&paths.console());
             if !keep_console {
                 persist::remove_dir(&paths.dir);
@@ -147,6 +154,7 @@ impl Sandbox {
             machine: Mutex::new(machine),
             tasks: Mutex::new(Vec::new()),
             oom: Arc::new(OomScanner::new(paths.console())),
+            cgroup,
         });
         sandbox.check_devices().await;
         match crate::mgmt::serve(&paths.mgmt(), Arc::downgrade(&sandbox)) {
@@ -232,14 +240,10 @@ impl Sandbox {
         })?;
         let result = async {
             let image = self.vm.lock().await.slot_image(slot);
-            let size = rootfs::build_disk(
-                mounts,
-                bundle_rootfs,
-                &self.paths.staging(id),
-                &image,
-                &self.config.rootfs,
-            )
-            .await?;
+            let staging = self.paths.staging(id)?;
+            let size =
+                rootfs::build_disk(mounts, bundle_rootfs, &staging, &image, &self.config.rootfs)
+                    .await?;
             self.vm.lock().await.attach_disk(slot, size).await?;
             tracing::info!(
                 container = id,
@@ -303,13 +307,16 @@ impl Sandbox {
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
+        remove_cgroup(self.cgroup.as_ref()).await;
         if self.config.shim.keep_console_log {
             let keep = self
                 .config
                 .shim
                 .state_dir
                 .join(format!("{}-console.log", self.pod));
-            let _ = std::fs::rename(self.paths.console(), keep);
+            let console = self.paths.console();
+            let _ = std::fs::rename(rotated_path(&console), rotated_path(&keep));
+            let _ = std::fs::rename(console, keep);
         }
         persist::remove_dir(&self.paths.dir);
         self.machine.lock().unwrap().stopped();
@@ -319,6 +326,36 @@ impl Sandbox {
     /// Whether the VM died under the shim.
     pub async fn vm_exited(&self) -> Option<String> {
         self.vm.lock().await.exited()
+    }
+}
+
+/// The pod's cgroup (`shim.cgroup_parent`), unless that is empty or cgroup v2 is not mounted.
+fn create_cgroup(
+    config: &PulseConfig,
+    namespace: &str,
+    pod: &str,
+) -> Result<Option<Arc<PodCgroup>>> {
+    let parent = &config.shim.cgroup_parent;
+    if parent.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let Some(root) = cgroup::v2_root() else {
+        return Ok(None);
+    };
+    let cgroup = PodCgroup::create(&root, parent, namespace, pod)
+        .with_context(|| format!("pod {pod}: its cgroup (shim.cgroup_parent in the pulse config; empty turns pod cgroups off)"))?;
+    Ok(Some(Arc::new(cgroup)))
+}
+
+/// Removes the pod's cgroup once the VM is gone (off the runtime thread: it may wait).
+async fn remove_cgroup(cgroup: Option<&Arc<PodCgroup>>) {
+    let Some(cgroup) = cgroup.cloned() else {
+        return;
+    };
+    match tokio::task::spawn_blocking(move || cgroup.remove()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("{e}"),
+        Err(e) => tracing::warn!("removing the pod's cgroup: {e}"),
     }
 }
 
@@ -353,64 +390,13 @@ pub fn console_tail(path: &Path) -> String {
 pub fn cleanup_recorded(dir: &Path) -> usize {
     let record = SandboxRecord::load(&dir.join("state.json")).unwrap_or_default();
     let killed = persist::kill_all(&record.vm, Duration::from_secs(5));
+    if let Some(path) = &record.cgroup {
+        if let Err(e) = cgroup::remove(path, cgroup::REMOVE_WAIT) {
+            tracing::warn!("{e}");
+        }
+    }
     persist::remove_dir(dir);
     killed
-}
-
-/// The container a kernel OOM report line is about: the last component of
-/// `task_memcg=` (the agent names container cgroups after the container).
-pub fn oom_container(line: &str) -> Option<String> {
-    if !line.contains("oom-kill:") {
-        return None;
-    }
-    let memcg = line
-        .split(',')
-        .find_map(|field| field.trim().strip_prefix("task_memcg="))?;
-    let id = memcg.trim_end_matches('/').rsplit('/').next()?;
-    (!id.is_empty()).then(|| id.to_string())
-}
-
-/// Reads the guest console from where it last stopped and returns the
-/// containers the kernel OOM-killed in since then. Shared by the background
-/// watcher and the exit path (which looks once more before it reports an
-/// exit, so that the OOM event comes first).
-#[derive(Debug)]
-pub struct OomScanner {
-    path: PathBuf,
-    state: Mutex<(usize, String)>,
-}
-
-impl OomScanner {
-    /// A scanner of the console at `path`, from its beginning.
-    pub fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            state: Mutex::new((0, String::new())),
-        }
-    }
-
-    /// Container ids of OOM kills reported since the last scan.
-    pub fn scan(&self) -> Vec<String> {
-        let Ok(bytes) = std::fs::read(&self.path) else {
-            return Vec::new();
-        };
-        let mut state = self.state.lock().unwrap();
-        let (offset, partial) = &mut *state;
-        if bytes.len() <= *offset {
-            return Vec::new();
-        }
-        partial.push_str(&String::from_utf8_lossy(&bytes[*offset..]));
-        *offset = bytes.len();
-        let mut found = Vec::new();
-        while let Some(end) = partial.find('\n') {
-            let line: String = partial.drain(..=end).collect();
-            if let Some(id) = oom_container(&line) {
-                tracing::info!(container = %id, "guest kernel OOM kill");
-                found.push(id);
-            }
-        }
-        found
-    }
 }
 
 /// Scans the guest console every 250 ms and reports OOM kills.
@@ -435,34 +421,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn oom_lines_name_the_container() {
-        let line = "[    5.1] oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/pulse/c1,task_memcg=/pulse/c1,task=sh,pid=80,uid=0";
-        assert_eq!(oom_container(line).as_deref(), Some("c1"));
-        assert_eq!(
-            oom_container("Memory cgroup out of memory: Killed process 80"),
-            None
-        );
-    }
-
-    #[test]
-    fn the_oom_scanner_reads_each_line_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("console.log");
-        let scanner = OomScanner::new(p.clone());
-        assert!(scanner.scan().is_empty(), "no console yet");
-        let kill = |id: &str| {
-            format!("[ 1.0] oom-kill:constraint=CONSTRAINT_MEMCG,oom_memcg=/ns/{id},task_memcg=/ns/{id},task=dd,pid=9,uid=0\n")
-        };
-        std::fs::write(&p, format!("boot\n{}[ 1.1] oom-k", kill("a"))).unwrap();
-        assert_eq!(scanner.scan(), ["a"]);
-        assert!(scanner.scan().is_empty());
-        let mut text = std::fs::read_to_string(&p).unwrap();
-        text.push_str(&kill("b")["[ 1.0] oom-k".len()..]);
-        std::fs::write(&p, text).unwrap();
-        assert_eq!(scanner.scan(), ["b"], "a line split across two reads");
-    }
-
-    #[test]
     fn console_tail_keeps_the_last_lines() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.log");
@@ -474,9 +432,9 @@ mod tests {
     #[test]
     fn long_state_dirs_are_refused() {
         let long = "x".repeat(90);
-        let paths = SandboxPaths::new(Path::new("/run"), "default", &long);
+        let paths = SandboxPaths::new(Path::new("/run"), "default", &long).unwrap();
         assert!(check_socket_paths(&paths).is_err());
-        let short = SandboxPaths::new(Path::new("/run/pulse"), "default", "p");
+        let short = SandboxPaths::new(Path::new("/run/pulse"), "default", "p").unwrap();
         check_socket_paths(&short).unwrap();
     }
 }

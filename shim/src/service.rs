@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use ttrpc::Code;
 
 use crate::config::{self, PulseConfig};
+use crate::ids::{self, IdKind};
 use crate::persist::{BundleRecord, BUNDLE_RECORD};
 use crate::pod::{annotations_of, PodRole};
 use crate::rootfs::RootfsMount;
@@ -267,6 +268,13 @@ impl Service {
             )
         })?;
         let role = PodRole::of(&req.id, &annotations_of(&spec));
+        // Both become directory names (the sandbox, a rootfs staging mount).
+        for (kind, id) in [
+            (IdKind::Container, req.id.as_str()),
+            (IdKind::Pod, role.pod()),
+        ] {
+            ids::validate(kind, id).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        }
         if self
             .inner
             .state

@@ -15,6 +15,7 @@ use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageField;
 use tokio::io::AsyncReadExt;
 
+use crate::hypervisor::SandboxPaths;
 use crate::persist::{BundleRecord, SandboxRecord, BUNDLE_RECORD};
 use crate::pod::{annotations_of, PodRole};
 use crate::service::Service;
@@ -199,7 +200,14 @@ pub fn cleanup_dead_shim(bundle: &Path, namespace: &str, id: &str) {
                 .and_then(|p| crate::config::PulseConfig::load(Path::new(&p)).ok())
                 .map(|c| c.shim.state_dir)
                 .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_STATE_DIR));
-            Some(state_dir.join(namespace).join(pod.pod()))
+            // An id that could name a directory elsewhere never had a sandbox.
+            match SandboxPaths::new(&state_dir, namespace, pod.pod()) {
+                Ok(paths) => Some(paths.dir),
+                Err(e) => {
+                    tracing::warn!("delete: {e}");
+                    None
+                }
+            }
         }
     };
     if let Some(dir) = dir.filter(|d| d.exists()) {
@@ -269,6 +277,7 @@ mod tests {
             dir: sandbox.clone(),
             shim: Some(dead_shim),
             vm: vec![ProcRecord::of(vm.id()).unwrap()],
+            cgroup: None,
         }
         .save(&sandbox.join("state.json"))
         .unwrap();

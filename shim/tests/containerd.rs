@@ -222,6 +222,25 @@ fn kill_9_of_the_shim_then_delete_leaves_nothing() {
     let _one = serial();
     let env = Env::start();
     env.run_sleeping("k1");
+    env.assert_private("k1");
+    // The VM's processes run in the pod's cgroup, not in containerd's.
+    if let Some(cgroups) = env.cgroup_dir() {
+        let pod_cgroup = cgroups.join(common::NS).join("k1");
+        let members = std::fs::read_to_string(pod_cgroup.join("cgroup.procs")).unwrap();
+        let vm: Vec<(u32, String)> = env
+            .pod_processes()
+            .into_iter()
+            .filter(|(_, c)| c.contains("qemu-system") || c.contains("vhost-device-vsock"))
+            .collect();
+        assert_eq!(vm.len(), 2, "{vm:?}");
+        for (pid, cmd) in &vm {
+            assert!(
+                members.lines().any(|l| l.trim() == pid.to_string()),
+                "{cmd} ({pid}) is not in {}: {members}",
+                pod_cgroup.display()
+            );
+        }
+    }
     let shims: Vec<u32> = env
         .pod_processes()
         .into_iter()
@@ -692,13 +711,21 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
     let env = Env::start();
     // Two vCPUs: the guest driver enables min(queue pairs, CPUs) pairs, and QEMU
     // detaches the tap queues the guest does not use.
-    env.write_config("vcpus = 2\n[devices]\nnet_queues = 2", "");
-    let tap =
-        pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "net1").tap_name();
+    // And a virtio-console: QEMU writes it into a pipe it inherits as fd 3.
+    env.write_config(
+        "vcpus = 2\n[devices]\nnet_queues = 2\nvirtio_console = true",
+        "",
+    );
+    let tap = pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "net1")
+        .unwrap()
+        .tap_name();
     let sys = std::path::Path::new("/sys/class/net").join(&tap);
     assert!(!sys.exists(), "stale tap {tap}");
     env.run_sleeping("net1");
     assert!(sys.exists(), "no tap {tap} while the pod runs");
+    env.assert_private("net1");
+    let hvc = env.state_dir().join(common::NS).join("net1/hvc0.log");
+    assert!(hvc.is_file(), "the shim's capped copy of hvc0");
     let queues = common::list_dir(&sys.join("queues"));
     assert_eq!(
         queues.iter().filter(|q| q.starts_with("rx-")).count(),
@@ -753,8 +780,9 @@ fn the_embedded_backend_without_vt_x_is_a_clear_error_through_containerd() {
         config.replace("backend = \"qemu\"", "backend = \"embedded\""),
     )
     .unwrap();
-    let tap =
-        pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "emb1").tap_name();
+    let tap = pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "emb1")
+        .unwrap()
+        .tap_name();
     let started = Instant::now();
     let out = env.run_rm("emb1", &[], &["true"]);
     let took = started.elapsed();

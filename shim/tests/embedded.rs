@@ -102,8 +102,15 @@ fn an_embedded_vm_without_hardware_virtualization_fails_clearly_and_leaves_nothi
     config.devices.virtio_console = true;
     config.agent.connect_timeout_ms = 3000;
     config.shim.state_dir = work.path().join("ps");
+    // The shim (here: this test process) moves into the pod's cgroup and back out.
+    let cgroup_parent = format!(
+        "pulse-test-{}",
+        work.path().file_name().unwrap().to_string_lossy()
+    );
+    config.shim.cgroup_parent = cgroup_parent.clone().into();
+    let own_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     config.validate(Path::new("test")).unwrap();
-    let paths = SandboxPaths::new(&config.shim.state_dir, "ns", "pod");
+    let paths = SandboxPaths::new(&config.shim.state_dir, "ns", "pod").unwrap();
     let tap = Path::new("/sys/class/net").join(paths.tap_name());
     assert!(!tap.exists(), "a stale tap {} exists", tap.display());
 
@@ -159,6 +166,16 @@ fn an_embedded_vm_without_hardware_virtualization_fails_clearly_and_leaves_nothi
 
     assert!(!tap.exists(), "the tap {} is left", tap.display());
     assert!(!paths.dir.exists(), "{} is left", paths.dir.display());
+    if let Some(root) = pulse_shim::mountinfo::cgroup2_mount(&pulse_shim::mountinfo::current()) {
+        let parent = root.join(&cgroup_parent);
+        assert!(!parent.join("ns").exists(), "the pod's cgroup is left");
+        let _ = std::fs::remove_dir(parent);
+    }
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/cgroup").unwrap(),
+        own_cgroup,
+        "the shim went back to its own cgroup"
+    );
     assert_eq!(count("/proc/self/task"), threads_before, "threads left");
     // read_dir's own descriptor is in both lists.
     assert_eq!(

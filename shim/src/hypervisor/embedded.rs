@@ -13,8 +13,12 @@
 //! - a multi-queue virtio-net on the pod's tap (`devices.net_queues` > 0): the
 //!   device creates the tap and removes it when the VM goes (a non-persistent
 //!   tap also vanishes with the process if the shim is killed);
-//! - the serial console in the sandbox's `console.log`, and optionally a
-//!   virtio-console in `hvc0.log` (`devices.virtio_console`).
+//! - the serial console, and optionally a virtio-console
+//!   (`devices.virtio_console`), written by the VMM into pipes it opens by
+//!   their `/proc/self/fd` paths; shim threads copy them into the capped
+//!   `console.log` and `hvc0.log` ([`crate::console`]);
+//! - the shim process itself moved into the pod's cgroup before the VM
+//!   starts (the VM is this process's threads).
 //!
 //! The device view comes from [`pulse_vmm::Vm::device_stats`] (queues, MSI
 //! state, per-vector interrupt counts); [`pulse_vmm::Vm::exit_reason`] says
@@ -25,7 +29,10 @@
 //! slower), the guest never gets to its agent, and the sandbox fails at the
 //! agent deadline with everything removed again.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pulse_vmm::devices::block::{BlockConfig, DEFAULT_QUEUE_SIZE};
@@ -38,8 +45,20 @@ use super::{
     base_cmdline, create_placeholders, HostDevice, HostVector, HostView, Hypervisor,
     HypervisorError, SandboxPaths,
 };
+use crate::cgroup::PodCgroup;
 use crate::config::PulseConfig;
+use crate::console::{capture::fd_path, ConsoleCapture};
 use crate::state::slot_serial;
+
+/// How long the console copies may take to finish once the VM is gone.
+const CAPTURE_WAIT: Duration = Duration::from_secs(2);
+
+/// The write ends of the console pipes, open until the VMM opened its own.
+#[derive(Default)]
+struct ConsolePipes {
+    serial: Option<OwnedFd>,
+    hvc: Option<OwnedFd>,
+}
 
 /// The guest's vsock context id (the VM is alone on its hybrid-vsock socket).
 pub const GUEST_CID: u64 = 3;
@@ -50,17 +69,42 @@ pub struct Embedded {
     paths: SandboxPaths,
     vm: Option<Vm>,
     exit_reason: Option<String>,
+    cgroup: Option<Arc<PodCgroup>>,
+    pipes: ConsolePipes,
+    captures: Vec<ConsoleCapture>,
 }
 
 impl Embedded {
-    /// A backend for `config`, not started.
-    pub fn new(config: PulseConfig, paths: SandboxPaths) -> Self {
+    /// A backend for `config`, not started; the shim joins `cgroup` at boot.
+    pub fn new(config: PulseConfig, paths: SandboxPaths, cgroup: Option<Arc<PodCgroup>>) -> Self {
         Self {
             config,
             paths,
             vm: None,
             exit_reason: None,
+            cgroup,
+            pipes: ConsolePipes::default(),
+            captures: Vec::new(),
         }
+    }
+
+    /// Starts the copies of the consoles into their capped logs; the VMM
+    /// config then names the pipes.
+    fn start_captures(&mut self) -> Result<(), HypervisorError> {
+        let cap = self.config.console_log_max_bytes();
+        let start = |path: PathBuf| {
+            ConsoleCapture::start(&path, cap)
+                .map_err(HypervisorError::io(format!("creating {}", path.display())))
+        };
+        let (serial, write) = start(self.paths.console())?;
+        self.captures.push(serial);
+        self.pipes.serial = Some(write);
+        if self.config.devices.virtio_console {
+            let (hvc, write) = start(self.paths.hvc_console())?;
+            self.captures.push(hvc);
+            self.pipes.hvc = Some(write);
+        }
+        Ok(())
     }
 
     /// The VMM's configuration for this pod.
@@ -71,7 +115,13 @@ impl Embedded {
         vm.cmdline = base_cmdline(c, false);
         vm.vcpus = c.vm.vcpus;
         vm.memory_mib = c.vm.memory_mib;
-        vm.serial = SerialOutput::File(self.paths.console());
+        // The pipe to the shim's capped log when it is set up; the file itself otherwise.
+        vm.serial = SerialOutput::File(
+            self.pipes
+                .serial
+                .as_ref()
+                .map_or_else(|| self.paths.console(), fd_path),
+        );
         vm.block = (0..c.devices.block_slots)
             .map(|slot| BlockConfig {
                 path: self.paths.slot_image(slot),
@@ -93,7 +143,12 @@ impl Embedded {
         }
         if c.devices.virtio_console {
             vm.console = Some(ConsoleConfig {
-                sink: ConsoleSink::File(self.paths.hvc_console()),
+                sink: ConsoleSink::File(
+                    self.pipes
+                        .hvc
+                        .as_ref()
+                        .map_or_else(|| self.paths.hvc_console(), fd_path),
+                ),
             });
         }
         vm
@@ -159,13 +214,27 @@ impl Embedded {
 impl Hypervisor for Embedded {
     async fn boot(&mut self) -> Result<(), HypervisorError> {
         create_placeholders(&self.paths, self.config.devices.block_slots)?;
+        if let Some(cgroup) = &self.cgroup {
+            // The VM's threads are this process's: from now on the shim is charged to the pod.
+            cgroup.add_self().map_err(|e| HypervisorError::Spawn {
+                what: "the pod's cgroup".into(),
+                message: e.to_string(),
+            })?;
+        }
+        self.start_captures()?;
         let config = self.vm_config();
-        let vm = tokio::task::spawn_blocking(move || Vm::start(&config))
-            .await
+        let started = tokio::task::spawn_blocking(move || Vm::start(&config)).await;
+        // The VMM opened the pipes by path (or failed): only its ends stay open.
+        self.pipes = ConsolePipes::default();
+        let vm = started
             .map_err(|e| HypervisorError::Boot(e.to_string()))?
             .map_err(|e| HypervisorError::Boot(e.to_string()))?;
         tracing::info!(cmdline = vm.cmdline(), "embedded VM started");
         self.vm = Some(vm);
+        // The VMM binds it with the process umask; the 0700 directory guards it meanwhile.
+        if let Err(e) = crate::private_fs::restrict(&self.paths.vsock()) {
+            tracing::warn!("restricting {}: {e}", self.paths.vsock().display());
+        }
         Ok(())
     }
 
@@ -262,6 +331,12 @@ impl Hypervisor for Embedded {
             self.exit_reason.get_or_insert_with(|| exit.to_string());
         }
         let _ = std::fs::remove_file(self.paths.vsock());
+        self.pipes = ConsolePipes::default();
+        for capture in self.captures.drain(..) {
+            if !capture.finish(CAPTURE_WAIT) {
+                tracing::warn!("a console copy did not finish within {CAPTURE_WAIT:?}");
+            }
+        }
         Ok(())
     }
 }
@@ -274,8 +349,8 @@ mod tests {
     fn backend(edit: impl FnOnce(&mut PulseConfig)) -> (Embedded, SandboxPaths) {
         let mut config = PulseConfig::default();
         edit(&mut config);
-        let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p");
-        (Embedded::new(config, paths.clone()), paths)
+        let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p").unwrap();
+        (Embedded::new(config, paths.clone(), None), paths)
     }
 
     #[test]
@@ -350,11 +425,11 @@ mod tests {
     #[tokio::test]
     async fn a_vm_that_cannot_start_is_a_clear_error_and_stop_is_safe() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "ns", "p");
+        let paths = SandboxPaths::new(dir.path(), "ns", "p").unwrap();
         std::fs::create_dir_all(&paths.dir).unwrap();
         let mut config = PulseConfig::default();
         config.vm.kernel = dir.path().join("no-such-vmlinux");
-        let mut e = Embedded::new(config, paths.clone());
+        let mut e = Embedded::new(config, paths.clone(), None);
         e.vm_config().vsock.unwrap().validate().unwrap();
         let err = e.boot().await.unwrap_err().to_string();
         assert!(err.contains("the VM failed to start"), "{err}");
@@ -364,5 +439,10 @@ mod tests {
         assert!(!paths.vsock().exists());
         assert_eq!(e.host_view().devices.len(), 5);
         assert!(e.attach_disk(0, 0).await.is_err());
+        assert_eq!(
+            crate::private_fs::mode_of(&paths.console()).unwrap(),
+            0o600,
+            "the console log is the shim's, private"
+        );
     }
 }

@@ -9,15 +9,20 @@
 //! written into a slot visible to the guest (a capacity change the guest is
 //! told about), describes what it configured, and stops the VM.
 
+pub mod child;
 pub mod embedded;
 pub mod qemu;
+pub mod qmp;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::cgroup::PodCgroup;
 use crate::config::{Backend, PulseConfig};
+use crate::ids::{self, IdError, IdKind};
 use crate::state::slot_serial;
 
 /// What a backend can fail with.
@@ -106,11 +111,14 @@ pub struct SandboxPaths {
 }
 
 impl SandboxPaths {
-    /// The directory of pod `pod` in `namespace`.
-    pub fn new(state_dir: &Path, namespace: &str, pod: &str) -> Self {
-        Self {
+    /// The directory of pod `pod` in `namespace`; both must be valid ids, so
+    /// that the directory is always below `state_dir`.
+    pub fn new(state_dir: &Path, namespace: &str, pod: &str) -> Result<Self, IdError> {
+        ids::validate(IdKind::Namespace, namespace)?;
+        ids::validate(IdKind::Pod, pod)?;
+        Ok(Self {
             dir: state_dir.join(namespace).join(pod),
-        }
+        })
     }
 
     /// The hybrid-vsock socket (host side of the guest's vsock).
@@ -175,8 +183,9 @@ impl SandboxPaths {
     }
 
     /// Where a container's rootfs is mounted while its disk image is made.
-    pub fn staging(&self, container: &str) -> PathBuf {
-        self.dir.join("rootfs").join(container)
+    pub fn staging(&self, container: &str) -> Result<PathBuf, IdError> {
+        ids::validate(IdKind::Container, container)?;
+        Ok(self.dir.join("rootfs").join(container))
     }
 }
 
@@ -237,11 +246,15 @@ pub fn slot_serials(config: &PulseConfig) -> Vec<String> {
     (0..config.devices.block_slots).map(slot_serial).collect()
 }
 
-/// The backend `config` asks for.
-pub fn create(config: &PulseConfig, paths: SandboxPaths) -> Box<dyn Hypervisor> {
+/// The backend `config` asks for; the VM's processes or threads go into `cgroup`.
+pub fn create(
+    config: &PulseConfig,
+    paths: SandboxPaths,
+    cgroup: Option<Arc<PodCgroup>>,
+) -> Box<dyn Hypervisor> {
     match config.hypervisor.backend {
-        Backend::Embedded => Box::new(embedded::Embedded::new(config.clone(), paths)),
-        Backend::Qemu => Box::new(qemu::Qemu::new(config.clone(), paths)),
+        Backend::Embedded => Box::new(embedded::Embedded::new(config.clone(), paths, cgroup)),
+        Backend::Qemu => Box::new(qemu::Qemu::new(config.clone(), paths, cgroup)),
     }
 }
 
@@ -268,7 +281,7 @@ pub fn cpu_has_vmx_or_svm(cpuinfo: &str) -> bool {
 pub fn create_placeholders(paths: &SandboxPaths, slots: usize) -> Result<(), HypervisorError> {
     for slot in 0..slots {
         let path = paths.slot_image(slot);
-        std::fs::File::create(&path)
+        crate::private_fs::create_file(&path)
             .map_err(HypervisorError::io(format!("creating {}", path.display())))?;
     }
     Ok(())
@@ -287,7 +300,7 @@ mod tests {
 
     #[test]
     fn sandbox_files_live_in_one_directory() {
-        let p = SandboxPaths::new(Path::new("/run/pulse"), "default", "pod1");
+        let p = SandboxPaths::new(Path::new("/run/pulse"), "default", "pod1").unwrap();
         assert_eq!(p.vsock(), Path::new("/run/pulse/default/pod1/vm.vsock"));
         assert_eq!(
             p.ready(),
@@ -297,17 +310,48 @@ mod tests {
             p.slot_image(2),
             Path::new("/run/pulse/default/pod1/slot-2.img")
         );
-        assert!(p.staging("c").starts_with(&p.dir));
+        assert!(p.staging("c").unwrap().starts_with(&p.dir));
+        assert!(p.staging("../../etc").is_err());
         let tap = p.tap_name();
         assert!(tap.len() <= 15 && tap.starts_with("pulse"), "{tap}");
         assert_eq!(
             tap,
-            SandboxPaths::new(Path::new("/run/pulse"), "default", "pod1").tap_name()
+            SandboxPaths::new(Path::new("/run/pulse"), "default", "pod1")
+                .unwrap()
+                .tap_name()
         );
         assert_ne!(
             tap,
-            SandboxPaths::new(Path::new("/run/pulse"), "default", "pod2").tap_name()
+            SandboxPaths::new(Path::new("/run/pulse"), "default", "pod2")
+                .unwrap()
+                .tap_name()
         );
+    }
+
+    #[test]
+    fn a_pod_id_cannot_leave_the_state_dir() {
+        let err = SandboxPaths::new(Path::new("/run/pulse"), "default", "../../etc")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid pod id \"../../etc\""), "{err}");
+        let err = SandboxPaths::new(Path::new("/run/pulse"), "..", "p")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid namespace"), "{err}");
+    }
+
+    #[test]
+    fn slot_placeholders_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SandboxPaths::new(dir.path(), "ns", "p").unwrap();
+        crate::private_fs::create_dir(&paths.dir).unwrap();
+        create_placeholders(&paths, 2).unwrap();
+        for slot in 0..2 {
+            assert_eq!(
+                crate::private_fs::mode_of(&paths.slot_image(slot)).unwrap(),
+                0o600
+            );
+        }
     }
 
     #[test]

@@ -11,29 +11,46 @@
 //!   placeholder and runs QMP `block_resize`, which raises virtio-blk's
 //!   configuration-change interrupt in the guest.
 //! - both children get `PR_SET_PDEATHSIG` = SIGKILL: if the shim dies, so does
-//!   the VM (the `delete` subcommand also kills them by pid).
+//!   the VM (the `delete` subcommand also kills them by pid); they run in the
+//!   pod's cgroup with a private umask ([`super::child`]);
+//! - QEMU runs under its seccomp filter (`-sandbox on`, no spawning, no
+//!   privilege changes, no obsolete or resource-control system calls);
+//! - the guest's serial console is QEMU's stdout and the virtio-console its
+//!   descriptor 3: pipes the shim copies into capped logs, as it does the
+//!   helpers' stderr ([`crate::console`]); QMP is retried until QEMU listens
+//!   ([`super::qmp`]).
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use serde_json::json;
 use tokio::process::{Child, Command};
 
+use super::child::confine;
+use super::qmp::{self, Qmp};
 use super::{
     base_cmdline, create_placeholders, host_has_hw_virt, HostDevice, HostView, Hypervisor,
     HypervisorError, SandboxPaths,
 };
+use crate::cgroup::PodCgroup;
 use crate::config::{Accel, PulseConfig};
+use crate::console::ConsoleCapture;
 use crate::state::slot_serial;
 
 /// How long the helpers may take to create their sockets.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
 /// How long QEMU may take to exit after `quit`.
 const QUIT_WAIT: Duration = Duration::from_secs(3);
+/// How long the log copies may take to finish once the VM is gone.
+const CAPTURE_WAIT: Duration = Duration::from_secs(2);
+/// QEMU's seccomp filter, all optional groups denied (QEMU 7.2 and vhost-user run under it).
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+/// The descriptor number of the virtio-console's pipe in QEMU.
+const HVC_FD: i32 = 3;
 /// virtio-mmio transports of QEMU's microvm machine (legacy IRQs 5..12 with the RTC off).
 pub const MICROVM_TRANSPORTS: usize = 8;
 
@@ -46,11 +63,13 @@ pub struct Qemu {
     qemu: Option<Child>,
     qmp: Option<Qmp>,
     exit_reason: Option<String>,
+    cgroup: Option<Arc<PodCgroup>>,
+    captures: Vec<ConsoleCapture>,
 }
 
 impl Qemu {
-    /// A backend for `config`, not started.
-    pub fn new(config: PulseConfig, paths: SandboxPaths) -> Self {
+    /// A backend for `config`, not started; its processes go into `cgroup`.
+    pub fn new(config: PulseConfig, paths: SandboxPaths, cgroup: Option<Arc<PodCgroup>>) -> Self {
         let tcg = match config.qemu.accel {
             Accel::Tcg => true,
             Accel::Kvm => false,
@@ -64,7 +83,19 @@ impl Qemu {
             qemu: None,
             qmp: None,
             exit_reason: None,
+            cgroup,
+            captures: Vec::new(),
         }
+    }
+
+    /// A capped log at `path` and the write end of its pipe.
+    fn capture(&mut self, path: PathBuf, what: &str) -> Result<OwnedFd, HypervisorError> {
+        let (capture, write) =
+            ConsoleCapture::start(&path, self.config.console_log_max_bytes()).map_err(
+                HypervisorError::io(format!("creating {what} at {}", path.display())),
+            )?;
+        self.captures.push(capture);
+        Ok(write)
     }
 
     fn qemu_log(&self) -> PathBuf {
@@ -97,8 +128,11 @@ impl Qemu {
             "-display".into(),
             "none".into(),
             "-no-reboot".into(),
+            "-sandbox".into(),
+            SANDBOX.into(),
+            // A pipe to the shim (see spawn_qemu), which caps the log.
             "-serial".into(),
-            format!("file:{}", self.paths.console().display()),
+            "stdio".into(),
             "-kernel".into(),
             c.vm.kernel.display().to_string(),
             "-initrd".into(),
@@ -143,10 +177,7 @@ impl Qemu {
         }
         if c.devices.virtio_console {
             args.push("-chardev".into());
-            args.push(format!(
-                "file,id=hvc0,path={}",
-                self.paths.hvc_console().display()
-            ));
+            args.push(format!("file,id=hvc0,path=/dev/fd/{HVC_FD}"));
             args.push("-device".into());
             args.push("virtio-serial-device,max_ports=1".into());
             args.push("-device".into());
@@ -164,9 +195,9 @@ impl Qemu {
 
     async fn spawn_vhost(&mut self) -> Result<(), HypervisorError> {
         let binary = &self.config.qemu.vhost_vsock_binary;
-        let log = std::fs::File::create(self.vhost_log())
-            .map_err(HypervisorError::io("creating the vhost-vsock log"))?;
-        let mut cmd = Command::new(binary);
+        let binary = binary.clone();
+        let log = self.capture(self.vhost_log(), "the vhost-vsock log")?;
+        let mut cmd = Command::new(&binary);
         cmd.arg("--vm").arg(format!(
             "guest-cid=3,socket={},uds-path={}",
             self.paths.vhost().display(),
@@ -176,7 +207,7 @@ impl Qemu {
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true);
-        die_with_parent(&mut cmd);
+        confine(&mut cmd, self.cgroup.as_deref(), Vec::new())?;
         let child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
             what: binary.display().to_string(),
             message: format!(
@@ -189,16 +220,21 @@ impl Qemu {
     }
 
     async fn spawn_qemu(&mut self) -> Result<(), HypervisorError> {
-        let binary = &self.config.qemu.binary;
-        let log = std::fs::File::create(self.qemu_log())
-            .map_err(HypervisorError::io("creating the qemu log"))?;
-        let mut cmd = Command::new(binary);
+        let binary = self.config.qemu.binary.clone();
+        let log = self.capture(self.qemu_log(), "the qemu log")?;
+        let serial = self.capture(self.paths.console(), "the console log")?;
+        let mut inherited = Vec::new();
+        if self.config.devices.virtio_console {
+            let hvc = self.capture(self.paths.hvc_console(), "the virtio-console log")?;
+            inherited.push((hvc, HVC_FD));
+        }
+        let mut cmd = Command::new(&binary);
         cmd.args(self.qemu_args())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(serial)
             .stderr(log)
             .kill_on_drop(true);
-        die_with_parent(&mut cmd);
+        confine(&mut cmd, self.cgroup.as_deref(), inherited)?;
         tracing::debug!(args = ?self.qemu_args(), "starting qemu");
         let child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
             what: binary.display().to_string(),
@@ -206,10 +242,12 @@ impl Qemu {
                 "{e} (the qemu backend needs qemu-system-x86_64: apt-get install qemu-system-x86)"
             ),
         })?;
+        // The pipes' write ends now live in QEMU only: EOF comes when it exits.
+        drop(cmd);
         self.qemu = Some(child);
         let socket = self.paths.qmp();
-        self.wait_for(&socket, "qemu").await?;
-        let qmp = Qmp::connect(&socket).await?;
+        let deadline = self.config.connect_timeout();
+        let qmp = qmp::connect_until(&socket, deadline, || self.exited()).await?;
         self.qmp = Some(qmp);
         Ok(())
     }
@@ -411,108 +449,13 @@ impl Hypervisor for Qemu {
         for path in [self.paths.vsock(), self.paths.vhost(), self.paths.qmp()] {
             let _ = std::fs::remove_file(path);
         }
+        // The processes are gone: the logs are complete once the copies drained the pipes.
+        for capture in self.captures.drain(..) {
+            if !capture.finish(CAPTURE_WAIT) {
+                tracing::warn!("a log copy did not finish within {CAPTURE_WAIT:?}");
+            }
+        }
         Ok(())
-    }
-}
-
-/// Makes the child get SIGKILL when the shim dies.
-fn die_with_parent(cmd: &mut Command) {
-    // An orphan goes to the nearest subreaper (containerd is one), not always
-    // to pid 1, so "the shim died" means "the parent is no longer the shim".
-    let shim = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (prctl, getppid, kill) on values it owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The shim may have died between fork and prctl.
-            if libc::getppid() != shim {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
-            Ok(())
-        });
-    }
-}
-
-/// A QMP connection: JSON lines, one command at a time.
-pub struct Qmp {
-    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
-    writer: tokio::net::unix::OwnedWriteHalf,
-}
-
-impl Qmp {
-    /// Connects, reads the greeting and leaves capability negotiation.
-    pub async fn connect(path: &std::path::Path) -> Result<Qmp, HypervisorError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(HypervisorError::io(format!(
-                "connecting to QMP at {}",
-                path.display()
-            )))?;
-        let (read, writer) = stream.into_split();
-        let mut qmp = Qmp {
-            reader: BufReader::new(read),
-            writer,
-        };
-        let greeting = qmp.read_message().await?;
-        if greeting.get("QMP").is_none() {
-            return Err(HypervisorError::Control(format!(
-                "not a QMP greeting: {greeting}"
-            )));
-        }
-        qmp.execute("qmp_capabilities", json!({})).await?;
-        Ok(qmp)
-    }
-
-    async fn read_message(&mut self) -> Result<Value, HypervisorError> {
-        let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .await
-            .map_err(HypervisorError::io("reading from QMP"))?;
-        if n == 0 {
-            return Err(HypervisorError::Control("QMP connection closed".into()));
-        }
-        serde_json::from_str(&line)
-            .map_err(|e| HypervisorError::Control(format!("bad QMP message {line:?}: {e}")))
-    }
-
-    /// Runs one command; returns its `return` value.
-    pub async fn execute(
-        &mut self,
-        command: &str,
-        arguments: Value,
-    ) -> Result<Value, HypervisorError> {
-        let mut request = json!({ "execute": command });
-        if arguments.as_object().is_some_and(|a| !a.is_empty()) {
-            request["arguments"] = arguments;
-        }
-        let mut text = request.to_string();
-        text.push('\n');
-        self.writer
-            .write_all(text.as_bytes())
-            .await
-            .map_err(HypervisorError::io(format!("sending QMP {command}")))?;
-        loop {
-            let message = self.read_message().await?;
-            if message.get("event").is_some() {
-                tracing::debug!(%message, "QMP event");
-                continue;
-            }
-            if let Some(error) = message.get("error") {
-                return Err(HypervisorError::Control(format!(
-                    "QMP {command}: {}",
-                    error
-                        .get("desc")
-                        .and_then(Value::as_str)
-                        .unwrap_or("failed")
-                )));
-            }
-            return Ok(message.get("return").cloned().unwrap_or(Value::Null));
-        }
     }
 }
 
@@ -526,8 +469,8 @@ mod tests {
         config.devices.block_slots = 2;
         config.vm.vcpus = 2;
         config.vm.memory_mib = 512;
-        let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p");
-        let mut q = Qemu::new(config, paths);
+        let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p").unwrap();
+        let mut q = Qemu::new(config, paths, None);
         q.tcg = true;
         let args = q.qemu_args().join(" ");
         assert!(args.contains("-M microvm,acpi=off"), "{args}");
@@ -538,6 +481,16 @@ mod tests {
         assert!(!args.contains("slot2"));
         assert!(args.contains("-qmp unix:/run/pulse/ns/p/qmp.sock,server=on,wait=off"));
         assert!(args.contains("tsc=reliable"));
+        assert!(
+            args.contains(
+                "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+            ),
+            "QEMU runs under its seccomp filter: {args}"
+        );
+        assert!(
+            args.contains("-serial stdio") && !args.contains("console.log"),
+            "QEMU writes no console file itself: {args}"
+        );
         assert!(!args.contains("netdev"), "net_queues = 0: no network card");
         assert!(!args.contains("virtconsole"));
     }
@@ -547,8 +500,8 @@ mod tests {
         let mut config = PulseConfig::default();
         config.devices.net_queues = 2;
         config.devices.virtio_console = true;
-        let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p");
-        let q = Qemu::new(config.clone(), paths.clone());
+        let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p").unwrap();
+        let q = Qemu::new(config.clone(), paths.clone(), None);
         let args = q.qemu_args().join(" ");
         let tap = paths.tap_name();
         assert!(
@@ -558,7 +511,10 @@ mod tests {
             )),
             "{args}"
         );
-        assert!(args.contains("-chardev file,id=hvc0,path=/run/pulse/ns/p/hvc0.log"));
+        assert!(
+            args.contains("-chardev file,id=hvc0,path=/dev/fd/3"),
+            "a pipe: {args}"
+        );
         assert!(args.contains("virtconsole,chardev=hvc0"));
         assert_eq!(q.transports(), 7);
         let kinds: Vec<String> = q
@@ -574,7 +530,7 @@ mod tests {
         assert_eq!(q.host_view().devices[5].queues, 4);
 
         config.devices.block_slots = 6;
-        let mut q = Qemu::new(config, paths);
+        let mut q = Qemu::new(config, paths, None);
         let err = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
@@ -582,44 +538,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("this pod needs 9"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn qmp_client_negotiates_and_skips_events() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("qmp.sock");
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
-            write
-                .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
-                .await
-                .unwrap();
-            let caps = lines.next_line().await.unwrap().unwrap();
-            assert!(caps.contains("qmp_capabilities"));
-            write.write_all(b"{\"return\": {}}\n").await.unwrap();
-            let resize = lines.next_line().await.unwrap().unwrap();
-            let v: Value = serde_json::from_str(&resize).unwrap();
-            assert_eq!(v["arguments"]["size"], 4096);
-            write
-                .write_all(b"{\"event\": \"X\"}\n{\"return\": {}}\n")
-                .await
-                .unwrap();
-            let bad = lines.next_line().await.unwrap().unwrap();
-            assert!(bad.contains("nope"));
-            write
-                .write_all(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"no such\"}}\n")
-                .await
-                .unwrap();
-        });
-        let mut qmp = Qmp::connect(&path).await.unwrap();
-        qmp.execute("block_resize", json!({"device": "slot0", "size": 4096}))
-            .await
-            .unwrap();
-        let err = qmp.execute("nope", json!({})).await.unwrap_err();
-        assert!(err.to_string().contains("no such"), "{err}");
-        server.await.unwrap();
     }
 }

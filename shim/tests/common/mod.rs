@@ -121,6 +121,58 @@ impl Env {
         self.dir.path().join("pulse.toml")
     }
 
+    /// `shim.cgroup_parent` of this environment: its own, so leaks are its own.
+    pub fn cgroup_parent(&self) -> String {
+        format!(
+            "pulse-test-{}",
+            self.dir.path().file_name().unwrap().to_string_lossy()
+        )
+    }
+
+    /// Where this environment's pod cgroups go (`None` without cgroup v2).
+    pub fn cgroup_dir(&self) -> Option<PathBuf> {
+        let root = pulse_shim::mountinfo::cgroup2_mount(&pulse_shim::mountinfo::current())?;
+        Some(root.join(self.cgroup_parent()))
+    }
+
+    /// Pod cgroups left in this environment's namespace (its subdirectories).
+    pub fn pod_cgroups(&self) -> Vec<String> {
+        let Some(ns) = self.cgroup_dir().map(|d| d.join(NS)) else {
+            return Vec::new();
+        };
+        list_dir(&ns)
+            .into_iter()
+            .filter(|name| ns.join(name).is_dir())
+            .collect()
+    }
+
+    /// Everything in a running pod's sandbox directory is root's alone: the
+    /// directories 0700, files 0600, sockets without group or other bits.
+    pub fn assert_private(&self, pod: &str) {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dir = self.state_dir().join(NS).join(pod);
+        let mut stack = vec![dir.clone()];
+        let mut seen = 0;
+        while let Some(d) = stack.pop() {
+            let meta = std::fs::symlink_metadata(&d).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{}", d.display());
+            for entry in std::fs::read_dir(&d).unwrap().flatten() {
+                let meta = entry.metadata().unwrap();
+                let mode = meta.permissions().mode() & 0o777;
+                let path = entry.path();
+                seen += 1;
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if meta.file_type().is_socket() {
+                    assert_eq!(mode & 0o077, 0, "socket {} is {mode:o}", path.display());
+                } else {
+                    assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+                }
+            }
+        }
+        assert!(seen >= 5, "{}: only {seen} entries", dir.display());
+    }
+
     /// Writes pulse.toml: the backend under test with the guest image, plus `extra` TOML lines
     /// (which may replace whole sections).
     pub fn write_config(&self, vm_extra: &str, agent_extra: &str) {
@@ -132,9 +184,10 @@ impl Env {
         };
         let text = format!(
             "[hypervisor]\nbackend = {:?}\n[vm]\nkernel = {kernel:?}\ninitramfs = {initramfs:?}\nmemory_mib = 256\n{vm_extra}\n\
-             [agent]\n{agent}\n[shim]\nstate_dir = {:?}\nlog_level = \"debug\"\n",
+             [agent]\n{agent}\n[shim]\nstate_dir = {:?}\nlog_level = \"debug\"\ncgroup_parent = {:?}\n",
             backend(),
-            self.state_dir()
+            self.state_dir(),
+            self.cgroup_parent()
         );
         std::fs::write(self.config_path(), text).unwrap();
     }
@@ -316,12 +369,18 @@ impl Env {
                 .into_iter()
                 .filter(|s| !self.sockets_before.contains(s))
                 .collect();
-            if procs.is_empty() && sandboxes.is_empty() && mounts.is_empty() && sockets.is_empty() {
+            let cgroups = self.pod_cgroups();
+            if procs.is_empty()
+                && sandboxes.is_empty()
+                && mounts.is_empty()
+                && sockets.is_empty()
+                && cgroups.is_empty()
+            {
                 return;
             }
             if Instant::now() > deadline {
                 panic!(
-                    "leaks: processes {procs:?}, sandbox dirs {sandboxes:?}, mounts {mounts:?}, shim sockets {sockets:?}\n{}",
+                    "leaks: processes {procs:?}, sandbox dirs {sandboxes:?}, mounts {mounts:?}, shim sockets {sockets:?}, pod cgroups {cgroups:?}\n{}",
                     self.log()
                 );
             }
@@ -373,6 +432,13 @@ impl Drop for Env {
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mounts {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        if let Some(cgroups) = self.cgroup_dir() {
+            for pod in self.pod_cgroups() {
+                let _ = std::fs::remove_dir(cgroups.join(NS).join(pod));
+            }
+            let _ = std::fs::remove_dir(cgroups.join(NS));
+            let _ = std::fs::remove_dir(cgroups);
         }
         for s in shim_sockets() {
             if !self.sockets_before.contains(&s) {
