@@ -11,14 +11,14 @@ repo=$(cd "$here/../.." && pwd)
 cd "$repo"
 CARGO=${CARGO:-cargo}
 
-# The test binaries, by cargo's own account of what it built.
+# The test binaries, by cargo's own account of what it built (--workspace: the same features,
+# so the same artifacts, as `cargo test --workspace`).
+built=$("$CARGO" test --workspace --no-run --message-format=json --test containerd --test guest_embedded)
 executable() {
-    "$CARGO" test --no-run --message-format=json "$@" 2>/dev/null |
-        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
+    grep "\"name\":\"$1\"" <<<"$built" | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
 }
-"$CARGO" test --no-run -p pulse-shim --test containerd -p pulse-tests --test guest_embedded >/dev/null
-containerd_suite=$(executable -p pulse-shim --test containerd)
-driver_suite=$(executable -p pulse-tests --test guest_embedded)
+containerd_suite=$(executable containerd)
+driver_suite=$(executable guest_embedded)
 [ -x "$containerd_suite" ] && [ -x "$driver_suite" ] || { echo "run-suites: test binaries not found" >&2; exit 1; }
 
 log=$(mktemp /tmp/pulse-nested-suites.XXXXXX)

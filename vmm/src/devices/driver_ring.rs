@@ -128,6 +128,12 @@ impl DriverRing {
         (id, len)
     }
 
+    /// With EVENT_IDX: the avail index past which the device wants a doorbell.
+    pub fn avail_event(&self) -> u16 {
+        let at = self.used + 4 + 8 * u64::from(self.size);
+        self.mem.read_obj(GuestAddress(at)).expect("avail_event")
+    }
+
     /// With EVENT_IDX: ask for an interrupt once the used index passes `idx`.
     pub fn set_used_event(&self, idx: u16) {
         let at = self.avail + 4 + 2 * u64::from(self.size);

@@ -702,10 +702,22 @@ impl Worker {
         };
         let mem = self.m.mem.clone();
         let mut used_any = false;
+        let mut looked_again = false;
         while self.events_owed > 0 {
             let chain = match guest_queue::pop(&mut queue, &mem) {
                 Ok(Some(chain)) => chain,
-                Ok(None) => break,
+                // As in fill_rx: have the driver kick when it posts the next buffer.
+                Ok(None) => match guest_queue::enable_notification(&mut queue, &mem) {
+                    Ok(true) if !looked_again => {
+                        looked_again = true;
+                        continue;
+                    }
+                    Ok(_) => break,
+                    Err(fault) => {
+                        ctx.queue_fault(EVENT, fault);
+                        break;
+                    }
+                },
                 Err(fault @ QueueFault::HeadOutOfRange { .. }) => {
                     ctx.guest_fault(fault.kind(), &fault);
                     continue;
@@ -774,10 +786,22 @@ impl Worker {
             served += 1;
             let chain = match guest_queue::pop(&mut queue, &mem) {
                 Ok(Some(chain)) => chain,
-                Ok(None) => {
-                    self.rx_starved = true;
-                    break;
-                }
+                // Out of buffers. With EVENT_IDX the driver only kicks once it posts past
+                // avail_event, which only enable_notification moves: without it a driver that
+                // refills after the device ran dry (Linux's does) never says so and host data
+                // waits for good. Look again if buffers came meanwhile (the budget bounds it).
+                Ok(None) => match guest_queue::enable_notification(&mut queue, &mem) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        self.rx_starved = true;
+                        break;
+                    }
+                    Err(fault) => {
+                        ctx.queue_fault(RX, fault);
+                        self.rx_starved = true;
+                        break;
+                    }
+                },
                 Err(fault @ QueueFault::HeadOutOfRange { .. }) => {
                     ctx.guest_fault(fault.kind(), &fault);
                     continue;

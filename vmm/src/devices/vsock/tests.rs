@@ -40,6 +40,11 @@ struct Rig {
 }
 
 fn rig() -> Rig {
+    rig_with(features::VERSION_1, QSIZE)
+}
+
+/// A rig whose driver negotiated `negotiated` and posted `rx_buffers` receive buffers.
+fn rig_with(negotiated: u64, rx_buffers: u16) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v.sock");
     let mut dev = Vsock::new(VsockConfig {
@@ -53,7 +58,7 @@ fn rig() -> Rig {
     let ev = DriverRing::new(&mem, GuestAddress(0x12_0000), QSIZE);
     let (rx_evt, tx_evt) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
     let ev_evt = EventFd::new(0).unwrap();
-    let queues = vec![
+    let mut queues = vec![
         ActiveQueue {
             index: 0,
             queue: rx.queue(),
@@ -81,10 +86,14 @@ fn rig() -> Rig {
         rx_seen: 0,
         tx_slot: 0,
     };
-    guest.post_rx(QSIZE);
+    guest.post_rx(rx_buffers);
+    // What the transport does for a driver that negotiated EVENT_IDX.
+    let event_idx = negotiated & features::RING_EVENT_IDX != 0;
+    for q in &mut queues {
+        virtio_queue::QueueT::set_event_idx(&mut q.queue, event_idx);
+    }
     let irq = Arc::new(CountingInterrupt::default());
-    dev.activate(mem, features::VERSION_1, queues, irq.clone())
-        .unwrap();
+    dev.activate(mem, negotiated, queues, irq.clone()).unwrap();
     Rig {
         dev,
         guest,
@@ -559,4 +568,49 @@ fn replies_the_guest_has_no_buffers_for_are_bounded() {
     r.guest.post_rx(QSIZE);
     let (p, _) = r.guest.recv();
     assert_eq!(p.op, op::RST);
+}
+
+/// Linux's driver (EVENT_IDX) refills receive buffers without a doorbell unless the device
+/// moved avail_event past them: a device that ran dry must ask, or host data waits for good
+/// (the embedded pod whose second status call never returned).
+#[test]
+fn a_device_out_of_receive_buffers_asks_for_the_next_doorbell() {
+    let mut r = rig_with(features::VERSION_1 | features::RING_EVENT_IDX, 1);
+    // The first CONNECT's REQUEST takes the only buffer.
+    let _first = UnixStream::connect(&r.path).map(|mut s| {
+        s.write_all(b"CONNECT 1024\n").unwrap();
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r.guest.rx.used_idx() != 1 {
+        assert!(Instant::now() < deadline, "no REQUEST delivered");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The second finds none: the device must want a doorbell at the next buffer.
+    let _second = UnixStream::connect(&r.path).map(|mut s| {
+        s.write_all(b"CONNECT 1025\n").unwrap();
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r.guest.rx.avail_event() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "avail_event stayed {}: a Linux driver would never kick again",
+            r.guest.rx.avail_event()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The driver posts one buffer and kicks only as vring_need_event says: it does now.
+    let (event, old) = (r.guest.rx.avail_event(), r.guest.rx.avail_idx());
+    let head = r.guest.rx.add_chain(&[(0, 0, true)]);
+    r.guest.rx.write_desc(head, rx_buf(head), RX_BUF, 2, 0);
+    r.guest.rx.publish(&[head]);
+    let new = r.guest.rx.avail_idx();
+    assert!(new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old));
+    r.guest.rx_evt.write(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r.guest.rx.used_idx() != 2 {
+        assert!(Instant::now() < deadline, "the second REQUEST never came");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
