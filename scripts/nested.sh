@@ -89,11 +89,15 @@ trap 'exit 143' TERM
 } >"$xchg/cmd.sh"
 : >"$xchg/out"
 
+# L1 puts tmpfs on /tmp, /run, /srv and /var/tmp: the checkout and the working directory stay
+# visible even when they live there (a CI clone in /tmp).
+keep=$(printf '%s\n' "$repo" "$PWD" | sort -u | paste -sd,)
+
 started=$(date +%s.%N)
 qemu-system-x86_64 -nodefaults -display none -no-reboot \
     -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$memory" -M q35 \
     -kernel "$l1/boot/vmlinuz-$version" -initrd "$initramfs" \
-    -append "console=ttyS0 quiet panic=-1 pulse.xchg=$xchg pulse.l1=$l1 pulse.modules=$modules" \
+    -append "console=ttyS0 quiet panic=-1 pulse.xchg=$xchg pulse.l1=$l1 pulse.modules=$modules pulse.keep=$keep" \
     -virtfs "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap" \
     -virtfs "local,path=$xchg,mount_tag=xchg,security_model=none,multidevs=remap" \
     -serial "file:$run/console.log" </dev/null >"$run/qemu.log" 2>&1 &

@@ -9,6 +9,8 @@
 #   pulse.xchg=PATH    the exchange directory (also 9p tag "xchg", writable), same path as on the host
 #   pulse.l1=DIR       the extracted L1 kernel package (modules for modprobe -d)
 #   pulse.modules=A,B  modules to load from DIR once the host root is there
+#   pulse.keep=P,Q     host paths under /tmp, /run, /srv or /var/tmp that stay visible (the
+#                      checkout CMD runs from may live there)
 /bin/busybox mkdir -p /bin /proc /sys /dev /host /xchg
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -26,12 +28,13 @@ fail() {
     poweroff -f
 }
 
-xchg= l1= modules=
+xchg= l1= modules= keep=
 for arg in $(cat /proc/cmdline); do
     case $arg in
         pulse.xchg=*) xchg=${arg#pulse.xchg=} ;;
         pulse.l1=*) l1=${arg#pulse.l1=} ;;
         pulse.modules=*) modules=$(echo "${arg#pulse.modules=}" | tr , ' ') ;;
+        pulse.keep=*) keep=$(echo "${arg#pulse.keep=}" | tr , ' ') ;;
     esac
 done
 
@@ -55,7 +58,20 @@ mount --rbind /dev /host/dev
 mount --rbind /proc /host/proc
 mount --rbind /sys /host/sys
 for d in tmp run srv var/tmp; do
+    # The host's own directory stays reachable below /under for the paths to keep.
+    mkdir -p "/under/$d"
+    mount --bind "/host/$d" "/under/$d"
     mount -t tmpfs -o mode=1777 tmpfs "/host/$d"
+done
+for k in $keep; do
+    for d in tmp run srv var/tmp; do
+        case $k in
+            "/$d"/*)
+                mkdir -p "/host$k"
+                mount --bind "/under$k" "/host$k" || fail "cannot keep $k visible"
+                ;;
+        esac
+    done
 done
 mkdir -p "/host$xchg"
 mount --bind /xchg "/host$xchg"
