@@ -348,6 +348,11 @@ async fn per_queue_msi_counts_match_and_data_survives_on_every_queue() {
         8,
         "every file on every CPU: {out}"
     );
+    assert_eq!(
+        out.matches("3 packets received").count(),
+        2,
+        "a ping from each CPU: {out}"
+    );
     assert!(out.contains("workload-done"), "{out}");
     assert!(guest.hvc_output().contains("hello-from-hvc0"));
 
