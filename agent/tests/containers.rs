@@ -605,3 +605,29 @@ async fn spec_mounts_and_resources_are_applied() {
         "written\n"
     );
 }
+
+/// As under runc, no signal is ignored or blocked in a container's processes
+/// (the agent's own Rust runtime ignores SIGPIPE): `yes` in a closed pipe
+/// dies of SIGPIPE instead of reporting a broken pipe.
+#[tokio::test]
+async fn container_processes_start_with_default_signals() {
+    const SCRIPT: &str = "grep -E '^Sig(Ign|Blk):' /proc/self/status; yes | head -n 1";
+    const EXPECTED: &str = "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\ny\n";
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    let spec = agent.spec(
+        &rootfs,
+        &["sh", "-c", &format!("{SCRIPT}; exec sleep 1000")],
+    );
+    agent.create("sigs", &spec).await.expect("create");
+    agent.start_container("sigs").await.expect("start");
+    assert_eq!(agent.read_until("sigs", "", "y\n").await, EXPECTED);
+
+    agent
+        .exec("sigs", "e1", &["sh", "-c", SCRIPT], false)
+        .await
+        .expect("exec");
+    assert_eq!(agent.read_all("sigs", "e1", false).await, EXPECTED);
+    assert_eq!(agent.read_all("sigs", "e1", true).await, "");
+    agent.remove("sigs", true).await.expect("remove");
+}
