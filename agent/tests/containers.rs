@@ -631,3 +631,49 @@ async fn container_processes_start_with_default_signals() {
     assert_eq!(agent.read_all("sigs", "e1", true).await, "");
     agent.remove("sigs", true).await.expect("remove");
 }
+
+/// As under runc, a working directory that does not exist is created in the
+/// rootfs (0755, the container's root owns it), and a symlink on the way
+/// cannot lead it out of the rootfs.
+#[tokio::test]
+async fn a_missing_working_directory_is_created() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    let outside = agent.dir().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    // The link's target exists both on this host and in the rootfs: the
+    // rootfs's must be the one used.
+    let inside = rootfs.join(outside.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&inside).unwrap();
+    std::os::unix::fs::symlink(&outside, rootfs.join("link")).unwrap();
+    for (id, cwd, expected) in [
+        (
+            "deep",
+            "/nonexistent/dir",
+            "/nonexistent/dir\n755 0 /nonexistent/dir\n755 0 /nonexistent\n",
+        ),
+        ("link", "/link/made", ""),
+    ] {
+        let script = "pwd; stat -c '%a %u %n' /nonexistent/dir /nonexistent 2>/dev/null";
+        let mut spec = agent.spec(&rootfs, &["sh", "-c", script]);
+        let mut process = spec.process().clone().unwrap();
+        process.set_cwd(cwd.into());
+        process.set_user(
+            UserBuilder::default()
+                .uid(1000u32)
+                .gid(1000u32)
+                .build()
+                .unwrap(),
+        );
+        spec.set_process(Some(process));
+        agent.create(id, &spec).await.expect("create");
+        agent.start_container(id).await.expect("start");
+        let out = agent.read_all(id, "", false).await;
+        if !expected.is_empty() {
+            assert_eq!(out, expected);
+        }
+        agent.wait(id, "").await;
+    }
+    assert!(!outside.join("made").exists(), "created outside the rootfs");
+    assert!(inside.join("made").is_dir());
+}
