@@ -677,3 +677,30 @@ async fn a_missing_working_directory_is_created() {
     assert!(!outside.join("made").exists(), "created outside the rootfs");
     assert!(inside.join("made").is_dir());
 }
+
+/// `ctr run --mount type=tmpfs,dst=/scratch` gives a mount without a source;
+/// runc mounts a tmpfs there.
+#[tokio::test]
+async fn a_tmpfs_mount_without_a_source() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    let script =
+        "grep ' /scratch ' /proc/mounts | cut -d' ' -f1,3; echo x > /scratch/f; cat /scratch/f";
+    let spec = agent.spec(&rootfs, &["sh", "-c", script]);
+    let mut spec = serde_json::to_value(&spec).unwrap();
+    spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/scratch",
+            "type": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777"]
+        }));
+    agent
+        .create_with("tmp", serde_json::to_vec(&spec).unwrap(), vec![])
+        .await
+        .expect("create");
+    agent.start_container("tmp").await.expect("start");
+    assert_eq!(agent.read_all("tmp", "", false).await, "tmpfs tmpfs\nx\n");
+    assert_eq!(agent.wait("tmp", "").await.exit_status, 0);
+}
