@@ -704,3 +704,43 @@ async fn a_tmpfs_mount_without_a_source() {
     assert_eq!(agent.read_all("tmp", "", false).await, "tmpfs tmpfs\nx\n");
     assert_eq!(agent.wait("tmp", "").await.exit_status, 0);
 }
+
+/// The environment is the spec's list in its order, as runc gives it to
+/// execve: a repeated name keeps its last value at its last place, and HOME
+/// comes last when the spec has none.
+#[tokio::test]
+async fn the_environment_keeps_the_spec_order() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    // `env` itself, not a shell: busybox sh passes on its variables in hash order.
+    let mut spec = agent.spec(&rootfs, &["env"]);
+    let mut process = spec.process().clone().unwrap();
+    let env = [
+        "PATH=/bin",
+        "ZED=1",
+        "ALPHA=2",
+        "MID=a=b",
+        "ALPHA=4",
+        "HOME=/root",
+    ];
+    process.set_env(Some(env.map(String::from).to_vec()));
+    spec.set_process(Some(process));
+    agent.create("env", &spec).await.expect("create");
+    agent.start_container("env").await.expect("start");
+    assert_eq!(
+        agent.read_all("env", "", false).await,
+        "PATH=/bin\nZED=1\nMID=a=b\nALPHA=4\nHOME=/root\n"
+    );
+    assert_eq!(agent.wait("env", "").await.exit_status, 0);
+
+    agent.run("runner", &["sleep", "1000"]).await;
+    agent
+        .exec("runner", "e1", &["env"], false)
+        .await
+        .expect("exec");
+    assert_eq!(
+        agent.read_all("runner", "e1", false).await,
+        "PATH=/bin\nHOME=/root\n"
+    );
+    agent.remove("runner", true).await.expect("remove");
+}
