@@ -2,7 +2,8 @@
 //!
 //! runc creates `process.cwd` (mode 0755, as the container's root, before
 //! the user switch) when it does not exist; libcontainer only chdirs and
-//! fails. The agent creates it in the rootfs before the container is
+//! fails. With a user namespace the new directories belong to the host ids
+//! that the container's root maps to. The agent creates it in the rootfs before the container is
 //! created. Every lookup resolves inside the rootfs (`RESOLVE_IN_ROOT`): a
 //! symlink, absolute or with `..`, is followed as the container would see
 //! it and can never reach the agent's own filesystem.
@@ -13,12 +14,47 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
+
 /// The mode runc gives a working directory it creates.
 const CWD_MODE: libc::mode_t = 0o755;
 
-/// Creates `cwd` and its missing parents inside `rootfs`; an existing
-/// directory is left as it is.
-pub fn create_missing_cwd(rootfs: &Path, cwd: &Path) -> io::Result<()> {
+/// Host ids for the directories the agent creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The host ids of the container's root when it has a user namespace that
+/// maps it; None (the agent's own root) otherwise.
+pub fn container_root_owner(spec: &Spec) -> Option<Owner> {
+    let linux = spec.linux().as_ref()?;
+    let user_namespace = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|ns| ns.typ() == LinuxNamespaceType::User);
+    if !user_namespace {
+        return None;
+    }
+    Some(Owner {
+        uid: host_id_of_root(linux.uid_mappings())?,
+        gid: host_id_of_root(linux.gid_mappings())?,
+    })
+}
+
+fn host_id_of_root(mappings: &Option<Vec<LinuxIdMapping>>) -> Option<u32> {
+    mappings
+        .iter()
+        .flatten()
+        .find(|m| m.container_id() == 0 && m.size() > 0)
+        .map(|m| m.host_id())
+}
+
+/// Creates `cwd` and its missing parents inside `rootfs` (owned by `owner`
+/// when given); an existing directory is left as it is.
+pub fn create_missing_cwd(rootfs: &Path, cwd: &Path, owner: Option<Owner>) -> io::Result<()> {
     let root = open_dir(rootfs)?;
     let mut prefix = PathBuf::new();
     for component in cwd.components() {
@@ -34,7 +70,11 @@ pub fn create_missing_cwd(rootfs: &Path, cwd: &Path) -> io::Result<()> {
         };
         let parent = open_in_root(&root, &prefix)?;
         prefix.push(name);
-        make_dir_at(&parent, Path::new(name))?;
+        if make_dir_at(&parent, Path::new(name))? {
+            if let Some(owner) = owner {
+                chown_at(&parent, Path::new(name), owner)?;
+            }
+        }
     }
     // The whole path must now be a directory (not a file or a dangling link).
     open_in_root(&root, &prefix).map(drop)
@@ -88,18 +128,37 @@ fn open_in_root(root: &OwnedFd, path: &Path) -> io::Result<OwnedFd> {
     owned(fd)
 }
 
-/// mkdir `name` in `parent`; one that exists already is fine.
-fn make_dir_at(parent: &OwnedFd, name: &Path) -> io::Result<()> {
+/// mkdir `name` in `parent`: true if made, false if it exists already.
+fn make_dir_at(parent: &OwnedFd, name: &Path) -> io::Result<bool> {
     let c_name = c_path(name)?;
     // SAFETY: mkdirat takes a directory fd we own and a NUL-terminated name.
     let rc = unsafe { libc::mkdirat(parent.as_raw_fd(), c_name.as_ptr(), CWD_MODE) };
     if rc == 0 {
-        return Ok(());
+        return Ok(true);
     }
     match io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        e if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
         e => Err(e),
     }
+}
+
+fn chown_at(parent: &OwnedFd, name: &Path, owner: Owner) -> io::Result<()> {
+    let c_name = c_path(name)?;
+    // SAFETY: fchownat takes a directory fd we own and a NUL-terminated name;
+    // AT_SYMLINK_NOFOLLOW: the entry itself (just made), never a link's target.
+    let rc = unsafe {
+        libc::fchownat(
+            parent.as_raw_fd(),
+            c_name.as_ptr(),
+            owner.uid,
+            owner.gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
@@ -124,7 +183,7 @@ mod tests {
     #[test]
     fn creates_missing_directories_with_mode_0755() {
         let root = tempfile::tempdir().unwrap();
-        create_missing_cwd(root.path(), Path::new("/a/b/../c")).unwrap();
+        create_missing_cwd(root.path(), Path::new("/a/b/../c"), None).unwrap();
         for dir in ["a", "a/b", "a/c"] {
             let meta = std::fs::metadata(root.path().join(dir)).unwrap();
             assert!(meta.is_dir(), "{dir}");
@@ -135,8 +194,8 @@ mod tests {
             );
         }
         // Existing directories are fine.
-        create_missing_cwd(root.path(), Path::new("/a/b")).unwrap();
-        create_missing_cwd(root.path(), Path::new("/")).unwrap();
+        create_missing_cwd(root.path(), Path::new("/a/b"), None).unwrap();
+        create_missing_cwd(root.path(), Path::new("/"), None).unwrap();
     }
 
     #[test]
@@ -146,11 +205,11 @@ mod tests {
         symlink(outside.path(), root.path().join("abs")).unwrap();
         symlink("../../../..", root.path().join("up")).unwrap();
         // The link's target is looked up in the rootfs, where it is missing.
-        assert!(create_missing_cwd(root.path(), Path::new("/abs/made")).is_err());
+        assert!(create_missing_cwd(root.path(), Path::new("/abs/made"), None).is_err());
         let inside = root.path().join(outside.path().strip_prefix("/").unwrap());
         std::fs::create_dir_all(&inside).unwrap();
-        create_missing_cwd(root.path(), Path::new("/abs/made")).unwrap();
-        create_missing_cwd(root.path(), Path::new("/up/x/../../y")).unwrap();
+        create_missing_cwd(root.path(), Path::new("/abs/made"), None).unwrap();
+        create_missing_cwd(root.path(), Path::new("/up/x/../../y"), None).unwrap();
         assert!(!outside.path().join("made").exists());
         assert!(inside.join("made").is_dir());
         assert!(root.path().join("x").is_dir() && root.path().join("y").is_dir());
@@ -160,8 +219,55 @@ mod tests {
     fn a_file_in_the_way_is_an_error() {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("file"), "").unwrap();
-        assert!(create_missing_cwd(root.path(), Path::new("/file")).is_err());
-        assert!(create_missing_cwd(root.path(), Path::new("/file/sub")).is_err());
+        assert!(create_missing_cwd(root.path(), Path::new("/file"), None).is_err());
+        assert!(create_missing_cwd(root.path(), Path::new("/file/sub"), None).is_err());
+    }
+
+    #[test]
+    fn new_directories_get_the_owner_existing_ones_keep_theirs() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("old")).unwrap();
+        let owner = Owner {
+            uid: 100_000,
+            gid: 100_001,
+        };
+        create_missing_cwd(root.path(), Path::new("/old/new"), Some(owner)).unwrap();
+        let ids = |p: &str| {
+            let meta = std::fs::metadata(root.path().join(p)).unwrap();
+            (meta.uid(), meta.gid())
+        };
+        assert_eq!(ids("old"), (0, 0));
+        assert_eq!(ids("old/new"), (100_000, 100_001));
+    }
+
+    #[test]
+    fn the_owner_is_the_host_id_of_the_containers_root() {
+        let mut spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {
+                "namespaces": [{"type": "mount"}],
+                "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+                "gidMappings": [
+                    {"containerID": 1, "hostID": 5, "size": 1},
+                    {"containerID": 0, "hostID": 200000, "size": 65536}
+                ]
+            }
+        }))
+        .unwrap();
+        // Without a user namespace the mappings do not apply.
+        assert_eq!(container_root_owner(&spec), None);
+        let linux = spec.linux_mut().as_mut().unwrap();
+        let mut namespaces = linux.namespaces().clone().unwrap();
+        namespaces.push(serde_json::from_value(serde_json::json!({"type": "user"})).unwrap());
+        linux.set_namespaces(Some(namespaces));
+        assert_eq!(
+            container_root_owner(&spec),
+            Some(Owner {
+                uid: 100_000,
+                gid: 200_000
+            })
+        );
     }
 
     /// The process's umask, read without changing it (other tests run in parallel).

@@ -716,7 +716,8 @@ fn create_missing_cwd(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> Result<(
         return Ok(());
     };
     let cwd = process.cwd();
-    cwd::create_missing_cwd(rootfs, cwd).map_err(|e| {
+    let owner = cwd::container_root_owner(spec);
+    cwd::create_missing_cwd(rootfs, cwd, owner).map_err(|e| {
         ContainerError::Runtime(format!(
             "creating the working directory {}: {e}",
             cwd.display()
