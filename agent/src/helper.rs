@@ -162,6 +162,7 @@ fn exchange(mut sock: UnixStream, request: &HelperRequest) -> Result<HelperRespo
 /// The helper process: reads one request from fd 3, answers, returns the
 /// process exit code. Runs before any thread or runtime exists.
 pub fn helper_main() -> i32 {
+    reset_signal_dispositions();
     // SAFETY: the agent put the control socket at fd 3 (dup2 in pre_exec)
     // and nothing else in this fresh process owns it.
     let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
@@ -184,6 +185,60 @@ pub fn helper_main() -> i32 {
         Err(_) => 1,
     }
 }
+
+/// Puts every signal back to its default action and unblocks all of them.
+///
+/// Container processes are cloned from this helper and keep an ignored
+/// disposition and the signal mask across exec; Rust's runtime ignores
+/// SIGPIPE in this process, so without this `yes | head -n 1` in a container
+/// reports a broken pipe instead of dying quietly as it does under runc.
+/// Raw syscalls: the C library refuses to touch the real-time signals it
+/// keeps for itself, and an ignored one of those would be inherited too.
+fn reset_signal_dispositions() {
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // Every signal the kernel has (_NSIG = 64); SIGKILL and SIGSTOP refuse.
+    for signal in 1..=64 {
+        // SAFETY: rt_sigaction reads `default` (the kernel's layout, SIG_DFL:
+        // no handler runs) and writes nothing back (null old action).
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                KERNEL_SIGSET_BYTES,
+            )
+        };
+    }
+    let empty: u64 = 0;
+    // SAFETY: rt_sigprocmask reads the empty 64-bit set and writes nothing.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            KERNEL_SIGSET_BYTES,
+        )
+    };
+}
+
+/// The kernel's `struct sigaction` for rt_sigaction (x86_64 and arm64).
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// The kernel's signal set: 64 signals.
+const KERNEL_SIGSET_BYTES: usize = 8;
 
 /// Takes ownership of the stdio fds the agent passed in (helper side).
 pub fn inherited_stdio(present: [bool; 3]) -> [Option<OwnedFd>; 3] {

@@ -16,3 +16,4 @@ pub mod reaper;
 mod runtime;
 pub mod server;
 pub mod service;
+mod workload;

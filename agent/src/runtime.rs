@@ -10,6 +10,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::helper::{inherited_stdio, HelperRequest, HelperResponse};
+use crate::workload::OrderedEnvExecutor;
 
 /// Performs one create or exec request; called in the helper process.
 pub fn execute(request: HelperRequest) -> HelperResponse {
@@ -21,46 +22,38 @@ pub fn execute(request: HelperRequest) -> HelperResponse {
             state_root,
             console_socket,
             stdio,
-        } => with_stdio(
-            ContainerBuilder::new(id, SyscallType::default()),
-            stdio,
-            console_socket,
-        )
-        .with_root_path(state_root)
-        .and_then(|b| {
-            b.validate_id()?
-                .as_init(bundle)
-                .with_systemd(false)
-                .with_detach(true)
-                .as_sibling(true)
-                .build()
-        })
-        .and_then(|container| {
-            container
-                .pid()
-                .map(|p| p.as_raw())
-                .ok_or_else(|| libcontainer::error::LibcontainerError::Other("no pid".into()))
-        }),
+        } => with_stdio(new_builder(id), stdio, console_socket)
+            .with_root_path(state_root)
+            .and_then(|b| {
+                b.validate_id()?
+                    .as_init(bundle)
+                    .with_systemd(false)
+                    .with_detach(true)
+                    .as_sibling(true)
+                    .build()
+            })
+            .and_then(|container| {
+                container
+                    .pid()
+                    .map(|p| p.as_raw())
+                    .ok_or_else(|| libcontainer::error::LibcontainerError::Other("no pid".into()))
+            }),
         HelperRequest::Exec {
             id,
             state_root,
             process_json,
             console_socket,
             stdio,
-        } => with_stdio(
-            ContainerBuilder::new(id, SyscallType::default()),
-            stdio,
-            console_socket,
-        )
-        .with_root_path(state_root)
-        .and_then(|b| {
-            b.as_tenant()
-                .with_process(Some(process_json))
-                .with_detach(true)
-                .as_sibling(true)
-                .build()
-        })
-        .map(|pid| pid.as_raw()),
+        } => with_stdio(new_builder(id), stdio, console_socket)
+            .with_root_path(state_root)
+            .and_then(|b| {
+                b.as_tenant()
+                    .with_process(Some(process_json))
+                    .with_detach(true)
+                    .as_sibling(true)
+                    .build()
+            })
+            .map(|pid| pid.as_raw()),
     };
     match result {
         Ok(pid) => HelperResponse::Started { pid },
@@ -68,6 +61,11 @@ pub fn execute(request: HelperRequest) -> HelperResponse {
             message: describe(&err, &log.take()),
         },
     }
+}
+
+/// A builder whose processes get the spec's environment in the spec's order.
+fn new_builder(id: String) -> ContainerBuilder {
+    ContainerBuilder::new(id, SyscallType::default()).with_executor(OrderedEnvExecutor)
 }
 
 fn with_stdio(

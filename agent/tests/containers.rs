@@ -605,3 +605,142 @@ async fn spec_mounts_and_resources_are_applied() {
         "written\n"
     );
 }
+
+/// As under runc, no signal is ignored or blocked in a container's processes
+/// (the agent's own Rust runtime ignores SIGPIPE): `yes` in a closed pipe
+/// dies of SIGPIPE instead of reporting a broken pipe.
+#[tokio::test]
+async fn container_processes_start_with_default_signals() {
+    const SCRIPT: &str = "grep -E '^Sig(Ign|Blk):' /proc/self/status; yes | head -n 1";
+    const EXPECTED: &str = "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\ny\n";
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    let spec = agent.spec(
+        &rootfs,
+        &["sh", "-c", &format!("{SCRIPT}; exec sleep 1000")],
+    );
+    agent.create("sigs", &spec).await.expect("create");
+    agent.start_container("sigs").await.expect("start");
+    assert_eq!(agent.read_until("sigs", "", "y\n").await, EXPECTED);
+
+    agent
+        .exec("sigs", "e1", &["sh", "-c", SCRIPT], false)
+        .await
+        .expect("exec");
+    assert_eq!(agent.read_all("sigs", "e1", false).await, EXPECTED);
+    assert_eq!(agent.read_all("sigs", "e1", true).await, "");
+    agent.remove("sigs", true).await.expect("remove");
+}
+
+/// As under runc, a working directory that does not exist is created in the
+/// rootfs (0755, the container's root owns it), and a symlink on the way
+/// cannot lead it out of the rootfs.
+#[tokio::test]
+async fn a_missing_working_directory_is_created() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    let outside = agent.dir().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    // The link's target exists both on this host and in the rootfs: the
+    // rootfs's must be the one used.
+    let inside = rootfs.join(outside.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&inside).unwrap();
+    std::os::unix::fs::symlink(&outside, rootfs.join("link")).unwrap();
+    for (id, cwd, expected) in [
+        (
+            "deep",
+            "/nonexistent/dir",
+            "/nonexistent/dir\n755 0 /nonexistent/dir\n755 0 /nonexistent\n",
+        ),
+        ("link", "/link/made", ""),
+    ] {
+        let script = "pwd; stat -c '%a %u %n' /nonexistent/dir /nonexistent 2>/dev/null";
+        let mut spec = agent.spec(&rootfs, &["sh", "-c", script]);
+        let mut process = spec.process().clone().unwrap();
+        process.set_cwd(cwd.into());
+        process.set_user(
+            UserBuilder::default()
+                .uid(1000u32)
+                .gid(1000u32)
+                .build()
+                .unwrap(),
+        );
+        spec.set_process(Some(process));
+        agent.create(id, &spec).await.expect("create");
+        agent.start_container(id).await.expect("start");
+        let out = agent.read_all(id, "", false).await;
+        if !expected.is_empty() {
+            assert_eq!(out, expected);
+        }
+        agent.wait(id, "").await;
+    }
+    assert!(!outside.join("made").exists(), "created outside the rootfs");
+    assert!(inside.join("made").is_dir());
+}
+
+/// `ctr run --mount type=tmpfs,dst=/scratch` gives a mount without a source;
+/// runc mounts a tmpfs there.
+#[tokio::test]
+async fn a_tmpfs_mount_without_a_source() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    let script =
+        "grep ' /scratch ' /proc/mounts | cut -d' ' -f1,3; echo x > /scratch/f; cat /scratch/f";
+    let spec = agent.spec(&rootfs, &["sh", "-c", script]);
+    let mut spec = serde_json::to_value(&spec).unwrap();
+    spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/scratch",
+            "type": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777"]
+        }));
+    agent
+        .create_with("tmp", serde_json::to_vec(&spec).unwrap(), vec![])
+        .await
+        .expect("create");
+    agent.start_container("tmp").await.expect("start");
+    assert_eq!(agent.read_all("tmp", "", false).await, "tmpfs tmpfs\nx\n");
+    assert_eq!(agent.wait("tmp", "").await.exit_status, 0);
+}
+
+/// The environment is the spec's list in its order, as runc gives it to
+/// execve: a repeated name keeps its last value at its last place, and HOME
+/// comes last when the spec has none.
+#[tokio::test]
+async fn the_environment_keeps_the_spec_order() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    // `env` itself, not a shell: busybox sh passes on its variables in hash order.
+    let mut spec = agent.spec(&rootfs, &["env"]);
+    let mut process = spec.process().clone().unwrap();
+    let env = [
+        "PATH=/bin",
+        "ZED=1",
+        "ALPHA=2",
+        "MID=a=b",
+        "ALPHA=4",
+        "HOME=/root",
+    ];
+    process.set_env(Some(env.map(String::from).to_vec()));
+    spec.set_process(Some(process));
+    agent.create("env", &spec).await.expect("create");
+    agent.start_container("env").await.expect("start");
+    assert_eq!(
+        agent.read_all("env", "", false).await,
+        "PATH=/bin\nZED=1\nMID=a=b\nALPHA=4\nHOME=/root\n"
+    );
+    assert_eq!(agent.wait("env", "").await.exit_status, 0);
+
+    agent.run("runner", &["sleep", "1000"]).await;
+    agent
+        .exec("runner", "e1", &["env"], false)
+        .await
+        .expect("exec");
+    assert_eq!(
+        agent.read_all("runner", "e1", false).await,
+        "PATH=/bin\nHOME=/root\n"
+    );
+    agent.remove("runner", true).await.expect("remove");
+}

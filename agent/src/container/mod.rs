@@ -6,6 +6,7 @@
 //! libcgroups from the agent directly, on blocking threads.
 
 mod console;
+mod cwd;
 mod process;
 mod spec;
 mod stdio;
@@ -258,7 +259,8 @@ impl Manager {
         for s in storages {
             mounted.push(storage::mount_storage(s, bundle, &self.config.sys_root)?);
         }
-        spec::rootfs_of(&spec, bundle)?;
+        let rootfs = spec::rootfs_of(&spec, bundle)?;
+        create_missing_cwd(&spec, &rootfs)?;
         let cgroup_path = spec
             .linux()
             .as_ref()
@@ -705,6 +707,22 @@ impl Manager {
         }
         removed
     }
+}
+
+/// Like runc, a container's working directory that does not exist yet is
+/// created (an exec's is not: runc's exec fails there too).
+fn create_missing_cwd(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> Result<()> {
+    let Some(process) = spec.process() else {
+        return Ok(());
+    };
+    let cwd = process.cwd();
+    let owner = cwd::container_root_owner(spec);
+    cwd::create_missing_cwd(rootfs, cwd, owner).map_err(|e| {
+        ContainerError::Runtime(format!(
+            "creating the working directory {}: {e}",
+            cwd.display()
+        ))
+    })
 }
 
 fn container_status_word(phase: Phase, exit: Option<ExitStatus>) -> &'static str {

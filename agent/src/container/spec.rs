@@ -56,6 +56,7 @@ pub fn parse_spec(json: &[u8], default_cgroup: &str) -> Result<Spec, SpecError> 
     if spec.root().is_none() {
         return Err(SpecError::Malformed("it has no root".into()));
     }
+    default_mount_sources(&mut spec);
     let Some(linux) = spec.linux_mut() else {
         return Err(SpecError::Unsupported(
             "it has no linux section (only Linux containers run here)".into(),
@@ -78,6 +79,23 @@ pub fn parse_spec(json: &[u8], default_cgroup: &str) -> Result<Spec, SpecError> 
         }
     }
     Ok(spec)
+}
+
+/// A mount of a filesystem type with no source (`ctr run --mount
+/// type=tmpfs,dst=/scratch`) gets its type as source, as runc mounts it;
+/// libcontainer refuses a mount without one.
+fn default_mount_sources(spec: &mut Spec) {
+    let Some(mounts) = spec.mounts_mut() else {
+        return;
+    };
+    for mount in mounts.iter_mut() {
+        if mount.source().is_some() {
+            continue;
+        }
+        if let Some(typ) = mount.typ().clone().filter(|t| !t.is_empty() && t != "bind") {
+            mount.set_source(Some(PathBuf::from(typ)));
+        }
+    }
 }
 
 /// The rootfs path, resolved against the bundle, checked to exist.
@@ -148,6 +166,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("no linux section"), "{err}");
+    }
+
+    #[test]
+    fn a_mount_without_a_source_gets_its_type() {
+        let json = spec_json(|v| {
+            v["mounts"] = serde_json::json!([
+                {"destination": "/scratch", "type": "tmpfs", "options": ["nosuid"]},
+                {"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind"]},
+            ])
+        });
+        let spec = parse_spec(&json, "/x").unwrap();
+        let sources: Vec<_> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.source().clone().unwrap())
+            .collect();
+        assert_eq!(sources, [PathBuf::from("tmpfs"), PathBuf::from("/srv")]);
     }
 
     #[test]
