@@ -1,0 +1,72 @@
+//! Pulse's VMM with the real guest driver, in the nested rig: exits per 4 KiB O_DIRECT read
+//! (MSI against the legacy line, 1 and 4 block queues), and Pulse's embedded VM against
+//! `qemu-system-x86_64 -M microvm -accel kvm` in the same L1 (start to the agent's first
+//! answer, VMM memory overhead).
+//!
+//! `cargo bench -p pulse-tests --bench rig` (after `make guest`; root). On a host without
+//! VT-x/AMD-V the binary runs itself again inside the rig (`scripts/nested.sh`, which needs
+//! the binary already built: L1 sees the host's tree read-only, so cargo cannot build there)
+//! and its output streams back. Counts are exact; times in the rig are two levels of
+//! emulation and only the ratios mean something.
+
+mod boot;
+mod exits;
+
+use std::time::Duration;
+
+use pulse_tests::nested::{self, Options};
+
+/// The argument that makes this binary the Pulse VMM process of one boot measurement.
+const EMBEDDED_CHILD: &str = "--embedded-vmm-child";
+/// The whole rig run: 4 guests for the exits, 6 boots, the L1 guest's own start.
+const RIG_TIMEOUT: Duration = Duration::from_secs(2400);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let result = if args.iter().any(|a| a == EMBEDDED_CHILD) {
+        boot::embedded_child()
+    } else if !nested::host_has_hw_virt() {
+        rerun_in_rig(&args[1..])
+    } else {
+        measure_here()
+    };
+    if let Err(e) = result {
+        eprintln!("rig bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Both measurements, where KVM has hardware help (in L1, or on a host with VT-x/AMD-V).
+fn measure_here() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let per_read = runtime.block_on(exits::measure_all())?;
+    exits::print_table(&per_read);
+    let boots = runtime.block_on(boot::measure_all())?;
+    boot::print_table(&boots);
+    Ok(())
+}
+
+/// This binary, with the same arguments, as root in the rig's L1 guest; its output streams
+/// here. Skips (exit 0) where the rig cannot run, as the rig's tests do.
+fn rerun_in_rig(args: &[String]) -> anyhow::Result<()> {
+    if let Some(why) = nested::unavailable() {
+        println!("rig bench SKIPPED: {why}");
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let mut cmd = vec![exe.display().to_string()];
+    cmd.extend(args.iter().cloned());
+    println!("no VT-x/AMD-V here: running in the nested rig (scripts/nested.sh)");
+    let options = Options {
+        timeout: RIG_TIMEOUT,
+        direct_ok: false,
+        ..Options::default()
+    };
+    match nested::run_streaming(&cmd, &options)? {
+        0 => Ok(()),
+        code => anyhow::bail!("the rig run exited {code}"),
+    }
+}
