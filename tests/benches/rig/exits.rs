@@ -77,11 +77,11 @@ impl std::ops::Sub for Counters {
     type Output = Counters;
     fn sub(self, o: Counters) -> Counters {
         Counters {
-            user_exits: self.user_exits - o.user_exits,
-            kvm_exits: self.kvm_exits - o.kvm_exits,
-            interrupts: self.interrupts - o.interrupts,
-            requests: self.requests - o.requests,
-            timer_ticks: self.timer_ticks - o.timer_ticks,
+            user_exits: self.user_exits.saturating_sub(o.user_exits),
+            kvm_exits: self.kvm_exits.saturating_sub(o.kvm_exits),
+            interrupts: self.interrupts.saturating_sub(o.interrupts),
+            requests: self.requests.saturating_sub(o.requests),
+            timer_ticks: self.timer_ticks.saturating_sub(o.timer_ticks),
         }
     }
 }

@@ -37,16 +37,24 @@ fn main() {
 }
 
 /// Both measurements, where KVM has hardware help (in L1, or on a host with VT-x/AMD-V).
+/// A failure in one still lets the other run and print.
 fn measure_here() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let per_read = runtime.block_on(exits::measure_all())?;
-    exits::print_table(&per_read);
-    let boots = runtime.block_on(boot::measure_all())?;
-    boot::print_table(&boots);
-    Ok(())
+    let exits = runtime
+        .block_on(exits::measure_all())
+        .map(|rows| exits::print_table(&rows));
+    let boots = runtime
+        .block_on(boot::measure_all())
+        .map(|boots| boot::print_table(&boots));
+    match (exits, boots) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) => Err(e.context("exits per read")),
+        (Ok(()), Err(e)) => Err(e.context("boot against QEMU")),
+        (Err(a), Err(b)) => anyhow::bail!("exits per read: {a:#}\nboot against QEMU: {b:#}"),
+    }
 }
 
 /// This binary, with the same arguments, as root in the rig's L1 guest; its output streams
