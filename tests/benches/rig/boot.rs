@@ -257,12 +257,12 @@ pub fn print_table(boots: &Boots) {
     );
     println!();
     println!(
-        "| {:<46} | {:>9} | {:>9} | {:>10} |",
+        "| {:<48} | {:>9} | {:>9} | {:>10} |",
         "metric", "Pulse", "QEMU", "Pulse/QEMU"
     );
-    println!("|{:-<48}|{:->11}|{:->11}|{:->12}|", "", "", "", "");
+    println!("|{:-<50}|{:->11}|{:->11}|{:->12}|", "", "", "", "");
     let row = |name: &str, p: f64, q: f64| {
-        println!("| {name:<46} | {p:>9.2} | {q:>9.2} | {:>10.3} |", p / q);
+        println!("| {name:<48} | {p:>9.2} | {q:>9.2} | {:>10.3} |", p / q);
     };
     row("VMM memory overhead (MiB)", p_mem, q_mem);
     row(
@@ -278,12 +278,20 @@ pub fn print_table(boots: &Boots) {
     println!();
     println!(
         "[emulated]: times in the rig run under two levels of emulation (QEMU TCG with \
-         emulated SVM, then KVM in L1); they are not representative, only their ratio is \
-         worth a look. Pulse's time starts at Vm::start in the process that embeds the VMM \
-         (as in the shim); QEMU's at spawning QEMU (vhost-device-vsock already up). Pulse \
-         from spawning its child process: {:.2} s. Memory: RSS minus the guest-RAM mapping's \
-         RSS, highest sample while booting; Pulse's process also holds the agent's client and \
-         a tokio runtime, as the shim does.",
+         emulated SVM, then KVM in L1):"
+    );
+    println!("  they are not representative; only their ratio is worth a look.");
+    println!(
+        "  Pulse's time starts at Vm::start in the process that embeds the VMM (as in the \
+         shim), {:.2} s from spawning that process;",
         p_spawn_ms / 1000.0
+    );
+    println!("  QEMU's at spawning QEMU (its vhost-device-vsock already up).");
+    println!(
+        "Memory: RSS minus the guest-RAM mapping's RSS, highest sample while booting (as \
+         vmm/benches/boot.rs);"
+    );
+    println!(
+        "  Pulse's process also holds the agent's client and a tokio runtime, as the shim does."
     );
 }
