@@ -28,7 +28,7 @@ const RIG_MEMORY_MIB: u32 = 6144;
 /// (before the agent runs); such a boot is retried, counted, and reported with the tables.
 const BOOT_ATTEMPTS: u32 = 3;
 
-/// Boots that failed and were tried again.
+/// Guests that failed (in their boot, typically) and were booted again.
 static RETRIED_BOOTS: AtomicU32 = AtomicU32::new(0);
 
 fn main() {
@@ -60,7 +60,7 @@ fn measure_here() -> anyhow::Result<()> {
         .block_on(boot::measure_all())
         .map(|boots| boot::print_table(&boots));
     let retried = RETRIED_BOOTS.load(Ordering::Relaxed);
-    println!("\nboots retried after a failure before the agent answered: {retried}");
+    println!("\nguests booted again after a failure (see the log for why): {retried}");
     match (exits, boots) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) => Err(e.context("exits per read")),
