@@ -12,6 +12,7 @@
 //!   command run as root in an L1 guest whose KVM has (emulated) AMD SVM, so
 //!   that Pulse's own VMM boots the real Linux guest on these machines.
 //! - [`rootfs`]: busybox root filesystems and ext4 images of them.
+//! - [`shell`]: a privileged root shell in the guest through the agent.
 //! - [`connect`]: pulse-ctl's connection code (`hvsock://PATH:PORT`), the
 //!   same source file, compiled into this crate.
 
@@ -22,6 +23,7 @@ pub mod embedded;
 pub mod nested;
 pub mod qemu;
 pub mod rootfs;
+pub mod shell;
 
 use std::path::PathBuf;
 

@@ -81,6 +81,33 @@ pub fn unavailable() -> Option<String> {
 
 /// Runs `cmd` in the rig (or directly, see [`Options::direct_ok`]) from the current directory.
 pub fn run<S: AsRef<OsStr>>(cmd: &[S], options: &Options) -> Result<Outcome> {
+    let mut rig = rig_command(cmd, options)?;
+    let started = Instant::now();
+    let out = rig
+        .output()
+        .with_context(|| format!("running {}", script().display()))?;
+    Ok(Outcome {
+        code: out.status.code().unwrap_or(128),
+        output: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Like [`run`], but `cmd`'s output goes to this process's stdout and stderr as it comes
+/// (for long commands such as benchmarks). Returns the exit status, with [`Outcome::code`]'s
+/// meaning.
+pub fn run_streaming<S: AsRef<OsStr>>(cmd: &[S], options: &Options) -> Result<i32> {
+    let status = rig_command(cmd, options)?
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .with_context(|| format!("running {}", script().display()))?;
+    Ok(status.code().unwrap_or(128))
+}
+
+/// `scripts/nested.sh` with `options`, then `-- cmd`.
+fn rig_command<S: AsRef<OsStr>>(cmd: &[S], options: &Options) -> Result<Command> {
     if cmd.is_empty() {
         bail!("no command to run in the nested rig");
     }
@@ -96,14 +123,5 @@ pub fn run<S: AsRef<OsStr>>(cmd: &[S], options: &Options) -> Result<Outcome> {
         rig.arg("--direct-ok");
     }
     rig.arg("--").args(cmd).stdin(Stdio::null());
-    let started = Instant::now();
-    let out = rig
-        .output()
-        .with_context(|| format!("running {}", script().display()))?;
-    Ok(Outcome {
-        code: out.status.code().unwrap_or(128),
-        output: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: started.elapsed(),
-    })
+    Ok(rig)
 }

@@ -15,6 +15,8 @@
 //! vsock protocol (`CONNECT 1024\n` -> `OK <port>\n`) that pulse-ctl speaks.
 //! As the shim does, the rig connects only after the agent announced itself
 //! on `DIR/vsock.sock_1023` (see `pulse_protocols::ready_line`).
+//! [`GuestConfig::accel`] switches to `-accel kvm -cpu host` where KVM has
+//! hardware help (the nested rig's L1), for comparisons with Pulse's VMM.
 //! QEMU's virtio-mmio has no MSI: this rig runs the guest driver's legacy
 //! interrupt path.
 //!
@@ -51,6 +53,44 @@ pub struct Disk {
     pub queues: u32,
 }
 
+/// QEMU's accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accel {
+    /// The software emulator: runs anywhere, the rig's default.
+    #[default]
+    Tcg,
+    /// KVM: needs /dev/kvm with VT-x/AMD-V (the nested rig's L1 has it).
+    Kvm,
+}
+
+impl Accel {
+    /// KVM where /dev/kvm is there and the CPU has vmx/svm, TCG elsewhere.
+    pub fn detect() -> Accel {
+        if crate::nested::host_has_hw_virt() {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    }
+
+    /// `-accel`'s value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+
+    /// `-cpu`'s value: the emulator's full model, or the host's CPU under KVM (without
+    /// IA32_ARCH_CAPABILITIES, which some nested KVMs refuse to set; see vmm/benches/boot.rs).
+    fn cpu(self) -> &'static str {
+        match self {
+            Accel::Tcg => "max",
+            Accel::Kvm => "host,-arch-capabilities",
+        }
+    }
+}
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct GuestConfig {
@@ -61,11 +101,13 @@ pub struct GuestConfig {
     pub disks: Vec<Disk>,
     /// Appended to the rig's kernel command line.
     pub extra_cmdline: String,
+    /// TCG unless a caller asks for KVM.
+    pub accel: Accel,
 }
 
 impl GuestConfig {
     /// `build/guest/vmlinux` and `build/guest/initramfs.cpio.gz` (or
-    /// `$PULSE_GUEST_DIR`), one vCPU, 512 MiB, no disks, and
+    /// `$PULSE_GUEST_DIR`), TCG, one vCPU, 512 MiB, no disks, and
     /// `$PULSE_GUEST_CMDLINE` appended to the command line (for example
     /// `PULSE_AGENT_LOG=debug`: the kernel hands `KEY=value` words to init
     /// as its environment).
@@ -85,6 +127,7 @@ impl GuestConfig {
             memory_mib: 512,
             disks: Vec::new(),
             extra_cmdline: std::env::var("PULSE_GUEST_CMDLINE").unwrap_or_default(),
+            accel: Accel::Tcg,
         })
     }
 
@@ -188,6 +231,16 @@ impl Guest {
     /// When QEMU was started.
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// QEMU's process id, while it runs.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        self.qemu.as_ref().map(Child::id)
+    }
+
+    /// vhost-device-vsock's process id, while it runs.
+    pub fn backend_pid(&self) -> Option<u32> {
+        self.backend.as_ref().map(Child::id)
     }
 
     /// Connects to the agent, retrying until its health check answers or
@@ -408,9 +461,9 @@ fn qemu_args(config: &GuestConfig, vhost_socket: &Path, console: &Path) -> Vec<S
         "-M",
         "microvm,acpi=off,memory-backend=mem",
         "-accel",
-        "tcg",
+        config.accel.name(),
         "-cpu",
-        "max",
+        config.accel.cpu(),
         "-nodefaults",
         "-no-user-config",
         "-display",

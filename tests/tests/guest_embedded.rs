@@ -16,14 +16,13 @@
 //! run in a privileged container the agent starts, as a pod never could.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use pulse_protocols::containers::{Storage, StorageSource};
 use pulse_protocols::devices::{DeviceReport, VectorRole, VirtioDevice};
 use pulse_tests::agent::Agent;
 use pulse_tests::embedded::{Disk, EmbeddedConfig, EmbeddedGuest};
+use pulse_tests::shell::{self, block_storage};
 use pulse_tests::{nested, rootfs};
 use pulse_vmm::mmio::TransportStats;
 
@@ -109,115 +108,18 @@ impl Images {
     }
 }
 
-/// A spec for a root shell in the guest: the guest's network namespace, /sys writable,
-/// no masked or read-only /proc paths, CAP_NET_ADMIN, the virtio-console's node.
-fn root_shell_spec(script: &str) -> oci_spec::runtime::Spec {
-    use oci_spec::runtime::*;
-    let mut spec = Spec::default();
-    spec.set_root(Some(
-        RootBuilder::default()
-            .path("rootfs")
-            .readonly(true)
-            .build()
-            .unwrap(),
-    ));
-    let default = Spec::default().process().clone().unwrap_or_default();
-    let mut caps = default.capabilities().clone().unwrap_or_default();
-    let with = |s: Option<Capabilities>| {
-        let mut s = s.unwrap_or_default();
-        s.insert(Capability::NetAdmin);
-        s.insert(Capability::SysAdmin);
-        Some(s)
-    };
-    caps.set_bounding(with(caps.bounding().clone()));
-    caps.set_effective(with(caps.effective().clone()));
-    caps.set_permitted(with(caps.permitted().clone()));
-    let process = ProcessBuilder::default()
-        .args(vec!["/bin/sh".into(), "-c".into(), script.into()])
-        .env(vec!["PATH=/bin".to_string()])
-        .cwd("/")
-        .user(UserBuilder::default().uid(0u32).gid(0u32).build().unwrap())
-        .terminal(false)
-        .capabilities(caps)
-        .rlimits(default.rlimits().clone().unwrap_or_default())
-        .build()
-        .unwrap();
-    spec.set_process(Some(process));
-    let mut mounts: Vec<Mount> = spec
-        .mounts()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|mut m| {
-            if m.destination() == Path::new("/sys") {
-                m.set_options(Some(vec!["nosuid".into(), "noexec".into(), "nodev".into()]));
-            }
-            m
-        })
-        .collect();
-    mounts.push(
-        MountBuilder::default()
-            .destination("/dev/hvc0")
-            .typ("bind")
-            .source("/dev/hvc0")
-            .options(vec!["bind".into(), "rw".into()])
-            .build()
-            .unwrap(),
-    );
-    spec.set_mounts(Some(mounts));
-    let mut linux = spec.linux().clone().unwrap_or_default();
-    linux.set_masked_paths(Some(Vec::new()));
-    linux.set_readonly_paths(Some(Vec::new()));
-    let namespaces = linux
-        .namespaces()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|n| n.typ() != LinuxNamespaceType::Network)
-        .collect();
-    linux.set_namespaces(Some(namespaces));
-    let mut resources = linux.resources().clone().unwrap_or_default();
-    resources.set_devices(Some(vec![LinuxDeviceCgroupBuilder::default()
-        .allow(true)
-        .access("rwm")
-        .build()
-        .unwrap()]));
-    linux.set_resources(Some(resources));
-    spec.set_linux(Some(linux));
-    spec
-}
-
-fn storage(serial: &str, target: &str, ro: bool) -> Storage {
-    let mut options = vec!["nodev".to_string()];
-    if ro {
-        options.push("ro".into());
-    }
-    Storage {
-        source: StorageSource::STORAGE_SOURCE_BLOCK_SERIAL.into(),
-        locator: serial.into(),
-        fs_type: "ext4".into(),
-        target: target.into(),
-        options,
-        ..Default::default()
-    }
-}
-
 /// Runs `script` as root in the guest with the test disks mounted at /q4 and /q2; returns
 /// its exit status and output. The container (and its mounts) is gone when this returns.
 async fn root_shell(agent: &Agent, id: &str, script: &str) -> (i32, String, String) {
     let storages = vec![
-        storage(ROOTFS, "rootfs", true),
-        storage(DISK4, "rootfs/q4", false),
-        storage(DISK2, "rootfs/q2", false),
+        block_storage(ROOTFS, "rootfs", true),
+        block_storage(DISK4, "rootfs/q4", false),
+        block_storage(DISK2, "rootfs/q2", false),
     ];
-    let spec = serde_json::to_vec(&root_shell_spec(script)).unwrap();
-    agent.create(id, spec, storages).await.unwrap();
-    agent.start(id).await.unwrap();
-    let stdout = agent.read_all(id, false).await.unwrap();
-    let stderr = agent.read_all(id, true).await.unwrap();
-    let status = agent.wait(id).await.unwrap();
-    agent.remove(id).await.unwrap();
-    (status, stdout, stderr)
+    let out = shell::root_shell(agent, id, script, storages)
+        .await
+        .unwrap();
+    (out.status, out.stdout, out.stderr)
 }
 
 /// The guest's device at the VMM's window base.
