@@ -26,7 +26,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             timeout: Duration::from_secs(600),
-            memory_mib: 4096,
+            memory_mib: 6144,
             env: Vec::new(),
             direct_ok: true,
         }
