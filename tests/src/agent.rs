@@ -18,6 +18,13 @@ pub fn ctx() -> context::Context {
     context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
 }
 
+/// The deadline of calls that wait on the container (its output, its exit): they answer only
+/// when it writes or ends, and a quiet workload under two levels of emulation (the nested rig)
+/// can take minutes. A hang still ends here, as a failure.
+pub fn wait_ctx() -> context::Context {
+    context::with_timeout(Duration::from_secs(900).as_nanos() as i64)
+}
+
 /// The agent's services over one connection.
 #[derive(Clone)]
 pub struct Agent {
@@ -120,9 +127,9 @@ impl Agent {
                 ..Default::default()
             };
             let resp = if stderr {
-                self.containers.read_stderr(ctx(), &req).await
+                self.containers.read_stderr(wait_ctx(), &req).await
             } else {
-                self.containers.read_stdout(ctx(), &req).await
+                self.containers.read_stdout(wait_ctx(), &req).await
             }
             .with_context(|| format!("reading the output of {id}"))?;
             if resp.eof {
@@ -141,7 +148,7 @@ impl Agent {
         };
         Ok(self
             .containers
-            .wait_process(ctx(), &req)
+            .wait_process(wait_ctx(), &req)
             .await
             .with_context(|| format!("waiting for {id}"))?
             .exit_status)

@@ -1,5 +1,5 @@
 //! A privileged root shell in the guest, run by the agent as a container: the guest's
-//! network namespace, /sys writable, no masked or read-only /proc paths, CAP_NET_ADMIN and
+//! network namespace, /sys writable, no masked or read-only /proc paths, CAP_NET_ADMIN, CAP_NET_RAW (ping) and
 //! CAP_SYS_ADMIN, every device allowed. What a pod never gets; tests and benches need it for
 //! /proc/irq, CPU hotplug, taps and O_DIRECT reads on their own disks.
 
@@ -27,6 +27,7 @@ pub fn root_shell_spec(script: &str) -> oci_spec::runtime::Spec {
     let with = |s: Option<Capabilities>| {
         let mut s = s.unwrap_or_default();
         s.insert(Capability::NetAdmin);
+        s.insert(Capability::NetRaw);
         s.insert(Capability::SysAdmin);
         Some(s)
     };
