@@ -22,7 +22,7 @@ pub fn ctx() -> context::Context {
 /// when it writes or ends, and a quiet workload under two levels of emulation (the nested rig)
 /// can take minutes. A hang still ends here, as a failure.
 pub fn wait_ctx() -> context::Context {
-    context::with_timeout(Duration::from_secs(900).as_nanos() as i64)
+    context::with_timeout(Duration::from_secs(600).as_nanos() as i64)
 }
 
 /// The agent's services over one connection.

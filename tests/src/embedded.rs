@@ -227,6 +227,41 @@ impl EmbeddedGuest {
     }
 }
 
+impl EmbeddedGuest {
+    /// What to print when a call into the guest gets no answer: the serial console's tail,
+    /// then every device's rings and vectors twice, 5 s apart (a ring whose avail index stays
+    /// ahead of its used index is stalled; one whose used index passed used_event with no
+    /// new interrupt lost one).
+    pub async fn stall_report(&self) -> String {
+        let first = self.vm.device_stats();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let second = self.vm.device_stats();
+        let mut out = format!(
+            "VM exit: {:?}\n--- serial console (tail) ---\n{}\n--- devices: rings and vectors, then 5 s later ---\n",
+            self.vm.exit_reason(),
+            tail(&self.console(), 60)
+        );
+        for (label, stats) in [("t0", &first), ("t0+5s", &second)] {
+            for d in stats {
+                out += &format!(
+                    "{label} {} {:#x} status {:#x} msi {} legacy_sent {} completed {:?}\n",
+                    d.device_type, d.base, d.status, d.msi_enabled, d.legacy_sent, d.requests_completed
+                );
+                for r in &d.rings {
+                    out += &format!("    ring {r:?}\n");
+                }
+                for v in &d.vectors {
+                    out += &format!(
+                        "    vector {} gsi {} sent {} dropped {} configured {} masked {}\n",
+                        v.index, v.gsi, v.sent, v.dropped, v.configured, v.masked
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Drop for EmbeddedGuest {
     fn drop(&mut self) {
         self.vm.stop();

@@ -110,16 +110,21 @@ impl Images {
 
 /// Runs `script` as root in the guest with the test disks mounted at /q4 and /q2; returns
 /// its exit status and output. The container (and its mounts) is gone when this returns.
-async fn root_shell(agent: &Agent, id: &str, script: &str) -> (i32, String, String) {
+async fn root_shell(
+    guest: &EmbeddedGuest,
+    agent: &Agent,
+    id: &str,
+    script: &str,
+) -> (i32, String, String) {
     let storages = vec![
         block_storage(ROOTFS, "rootfs", true),
         block_storage(DISK4, "rootfs/q4", false),
         block_storage(DISK2, "rootfs/q2", false),
     ];
-    let out = shell::root_shell(agent, id, script, storages)
-        .await
-        .unwrap();
-    (out.status, out.stdout, out.stderr)
+    match shell::root_shell(agent, id, script, storages).await {
+        Ok(out) => (out.status, out.stdout, out.stderr),
+        Err(e) => panic!("container {id}: {e:#}\n{}", guest.stall_report().await),
+    }
 }
 
 /// The guest's device at the VMM's window base.
@@ -256,7 +261,7 @@ async fn boot(images: &Images, msi: bool) -> (EmbeddedGuest, Agent) {
 /// Runs [`workload`] as container `id`: every file checks out on every CPU, every ping comes
 /// back, the virtio-console carried its line.
 async fn run_workload(guest: &EmbeddedGuest, agent: &Agent, id: &str) {
-    let (status, out, err) = root_shell(agent, id, &workload()).await;
+    let (status, out, err) = root_shell(guest, agent, id, &workload()).await;
     assert_eq!(
         status,
         0,
@@ -354,6 +359,7 @@ async fn a_moved_config_vector_an_attach_and_cpu_hotplug_under_io() {
 
     // Move the slot's config vector (not managed) to CPU1: the driver reprograms its MSI.
     let (status, out, err) = root_shell(
+        &guest,
         &agent,
         "affinity",
         &format!("echo 2 > /proc/irq/{config_irq}/smp_affinity && cat /proc/irq/{config_irq}/effective_affinity_list"),
@@ -412,12 +418,7 @@ ls /q4/w* | wc -l
 sync; echo 3 > /proc/sys/vm/drop_caches
 cat /q4/w* | wc -c
 "#;
-    let (status, out, err) = tokio::time::timeout(
-        Duration::from_secs(600),
-        root_shell(&agent, "hotplug", script),
-    )
-    .await
-    .expect("the hotplug workload hung: a lost completion");
+    let (status, out, err) = root_shell(&guest, &agent, "hotplug", script).await;
     assert_eq!(
         status,
         0,

@@ -54,6 +54,8 @@ pub struct VectorStats {
     pub dropped: u64,
     /// The guest programmed it.
     pub configured: bool,
+    /// The guest masked it.
+    pub masked: bool,
 }
 
 /// What became of an UPDATE.
@@ -303,6 +305,7 @@ impl DeviceInterrupts {
                 sent: v.sent.load(Ordering::Relaxed),
                 dropped: v.dropped.load(Ordering::Relaxed),
                 configured: v.configured.load(Ordering::Relaxed),
+                masked: v.masked.load(Ordering::Relaxed),
             })
             .collect()
     }

@@ -4,7 +4,7 @@
 pub mod registers;
 pub mod transport;
 
-pub use transport::{MmioTransport, TransportErrors, TransportStats};
+pub use transport::{MmioTransport, RingSnapshot, TransportErrors, TransportStats};
 
 use crate::layout;
 

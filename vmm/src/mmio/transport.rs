@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use serde::Serialize;
+use vm_memory::Bytes;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -75,6 +76,30 @@ pub struct TransportStats {
     pub errors: TransportErrors,
     /// The device status register.
     pub status: u32,
+    /// Each ready queue's ring indices as guest memory holds them now (diagnostics: a ring
+    /// whose avail index runs ahead of its used index for long is stalled).
+    pub rings: Vec<RingSnapshot>,
+}
+
+/// One queue's split-ring indices and flags, read from guest memory.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct RingSnapshot {
+    /// Queue index.
+    pub queue: u16,
+    /// Queue size.
+    pub size: u16,
+    /// avail.idx: chains the driver has published.
+    pub avail_idx: u16,
+    /// avail.flags (bit 0: the driver wants no interrupts).
+    pub avail_flags: u16,
+    /// used_event (EVENT_IDX): interrupt once used.idx passes it.
+    pub used_event: u16,
+    /// used.idx: chains the device has returned.
+    pub used_idx: u16,
+    /// used.flags (bit 0: the device wants no doorbells).
+    pub used_flags: u16,
+    /// avail_event (EVENT_IDX): doorbell once avail.idx passes it.
+    pub avail_event: u16,
 }
 
 /// A virtio-mmio device window.
@@ -239,7 +264,35 @@ impl MmioTransport {
             requests_completed: self.device.completed_requests(),
             errors: self.errors.clone(),
             status: self.read_status(),
+            rings: self.ring_snapshots(),
         }
+    }
+
+    fn ring_snapshots(&self) -> Vec<RingSnapshot> {
+        let read = |addr: u64| -> u16 {
+            self.mem
+                .read_obj::<u16>(vm_memory::GuestAddress(addr))
+                .unwrap_or(u16::MAX)
+        };
+        self.queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.ready())
+            .map(|(index, q)| {
+                let size = q.size();
+                let (avail, used) = (q.avail_ring(), q.used_ring());
+                RingSnapshot {
+                    queue: index as u16,
+                    size,
+                    avail_flags: read(avail),
+                    avail_idx: read(avail.wrapping_add(2)),
+                    used_event: read(avail.wrapping_add(4 + 2 * u64::from(size))),
+                    used_flags: read(used),
+                    used_idx: read(used.wrapping_add(2)),
+                    avail_event: read(used.wrapping_add(4 + 8 * u64::from(size))),
+                }
+            })
+            .collect()
     }
 
     fn read_status(&self) -> u32 {
