@@ -2,7 +2,7 @@
 //! library the shim embeds), 2 vCPUs: blk with 4 and 2 queues, net with 2
 //! queue pairs on a tap, vsock, virtio-console. Per vector, what the VMM sent
 //! equals what the guest's /proc/interrupts counted (read by the agent) once
-//! the device is quiet; queue vectors are spread over the CPUs; a config
+//! the device is quiet, less the few a local APIC merges (`check_counts`); queue vectors are spread over the CPUs; a config
 //! vector moved with /proc/irq/N/smp_affinity is reprogrammed (the UPDATE
 //! path) and its next interrupt lands on the new CPU; a disk attached to an
 //! empty slot raises exactly one config-change interrupt; CPU1 goes offline
@@ -157,8 +157,18 @@ fn guest_vectors(dev: &VirtioDevice) -> BTreeMap<u16, &pulse_protocols::devices:
 }
 
 /// Per vector: the VMM's `sent` against the guest's count, for every device but `skip`.
-fn compare_counts(report: &DeviceReport, host: &[TransportStats], skip: &[&str]) -> Vec<String> {
+///
+/// The two are equal but for one thing the hardware does: an edge interrupt raised again
+/// before the CPU accepted the first (its IRR bit still set) merges with it in the local
+/// APIC, so a device that completes twice in quick succession can send 2 and be counted 1.
+/// Under two levels of emulation a vCPU can be off the CPU for milliseconds, and this was
+/// seen on the console's output vector (host 2, guest 1). So: never more in the guest than
+/// sent (an interrupt from nowhere), never none when some were sent (a vector that lost
+/// everything), and merged ones at most 1 in 100 of all sent (at least 2), printed.
+fn check_counts(report: &DeviceReport, host: &[TransportStats], skip: &[&str]) {
     let mut lines = Vec::new();
+    let mut wrong = Vec::new();
+    let (mut sent_total, mut merged_total) = (0u64, 0u64);
     for h in host {
         if skip.contains(&h.device_type) {
             continue;
@@ -167,23 +177,41 @@ fn compare_counts(report: &DeviceReport, host: &[TransportStats], skip: &[&str])
         let gv = guest_vectors(g);
         for hv in &h.vectors {
             let guest = gv.get(&hv.index).map_or(0, |v| v.total);
-            lines.push(format!(
-                "{} {} vector {} ({:?}): host {} guest {}{}",
+            let line = format!(
+                "{} {} vector {} ({:?}): host {} guest {}",
                 h.device_type,
                 g.name,
                 hv.index,
                 gv.get(&hv.index).map(|v| v.name.as_str()).unwrap_or("-"),
                 hv.sent,
                 guest,
-                if hv.sent == guest {
-                    ""
-                } else {
-                    "  <-- differs"
-                }
-            ));
+            );
+            sent_total += hv.sent;
+            if guest > hv.sent {
+                wrong.push(format!("{line}: more in the guest than sent"));
+            } else if hv.sent > 0 && guest == 0 {
+                wrong.push(format!("{line}: none arrived"));
+            } else if guest < hv.sent {
+                merged_total += hv.sent - guest;
+                lines.push(format!("{line}  <-- {} merged", hv.sent - guest));
+                continue;
+            }
+            lines.push(line);
         }
     }
-    lines
+    eprintln!("{}", lines.join("\n"));
+    eprintln!("interrupts sent {sent_total}, merged in the guest's APIC {merged_total}");
+    assert!(
+        wrong.is_empty(),
+        "{}\n{}",
+        wrong.join("\n"),
+        lines.join("\n")
+    );
+    assert!(
+        merged_total <= (sent_total / 100).max(2),
+        "{merged_total} of {sent_total} interrupts never counted in the guest: more than APIC merging explains\n{}",
+        lines.join("\n")
+    );
 }
 
 /// Brings the tap's L1 side up with an address, IPv6 off (no router solicitations that
@@ -304,13 +332,7 @@ async fn per_queue_msi_counts_match_and_data_survives_on_every_queue() {
         let g = guest_device(&report, h);
         assert!(g.msi_enabled, "guest {}: {g:#?}", g.name);
     }
-    let lines = compare_counts(&report, &host, &["vsock"]);
-    eprintln!("{}", lines.join("\n"));
-    assert!(
-        !lines.iter().any(|l| l.ends_with("differs")),
-        "{}",
-        lines.join("\n")
-    );
+    check_counts(&report, &host, &["vsock"]);
 
     // The 2-queue disk's queue vectors are spread over the two CPUs (managed affinity).
     let q2 = guest_device(&report, &host[2]);
@@ -442,13 +464,7 @@ cat /q4/w* | wc -c
 
     let report = agent.device_report().await.unwrap();
     let host = guest.vm().device_stats();
-    let lines = compare_counts(&report, &host, &["vsock"]);
-    eprintln!("{}", lines.join("\n"));
-    assert!(
-        !lines.iter().any(|l| l.ends_with("differs")),
-        "{}",
-        lines.join("\n")
-    );
+    check_counts(&report, &host, &["vsock"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
