@@ -5,6 +5,7 @@
 //! youki's `libcontainer`, and reports what the guest kernel made of its
 //! virtio devices and interrupts.
 
+pub mod clock;
 pub mod container;
 pub mod devices;
 pub mod guest;

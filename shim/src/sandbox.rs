@@ -132,6 +132,7 @@ impl Sandbox {
                 &sandbox_api::CreateSandboxRequest {
                     sandbox_id: pod.into(),
                     hostname: hostname_of(pod),
+                    host_time_unix_nanos: host_time_unix_nanos(),
                     ..Default::default()
                 },
             )
@@ -376,6 +377,15 @@ fn check_socket_paths(paths: &SandboxPaths) -> Result<()> {
 /// A hostname for the guest: the pod id, cut to 63 characters.
 fn hostname_of(pod: &str) -> String {
     pod.chars().take(63).collect()
+}
+
+/// The host's wall-clock time for the guest to take (0 if the host's clock is before 1970).
+fn host_time_unix_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0)
 }
 
 /// The last lines of the guest console, for error messages.

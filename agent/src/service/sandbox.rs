@@ -35,6 +35,24 @@ impl Sandbox for SandboxService {
                 tracing::info!("not PID 1: leaving the hostname alone");
             }
         }
+        if req.host_time_unix_nanos != 0 {
+            if self.0.init_mode {
+                match crate::clock::sync_to_host(req.host_time_unix_nanos) {
+                    Ok(Some(step)) => {
+                        tracing::info!(step_ns = step, "the guest's clock was set to the host's")
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                            Code::INTERNAL,
+                            format!("setting the guest's clock to the host's: {e}"),
+                        )))
+                    }
+                }
+            } else {
+                tracing::info!("not PID 1: leaving the clock alone");
+            }
+        }
         *self.0.sandbox_id.lock().unwrap_or_else(|p| p.into_inner()) = req.sandbox_id;
         Ok(CreateSandboxResponse::default())
     }
