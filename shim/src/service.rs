@@ -306,6 +306,8 @@ impl Service {
         spec: &mut serde_json::Value,
     ) -> ttrpc::Result<u32> {
         sandbox.check_add_container().map_err(state_err)?;
+        crate::spec::check_mounts(spec)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()

@@ -1,8 +1,10 @@
 //! The container's OCI spec, as containerd wrote it for the host, made fit
 //! for the guest: the rootfs is the disk the agent mounts at `rootfs`, host
-//! paths (namespace files, bind-mount sources, hooks, the host cgroup path)
-//! are dropped, and the network namespace is the VM's own (every container
-//! of a pod shares the VM's network, as the pod's containers share one).
+//! paths (namespace files, hooks, the host cgroup path) are dropped, and the
+//! network namespace is the VM's own (every container of a pod shares the
+//! VM's network, as the pod's containers share one). A bind mount of a host
+//! path cannot reach the guest yet: it fails the create by name
+//! ([`check_mounts`]), never silently dropped.
 
 use serde_json::Value;
 
@@ -13,7 +15,49 @@ pub struct Adjustments {
     pub notes: Vec<String>,
 }
 
-/// Rewrites `spec` (a config.json value) for the guest.
+/// A mount of the spec the guest cannot provide.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "mount {destination}: the host path {host_path} cannot reach the VM (a bind mount; Pulse \
+     does not share host files with the guest yet): remove the mount or put the files in the image"
+)]
+pub struct UnsupportedMount {
+    /// Where the container wanted it.
+    pub destination: String,
+    /// The host path.
+    pub host_path: String,
+}
+
+/// Every mount must reach the container or fail the create by name: bind mounts of host
+/// paths do not reach the guest yet.
+pub fn check_mounts(spec: &Value) -> Result<(), UnsupportedMount> {
+    let Some(mounts) = spec.get("mounts").and_then(Value::as_array) else {
+        return Ok(());
+    };
+    for m in mounts {
+        let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
+            || m.get("options")
+                .and_then(Value::as_array)
+                .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+        if is_bind {
+            return Err(UnsupportedMount {
+                destination: m
+                    .get("destination")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .into(),
+                host_path: m
+                    .get("source")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites `spec` (a config.json value) for the guest; [`check_mounts`] has passed.
 pub fn for_guest(spec: &mut Value) -> Adjustments {
     let mut adj = Adjustments::default();
     if let Some(root) = spec.get_mut("root").and_then(Value::as_object_mut) {
@@ -46,22 +90,6 @@ pub fn for_guest(spec: &mut Value) -> Adjustments {
             }
         }
     }
-    if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
-        mounts.retain(|m| {
-            let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
-                || m.get("options")
-                    .and_then(Value::as_array)
-                    .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
-            if is_bind {
-                adj.notes.push(format!(
-                    "bind mount of host path {} on {} dropped",
-                    m.get("source").and_then(Value::as_str).unwrap_or("?"),
-                    m.get("destination").and_then(Value::as_str).unwrap_or("?")
-                ));
-            }
-            !is_bind
-        });
-    }
     adj
 }
 
@@ -78,8 +106,7 @@ mod tests {
             "hooks": {"prestart": []},
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/x/hosts", "options": ["rbind", "ro"]},
-                {"destination": "/etc/resolv.conf", "source": "/r", "options": ["bind"]}
+                {"destination": "/scratch", "type": "tmpfs", "options": ["nosuid"]}
             ],
             "linux": {
                 "cgroupsPath": "/default/c1",
@@ -93,13 +120,44 @@ mod tests {
         let adj = for_guest(&mut spec);
         assert_eq!(spec["root"], json!({"path": "rootfs", "readonly": true}));
         assert!(spec.get("hooks").is_none());
-        assert_eq!(spec["mounts"].as_array().unwrap().len(), 1);
+        assert_eq!(spec["mounts"].as_array().unwrap().len(), 2);
         assert!(spec["linux"].get("cgroupsPath").is_none());
         assert_eq!(
             spec["linux"]["namespaces"],
             json!([{"type": "pid"}, {"type": "ipc"}])
         );
-        assert_eq!(adj.notes.len(), 5, "{:?}", adj.notes);
+        assert_eq!(adj.notes.len(), 3, "{:?}", adj.notes);
+    }
+
+    #[test]
+    fn a_bind_mount_fails_by_name_by_type_or_by_option() {
+        for mount in [
+            json!({"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/x/hosts", "options": ["rbind", "ro"]}),
+            json!({"destination": "/data", "source": "/srv/data", "options": ["bind"]}),
+            json!({"destination": "/data", "type": "none", "source": "/srv/data", "options": ["rbind", "rw"]}),
+        ] {
+            let spec = json!({"mounts": [{"destination": "/proc", "type": "proc"}, mount.clone()]});
+            let err = check_mounts(&spec).unwrap_err();
+            assert_eq!(err.destination, mount["destination"]);
+            assert_eq!(err.host_path, mount["source"]);
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("mount {}: the host path", err.destination)),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn kernel_filesystems_and_tmpfs_pass() {
+        let spec = json!({"mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro"]},
+            {"destination": "/scratch", "type": "tmpfs"}
+        ]});
+        assert_eq!(check_mounts(&spec), Ok(()));
+        assert_eq!(check_mounts(&json!({})), Ok(()));
     }
 
     #[test]

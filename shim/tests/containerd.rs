@@ -68,6 +68,84 @@ fn run_rm_prints_the_output_and_returns_the_exit_code() {
     env.assert_no_leaks();
 }
 
+/// A CPU limit (CFS bandwidth), a memory limit and CPU shares land in the container's cgroup
+/// in the guest, and every cgroup v2 file runc and kubelet write is there.
+#[test]
+fn cpu_and_memory_limits_land_in_the_guest_cgroup_with_every_controller() {
+    require_env!();
+    let _one = serial();
+    let env = Env::start();
+    let out = env.run_rm(
+        "cg1",
+        &[
+            "--cpu-quota",
+            "50000",
+            "--cpu-period",
+            "100000",
+            "--cpu-shares",
+            "512",
+            "--memory-limit",
+            "67108864",
+        ],
+        &[
+            "sh",
+            "-c",
+            "d=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); \
+             echo max=$(cat $d/cpu.max) mem=$(cat $d/memory.max); \
+             echo controllers=$(cat $d/cgroup.controllers); \
+             for f in cpu.weight cpu.max cpuset.cpus cpuset.mems memory.high memory.swap.max \
+                      pids.max io.max io.weight cpu.pressure; do \
+               [ -e $d/$f ] || echo missing=$f; done",
+        ],
+    );
+    let printed = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{printed}{}\n{}",
+        text(&out.stderr),
+        env.log()
+    );
+    assert!(printed.contains("max=50000 100000"), "{printed}");
+    assert!(printed.contains("mem=67108864"), "{printed}");
+    let controllers = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("controllers="))
+        .unwrap_or_default();
+    for c in ["cpuset", "cpu", "io", "memory", "hugetlb", "pids"] {
+        assert!(
+            controllers.split_whitespace().any(|x| x == c),
+            "controller {c} not delegated: {printed}"
+        );
+    }
+    assert!(!printed.contains("missing="), "{printed}");
+    env.assert_no_leaks();
+}
+
+/// A host bind mount cannot reach the guest yet: the create fails naming the mount, and the
+/// failed pod leaves nothing behind (never a container that silently lacks its mount).
+#[test]
+fn a_bind_mount_fails_the_create_by_name_and_leaves_nothing() {
+    require_env!();
+    let _one = serial();
+    let env = Env::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        dir.path().display()
+    );
+    let out = env.run_rm("bind1", &["--mount", &mount], &["ls", "/data"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("mount /data: the host path")
+            && err.contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    let _ = env.ctr(&["containers", "delete", "bind1"]);
+    env.assert_no_leaks();
+}
+
 #[test]
 fn detached_container_exec_tty_kill_delete() {
     require_env!();
@@ -504,12 +582,51 @@ fn update_memory_limit(env: &Env, id: &str, bytes: u64) {
     });
 }
 
+/// Seconds since the Unix epoch on the host.
+fn host_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The container's wall clock and a new file's mtime against the host's clock: a guest that
+/// kept 1970, or fell behind, is off by years or by minutes. 2 s of slack for rounding and the
+/// trip.
+fn assert_guest_clock_is_the_hosts(env: &Env, id: &str, exec_id: &str) {
+    let before = host_now();
+    let out = env.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        exec_id,
+        id,
+        "sh",
+        "-c",
+        "touch /tmp/clock && date -u +%s && stat -c %Y /tmp/clock",
+    ]);
+    let after = host_now();
+    let printed = text(&out.stdout);
+    let times: Vec<u64> = printed
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert_eq!(times.len(), 2, "{printed}{}", text(&out.stderr));
+    for t in times {
+        assert!(
+            t + 2 >= before && t <= after + 2,
+            "the guest says {t}, the host's clock went from {before} to {after}"
+        );
+    }
+}
+
 #[test]
 fn pause_resume_metrics_update_and_the_management_socket() {
     require_env!();
     let _one = serial();
     let env = Env::start();
     env.run_sleeping("pm1");
+    assert_guest_clock_is_the_hosts(&env, "pm1", "clock-at-start");
 
     // Pause freezes the container's cgroup in the guest; resume thaws it.
     let out = env.ctr(&["tasks", "pause", "pm1"]);
@@ -520,11 +637,14 @@ fn pause_resume_metrics_update_and_the_management_socket() {
         !out.status.success(),
         "exec into a paused container must fail"
     );
+    // Paused for a while: the guest's clock must not stop with the container.
+    std::thread::sleep(std::time::Duration::from_secs(3));
     let out = env.ctr(&["tasks", "resume", "pm1"]);
     assert!(out.status.success(), "resume: {}", text(&out.stderr));
     env.wait_status("pm1", "RUNNING");
     let out = env.ctr(&["tasks", "exec", "--exec-id", "r", "pm1", "echo", "thawed"]);
     assert_eq!(text(&out.stdout).trim(), "thawed", "{}", text(&out.stderr));
+    assert_guest_clock_is_the_hosts(&env, "pm1", "clock-after-resume");
 
     // Stats: cgroup v2 metrics from the guest.
     let m = task_metrics(&env, "pm1");
