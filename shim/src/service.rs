@@ -20,7 +20,6 @@ use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use pulse_protocols::containers;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use ttrpc::Code;
 
 use crate::config::{self, PulseConfig};
@@ -74,8 +73,8 @@ struct Process {
     exit: watch::Sender<Option<ExitInfo>>,
     /// An exec's OCI process JSON, until it starts.
     spec: Vec<u8>,
-    /// The stdin pump, for CloseIO.
-    stdin: Option<JoinHandle<()>>,
+    /// The stdin pump and the shim's hold on the FIFO, for CloseIO.
+    stdin: Option<crate::stdio::StdinPump>,
 }
 
 impl Process {
@@ -1032,14 +1031,17 @@ impl Task for Service {
             (sandbox, state.process(&req.id, &req.exec_id)?.stdin.take())
         };
         if let Some(mut pump) = pump {
-            // The client closed its end: let the pump forward what is left first.
-            if tokio::time::timeout(Duration::from_secs(2), &mut pump)
+            // The shim lets go of the FIFO; the pump forwards what is left and ends stdin in
+            // the guest once the client's writers are gone too. A client that keeps writing
+            // longer than this is cut off.
+            drop(pump.hold.take());
+            if tokio::time::timeout(Duration::from_secs(2), &mut pump.task)
                 .await
                 .is_ok()
             {
                 return Ok(api::Empty::new());
             }
-            pump.abort();
+            pump.task.abort();
         }
         crate::stdio::close_stdin(sandbox.agent(), &req.id, &req.exec_id).await;
         Ok(api::Empty::new())

@@ -6,8 +6,11 @@
 //! containerd's own shims do), so opening never fails for want of a reader
 //! and a client that comes and goes does not break the pump. The stdin FIFO
 //! is opened read-only and non-blocking: on Linux it reports neither data nor
-//! hang-up until a writer has come, so an early open does not read as EOF;
-//! once the writer closes, stdin is closed in the guest.
+//! hang-up until a writer has come, so an early open does not read as EOF.
+//! Like containerd's runc shim, the shim also holds a write end of the stdin
+//! FIFO until CloseIO: a client that detaches (`kubectl attach`, a `ctr`
+//! that exits) does not end the container's stdin; CloseIO does, once every
+//! client's writer is gone too.
 
 use std::path::Path;
 use std::time::Duration;
@@ -84,6 +87,24 @@ pub fn open_stdin(path: &str) -> std::io::Result<pipe::Receiver> {
     pipe::OpenOptions::new().open_receiver(fifo_path(path))
 }
 
+/// The shim's own write end of a stdin FIFO (opened once the read end is): while it is open
+/// the reader sees no EOF. Dropping it is CloseIO's half of ending stdin.
+pub fn hold_stdin(path: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo_path(path))
+}
+
+/// A process's stdin pump and the shim's hold on its FIFO.
+pub struct StdinPump {
+    /// Copies the FIFO to the guest, then closes the process's stdin there.
+    pub task: JoinHandle<()>,
+    /// Dropped by CloseIO.
+    pub hold: Option<std::fs::File>,
+}
+
 /// Copies one output stream of a process from the agent to `path` until the
 /// agent reports EOF (every writer in the guest is gone and all was read).
 /// With an empty path the output is still read, and dropped, so the process
@@ -142,16 +163,17 @@ pub fn spawn_output(
     })
 }
 
-/// Copies the stdin FIFO to the process until its writer closes it, then
-/// closes the process's stdin.
+/// Copies the stdin FIFO to the process until its writers (the client's and the shim's
+/// hold) are all closed, then closes the process's stdin.
 pub fn spawn_stdin(
     agent: Agent,
     container: String,
     exec: String,
     path: String,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<StdinPump> {
     let mut fifo = open_stdin(&path)?;
-    Ok(tokio::spawn(async move {
+    let hold = hold_stdin(&path)?;
+    let task = tokio::spawn(async move {
         let client = agent.containers();
         let mut buf = vec![0u8; WRITE_CHUNK];
         loop {
@@ -175,7 +197,11 @@ pub fn spawn_stdin(
             }
         }
         close_stdin(&agent, &container, &exec).await;
-    }))
+    });
+    Ok(StdinPump {
+        task,
+        hold: Some(hold),
+    })
 }
 
 /// Closes a process's stdin in the guest (errors are only logged: the process
@@ -197,7 +223,7 @@ pub struct Pumps {
     /// stdout/stderr.
     pub outputs: Vec<JoinHandle<()>>,
     /// stdin.
-    pub stdin: Option<JoinHandle<()>>,
+    pub stdin: Option<StdinPump>,
 }
 
 impl Pumps {
@@ -254,8 +280,8 @@ impl Pumps {
         for h in self.outputs.drain(..) {
             h.abort();
         }
-        if let Some(h) = self.stdin.take() {
-            h.abort();
+        if let Some(p) = self.stdin.take() {
+            p.task.abort();
         }
     }
 }
@@ -322,6 +348,30 @@ mod tests {
         }
         writer.join().unwrap();
         assert_eq!(got, b"hello", "data, then EOF once the writer closed");
+    }
+
+    #[tokio::test]
+    async fn the_shims_hold_keeps_stdin_open_after_the_client_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdin");
+        mkfifo(&path);
+        let p = path.to_str().unwrap();
+        let mut rx = open_stdin(p).unwrap();
+        let hold = hold_stdin(p).unwrap();
+        // A client writes and goes away.
+        std::fs::write(&path, b"first").unwrap();
+        let mut buf = [0u8; 16];
+        let n = rx.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"first");
+        let after = tokio::time::timeout(Duration::from_millis(150), rx.read(&mut buf)).await;
+        assert!(after.is_err(), "no EOF while the shim holds: {after:?}");
+        // A second client (a new attach) still reaches the process.
+        std::fs::write(&path, b"again").unwrap();
+        let n = rx.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"again");
+        // CloseIO drops the hold: EOF.
+        drop(hold);
+        assert_eq!(rx.read(&mut buf).await.unwrap(), 0);
     }
 
     #[tokio::test]
