@@ -17,9 +17,11 @@ deps:
 build: deps
 	$(CARGO) build --release --workspace
 
-# The guest agent as one static binary (it becomes the initramfs's /init).
+# The guest agent as one static binary (it becomes the initramfs's /init), with a static
+# libseccomp built for musl (guest/seccomp/libseccomp-musl.sh, cached).
 agent: deps
-	$(CARGO) build --release --target x86_64-unknown-linux-musl -p pulse-agent
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$$(guest/seccomp/libseccomp-musl.sh)/lib \
+	    $(CARGO) build --release --target x86_64-unknown-linux-musl -p pulse-agent
 
 # The guest: vmlinux (built once per input hash, cached in /var/cache/pulse/kernel) and the
 # initramfs with the agent as /init, both in build/guest/.

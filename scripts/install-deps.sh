@@ -15,8 +15,9 @@ for pkg in qemu-system-x86 busybox-static musl-tools containerd runc e2fsprogs u
     pkg_installed "$pkg" || need_apt+=("$pkg")
 done
 # The guest kernel build (guest/kernel/build.sh also installs linux-source-6.1) and the rootfs
-# disk images (mkfs.ext4 -d).
-for pkg in bc bison flex libelf-dev libssl-dev e2fsprogs; do
+# disk images (mkfs.ext4 -d). libseccomp-dev: the agent's seccomp on the host (its tests);
+# gperf: the static musl libseccomp of the guest agent (guest/seccomp/libseccomp-musl.sh).
+for pkg in bc bison flex libelf-dev libssl-dev e2fsprogs libseccomp-dev gperf pkg-config; do
     pkg_installed "$pkg" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -744,3 +744,66 @@ async fn the_environment_keeps_the_spec_order() {
     );
     agent.remove("runner", true).await.expect("remove");
 }
+
+/// A profile that refuses mkdir with EPERM, as Kubernetes' RuntimeDefault and `ctr run
+/// --seccomp` give one: the container runs in seccomp filter mode (`Seccomp: 2`, one filter,
+/// like runc) and mkdir fails, with and without no_new_privileges (libcontainer loads the
+/// filter before the capabilities go in one case, just before the exec in the other).
+#[tokio::test]
+async fn a_seccomp_profile_is_enforced() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    let script = "grep -E '^Seccomp(_filters)?:' /proc/self/status | tr -d '\\t '; \
+                  mkdir /tmp/blocked 2>&1 || echo refused";
+    for (id, no_new_privileges) in [("sc-nnp", true), ("sc-caps", false)] {
+        let spec = agent.spec(&rootfs, &["sh", "-c", script]);
+        let mut spec = serde_json::to_value(&spec).unwrap();
+        spec["process"]["noNewPrivileges"] = serde_json::json!(no_new_privileges);
+        spec["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+            ]
+        });
+        agent
+            .create_with(id, serde_json::to_vec(&spec).unwrap(), vec![])
+            .await
+            .expect("create");
+        agent.start_container(id).await.expect("start");
+        let out = agent.read_all(id, "", false).await;
+        assert_eq!(agent.wait(id, "").await.exit_status, 0, "{out}");
+        assert!(out.contains("Seccomp:2\n"), "{id}: {out}");
+        assert!(out.contains("Seccomp_filters:1\n"), "{id}: {out}");
+        assert!(out.contains("Operation not permitted"), "{id}: {out}");
+        assert!(out.contains("refused"), "{id}: {out}");
+    }
+}
+
+/// A profile the guest cannot honour (SCMP_ACT_NOTIFY: a listener on the host) fails the
+/// create with a reason that says seccomp: never a container without its filter.
+#[tokio::test]
+async fn a_seccomp_profile_that_cannot_be_applied_is_a_clear_error() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    let spec = agent.spec(&rootfs, &["true"]);
+    let mut spec = serde_json::to_value(&spec).unwrap();
+    spec["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_NOTIFY",
+        "architectures": ["SCMP_ARCH_X86_64"]
+    });
+    let created = agent
+        .create_with("sc-bad", serde_json::to_vec(&spec).unwrap(), vec![])
+        .await;
+    let err = match created {
+        Err(e) => e,
+        Ok(_) => agent
+            .start_container("sc-bad")
+            .await
+            .expect_err("a container started without its seccomp filter"),
+    };
+    assert!(
+        format!("{err:?}").to_lowercase().contains("seccomp"),
+        "{err:?}"
+    );
+}

@@ -69,9 +69,11 @@ fn run_rm_prints_the_output_and_returns_the_exit_code() {
 }
 
 /// A CPU limit (CFS bandwidth), a memory limit and CPU shares land in the container's cgroup
-/// in the guest, and every cgroup v2 file runc and kubelet write is there.
+/// in the guest, every cgroup v2 file runc and kubelet write is there, and `--seccomp`
+/// (containerd's default profile, as Kubernetes' RuntimeDefault) is loaded: filter mode, one
+/// filter, as runc shows it. (What a profile refuses is the agent tests' subject.)
 #[test]
-fn cpu_and_memory_limits_land_in_the_guest_cgroup_with_every_controller() {
+fn limits_every_cgroup_controller_and_the_seccomp_profile_reach_the_guest() {
     require_env!();
     let _one = serial();
     let env = Env::start();
@@ -86,6 +88,7 @@ fn cpu_and_memory_limits_land_in_the_guest_cgroup_with_every_controller() {
             "512",
             "--memory-limit",
             "67108864",
+            "--seccomp",
         ],
         &[
             "sh",
@@ -95,7 +98,8 @@ fn cpu_and_memory_limits_land_in_the_guest_cgroup_with_every_controller() {
              echo controllers=$(cat $d/cgroup.controllers); \
              for f in cpu.weight cpu.max cpuset.cpus cpuset.mems memory.high memory.swap.max \
                       pids.max io.max io.weight cpu.pressure; do \
-               [ -e $d/$f ] || echo missing=$f; done",
+               [ -e $d/$f ] || echo missing=$f; done; \
+             grep -E '^Seccomp(_filters)?:' /proc/self/status | tr -d '\\t '",
         ],
     );
     let printed = text(&out.stdout);
@@ -119,6 +123,8 @@ fn cpu_and_memory_limits_land_in_the_guest_cgroup_with_every_controller() {
         );
     }
     assert!(!printed.contains("missing="), "{printed}");
+    assert!(printed.contains("Seccomp:2\n"), "{printed}");
+    assert!(printed.contains("Seccomp_filters:1\n"), "{printed}");
     env.assert_no_leaks();
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, Process, Spec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -38,7 +38,7 @@ pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
 }
 
 /// Parses and checks a container spec; fills in the cgroup path when the
-/// spec has none and drops what this agent cannot enforce (with a warning).
+/// spec has none.
 pub fn parse_spec(json: &[u8], default_cgroup: &str) -> Result<Spec, SpecError> {
     let mut spec: Spec =
         serde_json::from_slice(json).map_err(|e| SpecError::Malformed(e.to_string()))?;
@@ -57,14 +57,16 @@ pub fn parse_spec(json: &[u8], default_cgroup: &str) -> Result<Spec, SpecError> 
         return Err(SpecError::Malformed("it has no root".into()));
     }
     default_mount_sources(&mut spec);
+    if let Some(process) = spec.process_mut() {
+        normalize_no_new_privileges(process);
+    }
     let Some(linux) = spec.linux_mut() else {
         return Err(SpecError::Unsupported(
             "it has no linux section (only Linux containers run here)".into(),
         ));
     };
-    if linux.seccomp().is_some() {
-        tracing::warn!("seccomp profiles are not supported by this agent; ignoring it");
-        linux.set_seccomp(None);
+    if let Some(seccomp) = linux.seccomp() {
+        check_seccomp(seccomp)?;
     }
     match linux.cgroups_path() {
         Some(path) if path.is_absolute() => {}
@@ -114,10 +116,42 @@ pub fn rootfs_of(spec: &Spec, bundle: &Path) -> Result<PathBuf, SpecError> {
 
 /// Parses an exec's OCI process object.
 pub fn parse_process(json: &[u8]) -> Result<Process, SpecError> {
-    let process: Process =
+    let mut process: Process =
         serde_json::from_slice(json).map_err(|e| SpecError::Malformed(format!("process: {e}")))?;
     check_args(&process)?;
+    normalize_no_new_privileges(&mut process);
     Ok(process)
+}
+
+/// libcontainer loads a seccomp filter before it drops the capabilities only when
+/// `noNewPrivileges` is absent; when it is present, even `false`, it loads it just before the
+/// exec, where the kernel refuses it (EACCES) without CAP_SYS_ADMIN or no_new_privs. `false`
+/// is the OCI default, the same as absent: made absent, a profile loads while the
+/// capabilities are still there, as runc loads it.
+fn normalize_no_new_privileges(process: &mut Process) {
+    if process.no_new_privileges() == Some(false) {
+        process.set_no_new_privileges(None);
+    }
+}
+
+/// What libseccomp would load, but the guest cannot honour: SCMP_ACT_NOTIFY hands syscalls to
+/// a listener on the host (`listenerPath`), out of a VM's reach.
+fn check_seccomp(seccomp: &LinuxSeccomp) -> Result<(), SpecError> {
+    let notify = |a: LinuxSeccompAction| a == LinuxSeccompAction::ScmpActNotify;
+    if notify(seccomp.default_action())
+        || seccomp
+            .syscalls()
+            .iter()
+            .flatten()
+            .any(|s| notify(s.action()))
+    {
+        return Err(SpecError::Unsupported(
+            "seccomp profile: SCMP_ACT_NOTIFY needs a listener on the host (listenerPath), \
+             which a container in a VM cannot reach"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_args(process: &Process) -> Result<(), SpecError> {
