@@ -195,14 +195,14 @@ pub async fn make_image(
 /// The whole step: mount, make the image, unmount. `staging` is removed after.
 pub async fn build_disk(
     mounts: &[RootfsMount],
-    bundle_rootfs: &Path,
+    tree: &Path,
     staging: &Path,
     image: &Path,
     config: &RootfsConfig,
 ) -> Result<u64, RootfsError> {
     if mounts.is_empty() {
-        // containerd mounted nothing: the bundle's rootfs directory is the tree.
-        return make_image(bundle_rootfs, image, config).await;
+        // containerd mounted nothing: the spec's root.path (`tree`) is the tree.
+        return make_image(tree, image, config).await;
     }
     let owned: Vec<RootfsMount> = mounts.to_vec();
     let target = staging.to_path_buf();

@@ -224,13 +224,14 @@ impl Sandbox {
         report::prometheus(&self.pod, &host, guest.as_ref(), mismatches)
     }
 
-    /// Makes container `id`'s rootfs disk and attaches it to a free slot;
-    /// returns the storage the agent mounts at the bundle's `rootfs`.
+    /// Makes container `id`'s rootfs disk (from `mounts`, or from `tree`, the spec's root.path,
+    /// when containerd mounted nothing) and attaches it to a free slot; returns the storage the
+    /// agent mounts at the bundle's `rootfs`.
     pub async fn attach_rootfs(
         &self,
         id: &str,
         mounts: &[RootfsMount],
-        bundle_rootfs: &Path,
+        tree: &Path,
     ) -> Result<containers::Storage> {
         let slot = self.slots.lock().unwrap().take(id).ok_or_else(|| {
             anyhow!(
@@ -243,8 +244,7 @@ impl Sandbox {
             let image = self.vm.lock().await.slot_image(slot);
             let staging = self.paths.staging(id)?;
             let size =
-                rootfs::build_disk(mounts, bundle_rootfs, &staging, &image, &self.config.rootfs)
-                    .await?;
+                rootfs::build_disk(mounts, tree, &staging, &image, &self.config.rootfs).await?;
             self.vm.lock().await.attach_disk(slot, size).await?;
             tracing::info!(
                 container = id,

@@ -316,8 +316,9 @@ impl Service {
                 options: m.options.clone(),
             })
             .collect();
+        // Without mounts the tree is the spec's root.path, as runc takes it.
         let storage = sandbox
-            .attach_rootfs(&req.id, &mounts, &bundle.join("rootfs"))
+            .attach_rootfs(&req.id, &mounts, &crate::spec::host_root(spec, bundle))
             .await
             .map_err(internal)?;
         for note in crate::spec::for_guest(spec).notes {

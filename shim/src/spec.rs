@@ -57,6 +57,20 @@ pub fn check_mounts(spec: &Value) -> Result<(), UnsupportedMount> {
     Ok(())
 }
 
+/// The host directory the spec's `root.path` names, resolved against the bundle as runc
+/// resolves it (an absolute path stays as it is). It is the container's tree when containerd
+/// mounted nothing (`ctr run --rootfs DIR`, `ctr run --config`): the bundle's own `rootfs`
+/// directory is then empty.
+pub fn host_root(spec: &Value, bundle: &std::path::Path) -> std::path::PathBuf {
+    let path = spec
+        .get("root")
+        .and_then(|r| r.get("path"))
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .unwrap_or("rootfs");
+    bundle.join(path)
+}
+
 /// Rewrites `spec` (a config.json value) for the guest; [`check_mounts`] has passed.
 pub fn for_guest(spec: &mut Value) -> Adjustments {
     let mut adj = Adjustments::default();
@@ -158,6 +172,22 @@ mod tests {
         ]});
         assert_eq!(check_mounts(&spec), Ok(()));
         assert_eq!(check_mounts(&json!({})), Ok(()));
+    }
+
+    #[test]
+    fn the_host_root_is_the_specs_path_against_the_bundle() {
+        let bundle = std::path::Path::new("/run/containerd/b/c1");
+        let root = |spec: Value| host_root(&spec, bundle);
+        assert_eq!(
+            root(json!({"root": {"path": "rootfs"}})),
+            bundle.join("rootfs")
+        );
+        assert_eq!(
+            root(json!({"root": {"path": "/srv/trees/busybox", "readonly": true}})),
+            std::path::Path::new("/srv/trees/busybox")
+        );
+        assert_eq!(root(json!({"root": {"path": "tree"}})), bundle.join("tree"));
+        assert_eq!(root(json!({})), bundle.join("rootfs"));
     }
 
     #[test]
