@@ -84,8 +84,9 @@ pub fn parse_spec(json: &[u8], default_cgroup: &str) -> Result<Spec, SpecError> 
 }
 
 /// A mount of a filesystem type with no source (`ctr run --mount
-/// type=tmpfs,dst=/scratch`) gets its type as source, as runc mounts it;
-/// libcontainer refuses a mount without one.
+/// type=tmpfs,dst=/scratch`) gets an empty one, which is what runc passes to
+/// mount(2): `/proc/mounts` shows an empty source, as under runc. libcontainer
+/// refuses a mount without a source at all.
 fn default_mount_sources(spec: &mut Spec) {
     let Some(mounts) = spec.mounts_mut() else {
         return;
@@ -94,8 +95,12 @@ fn default_mount_sources(spec: &mut Spec) {
         if mount.source().is_some() {
             continue;
         }
-        if let Some(typ) = mount.typ().clone().filter(|t| !t.is_empty() && t != "bind") {
-            mount.set_source(Some(PathBuf::from(typ)));
+        if mount
+            .typ()
+            .as_deref()
+            .is_some_and(|t| !t.is_empty() && t != "bind")
+        {
+            mount.set_source(Some(PathBuf::new()));
         }
     }
 }
@@ -203,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn a_mount_without_a_source_gets_its_type() {
+    fn a_mount_without_a_source_gets_an_empty_one() {
         let json = spec_json(|v| {
             v["mounts"] = serde_json::json!([
                 {"destination": "/scratch", "type": "tmpfs", "options": ["nosuid"]},
@@ -218,7 +223,7 @@ mod tests {
             .iter()
             .map(|m| m.source().clone().unwrap())
             .collect();
-        assert_eq!(sources, [PathBuf::from("tmpfs"), PathBuf::from("/srv")]);
+        assert_eq!(sources, [PathBuf::new(), PathBuf::from("/srv")]);
     }
 
     #[test]
