@@ -174,7 +174,22 @@ pub fn setup_guest() -> Result<(), InitError> {
     let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     ensure_stdio();
     enable_controllers(Path::new("/sys/fs/cgroup"));
+    set_sysctls(Path::new("/proc/sys"));
     Ok(())
+}
+
+/// Kernel settings of the guest that containers can observe, as a runc host has them.
+/// `kernel.dmesg_restrict`: the kernel log is CAP_SYSLOG's alone, as with Debian's and
+/// Ubuntu's kernels (a container without it gets EPERM from `dmesg`, as under runc there).
+pub const SYSCTLS: &[(&str, &str)] = &[("kernel/dmesg_restrict", "1")];
+
+/// Writes [`SYSCTLS`] below `proc_sys` (one write each; a failure is logged, not fatal).
+pub fn set_sysctls(proc_sys: &Path) {
+    for (key, value) in SYSCTLS {
+        if let Err(e) = fs::write(proc_sys.join(key), value) {
+            tracing::warn!("sysctl {key} = {value}: {e}");
+        }
+    }
 }
 
 /// Points any closed fd among 0-2 at /dev/console or /dev/null:
@@ -237,5 +252,23 @@ pub fn shutdown(action: ShutdownAction) -> Errno {
     match reboot(mode) {
         Ok(never) => match never {},
         Err(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sysctls_are_written_and_a_missing_one_is_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("kernel")).unwrap();
+        fs::write(dir.path().join("kernel/dmesg_restrict"), "0").unwrap();
+        set_sysctls(dir.path());
+        assert_eq!(
+            fs::read_to_string(dir.path().join("kernel/dmesg_restrict")).unwrap(),
+            "1"
+        );
+        set_sysctls(&dir.path().join("nowhere"));
     }
 }
