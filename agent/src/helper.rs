@@ -49,6 +49,8 @@ pub enum HelperRequest {
         process_json: PathBuf,
         console_socket: Option<PathBuf>,
         stdio: [bool; 3],
+        /// The container's seccomp profile, which the process loads before its program.
+        seccomp: Option<Box<crate::exec_seccomp::ExecSeccomp>>,
     },
 }
 

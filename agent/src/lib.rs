@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod container;
 pub mod devices;
+pub mod exec_seccomp;
 pub mod guest;
 pub mod helper;
 pub mod init;

@@ -9,6 +9,7 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use tracing_subscriber::fmt::MakeWriter;
 
+use crate::exec_seccomp::ExecSeccomp;
 use crate::helper::{inherited_stdio, HelperRequest, HelperResponse};
 use crate::workload::OrderedEnvExecutor;
 
@@ -22,7 +23,7 @@ pub fn execute(request: HelperRequest) -> HelperResponse {
             state_root,
             console_socket,
             stdio,
-        } => with_stdio(new_builder(id), stdio, console_socket)
+        } => with_stdio(new_builder(id, None), stdio, console_socket)
             .with_root_path(state_root)
             .and_then(|b| {
                 b.validate_id()?
@@ -44,7 +45,8 @@ pub fn execute(request: HelperRequest) -> HelperResponse {
             process_json,
             console_socket,
             stdio,
-        } => with_stdio(new_builder(id), stdio, console_socket)
+            seccomp,
+        } => with_stdio(new_builder(id, seccomp), stdio, console_socket)
             .with_root_path(state_root)
             .and_then(|b| {
                 b.as_tenant()
@@ -63,9 +65,12 @@ pub fn execute(request: HelperRequest) -> HelperResponse {
     }
 }
 
-/// A builder whose processes get the spec's environment in the spec's order.
-fn new_builder(id: String) -> ContainerBuilder {
-    ContainerBuilder::new(id, SyscallType::default()).with_executor(OrderedEnvExecutor)
+/// A builder whose processes get the spec's environment in the spec's order (and an exec'd
+/// one the container's seccomp profile).
+fn new_builder(id: String, seccomp: Option<Box<ExecSeccomp>>) -> ContainerBuilder {
+    ContainerBuilder::new(id, SyscallType::default()).with_executor(OrderedEnvExecutor {
+        seccomp: seccomp.map(|s| *s),
+    })
 }
 
 fn with_stdio(

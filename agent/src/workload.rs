@@ -6,6 +6,9 @@
 //! execve as it is (a repeated name keeps its last value, at the place of
 //! its last occurrence) and appends `HOME` when the spec has none; so does
 //! this executor.
+//!
+//! An exec'd process also loads the container's seccomp profile here (see
+//! [`crate::exec_seccomp`]).
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsString};
@@ -15,8 +18,13 @@ use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
 
+use crate::exec_seccomp::ExecSeccomp;
+
 #[derive(Clone)]
-pub struct OrderedEnvExecutor;
+pub struct OrderedEnvExecutor {
+    /// For an exec'd process: the container's seccomp profile.
+    pub seccomp: Option<ExecSeccomp>,
+}
 
 impl Executor for OrderedEnvExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
@@ -44,8 +52,15 @@ impl Executor for OrderedEnvExecutor {
         ))
     }
 
+    /// Runs in the new process after libcontainer set its user and capabilities, before it
+    /// reports ready: a failure here fails the exec.
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        DefaultExecutor {}.validate(spec)
+        DefaultExecutor {}.validate(spec)?;
+        if let Some(seccomp) = &self.seccomp {
+            crate::exec_seccomp::apply(seccomp)
+                .map_err(ExecutorValidationError::ArgValidationError)?;
+        }
+        Ok(())
     }
 }
 

@@ -780,6 +780,90 @@ async fn a_seccomp_profile_is_enforced() {
     }
 }
 
+/// A process exec'd into a container is confined by the container's profile, as under `runc
+/// exec`, with and without noNewPrivileges, and has its own capabilities in the end (without
+/// noNewPrivileges the agent lends it CAP_SYS_ADMIN for the load alone). libcontainer's exec
+/// left the profile out.
+#[tokio::test]
+async fn an_exec_is_confined_by_the_containers_seccomp_profile() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    let id = "sc-exec";
+    let spec = agent.spec(&rootfs, &["sleep", "1000"]);
+    let mut spec = serde_json::to_value(&spec).unwrap();
+    spec["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+        ]
+    });
+    agent
+        .create_with(id, serde_json::to_vec(&spec).unwrap(), vec![])
+        .await
+        .expect("create");
+    agent.start_container(id).await.expect("start");
+    let script = "grep -E '^(Seccomp(_filters)?|Cap(Prm|Eff|Bnd)|NoNewPrivs):' /proc/self/status \
+                  | tr -d '\\t '; mkdir /tmp/blocked 2>&1 || echo refused";
+    // CAP_CHOWN (bit 0) and CAP_KILL (bit 5).
+    let caps = serde_json::json!(["CAP_CHOWN", "CAP_KILL"]);
+    for (exec_id, no_new_privileges) in [("x-nnp", true), ("x-caps", false)] {
+        let process = serde_json::json!({
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh", "-c", script],
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "noNewPrivileges": no_new_privileges,
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+                "inheritable": [], "ambient": []
+            }
+        });
+        agent
+            .exec_process(id, exec_id, process)
+            .await
+            .expect("exec");
+        let out = agent.read_all(id, exec_id, false).await;
+        assert_eq!(agent.wait(id, exec_id).await.exit_status, 0, "{out}");
+        for line in [
+            "Seccomp:2",
+            "Seccomp_filters:1",
+            "CapPrm:0000000000000021",
+            "CapEff:0000000000000021",
+            "CapBnd:0000000000000021",
+            &format!("NoNewPrivs:{}", u8::from(no_new_privileges)),
+            "Operation not permitted",
+            "refused",
+        ] {
+            assert!(out.contains(line), "{exec_id}: no {line:?} in {out}");
+        }
+    }
+    agent.signal(id, "", libc::SIGKILL).await.expect("kill");
+    agent.wait(id, "").await;
+    agent.remove(id, false).await.expect("remove");
+}
+
+/// An exec whose working directory does not exist in the container fails naming it (runc's
+/// exec fails there too); libcontainer's own error only said that a syscall failed.
+#[tokio::test]
+async fn an_exec_into_a_missing_working_directory_names_it() {
+    let agent = TestAgent::start().await;
+    let id = "cwd-exec";
+    agent.run(id, &["sleep", "1000"]).await;
+    let process = serde_json::json!({
+        "user": {"uid": 0, "gid": 0},
+        "args": ["pwd"],
+        "env": ["PATH=/bin"],
+        "cwd": "/nonexistent/dir",
+    });
+    let (code, msg) = status_of(agent.exec_process(id, "x1", process).await.unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("/nonexistent/dir"), "{msg}");
+    agent.signal(id, "", libc::SIGKILL).await.expect("kill");
+    agent.wait(id, "").await;
+    agent.remove(id, false).await.expect("remove");
+}
+
 /// A profile the guest cannot honour (SCMP_ACT_NOTIFY: a listener on the host) fails the
 /// create with a reason that says seccomp: never a container without its filter.
 #[tokio::test]

@@ -80,6 +80,12 @@ pub fn create_missing_cwd(rootfs: &Path, cwd: &Path, owner: Option<Owner>) -> io
     open_in_root(&root, &prefix).map(drop)
 }
 
+/// Checks that `cwd` is a directory of the tree below `root` (a container's `/proc/PID/root`:
+/// its rootfs with its mounts), resolved as the container resolves it.
+pub fn check_dir_in(root: &Path, cwd: &Path) -> io::Result<()> {
+    open_in_root(&open_dir(root)?, cwd).map(drop)
+}
+
 fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     let path = c_path(path)?;
     // SAFETY: open takes a NUL-terminated path that outlives the call.

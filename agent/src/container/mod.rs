@@ -424,6 +424,20 @@ impl Manager {
                 "exec {exec_id:?} already exists in container {id:?}"
             )));
         }
+        check_exec_cwd(container.init.pid, exec_id, &process)?;
+        // libcontainer's exec leaves the container's seccomp profile out: the executor loads it.
+        let profile = oci_spec::runtime::Spec::load(container.bundle.join("config.json"))
+            .map_err(|e| ContainerError::Runtime(format!("reading the container's spec: {e}")))?
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().clone());
+        let (process, seccomp) = match profile {
+            Some(profile) => {
+                let (process, seccomp) = crate::exec_seccomp::prepare(process, profile);
+                (process, Some(seccomp))
+            }
+            None => (process, None),
+        };
         let terminal = process.terminal().unwrap_or(false);
         let process_file = container.bundle.join(format!("exec-{exec_id}.json"));
         let body = serde_json::to_vec(&process)
@@ -438,6 +452,7 @@ impl Manager {
                 process_json: process_file.clone(),
                 console_socket,
                 stdio,
+                seccomp: seccomp.clone().map(Box::new),
             })
             .await;
         let _ = std::fs::remove_file(&process_file);
@@ -720,6 +735,24 @@ fn create_missing_cwd(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> Result<(
     cwd::create_missing_cwd(rootfs, cwd, owner).map_err(|e| {
         ContainerError::Runtime(format!(
             "creating the working directory {}: {e}",
+            cwd.display()
+        ))
+    })
+}
+
+/// An exec's working directory must exist in the container (runc's exec fails there too); a
+/// missing one is named here, where libcontainer's error would only say that a syscall failed.
+/// `/proc/PID/root` of the container's init is the container's view, its mounts included.
+fn check_exec_cwd(
+    init_pid: i32,
+    exec_id: &str,
+    process: &oci_spec::runtime::Process,
+) -> Result<()> {
+    let cwd = process.cwd();
+    let root = PathBuf::from(format!("/proc/{init_pid}/root"));
+    cwd::check_dir_in(&root, cwd).map_err(|e| {
+        ContainerError::InvalidArgument(format!(
+            "exec {exec_id}: its working directory {} is not a directory in the container: {e}",
             cwd.display()
         ))
     })

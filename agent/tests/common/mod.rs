@@ -231,6 +231,16 @@ impl TestAgent {
             "env": ["PATH=/bin"],
             "cwd": "/",
         });
+        self.exec_process(id, exec_id, process).await
+    }
+
+    /// Execs the OCI process `process` (JSON) in container `id`.
+    pub async fn exec_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: serde_json::Value,
+    ) -> ttrpc::Result<u32> {
         let req = ExecProcessRequest {
             container_id: id.to_string(),
             exec_id: exec_id.to_string(),
