@@ -217,7 +217,9 @@ impl Env {
         )
         .unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
+        let mut containerd = Command::new("containerd");
+        default_signals(&mut containerd);
+        let child = containerd
             .arg("--config")
             .arg(d.join("containerd.toml"))
             .env("PULSE_CONFIG", env.config_path())
@@ -448,6 +450,36 @@ impl Drop for Env {
                 }
             }
         }
+    }
+}
+
+/// `cmd` starts with every signal at its default action and none blocked, as a service
+/// manager starts containerd. runc passes ignored signals on to the container's process (a
+/// test runner may ignore some: signal 32 was), Pulse's guest does not.
+pub fn default_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only raw rt_sigaction and sigprocmask system calls run
+    // (async-signal-safe); glibc's sigaction would refuse its own signals 32 and 33.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The kernel's struct sigaction: handler (SIG_DFL), flags, restorer, mask.
+            let default = [0u64; 4];
+            for sig in 1..=64 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::syscall(
+                        libc::SYS_rt_sigaction,
+                        sig,
+                        default.as_ptr(),
+                        std::ptr::null_mut::<u64>(),
+                        8usize,
+                    );
+                }
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        });
     }
 }
 
