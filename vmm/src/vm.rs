@@ -204,6 +204,9 @@ pub struct Vm {
     // Declared before the memory so that KVM lets go of the slots before the mapping goes.
     _vm_fd: Arc<VmFd>,
     memory: GuestMemoryMmap,
+    // Last: the spawner (shared by the process's VMs) may stop once every thread of this VM,
+    // device workers included, has been joined.
+    _spawner: Option<confine::spawner::Lease>,
 }
 
 impl Vm {
@@ -214,7 +217,7 @@ impl Vm {
         let started = Instant::now();
         config.validate()?;
         let policy = config.confinement();
-        confine::prepare(policy)?;
+        let spawner = confine::prepare(policy)?;
         // The threads started below (and, through them, the devices' workers) get the policy.
         let _policy = PolicyScope::enter(policy);
         let metrics = Arc::new(VmMetrics::new(started));
@@ -352,6 +355,7 @@ impl Vm {
             marks,
             _vm_fd: vm_fd,
             memory,
+            _spawner: spawner,
         };
         for vcpu in vcpus {
             // On failure `vm` is dropped here, which stops the vCPUs already started.

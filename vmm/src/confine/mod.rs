@@ -221,14 +221,15 @@ impl Drop for PolicyScope {
 
 /// Makes sure everything confined threads need exists, from a thread that is not under a
 /// filter: the filters are compiled (a filter that cannot be built fails here, not in some
-/// thread later), the SIGSYS reporter is installed, and with `policy.seccomp` the spawner runs.
-pub fn prepare(policy: Policy) -> Result<(), ConfineError> {
+/// thread later), the SIGSYS reporter is installed, and with `policy.seccomp` the spawner runs
+/// until the returned lease (and every other) is dropped.
+pub fn prepare(policy: Policy) -> Result<Option<spawner::Lease>, ConfineError> {
     if !policy.seccomp {
-        return Ok(());
+        return Ok(None);
     }
     seccomp::compile_all()?;
     seccomp::install_reporter();
-    spawner::ensure_running()
+    spawner::lease().map(Some)
 }
 
 /// Confines the calling thread as a `kind` thread under `policy`: blocks the signals it does

@@ -1,5 +1,4 @@
-//! The spawner: one thread per process that starts threads on behalf of threads under a
-//! seccomp filter.
+//! The spawner: the thread that starts threads on behalf of threads under a seccomp filter.
 //!
 //! A new thread inherits the filters of the thread that creates it, and filters only ever add
 //! up. A vCPU activating a device would hand its own filter to the device's workers, which
@@ -10,43 +9,81 @@
 //! union of every kind's lists plus thread creation and the calls a new thread makes to confine
 //! itself. Its children thus start with that union and narrow it to their own kind's list. It
 //! reads nothing from the guest: its only input is jobs from the VMM's own threads.
+//!
+//! There is one per process while some VM holds a [`Lease`] on it: it ends (and is joined) when
+//! the last lease goes, after the VM's own threads, so that a stopped VM leaves no thread.
 
 use std::io;
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::thread::{Builder, JoinHandle};
 
 use super::{ConfineError, Policy, PolicyScope, ThreadKind};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-static SPAWNER: OnceLock<Sender<Job>> = OnceLock::new();
+struct Running {
+    jobs: Sender<Job>,
+    thread: JoinHandle<()>,
+    leases: usize,
+}
 
-/// Starts the spawner if it is not running. Called from a thread that is not under a filter.
-pub(super) fn ensure_running() -> Result<(), ConfineError> {
-    static STARTING: Mutex<()> = Mutex::new(());
-    if SPAWNER.get().is_some() {
-        return Ok(());
+static SPAWNER: Mutex<Option<Running>> = Mutex::new(None);
+
+fn spawner() -> std::sync::MutexGuard<'static, Option<Running>> {
+    SPAWNER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps the spawner running; the last one dropped stops it.
+#[must_use = "the spawner stops when its last lease is dropped"]
+pub struct Lease(());
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let stopping = {
+            let mut running = spawner();
+            match running.as_mut() {
+                Some(r) if r.leases > 1 => {
+                    r.leases -= 1;
+                    None
+                }
+                _ => running.take(),
+            }
+        };
+        if let Some(Running { jobs, thread, .. }) = stopping {
+            // The spawner's loop ends with its channel.
+            drop(jobs);
+            let _ = thread.join();
+        }
     }
-    let _starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
-    if SPAWNER.get().is_some() {
-        return Ok(());
+}
+
+/// Starts the spawner if it is not running, and holds it. Called from a thread that is not
+/// under a filter.
+pub(super) fn lease() -> Result<Lease, ConfineError> {
+    let mut running = spawner();
+    if let Some(r) = running.as_mut() {
+        r.leases += 1;
+        return Ok(Lease(()));
     }
-    let (tx, rx) = mpsc::channel::<Job>();
+    let (jobs, rx) = mpsc::channel::<Job>();
     let _scope = PolicyScope::enter(Policy { seccomp: true });
-    // Detached: it lives as long as the process.
-    super::spawn(ThreadKind::Spawner, "vmm-spawner".into(), move || {
+    let thread = super::spawn(ThreadKind::Spawner, "vmm-spawner".into(), move || {
         for job in rx {
             job();
         }
     })?;
-    let _ = SPAWNER.set(tx);
-    Ok(())
+    *running = Some(Running {
+        jobs,
+        thread,
+        leases: 1,
+    });
+    Ok(Lease(()))
 }
 
 /// Whether the spawner runs.
 pub fn is_running() -> bool {
-    SPAWNER.get().is_some()
+    spawner().is_some()
 }
 
 /// Has the spawner start `body` with `builder`; `None` when the spawner is not running.
@@ -55,14 +92,31 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let sender = SPAWNER.get()?;
+    let jobs = spawner().as_ref()?.jobs.clone();
     let (tx, rx) = mpsc::sync_channel(1);
     let job: Job = Box::new(move || {
         let _ = tx.send(builder.spawn(body));
     });
     let gone = || io::Error::other("the spawner thread is gone");
-    if sender.send(job).is_err() {
+    if jobs.send(job).is_err() {
         return Some(Err(gone()));
     }
     Some(rx.recv().unwrap_or_else(|_| Err(gone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spawner_runs_while_leased() {
+        // Other tests may hold leases too; that the last one stops and joins it is shown by
+        // the shim's embedded test, which counts the process's threads.
+        let a = lease().unwrap();
+        let b = lease().unwrap();
+        assert!(is_running());
+        drop(a);
+        assert!(is_running(), "one lease is left");
+        drop(b);
+    }
 }

@@ -264,7 +264,7 @@ fn without_seccomp_threads_still_drop_capabilities() {
 
 #[test]
 fn threads_started_under_a_filter_come_from_the_spawner_with_their_own_filter() {
-    prepare(Policy::default()).unwrap();
+    let _spawner = prepare(Policy::default()).unwrap();
     assert!(spawner::is_running());
     let (names_tx, names_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
