@@ -29,10 +29,10 @@ pub const EXIT_STATUS: i32 = 128 + libc::SIGSYS;
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     /// `seccompiler` refused the rules.
-    #[error("cannot compile it: {0}")]
+    #[error("the filter does not compile: {0}")]
     Compile(String),
     /// The kernel refused the filter (`prctl(PR_SET_NO_NEW_PRIVS)` or `seccomp(2)`).
-    #[error("cannot install it: {0}")]
+    #[error("{0}")]
     Install(#[source] seccompiler::Error),
     /// Another kind's filter could not be compiled, so none is used.
     #[error("the {0} filter cannot be compiled")]
@@ -334,10 +334,21 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SeccompError> 
     SeccompRule::new(conditions).map_err(|e| SeccompError::Compile(e.to_string()))
 }
 
-/// Builds the BPF program of `kind`.
-pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+/// Calls every thread may make but that fail with [`REFUSED_ERRNO`] instead of running: glibc's
+/// allocator opens `/proc/sys/vm/overcommit_memory` (read-only, close-on-exec) the first time
+/// any thread of the process shrinks a heap, from whichever thread that is, and takes a failure
+/// as "no". Every other `openat` is trapped as usual.
+pub const REFUSED: &[Allow] = &[sys!(
+    SYS_openat,
+    arg 2 in &[(libc::O_RDONLY | libc::O_CLOEXEC) as u64]
+)];
+
+/// What a [`REFUSED`] call returns.
+pub const REFUSED_ERRNO: i32 = libc::EACCES;
+
+fn rules_of(list: AllowList) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for (nr, (_, whens)) in allow_list(kind) {
+    for (nr, (_, whens)) in list {
         let mut chain = Vec::new();
         for when in whens.unwrap_or_default() {
             match when {
@@ -359,25 +370,54 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         // An empty chain matches the call whatever its arguments.
         rules.insert(nr, chain);
     }
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(|e| SeccompError::Compile(e.to_string()))?;
+    Ok(rules)
+}
+
+fn program_of(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, SeccompError> {
+    let filter = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+        .map_err(|e| SeccompError::Compile(e.to_string()))?;
     BpfProgram::try_from(filter).map_err(|e| SeccompError::Compile(e.to_string()))
 }
 
-type Compiled = Result<Vec<BpfProgram>, (ThreadKind, String)>;
+/// Builds the BPF program of `kind`: its list (and the [`REFUSED`] calls, which the refusal
+/// layer answers) allowed, anything else trapped.
+pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let entries = groups(kind).iter().flat_map(|g| g.iter()).chain(REFUSED);
+    program_of(
+        rules_of(allow_list_of(entries))?,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+    )
+}
+
+/// Builds the refusal layer, installed under every kind's filter: the [`REFUSED`] calls fail
+/// with [`REFUSED_ERRNO`], anything else is left to the kind's filter. (Of two filters the
+/// stricter answer wins: trap over errno over allow.)
+pub fn compile_refusals() -> Result<BpfProgram, SeccompError> {
+    program_of(
+        rules_of(allow_list_of(REFUSED))?,
+        SeccompAction::Allow,
+        SeccompAction::Errno(REFUSED_ERRNO as u32),
+    )
+}
+
+/// The refusal layer, then each kind's filter in [`ThreadKind::ALL`] order.
+type Compiled = Result<(BpfProgram, Vec<BpfProgram>), (ThreadKind, String)>;
 
 fn compiled() -> &'static Compiled {
     static FILTERS: OnceLock<Compiled> = OnceLock::new();
     FILTERS.get_or_init(|| {
-        ThreadKind::ALL
+        // A refusal layer that does not compile is reported as the first kind's failure.
+        let refusals = compile_refusals().map_err(|e| (ThreadKind::ALL[0], e.to_string()))?;
+        let kinds = ThreadKind::ALL
             .iter()
             .map(|&kind| compile(kind).map_err(|e| (kind, e.to_string())))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((refusals, kinds))
     })
 }
 
@@ -392,13 +432,13 @@ pub fn compile_all() -> Result<(), ConfineError> {
     }
 }
 
-fn program(kind: ThreadKind) -> Result<&'static BpfProgram, SeccompError> {
+fn programs(kind: ThreadKind) -> Result<(&'static BpfProgram, &'static BpfProgram), SeccompError> {
     let index = ThreadKind::ALL
         .iter()
         .position(|&k| k == kind)
         .expect("every kind is in ALL");
     match compiled() {
-        Ok(programs) => Ok(&programs[index]),
+        Ok((refusals, kinds)) => Ok((refusals, &kinds[index])),
         Err((failed, message)) if *failed == kind => Err(SeccompError::Compile(message.clone())),
         Err((failed, _)) => Err(SeccompError::OtherKind(*failed)),
     }
@@ -412,10 +452,11 @@ thread_local! {
     static NAME: Cell<[u8; 16]> = const { Cell::new([0; 16]) };
 }
 
-/// Installs `kind`'s filter on the calling thread (only: the other threads of the process are
-/// not affected), after recording `name` and `kind` for the SIGSYS report.
+/// Installs the refusal layer and `kind`'s filter on the calling thread (only: the other
+/// threads of the process are not affected), after recording `name` and `kind` for the SIGSYS
+/// report. The refusal layer goes first: the kind's filter does not allow `seccomp(2)`.
 pub fn apply(kind: ThreadKind, name: &str) -> Result<(), SeccompError> {
-    let program = program(kind)?;
+    let (refusals, program) = programs(kind)?;
     install_reporter();
     let mut padded = [0u8; 16];
     let n = name.len().min(padded.len() - 1);
@@ -423,6 +464,7 @@ pub fn apply(kind: ThreadKind, name: &str) -> Result<(), SeccompError> {
     NAME.with(|c| c.set(padded));
     let index = ThreadKind::ALL.iter().position(|&k| k == kind).unwrap_or(0);
     KIND.with(|c| c.set(index as u8));
+    seccompiler::apply_filter(refusals).map_err(SeccompError::Install)?;
     seccompiler::apply_filter(program).map_err(SeccompError::Install)
 }
 
@@ -509,6 +551,7 @@ fn known_name(kind: Option<ThreadKind>, nr: i64) -> Option<(&'static str, bool)>
         groups(kind)
             .iter()
             .flat_map(|g| g.iter())
+            .chain(REFUSED)
             .find(|a| a.nr == nr)
             .map(|a| a.name)
     };
@@ -636,6 +679,7 @@ mod tests {
             let program = compile(kind).unwrap();
             assert!(!program.is_empty(), "{kind}");
         }
+        assert!(!compile_refusals().unwrap().is_empty());
         compile_all().unwrap();
     }
 

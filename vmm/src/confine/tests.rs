@@ -41,13 +41,29 @@ fn child_case(case: &str) -> i64 {
     // the kernel's argument handling (the filter traps them first), and the allowed ones only
     // read constants or write into locals.
     match case {
-        "openat" => unsafe {
+        // Creating a file: trapped.
+        "openat-write" => unsafe {
             libc::syscall(
                 libc::SYS_openat,
                 libc::AT_FDCWD,
-                c"/proc/self/status".as_ptr(),
-                libc::O_RDONLY,
+                c"/tmp/pulse-confine-test-never-created".as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                0o600,
             )
+        },
+        // Reading one, as glibc's allocator does: refused with EACCES, the thread goes on.
+        "openat-read" => unsafe {
+            let fd = libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                c"/proc/sys/vm/overcommit_memory".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            );
+            if fd < 0 {
+                -i64::from(*libc::__errno_location())
+            } else {
+                fd
+            }
         },
         "execve" => unsafe {
             let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
@@ -142,9 +158,10 @@ fn assert_killed(out: &std::process::Output, kind: ThreadKind, nr: i64, what: &s
 #[test]
 fn a_forbidden_call_ends_the_process_with_a_report_for_every_kind() {
     for kind in ThreadKind::ALL {
-        let out = run_child(kind, "openat");
-        assert_killed(&out, kind, libc::SYS_openat, "openat");
+        let out = run_child(kind, "openat-write");
+        assert_killed(&out, kind, libc::SYS_openat, "openat(O_WRONLY|O_CREAT)");
     }
+    assert!(!std::path::Path::new("/tmp/pulse-confine-test-never-created").exists());
     let out = run_child(ThreadKind::Vcpu, "execve");
     assert_killed(&out, ThreadKind::Vcpu, libc::SYS_execve, "execve");
 }
@@ -162,6 +179,19 @@ fn a_refused_argument_ends_the_process_too() {
     }
     let out = run_child(ThreadKind::Vsock, "socket-inet");
     assert_killed(&out, ThreadKind::Vsock, libc::SYS_socket, "socket(AF_INET)");
+}
+
+#[test]
+fn a_read_only_open_is_refused_without_ending_the_process() {
+    for kind in ThreadKind::ALL {
+        let out = run_child(kind, "openat-read");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{kind}: {:?} {stdout}", out.status);
+        assert!(
+            stdout.contains(&format!("CHILD-DONE result=-{} ", libc::EACCES)),
+            "{kind}: {stdout}"
+        );
+    }
 }
 
 #[test]
@@ -281,15 +311,16 @@ fn threads_started_under_a_filter_come_from_the_spawner_with_their_own_filter() 
     })
     .unwrap();
     let worker_name = names_rx.recv().unwrap();
+    // Each confined thread has the refusal layer and its kind's filter.
     assert_eq!(
         status_field(&thread_status(&vcpu_name), "Seccomp_filters"),
-        "1"
+        "2"
     );
     let status = thread_status(&worker_name);
     assert_eq!(
         status_field(&status, "Seccomp_filters"),
-        "2",
-        "the spawner's filter and the net worker's own"
+        "4",
+        "the spawner's two filters and the net worker's own two"
     );
     assert_eq!(status_caps(&status)["CapEff"], 0);
     go_tx.send(()).unwrap();
@@ -349,9 +380,10 @@ fn a_thread_that_cannot_be_confined_never_runs_and_the_error_names_its_kind() {
         "{error:?}"
     );
     let text = error.to_string();
-    assert!(
-        text.starts_with("console thread \"doomed\": cannot install its seccomp filter"),
-        "{text}"
+    assert_eq!(
+        text,
+        "console thread \"doomed\": cannot install its seccomp filter: Error calling \
+         `seccomp`: Cannot allocate memory (os error 12)"
     );
 }
 
