@@ -174,6 +174,8 @@ pub const RUNTIME: &[Allow] = &[
     sys!(SYS_exit_group),
     sys!(SYS_getpid),
     sys!(SYS_tgkill, arg 2 in &[libc::SIGABRT as u64]),
+    // std's panic message names the thread's id.
+    sys!(SYS_gettid),
 ];
 
 /// A worker's loop: waiting on its epoll set, changing it, reading its eventfds.
@@ -255,7 +257,6 @@ const SPAWN: &[Allow] = &[
     sys!(SYS_rseq),
     // glibc's pthread_getattr_np and std, finding the new thread's stack at its start.
     sys!(SYS_sched_getaffinity),
-    sys!(SYS_gettid),
     sys!(
         SYS_prctl,
         arg 0 in &[
