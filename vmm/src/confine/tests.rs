@@ -440,3 +440,64 @@ fn kinds_have_unique_names() {
     }
     assert_eq!(ThreadKind::from_name("qemu"), None);
 }
+
+/// The backquoted words of `text`.
+fn quoted(text: &str) -> std::collections::BTreeSet<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_doc_lists_every_call_of_every_kind() {
+    let doc = include_str!("../../../docs/confinement.md");
+    let runtime = seccomp::allow_list_of(seccomp::RUNTIME);
+    let section = doc
+        .split("### What every kind has (the runtime set, ")
+        .nth(1)
+        .expect("runtime section");
+    assert!(
+        section.starts_with(&format!("{} calls)", runtime.len())),
+        "runtime count in the doc: {}",
+        &section[..20]
+    );
+    let table = section.split("\n\n").nth(1).unwrap();
+    let documented = quoted(table);
+    for (name, _) in runtime.values() {
+        assert!(documented.contains(*name), "runtime {name} not in the doc");
+    }
+    for kind in ThreadKind::ALL {
+        // The row of the per-kind table: its second column is the count.
+        let cells: Vec<&str> = doc
+            .lines()
+            .filter(|l| l.starts_with(&format!("| `{kind}` | ")))
+            .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
+            .find(|cells| cells.len() == 6 && cells[2].parse::<usize>().is_ok())
+            .unwrap_or_else(|| panic!("no per-kind row for {kind}"));
+        let list = seccomp::allow_list(kind);
+        let names: Vec<&str> = list.values().map(|(n, _)| *n).collect();
+        assert_eq!(
+            cells[2],
+            list.len().to_string(),
+            "{kind}'s count; the list: {names:?}"
+        );
+        let added: std::collections::BTreeSet<String> = list
+            .iter()
+            .filter(|(nr, (_, rules))| runtime.get(nr).is_none_or(|(_, r)| r != rules))
+            .map(|(_, (name, _))| name.to_string())
+            .collect();
+        if kind == ThreadKind::Spawner {
+            for name in quoted(cells[3]) {
+                assert!(added.contains(&name), "spawner: {name} in the doc only");
+            }
+        } else {
+            assert_eq!(
+                quoted(cells[3]),
+                added,
+                "{kind}'s calls beyond the runtime set"
+            );
+        }
+    }
+}
