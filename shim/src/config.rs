@@ -72,11 +72,23 @@ pub struct PulseConfig {
 }
 
 /// `[hypervisor]`
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HypervisorConfig {
     /// `embedded` or `qemu`.
     pub backend: Backend,
+    /// `embedded` only: each VMM thread runs under the seccomp filter of its kind
+    /// (`docs/confinement.md`). Off only to debug the VMM; capabilities are dropped either way.
+    pub seccomp: bool,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::default(),
+            seccomp: true,
+        }
+    }
 }
 
 /// `[vm]`
@@ -505,7 +517,9 @@ mod tests {
         fn default() -> Self {
             let keys = |names: &[&'static str]| names.iter().map(|n| (*n, 0)).collect();
             Self {
-                hypervisor: [("backend", "embedded")].into_iter().collect(),
+                hypervisor: [("backend", "embedded"), ("seccomp", "true")]
+                    .into_iter()
+                    .collect(),
                 vm: keys(&[
                     "kernel",
                     "initramfs",
@@ -542,6 +556,10 @@ mod tests {
         let c = PulseConfig::parse(&text, Path::new("t.toml")).unwrap();
         c.validate(Path::new("t.toml")).unwrap();
         assert_eq!(c.hypervisor.backend, Backend::Qemu);
+        assert!(c.hypervisor.seccomp, "the filters are on unless turned off");
+        let off =
+            PulseConfig::parse("[hypervisor]\nseccomp = false\n", Path::new("t.toml")).unwrap();
+        assert!(!off.hypervisor.seccomp);
         assert_eq!(c.qemu.accel, Accel::Tcg);
         assert_eq!((c.devices.block_slots, c.devices.msi), (2, false));
         assert_eq!(c.vm.vcpus, 1);

@@ -1,6 +1,7 @@
 //! The shim's log: tracing events into containerd's log FIFO (`log` in the
 //! bundle directory, which containerd reads and forwards to its own log), or
-//! stderr when there is none. `PULSE_LOG` sets the filter; otherwise the pulse
+//! stderr when there is none. The VMM's seccomp report (a forbidden system
+//! call, written from a signal handler) goes to the same place. `PULSE_LOG` sets the filter; otherwise the pulse
 //! config's `shim.log_level` does once it is loaded (`-debug` from containerd
 //! means debug).
 
@@ -24,6 +25,12 @@ pub fn init(debug: bool) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let fifo = std::fs::OpenOptions::new().write(true).open("log").ok();
+    // A VMM thread that makes a forbidden system call reports it in one line written from its
+    // SIGSYS handler (no tracing there): to containerd's log too.
+    if let Some(report) = fifo.as_ref().and_then(|f| f.try_clone().ok()) {
+        use std::os::fd::IntoRawFd;
+        pulse_vmm::confine::seccomp::set_report_fd(report.into_raw_fd());
+    }
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_target(false);

@@ -89,6 +89,10 @@ fn limits_every_cgroup_controller_and_the_seccomp_profile_reach_the_guest() {
             "--memory-limit",
             "67108864",
             "--seccomp",
+            // ctr's default spec has no cgroup mount (runc's containers see an empty
+            // /sys/fs/cgroup too); kubelet's containers get this one.
+            "--mount",
+            "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:noexec:nodev",
         ],
         &[
             "sh",

@@ -48,6 +48,9 @@ pub struct VmConfig {
     pub console: Option<ConsoleConfig>,
     /// Offer per-queue MSI on every virtio device (else the guest only finds legacy lines).
     pub msi: bool,
+    /// Install the seccomp filter of each VMM thread's kind (see `docs/confinement.md`). On by
+    /// default; off only to debug the VMM. Capabilities are dropped either way.
+    pub seccomp: bool,
 }
 
 /// Configuration errors.
@@ -116,6 +119,14 @@ impl VmConfig {
             net: Vec::new(),
             console: None,
             msi: true,
+            seccomp: true,
+        }
+    }
+
+    /// How the VM's threads are confined.
+    pub fn confinement(&self) -> crate::confine::Policy {
+        crate::confine::Policy {
+            seccomp: self.seccomp,
         }
     }
 
@@ -196,6 +207,8 @@ pub struct VmConfigFile {
     pub console: Option<ConsoleConfig>,
     /// Offer per-queue MSI (default true).
     pub msi: Option<bool>,
+    /// Seccomp filters on the VMM's threads (default true; false only to debug).
+    pub seccomp: Option<bool>,
 }
 
 /// The `[vsock]` table, or the `--vsock cid=N,uds=PATH` flag.
@@ -330,6 +343,7 @@ impl VmConfigFile {
             },
             console: other.console.or(self.console),
             msi: other.msi.or(self.msi),
+            seccomp: other.seccomp.or(self.seccomp),
         }
     }
 
@@ -374,6 +388,7 @@ impl VmConfigFile {
         config.net = self.net;
         config.console = self.console;
         config.msi = self.msi.unwrap_or(true);
+        config.seccomp = self.seccomp.unwrap_or(true);
         config.vsock = self.vsock.map(|v| VsockConfig {
             guest_cid: v.cid,
             uds_path: v.uds,
@@ -395,11 +410,13 @@ mod tests {
     fn toml_fields_map_onto_the_config() {
         let kernel = existing_file();
         let text = format!(
-            "kernel = {:?}\nvcpus = 2\nmemory_mib = 256\nserial = \"none\"\nboot_protocol = \"pvh\"\ncmdline = \"quiet\"\n",
+            "kernel = {:?}\nvcpus = 2\nmemory_mib = 256\nserial = \"none\"\nboot_protocol = \"pvh\"\ncmdline = \"quiet\"\nseccomp = false\n",
             kernel.path()
         );
         let file: VmConfigFile = toml::from_str(&text).unwrap();
         let c = file.into_vm_config().unwrap();
+        assert!(!c.seccomp && !c.confinement().seccomp);
+        assert!(VmConfig::new(KernelSource::Bytes(std::sync::Arc::from(&[][..]))).seccomp);
         assert_eq!((c.vcpus, c.memory_mib), (2, 256));
         assert_eq!(c.boot_protocol, BootProtocol::Pvh);
         assert!(matches!(c.serial, SerialOutput::None));

@@ -10,7 +10,19 @@ use std::thread::JoinHandle;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::confine::{self, ConfineError, ThreadKind};
 use crate::devices::serial::SerialDevice;
+
+/// Why the event loop could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EventLoopError {
+    /// Its eventfd or epoll set could not be created.
+    #[error("cannot start the event loop: {0}")]
+    Setup(#[from] io::Error),
+    /// Its thread could not be started confined.
+    #[error(transparent)]
+    Confine(#[from] ConfineError),
+}
 
 /// A subscriber as the event loop holds it.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -41,8 +53,8 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Starts the loop with `subscribers`.
-    pub fn start(subscribers: Vec<Subscriber>) -> io::Result<Self> {
+    /// Starts the loop with `subscribers`, on a thread confined as [`ThreadKind::EventLoop`].
+    pub fn start(subscribers: Vec<Subscriber>) -> Result<Self, EventLoopError> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let stopper = StopSubscriber {
             event: stop.try_clone()?,
@@ -55,16 +67,14 @@ impl EventLoop {
         for subscriber in subscribers {
             manager.add_subscriber(subscriber);
         }
-        let thread = std::thread::Builder::new()
-            .name("event-loop".into())
-            .spawn(move || {
-                while !stopped.load(Ordering::SeqCst) {
-                    if let Err(e) = manager.run() {
-                        tracing::error!("event loop failed: {e:?}");
-                        break;
-                    }
+        let thread = confine::spawn(ThreadKind::EventLoop, "event-loop".into(), move || {
+            while !stopped.load(Ordering::SeqCst) {
+                if let Err(e) = manager.run() {
+                    tracing::error!("event loop failed: {e:?}");
+                    break;
                 }
-            })?;
+            }
+        })?;
         Ok(Self {
             thread: Some(thread),
             stop,

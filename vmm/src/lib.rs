@@ -11,6 +11,7 @@
 pub mod boot;
 pub mod bus;
 pub mod config;
+pub mod confine;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;

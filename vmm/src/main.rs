@@ -75,6 +75,9 @@ struct RunArgs {
     /// Offer per-queue MSI on the virtio devices: on (default) or off.
     #[arg(long, value_parser = parse_on_off)]
     msi: Option<bool>,
+    /// Seccomp filters on the VMM's threads: on (default) or off (only to debug the VMM).
+    #[arg(long, value_parser = parse_on_off)]
+    seccomp: Option<bool>,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -143,6 +146,9 @@ struct ProbeArgs {
     /// Stop the guest after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
+    /// Seccomp filters on the VMM's threads: on (default) or off (only to debug the VMM).
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    seccomp: bool,
 }
 
 fn main() -> ExitCode {
@@ -216,6 +222,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         net: args.net,
         console: args.console,
         msi: args.msi,
+        seccomp: args.seccomp,
     };
     let config = file.merged_with(flags).into_vm_config()?;
     let signals = SignalWatcher::block()?;
@@ -271,6 +278,7 @@ fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
         extra_cmdline: args.guest_args,
         echo_serial: args.serial_echo,
         timeout: Duration::from_secs(args.timeout_s),
+        seccomp: args.seccomp,
     };
     let report = probe::run(&options).context("cannot run the probe")?;
     if args.json {

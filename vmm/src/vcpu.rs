@@ -12,6 +12,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::boot::{cpu, cpuid, EntryPoint};
 use crate::bus::Bus;
+use crate::confine::{self, ConfineError, ThreadKind};
 use crate::exit::{ExitController, VmExit};
 use crate::metrics::VmMetrics;
 
@@ -42,13 +43,13 @@ pub enum VcpuError {
         /// Why.
         source: cpu::CpuError,
     },
-    /// The thread could not be started.
-    #[error("cannot start the thread of vCPU {index}: {source}")]
+    /// The thread could not be started, or not confined.
+    #[error("vCPU {index}: {source}")]
     Spawn {
         /// vCPU index.
         index: u8,
         /// Why.
-        source: std::io::Error,
+        source: ConfineError,
     },
 }
 
@@ -132,14 +133,15 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the thread that runs this vCPU until the VM stops.
+    /// Starts the thread that runs this vCPU until the VM stops, confined as a
+    /// [`ThreadKind::Vcpu`] thread.
     pub fn spawn(self, ctx: VcpuContext) -> Result<JoinHandle<()>, VcpuError> {
         install_kick_handler();
         let index = self.index;
-        std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || self.run(ctx))
-            .map_err(|source| VcpuError::Spawn { index, source })
+        confine::spawn(ThreadKind::Vcpu, format!("vcpu{index}"), move || {
+            self.run(ctx)
+        })
+        .map_err(|source| VcpuError::Spawn { index, source })
     }
 
     fn run(mut self, ctx: VcpuContext) {

@@ -11,6 +11,7 @@ use vmm_sys_util::signal::Killable;
 use crate::boot::{self, BootInputs, EntryPoint};
 use crate::bus::{Bus, BusError};
 use crate::config::{ConfigError, VmConfig};
+use crate::confine::{self, ConfineError, PolicyScope};
 use crate::devices::block::{Block, BlockError, BlockHandle};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::console::{Console, ConsoleError};
@@ -21,7 +22,7 @@ use crate::devices::reset::{ResetControl, RESET_PORT};
 use crate::devices::serial::{open_output, SerialDevice, SerialOutput};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::vsock::{Vsock, VsockError, VsockHandle};
-use crate::event_loop::{EventLoop, SerialInput, Subscriber};
+use crate::event_loop::{EventLoop, EventLoopError, SerialInput, Subscriber};
 use crate::exit::{ExitController, VmExit};
 use crate::interrupts::{DeviceInterrupts, InterruptError, InterruptManager};
 use crate::kvm::{self, KvmError};
@@ -92,8 +93,11 @@ pub enum VmError {
     #[error("{0} virtio devices requested, at most {max} fit", max = mmio::MAX_DEVICES)]
     TooManyDevices(usize),
     /// The event loop could not start.
-    #[error("cannot start the event loop: {0}")]
-    EventLoop(std::io::Error),
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// What confines the VMM's threads could not be set up.
+    #[error(transparent)]
+    Confine(#[from] ConfineError),
 }
 
 /// The virtio devices of `config`, in slot order (disks, network cards, vsock, console),
@@ -200,15 +204,24 @@ pub struct Vm {
     // Declared before the memory so that KVM lets go of the slots before the mapping goes.
     _vm_fd: Arc<VmFd>,
     memory: GuestMemoryMmap,
+    // Last: the spawner (shared by the process's VMs) may stop once every thread of this VM,
+    // device workers included, has been joined.
+    _spawner: Option<confine::spawner::Lease>,
 }
 
 impl Vm {
-    /// Validates `config`, builds the VM and starts its vCPUs.
+    /// Validates `config`, builds the VM and starts its vCPUs. Every thread of the VM is
+    /// confined (see [`crate::confine`]) under `config.confinement()`; the calling thread is
+    /// left as it is.
     pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
         let started = Instant::now();
         config.validate()?;
+        let policy = config.confinement();
+        let spawner = confine::prepare(policy)?;
+        // The threads started below (and, through them, the devices' workers) get the policy.
+        let _policy = PolicyScope::enter(policy);
         let metrics = Arc::new(VmMetrics::new(started));
-        let exit = Arc::new(ExitController::new().map_err(VmError::EventLoop)?);
+        let exit = Arc::new(ExitController::new().map_err(EventLoopError::Setup)?);
 
         let kvm = kvm::open_kvm()?;
         let vm_fd = Arc::new(kvm::create_vm(&kvm, config.vcpus)?);
@@ -302,7 +315,7 @@ impl Vm {
         if matches!(config.serial, SerialOutput::Stdout) {
             subscribers.push(Arc::new(Mutex::new(SerialInput::new(serial.clone()))));
         }
-        let event_loop = EventLoop::start(subscribers).map_err(VmError::EventLoop)?;
+        let event_loop = EventLoop::start(subscribers)?;
 
         let supported_cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -342,6 +355,7 @@ impl Vm {
             marks,
             _vm_fd: vm_fd,
             memory,
+            _spawner: spawner,
         };
         for vcpu in vcpus {
             // On failure `vm` is dropped here, which stops the vCPUs already started.

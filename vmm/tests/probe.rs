@@ -14,6 +14,17 @@ fn boots_on_two_vcpus_through_pvh() {
     assert_eq!(r["boot_protocol"], "pvh");
     assert_eq!(r["guest"]["apic_ids"], serde_json::json!([0, 1]));
     assert_eq!(r["exit"]["kind"], "debug-exit");
+    assert_eq!(
+        r["seccomp"], true,
+        "the VMM's threads run under their filters"
+    );
+}
+
+#[test]
+fn the_filters_can_be_turned_off_for_debugging() {
+    let (code, r) = probe(&["--blk-queues", "1", "--seccomp", "off"]);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["seccomp"], false);
 }
 
 #[test]

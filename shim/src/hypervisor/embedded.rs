@@ -10,6 +10,9 @@
 //!   (`CONNECT <port>\n` -> `OK <port>\n`; before the guest driver is ready the
 //!   socket answers `ERR ...` and closes, and the agent client retries);
 //! - per-queue MSI offered or not (`devices.msi`);
+//! - every VMM thread confined: no capabilities, and the seccomp filter of its
+//!   kind unless `hypervisor.seccomp = false` (`docs/confinement.md`); the
+//!   shim's own threads are left as they are;
 //! - a multi-queue virtio-net on the pod's tap (`devices.net_queues` > 0): the
 //!   device creates the tap and removes it when the VM goes (a non-persistent
 //!   tap also vanishes with the process if the shim is killed);
@@ -136,6 +139,7 @@ impl Embedded {
             uds_path: self.paths.vsock(),
         });
         vm.msi = c.devices.msi;
+        vm.seccomp = c.hypervisor.seccomp;
         if c.devices.net_queues > 0 {
             let mut net = NetConfig::new(&self.paths.tap_name());
             net.queue_pairs = c.devices.net_queues;
@@ -378,6 +382,10 @@ mod tests {
         assert_eq!(vsock.guest_cid, GUEST_CID);
         assert_eq!(vsock.uds_path, paths.vsock());
         assert!(vm.msi);
+        assert!(
+            vm.seccomp,
+            "the VMM's threads run under their filters by default"
+        );
         assert!(vm.net.is_empty(), "net_queues = 0: no network card");
         assert!(vm.console.is_none());
     }
@@ -385,6 +393,7 @@ mod tests {
     #[test]
     fn msi_net_and_console_follow_the_config() {
         let (e, paths) = backend(|c| {
+            c.hypervisor.seccomp = false;
             c.devices.msi = false;
             c.devices.net_queues = 4;
             c.devices.block_queues = 3;
@@ -392,6 +401,7 @@ mod tests {
         });
         let vm = e.vm_config();
         assert!(!vm.msi);
+        assert!(!vm.seccomp);
         assert_eq!(vm.block[0].queues, 3);
         assert_eq!(vm.net.len(), 1);
         assert_eq!(vm.net[0].queue_pairs, 4);

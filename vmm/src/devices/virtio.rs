@@ -58,6 +58,9 @@ pub enum ActivateError {
     /// A worker thread could not be started.
     #[error("cannot start a worker: {0}")]
     Worker(std::io::Error),
+    /// A worker thread could not be started confined (see [`crate::confine`]).
+    #[error(transparent)]
+    Confine(#[from] crate::confine::ConfineError),
     /// The driver set up fewer queues than the device needs.
     #[error("queue {0} is not ready")]
     QueueNotReady(usize),

@@ -99,6 +99,8 @@ pub struct ProbeOptions {
     pub echo_serial: bool,
     /// Stop the guest if it has not finished by then.
     pub timeout: Duration,
+    /// The VMM's threads run under their seccomp filters (see [`crate::confine`]).
+    pub seccomp: bool,
 }
 
 /// The vsock workload: host connections echoed by the guest, one guest connection to a host
@@ -137,6 +139,7 @@ impl Default for ProbeOptions {
             extra_cmdline: Vec::new(),
             echo_serial: false,
             timeout: Duration::from_secs(120),
+            seccomp: true,
         }
     }
 }
@@ -152,6 +155,8 @@ pub struct ProbeReport {
     pub vcpus: u64,
     /// vCPUs the VM was given.
     pub vcpus_configured: u8,
+    /// The VMM's threads ran under their seccomp filters.
+    pub seccomp: bool,
     /// Entry convention used.
     pub boot_protocol: &'static str,
     /// Milliseconds from VM start to the guest's boot-timer write.
@@ -379,6 +384,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     config.memory_mib = options.memory_mib;
     config.boot_protocol = options.boot_protocol;
     config.msi = options.offer_msi;
+    config.seccomp = options.seccomp;
     config.serial = SerialOutput::Capture {
         buffer: buffer.clone(),
         echo: options.echo_serial,
@@ -527,6 +533,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         booted: exits.boot_timer_ms.is_some(),
         vcpus,
         vcpus_configured: options.vcpus,
+        seccomp: options.seccomp,
         boot_protocol,
         boot_ms: exits.boot_timer_ms,
         run_ms,

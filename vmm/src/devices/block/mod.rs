@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::confine::{self, ThreadKind};
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
 };
@@ -247,14 +248,14 @@ impl VirtioDevice for Block {
             let stop_request = running.kill.try_clone().map_err(ActivateError::Worker)?;
             let ctx = LoopContext::new(interrupt.clone(), self.faults.clone())
                 .map_err(ActivateError::Worker)?;
-            let thread = std::thread::Builder::new()
-                .name(format!("blk-q{index}"))
-                .spawn(move || worker.run(ctx, stop_request));
+            let thread = confine::spawn(ThreadKind::Block, format!("blk-q{index}"), move || {
+                worker.run(ctx, stop_request)
+            });
             match thread {
                 Ok(t) => running.threads.push(t),
                 Err(e) => {
                     stop(running);
-                    return Err(ActivateError::Worker(e));
+                    return Err(e.into());
                 }
             }
         }

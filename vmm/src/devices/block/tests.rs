@@ -588,3 +588,86 @@ fn a_flood_of_bad_chains_writes_a_bounded_number_of_log_lines() {
         "nothing reaches virtio-queue's logger"
     );
 }
+
+/// Every request type, served by the device's own worker thread: `activate` starts it through
+/// `crate::confine`, so it runs under the block filter (these calls are what the filter must
+/// allow: pread64, pwrite64, fdatasync, fallocate).
+#[test]
+fn a_confined_worker_serves_every_request_type() {
+    use crate::devices::virtio::{features, ActiveQueue, VirtioDevice};
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(disk.path(), vec![7u8; 64 * 512]).unwrap();
+    let mut block = super::Block::new(super::BlockConfig {
+        path: disk.path().to_path_buf(),
+        read_only: false,
+        queues: 1,
+        queue_size: QSIZE,
+        serial: Some("confined".into()),
+    })
+    .unwrap();
+    let mem = create_guest_memory(16).unwrap();
+    let mut ring = DriverRing::new(&mem, GuestAddress(RING), QSIZE);
+    let doorbell = EventFd::new(0).unwrap();
+    block
+        .activate(
+            mem.clone(),
+            features::VERSION_1 | super::F_FLUSH | super::F_DISCARD | super::F_WRITE_ZEROES,
+            vec![ActiveQueue {
+                index: 0,
+                queue: ring.queue(),
+                notifier: doorbell.try_clone().unwrap(),
+            }],
+            Arc::new(CountingInterrupt::default()),
+        )
+        .unwrap();
+    // Every thread of that name (other tests' too) is a block worker under its filter.
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        if std::fs::read_to_string(task.join("comm")).unwrap_or_default() == "blk-q0\n" {
+            let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+            assert!(status.contains("\nSeccomp:\t2\n"), "{status}");
+        }
+    }
+    let mut done = 0u16;
+    let mut request = |kind: u32, sector: u64, data_len: u32, device_writes: bool| -> u8 {
+        mem.write_obj(kind, GuestAddress(HEADER)).unwrap();
+        mem.write_obj(0u32, GuestAddress(HEADER + 4)).unwrap();
+        mem.write_obj(sector, GuestAddress(HEADER + 8)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        let head = ring.add_chain(&[
+            (HEADER, 16, false),
+            (DATA, data_len, device_writes),
+            (STATUS, 1, true),
+        ]);
+        ring.publish(&[head]);
+        doorbell.write(1).unwrap();
+        done += 1;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ring.used_idx() != done {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request {kind} not completed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        mem.read_obj(GuestAddress(STATUS)).unwrap()
+    };
+    mem.write_slice(&[0xabu8; 1024], GuestAddress(DATA))
+        .unwrap();
+    assert_eq!(request(kind::OUT, 2, 1024, false), STATUS_OK);
+    assert_eq!(request(kind::FLUSH, 0, 0, false), STATUS_OK);
+    for k in [kind::DISCARD, kind::WRITE_ZEROES] {
+        // One segment: sector 2, one sector, no flags.
+        mem.write_obj(2u64, GuestAddress(DATA)).unwrap();
+        mem.write_obj(1u32, GuestAddress(DATA + 8)).unwrap();
+        mem.write_obj(0u32, GuestAddress(DATA + 12)).unwrap();
+        assert_eq!(request(k, 0, 16, false), STATUS_OK, "{k}");
+    }
+    assert_eq!(request(kind::IN, 2, 1024, true), STATUS_OK);
+    let mut data = [0u8; 1024];
+    mem.read_slice(&mut data, GuestAddress(DATA)).unwrap();
+    assert!(data[..512].iter().all(|b| *b == 0), "zeroed");
+    assert!(data[512..].iter().all(|b| *b == 0xab), "written");
+    assert_eq!(request(kind::GET_ID, 0, 20, true), STATUS_OK);
+    block.reset();
+}

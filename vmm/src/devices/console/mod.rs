@@ -17,6 +17,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::confine::{self, ThreadKind};
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
 };
@@ -297,10 +298,9 @@ impl VirtioDevice for Console {
         let ctx =
             LoopContext::new(interrupt, self.faults.clone()).map_err(ActivateError::Worker)?;
         let worker = ConsoleWorker::new(mem, rx, tx, sink, self.connections.clone());
-        let thread = std::thread::Builder::new()
-            .name("console".into())
-            .spawn(move || worker.run(ctx, stop))
-            .map_err(ActivateError::Worker)?;
+        let thread = confine::spawn(ThreadKind::Console, "console".into(), move || {
+            worker.run(ctx, stop)
+        })?;
         self.running = Some(Running { kill, thread });
         Ok(())
     }

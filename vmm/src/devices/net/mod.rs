@@ -25,6 +25,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::confine::{self, ThreadKind};
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
 };
@@ -723,14 +724,14 @@ impl VirtioDevice for Net {
                 mode,
             })
             .map_err(ActivateError::Worker)?;
-            let thread = std::thread::Builder::new()
-                .name(format!("net-q{pair}"))
-                .spawn(move || worker.run());
+            let thread = confine::spawn(ThreadKind::Net, format!("net-q{pair}"), move || {
+                worker.run()
+            });
             match thread {
                 Ok(t) => running.threads.push(t),
                 Err(e) => {
                     stop(running);
-                    return Err(ActivateError::Worker(e));
+                    return Err(e.into());
                 }
             }
         }

@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::confine::{self, ThreadKind};
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
 };
@@ -89,9 +90,12 @@ pub enum VsockError {
         /// Why.
         source: std::io::Error,
     },
-    /// A thread or eventfd could not be created.
+    /// An eventfd could not be created.
     #[error("vsock: {0}")]
     Io(#[from] std::io::Error),
+    /// The listener thread could not be started confined.
+    #[error("vsock: {0}")]
+    Confine(#[from] crate::confine::ConfineError),
 }
 
 /// Controls a vsock device from outside its worker.
@@ -180,14 +184,26 @@ impl Vsock {
     }
 
     /// A thread that tells every connecting host process the guest is not ready.
+    /// The refusing listener again (after a reset); a failure is logged, and host processes
+    /// then wait until the driver is ready.
+    fn respawn_refuser(&self) -> Option<Worker> {
+        match self.spawn_refuser() {
+            Ok(worker) => Some(worker),
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        }
+    }
+
     fn spawn_refuser(&self) -> Result<Worker, VsockError> {
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
         let stop = kill.try_clone()?;
         let listener = self.listener.try_clone()?;
         let counters = self.counters.clone();
-        let thread = std::thread::Builder::new()
-            .name("vsock-idle".into())
-            .spawn(move || refuse_until_stopped(listener, stop, counters))?;
+        let thread = confine::spawn(ThreadKind::VsockListener, "vsock-idle".into(), move || {
+            refuse_until_stopped(listener, stop, counters)
+        })?;
         Ok(Worker { kill, thread })
     }
 }
@@ -289,7 +305,7 @@ impl VirtioDevice for Vsock {
         }
         if rx.is_none() || tx.is_none() {
             // The device is useless without both; go back to refusing.
-            self.worker = self.spawn_refuser().ok();
+            self.worker = self.respawn_refuser();
             return Err(ActivateError::QueueNotReady(if rx.is_none() {
                 0
             } else {
@@ -314,10 +330,7 @@ impl VirtioDevice for Vsock {
         };
         let ctx =
             LoopContext::new(interrupt, self.faults.clone()).map_err(ActivateError::Worker)?;
-        let thread = std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || muxer.run(ctx))
-            .map_err(ActivateError::Worker)?;
+        let thread = confine::spawn(ThreadKind::Vsock, "vsock".into(), move || muxer.run(ctx))?;
         self.worker = Some(Worker { kill, thread });
         Ok(())
     }
@@ -327,7 +340,7 @@ impl VirtioDevice for Vsock {
             w.stop();
         }
         // Connections died with the muxer; new host processes get the refusal again.
-        self.worker = self.spawn_refuser().ok();
+        self.worker = self.respawn_refuser();
     }
 
     fn completed_requests(&self) -> Vec<u64> {
