@@ -250,6 +250,12 @@ fn process_cases() -> Vec<Case> {
                 .flat_map(|i| format!("{i:09}\n").into_bytes())
                 .collect(),
         ),
+        // The reader starts late: stdin must not end before all of it went through.
+        sh("stdin-read-late", "sleep 3; wc -c; echo eof").stdin(
+            (0..12000)
+                .flat_map(|i| format!("{i:09}\n").into_bytes())
+                .collect(),
+        ),
         sh(
             "tty",
             "tty; [ -t 0 ] && echo stdin-is-a-tty; [ -t 1 ] && echo stdout-is-a-tty; \
@@ -512,7 +518,7 @@ fn exec_cases() -> Vec<Case> {
         .exec(&[]),
         sh(
             "exec-sees-the-containers-pid-namespace",
-            "ps -o comm | sort",
+            "ps -o comm >/tmp/ps; sort /tmp/ps; cat /proc/1/comm",
         )
         .exec(&[]),
     ]
@@ -706,8 +712,9 @@ impl Suite<'_> {
         .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn ctr");
         if let Some(input) = stdin {
-            // Only once the task exists: ctr closes the task's stdin when its own ends, but an
-            // end that comes before the task does is lost, and the task would wait for ever.
+            // Only once the task runs: ctr closes the task's stdin when its own ends, but only
+            // once it holds the task (its NewTask returned); an end that comes earlier is lost,
+            // and the task would wait for ever.
             let mut pipe = child.stdin.take().unwrap();
             let input = input.to_vec();
             let mut ls = self.env.ctr_cmd(&["tasks", "ls"]);
@@ -716,10 +723,9 @@ impl Suite<'_> {
                 let deadline = Instant::now() + CASE_LIMIT;
                 while Instant::now() < deadline {
                     let listed = ls.output().map(|o| text(&o.stdout)).unwrap_or_default();
-                    if listed
-                        .lines()
-                        .any(|l| l.split_whitespace().next() == Some(id.as_str()))
-                    {
+                    if listed.lines().any(|l| {
+                        l.split_whitespace().next() == Some(id.as_str()) && l.contains("RUNNING")
+                    }) {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(50));
