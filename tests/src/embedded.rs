@@ -245,7 +245,12 @@ impl EmbeddedGuest {
             for d in stats {
                 out += &format!(
                     "{label} {} {:#x} status {:#x} msi {} legacy_sent {} completed {:?}\n",
-                    d.device_type, d.base, d.status, d.msi_enabled, d.legacy_sent, d.requests_completed
+                    d.device_type,
+                    d.base,
+                    d.status,
+                    d.msi_enabled,
+                    d.legacy_sent,
+                    d.requests_completed
                 );
                 for r in &d.rings {
                     out += &format!("    ring {r:?}\n");

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use serde::Serialize;
-use vm_memory::Bytes;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::registers::*;
