@@ -5,7 +5,7 @@
 pub mod backend;
 pub mod media;
 pub mod request;
-mod worker;
+pub(crate) mod worker;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

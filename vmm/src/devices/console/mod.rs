@@ -4,7 +4,7 @@
 //! ([`sink`]: a file, stdout/stdin, a unix socket Pulse listens on, or nothing).
 
 pub mod sink;
-mod worker;
+pub(crate) mod worker;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -12,7 +12,7 @@
 pub mod chain;
 pub mod ctrl;
 pub mod tap;
-mod worker;
+pub(crate) mod worker;
 
 use std::fmt;
 use std::os::fd::RawFd;
@@ -382,7 +382,7 @@ pub struct ConfigSpace {
 }
 
 impl ConfigSpace {
-    fn new(mac: MacAddr, pairs: u16, mtu: u16) -> Self {
+    pub(crate) fn new(mac: MacAddr, pairs: u16, mtu: u16) -> Self {
         let mut bytes = [0u8; CONFIG_LEN];
         bytes[0..6].copy_from_slice(&mac.0);
         bytes[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());

@@ -155,8 +155,21 @@ impl Muxer {
                 return;
             }
         };
-        let mut w = Worker {
-            m: self,
+        let mut w = Worker::new(self);
+        if let Err(e) = worker::run(&mut w, &mut ctx, &kill) {
+            tracing::error!("vsock: {e}");
+        }
+    }
+}
+
+const RX: u16 = 0;
+const TX: u16 = 1;
+const EVENT: u16 = 2;
+
+impl Worker {
+    fn new(m: Muxer) -> Self {
+        Self {
+            m,
             interest_changes: Vec::new(),
             pending: HashMap::new(),
             host_connects: HashMap::new(),
@@ -171,18 +184,9 @@ impl Muxer {
             events_owed: 0,
             tx_more: false,
             rx_more: false,
-        };
-        if let Err(e) = worker::run(&mut w, &mut ctx, &kill) {
-            tracing::error!("vsock: {e}");
         }
     }
-}
 
-const RX: u16 = 0;
-const TX: u16 = 1;
-const EVENT: u16 = 2;
-
-impl Worker {
     fn watch(&mut self, fd: RawFd, events: EventSet) {
         if self.interest.get(&fd) == Some(&events) {
             return;
@@ -942,5 +946,38 @@ impl Worker {
                 self.watch(fd, set);
             }
         }
+    }
+}
+
+/// The worker's state outside its loop, for the fuzz targets: they run its queue turns one by
+/// one on rings they built.
+#[cfg(feature = "fuzzing")]
+pub struct FuzzWorker(Worker);
+
+#[cfg(feature = "fuzzing")]
+impl FuzzWorker {
+    /// A worker for `m`, as [`Muxer::run`] starts it.
+    pub fn new(m: Muxer) -> Self {
+        Self(Worker::new(m))
+    }
+
+    /// A transmit turn: the guest's packets (up to the budget) handled.
+    pub fn tx_turn(&mut self, ctx: &mut LoopContext) {
+        self.0.process_tx(ctx);
+    }
+
+    /// A receive turn: replies and host data put in the guest's receive buffers.
+    pub fn rx_turn(&mut self, ctx: &mut LoopContext) {
+        self.0.fill_rx(ctx);
+    }
+
+    /// Owes the guest one transport-reset event and delivers what the event queue takes.
+    pub fn event_turn(&mut self, ctx: &mut LoopContext) {
+        self.0.transport_reset(ctx, 1);
+    }
+
+    /// Control replies waiting for receive buffers.
+    pub fn queued_replies(&self) -> usize {
+        self.0.control.len()
     }
 }

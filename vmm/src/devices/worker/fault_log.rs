@@ -53,6 +53,23 @@ impl GuestFault {
 
 const KINDS: usize = GuestFault::ALL.len();
 
+/// The guest mistakes one device saw, by kind, and the log lines they cost.
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// [`GuestFault::AvailIndexTooFar`].
+    pub avail_index_too_far: u64,
+    /// [`GuestFault::HeadOutOfRange`].
+    pub head_out_of_range: u64,
+    /// [`GuestFault::RingAccess`].
+    pub ring_access: u64,
+    /// [`GuestFault::MalformedChain`].
+    pub malformed_chain: u64,
+    /// [`GuestFault::RefusedRequest`].
+    pub refused_request: u64,
+    /// Log lines written about them (first of each kind, then summaries).
+    pub log_lines: u64,
+}
+
 struct Unsummed {
     since: Instant,
     counts: [u64; KINDS],
@@ -135,6 +152,18 @@ impl FaultLog {
     pub fn lines(&self) -> u64 {
         self.lines.load(Ordering::Relaxed)
     }
+
+    /// Every count at once.
+    pub fn counts(&self) -> FaultCounts {
+        FaultCounts {
+            avail_index_too_far: self.count(GuestFault::AvailIndexTooFar),
+            head_out_of_range: self.count(GuestFault::HeadOutOfRange),
+            ring_access: self.count(GuestFault::RingAccess),
+            malformed_chain: self.count(GuestFault::MalformedChain),
+            refused_request: self.count(GuestFault::RefusedRequest),
+            log_lines: self.lines(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +178,9 @@ mod tests {
             log.record(GuestFault::HeadOutOfRange, &i);
         }
         log.flush();
+        let counts = log.counts();
+        assert_eq!(counts.malformed_chain, 100_000);
+        assert_eq!(counts.log_lines, log.lines());
         assert_eq!(log.count(GuestFault::MalformedChain), 100_000);
         assert_eq!(log.count(GuestFault::HeadOutOfRange), 100_000);
         assert_eq!(log.count(GuestFault::RingAccess), 0);
