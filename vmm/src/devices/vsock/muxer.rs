@@ -30,7 +30,6 @@ use super::connection::{Connection, State};
 use super::packet::{self, op, Header, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::unix::connect_nonblocking;
 use super::unix::{forward_path, LineStatus, PendingConnect};
-use crate::devices::block::request::Buffer;
 use crate::devices::worker::{
     self, guest_queue, DeviceWorker, GuestFault, LoopContext, QueueFault, Served, BUDGET,
 };
@@ -509,14 +508,13 @@ impl Worker {
         };
         let mem = self.m.mem.clone();
         let (done, result) = guest_queue::drain(&mut queue, &mem, ctx.faults(), BUDGET, |chain| {
-            let buffers: Vec<Buffer> = chain
-                .map(|d| Buffer {
-                    addr: d.addr(),
-                    len: d.len(),
-                    writable: d.is_write_only(),
-                })
-                .collect();
-            match packet::read_tx(&mem, &buffers) {
+            let (buffers, terminated) = packet::chain_buffers(chain);
+            let read = if terminated {
+                packet::read_tx(&mem, &buffers)
+            } else {
+                Err(packet::PacketError::Unterminated)
+            };
+            match read {
                 Ok((header, payload)) => {
                     self.m.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
                     self.handle_packet(header, &payload);
@@ -733,8 +731,9 @@ impl Worker {
             };
             let head = chain.head_index();
             let first = chain.clone().next();
+            let terminated = chain.last().is_some_and(|d| !d.has_next());
             let written = match first {
-                Some(d) if d.is_write_only() && d.len() >= 4 => mem
+                Some(d) if terminated && d.is_write_only() && d.len() >= 4 => mem
                     .write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr())
                     .is_ok(),
                 _ => false,
@@ -817,14 +816,9 @@ impl Worker {
                 }
             };
             let head = chain.head_index();
-            let buffers: Vec<Buffer> = chain
-                .map(|d| Buffer {
-                    addr: d.addr(),
-                    len: d.len(),
-                    writable: d.is_write_only(),
-                })
-                .collect();
-            let Some(capacity) = packet::rx_capacity(&buffers) else {
+            let (buffers, terminated) = packet::chain_buffers(chain);
+            let Some(capacity) = packet::rx_capacity(&buffers).filter(|_| terminated) else {
+                ctx.guest_fault(GuestFault::MalformedChain, &"vsock receive chain");
                 self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
                 let _ = guest_queue::add_used(&mut queue, &mem, head, 0);
                 used_any = true;
