@@ -276,6 +276,10 @@ impl VirtioDevice for Block {
             .map(|c| c.completed.load(Ordering::Relaxed))
             .collect()
     }
+
+    fn guest_faults(&self) -> crate::devices::worker::FaultCounts {
+        self.faults.counts()
+    }
 }
 
 fn stop(running: Running) {

@@ -321,6 +321,10 @@ impl VirtioDevice for Console {
             .map(|c| c.chains.load(Ordering::Relaxed))
             .collect()
     }
+
+    fn guest_faults(&self) -> crate::devices::worker::FaultCounts {
+        self.faults.counts()
+    }
 }
 
 impl Drop for Console {

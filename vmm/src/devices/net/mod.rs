@@ -28,7 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
 };
-use crate::devices::worker::FaultLog;
+use crate::devices::worker::{FaultLog, GuestFault};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 use ctrl::{Ctrl, Shared};
@@ -735,9 +735,13 @@ impl VirtioDevice for Net {
             }
         }
         if served < pairs {
-            tracing::warn!(
-                tap = self.tap.name(),
-                "the driver set up {served} of {pairs} queue pairs"
+            // The driver's choice, as often as it resets: counted and rate limited.
+            self.faults.record(
+                GuestFault::IncompleteSetup,
+                &format_args!(
+                    "tap {}: the driver set up {served} of {pairs} queue pairs",
+                    self.tap.name()
+                ),
             );
         }
         self.running = Some(running);
@@ -763,6 +767,10 @@ impl VirtioDevice for Net {
             .iter()
             .map(|c| c.frames.load(Ordering::Relaxed))
             .collect()
+    }
+
+    fn guest_faults(&self) -> crate::devices::worker::FaultCounts {
+        self.faults.counts()
     }
 }
 
