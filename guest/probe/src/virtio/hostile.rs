@@ -833,7 +833,9 @@ fn block(dev: &mut HDev, t: &mut Tally) {
         Deadline::after_ms(WAIT_MS).wait_for(|| dev.status() & status::DEVICE_NEEDS_RESET != 0);
     t.r.broken_queue_seen = Some(broken);
     arch::sti();
-    Deadline::after_ms(500).wait_for(|| idt::count(cpu, config_vector) > irqs_before);
+    Deadline::after_ms(2000).wait_for(|| idt::count(cpu, config_vector) > irqs_before);
+    // A little longer: a second one would be a duplicate.
+    Deadline::after_ms(20).wait();
     arch::cli();
     t.r.config_interrupts = idt::count(cpu, config_vector) - irqs_before;
     t.check(
