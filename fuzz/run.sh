@@ -52,8 +52,9 @@ for t in "${targets[@]}"; do
         -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1
     rc=$?
     set -e
-    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    cov=$(grep -Eo 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
+    # (A run that crashes on a seed prints neither.)
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1 || true)
+    cov=$(grep -Eo 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2 || true)
     if [ "$rc" -eq 0 ]; then
         echo "fuzz: $t ok: ${runs:-?} runs in $(($(date +%s) - start)) s, coverage ${cov:-?} edges"
         continue
@@ -65,7 +66,7 @@ for t in "${targets[@]}"; do
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         echo "    the run did not stop within $((seconds + 120)) s (a hang)" >&2
     fi
-    for a in $(find "fuzz/artifacts/$t" -type f -newer "$marker" 2>/dev/null); do
+    for a in $(find "fuzz/artifacts/$t" -type f -newer "$marker" ! -name last-run.log 2>/dev/null); do
         echo "    reproducer: $a" >&2
         echo "    replay:     cargo +nightly fuzz run $t $a" >&2
     done

@@ -389,7 +389,7 @@ impl Rig {
         for v in self.irq.stats() {
             if let Some(msg) = self.manager.msi_route(v.gsi) {
                 assert!(
-                    msg.is_valid_x86(),
+                    ordinary_device_interrupt(msg.address_lo, msg.address_hi, msg.data),
                     "vector {} routed to {msg:?}, which is not an ordinary device interrupt",
                     v.index
                 );
@@ -439,6 +439,15 @@ impl Rig {
             self.w32(QUEUE_SEL, 0);
         }
     }
+}
+
+/// What an x86 LAPIC takes as an ordinary device interrupt, written out here rather than
+/// taken from the VMM's own check: the LAPIC window with no high half, fixed or lowest-priority
+/// delivery (not SMI, NMI, INIT, SIPI, ExtINT), a vector that is not an exception.
+fn ordinary_device_interrupt(address_lo: u32, address_hi: u32, data: u32) -> bool {
+    let window = address_hi == 0 && address_lo >> 20 == 0xfee;
+    let delivery = (data >> 8) & 7;
+    window && delivery <= 1 && (data & 0xff) >= 16
 }
 
 fuzz_target!(|data: &[u8]| {
