@@ -611,10 +611,14 @@ impl After {
     }
 }
 
-/// The bytes of a chain's buffers, in order (`None` if one is not in memory).
+/// The bytes of a chain's buffers, in order (`None` if one is not in memory; a zero-length
+/// buffer holds nothing wherever it points).
 pub fn chain_bytes(img: &Image, w: &Walk) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     for d in &w.descs {
+        if d.len == 0 {
+            continue;
+        }
         if !in_memory(d.addr, u64::from(d.len)) {
             return None;
         }
