@@ -202,16 +202,18 @@ pub struct ProbeReport {
     pub vsock_device: Option<VsockDeviceReport>,
 }
 
-/// Threads of the VMM's process: before the VM, at the guest's "workload starts" and
-/// "workload done" marks (the same devices run at both), and once the VM is gone. A worker
-/// that a device reset (or the VM's end) left behind shows as a difference.
+/// Threads: of the VMM's process before the VM and once it is gone; of the VMM's own
+/// ([`crate::confine::live_threads`]: the marks are taken on a vCPU thread, which may not open
+/// /proc/self/task) at the guest's "workload starts" and "workload done" marks (the same
+/// devices run at both). A worker that a device reset (or the VM's end) left behind shows as a
+/// difference.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct ThreadReport {
     /// Before the VM was created (and before the run's host peers started).
     pub before: Option<u64>,
-    /// At the guest's first "workload starts" mark.
+    /// The VMM's own threads at the guest's first "workload starts" mark.
     pub at_start: Option<u64>,
-    /// At the guest's first "workload done" mark after it.
+    /// The VMM's own threads at the guest's first "workload done" mark after it.
     pub at_done: Option<u64>,
     /// After the VM was dropped and the host peers joined.
     pub after: Option<u64>,
@@ -663,6 +665,7 @@ fn run_hostile(
     config.vcpus = options.vcpus;
     config.memory_mib = options.memory_mib;
     config.boot_protocol = options.boot_protocol;
+    config.seccomp = options.seccomp;
     config.serial = SerialOutput::Capture {
         buffer: buffer.clone(),
         echo: options.echo_serial,
@@ -735,6 +738,7 @@ fn run_hostile(
     Ok(ProbeReport {
         ok: guest_ok && interrupts_match && threads.balanced() && exit == VmExit::DebugExit(0),
         irq_mode: IrqMode::Msi,
+        seccomp: options.seccomp,
         devices,
         vsock_host: None,
         net_host: None,
