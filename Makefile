@@ -1,13 +1,14 @@
 # Pulse: a containerd shim v2 runtime that runs each pod in a KVM microVM.
 #   make demo   set up and run the main job
 #   make test   run every test (what .ci/run runs)
+#   make fuzz   run every fuzz target longer (FUZZ_SECONDS each)
 #   make bench  print the benchmark tables
 
 CARGO ?= cargo
 RELEASE_DIR := target/release
 MUSL_DIR := target/x86_64-unknown-linux-musl/release
 
-.PHONY: all deps build agent demo test lint unit-tests nested-tests bench clean
+.PHONY: all deps build agent demo test lint unit-tests fuzz-smoke fuzz nested-tests bench clean
 
 all: build
 
@@ -47,6 +48,7 @@ demo: build guest
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path guest/probe/Cargo.toml -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd guest/probe && $(CARGO) clippy --release --target x86_64-unknown-none -- -D warnings
 
@@ -54,12 +56,25 @@ unit-tests: deps guest
 	$(CARGO) test --workspace
 	cd guest/probe && $(CARGO) test --lib --target x86_64-unknown-linux-gnu
 
+# The cargo-fuzz targets of the VMM (fuzz/README.md): the virtio-mmio register space and every
+# device's chain parsing, from the seed corpus in fuzz/corpus. make test runs each for
+# FUZZ_SMOKE_SECONDS; make fuzz for FUZZ_SECONDS, keeping what it finds in fuzz/work. A crash
+# or a hang fails with the reproducer's path.
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_SECONDS ?= 300
+
+fuzz-smoke: deps
+	fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
+
+fuzz: deps
+	FUZZ_WORK=fuzz/work fuzz/run.sh $(FUZZ_SECONDS)
+
 # What needs hardware-assisted KVM (the embedded backend's containerd suite, the Linux driver
 # under Pulse's VMM) runs in the nested rig on hosts without VT-x/AMD-V: tests/nested/.
 nested-tests: deps guest
 	tests/nested/run-suites.sh
 
-test: lint unit-tests nested-tests
+test: lint unit-tests fuzz-smoke nested-tests
 
 bench: build guest
 	$(CARGO) bench -p pulse-vmm --bench boot

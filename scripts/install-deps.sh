@@ -20,6 +20,8 @@ done
 for pkg in bc bison flex libelf-dev libssl-dev e2fsprogs libseccomp-dev gperf pkg-config; do
     pkg_installed "$pkg" || need_apt+=("$pkg")
 done
+# g++: libFuzzer, which the fuzz targets link (fuzz/, make fuzz-smoke), is C++.
+pkg_installed g++ || need_apt+=(g++)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "install-deps: need root to install: ${need_apt[*]}" >&2
@@ -38,6 +40,17 @@ if have rustup; then
         grep -qx "$target" <<<"$installed" || rustup target add "$target"
     done
     rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+fi
+
+# The fuzz targets (fuzz/: make fuzz-smoke, make fuzz): cargo-fuzz and a nightly toolchain
+# (libFuzzer's instrumentation and the sanitizers need nightly flags).
+if have rustup && ! rustup toolchain list | grep -q '^nightly'; then
+    echo "install-deps: rustup toolchain install nightly"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! have cargo-fuzz && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo-fuzz" ]; then
+    echo "install-deps: cargo install cargo-fuzz"
+    cargo install --quiet --locked cargo-fuzz
 fi
 
 # vhost-device-vsock: the vsock backend of the QEMU rig (tests/src/qemu.rs).

@@ -110,10 +110,19 @@ tail -n +1 -f --pid="$qemu_pid" "$xchg/out" &
 tail_pid=$!
 
 deadline=$(( $(date +%s) + timeout ))
-timed_out=0
+# L1 renews xchg/heartbeat every 10 s while CMD runs; none for this long means it froze.
+freeze_limit=${PULSE_RIG_FREEZE_S:-240}
+timed_out=0 froze=0
 while kill -0 "$qemu_pid" 2>/dev/null; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then
+    now=$(date +%s)
+    if [ "$now" -ge "$deadline" ]; then
         timed_out=1
+        kill -KILL "$qemu_pid" 2>/dev/null || true
+        break
+    fi
+    if [ -f "$xchg/heartbeat" ] && [ ! -f "$xchg/rc" ] &&
+        [ $(( now - $(stat -c %Y "$xchg/heartbeat") )) -gt "$freeze_limit" ]; then
+        froze=1
         kill -KILL "$qemu_pid" 2>/dev/null || true
         break
     fi
@@ -132,6 +141,11 @@ l1_tail() {
         sed 's/^/  | /' "$run/qemu.log" >&2
     fi
 }
+if [ "$froze" = 1 ]; then
+    echo "nested: the L1 guest froze: no heartbeat for ${freeze_limit}s (an emulator fault, docs/nested-rig.md); killed it" >&2
+    l1_tail
+    exit 125
+fi
 if [ "$timed_out" = 1 ]; then
     echo "nested: the L1 guest was still running after ${timeout}s; killed it" >&2
     l1_tail

@@ -28,6 +28,15 @@ fn main() {
         probe_dir.join(".cargo").display()
     );
 
+    // The fuzz targets (feature `fuzzing`, built by cargo-fuzz with a toolchain that may lack
+    // the probe's target) never boot the probe: an empty file stands in for it.
+    println!("cargo:rerun-if-env-changed=CARGO_FEATURE_FUZZING");
+    if env::var_os("CARGO_FEATURE_FUZZING").is_some() {
+        std::fs::write(out_dir.join("pulse-probe.elf"), b"")
+            .unwrap_or_else(|e| panic!("cannot write the stand-in probe: {e}"));
+        return;
+    }
+
     // A prebuilt probe can be given instead (to try a modified guest without rebuilding it here).
     println!("cargo:rerun-if-env-changed=PULSE_PROBE_ELF");
     if let Ok(prebuilt) = env::var("PULSE_PROBE_ELF") {

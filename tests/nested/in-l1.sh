@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Runs test binaries one after the other inside the nested rig's L1 guest, one test at a time
-# (each boots a VM; the L1 has two vCPUs). Exits non-zero if any binary failed, after all ran.
-# A binary still running after PULSE_SUITE_LIMIT seconds (default 1200) is reported with what
+# Runs test binaries one after the other inside the nested rig's L1 guest, each test in a
+# process of its own (each boots a VM). Exits non-zero if any test failed, after all ran.
+# Each test's end is a line `RIG-TEST-PASSED <binary> <name>` or `RIG-TEST-FAILED ...`, so a
+# run cut short by the L1 (an emulator fault: tests/nested/run-suites.sh) can resume: the
+# tests named in PULSE_RIG_SKIP (such lines' "<binary> <name>", one per line) are not run again.
+# A test still running after PULSE_SUITE_LIMIT seconds (default 900) is reported with what
 # its processes wait on (state, wchan, kernel stacks) and the logs of its containerd and pods,
 # then killed: a hang becomes a failure with evidence, not a silent deadline.
 set -uo pipefail
-limit=${PULSE_SUITE_LIMIT:-1200}
+limit=${PULSE_SUITE_LIMIT:-900}
 
 report_hang() {
     echo "=== in-l1: $1 still running after ${limit}s: what it waits on ==="
@@ -27,21 +30,35 @@ report_hang() {
 
 rc=0
 for suite in "$@"; do
-    echo "== $(basename "$suite") =="
-    # --nocapture: the skip reasons and the tests' count tables reach the log.
-    "$suite" --test-threads 1 --nocapture &
-    pid=$!
-    waited=0
-    while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$limit" ]; do
-        sleep 1
-        waited=$((waited + 1))
+    bin=$(basename "$suite")
+    bin=${bin%-*}
+    echo "== $bin =="
+    names=$("$suite" --list --format terse 2>/dev/null | sed -n 's/: test$//p')
+    [ -n "$names" ] || { echo "in-l1: $bin lists no test"; rc=1; continue; }
+    for name in $names; do
+        if grep -qxF "$bin $name" <<<"${PULSE_RIG_SKIP:-}"; then
+            echo "RIG-TEST-PASSED $bin $name (in the run the L1 cut short)"
+            continue
+        fi
+        # --nocapture: the skip reasons and the tests' count tables reach the log.
+        "$suite" --exact "$name" --test-threads 1 --nocapture &
+        pid=$!
+        waited=0
+        while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$limit" ]; do
+            sleep 1
+            waited=$((waited + 1))
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            report_hang "$bin $name"
+            kill -KILL "$pid"
+        fi
+        if wait "$pid"; then
+            echo "RIG-TEST-PASSED $bin $name"
+        else
+            echo "RIG-TEST-FAILED $bin $name"
+            rc=1
+        fi
     done
-    if kill -0 "$pid" 2>/dev/null; then
-        report_hang "$(basename "$suite")"
-        kill -KILL "$pid"
-        rc=1
-    fi
-    wait "$pid" || rc=1
 done
 # Whatever a failed test left (containerd, shims) does not keep the L1 guest from powering off.
 exit $rc

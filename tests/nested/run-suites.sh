@@ -26,28 +26,35 @@ for suite in "$containerd_suite" "$differential_suite" "$driver_suite"; do
 done
 
 log=$(mktemp /tmp/pulse-nested-suites.XXXXXX)
-trap 'rm -f "$log"' EXIT
+all=$(mktemp /tmp/pulse-nested-all.XXXXXX)
+trap 'rm -f "$log" "$all"' EXIT
 started=$(date +%s)
-# An L1 kernel panic is QEMU's emulated SVM failing (docs/nested-rig.md, "Known emulator
-# faults"), not a test's verdict: the suites run once more in a fresh L1, and the log says so.
+# An L1 that panics or freezes is QEMU's emulated SVM failing (docs/nested-rig.md, "Known
+# emulator faults"), not a test's verdict: the run resumes once in a fresh L1, without the
+# tests that already passed (in-l1.sh's RIG-TEST-PASSED lines), and the log says so.
+skip=
 for attempt in 1 2; do
     set +e
-    "$repo/scripts/nested.sh" --direct-ok --timeout "${PULSE_NESTED_TIMEOUT:-2400}" \
+    PULSE_RIG_SKIP=$skip "$repo/scripts/nested.sh" --direct-ok --timeout "${PULSE_NESTED_TIMEOUT:-2400}" \
         --env PULSE_TEST_BACKEND=embedded -- \
         "$here/in-l1.sh" "$driver_suite" "$containerd_suite" "$differential_suite" 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
-    if [ "$rc" -eq 125 ] && [ "$attempt" -eq 1 ] && grep -q '^  | .*Kernel panic - not syncing' "$log"; then
-        echo "RIG RETRIED: the L1 kernel panicked (emulator fault, see above); running the suites again in a fresh L1"
+    cat "$log" >>"$all"
+    if [ "$rc" -eq 125 ] && [ "$attempt" -eq 1 ] &&
+        grep -qE '^  \| .*Kernel panic - not syncing|^nested: the L1 guest froze' "$log"; then
+        skip=$(sed -n 's/^RIG-TEST-PASSED \([^ ]*\) \([^ ]*\).*/\1 \2/p' "$log")
+        echo "RIG RETRIED: the L1 guest was lost (emulator fault, see above) after $(grep -c . <<<"$skip") passed tests; resuming in a fresh L1"
         continue
     fi
     break
 done
 took=$(( $(date +%s) - started ))
 
-passed=$(sed -n 's/^test result: .*\. \([0-9]*\) passed;.*/\1/p' "$log" | paste -sd+ | bc)
-failed=$(sed -n 's/^test result: .*; \([0-9]*\) failed;.*/\1/p' "$log" | paste -sd+ | bc)
-skipped=$(grep -c 'SKIPPED: ' "$log" || true)
-echo "== nested rig: ${passed:-0} passed, ${failed:-0} failed, ${skipped} skipped in ${took}s (embedded backend: containerd and runc differential suites; Linux driver tests) =="
+passed=$(grep -c '^RIG-TEST-PASSED ' "$all" || true)
+passed=$(( passed - $(grep -c '^RIG-TEST-PASSED .*(in the run the L1 cut short)$' "$all" || true) ))
+failed=$(grep -c '^RIG-TEST-FAILED ' "$log" || true)
+skipped=$(grep -c 'SKIPPED: ' "$all" || true)
+echo "== nested rig: ${passed} passed, ${failed} failed, ${skipped} skipped in ${took}s (embedded backend: containerd and runc differential suites; Linux driver tests) =="
 [ "$rc" -eq 0 ] || { echo "run-suites: the nested run exited $rc" >&2; exit "$rc"; }
-[ "${passed:-0}" -gt 0 ] || { echo "run-suites: no test ran in the rig" >&2; exit 1; }
+[ "${passed}" -gt 0 ] || { echo "run-suites: no test ran in the rig" >&2; exit 1; }

@@ -15,6 +15,8 @@ pub mod confine;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod interrupts;
 pub mod kvm;
 pub mod kvm_stats;

@@ -128,6 +128,13 @@ struct ProbeArgs {
     /// the configuration-change interrupt and see the new capacity.
     #[arg(long)]
     blk_resize: bool,
+    /// Hostile mode: a block device (--blk-queues, default 2), a net device, a vsock device
+    /// and a console; the guest breaks every rule of the transport and the devices (odd
+    /// register writes, refused MSI messages, hostile descriptor chains, floods) and checks
+    /// that they still work where they should. The other workload options are ignored. Exit
+    /// status 0 when every check held and no thread was left behind.
+    #[arg(long)]
+    hostile: bool,
     /// Concurrent host vsock connections.
     #[arg(long, default_value_t = 100)]
     vsock_conns: u32,
@@ -270,6 +277,7 @@ fn probe_command(args: ProbeArgs) -> Result<ExitCode> {
         console: args.console,
         offer_msi: args.offer_msi,
         blk_resize: args.blk_resize,
+        hostile: args.hostile,
         irq: args.irq.parse().map_err(anyhow::Error::msg)?,
         requests: args.requests,
         vcpus,
@@ -345,8 +353,29 @@ fn print_report(r: &ProbeReport) {
             w.kvm_exits
         );
     }
+    let t = &r.threads;
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    out!(
+        "  threads: {} before the VM, {} at the workload's start, {} at its end, {} after",
+        opt(t.before),
+        opt(t.at_start),
+        opt(t.at_done),
+        opt(t.after)
+    );
     for d in &r.devices {
         print_device(d);
+    }
+    if let Some(v) = &r.vsock_device {
+        out!(
+            "  vsock device: {} packets from the guest ({} bad), {} to it, {} refused, \
+             replies dropped {} (queued {})",
+            v.tx_packets,
+            v.bad_packets,
+            v.rx_packets,
+            v.refused,
+            v.replies_dropped,
+            v.replies_queued
+        );
     }
     if let Some(n) = &r.net_host {
         out!(
@@ -447,6 +476,48 @@ fn print_device(d: &probe::DeviceReport) {
             v["conns_done"], v["conns_expected"], v["bytes_echoed"], v["connect_ok"], v["events"]
         );
     }
+    if let Some(h) = &d.hostile {
+        out!(
+            "    hostile: {}/{} rules held, {}/{} hostile chains returned ({} published), \
+             flood {} ({} answers), broken queue seen {}, healthy queue {}, alive {}",
+            h["checks_passed"],
+            h["checks"],
+            h["chains_returned"],
+            h["chains_expected"],
+            h["chains"],
+            h["flood"],
+            h["flood_answers"],
+            h["broken_queue_seen"],
+            h["healthy_queue"],
+            h["alive"]
+        );
+        let e = &d.transport_errors;
+        out!(
+            "    refused by the transport: width {}, status {}, features {}, queue setup {}, \
+             notify {}, MSI op {}, vector {}, MSI address {}, MSI data {}, CSR after DRIVER_OK {}",
+            e.bad_access_width,
+            e.bad_status,
+            e.bad_features,
+            e.bad_queue_setup,
+            e.bad_notify,
+            e.unknown_msi_op,
+            e.vector_out_of_range,
+            e.msi_address_rejected,
+            e.msi_data_rejected,
+            e.csr_after_driver_ok
+        );
+        let f = &d.faults;
+        out!(
+            "    refused by the device: malformed chains {}, heads beyond the table {}, \
+             avail index too far {}, ring access {}, starts without queues {} ({} log lines)",
+            f.malformed_chain,
+            f.head_out_of_range,
+            f.avail_index_too_far,
+            f.ring_access,
+            f.incomplete_setup,
+            f.log_lines
+        );
+    }
     if let Some(note) = &d.guest_note {
         out!("    guest note: {note}");
     }
@@ -454,13 +525,14 @@ fn print_device(d: &probe::DeviceReport) {
         out!("    guest error: {e}");
     }
     out!(
-        "    {:<7} {:<8} {:>5} {:>4} {:>8} {:>9}",
+        "    {:<7} {:<8} {:>5} {:>4} {:>8} {:>9} {:>8}",
         "vector",
         "role",
         "gsi",
         "cpu",
         "sent",
-        "received"
+        "received",
+        "dropped"
     );
     for v in &d.vectors {
         let role = match v.queue {
@@ -468,13 +540,14 @@ fn print_device(d: &probe::DeviceReport) {
             None => v.role.to_string(),
         };
         out!(
-            "    {:<7} {:<8} {:>5} {:>4} {:>8} {:>9}",
+            "    {:<7} {:<8} {:>5} {:>4} {:>8} {:>9} {:>8}",
             v.index,
             role,
             v.gsi,
             opt(v.cpu),
             v.sent,
-            opt(v.received)
+            opt(v.received),
+            v.dropped
         );
     }
     out!(

@@ -88,6 +88,11 @@ impl VmMetrics {
     }
 }
 
+/// Threads of this process now, from /proc/self/task.
+pub fn process_threads() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/task").ok()?.count() as u64)
+}
+
 /// Resident set size of this process in bytes, from /proc/self/statm.
 pub fn process_rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

@@ -126,6 +126,9 @@ pub struct Config {
     /// `probe.blk.resize=1`: after the workload, ask the host (phase mark 3) to change the
     /// disk and wait for the configuration-change interrupt and the new capacity.
     pub blk_resize: bool,
+    /// `probe.hostile=1`: instead of the workloads, break every rule of the transport and the
+    /// devices, then check that the devices still work where the rules say they should.
+    pub hostile: bool,
     /// Problems with the words the probe understands (bad values).
     pub errors: ErrorList,
 }
@@ -144,6 +147,7 @@ impl Default for Config {
             net: NetPlan::default(),
             console_echo: false,
             blk_resize: false,
+            hostile: false,
             errors: ErrorList::new(),
         }
     }
@@ -180,6 +184,7 @@ pub const KEYS: &[(&str, Handler)] = &[
     ("probe.net.rx", set_net_rx),
     ("probe.console.echo", set_console_echo),
     ("probe.blk.resize", set_blk_resize),
+    ("probe.hostile", set_hostile),
 ];
 
 /// Largest value `probe.cpus` accepts (xAPIC ids are 8 bits).
@@ -359,6 +364,15 @@ fn set_blk_resize(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
         "1" | "" => true,
         "0" => false,
         _ => return Err("cmdline: bad probe.blk.resize"),
+    };
+    Ok(())
+}
+
+fn set_hostile(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
+    cfg.hostile = match value {
+        "1" | "" => true,
+        "0" => false,
+        _ => return Err("cmdline: bad probe.hostile"),
     };
     Ok(())
 }
@@ -548,6 +562,16 @@ mod tests {
             ]
         );
         assert_eq!(c.vsock, VsockPlan::default());
+    }
+
+    #[test]
+    fn hostile_key() {
+        assert!(!parse("").hostile);
+        assert!(parse("probe.hostile=1").hostile);
+        assert!(parse("probe.hostile").hostile);
+        let c = parse("probe.hostile=yes");
+        assert!(!c.hostile);
+        assert_eq!(c.errors.as_slice(), &["cmdline: bad probe.hostile"]);
     }
 
     #[test]

@@ -98,6 +98,43 @@ pub struct VsockResult {
     pub bad_packets: u32,
 }
 
+/// `"hostile"` (`probe.hostile=1`): what the probe did to the device as a hostile guest and
+/// what it saw. Every rule it could observe is a check; a failed check is also an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostileResult {
+    /// Rules checked from the guest's side (register writes the device must ignore, refuse,
+    /// or answer with DEVICE_NEEDS_RESET), and those that held.
+    pub checks: u32,
+    pub checks_passed: u32,
+    /// Hostile descriptor chains published; those the rules say come back (all but heads
+    /// beyond the table); those that came back.
+    pub chains: u32,
+    pub chains_expected: u32,
+    pub chains_returned: u32,
+    /// Requests, packets, commands or notifications sent in floods, and the answers taken
+    /// back (vsock RSTs, control-queue acks).
+    pub flood: u32,
+    pub flood_answers: u32,
+    /// After the guest broke a queue (avail index past the ring): DEVICE_NEEDS_RESET shown.
+    pub broken_queue_seen: Option<bool>,
+    /// Configuration-change interrupts taken.
+    pub config_interrupts: u32,
+    /// Another queue of the device served a request while one was broken (block).
+    pub healthy_queue: Option<bool>,
+    /// After all of it, a reset and a clean bring-up, the device served a request.
+    pub alive: bool,
+}
+
+impl HostileResult {
+    pub fn ok(&self) -> bool {
+        self.checks_passed == self.checks
+            && self.chains_returned == self.chains_expected
+            && self.broken_queue_seen != Some(false)
+            && self.healthy_queue != Some(false)
+            && self.alive
+    }
+}
+
 /// `"mask_test"`: interrupts seen while the vector was masked, and after unmasking.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MaskTest {
@@ -139,6 +176,7 @@ pub struct DeviceReport {
     pub net: Option<NetResult>,
     pub console: Option<ConsoleResult>,
     pub resize: Option<ResizeResult>,
+    pub hostile: Option<HostileResult>,
     /// Something worth knowing that is not an error (skipped device, legacy fallback).
     pub note: Option<&'static str>,
     pub errors: ErrorList,
@@ -220,6 +258,29 @@ impl DeviceReport {
             if !m.ok() {
                 self.errors.push("msi: mask test failed");
             }
+        }
+        if let Some(h) = self.hostile {
+            if h.checks_passed != h.checks {
+                self.errors.push("hostile: a register rule did not hold");
+            }
+            if h.chains_returned != h.chains_expected {
+                self.errors
+                    .push("hostile: hostile chains not returned as the rules say");
+            }
+            if h.broken_queue_seen == Some(false) {
+                self.errors
+                    .push("hostile: a broken queue did not show DEVICE_NEEDS_RESET");
+            }
+            if h.healthy_queue == Some(false) {
+                self.errors
+                    .push("hostile: a healthy queue stopped serving beside a broken one");
+            }
+            if !h.alive {
+                self.errors
+                    .push("hostile: the device did not work after a reset");
+            }
+            // The hostile mode counts no interrupts per queue.
+            return;
         }
         if !self.msi {
             return;
@@ -348,6 +409,27 @@ impl DeviceReport {
                 .u64("bad_packets", v.bad_packets as u64);
             let _ = e.end();
         }
+        if let Some(h) = self.hostile {
+            let mut e = o.object("hostile");
+            e.u64("checks", h.checks as u64)
+                .u64("checks_passed", h.checks_passed as u64)
+                .u64("chains", h.chains as u64)
+                .u64("chains_expected", h.chains_expected as u64)
+                .u64("chains_returned", h.chains_returned as u64)
+                .u64("flood", h.flood as u64)
+                .u64("flood_answers", h.flood_answers as u64);
+            match h.broken_queue_seen {
+                Some(b) => e.bool("broken_queue_seen", b),
+                None => e.null("broken_queue_seen"),
+            };
+            e.u64("config_interrupts", h.config_interrupts as u64);
+            match h.healthy_queue {
+                Some(b) => e.bool("healthy_queue", b),
+                None => e.null("healthy_queue"),
+            };
+            e.bool("alive", h.alive);
+            let _ = e.end();
+        }
         if let Some(m) = self.mask_test {
             let mut e = o.object("mask_test");
             e.u64("received_while_masked", m.received_while_masked as u64)
@@ -460,6 +542,45 @@ mod tests {
             delivered_after_unmask: 1
         }
         .ok());
+    }
+
+    #[test]
+    fn hostile_results() {
+        let good = HostileResult {
+            checks: 20,
+            checks_passed: 20,
+            chains: 13,
+            chains_expected: 12,
+            chains_returned: 12,
+            flood: 5000,
+            flood_answers: 4096,
+            broken_queue_seen: Some(true),
+            config_interrupts: 1,
+            healthy_queue: Some(true),
+            alive: true,
+        };
+        assert!(good.ok());
+        let mut d = msi_device();
+        // Hostile mode reports no per-queue interrupt counts: they are not judged.
+        d.vectors[1].received = 0;
+        d.hostile = Some(good);
+        d.judge();
+        assert!(d.ok(), "{:?}", d.errors);
+        assert!(json(&d).contains(
+            r#""hostile":{"checks":20,"checks_passed":20,"chains":13,"chains_expected":12,"chains_returned":12,"flood":5000,"flood_answers":4096,"broken_queue_seen":true,"config_interrupts":1,"healthy_queue":true,"alive":true}"#
+        ));
+        let mut d = msi_device();
+        d.hostile = Some(HostileResult {
+            checks_passed: 19,
+            chains_returned: 11,
+            broken_queue_seen: Some(false),
+            healthy_queue: Some(false),
+            alive: false,
+            ..good
+        });
+        d.judge();
+        assert_eq!(d.errors.as_slice().len(), 5);
+        assert!(!d.hostile.unwrap().ok());
     }
 
     #[test]

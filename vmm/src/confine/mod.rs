@@ -264,6 +264,24 @@ pub fn confine_current_thread(kind: ThreadKind, policy: Policy) -> Result<(), Co
 /// whoever started it).
 struct NotConfined;
 
+/// Threads started by [`spawn`] that have not ended: the VMM's own, counted without a file
+/// (a confined vCPU may not open /proc/self/task).
+static LIVE_THREADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The VMM threads alive now (every vCPU, worker, event loop and listener of every VM).
+pub fn live_threads() -> u64 {
+    LIVE_THREADS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Counts its thread out when the thread's body returns or unwinds.
+struct LiveThread;
+
+impl Drop for LiveThread {
+    fn drop(&mut self) {
+        LIVE_THREADS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Starts the `kind` thread `name` running `body`, confined under the policy of the calling
 /// thread ([`policy_for_new_threads`]). Returns once the new thread is confined; if it could
 /// not be, the thread ends without running `body` and the error says why.
@@ -275,6 +293,8 @@ where
     let policy = policy_for_new_threads();
     let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), ConfineError>>(1);
     let main = move || {
+        LIVE_THREADS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _live = LiveThread;
         let confined = confine_current_thread(kind, policy);
         let ok = confined.is_ok();
         let _ = ready_tx.send(confined);

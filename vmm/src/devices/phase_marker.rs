@@ -23,6 +23,10 @@ pub struct PhaseMark {
     pub mmio_exits: u64,
     /// KVM's counters so far, summed over vCPUs.
     pub kvm: BTreeMap<String, u64>,
+    /// The VMM's own threads alive at the mark (`confine::live_threads`: a worker a device
+    /// reset left behind shows as a difference between two marks with the same devices
+    /// running).
+    pub threads: Option<u64>,
     /// Microseconds since the first mark.
     #[serde(skip)]
     pub at: Option<Instant>,
@@ -75,6 +79,7 @@ impl BusDevice for PhaseMarker {
                 pio_exits: snapshot.pio_exits,
                 mmio_exits: snapshot.mmio_exits,
                 kvm,
+                threads: Some(crate::confine::live_threads()),
                 at: Some(Instant::now()),
             });
         }
@@ -140,6 +145,7 @@ mod tests {
         let d = delta(&marks.lock().unwrap(), 1, 2).unwrap();
         assert_eq!((d.pio_exits, d.mmio_exits), (5, 1));
         assert!(delta(&marks.lock().unwrap(), 2, 1).is_none());
+        assert!(marks.lock().unwrap()[0].threads.is_some());
         for _ in 0..100 {
             marker.write(0, &[3]);
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::devices::worker::FaultCounts;
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 
@@ -115,6 +116,10 @@ pub trait VirtioDevice: Send {
     /// Requests the device completed, per queue (for reports).
     fn completed_requests(&self) -> Vec<u64> {
         Vec::new()
+    }
+    /// The guest's mistakes the device counted (malformed chains, broken rings), for reports.
+    fn guest_faults(&self) -> FaultCounts {
+        FaultCounts::default()
     }
 }
 

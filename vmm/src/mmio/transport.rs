@@ -14,7 +14,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::registers::*;
 use crate::bus::BusDevice;
-use crate::devices::virtio::{features, status, ActiveQueue, VirtioDevice};
+use crate::devices::virtio::{features, status, ActivateError, ActiveQueue, VirtioDevice};
+use crate::devices::worker::{FaultCounts, FaultLog, GuestFault};
 use crate::interrupts::{
     DeviceInterrupts, InterruptError, MsiMessage, MsiRejection, VectorStats, VectorUpdate,
 };
@@ -72,8 +73,10 @@ pub struct TransportStats {
     pub vectors: Vec<VectorStats>,
     /// Requests completed per queue.
     pub requests_completed: Vec<u64>,
-    /// Guest mistakes.
+    /// Guest mistakes the transport counted.
     pub errors: TransportErrors,
+    /// Guest mistakes the device model counted (its queues and chains).
+    pub faults: FaultCounts,
     /// The device status register.
     pub status: u32,
     /// Each ready queue's ring indices as guest memory holds them now (diagnostics: a ring
@@ -125,6 +128,9 @@ pub struct MmioTransport {
     /// The MSI extension is offered (VendorID's MSI bit, MSI_CSR bit 15).
     msi_offered: bool,
     errors: TransportErrors,
+    /// Guest mistakes worth a log line, rate limited (the driver decides how often it makes
+    /// them): a device that cannot start with the driver's setup.
+    faults: FaultLog,
 }
 
 /// Transport setup errors.
@@ -186,8 +192,10 @@ impl MmioTransport {
                 })?;
             notifiers.push(evt);
         }
+        let faults = FaultLog::new(device.name());
         Ok(Self {
             device,
+            faults,
             mem,
             interrupts,
             base,
@@ -263,6 +271,7 @@ impl MmioTransport {
             vectors: self.interrupts.stats(),
             requests_completed: self.device.completed_requests(),
             errors: self.errors.clone(),
+            faults: self.device.guest_faults().merged(&self.faults.counts()),
             status: self.read_status(),
             rings: self.ring_snapshots(),
         }
@@ -513,13 +522,26 @@ impl MmioTransport {
             return;
         }
         let interrupt = self.interrupts.clone();
-        if let Err(e) =
-            self.device
-                .activate(self.mem.clone(), self.driver_features, active, interrupt)
+        match self
+            .device
+            .activate(self.mem.clone(), self.driver_features, active, interrupt)
         {
-            tracing::error!(base = self.base, "device activation failed: {e}");
-            self.errors.activate_failed += 1;
-            self.needs_reset = true;
+            Ok(()) => {}
+            // The driver's doing, as often as it likes: counted, logged at most at the fault
+            // log's rate.
+            Err(e @ ActivateError::QueueNotReady(_)) => {
+                self.faults.record(
+                    GuestFault::IncompleteSetup,
+                    &format_args!("device at {:#x} cannot start: {e}", self.base),
+                );
+                self.errors.activate_failed += 1;
+                self.needs_reset = true;
+            }
+            Err(e) => {
+                tracing::error!(base = self.base, "device activation failed: {e}");
+                self.errors.activate_failed += 1;
+                self.needs_reset = true;
+            }
         }
     }
 
@@ -1197,6 +1219,69 @@ mod tests {
         r.w32(QUEUE_SEL, 0);
         r.w32(QUEUE_NUM, 8);
         assert_eq!(r.errors().bad_queue_setup, 1);
+    }
+
+    /// A device that cannot start without its queues, as vsock, net and console.
+    struct NeedsQueues;
+
+    impl VirtioDevice for NeedsQueues {
+        fn device_type(&self) -> u32 {
+            device_type::CONSOLE
+        }
+        fn queue_max_sizes(&self) -> Vec<u16> {
+            vec![16, 16]
+        }
+        fn features(&self) -> u64 {
+            features::VERSION_1
+        }
+        fn name(&self) -> &'static str {
+            "needs-queues"
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(
+            &mut self,
+            _mem: GuestMemoryMmap,
+            _features: u64,
+            queues: Vec<ActiveQueue>,
+            _interrupt: Arc<dyn Interrupt>,
+        ) -> Result<(), ActivateError> {
+            if queues.len() < 2 {
+                return Err(ActivateError::QueueNotReady(queues.len()));
+            }
+            Ok(())
+        }
+        fn reset(&mut self) {}
+    }
+
+    #[test]
+    fn a_driver_that_starts_without_queues_in_a_loop_gets_no_line_per_try() {
+        // Found by the hostile probe's reset storm: every DRIVER_OK without the queues a
+        // device needs wrote an ERROR line, so a guest resetting in a loop filled the log.
+        let kvm = crate::kvm::open_kvm().unwrap();
+        let vm = Arc::new(crate::kvm::create_vm(&kvm, 1).unwrap());
+        let mem = crate::memory::create_guest_memory(16).unwrap();
+        let irq = DeviceInterrupts::new(InterruptManager::new(vm.clone()).unwrap(), 5, 2).unwrap();
+        let mut t = MmioTransport::new(&vm, BASE, Box::new(NeedsQueues), mem, irq).unwrap();
+        let w32 = |t: &mut MmioTransport, off: u64, v: u32| t.write(off, &v.to_le_bytes());
+        for _ in 0..1000 {
+            w32(&mut t, STATUS, 0);
+            w32(&mut t, STATUS, status::ACKNOWLEDGE | status::DRIVER);
+            w32(&mut t, DRIVER_FEATURES_SEL, 1);
+            w32(&mut t, DRIVER_FEATURES, 1);
+            let ok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+            w32(&mut t, STATUS, ok);
+            w32(&mut t, STATUS, ok | status::DRIVER_OK);
+            let mut b = [0u8; 4];
+            t.read(STATUS, &mut b);
+            assert_ne!(u32::from_le_bytes(b) & status::DEVICE_NEEDS_RESET, 0);
+        }
+        let stats = t.stats();
+        assert_eq!(stats.errors.activate_failed, 1000);
+        assert_eq!(stats.faults.incomplete_setup, 1000);
+        assert_eq!(stats.faults.log_lines, 1, "the first one, then summaries");
     }
 
     #[test]

@@ -87,6 +87,11 @@ pub struct ProbeOptions {
     /// After the block workload the host doubles the disk while the guest runs; the guest
     /// must see the configuration-change interrupt and the new capacity.
     pub blk_resize: bool,
+    /// The hostile mode: a block device (`blk_queues`, default 2), a net device (one pair), a
+    /// vsock device and a console, and the guest breaks every rule of the transport and the
+    /// devices instead of running the workloads, then checks they still work where they should
+    /// (guest/probe/src/virtio/hostile.rs). The other workload options are ignored.
+    pub hostile: bool,
     /// vCPUs.
     pub vcpus: u8,
     /// Guest memory.
@@ -133,6 +138,7 @@ impl Default for ProbeOptions {
             console: false,
             offer_msi: true,
             blk_resize: false,
+            hostile: false,
             vcpus: 1,
             memory_mib: 64,
             boot_protocol: BootProtocol::Auto,
@@ -190,6 +196,53 @@ pub struct ProbeReport {
     /// Every interrupt the VMM raised on an MSI vector was taken by the guest, and no
     /// legacy line was taken more often than raised.
     pub interrupts_match: bool,
+    /// Threads of this process through the run.
+    pub threads: ThreadReport,
+    /// The vsock device's own counters.
+    pub vsock_device: Option<VsockDeviceReport>,
+}
+
+/// Threads: of the VMM's process before the VM and once it is gone; of the VMM's own
+/// ([`crate::confine::live_threads`]: the marks are taken on a vCPU thread, which may not open
+/// /proc/self/task) at the guest's "workload starts" and "workload done" marks (the same
+/// devices run at both). A worker that a device reset (or the VM's end) left behind shows as a
+/// difference.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ThreadReport {
+    /// Before the VM was created (and before the run's host peers started).
+    pub before: Option<u64>,
+    /// The VMM's own threads at the guest's first "workload starts" mark.
+    pub at_start: Option<u64>,
+    /// The VMM's own threads at the guest's first "workload done" mark after it.
+    pub at_done: Option<u64>,
+    /// After the VM was dropped and the host peers joined.
+    pub after: Option<u64>,
+}
+
+impl ThreadReport {
+    /// No thread left behind: as many at "done" as at "start", as many after as before.
+    pub fn balanced(&self) -> bool {
+        self.at_start == self.at_done && self.before == self.after
+    }
+}
+
+/// The vsock device's counters at the end of the run.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct VsockDeviceReport {
+    /// Connections that reached the established state.
+    pub connections: u64,
+    /// Host CONNECTs refused and guest connects that could not be forwarded.
+    pub refused: u64,
+    /// Packets the guest sent.
+    pub tx_packets: u64,
+    /// Packets delivered to the guest.
+    pub rx_packets: u64,
+    /// Malformed or misaddressed guest packets.
+    pub bad_packets: u64,
+    /// Control replies dropped beyond the cap.
+    pub replies_dropped: u64,
+    /// Control replies still waiting for guest buffers.
+    pub replies_queued: u64,
 }
 
 /// Exit counts of a run.
@@ -245,6 +298,10 @@ pub struct DeviceReport {
     pub guest_errors: Vec<String>,
     /// Guest mistakes the transport counted.
     pub transport_errors: crate::mmio::TransportErrors,
+    /// Guest mistakes the device model counted, and the log lines they cost.
+    pub faults: crate::devices::worker::FaultCounts,
+    /// The guest driver's account of the hostile mode.
+    pub hostile: Option<Value>,
 }
 
 impl DeviceReport {
@@ -273,6 +330,9 @@ pub struct VectorReport {
     pub gsi: u32,
     /// Interrupts the host raised.
     pub sent: u64,
+    /// Interrupts the device raised on the vector while the guest had programmed no message
+    /// for it (never injected).
+    pub dropped: u64,
     /// Interrupts the guest handled.
     pub received: Option<u64>,
     /// CPU the guest aimed the vector at.
@@ -377,6 +437,10 @@ pub enum ProbeError {
 
 /// Boots the embedded probe with `options` and collects the report.
 pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
+    let threads_before = crate::metrics::process_threads();
+    if options.hostile {
+        return run_hostile(options, threads_before);
+    }
     let started = Instant::now();
     let buffer = Arc::new(Mutex::new(Vec::new()));
     let mut config = VmConfig::new(KernelSource::Bytes(Arc::from(PROBE_ELF)));
@@ -494,9 +558,12 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     let workload = phase_marker::delta(&vm.phase_marks(), 1, 2);
     let device_stats = vm.device_stats();
     let boot_protocol = vm.entry().protocol_name();
+    let marks = vm.phase_marks();
+    let vsock_device = vm.vsock().map(vsock_device_report);
     drop(vm);
     drop(disk);
     drop(sockets);
+    let threads = thread_report(threads_before, &marks);
 
     let output =
         String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
@@ -548,6 +615,156 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
             workload,
         },
         memory,
+        threads,
+        vsock_device,
+    })
+}
+
+/// The threads at the start and end of the run and at the guest's first start/done marks.
+fn thread_report(
+    before: Option<u64>,
+    marks: &[crate::devices::phase_marker::PhaseMark],
+) -> ThreadReport {
+    let start = marks.iter().position(|m| m.phase == 1);
+    let at_start = start.and_then(|i| marks[i].threads);
+    let at_done = start
+        .and_then(|i| marks[i..].iter().find(|m| m.phase == 2))
+        .and_then(|m| m.threads);
+    ThreadReport {
+        before,
+        at_start,
+        at_done,
+        after: crate::metrics::process_threads(),
+    }
+}
+
+fn vsock_device_report(handle: &crate::devices::vsock::VsockHandle) -> VsockDeviceReport {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = handle.counters();
+    VsockDeviceReport {
+        connections: c.connections.load(Relaxed),
+        refused: c.refused.load(Relaxed),
+        tx_packets: c.tx_packets.load(Relaxed),
+        rx_packets: c.rx_packets.load(Relaxed),
+        bad_packets: c.bad_packets.load(Relaxed),
+        replies_dropped: c.replies_dropped.load(Relaxed),
+        replies_queued: c.replies_queued.load(Relaxed),
+    }
+}
+
+/// The hostile mode: every device type, the guest as an adversary (see
+/// [`ProbeOptions::hostile`]). The report is the usual one; `ok` also needs every thread a
+/// device started to be gone when it should be ([`ThreadReport::balanced`]).
+fn run_hostile(
+    options: &ProbeOptions,
+    threads_before: Option<u64>,
+) -> Result<ProbeReport, ProbeError> {
+    let started = Instant::now();
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let mut config = VmConfig::new(KernelSource::Bytes(Arc::from(PROBE_ELF)));
+    config.vcpus = options.vcpus;
+    config.memory_mib = options.memory_mib;
+    config.boot_protocol = options.boot_protocol;
+    config.seccomp = options.seccomp;
+    config.serial = SerialOutput::Capture {
+        buffer: buffer.clone(),
+        echo: options.echo_serial,
+    };
+    let disk = tempfile::NamedTempFile::new().map_err(ProbeError::Disk)?;
+    disk.as_file().set_len(16 << 20).map_err(ProbeError::Disk)?;
+    config.block.push(BlockConfig {
+        path: disk.path().to_path_buf(),
+        read_only: false,
+        queues: options.blk_queues.unwrap_or(2),
+        queue_size: DEFAULT_QUEUE_SIZE,
+        serial: Some("probe-disk".into()),
+    });
+    config.net.push(NetConfig {
+        tap: TapSource::Name(format!("phost{}", std::process::id() % 100_000)),
+        queue_pairs: 1,
+        ..NetConfig::new("")
+    });
+    let sockets = tempfile::tempdir().map_err(ProbeError::Vsock)?;
+    config.vsock = Some(VsockConfig {
+        guest_cid: VSOCK_CID,
+        uds_path: sockets.path().join("vsock.sock"),
+    });
+    config.console = Some(ConsoleConfig {
+        sink: ConsoleSink::UnixSocket(sockets.path().join("console.sock")),
+    });
+    let mut words = vec![
+        "console=ttyS0".to_string(),
+        format!("probe.cpus={}", options.vcpus),
+        "probe.irq=msi".to_string(),
+        "probe.hostile=1".to_string(),
+    ];
+    words.extend(options.extra_cmdline.iter().cloned());
+    config.cmdline = words.join(" ");
+
+    let mut vm = Vm::start(&config)?;
+    let exit = vm.wait(Some(options.timeout));
+    let run_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let memory = vm.memory_usage();
+    let exits = vm.metrics();
+    let kvm_exits = vm.kvm_stats();
+    let marks = vm.phase_marks();
+    let workload = phase_marker::delta(&marks, 1, 2);
+    let device_stats = vm.device_stats();
+    let boot_protocol = vm.entry().protocol_name();
+    let vsock_device = vm.vsock().map(vsock_device_report);
+    drop(vm);
+    drop(disk);
+    drop(sockets);
+    let threads = thread_report(threads_before, &marks);
+
+    let output =
+        String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    let (guest, serial) = parse_serial(&output);
+    let guest_ok = guest
+        .as_ref()
+        .and_then(|g| g.get("ok"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let vcpus = guest
+        .as_ref()
+        .and_then(|g| g.get("cpus_online"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let devices: Vec<DeviceReport> = device_stats
+        .iter()
+        .map(|d| merge_device(d, guest.as_ref(), 0))
+        .collect();
+    let interrupts_match = devices.iter().all(DeviceReport::interrupts_match);
+    Ok(ProbeReport {
+        ok: guest_ok && interrupts_match && threads.balanced() && exit == VmExit::DebugExit(0),
+        irq_mode: IrqMode::Msi,
+        seccomp: options.seccomp,
+        devices,
+        vsock_host: None,
+        net_host: None,
+        console_host: None,
+        resize_host: None,
+        first_output_ms: exits.first_output_ms,
+        interrupts_match,
+        booted: exits.boot_timer_ms.is_some(),
+        vcpus,
+        vcpus_configured: options.vcpus,
+        boot_protocol,
+        boot_ms: exits.boot_timer_ms,
+        run_ms,
+        exit,
+        guest,
+        serial,
+        exits: ExitReport {
+            pio: exits.pio_exits,
+            mmio: exits.mmio_exits,
+            unhandled: exits.unhandled_accesses,
+            kvm: kvm_exits,
+            workload,
+        },
+        memory,
+        threads,
+        vsock_device,
     })
 }
 
@@ -598,6 +815,7 @@ fn merge_device(
                 queue,
                 gsi: v.gsi,
                 sent: v.sent,
+                dropped: v.dropped,
                 received: gv.and_then(|e| e.get("received")).and_then(Value::as_u64),
                 cpu: gv.and_then(|e| e.get("cpu")).and_then(Value::as_u64),
             }
@@ -645,6 +863,8 @@ fn merge_device(
         requests_completed: stats.requests_completed.iter().sum(),
         data_errors: g.and_then(|g| g.get("data_errors")).and_then(Value::as_u64),
         transport_errors: stats.errors.clone(),
+        faults: stats.faults.clone(),
+        hostile: g.and_then(|g| g.get("hostile")).cloned(),
     }
 }
 

@@ -54,6 +54,13 @@ impl Window {
         unsafe { core::ptr::read_volatile((self.base + offset) as *const u8) }
     }
 
+    /// One 8-bit write (only the hostile mode writes registers this way).
+    pub fn write8(&self, offset: u64, value: u8) {
+        debug_assert!(offset < self.size);
+        // SAFETY: as for `read32`; one 8-bit MMIO write.
+        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u8, value) }
+    }
+
     pub fn read16(&self, offset: u64) -> u16 {
         debug_assert!(offset + 2 <= self.size);
         // SAFETY: as for `read32`; one 16-bit MMIO read.

@@ -10,6 +10,7 @@
 pub mod blk;
 pub mod buf;
 pub mod console;
+pub mod hostile;
 pub mod mmio;
 pub mod net;
 pub mod queue;
@@ -176,6 +177,9 @@ pub fn run(cfg: &Config, ioapic_addr: Option<u32>) -> Outcome {
     // SAFETY: no job has been posted yet; nothing else reads CPUS.
     let list = unsafe { &mut *CPUS.get() };
     list.1 = smp::online_cpus(&mut list.0);
+    if cfg.hostile {
+        return hostile::run(cfg);
+    }
 
     let mut out = Outcome {
         devices: [DeviceReport::default(); MAX_DEVICES],

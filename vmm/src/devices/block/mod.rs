@@ -5,7 +5,7 @@
 pub mod backend;
 pub mod media;
 pub mod request;
-mod worker;
+pub(crate) mod worker;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -276,6 +276,10 @@ impl VirtioDevice for Block {
             .iter()
             .map(|c| c.completed.load(Ordering::Relaxed))
             .collect()
+    }
+
+    fn guest_faults(&self) -> crate::devices::worker::FaultCounts {
+        self.faults.counts()
     }
 }
 

@@ -53,6 +53,10 @@ pub enum RequestError {
     /// The chain is empty.
     #[error("empty descriptor chain")]
     Empty,
+    /// The chain does not end: it loops, names a descriptor beyond its table, or its table
+    /// cannot be read (its last descriptor still says "next").
+    #[error("descriptor chain without an end (a loop, or a next index beyond the table)")]
+    Unterminated,
     /// The first descriptor is not a readable 16-byte header.
     #[error("bad request header descriptor")]
     BadHeader,

@@ -248,6 +248,39 @@ fn looping_and_overlong_chains_end() {
 }
 
 #[test]
+fn a_chain_that_loops_is_refused_even_when_its_start_parses() {
+    // Found by the block_chains fuzz target: header, then a writable buffer whose next is
+    // itself. The walk stops after the queue size with "next" still set; what it yielded
+    // looked like a read into 14 copies of one buffer with its last byte as status, and the
+    // device ran it.
+    let mut r = rig();
+    r.header(HEADER, kind::IN, 0);
+    r.mem.write_obj(0xffu8, GuestAddress(DATA + 511)).unwrap();
+    r.ring.write_desc(0, HEADER, 16, F_NEXT, 1);
+    r.ring.write_desc(1, DATA, 512, F_WRITE | F_NEXT, 1);
+    r.ring.publish(&[0]);
+    // A next index beyond the table: cut short the same way.
+    r.ring.write_desc(2, HEADER, 16, F_NEXT, 3);
+    r.ring.write_desc(3, STATUS, 1, F_WRITE | F_NEXT, 200);
+    r.ring.publish(&[2]);
+    r.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    r.process();
+    assert_eq!(r.used_idx(), 2, "both returned");
+    assert_eq!(r.worker.counters.failed.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        r.mem.read_obj::<u8>(GuestAddress(DATA + 511)).unwrap(),
+        STATUS_IOERR,
+        "the looping one failed through what would have been its status byte"
+    );
+    assert_eq!(
+        r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+        STATUS_IOERR
+    );
+    assert_eq!(r.used_len(0), 1, "only the status byte written");
+    assert_eq!(r.ctx.faults().count(GuestFault::MalformedChain), 2);
+}
+
+#[test]
 fn one_interrupt_per_batch() {
     let mut r = rig();
     for sector in 0..4u64 {

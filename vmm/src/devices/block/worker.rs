@@ -127,15 +127,26 @@ fn complete(
     chain: Chain<'_>,
     scratch: &mut Vec<u8>,
 ) -> u32 {
+    // The walk stops by itself on a loop or an index outside the table: its last descriptor
+    // then still says "next". Such a chain is malformed, however well its first part parses.
+    let mut terminated = false;
     let buffers: Vec<Buffer> = chain
-        .map(|d| Buffer {
-            addr: d.addr(),
-            len: d.len(),
-            writable: d.is_write_only(),
+        .map(|d| {
+            terminated = !d.has_next();
+            Buffer {
+                addr: d.addr(),
+                len: d.len(),
+                writable: d.is_write_only(),
+            }
         })
         .collect();
     counters.completed.fetch_add(1, Ordering::Relaxed);
-    let (status, written) = match request::parse(mem, &buffers) {
+    let parsed = if terminated || buffers.is_empty() {
+        request::parse(mem, &buffers)
+    } else {
+        Err(request::RequestError::Unterminated)
+    };
+    let (status, written) = match parsed {
         Ok(req) => {
             let (status, written) = request::execute(mem, backend, id, &req, scratch);
             match mem.write_obj(status, req.status) {

@@ -4,7 +4,7 @@
 //! ([`sink`]: a file, stdout/stdin, a unix socket Pulse listens on, or nothing).
 
 pub mod sink;
-mod worker;
+pub(crate) mod worker;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -320,6 +320,10 @@ impl VirtioDevice for Console {
             .iter()
             .map(|c| c.chains.load(Ordering::Relaxed))
             .collect()
+    }
+
+    fn guest_faults(&self) -> crate::devices::worker::FaultCounts {
+        self.faults.counts()
     }
 }
 

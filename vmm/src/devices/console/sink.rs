@@ -117,7 +117,7 @@ impl Sink {
     }
 
     /// Output to `output`, input from `input` (a non-blocking file, e.g. a pipe).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn with_input(output: Output, input: File) -> Self {
         let mut sink = Self::with_output(output);
         sink.input = Some(input);

@@ -12,7 +12,7 @@
 pub mod chain;
 pub mod ctrl;
 pub mod tap;
-mod worker;
+pub(crate) mod worker;
 
 use std::fmt;
 use std::os::fd::RawFd;
@@ -29,7 +29,7 @@ use crate::confine::{self, ThreadKind};
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
 };
-use crate::devices::worker::FaultLog;
+use crate::devices::worker::{FaultLog, GuestFault};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 use ctrl::{Ctrl, Shared};
@@ -383,7 +383,7 @@ pub struct ConfigSpace {
 }
 
 impl ConfigSpace {
-    fn new(mac: MacAddr, pairs: u16, mtu: u16) -> Self {
+    pub(crate) fn new(mac: MacAddr, pairs: u16, mtu: u16) -> Self {
         let mut bytes = [0u8; CONFIG_LEN];
         bytes[0..6].copy_from_slice(&mac.0);
         bytes[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
@@ -736,9 +736,13 @@ impl VirtioDevice for Net {
             }
         }
         if served < pairs {
-            tracing::warn!(
-                tap = self.tap.name(),
-                "the driver set up {served} of {pairs} queue pairs"
+            // The driver's choice, as often as it resets: counted and rate limited.
+            self.faults.record(
+                GuestFault::IncompleteSetup,
+                &format_args!(
+                    "tap {}: the driver set up {served} of {pairs} queue pairs",
+                    self.tap.name()
+                ),
             );
         }
         self.running = Some(running);
@@ -764,6 +768,10 @@ impl VirtioDevice for Net {
             .iter()
             .map(|c| c.frames.load(Ordering::Relaxed))
             .collect()
+    }
+
+    fn guest_faults(&self) -> crate::devices::worker::FaultCounts {
+        self.faults.counts()
     }
 }
 

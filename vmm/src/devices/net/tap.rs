@@ -229,8 +229,8 @@ pub enum TapOrigin {
     Existing,
     /// An inherited file descriptor.
     Inherited,
-    /// Stand-in descriptors (unit tests): no tap ioctls.
-    #[cfg(test)]
+    /// Stand-in descriptors (unit tests, fuzz targets): no tap ioctls.
+    #[cfg(any(test, feature = "fuzzing"))]
     Fake,
 }
 
@@ -380,13 +380,13 @@ impl Tap {
     }
 
     /// A tap over stand-in descriptors, for tests of the device model without a kernel tap.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn fake(name: &str, fds: Vec<OwnedFd>) -> Self {
         Self::from_fds(name.to_string(), TapOrigin::Fake, fds)
     }
 
     fn is_real(&self) -> bool {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fuzzing"))]
         if self.origin == TapOrigin::Fake {
             return false;
         }

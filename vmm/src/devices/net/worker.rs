@@ -239,7 +239,7 @@ impl PairWorker {
     }
 
     /// Runs `f` with the worker's context (outside [`PairWorker::run`]: tests).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     fn with_ctx(&mut self, f: impl FnOnce(&mut Self, &mut LoopContext)) {
         if let Some(mut ctx) = self.ctx.take() {
             f(self, &mut ctx);
@@ -248,20 +248,20 @@ impl PairWorker {
     }
 
     /// Serves the control queue, if this worker has it.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn process_ctrl(&mut self) {
         self.with_ctx(|w, ctx| w.ctrl_turn(ctx));
     }
 
     /// Sends every available transmit chain (up to a budget) to the tap.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn process_tx(&mut self) {
         self.with_ctx(|w, ctx| w.tx_turn(ctx));
     }
 
     /// Moves frames from the tap into guest buffers until the tap is empty, the guest has no
     /// buffer left, or the budget is spent.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn process_rx(&mut self) {
         self.with_ctx(|w, ctx| w.rx_turn(ctx));
     }

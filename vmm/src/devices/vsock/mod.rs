@@ -350,6 +350,10 @@ impl VirtioDevice for Vsock {
             self.counters.events.load(Ordering::Relaxed),
         ]
     }
+
+    fn guest_faults(&self) -> crate::devices::worker::FaultCounts {
+        self.faults.counts()
+    }
 }
 
 impl Drop for Vsock {

@@ -30,7 +30,6 @@ use super::connection::{Connection, State};
 use super::packet::{self, op, Header, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::unix::connect_nonblocking;
 use super::unix::{forward_path, LineStatus, PendingConnect};
-use crate::devices::block::request::Buffer;
 use crate::devices::worker::{
     self, guest_queue, DeviceWorker, GuestFault, LoopContext, QueueFault, Served, BUDGET,
 };
@@ -155,8 +154,21 @@ impl Muxer {
                 return;
             }
         };
-        let mut w = Worker {
-            m: self,
+        let mut w = Worker::new(self);
+        if let Err(e) = worker::run(&mut w, &mut ctx, &kill) {
+            tracing::error!("vsock: {e}");
+        }
+    }
+}
+
+const RX: u16 = 0;
+const TX: u16 = 1;
+const EVENT: u16 = 2;
+
+impl Worker {
+    fn new(m: Muxer) -> Self {
+        Self {
+            m,
             interest_changes: Vec::new(),
             pending: HashMap::new(),
             host_connects: HashMap::new(),
@@ -171,18 +183,9 @@ impl Muxer {
             events_owed: 0,
             tx_more: false,
             rx_more: false,
-        };
-        if let Err(e) = worker::run(&mut w, &mut ctx, &kill) {
-            tracing::error!("vsock: {e}");
         }
     }
-}
 
-const RX: u16 = 0;
-const TX: u16 = 1;
-const EVENT: u16 = 2;
-
-impl Worker {
     fn watch(&mut self, fd: RawFd, events: EventSet) {
         if self.interest.get(&fd) == Some(&events) {
             return;
@@ -505,14 +508,13 @@ impl Worker {
         };
         let mem = self.m.mem.clone();
         let (done, result) = guest_queue::drain(&mut queue, &mem, ctx.faults(), BUDGET, |chain| {
-            let buffers: Vec<Buffer> = chain
-                .map(|d| Buffer {
-                    addr: d.addr(),
-                    len: d.len(),
-                    writable: d.is_write_only(),
-                })
-                .collect();
-            match packet::read_tx(&mem, &buffers) {
+            let (buffers, terminated) = packet::chain_buffers(chain);
+            let read = if terminated {
+                packet::read_tx(&mem, &buffers)
+            } else {
+                Err(packet::PacketError::Unterminated)
+            };
+            match read {
                 Ok((header, payload)) => {
                     self.m.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
                     self.handle_packet(header, &payload);
@@ -729,8 +731,9 @@ impl Worker {
             };
             let head = chain.head_index();
             let first = chain.clone().next();
+            let terminated = chain.last().is_some_and(|d| !d.has_next());
             let written = match first {
-                Some(d) if d.is_write_only() && d.len() >= 4 => mem
+                Some(d) if terminated && d.is_write_only() && d.len() >= 4 => mem
                     .write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr())
                     .is_ok(),
                 _ => false,
@@ -813,14 +816,9 @@ impl Worker {
                 }
             };
             let head = chain.head_index();
-            let buffers: Vec<Buffer> = chain
-                .map(|d| Buffer {
-                    addr: d.addr(),
-                    len: d.len(),
-                    writable: d.is_write_only(),
-                })
-                .collect();
-            let Some(capacity) = packet::rx_capacity(&buffers) else {
+            let (buffers, terminated) = packet::chain_buffers(chain);
+            let Some(capacity) = packet::rx_capacity(&buffers).filter(|_| terminated) else {
+                ctx.guest_fault(GuestFault::MalformedChain, &"vsock receive chain");
                 self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
                 let _ = guest_queue::add_used(&mut queue, &mem, head, 0);
                 used_any = true;
@@ -942,5 +940,38 @@ impl Worker {
                 self.watch(fd, set);
             }
         }
+    }
+}
+
+/// The worker's state outside its loop, for the fuzz targets: they run its queue turns one by
+/// one on rings they built.
+#[cfg(feature = "fuzzing")]
+pub struct FuzzWorker(Worker);
+
+#[cfg(feature = "fuzzing")]
+impl FuzzWorker {
+    /// A worker for `m`, as [`Muxer::run`] starts it.
+    pub fn new(m: Muxer) -> Self {
+        Self(Worker::new(m))
+    }
+
+    /// A transmit turn: the guest's packets (up to the budget) handled.
+    pub fn tx_turn(&mut self, ctx: &mut LoopContext) {
+        self.0.process_tx(ctx);
+    }
+
+    /// A receive turn: replies and host data put in the guest's receive buffers.
+    pub fn rx_turn(&mut self, ctx: &mut LoopContext) {
+        self.0.fill_rx(ctx);
+    }
+
+    /// Owes the guest one transport-reset event and delivers what the event queue takes.
+    pub fn event_turn(&mut self, ctx: &mut LoopContext) {
+        self.0.transport_reset(ctx, 1);
+    }
+
+    /// Control replies waiting for receive buffers.
+    pub fn queued_replies(&self) -> usize {
+        self.0.control.len()
     }
 }

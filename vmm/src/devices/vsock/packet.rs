@@ -115,6 +115,30 @@ pub enum PacketError {
     /// An address outside guest memory.
     #[error("buffer outside guest memory")]
     BadAddress,
+    /// The chain does not end: it loops or names a descriptor beyond its table.
+    #[error("descriptor chain without an end (a loop, or a next index beyond the table)")]
+    Unterminated,
+}
+
+/// A chain's buffers in order, and whether it ended properly: the walk stops by itself on a
+/// loop or an index outside the table, its last descriptor then still saying "next".
+pub fn chain_buffers<M>(chain: virtio_queue::DescriptorChain<M>) -> (Vec<Buffer>, bool)
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    let mut terminated = false;
+    let buffers = chain
+        .map(|d| {
+            terminated = !d.has_next();
+            Buffer {
+                addr: d.addr(),
+                len: d.len(),
+                writable: d.is_write_only(),
+            }
+        })
+        .collect();
+    (buffers, terminated)
 }
 
 /// Copies up to `out.len()` bytes from the chain's buffers, starting `skip` bytes in.

@@ -11,7 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::{op, Header, HEADER_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{Vsock, VsockConfig};
-use crate::devices::driver_ring::{CountingInterrupt, DriverRing};
+use crate::devices::driver_ring::{CountingInterrupt, DriverRing, DESC_F_NEXT};
 use crate::devices::virtio::{features, ActiveQueue, VirtioDevice};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
@@ -386,6 +386,40 @@ fn hostile_packets_do_not_hurt() {
         std::thread::sleep(Duration::from_millis(5));
     }
     host_connect(&mut r, 1024);
+}
+
+#[test]
+fn a_looping_chain_is_not_a_packet() {
+    // Found by the vsock_chains fuzz target: a transmit descriptor whose next is itself. The
+    // walk yields it until the queue size runs out (still saying "next"), and the device read
+    // the header at its start as a packet: here a REQUEST, which it forwarded.
+    let mut r = rig();
+    let listener = UnixListener::bind(format!("{}_52", r.path.display())).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let at = 0x1f0_0000;
+    let h = r.guest.header(5000, 52, op::REQUEST);
+    r.guest
+        .mem
+        .write_slice(&h.encode(), GuestAddress(at))
+        .unwrap();
+    let head = r.guest.tx.add_chain(&[(at, HEADER_SIZE as u32, false)]);
+    r.guest
+        .tx
+        .write_desc(head, at, HEADER_SIZE as u32, DESC_F_NEXT, head);
+    r.guest.tx.publish(&[head]);
+    r.guest.tx_evt.write(1).unwrap();
+    // A well-formed REQUEST after it: its RESPONSE is the first packet back.
+    r.guest.send(r.guest.header(5001, 52, op::REQUEST), b"");
+    let (resp, _) = r.guest.recv_op();
+    assert_eq!((resp.op, resp.dst_port), (op::RESPONSE, 5001));
+    let bad = r
+        .dev
+        .counters()
+        .bad_packets
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(bad, 1);
+    assert!(listener.accept().is_ok(), "the well-formed connect");
+    assert!(listener.accept().is_err(), "and nothing for the loop");
 }
 
 #[test]

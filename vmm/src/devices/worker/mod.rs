@@ -13,7 +13,7 @@ pub mod fault_log;
 pub mod guest_queue;
 
 pub use device_loop::{run, DeviceWorker, LoopContext, STOP_TOKEN};
-pub use fault_log::{FaultLog, GuestFault};
+pub use fault_log::{FaultCounts, FaultLog, GuestFault};
 pub use guest_queue::{Chain, Drained, QueueFault, Served};
 
 /// Chains a worker serves per queue and wake-up before it looks at its other events (the
