@@ -176,6 +176,9 @@ pub const RUNTIME: &[Allow] = &[
     sys!(SYS_tgkill, arg 2 in &[libc::SIGABRT as u64]),
     // std's panic message names the thread's id.
     sys!(SYS_gettid),
+    // std's channels back off with a yield when contended (found by the mmio_transport fuzz
+    // target: a block worker ended the process in SyncWaker).
+    sys!(SYS_sched_yield),
 ];
 
 /// A worker's loop: waiting on its epoll set, changing it, reading its eventfds.
