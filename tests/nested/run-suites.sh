@@ -32,10 +32,11 @@ all=$(mktemp /tmp/pulse-nested-all.XXXXXX)
 trap 'rm -f "$log" "$all"' EXIT
 started=$(date +%s)
 # An L1 that panics or freezes is QEMU's emulated SVM failing (docs/nested-rig.md, "Known
-# emulator faults"), not a test's verdict: the run resumes once in a fresh L1, without the
-# tests that already passed (in-l1.sh's RIG-TEST-PASSED lines), and the log says so.
+# emulator faults"), not a test's verdict: the run resumes in a fresh L1, at most 3 times,
+# without the tests that already passed (in-l1.sh's RIG-TEST-PASSED lines), and says so.
 skip=
-for attempt in 1 2; do
+attempts=4
+for attempt in $(seq 1 $attempts); do
     set +e
     PULSE_RIG_SKIP=$skip "$repo/scripts/nested.sh" --direct-ok --timeout "${PULSE_NESTED_TIMEOUT:-2400}" \
         --env PULSE_TEST_BACKEND=embedded -- \
@@ -43,9 +44,9 @@ for attempt in 1 2; do
     rc=${PIPESTATUS[0]}
     set -e
     cat "$log" >>"$all"
-    if [ "$rc" -eq 125 ] && [ "$attempt" -eq 1 ] &&
+    if [ "$rc" -eq 125 ] && [ "$attempt" -lt "$attempts" ] &&
         grep -qE '^  \| .*Kernel panic - not syncing|^nested: the L1 guest froze' "$log"; then
-        skip=$(sed -n 's/^RIG-TEST-PASSED \([^ ]*\) \([^ ]*\).*/\1 \2/p' "$log")
+        skip=$(sed -n 's/^RIG-TEST-PASSED \([^ ]*\) \([^ ]*\).*/\1 \2/p' "$all" | sort -u)
         echo "RIG RETRIED: the L1 guest was lost (emulator fault, see above) after $(grep -c . <<<"$skip") passed tests; resuming in a fresh L1"
         continue
     fi
