@@ -3,7 +3,8 @@
 # process of its own (each boots a VM). Exits non-zero if any test failed, after all ran.
 # Each test's end is a line `RIG-TEST-PASSED <binary> <name>` or `RIG-TEST-FAILED ...`, so a
 # run cut short by the L1 (an emulator fault: tests/nested/run-suites.sh) can resume: the
-# tests named in PULSE_RIG_SKIP (such lines' "<binary> <name>", one per line) are not run again.
+# tests named in PULSE_RIG_SKIP (such lines' "<binary> <name>", one per line; passed or failed)
+# are not run again.
 # A test still running after PULSE_SUITE_LIMIT seconds (default 900) is reported with what
 # its processes wait on (state, wchan, kernel stacks) and the logs of its containerd and pods,
 # then killed: a hang becomes a failure with evidence, not a silent deadline.
@@ -37,7 +38,7 @@ for suite in "$@"; do
     [ -n "$names" ] || { echo "in-l1: $bin lists no test"; rc=1; continue; }
     for name in $names; do
         if grep -qxF "$bin $name" <<<"${PULSE_RIG_SKIP:-}"; then
-            echo "RIG-TEST-PASSED $bin $name (in the run the L1 cut short)"
+            echo "RIG-TEST-SKIPPED $bin $name (it ran in an earlier L1 of this run)"
             continue
         fi
         # --nocapture: the skip reasons and the tests' count tables reach the log.
