@@ -25,7 +25,7 @@ timeout=3600 memory=6144 console_copy= direct_ok=0
 # Two L1 vCPUs by default. Both settings meet QEMU 7.2's emulated-SVM faults
 # (docs/nested-rig.md): with two, L1 now and then panics in a vCPU thread with the L2's GS
 # base; with one, L1 froze three times, twice in a row at the first 2-vCPU L2 boot of a run.
-# run-suites.sh resumes a run once after either.
+# run-suites.sh resumes a run (up to 3 times) after either.
 cpus=${PULSE_RIG_CPUS:-2}
 extra_env=()
 # What Pulse's tests load in L1, beyond the 9p client (kvm_amd pulls kvm, irqbypass, ccp).
