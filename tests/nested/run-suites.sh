@@ -58,7 +58,7 @@ took=$(( $(date +%s) - started ))
 passed=$(grep -c '^RIG-TEST-PASSED ' "$all" || true)
 failed=$(grep -c '^RIG-TEST-FAILED ' "$all" || true)
 skipped=$(grep -c 'SKIPPED: ' "$all" || true)
-echo "== nested rig: ${passed} passed, ${failed} failed, ${skipped} skipped in ${took}s (embedded backend: containerd and runc differential suites; Linux driver tests) =="
+echo "== nested rig: ${passed} passed, ${failed} failed, ${skipped} skipped in ${took}s (embedded backend: containerd suite${PULSE_RIG_DIFFERENTIAL:+ and runc differential suite}; Linux driver tests) =="
 [ "$rc" -eq 0 ] || { echo "run-suites: the nested run exited $rc" >&2; exit "$rc"; }
 [ "$failed" -eq 0 ] || { echo "run-suites: $failed tests failed in the rig" >&2; exit 1; }
 [ "${passed}" -gt 0 ] || { echo "run-suites: no test ran in the rig" >&2; exit 1; }
