@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The part of `make test` that needs hardware-assisted KVM: the containerd end-to-end suite and
-# the runc differential suite on the `embedded` backend (Pulse's own VMM booting the real Linux
-# guest with per-queue MSI) and the Linux driver tests under Pulse's VMM. Builds the test binaries here, then runs them all in
+# The part of `make test` that needs hardware-assisted KVM: the containerd end-to-end suite on
+# the `embedded` backend (Pulse's own VMM booting the real Linux guest with per-queue MSI) and
+# the Linux driver tests under Pulse's VMM; with PULSE_RIG_DIFFERENTIAL=1 also the runc
+# differential suite (not yet run in the rig: left out of CI until it has passed there).
+# Builds the test binaries here, then runs them all in
 # one L1 guest of the nested rig (scripts/nested.sh), or directly on a host with VT-x/AMD-V.
 # Prints each suite's result, the totals and the time the rig took.
 set -euo pipefail
@@ -37,7 +39,7 @@ for attempt in 1 2; do
     set +e
     PULSE_RIG_SKIP=$skip "$repo/scripts/nested.sh" --direct-ok --timeout "${PULSE_NESTED_TIMEOUT:-2400}" \
         --env PULSE_TEST_BACKEND=embedded -- \
-        "$here/in-l1.sh" "$driver_suite" "$containerd_suite" "$differential_suite" 2>&1 | tee "$log"
+        "$here/in-l1.sh" "$driver_suite" "$containerd_suite" ${PULSE_RIG_DIFFERENTIAL:+"$differential_suite"} 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
     cat "$log" >>"$all"
