@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use pulse_protocols::containers::{Storage, StorageSource};
@@ -21,6 +22,36 @@ pub enum StorageError {
     },
     #[error("creating mount point {0}: {1}")]
     MountPoint(PathBuf, #[source] std::io::Error),
+    #[error(
+        "block device {0} still has no medium (size 0) after {1:?}: the host's disk did not reach \
+         the guest"
+    )]
+    NoMedium(PathBuf, Duration),
+}
+
+/// How long a block device may take to show the disk the host attached.
+pub const MEDIUM_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until block device `dev` (`/dev/NAME`) has a size (`SYS/block/NAME/size` not 0). The
+/// host attaches a rootfs disk by resizing an empty slot and the guest's driver learns the size
+/// from a configuration interrupt, later: a mount before that reads past the end ("unable to
+/// read superblock", EIO). A device without a size file is taken as it is.
+pub fn wait_for_medium(sys: &Path, dev: &Path, limit: Duration) -> Result<(), StorageError> {
+    let Some(name) = dev.file_name() else {
+        return Ok(());
+    };
+    let size_file = sys.join("block").join(name).join("size");
+    let deadline = Instant::now() + limit;
+    loop {
+        match fs::read_to_string(&size_file) {
+            Ok(size) if size.trim() == "0" => {}
+            _ => return Ok(()),
+        }
+        if Instant::now() >= deadline {
+            return Err(StorageError::NoMedium(dev.to_path_buf(), limit));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A mount made for a container, undone when the container is removed.
@@ -111,11 +142,9 @@ pub fn mount_storage(
                     "a block device storage needs fs_type".into(),
                 ));
             }
-            (
-                find_block_by_serial(sys, &storage.locator)?,
-                Some(storage.fs_type.as_str()),
-                flags,
-            )
+            let dev = find_block_by_serial(sys, &storage.locator)?;
+            wait_for_medium(sys, &dev, MEDIUM_WAIT)?;
+            (dev, Some(storage.fs_type.as_str()), flags)
         }
         StorageSource::STORAGE_SOURCE_GUEST_PATH => {
             let path = PathBuf::from(&storage.locator);
@@ -166,6 +195,29 @@ mod tests {
         assert!(err
             .to_string()
             .contains("no block device with serial \"nope\""));
+    }
+
+    #[test]
+    fn a_device_is_mounted_once_it_has_its_medium() {
+        let sys = tempfile::tempdir().unwrap();
+        let block = sys.path().join("block/vdb");
+        fs::create_dir_all(&block).unwrap();
+        fs::write(block.join("size"), "0\n").unwrap();
+        let dev = Path::new("/dev/vdb");
+        let err = wait_for_medium(sys.path(), dev, Duration::from_millis(30)).unwrap_err();
+        assert!(
+            err.to_string().contains("/dev/vdb still has no medium"),
+            "{err}"
+        );
+        let size = block.join("size");
+        let attach = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            fs::write(size, "153600\n").unwrap();
+        });
+        wait_for_medium(sys.path(), dev, Duration::from_secs(5)).unwrap();
+        attach.join().unwrap();
+        // No size file (not a sysfs block device): nothing to wait for.
+        wait_for_medium(sys.path(), Path::new("/dev/loop7"), Duration::ZERO).unwrap();
     }
 
     #[test]
