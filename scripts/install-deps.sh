@@ -22,6 +22,12 @@ for pkg in bc bison flex libelf-dev libssl-dev e2fsprogs libseccomp-dev gperf pk
 done
 # g++: libFuzzer, which the fuzz targets link (fuzz/, make fuzz-smoke), is C++.
 pkg_installed g++ || need_apt+=(g++)
+# The CRI suite (shim/tests/cri): containernetworking-plugins gives the CNI bridge, host-local
+# and loopback plugins (/usr/lib/cni); protobuf-compiler (protoc) builds the k8s-cri crate's
+# CRI v1 client.
+for pkg in containernetworking-plugins protobuf-compiler; do
+    pkg_installed "$pkg" || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "install-deps: need root to install: ${need_apt[*]}" >&2
