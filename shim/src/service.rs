@@ -25,7 +25,7 @@ use ttrpc::Code;
 use crate::config::{self, PulseConfig};
 use crate::ids::{self, IdKind};
 use crate::persist::{BundleRecord, BUNDLE_RECORD};
-use crate::pod::{annotations_of, PodRole};
+use crate::pod::{annotations_of, size_vm, PodResources, PodRole};
 use crate::rootfs::RootfsMount;
 use crate::sandbox::Sandbox;
 use crate::state::{ExitInfo, ProcessMachine, ProcessState, StateError};
@@ -55,6 +55,34 @@ fn agent_err(what: &str, e: ttrpc::Error) -> ttrpc::Error {
 
 fn internal(e: anyhow::Error) -> ttrpc::Error {
     status(Code::INTERNAL, format!("{e:#}"))
+}
+
+/// Sizes the pod's VM from its limits (`pod::size_vm`): the configured vCPUs and memory plus
+/// what the pod may use.
+fn size_for_pod(config: &mut PulseConfig, role: &PodRole, spec: &serde_json::Value) {
+    let Some(resources) = PodResources::of_pod(role, spec) else {
+        return;
+    };
+    let host_cpus = std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let (vcpus, memory_mib) = size_vm(
+        config.vm.vcpus,
+        config.vm.memory_mib,
+        Some(&resources),
+        host_cpus,
+    );
+    tracing::info!(
+        pod = role.pod(),
+        ?resources,
+        vcpus,
+        memory_mib,
+        configured_vcpus = config.vm.vcpus,
+        configured_memory_mib = config.vm.memory_mib,
+        "the VM is sized for the pod's limits"
+    );
+    config.vm.vcpus = vcpus;
+    config.vm.memory_mib = memory_mib;
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {
@@ -222,6 +250,7 @@ impl Service {
         &self,
         role: &PodRole,
         options: Option<&Any>,
+        spec: &serde_json::Value,
     ) -> ttrpc::Result<(Arc<Sandbox>, bool)> {
         if let Some(s) = self.inner.state.lock().unwrap().sandbox.clone() {
             if s.pod != role.pod() {
@@ -238,8 +267,9 @@ impl Service {
                 format!("pod {} has no running sandbox in this shim", role.pod()),
             ));
         }
-        let config = Self::load_config(options)
+        let mut config = Self::load_config(options)
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{e:#}")))?;
+        size_for_pod(&mut config, role, spec);
         let sandbox = Sandbox::start(
             config,
             &self.inner.namespace,
@@ -287,7 +317,7 @@ impl Service {
                 format!("container {} exists", req.id),
             ));
         }
-        let (sandbox, new_sandbox) = self.sandbox_for(&role, req.options.as_ref()).await?;
+        let (sandbox, new_sandbox) = self.sandbox_for(&role, req.options.as_ref(), &spec).await?;
         let result = self.create_in(&sandbox, req, &bundle, &mut spec).await;
         if result.is_err() && new_sandbox {
             // The pod's first container failed: take the whole sandbox down again.

@@ -103,7 +103,9 @@ fn limits_every_cgroup_controller_and_the_seccomp_profile_reach_the_guest() {
              for f in cpu.weight cpu.max cpuset.cpus cpuset.mems memory.high memory.swap.max \
                       pids.max io.max io.weight cpu.pressure; do \
                [ -e $d/$f ] || echo missing=$f; done; \
-             grep -E '^Seccomp(_filters)?:' /proc/self/status | tr -d '\\t '",
+             grep -E '^Seccomp(_filters)?:' /proc/self/status | tr -d '\\t '; \
+             echo vcpus=$(grep -c ^processor /proc/cpuinfo) \
+               memtotal_mib=$(( $(sed -n 's/^MemTotal: *\\([0-9]*\\) kB/\\1/p' /proc/meminfo) / 1024 ))",
         ],
     );
     let printed = text(&out.stdout);
@@ -129,6 +131,23 @@ fn limits_every_cgroup_controller_and_the_seccomp_profile_reach_the_guest() {
     assert!(!printed.contains("missing="), "{printed}");
     assert!(printed.contains("Seccomp:2\n"), "{printed}");
     assert!(printed.contains("Seccomp_filters:1\n"), "{printed}");
+    // A pod of one is sized by its own limits (pod::size_vm): the configured 1 vCPU plus the
+    // half CPU's whole one (at most the host's CPUs), 256 MiB plus the 64 MiB limit.
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        printed.contains(&format!("vcpus={} ", 2.min(host_cpus))),
+        "{printed}"
+    );
+    let memtotal: u64 = printed
+        .split("memtotal_mib=")
+        .nth(1)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal: {printed}"));
+    // MemTotal is the VM's memory less what the kernel keeps for itself.
+    assert!(
+        (256..=320).contains(&memtotal),
+        "a 320 MiB VM shows {memtotal} MiB: {printed}"
+    );
     env.assert_no_leaks();
 }
 
