@@ -3,7 +3,8 @@
 # CRI tests; no registry needed):
 #   scripts/pause-oci.sh OUT.tar PAUSE-BINARY [IMAGE-NAME]
 # PAUSE-BINARY is the static pulse-pause (guest/pause, built for x86_64-unknown-linux-musl);
-# the image holds it as /pause and nothing else. Then `ctr -n k8s.io images import OUT.tar`.
+# the image holds it as /pause and nothing else; its config is registry.k8s.io/pause's (the PATH
+# environment, the entrypoint, user 65535). Then `ctr -n k8s.io images import OUT.tar`.
 # Default name docker.io/library/pulse-pause:latest.
 set -euo pipefail
 out=$1
@@ -27,7 +28,7 @@ blob() { # file -> moves it into blobs/, prints "digest size"
 }
 tar -C "$layer" --sort=name --mtime=@0 --numeric-owner --owner=0 --group=0 -cf "$work/layer.tar" .
 read -r lsha lsize < <(blob "$work/layer.tar")
-printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/pause"],"User":"65535:65535"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Entrypoint":["/pause"],"User":"65535:65535"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
     "$lsha" > "$work/config.json"
 read -r csha csize < <(blob "$work/config.json")
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
