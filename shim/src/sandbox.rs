@@ -45,11 +45,13 @@ pub struct Sandbox {
 impl Sandbox {
     /// Boots the pod's VM, connects to its agent, checks its devices and opens
     /// the management socket. On any failure everything started is removed again.
-    /// `oom` receives container ids the guest kernel OOM-killed in.
+    /// The guest's hostname is `hostname` (the pod's, from the CRI sandbox's spec) or the
+    /// pod's id. `oom` receives container ids the guest kernel OOM-killed in.
     pub async fn start(
         config: PulseConfig,
         namespace: &str,
         pod: &str,
+        hostname: Option<&str>,
         oom: mpsc::UnboundedSender<String>,
     ) -> Result<Arc<Sandbox>> {
         let paths = SandboxPaths::new(&config.shim.state_dir, namespace, pod)?;
@@ -131,7 +133,7 @@ impl Sandbox {
                 agent.ctx(),
                 &sandbox_api::CreateSandboxRequest {
                     sandbox_id: pod.into(),
-                    hostname: hostname_of(pod),
+                    hostname: hostname_of(hostname.filter(|h| !h.is_empty()).unwrap_or(pod)),
                     host_time_unix_nanos: host_time_unix_nanos(),
                     ..Default::default()
                 },
@@ -374,9 +376,9 @@ fn check_socket_paths(paths: &SandboxPaths) -> Result<()> {
     Ok(())
 }
 
-/// A hostname for the guest: the pod id, cut to 63 characters.
-fn hostname_of(pod: &str) -> String {
-    pod.chars().take(63).collect()
+/// A hostname for the guest (the pod's, or its id), cut to 63 characters.
+fn hostname_of(name: &str) -> String {
+    name.chars().take(63).collect()
 }
 
 /// The host's wall-clock time for the guest to take (0 if the host's clock is before 1970).
@@ -437,6 +439,12 @@ mod tests {
         std::fs::write(&p, "a\nb\n\nc\nd\n").unwrap();
         assert_eq!(console_tail(&p), "b | c | d");
         assert_eq!(console_tail(&dir.path().join("none")), "");
+    }
+
+    #[test]
+    fn the_guests_hostname_is_cut_to_63_characters() {
+        assert_eq!(hostname_of("apps"), "apps");
+        assert_eq!(hostname_of(&"a".repeat(64)).len(), 63);
     }
 
     #[test]

@@ -270,10 +270,15 @@ impl Service {
         let mut config = Self::load_config(options)
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{e:#}")))?;
         size_for_pod(&mut config, role, spec);
+        // The pod's hostname (CRI's PodSandboxConfig.hostname is the sandbox spec's): the
+        // guest's own, so the pod's app containers, which CRI puts in the sandbox's UTS
+        // namespace, see it too.
+        let hostname = spec.get("hostname").and_then(serde_json::Value::as_str);
         let sandbox = Sandbox::start(
             config,
             &self.inner.namespace,
             role.pod(),
+            hostname,
             self.inner.oom_tx.clone(),
         )
         .await

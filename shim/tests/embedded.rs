@@ -138,7 +138,7 @@ fn an_embedded_vm_without_hardware_virtualization_fails_clearly_and_leaves_nothi
             (answer, tap_seen)
         };
         let (result, (answer, tap_seen)) =
-            tokio::join!(Sandbox::start(config, "ns", "pod", oom), probe);
+            tokio::join!(Sandbox::start(config, "ns", "pod", None, oom), probe);
         (result, answer, tap_seen)
     });
     drop(rt);
