@@ -579,7 +579,14 @@ impl CriEnv {
     /// Nothing of any pod is left: processes, mounts, pod network namespaces, shim sockets,
     /// veths or taps, state directories, cgroups, addresses.
     pub fn assert_no_leaks(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        if let Some(leaks) = self.leaks(Duration::from_secs(20)) {
+            panic!("leaks: {leaks}\n{}", self.log_tail());
+        }
+    }
+
+    /// What is left of the pods once `patience` has passed without it all going, if anything.
+    pub fn leaks(&self, patience: Duration) -> Option<String> {
+        let deadline = Instant::now() + patience;
         loop {
             let procs = self.pod_processes();
             let mounts = self.mounts();
@@ -601,14 +608,13 @@ impl CriEnv {
                 && links.is_empty()
                 && state.is_empty()
             {
-                return;
+                return None;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "leaks: processes {procs:?}, mounts {mounts:?}, netns {netns:?}, shim sockets {sockets:?}, \
-                     interfaces {links:?}, state {state:?}\n{}",
-                    self.log_tail()
-                );
+                return Some(format!(
+                    "processes {procs:?}, mounts {mounts:?}, netns {netns:?}, shim sockets {sockets:?}, \
+                     interfaces {links:?}, state {state:?}"
+                ));
             }
             std::thread::sleep(Duration::from_millis(250));
         }

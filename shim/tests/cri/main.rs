@@ -78,10 +78,24 @@ impl Node {
         std::fs::create_dir_all(&log_dir).unwrap();
         let config = pod_config(name, &uid, &log_dir, &cgroup_parent, resources);
         let started = Instant::now();
-        let id = self.ok(
-            &format!("RunPodSandbox {name} ({handler})"),
-            self.kubelet.run_pod(&config, handler),
-        );
+        let id = match self.kubelet.run_pod(&config, handler) {
+            Ok(id) => id,
+            Err(e) => {
+                // A refused pod must leave nothing behind either (kubelet retries it).
+                self.env.remove_pod_cgroups();
+                let left = self
+                    .env
+                    .leaks(Duration::from_secs(20))
+                    .unwrap_or_else(|| "nothing".into());
+                panic!(
+                    "RunPodSandbox {name} ({handler}): {:?}: {}\nleft after the failure: {left}\n\
+                     --- containerd log (end) ---\n{}",
+                    e.code(),
+                    e.message(),
+                    self.env.log_tail()
+                );
+            }
+        };
         eprintln!("RunPodSandbox {name} ({handler}): {:?}", started.elapsed());
         Pod {
             id,
