@@ -130,7 +130,6 @@ pub struct CriEnv {
     pub dir: tempfile::TempDir,
     containerd: Option<Child>,
     netns: Option<File>,
-    sockets_before: Vec<String>,
     netns_before: Vec<String>,
     /// The pod cgroups (kubelet's part: it creates them before RunPodSandbox).
     pod_cgroups: std::sync::Mutex<Vec<PathBuf>>,
@@ -307,7 +306,6 @@ impl CriEnv {
             dir,
             containerd: None,
             netns: None,
-            sockets_before: common::shim_sockets(),
             netns_before: list_dir(Path::new(NETNS_DIR)),
             pod_cgroups: std::sync::Mutex::new(Vec::new()),
         };
@@ -584,6 +582,27 @@ impl CriEnv {
         }
     }
 
+    /// Shim sockets of this environment's containers that are still there. A shim's socket is
+    /// `/run/containerd/s/<sha256 of ADDRESS/NAMESPACE/ID>` (ID: the pod's, as runc's and
+    /// Pulse's shims group a pod's containers); every sandbox and container id this
+    /// containerd ever handled is in its log. (Other engineers' tests on the same machine make
+    /// sockets there too: only ours count.)
+    pub fn shim_sockets_left(&self) -> Vec<String> {
+        let log = self.log();
+        let mut ids: Vec<&str> = log
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .filter(|w| w.len() == 64)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let address = self.sock().display().to_string();
+        ids.into_iter()
+            .map(|id| containerd_shim::socket_address(&address, NS, id))
+            .map(|a| a.trim_start_matches("unix://").to_string())
+            .filter(|path| Path::new(path).exists())
+            .collect()
+    }
+
     /// What is left of the pods once `patience` has passed without it all going, if anything.
     pub fn leaks(&self, patience: Duration) -> Option<String> {
         let deadline = Instant::now() + patience;
@@ -591,10 +610,7 @@ impl CriEnv {
             let procs = self.pod_processes();
             let mounts = self.mounts();
             let netns = self.new_netns();
-            let sockets: Vec<String> = common::shim_sockets()
-                .into_iter()
-                .filter(|s| !self.sockets_before.contains(s))
-                .collect();
+            let sockets = self.shim_sockets_left();
             let links: Vec<String> = self
                 .links()
                 .into_iter()
@@ -678,12 +694,9 @@ impl Drop for CriEnv {
             }
             let _ = std::fs::remove_dir(kube);
         }
-        for s in common::shim_sockets() {
-            if !self.sockets_before.contains(&s) {
-                let path = Path::new("/run/containerd/s").join(&s);
-                if std::os::unix::net::UnixStream::connect(&path).is_err() {
-                    let _ = std::fs::remove_file(path);
-                }
+        for path in self.shim_sockets_left() {
+            if std::os::unix::net::UnixStream::connect(&path).is_err() {
+                let _ = std::fs::remove_file(path);
             }
         }
     }

@@ -371,6 +371,13 @@ fn pod_sandbox_lifecycle(handler: &str) {
         "{listed:?}"
     );
 
+    // The leak check finds the pod's shim by its socket (so it can see one left behind).
+    assert_eq!(
+        node.env.shim_sockets_left().len(),
+        1,
+        "one shim socket for the pod"
+    );
+
     let stats = node.ok("PodSandboxStats", k.pod_stats(&pod.id));
     assert_eq!(
         stats.attributes.as_ref().map(|a| a.id.as_str()),
