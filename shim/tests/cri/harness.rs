@@ -93,7 +93,10 @@ pub fn pause_binary() -> PathBuf {
                 "building pulse-pause for x86_64-unknown-linux-musl (rustup target add x86_64-unknown-linux-musl): {}",
                 text(&out.stderr)
             );
-            repo.join("target/x86_64-unknown-linux-musl/release/pulse-pause")
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo.join("target"))
+                .join("x86_64-unknown-linux-musl/release/pulse-pause")
         })
         .clone()
 }

@@ -256,8 +256,8 @@ fn rfc3339_nano_timestamps_are_recognised() {
 /// configs/containerd-pulse.toml instead, and the snippet says so.
 #[test]
 fn importing_the_snippet_replaces_the_cri_section_so_it_is_merged() {
-    if !nix::unistd::geteuid().is_root() || !Path::new("/usr/bin/containerd").exists() {
-        eprintln!("SKIPPED: needs root and containerd");
+    if let Some(why) = harness::skip_reason("runc") {
+        eprintln!("SKIPPED: {why}");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
