@@ -6,6 +6,8 @@
 //!
 //! `cargo test -p pulse-shim --test cri` (as root); `-- runc_` or `-- pulse_` picks a handler.
 //! A test that lacks something on this machine prints `SKIPPED: <why>` and passes.
+//! `PULSE_CRI_DEBUG=1` runs containerd at debug level; `PULSE_CRI_KEEP=1` keeps each test's
+//! directory (containerd's log, root and state) after it.
 
 #[path = "../common/mod.rs"]
 mod common;
