@@ -356,6 +356,21 @@ fn pod_sandbox_lifecycle(handler: &str) {
         common::text(&addrs.stdout),
         common::text(&addrs.stderr)
     );
+    // The CNI bridge and the pod's veth are in containerd's network namespace, not the host's.
+    let bridge = node.env.bridge();
+    let links = node.env.links();
+    assert!(
+        links.contains(&bridge),
+        "no bridge {bridge} beside containerd: {links:?}"
+    );
+    assert!(
+        links.iter().any(|l| l.starts_with("veth")),
+        "no veth: {links:?}"
+    );
+    assert!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "the CNI bridge {bridge} is on the host's network"
+    );
     assert_eq!(
         info["runtimeType"].as_str(),
         Some(if handler == "pulse" {
