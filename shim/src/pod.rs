@@ -195,6 +195,26 @@ pub fn size_vm(
     (vcpus, memory)
 }
 
+/// Why a container's own limits (`resources`, from its spec) do not fit the running VM of
+/// `vcpus` and `memory_mib`, if they do not: the VM was sized when the pod started (without
+/// the CRI's pod annotations, kubelet before 1.26, it has the configured size only).
+pub fn exceeds_vm(resources: &PodResources, vcpus: u8, memory_mib: u64) -> Option<String> {
+    let mut why = Vec::new();
+    if resources.vcpus() > u32::from(vcpus) {
+        why.push(format!(
+            "a CPU limit of {} whole CPUs in a VM of {vcpus} vCPUs",
+            resources.vcpus()
+        ));
+    }
+    if resources.memory_mib() >= memory_mib {
+        why.push(format!(
+            "a memory limit of {} MiB in a VM of {memory_mib} MiB",
+            resources.memory_mib()
+        ));
+    }
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
 /// The annotations of an OCI spec in JSON form (empty when there are none).
 pub fn annotations_of(spec: &serde_json::Value) -> HashMap<String, String> {
     spec.get("annotations")
@@ -341,6 +361,30 @@ mod tests {
             memory_bytes: u64::MAX,
         };
         assert_eq!(size_vm(1, 256, Some(&huge), 1000), (64, 65536));
+    }
+
+    #[test]
+    fn a_container_whose_limits_exceed_the_vm_is_named() {
+        let two_cpus_1g = PodResources {
+            cpu_quota: 200_000,
+            cpu_period: 100_000,
+            memory_bytes: 1 << 30,
+        };
+        let why = exceeds_vm(&two_cpus_1g, 1, 256).unwrap();
+        assert!(
+            why.contains("2 whole CPUs in a VM of 1 vCPUs")
+                && why.contains("1024 MiB in a VM of 256 MiB"),
+            "{why}"
+        );
+        assert_eq!(exceeds_vm(&two_cpus_1g, 3, 2048), None);
+        let memory_only = PodResources {
+            memory_bytes: 256 << 20,
+            ..Default::default()
+        };
+        assert!(
+            exceeds_vm(&memory_only, 1, 256).is_some(),
+            "the guest needs some too"
+        );
     }
 
     #[test]

@@ -323,6 +323,18 @@ impl Service {
             ));
         }
         let (sandbox, new_sandbox) = self.sandbox_for(&role, req.options.as_ref(), &spec).await?;
+        if let Some(why) = PodResources::from_spec(&spec).and_then(|r| {
+            let vm = &sandbox.config().vm;
+            crate::pod::exceeds_vm(&r, vm.vcpus, vm.memory_mib)
+        }) {
+            tracing::warn!(
+                container = %req.id,
+                pod = role.pod(),
+                "the container's limits exceed its pod's VM ({why}): the VM is sized when the \
+                 pod starts, from the CRI's io.kubernetes.cri.sandbox-* annotations (kubelet \
+                 1.26 and later) or a pod of one's own limits"
+            );
+        }
         let result = self.create_in(&sandbox, req, &bundle, &mut spec).await;
         if result.is_err() && new_sandbox {
             // The pod's first container failed: take the whole sandbox down again.
