@@ -10,8 +10,8 @@
 //! static sandbox sizing does: the VM is booted for the pod's first container, so what the
 //! whole pod may use must be known then. containerd 1.6's CRI plugin passes it on the sandbox
 //! container as annotations (`io.kubernetes.cri.sandbox-cpu-quota`, `-cpu-period`,
-//! `-memory`), from `LinuxPodSandboxConfig.resources`, which kubelet (1.26 and later) fills
-//! with the sum of the pod's container limits; a pod of one (`ctr run --cpu-quota ...
+//! `-memory`), from `LinuxPodSandboxConfig.resources`, which kubelet fills with the sum of the
+//! pod's container limits (a kubelet that predates the field leaves it out); a pod of one (`ctr run --cpu-quota ...
 //! --memory-limit ...`) brings its container's own `linux.resources`.
 
 use std::collections::HashMap;
@@ -98,7 +98,7 @@ pub struct PodResources {
 
 impl PodResources {
     /// From the sandbox container's `io.kubernetes.cri.sandbox-*` annotations; `None` when
-    /// the CRI passed none (kubelet before 1.26 or containerd before 1.6 does not).
+    /// the CRI passed none (a kubelet without `LinuxPodSandboxConfig.resources` does not).
     /// Non-positive values (kubelet's "no limit") count as no limit.
     pub fn from_annotations(annotations: &HashMap<String, String>) -> Option<PodResources> {
         let get = |key: &str| -> Option<u64> {
@@ -197,7 +197,8 @@ pub fn size_vm(
 
 /// Why a container's own limits (`resources`, from its spec) do not fit the running VM of
 /// `vcpus` and `memory_mib`, if they do not: the VM was sized when the pod started (without
-/// the CRI's pod annotations, kubelet before 1.26, it has the configured size only).
+/// the CRI's pod annotations, from a kubelet that does not send the pod's resources, it has
+/// the configured size only).
 pub fn exceeds_vm(resources: &PodResources, vcpus: u8, memory_mib: u64) -> Option<String> {
     let mut why = Vec::new();
     if resources.vcpus() > u32::from(vcpus) {

@@ -331,8 +331,8 @@ impl Service {
                 container = %req.id,
                 pod = role.pod(),
                 "the container's limits exceed its pod's VM ({why}): the VM is sized when the \
-                 pod starts, from the CRI's io.kubernetes.cri.sandbox-* annotations (kubelet \
-                 1.26 and later) or a pod of one's own limits"
+                 pod starts, from the CRI's io.kubernetes.cri.sandbox-* annotations (when \
+                 kubelet sends the pod's resources) or a pod of one's own limits"
             );
         }
         let result = self.create_in(&sandbox, req, &bundle, &mut spec).await;

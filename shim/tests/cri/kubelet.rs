@@ -261,7 +261,7 @@ pub fn image_spec(image: &str) -> cri::ImageSpec {
 
 /// A pod as kubelet describes it: metadata, hostname, the log directory, DNS, the Linux
 /// security context (the pod's own PID, IPC and network namespaces), the pod's cgroup
-/// parent, and (kubelet 1.26+) the sum of its containers' resources.
+/// parent, and the sum of its containers' resources (LinuxPodSandboxConfig.resources).
 pub fn pod_config(
     name: &str,
     uid: &str,
