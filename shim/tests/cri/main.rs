@@ -350,8 +350,9 @@ fn pod_sandbox_lifecycle(handler: &str) {
         "addr",
     ]);
     assert!(
-        common::text(&addrs.stdout).contains(&format!("eth0    inet {ip}/24"))
-            || common::text(&addrs.stdout).contains(&format!("inet {ip}/24")),
+        common::text(&addrs.stdout)
+            .lines()
+            .any(|l| l.contains(" eth0 ") && l.contains(&format!(" inet {ip}/24 "))),
         "{ip} is not on the pod's eth0: {}{}",
         common::text(&addrs.stdout),
         common::text(&addrs.stderr)
