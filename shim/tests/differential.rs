@@ -175,6 +175,14 @@ fn spec_env_duplicates(spec: &mut Value) {
     spec["process"]["env"] = json!(["PATH=/bin", "A=1", "B=2", "A=3", "C=4"]);
 }
 
+fn spec_env_without_equals(spec: &mut Value) {
+    spec["process"]["env"] = json!(["PATH=/bin", "FOO"]);
+}
+
+fn spec_env_empty_name(spec: &mut Value) {
+    spec["process"]["env"] = json!(["PATH=/bin", "=x"]);
+}
+
 fn spec_hostname(spec: &mut Value) {
     spec["hostname"] = json!("diff-host");
 }
@@ -296,6 +304,18 @@ fn identity_cases() -> Vec<Case> {
             .differs(Diff::LineOrder, ENV_DUPLICATES),
         sh("missing-cwd-is-created", "pwd; stat -c '%a %u:%g' . ..")
             .flags(&["--cwd", "/nonexistent/dir"]),
+        sh("missing-cwd-below-a-mount", "pwd; stat -c '%a %u:%g' . ..").flags(&[
+            "--mount",
+            "type=tmpfs,dst=/scratch",
+            "--cwd",
+            "/scratch/a/b",
+        ]),
+        case("env-entry-without-equals", &["env"])
+            .spec(spec_env_without_equals)
+            .differs(Diff::ErrorText("\"FOO\""), ENV_INVALID),
+        case("env-entry-with-an-empty-name", &["env"])
+            .spec(spec_env_empty_name)
+            .differs(Diff::ErrorText("\"=x\""), ENV_INVALID),
         sh(
             "missing-cwd-of-a-user",
             "pwd; id -u; stat -c '%a %u:%g' . ..",
@@ -309,6 +329,10 @@ fn identity_cases() -> Vec<Case> {
         ),
     ]
 }
+
+/// An env entry that is not `NAME=value`: both refuse the container.
+const ENV_INVALID: &str = "an env entry that is not NAME=value fails the container; each runtime \
+    words the error itself";
 
 /// A name the spec's env gives twice.
 const ENV_DUPLICATES: &str = "a name given twice keeps its last value; runc 1.1 (Debian \
