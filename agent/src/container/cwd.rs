@@ -21,7 +21,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::{HookBuilder, Hooks, LinuxIdMapping, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{HookBuilder, LinuxIdMapping, LinuxNamespaceType, Spec};
 
 /// The hidden subcommand that makes the agent binary the working directory hook:
 /// `__make-cwd ROOTFS CWD`.
@@ -144,7 +144,7 @@ pub fn add_make_cwd_hook(spec: &mut Spec, rootfs: &Path) -> io::Result<()> {
         .timeout(30i64)
         .build()
         .map_err(io::Error::other)?;
-    let mut hooks = spec.hooks().clone().unwrap_or_else(Hooks::default);
+    let mut hooks = spec.hooks().clone().unwrap_or_default();
     let mut create = hooks.create_container().clone().unwrap_or_default();
     create.push(hook);
     hooks.set_create_container(Some(create));
