@@ -83,10 +83,10 @@ hostname pulse-l1
 
 # Stage 2, on the host's root. busybox goes along: the initramfs is gone after switch_root and
 # the host has no poweroff that works without its init system.
-cp /bin/busybox /host/run/pulse-l1-busybox || fail "cannot copy busybox to /host/run"
-cat >/host/run/pulse-l1-stage2.sh <<'STAGE2'
+mkdir -p /host/run/pulse-l1 && cp /bin/busybox /host/run/pulse-l1/busybox || fail "cannot copy busybox to /host/run"
+cat >/host/run/pulse-l1/stage2.sh <<'STAGE2'
 xchg=$1 l1=$2 modules=$3
-bb=/run/pulse-l1-busybox
+bb=/run/pulse-l1/busybox
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 fail() {
     echo "l1-init: $*" >/dev/console
@@ -105,4 +105,4 @@ sync
 $bb umount "$xchg" 2>/dev/null
 $bb poweroff -f
 STAGE2
-exec switch_root /host /run/pulse-l1-busybox sh /run/pulse-l1-stage2.sh "$xchg" "$l1" "$modules"
+exec switch_root /host /run/pulse-l1/busybox sh /run/pulse-l1/stage2.sh "$xchg" "$l1" "$modules"
