@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use pulse_agent::container::{Manager, RuntimeConfig};
+use pulse_agent::container::{make_cwd_hook_main, Manager, RuntimeConfig, MAKE_CWD_SUBCOMMAND};
 use pulse_agent::helper::{helper_main, HELPER_SUBCOMMAND};
 use pulse_agent::init::{self, ShutdownAction};
 use pulse_agent::listen::ListenAddr;
@@ -55,6 +55,12 @@ fn main() -> ExitCode {
         .is_some_and(|a| a == HELPER_SUBCOMMAND)
     {
         return ExitCode::from(u8::try_from(helper_main()).unwrap_or(1));
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == MAKE_CWD_SUBCOMMAND)
+    {
+        return ExitCode::from(u8::try_from(make_cwd_hook_main()).unwrap_or(1));
     }
     let init_mode = nix::unistd::getpid().as_raw() == 1;
     // As PID 1 the kernel passes its own arguments; ignore what clap cannot use.

@@ -55,13 +55,33 @@ impl Executor for OrderedEnvExecutor {
     /// Runs in the new process after libcontainer set its user and capabilities, before it
     /// reports ready: a failure here fails the exec.
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        DefaultExecutor {}.validate(spec)?;
+        match with_empty_path(spec) {
+            Some(spec) => DefaultExecutor {}.validate(&spec)?,
+            None => DefaultExecutor {}.validate(spec)?,
+        }
         if let Some(seccomp) = &self.seccomp {
             crate::exec_seccomp::apply(seccomp)
                 .map_err(ExecutorValidationError::ArgValidationError)?;
         }
         Ok(())
     }
+}
+
+/// libcontainer's check refuses a process whose environment has no PATH, even one that names
+/// its program by a path (the pause image's `/pause`); runc runs that, and looks a bare name up
+/// in an empty PATH (not found). A spec without PATH is checked as if it had an empty one;
+/// None when it has one.
+fn with_empty_path(spec: &Spec) -> Option<Spec> {
+    let process = spec.process().as_ref()?;
+    let env = process.env().clone().unwrap_or_default();
+    if env.iter().any(|e| e.starts_with("PATH=")) {
+        return None;
+    }
+    let mut process = process.clone();
+    process.set_env(Some(env.into_iter().chain(["PATH=".to_string()]).collect()));
+    let mut spec = spec.clone();
+    spec.set_process(Some(process));
+    Some(spec)
 }
 
 /// `NAME=value` entries: the spec's names in the spec's order (a repeated
@@ -102,6 +122,19 @@ fn c_string(bytes: Vec<u8>) -> Result<CString, ExecutorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_without_path_is_checked_with_an_empty_one() {
+        let mut spec = Spec::default();
+        let mut process = spec.process().clone().unwrap();
+        process.set_env(Some(vec!["A=1".into()]));
+        spec.set_process(Some(process.clone()));
+        let env = |s: &Spec| s.process().as_ref().unwrap().env().clone().unwrap();
+        assert_eq!(env(&with_empty_path(&spec).unwrap()), ["A=1", "PATH="]);
+        process.set_env(Some(vec!["PATH=/bin".into()]));
+        spec.set_process(Some(process));
+        assert!(with_empty_path(&spec).is_none());
+    }
 
     fn os(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
         pairs

@@ -678,6 +678,41 @@ async fn a_missing_working_directory_is_created() {
     assert!(inside.join("made").is_dir());
 }
 
+/// A working directory below a mount destination is created in the mounted filesystem (runc
+/// makes it after the mounts), not in the rootfs underneath, and belongs to the container's root.
+#[tokio::test]
+async fn a_missing_working_directory_below_a_mount_is_created_in_the_mount() {
+    let agent = TestAgent::start().await;
+    let rootfs = agent.rootfs("rootfs");
+    let script = "pwd; stat -c '%a %u %n' . ..; grep ' /scratch ' /proc/mounts | cut -d' ' -f3";
+    let spec = agent.spec(&rootfs, &["sh", "-c", script]);
+    let mut spec = serde_json::to_value(&spec).unwrap();
+    spec["process"]["cwd"] = "/scratch/./a/b".into();
+    spec["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/scratch",
+            "type": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777"]
+        }));
+    agent
+        .create_with("below", serde_json::to_vec(&spec).unwrap(), vec![])
+        .await
+        .expect("create");
+    agent.start_container("below").await.expect("start");
+    assert_eq!(
+        agent.read_all("below", "", false).await,
+        "/scratch/a/b\n755 0 .\n755 0 ..\ntmpfs\n"
+    );
+    assert_eq!(agent.wait("below", "").await.exit_status, 0);
+    assert!(
+        !rootfs.join("scratch/a").exists(),
+        "made in the rootfs under the mount"
+    );
+}
+
 /// `ctr run --mount type=tmpfs,dst=/scratch` gives a mount without a source;
 /// runc mounts a tmpfs there with an empty source, which `/proc/mounts` shows.
 #[tokio::test]

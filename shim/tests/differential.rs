@@ -23,6 +23,7 @@ mod common;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,8 @@ const CASE_LIMIT: Duration = Duration::from_secs(180);
 enum Diff {
     /// Lines (of stdout or stderr) that contain this text are not compared.
     Lines(&'static str),
+    /// This text is taken out of both stdouts before they are compared.
+    Text(&'static str),
     /// The whole stdout is not compared.
     Stdout,
     /// stdout has the same lines, in an order that may differ.
@@ -175,6 +178,18 @@ fn spec_env_duplicates(spec: &mut Value) {
     spec["process"]["env"] = json!(["PATH=/bin", "A=1", "B=2", "A=3", "C=4"]);
 }
 
+fn spec_env_without_equals(spec: &mut Value) {
+    spec["process"]["env"] = json!(["PATH=/bin", "FOO"]);
+}
+
+fn spec_env_without_path(spec: &mut Value) {
+    spec["process"]["env"] = json!(["A=1"]);
+}
+
+fn spec_env_empty_name(spec: &mut Value) {
+    spec["process"]["env"] = json!(["PATH=/bin", "=x"]);
+}
+
 fn spec_hostname(spec: &mut Value) {
     spec["hostname"] = json!("diff-host");
 }
@@ -296,6 +311,25 @@ fn identity_cases() -> Vec<Case> {
             .differs(Diff::LineOrder, ENV_DUPLICATES),
         sh("missing-cwd-is-created", "pwd; stat -c '%a %u:%g' . ..")
             .flags(&["--cwd", "/nonexistent/dir"]),
+        sh("missing-cwd-below-a-mount", "pwd; stat -c '%a %u:%g' . ..").flags(&[
+            "--mount",
+            "type=tmpfs,dst=/scratch",
+            "--cwd",
+            "/scratch/a/b",
+        ]),
+        case("no-path-program-by-its-path", &["/bin/env"]).spec(spec_env_without_path),
+        case("no-path-program-by-name", &["env"])
+            .spec(spec_env_without_path)
+            .differs(
+                Diff::ErrorText("'env' not found"),
+                "the error text of a failed start is each runtime's own",
+            ),
+        case("env-entry-without-equals", &["env"])
+            .spec(spec_env_without_equals)
+            .differs(Diff::ErrorText("\"FOO\""), ENV_INVALID),
+        case("env-entry-with-an-empty-name", &["env"])
+            .spec(spec_env_empty_name)
+            .differs(Diff::ErrorText("\"=x\""), ENV_INVALID),
         sh(
             "missing-cwd-of-a-user",
             "pwd; id -u; stat -c '%a %u:%g' . ..",
@@ -309,6 +343,10 @@ fn identity_cases() -> Vec<Case> {
         ),
     ]
 }
+
+/// An env entry that is not `NAME=value`: both refuse the container.
+const ENV_INVALID: &str = "an env entry that is not NAME=value fails the container; each runtime \
+    words the error itself";
 
 /// A name the spec's env gives twice.
 const ENV_DUPLICATES: &str = "a name given twice keeps its last value; runc 1.1 (Debian \
@@ -351,6 +389,11 @@ const ABSENT_IN_THE_VM: &[(&str, &str)] = &[
 ];
 
 impl Case {
+    /// A tmpfs's `inode64` option, which one kernel shows and another does not.
+    fn tmpfs_inode64(self) -> Self {
+        self.differs(Diff::Text(",inode64"), TMPFS_INODE64)
+    }
+
     /// The lines of the paths in [`ABSENT_IN_THE_VM`] may differ.
     fn absent_in_the_vm(mut self) -> Self {
         for (path, why) in ABSENT_IN_THE_VM {
@@ -359,6 +402,11 @@ impl Case {
         self
     }
 }
+
+/// tmpfs shows `inode64` among its mount options on kernels built with CONFIG_TMPFS_INODE64
+/// (Debian's, the nested rig's L1), and not on others (Pulse's guest kernel, this host's).
+const TMPFS_INODE64: &str = "a tmpfs's inode64 option is shown by kernels built with \
+    CONFIG_TMPFS_INODE64 (Debian's 6.1, the nested rig's L1) and not by Pulse's guest kernel";
 
 const MASKED: &str = "/proc/acpi /proc/asound /proc/kcore /proc/keys /proc/latency_stats \
                       /proc/timer_list /proc/timer_stats /proc/sched_debug /proc/scsi /sys/firmware";
@@ -383,12 +431,17 @@ fn filesystem_cases(bind_source: &Path) -> Vec<Case> {
                 "the rootfs: runc's is containerd's overlay snapshot, Pulse's an ext4 disk made \
              from it",
             )
-            .absent_in_the_vm(),
-        sh("tmpfs-without-source", probe_scratch).flags(&["--mount", "type=tmpfs,dst=/scratch"]),
-        sh("tmpfs-with-source-and-options", probe_scratch).flags(&[
-            "--mount",
-            "type=tmpfs,src=tmpfs,dst=/scratch,options=size=2m:mode=1770:noexec:nosuid",
-        ]),
+            .absent_in_the_vm()
+            .tmpfs_inode64(),
+        sh("tmpfs-without-source", probe_scratch)
+            .flags(&["--mount", "type=tmpfs,dst=/scratch"])
+            .tmpfs_inode64(),
+        sh("tmpfs-with-source-and-options", probe_scratch)
+            .flags(&[
+                "--mount",
+                "type=tmpfs,src=tmpfs,dst=/scratch,options=size=2m:mode=1770:noexec:nosuid",
+            ])
+            .tmpfs_inode64(),
         sh(
             "read-only-rootfs",
             "touch /x; echo rc=$?; touch /run/x && echo run-is-writable; \
@@ -422,6 +475,11 @@ fn filesystem_cases(bind_source: &Path) -> Vec<Case> {
         sh(
             "devices",
             "for d in /dev/* /dev/pts/*; do stat -c '%n %F %t:%T %a' $d; done",
+        )
+        .differs(
+            Diff::Lines("/dev/core "),
+            "/dev/core is a link to /proc/kcore, made where the kernel has one (the nested \
+             rig's L1 kernel); Pulse's guest kernel has none (CONFIG_PROC_KCORE)",
         ),
     ]
 }
@@ -618,7 +676,8 @@ struct Suite<'a> {
     /// The unpacked busybox image, copied for each `--config` case.
     tree: PathBuf,
     work: PathBuf,
-    runs: usize,
+    /// `--config` cases made so far (their trees and spec files are numbered).
+    runs: AtomicUsize,
 }
 
 impl Suite<'_> {
@@ -635,15 +694,15 @@ impl Suite<'_> {
     }
 
     /// The `ctr` arguments of `case` under `runtime` as container `id`.
-    fn ctr_args(&mut self, case: &Case, runtime: &str, id: &str) -> Vec<String> {
+    fn ctr_args(&self, case: &Case, runtime: &str, id: &str) -> Vec<String> {
         let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
         args.extend(["--runtime".into(), runtime.into()]);
         if case.tty {
             args.push("-t".into());
         }
         if let Some(edit) = case.spec {
-            self.runs += 1;
-            let tree = self.work.join(format!("tree-{}", self.runs));
+            let n = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
+            let tree = self.work.join(format!("tree-{n}"));
             let status = Command::new("cp")
                 .arg("-a")
                 .arg(&self.tree)
@@ -663,7 +722,7 @@ impl Suite<'_> {
                     "io.kubernetes.cri.sandbox-id": POD,
                 });
             }
-            let file = self.work.join(format!("spec-{}.json", self.runs));
+            let file = self.work.join(format!("spec-{n}.json"));
             std::fs::write(&file, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
             args.extend(["--config".into(), file.display().to_string(), id.into()]);
             return args;
@@ -678,7 +737,7 @@ impl Suite<'_> {
         args
     }
 
-    fn run(&mut self, case: &Case, runtime: &str, id: &str) -> Outcome {
+    fn run(&self, case: &Case, runtime: &str, id: &str) -> Outcome {
         let started = Instant::now();
         let mut args = self.ctr_args(case, runtime, id);
         if let Some(exec_flags) = &case.exec {
@@ -920,6 +979,17 @@ fn compare(case: &Case, runc: &Outcome, pulse: &Outcome) -> Verdict {
                     ));
                 }
             }
+            Diff::Text(text) => {
+                let (r, p) = (runc.stdout.contains(text), pulse.stdout.contains(text));
+                if r != p {
+                    notes.push(format!(
+                        "{text:?} ({}): in runc's output {r}, in Pulse's {p}",
+                        e.why
+                    ));
+                }
+                runc.stdout = runc.stdout.replace(text, "");
+                pulse.stdout = pulse.stdout.replace(text, "");
+            }
             Diff::Stdout => {
                 notes.push(format!(
                     "stdout ({}): runc {:?}, pulse {:?}",
@@ -1146,13 +1216,17 @@ fn differential(area: &str) {
     env.wait_status(POD, "RUNNING");
     let boot = boot.elapsed();
 
-    let mut suite = Suite {
+    let suite = Suite {
         env: &env,
         default_spec,
         tree,
         work,
-        runs: 0,
+        runs: AtomicUsize::new(0),
     };
+    // runc's run and Pulse's of a case go side by side (their containers are independent); in
+    // the nested rig, where everything is emulated, that halves the suite's time.
+    // PULSE_DIFF_SERIAL=1 runs them one after the other.
+    let serial = std::env::var_os("PULSE_DIFF_SERIAL").is_some();
     let (mut same, mut expected, mut unexpected) = (0, 0, Vec::new());
     let (mut runc_time, mut pulse_time) = (Duration::ZERO, Duration::ZERO);
     let mut report = String::new();
@@ -1162,8 +1236,18 @@ fn differential(area: &str) {
     for (i, case) in cases.iter().enumerate() {
         let runc_id = format!("r{i}-{}-{run}", case.name);
         let pulse_id = format!("p{i}-{}-{run}", case.name);
-        let runc = suite.run(case, RUNC, &runc_id);
-        let pulse = suite.run(case, PULSE, &pulse_id);
+        let (runc, pulse) = if serial {
+            (
+                suite.run(case, RUNC, &runc_id),
+                suite.run(case, PULSE, &pulse_id),
+            )
+        } else {
+            std::thread::scope(|s| {
+                let runc = s.spawn(|| suite.run(case, RUNC, &runc_id));
+                let pulse = suite.run(case, PULSE, &pulse_id);
+                (runc.join().expect("the runc side panicked"), pulse)
+            })
+        };
         runc_time += runc.took;
         pulse_time += pulse.took;
         let verdict = compare(

@@ -5,7 +5,10 @@
 # /srv and /var/tmp, this kernel's /dev, /proc, /sys and cgroup2, loads kvm_amd (QEMU's
 # emulated SVM with nested paging) and what Pulse's tests use, then runs the exchange
 # directory's cmd.sh chrooted into /host with its output in out and its exit status in rc,
-# and powers off. Everything it reads comes from the kernel command line:
+# and powers off. cmd.sh runs with /host as the root of the mount namespace (switch_root), not
+# in a chroot: a process joining a mount namespace (setns, as `runc exec` does) lands at the
+# namespace's root, which under a chroot would be this initramfs, not the host's root.
+# Everything it reads comes from the kernel command line:
 #   pulse.xchg=PATH    the exchange directory (also 9p tag "xchg", writable), same path as on the host
 #   pulse.l1=DIR       the extracted L1 kernel package (modules for modprobe -d)
 #   pulse.modules=A,B  modules to load from DIR once the host root is there
@@ -78,14 +81,28 @@ mount --bind /xchg "/host$xchg"
 ip link set lo up
 hostname pulse-l1
 
+# Stage 2, on the host's root. busybox goes along: the initramfs is gone after switch_root and
+# the host has no poweroff that works without its init system.
+mkdir -p /host/run/pulse-l1 && cp /bin/busybox /host/run/pulse-l1/busybox || fail "cannot copy busybox to /host/run"
+cat >/host/run/pulse-l1/stage2.sh <<'STAGE2'
+xchg=$1 l1=$2 modules=$3
+bb=/run/pulse-l1/busybox
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+fail() {
+    echo "l1-init: $*" >/dev/console
+    echo 125 >"$xchg/rc"
+    sync
+    $bb poweroff -f
+}
 if [ -n "$modules" ]; then
     # shellcheck disable=SC2086
-    chroot /host /usr/sbin/modprobe -d "$l1" -a $modules || fail "modprobe -d $l1 $modules failed"
+    /usr/sbin/modprobe -d "$l1" -a $modules || fail "modprobe -d $l1 $modules failed"
 fi
 [ -c /dev/kvm ] || fail "no /dev/kvm after loading kvm_amd (does the CPU model show svm?)"
-
-chroot /host /bin/bash "$xchg/cmd.sh" </dev/null >"/xchg/out" 2>&1
-echo $? >/xchg/rc.tmp && mv /xchg/rc.tmp /xchg/rc
+/bin/bash "$xchg/cmd.sh" </dev/null >"$xchg/out" 2>&1
+echo $? >"$xchg/rc.tmp" && mv "$xchg/rc.tmp" "$xchg/rc"
 sync
-umount "/host$xchg" /xchg 2>/dev/null
-poweroff -f
+$bb umount "$xchg" 2>/dev/null
+$bb poweroff -f
+STAGE2
+exec switch_root /host /run/pulse-l1/busybox sh /run/pulse-l1/stage2.sh "$xchg" "$l1" "$modules"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The part of `make test` that needs hardware-assisted KVM: the containerd end-to-end suite on
 # the `embedded` backend (Pulse's own VMM booting the real Linux guest with per-queue MSI) and
-# the Linux driver tests under Pulse's VMM; with PULSE_RIG_DIFFERENTIAL=1 also the runc
-# differential suite (not yet run in the rig: left out of CI until it has passed there).
+# the Linux driver tests under Pulse's VMM, and the runc differential suite (runc in L1 against
+# Pulse's embedded backend; PULSE_RIG_DIFFERENTIAL=0 leaves it out).
 # Builds the test binaries here, then runs them all in
 # one L1 guest of the nested rig (scripts/nested.sh), or directly on a host with VT-x/AMD-V.
 # Prints each suite's result, the totals and the time the rig took.
@@ -27,6 +27,9 @@ for suite in "$containerd_suite" "$differential_suite" "$driver_suite"; do
     [ -x "$suite" ] || { echo "run-suites: test binaries not found" >&2; exit 1; }
 done
 
+differential=yes
+[ "${PULSE_RIG_DIFFERENTIAL:-1}" = 0 ] && differential=
+
 log=$(mktemp /tmp/pulse-nested-suites.XXXXXX)
 all=$(mktemp /tmp/pulse-nested-all.XXXXXX)
 trap 'rm -f "$log" "$all"' EXIT
@@ -38,9 +41,9 @@ skip=
 attempts=4
 for attempt in $(seq 1 $attempts); do
     set +e
-    PULSE_RIG_SKIP=$skip "$repo/scripts/nested.sh" --direct-ok --timeout "${PULSE_NESTED_TIMEOUT:-2400}" \
+    PULSE_RIG_SKIP=$skip "$repo/scripts/nested.sh" --direct-ok --timeout "${PULSE_NESTED_TIMEOUT:-3600}" \
         --env PULSE_TEST_BACKEND=embedded -- \
-        "$here/in-l1.sh" "$driver_suite" "$containerd_suite" ${PULSE_RIG_DIFFERENTIAL:+"$differential_suite"} 2>&1 | tee "$log"
+        "$here/in-l1.sh" "$driver_suite" "$containerd_suite" ${differential:+"$differential_suite"} 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
     cat "$log" >>"$all"
@@ -58,7 +61,7 @@ took=$(( $(date +%s) - started ))
 passed=$(grep -c '^RIG-TEST-PASSED ' "$all" || true)
 failed=$(grep -c '^RIG-TEST-FAILED ' "$all" || true)
 skipped=$(grep -c 'SKIPPED: ' "$all" || true)
-echo "== nested rig: ${passed} passed, ${failed} failed, ${skipped} skipped in ${took}s (embedded backend: containerd suite${PULSE_RIG_DIFFERENTIAL:+ and runc differential suite}; Linux driver tests) =="
+echo "== nested rig: ${passed} passed, ${failed} failed, ${skipped} skipped in ${took}s (embedded backend: containerd suite${differential:+, runc differential suite}; Linux driver tests) =="
 [ "$rc" -eq 0 ] || { echo "run-suites: the nested run exited $rc" >&2; exit "$rc"; }
 [ "$failed" -eq 0 ] || { echo "run-suites: $failed tests failed in the rig" >&2; exit 1; }
 [ "${passed}" -gt 0 ] || { echo "run-suites: no test ran in the rig" >&2; exit 1; }

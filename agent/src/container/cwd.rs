@@ -7,6 +7,13 @@
 //! created. Every lookup resolves inside the rootfs (`RESOLVE_IN_ROOT`): a
 //! symlink, absolute or with `..`, is followed as the container would see
 //! it and can never reach the agent's own filesystem.
+//!
+//! A working directory at or below a mount destination (a tmpfs, a bind) lies
+//! in a filesystem that exists only once libcontainer has mounted it: there
+//! the agent adds a `createContainer` hook instead, which libcontainer runs in
+//! the container's mount namespace after the mounts and before `pivot_root`:
+//! the agent binary again ([`MAKE_CWD_SUBCOMMAND`]), as the container's root,
+//! creating the directory in the mounted tree (runc does it at the same point).
 
 use std::ffi::CString;
 use std::io;
@@ -14,7 +21,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{HookBuilder, LinuxIdMapping, LinuxNamespaceType, Spec};
+
+/// The hidden subcommand that makes the agent binary the working directory hook:
+/// `__make-cwd ROOTFS CWD`.
+pub const MAKE_CWD_SUBCOMMAND: &str = "__make-cwd";
 
 /// The mode runc gives a working directory it creates.
 const CWD_MODE: libc::mode_t = 0o755;
@@ -78,6 +89,86 @@ pub fn create_missing_cwd(rootfs: &Path, cwd: &Path, owner: Option<Owner>) -> io
     }
     // The whole path must now be a directory (not a file or a dangling link).
     open_in_root(&root, &prefix).map(drop)
+}
+
+/// Whether the process's working directory is at or below one of the spec's mount
+/// destinations (other than `/`), so that it can only be made once the mounts exist.
+pub fn is_below_a_mount(spec: &Spec) -> bool {
+    let Some(process) = spec.process() else {
+        return false;
+    };
+    let cwd = lexical(process.cwd());
+    spec.mounts().iter().flatten().any(|m| {
+        let destination = lexical(m.destination());
+        destination.components().count() > 1 && cwd.starts_with(&destination)
+    })
+}
+
+/// A path with `.` dropped and `..` applied, as a prefix test needs it (symlinks are left to
+/// the in-root walk).
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => out.push(name),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+/// Adds the `createContainer` hook that creates the working directory once the container's
+/// mounts exist (see the module's comment). The hook runs as the container's root, so the
+/// directories belong to it, user namespace or not.
+pub fn add_make_cwd_hook(spec: &mut Spec, rootfs: &Path) -> io::Result<()> {
+    let Some(process) = spec.process() else {
+        return Ok(());
+    };
+    let text = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path is not UTF-8"))
+    };
+    let hook = HookBuilder::default()
+        // The init process's own binary: the agent's (libcontainer clones it from the helper).
+        .path("/proc/self/exe")
+        .args(vec![
+            "pulse-agent".to_string(),
+            MAKE_CWD_SUBCOMMAND.to_string(),
+            text(rootfs)?,
+            text(process.cwd())?,
+        ])
+        .timeout(30i64)
+        .build()
+        .map_err(io::Error::other)?;
+    let mut hooks = spec.hooks().clone().unwrap_or_default();
+    let mut create = hooks.create_container().clone().unwrap_or_default();
+    create.push(hook);
+    hooks.set_create_container(Some(create));
+    spec.set_hooks(Some(hooks));
+    Ok(())
+}
+
+/// The hook's main: `__make-cwd ROOTFS CWD`. Exit status 0 when the directory exists after it.
+pub fn make_cwd_hook_main() -> i32 {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+    let [rootfs, cwd] = args.as_slice() else {
+        eprintln!("pulse-agent {MAKE_CWD_SUBCOMMAND}: expected ROOTFS CWD");
+        return 2;
+    };
+    match create_missing_cwd(Path::new(rootfs), Path::new(cwd), None) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!(
+                "creating the working directory {}: {e}",
+                Path::new(cwd).display()
+            );
+            1
+        }
+    }
 }
 
 /// Checks that `cwd` is a directory of the tree below `root` (a container's `/proc/PID/root`:

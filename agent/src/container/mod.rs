@@ -28,6 +28,7 @@ use tokio::sync::Mutex;
 use crate::helper::{self, HelperRequest, StdioFds};
 use crate::reaper::{ExitStatus, Reaper};
 
+pub use cwd::{make_cwd_hook_main, MAKE_CWD_SUBCOMMAND};
 pub use process::Process;
 pub use spec::{check_id, SpecError, MAX_ID_LEN};
 pub use stdio::{Stdio, StdioError, Stream};
@@ -248,7 +249,7 @@ impl Manager {
         mounted: &mut Vec<storage::MountedStorage>,
     ) -> Result<(u32, PathBuf, Arc<Process>)> {
         let default_cgroup = format!("{}/{id}", self.config.cgroup_parent.trim_end_matches('/'));
-        let spec = spec::parse_spec(spec_json, &default_cgroup)?;
+        let mut spec = spec::parse_spec(spec_json, &default_cgroup)?;
         if self.state_root().join(id).exists() {
             return Err(ContainerError::AlreadyExists(format!(
                 "container {id:?} already exists in the runtime state"
@@ -260,7 +261,12 @@ impl Manager {
             mounted.push(storage::mount_storage(s, bundle, &self.config.sys_root)?);
         }
         let rootfs = spec::rootfs_of(&spec, bundle)?;
-        create_missing_cwd(&spec, &rootfs)?;
+        if cwd::is_below_a_mount(&spec) {
+            cwd::add_make_cwd_hook(&mut spec, &rootfs)
+                .map_err(|e| ContainerError::Runtime(format!("the working directory hook: {e}")))?;
+        } else {
+            create_missing_cwd(&spec, &rootfs)?;
+        }
         let cgroup_path = spec
             .linux()
             .as_ref()

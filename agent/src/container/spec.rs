@@ -161,9 +161,28 @@ fn check_seccomp(seccomp: &LinuxSeccomp) -> Result<(), SpecError> {
 
 fn check_args(process: &Process) -> Result<(), SpecError> {
     match process.args() {
-        Some(args) if !args.is_empty() && !args[0].is_empty() => Ok(()),
-        _ => Err(SpecError::Malformed("process.args is empty".into())),
+        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
+        _ => return Err(SpecError::Malformed("process.args is empty".into())),
     }
+    check_env(process.env().as_deref().unwrap_or_default())
+}
+
+/// Each `process.env` entry is `NAME=value` with a non-empty name and no NUL, as runc
+/// requires (it fails the start on such an entry); libcontainer would set `FOO` as an empty
+/// variable and drop `=x` silently.
+fn check_env(env: &[String]) -> Result<(), SpecError> {
+    for entry in env {
+        let problem = match entry.split_once('=') {
+            None => "it has no '='",
+            Some(("", _)) => "its name is empty",
+            Some(_) if entry.contains('\0') => "it contains a NUL byte",
+            Some(_) => continue,
+        };
+        return Err(SpecError::Malformed(format!(
+            "process.env entry {entry:?}: {problem} (entries are NAME=value)"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -205,6 +224,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("no linux section"), "{err}");
+    }
+
+    #[test]
+    fn environment_entries_must_be_name_equals_value() {
+        for (env, problem) in [
+            (vec!["PATH=/bin", "FOO"], "\"FOO\": it has no '='"),
+            (vec!["=x"], "\"=x\": its name is empty"),
+            (vec!["A=b\0c"], "it contains a NUL byte"),
+        ] {
+            let json = spec_json(|v| v["process"]["env"] = serde_json::json!(env));
+            let err = parse_spec(&json, "/x").unwrap_err().to_string();
+            assert!(err.contains(problem), "{env:?}: {err}");
+            let process = serde_json::json!({"args": ["true"], "cwd": "/", "env": env, "user": {"uid": 0, "gid": 0}});
+            let err = parse_process(process.to_string().as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(problem), "exec {env:?}: {err}");
+        }
+        let json = spec_json(|v| v["process"]["env"] = serde_json::json!(["A=", "B=c=d"]));
+        parse_spec(&json, "/x").expect("an empty value and a value with '=' are fine");
     }
 
     #[test]

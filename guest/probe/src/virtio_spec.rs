@@ -1,5 +1,5 @@
 //! The virtio-mmio transport (virtio 1.x, Version 2) and Pulse's per-queue MSI extension
-//! (`shared/docs/mmio-msi-protocol.md`): register offsets, bit values, and the decisions the
+//! (`docs/virtio-mmio-msi.md`): register offsets, bit values, and the decisions the
 //! driver makes from what it reads. No hardware access here, so all of it is unit-tested.
 
 /// Register offsets in a device window. 16-bit registers are marked; the VMM ignores

@@ -1,5 +1,5 @@
 //! The virtio-mmio block driver with per-queue MSI (Pulse's extension, see
-//! `shared/docs/mmio-msi-protocol.md`, guest side).
+//! `docs/virtio-mmio-msi.md`, "What a guest driver does").
 //!
 //! The BSP sets up every `virtio_mmio.device=` from the command line (reset, features, MSI
 //! vectors or the legacy IOAPIC line, queues, DRIVER_OK), marks "workload starts" on port
