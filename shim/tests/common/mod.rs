@@ -345,7 +345,8 @@ impl Env {
         }
     }
 
-    /// Processes that belong to this environment's pods (shims, qemu, vhost-device-vsock).
+    /// Processes that belong to this environment's pods (shims, qemu, vhost-device-vsock,
+    /// virtiofsd).
     pub fn pod_processes(&self) -> Vec<(u32, String)> {
         let needle = self.dir.path().to_string_lossy().to_string();
         processes()
@@ -354,7 +355,8 @@ impl Env {
                 cmd.contains(&needle)
                     && (cmd.contains("containerd-shim-pulse-v2")
                         || cmd.contains("qemu-system")
-                        || cmd.contains("vhost-device-vsock"))
+                        || cmd.contains("vhost-device-vsock")
+                        || cmd.contains("virtiofsd"))
             })
             .collect()
     }
