@@ -337,6 +337,39 @@ fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
     }
     eprintln!("in-place rewrite seen after {:?}", rewritten.elapsed());
 
+    // A second container of the pod shares the pod's /dev/shm (and binds the same file).
+    let shm_mount = bind_arg(&shm, "/dev/shm", "rbind:rw");
+    let hosts_mount = bind_arg(&h.join("hosts"), "/etc/hosts", "rbind:ro");
+    let mut args = vec!["run", "--rm", "--runtime", &shim];
+    args.extend_from_slice(&[
+        "--annotation",
+        "io.kubernetes.cri.container-type=container",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=vfs1",
+        "--mount",
+        &shm_mount,
+        "--mount",
+        &hosts_mount,
+        IMAGE,
+        "vfs-shm",
+        "sh",
+        "-c",
+        "cat /dev/shm/x /etc/hosts",
+    ]);
+    let out = env.ctr(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("s\n127.0.0.1 localhost"),
+        "{}",
+        text(&out.stdout)
+    );
+    let _ = env.ctr(&["containers", "delete", "vfs-shm"]);
+    assert!(
+        !share_mounts(&env).iter().any(|m| m.contains("vfs-shm")),
+        "the second container's binds went with it: {:?}",
+        share_mounts(&env)
+    );
+
     // A socket cannot be shared: this container's create fails by name, the pod goes on.
     let sock = h.join("agent.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
