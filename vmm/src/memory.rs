@@ -192,7 +192,8 @@ mod tests {
         let file = region.file_offset().unwrap().file();
         assert_eq!(file.metadata().unwrap().len(), 16 << 20);
         // A write through the guest's mapping is in the file (what the backend maps), and back.
-        mem.write_obj(0x1234_5678u32, GuestAddress(0x10_0000)).unwrap();
+        mem.write_obj(0x1234_5678u32, GuestAddress(0x10_0000))
+            .unwrap();
         let mut word = [0u8; 4];
         file.read_exact_at(&mut word, 0x10_0000).unwrap();
         assert_eq!(u32::from_le_bytes(word), 0x1234_5678);
