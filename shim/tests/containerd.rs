@@ -232,18 +232,6 @@ fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
     }
     args.extend_from_slice(&[IMAGE, "vfs1", "sleep", "1000"]);
     let out = env.ctr(&args);
-    if common::embedded() {
-        // The embedded backend has no shared filesystem yet: the create fails by name.
-        assert_ne!(out.status.code(), Some(0));
-        let err = text(&out.stderr);
-        assert!(
-            err.contains("mount /data: the host path") && err.contains("no shared filesystem"),
-            "{err}"
-        );
-        let _ = env.ctr(&["containers", "delete", "vfs1"]);
-        env.assert_no_leaks();
-        return;
-    }
     assert!(out.status.success(), "{}\n{}", text(&out.stderr), env.log());
     env.wait_status("vfs1", "RUNNING");
     let procs = env.pod_processes();
@@ -441,28 +429,18 @@ fn a_file_bind_goes_with_its_pod() {
     std::fs::write(&hosts, "10.9.8.7 bound-by-pulse\n").unwrap();
     let mount = bind_arg(&hosts, "/etc/hosts", "rbind:ro");
     let out = env.run_rm("vfs2", &["--mount", &mount], &["cat", "/etc/hosts"]);
-    if common::embedded() {
-        assert_ne!(out.status.code(), Some(0));
-        assert!(
-            text(&out.stderr).contains("mount /etc/hosts: the host path"),
-            "{}",
-            text(&out.stderr)
-        );
-        let _ = env.ctr(&["containers", "delete", "vfs2"]);
-    } else {
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}\n{}",
-            text(&out.stderr),
-            env.log()
-        );
-        assert!(
-            text(&out.stdout).contains("10.9.8.7 bound-by-pulse"),
-            "{}",
-            text(&out.stdout)
-        );
-    }
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        env.log()
+    );
+    assert!(
+        text(&out.stdout).contains("10.9.8.7 bound-by-pulse"),
+        "{}",
+        text(&out.stdout)
+    );
     env.assert_no_leaks();
     assert!(share_mounts(&env).is_empty());
     assert!(hosts.exists());
@@ -632,8 +610,8 @@ fn kill_9_of_the_shim_then_delete_leaves_nothing() {
             .into_iter()
             .filter(|(_, c)| {
                 if common::embedded() {
-                    // The VMM is the shim itself.
-                    c.contains("containerd-shim-pulse-v2")
+                    // The VMM is the shim itself; virtiofsd and its sandboxed child.
+                    c.contains("containerd-shim-pulse-v2") || c.contains("virtiofsd")
                 } else {
                     c.contains("qemu-system")
                         || c.contains("vhost-device-vsock")
@@ -642,7 +620,7 @@ fn kill_9_of_the_shim_then_delete_leaves_nothing() {
             })
             .collect();
         // qemu: QEMU, vhost-device-vsock, virtiofsd and its sandboxed child.
-        assert_eq!(vm.len(), if common::embedded() { 1 } else { 4 }, "{vm:?}");
+        assert_eq!(vm.len(), if common::embedded() { 3 } else { 4 }, "{vm:?}");
         for (pid, cmd) in &vm {
             assert!(
                 members.lines().any(|l| l.trim() == pid.to_string()),
@@ -1031,8 +1009,8 @@ fn pause_resume_metrics_update_and_the_management_socket() {
     let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(report["sandbox"], "pm1");
     assert_eq!(report["host"]["backend"], common::backend());
-    // vsock, 4 block slots, and on the qemu backend the virtio-fs share (devices.shared_fs).
-    let devices = if common::embedded() { 5 } else { 6 };
+    // vsock, 4 block slots and the virtio-fs share (devices.shared_fs).
+    let devices = 6;
     assert_eq!(
         report["host"]["devices"].as_array().map(Vec::len),
         Some(devices),

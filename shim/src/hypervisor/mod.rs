@@ -13,6 +13,7 @@ pub mod child;
 pub mod embedded;
 pub mod qemu;
 pub mod qmp;
+pub mod virtiofsd;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -11,12 +11,8 @@
 //!   placeholder and runs QMP `block_resize`, which raises virtio-blk's
 //!   configuration-change interrupt in the guest.
 //! - shared filesystem (`devices.shared_fs`): QEMU's `vhost-user-fs-device`
-//!   served by one `virtiofsd` per pod that exports the pod's share
-//!   ([`crate::shared_fs`]) with `--cache auto` (attributes and directory
-//!   entries trusted for one second, file data re-read on open: a change on
-//!   the host, a ConfigMap's `..data` swap included, is seen in the guest within
-//!   about a second), in its own namespaces (`--sandbox namespace`) under its
-//!   seccomp filter;
+//!   served by the pod's virtiofsd ([`super::virtiofsd`]), which exports the
+//!   pod's share ([`crate::shared_fs`]);
 //! - the children get `PR_SET_PDEATHSIG` = SIGKILL: if the shim dies, so does
 //!   the VM (the `delete` subcommand also kills them by pid); they run in the
 //!   pod's cgroup with a private umask ([`super::child`]);
@@ -39,6 +35,7 @@ use tokio::process::{Child, Command};
 
 use super::child::confine;
 use super::qmp::{self, Qmp};
+use super::virtiofsd;
 use super::{
     base_cmdline, create_placeholders, host_has_hw_virt, HostDevice, HostView, Hypervisor,
     HypervisorError, SandboxPaths,
@@ -46,7 +43,7 @@ use super::{
 use crate::cgroup::PodCgroup;
 use crate::config::{Accel, PulseConfig};
 use crate::console::ConsoleCapture;
-use crate::shared_fs::{self, SharedFs};
+use crate::shared_fs;
 use crate::state::slot_serial;
 
 /// How long the helpers may take to create their sockets.
@@ -117,32 +114,7 @@ impl Qemu {
     }
 
     fn virtiofsd_log(&self) -> PathBuf {
-        self.paths.dir.join("virtiofsd.log")
-    }
-
-    /// virtiofsd's arguments.
-    pub fn virtiofsd_args(&self) -> Vec<String> {
-        let share = SharedFs::new(&self.paths);
-        vec![
-            "--socket-path".into(),
-            self.paths.virtiofs().display().to_string(),
-            "--shared-dir".into(),
-            share.export_dir().display().to_string(),
-            "--tag".into(),
-            shared_fs::TAG.into(),
-            // See the module's comment.
-            "--cache".into(),
-            "auto".into(),
-            "--sandbox".into(),
-            "namespace".into(),
-            "--seccomp".into(),
-            "kill".into(),
-            // Each bind is its own mount in the guest (its own st_dev): inode numbers of
-            // different host file systems never collide.
-            "--announce-submounts".into(),
-            "--log-level".into(),
-            "warn".into(),
-        ]
+        virtiofsd::log_path(&self.paths)
     }
 
     /// QEMU's arguments.
@@ -274,25 +246,11 @@ impl Qemu {
     }
 
     async fn spawn_virtiofsd(&mut self) -> Result<(), HypervisorError> {
-        let binary = self.config.qemu.virtiofsd_binary.clone();
         let log = self.capture(self.virtiofsd_log(), "the virtiofsd log")?;
-        let mut cmd = Command::new(&binary);
-        cmd.args(self.virtiofsd_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
-        confine(&mut cmd, self.cgroup.as_deref(), Vec::new())?;
-        let child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
-            what: binary.display().to_string(),
-            message: format!(
-                "{e} (devices.shared_fs needs virtiofsd: cargo install virtiofsd, or \
-                 scripts/install-deps.sh)"
-            ),
-        })?;
+        let child =
+            virtiofsd::spawn(&self.config, &self.paths, self.cgroup.as_deref(), log).await?;
         self.virtiofsd = Some(child);
-        let socket = self.paths.virtiofs();
-        self.wait_for(&socket, "virtiofsd").await
+        Ok(())
     }
 
     async fn spawn_qemu(&mut self) -> Result<(), HypervisorError> {
@@ -352,12 +310,6 @@ impl Qemu {
         }
     }
 
-    fn log_tail(path: &std::path::Path) -> String {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        lines[lines.len().saturating_sub(3)..].join("; ")
-    }
-
     async fn resize(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
         let qmp = self
             .qmp
@@ -370,6 +322,13 @@ impl Qemu {
         .await
         .map(|_| ())
     }
+}
+
+/// The last lines of a helper's log, for error messages.
+pub fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join("; ")
 }
 
 #[async_trait]
@@ -501,7 +460,7 @@ impl Hypervisor for Qemu {
             if let Some(c) = child {
                 if let Ok(Some(status)) = c.try_wait() {
                     let (name, log) = &logs[i];
-                    let tail = Self::log_tail(log);
+                    let tail = log_tail(log);
                     let reason = if tail.is_empty() {
                         format!("{name} exited ({status})")
                     } else {
@@ -530,23 +489,11 @@ impl Hypervisor for Qemu {
         }
         self.qmp = None;
         // The backends end when QEMU hangs up; SIGTERM (then SIGKILL) if they did not.
-        for mut backend in [self.vhost.take(), self.virtiofsd.take()]
+        for backend in [self.vhost.take(), self.virtiofsd.take()]
             .into_iter()
             .flatten()
         {
-            if let Some(pid) = backend.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            if tokio::time::timeout(Duration::from_secs(1), backend.wait())
-                .await
-                .is_err()
-            {
-                let _ = backend.kill().await;
-            }
-            let _ = backend.wait().await;
+            virtiofsd::stop(backend).await;
         }
         for path in [
             self.paths.vsock(),
@@ -605,14 +552,6 @@ mod tests {
                  -device vhost-user-fs-device,chardev=fs0,tag=pulse-shared"
             ),
             "{args}"
-        );
-        let fs = q.virtiofsd_args().join(" ");
-        assert!(
-            fs.contains("--socket-path /run/pulse/ns/p/virtiofs.sock")
-                && fs.contains("--shared-dir /run/pulse/ns/p/shared")
-                && fs.contains("--cache auto")
-                && fs.contains("--sandbox namespace"),
-            "{fs}"
         );
         assert_eq!(q.shared_fs_tag(), Some("pulse-shared"));
         q.config.devices.shared_fs = false;

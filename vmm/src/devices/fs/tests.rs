@@ -140,7 +140,8 @@ impl Driver {
                 Instant::now() < deadline,
                 "virtiofsd did not answer opcode {opcode}"
             );
-            std::thread::sleep(Duration::from_millis(2));
+            // Not sleep: a vCPU thread's filter has no nanosleep (the confined test below).
+            std::thread::yield_now();
         }
         let (id, written) = ring.used_elem(before);
         assert_eq!(id, u32::from(head));
@@ -351,4 +352,67 @@ fn anonymous_guest_memory_is_refused_at_activation() {
         )
         .unwrap_err();
     assert!(matches!(err, ActivateError::QueueNotReady(1)), "{err}");
+}
+
+const CONFINED_CHILD_ENV: &str = "PULSE_FS_CONFINED_CHILD";
+const CONFINED_CHILD_TEST: &str = "devices::fs::tests::confined_child_entry";
+
+/// The child of [`activation_and_reset_run_under_the_vcpu_filter`]: the embedder's thread
+/// connects (as `Vm::start` does), then a thread confined as a vCPU (filters on) activates the
+/// device, drives two requests and resets it, as a guest's register writes make a vCPU do;
+/// the relay starts through the spawner under the `fs` filter. A forbidden call ends the
+/// process with status 159.
+#[test]
+fn confined_child_entry() {
+    let Ok(socket) = std::env::var(CONFINED_CHILD_ENV) else {
+        return;
+    };
+    let _lease = confine::prepare(confine::Policy { seccomp: true }).unwrap();
+    let fs = Fs::new(FsConfig::new(socket, "pulse-shared")).unwrap();
+    let mem = create_shared_guest_memory(16).unwrap();
+    let thread = confine::spawn(ThreadKind::Vcpu, "vcpu-fs-test".into(), move || {
+        let mut fs = fs;
+        let mut driver = Driver::new(&mem);
+        let irq = Arc::new(CountingInterrupt::default());
+        let features = fs.features() & !features::RING_EVENT_IDX;
+        fs.activate(mem.clone(), features, driver.queues(), irq.clone())
+            .unwrap();
+        driver.init();
+        let size = driver.lookup_size("hello");
+        fs.reset();
+        drop(fs);
+        size
+    })
+    .unwrap();
+    let size = thread.join().unwrap();
+    println!("FS-CHILD-DONE size={size}");
+}
+
+#[test]
+fn activation_and_reset_run_under_the_vcpu_filter() {
+    let Some(binary) = virtiofsd() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(&binary, dir.path(), &shared_dir(dir.path()));
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            CONFINED_CHILD_TEST,
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CONFINED_CHILD_ENV, &backend.socket)
+        // A backtrace would open files to symbolize it (see docs/confinement.md).
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("FS-CHILD-DONE size=20"),
+        "status {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
 }
