@@ -73,7 +73,11 @@ pub fn skip_reason() -> Option<String> {
     } else {
         &["qemu-system-x86_64", "vhost-device-vsock"]
     };
-    for cmd in ["containerd", "ctr", "mkfs.ext4"].iter().chain(vm_tools) {
+    // virtiofsd: every pod's shared filesystem (devices.shared_fs), with either backend.
+    for cmd in ["containerd", "ctr", "mkfs.ext4", "virtiofsd"]
+        .iter()
+        .chain(vm_tools)
+    {
         if !have(cmd) {
             return Some(format!("{cmd} is not installed (scripts/install-deps.sh)"));
         }
