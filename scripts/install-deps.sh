@@ -20,6 +20,8 @@ done
 for pkg in bc bison flex libelf-dev libssl-dev e2fsprogs libseccomp-dev gperf pkg-config; do
     pkg_installed "$pkg" || need_apt+=("$pkg")
 done
+# libcap-ng-dev (with libseccomp-dev above): what virtiofsd (below) links.
+pkg_installed libcap-ng-dev || need_apt+=(libcap-ng-dev)
 # g++: libFuzzer, which the fuzz targets link (fuzz/, make fuzz-smoke), is C++.
 pkg_installed g++ || need_apt+=(g++)
 # The CRI suite (shim/tests/cri): containernetworking-plugins gives the CNI bridge, host-local
@@ -63,6 +65,15 @@ fi
 if ! have vhost-device-vsock && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/vhost-device-vsock" ]; then
     echo "install-deps: cargo install vhost-device-vsock 0.3.0"
     cargo install --quiet --locked vhost-device-vsock --version 0.3.0
+fi
+
+# virtiofsd: the virtio-fs backend (vhost-user-fs) that carries a pod's host paths (bind mounts,
+# ConfigMaps, Secrets) into its guest; the shim starts one per pod (shim/src/virtiofs.rs). The Rust
+# virtiofsd of the virtio-fs project itself (gitlab.com/virtio-fs/virtiofsd), the backend Kata
+# Containers ships; QEMU 7.2's C virtiofsd (/usr/lib/qemu/virtiofsd) is deprecated and unmaintained.
+if ! have virtiofsd && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/virtiofsd" ]; then
+    echo "install-deps: cargo install virtiofsd 1.14"
+    cargo install --quiet --locked virtiofsd --version '~1.14'
 fi
 
 # The nested-virtualization rig's L1 kernel (scripts/nested.sh): Debian's amd64 kernel, extracted.

@@ -18,4 +18,5 @@ pub mod reaper;
 mod runtime;
 pub mod server;
 pub mod service;
+pub mod shared;
 mod workload;

@@ -60,6 +60,49 @@ async fn pid1_sets_up_the_guest_and_powers_off_on_destroy() {
     assert_eq!(details.hostname, "pod-host");
     assert_eq!(details.sandbox_id, "pod-1");
 
+    // The pod's shared memory: a tmpfs of the size the shim asked for, once (a second
+    // CreateSandbox finds it mounted).
+    let agent_pid = children(agent.pid())[0];
+    let shm = CreateSandboxRequest {
+        sandbox_id: "pod-1".into(),
+        shm_size_bytes: 1 << 20,
+        ..Default::default()
+    };
+    agent.sandbox.create_sandbox(ctx(), &shm).await.unwrap();
+    agent.sandbox.create_sandbox(ctx(), &shm).await.unwrap();
+    let mountinfo = std::fs::read_to_string(format!("/proc/{agent_pid}/mountinfo")).unwrap();
+    let shm_mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some("/run/pulse/sandbox-shm"))
+        .collect();
+    assert_eq!(shm_mounts.len(), 1, "{mountinfo}");
+    assert!(
+        shm_mounts[0].contains(" - tmpfs ") && shm_mounts[0].contains("size=1024k"),
+        "{}",
+        shm_mounts[0]
+    );
+    // The virtio-fs share: a bad tag is refused, and without such a device the mount fails
+    // by name (this "guest" has none).
+    for (tag, wanted) in [
+        ("bad tag", "must be 1 to 36 printable ASCII characters"),
+        ("pulse-shared", "on /run/pulse/shared: "),
+    ] {
+        let err = agent
+            .sandbox
+            .create_sandbox(
+                ctx(),
+                &CreateSandboxRequest {
+                    sandbox_id: "pod-1".into(),
+                    shared_fs_tag: tag.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(wanted) && err.contains(tag), "{err}");
+    }
+
     // Containers run under it (cgroup v2, the agent reaping as PID 1).
     agent.run("c", &["sh", "-c", "echo in-guest; exit 4"]).await;
     assert_eq!(agent.read_all("c", "", false).await, "in-guest\n");
@@ -67,7 +110,6 @@ async fn pid1_sets_up_the_guest_and_powers_off_on_destroy() {
     agent.run("d", &["sleep", "1000"]).await;
     // Every helper and intermediate process was reaped: no child of the
     // agent is a zombie.
-    let agent_pid = children(agent.pid())[0];
     assert!(
         !children(agent_pid).is_empty(),
         "the running container is a child of the agent"

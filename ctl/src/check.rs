@@ -225,6 +225,26 @@ pub fn run(args: CheckArgs) -> Result<bool> {
             }
         }
     }
+    // devices.shared_fs (on unless turned off): one virtiofsd per pod, with either backend.
+    let shared_fs = config
+        .as_ref()
+        .and_then(|c| c.get("devices")?.get("shared_fs")?.as_bool())
+        .unwrap_or(true);
+    if shared_fs {
+        let binary = get("qemu", "virtiofsd_binary", "virtiofsd");
+        match on_path(&binary) {
+            Some(p) => add(true, true, "qemu.virtiofsd_binary", p.display().to_string()),
+            None => add(
+                false,
+                true,
+                "qemu.virtiofsd_binary",
+                format!(
+                    "{binary} not found (cargo install virtiofsd; devices.shared_fs carries \
+                     the containers' bind mounts of host paths)"
+                ),
+            ),
+        }
+    }
 
     let mut can = true;
     for f in &findings {

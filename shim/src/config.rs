@@ -133,6 +133,9 @@ pub struct DevicesConfig {
     pub msi: bool,
     /// A virtio-console (`hvc0` in the guest) writing to `<sandbox>/hvc0.log`.
     pub virtio_console: bool,
+    /// A virtio-fs device (a virtiofsd per pod) that carries the containers' bind mounts of
+    /// host paths into the guest; off: such a mount fails the create.
+    pub shared_fs: bool,
 }
 
 impl Default for DevicesConfig {
@@ -143,6 +146,7 @@ impl Default for DevicesConfig {
             net_queues: 0,
             msi: true,
             virtio_console: false,
+            shared_fs: true,
         }
     }
 }
@@ -177,6 +181,8 @@ pub struct QemuConfig {
     pub binary: PathBuf,
     /// The vhost-user vsock backend.
     pub vhost_vsock_binary: PathBuf,
+    /// The vhost-user-fs backend (`devices.shared_fs`).
+    pub virtiofsd_binary: PathBuf,
     /// `auto`, `kvm` or `tcg`.
     pub accel: Accel,
     /// Extra arguments appended to QEMU's command line.
@@ -188,6 +194,7 @@ impl Default for QemuConfig {
         Self {
             binary: PathBuf::from("qemu-system-x86_64"),
             vhost_vsock_binary: PathBuf::from("vhost-device-vsock"),
+            virtiofsd_binary: PathBuf::from("virtiofsd"),
             accel: Accel::Auto,
             extra_args: Vec::new(),
         }
@@ -533,9 +540,16 @@ mod tests {
                     "net_queues",
                     "msi",
                     "virtio_console",
+                    "shared_fs",
                 ]),
                 agent: keys(&["port", "connect_timeout_ms", "request_timeout_ms"]),
-                qemu: keys(&["binary", "vhost_vsock_binary", "accel", "extra_args"]),
+                qemu: keys(&[
+                    "binary",
+                    "vhost_vsock_binary",
+                    "virtiofsd_binary",
+                    "accel",
+                    "extra_args",
+                ]),
                 rootfs: keys(&["free_mib", "min_mib", "mkfs"]),
                 shim: keys(&[
                     "state_dir",

@@ -24,6 +24,7 @@ pub mod report;
 pub mod rootfs;
 pub mod sandbox;
 pub mod service;
+pub mod shared_fs;
 pub mod shim;
 pub mod spec;
 pub mod state;

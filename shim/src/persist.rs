@@ -43,7 +43,7 @@ pub struct SandboxRecord {
     pub dir: PathBuf,
     /// The shim serving it.
     pub shim: Option<ProcRecord>,
-    /// VMM processes (qemu, vhost-device-vsock).
+    /// VMM processes (qemu, vhost-device-vsock, virtiofsd).
     pub vm: Vec<ProcRecord>,
     /// The pod's cgroup, when it has one.
     #[serde(default)]
@@ -133,6 +133,15 @@ pub fn remove_dir(dir: &Path) {
     }
     for m in crate::mountinfo::mounts_below(&crate::mountinfo::current(), dir) {
         let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    // The pod's share binds host paths below it (crate::shared_fs): never delete through one.
+    let left = crate::mountinfo::mounts_below(&crate::mountinfo::current(), dir);
+    if !left.is_empty() {
+        tracing::error!(
+            "still mounted after unmounting: {left:?}; leaving {}",
+            dir.display()
+        );
+        return;
     }
     if let Err(e) = std::fs::remove_dir_all(dir) {
         tracing::warn!("removing {}: {e}", dir.display());

@@ -39,7 +39,10 @@ pub fn compare(host: &HostView, guest: &DeviceReport) -> Vec<String> {
             ));
             continue;
         }
-        if *kind != "vsock" {
+        // A vsock device's queues are fixed; a virtio-fs device's count shows in the guest only
+        // through its per-queue vectors (0: unknown, on the legacy line).
+        let unknown = *kind == "fs" && g.iter().any(|d| guest_queues(d) == 0);
+        if *kind != "vsock" && !unknown {
             let mut hq: Vec<u32> = h.iter().map(|d| u32::from(d.queues)).collect();
             let mut gq: Vec<u32> = g.iter().map(|d| guest_queues(d)).collect();
             hq.sort_unstable();

@@ -1,6 +1,8 @@
 //! A pod's sandbox: its VM (through a [`Hypervisor`] backend), the agent
-//! connection, the block slots that carry container rootfs disks, the device
-//! check, the management socket, and a teardown that leaves nothing behind.
+//! connection, the block slots that carry container rootfs disks, the share
+//! that carries the containers' bind mounts of host paths (virtio-fs), the
+//! device check, the management socket, and a teardown that leaves nothing
+//! behind.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,8 @@ use crate::hypervisor::{self, Hypervisor, SandboxPaths};
 use crate::persist::{self, ProcRecord, SandboxRecord};
 use crate::report::{self, Report};
 use crate::rootfs::{self, RootfsMount};
+use crate::shared_fs::{SharedFs, SANDBOX_SHM_BYTES};
+use crate::spec::MountPlan;
 use crate::state::{slot_serial, SandboxMachine, SlotTable, StateError};
 
 /// How long the agent gets to remove the containers at teardown.
@@ -40,6 +44,7 @@ pub struct Sandbox {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     oom: Arc<OomScanner>,
     cgroup: Option<Arc<PodCgroup>>,
+    share: Option<SharedFs>,
 }
 
 impl Sandbox {
@@ -81,7 +86,16 @@ impl Sandbox {
             )
         })?;
         let mut vm = hypervisor::create(&config, paths.clone(), cgroup.clone());
-        let booted = vm.boot().await;
+        let share = vm.shared_fs_tag().map(|_| SharedFs::new(&paths));
+        let booted = match &share {
+            Some(share) => match share.prepare() {
+                Ok(()) => vm.boot().await,
+                Err(e) => Err(hypervisor::HypervisorError::Control(format!(
+                    "preparing the pod's shared directory: {e}"
+                ))),
+            },
+            None => vm.boot().await,
+        };
         record.vm = vm
             .host_view()
             .pids
@@ -135,6 +149,8 @@ impl Sandbox {
                     sandbox_id: pod.into(),
                     hostname: hostname_of(hostname.filter(|h| !h.is_empty()).unwrap_or(pod)),
                     host_time_unix_nanos: host_time_unix_nanos(),
+                    shared_fs_tag: vm.shared_fs_tag().unwrap_or_default().into(),
+                    shm_size_bytes: SANDBOX_SHM_BYTES,
                     ..Default::default()
                 },
             )
@@ -158,6 +174,7 @@ impl Sandbox {
             tasks: Mutex::new(Vec::new()),
             oom: Arc::new(OomScanner::new(paths.console())),
             cgroup,
+            share,
         });
         sandbox.check_devices().await;
         match crate::mgmt::serve(&paths.mgmt(), Arc::downgrade(&sandbox)) {
@@ -271,6 +288,39 @@ impl Sandbox {
         })
     }
 
+    /// Whether the pod's VM has a virtio-fs share for host paths.
+    pub fn has_shared_fs(&self) -> bool {
+        self.share.is_some()
+    }
+
+    /// Binds the host sources of container `id`'s shared mounts into the pod's share (what
+    /// [`crate::spec::rewrite_mounts`] points the guest at).
+    pub fn share_mounts(&self, id: &str, plans: &[MountPlan]) -> Result<()> {
+        if !plans.iter().any(|p| matches!(p, MountPlan::Share { .. })) {
+            return Ok(());
+        }
+        let share = self
+            .share
+            .as_ref()
+            .ok_or_else(|| anyhow!("pod {}: its VM has no shared filesystem", self.pod))?;
+        let bound = share
+            .bind(id, plans)
+            .with_context(|| format!("container {id}: sharing its bind mounts with the guest"))?;
+        tracing::info!(
+            container = id,
+            bound,
+            "host paths bound into the pod's share"
+        );
+        Ok(())
+    }
+
+    /// Removes container `id`'s binds from the pod's share.
+    pub fn unshare_mounts(&self, id: &str) {
+        if let Some(share) = &self.share {
+            share.unbind(id);
+        }
+    }
+
     /// Empties container `id`'s slot (the agent unmounted it when it removed the container).
     pub async fn detach_rootfs(&self, id: &str) {
         let slot = self.slots.lock().unwrap().release(id);
@@ -364,7 +414,13 @@ async fn remove_cgroup(cgroup: Option<&Arc<PodCgroup>>) {
 
 /// Unix socket paths must fit in sun_path (108 bytes with the NUL).
 fn check_socket_paths(paths: &SandboxPaths) -> Result<()> {
-    for p in [paths.vhost(), paths.vsock(), paths.qmp(), paths.mgmt()] {
+    for p in [
+        paths.vhost(),
+        paths.vsock(),
+        paths.qmp(),
+        paths.mgmt(),
+        paths.virtiofs(),
+    ] {
         // The VMM's vsock adds `_<port>` for guest-initiated connections.
         if p.as_os_str().len() > pulse_vmm::devices::vsock::MAX_UDS_PATH {
             return Err(anyhow!(

@@ -352,8 +352,10 @@ impl Service {
         spec: &mut serde_json::Value,
     ) -> ttrpc::Result<u32> {
         sandbox.check_add_container().map_err(state_err)?;
-        crate::spec::check_mounts(spec)
-            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let plans =
+            crate::spec::plan_mounts(spec, sandbox.has_shared_fs(), crate::shared_fs::source_kind)
+                .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        sandbox.share_mounts(&req.id, &plans).map_err(internal)?;
         let mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()
@@ -364,10 +366,17 @@ impl Service {
             })
             .collect();
         // Without mounts the tree is the spec's root.path, as runc takes it.
-        let storage = sandbox
+        let storage = match sandbox
             .attach_rootfs(&req.id, &mounts, &crate::spec::host_root(spec, bundle))
             .await
-            .map_err(internal)?;
+        {
+            Ok(storage) => storage,
+            Err(e) => {
+                sandbox.unshare_mounts(&req.id);
+                return Err(internal(e));
+            }
+        };
+        crate::spec::rewrite_mounts(spec, &req.id, &plans);
         for note in crate::spec::for_guest(spec).notes {
             tracing::info!(container = %req.id, "spec: {note}");
         }
@@ -393,6 +402,7 @@ impl Service {
             Ok(r) => r.pid,
             Err(e) => {
                 sandbox.detach_rootfs(&req.id).await;
+                sandbox.unshare_mounts(&req.id);
                 return Err(agent_err(
                     &format!("creating container {} in the guest", req.id),
                     e,
@@ -791,6 +801,7 @@ impl Task for Service {
             tracing::warn!(container = %req.id, "removing the container in the guest: {e}");
         }
         sandbox.detach_rootfs(&req.id).await;
+        sandbox.unshare_mounts(&req.id);
         let exit = {
             let mut state = self.inner.state.lock().unwrap();
             let c = state.container(&req.id)?;

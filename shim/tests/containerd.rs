@@ -151,28 +151,318 @@ fn limits_every_cgroup_controller_and_the_seccomp_profile_reach_the_guest() {
     env.assert_no_leaks();
 }
 
-/// A host bind mount cannot reach the guest yet: the create fails naming the mount, and the
-/// failed pod leaves nothing behind (never a container that silently lacks its mount).
+/// `ctr --mount` of a host path.
+fn bind_arg(src: &std::path::Path, dst: &str, options: &str) -> String {
+    format!(
+        "type=bind,src={},dst={dst},options={options}",
+        src.display()
+    )
+}
+
+/// Mounts below this environment's state directory, as /proc/self/mountinfo lists them.
+fn share_mounts(env: &Env) -> Vec<String> {
+    let state = env.state_dir();
+    env.mounts()
+        .into_iter()
+        .filter(|m| std::path::Path::new(m).starts_with(&state))
+        .collect()
+}
+
+/// Runs `script` in container `id` (`sh -c`); returns (exit code, stdout + stderr).
+fn exec_sh(env: &Env, id: &str, exec_id: &str, script: &str) -> (Option<i32>, String) {
+    let out = env.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        exec_id,
+        id,
+        "sh",
+        "-c",
+        script,
+    ]);
+    (
+        out.status.code(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+/// A ConfigMap volume as kubelet writes it: `..data` -> a timestamped directory, `key` ->
+/// `..data/key`; each update writes a new directory and swaps `..data` with a rename.
+fn configmap_write(dir: &std::path::Path, generation: u32, value: &str) {
+    let version = format!("..2026_12_04_{generation}");
+    std::fs::create_dir_all(dir.join(&version)).unwrap();
+    std::fs::write(dir.join(&version).join("key"), value).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if !dir.join("key").exists() {
+        std::os::unix::fs::symlink("..data/key", dir.join("key")).unwrap();
+    }
+    if generation > 1 {
+        std::fs::remove_dir_all(dir.join(format!("..2026_12_04_{}", generation - 1))).unwrap();
+    }
+}
+
+/// Host paths reach the containers through the pod's virtio-fs share: a directory bind the
+/// container writes and the host reads, a read-only directory bind (a write fails with EROFS),
+/// a file bind (as /etc/hosts), a ConfigMap-like directory whose `..data` swap on the host is
+/// seen in the container within seconds, containerd's CRI pod /dev/shm as the pod's own tmpfs
+/// in the guest; a bind of a socket fails that container's create by name and leaves the pod
+/// running; after a kill -9 of the shim and containerd's cleanup nothing is left (no
+/// virtiofsd, no bind mount, no socket).
 #[test]
-fn a_bind_mount_fails_the_create_by_name_and_leaves_nothing() {
+fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
     require_env!();
     let _one = serial();
     let env = Env::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mount = format!(
-        "type=bind,src={},dst=/data,options=rbind:ro",
-        dir.path().display()
+    let host = tempfile::tempdir().unwrap();
+    let h = host.path();
+    std::fs::create_dir_all(h.join("data")).unwrap();
+    std::fs::write(h.join("data/in"), "from-host\n").unwrap();
+    std::fs::create_dir_all(h.join("rodir")).unwrap();
+    std::fs::write(h.join("rodir/r"), "read-only\n").unwrap();
+    std::fs::write(
+        h.join("hosts"),
+        "127.0.0.1 localhost\n10.1.2.3 pulse-test-host\n",
+    )
+    .unwrap();
+    configmap_write(&h.join("cm"), 1, "v1");
+    let shm = h.join("io.containerd.grpc.v1.cri/sandboxes/vfs1/shm");
+    std::fs::create_dir_all(&shm).unwrap();
+    let mounts = [
+        bind_arg(&h.join("data"), "/data", "rbind:rw"),
+        bind_arg(&h.join("rodir"), "/ro", "rbind:ro"),
+        bind_arg(&h.join("hosts"), "/etc/hosts", "rbind:ro"),
+        bind_arg(&h.join("cm"), "/cm", "rbind:ro"),
+        bind_arg(&shm, "/dev/shm", "rbind:rw"),
+    ];
+    let pod = [
+        "--annotation",
+        "io.kubernetes.cri.container-type=sandbox",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=vfs1",
+    ];
+    let shim = shim();
+    let mut args = vec!["run", "-d", "--runtime", &shim];
+    args.extend_from_slice(&pod);
+    for m in &mounts {
+        args.extend_from_slice(&["--mount", m]);
+    }
+    args.extend_from_slice(&[IMAGE, "vfs1", "sleep", "1000"]);
+    let out = env.ctr(&args);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), env.log());
+    env.wait_status("vfs1", "RUNNING");
+    let procs = env.pod_processes();
+    assert!(
+        procs.iter().any(|(_, c)| c.contains("virtiofsd")),
+        "no virtiofsd: {procs:?}"
     );
-    let out = env.run_rm("bind1", &["--mount", &mount], &["ls", "/data"]);
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(
+        share_mounts(&env).len() >= 4,
+        "the binds are in the pod's share: {:?}",
+        share_mounts(&env)
+    );
+
+    // A read-write directory: the container reads the host's file, the host reads the
+    // container's.
+    let (code, said) = exec_sh(
+        &env,
+        "vfs1",
+        "rw",
+        "cat /data/in && echo from-guest > /data/out && sync",
+    );
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("from-host"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(h.join("data/out")).unwrap(),
+        "from-guest\n"
+    );
+    // A read-only directory: readable, a write fails with EROFS.
+    let (code, said) = exec_sh(&env, "vfs1", "ro", "cat /ro/r; echo x > /ro/w");
+    assert_ne!(code, Some(0), "{said}");
+    assert!(
+        said.contains("read-only") && said.contains("Read-only file system"),
+        "{said}"
+    );
+    assert!(!h.join("rodir/w").exists());
+    // A file, as containerd binds /etc/hosts.
+    let (code, said) = exec_sh(&env, "vfs1", "hosts", "cat /etc/hosts");
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("10.1.2.3 pulse-test-host"), "{said}");
+    // The pod's /dev/shm is a tmpfs in the guest, not the host's directory.
+    let (code, said) = exec_sh(
+        &env,
+        "vfs1",
+        "shm",
+        "echo s > /dev/shm/x && grep ' /dev/shm ' /proc/mounts",
+    );
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("tmpfs"), "{said}");
+    assert!(
+        common::list_dir(&shm).is_empty(),
+        "the guest's shm reached the host"
+    );
+    // A ConfigMap update: the new value shows within a few seconds.
+    let (_, said) = exec_sh(&env, "vfs1", "cm1", "cat /cm/key");
+    assert_eq!(said.trim(), "v1");
+    configmap_write(&h.join("cm"), 2, "v2");
+    let swapped = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let (_, said) = exec_sh(&env, "vfs1", &format!("cm-{n}"), "cat /cm/key");
+        if said.trim() == "v2" {
+            break;
+        }
+        assert!(
+            swapped.elapsed() < Duration::from_secs(5),
+            "the ConfigMap update did not reach the container in 5 s: {said}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "ConfigMap update seen after {:?} ({n} reads)",
+        swapped.elapsed()
+    );
+
+    // A file the host rewrites in place (same inode, as a hostPath file or /etc/hosts is): the
+    // container reads the new text within a few seconds (the guest re-validates what it cached).
+    std::fs::write(h.join("data/in"), "rewritten on the host, longer\n").unwrap();
+    let rewritten = Instant::now();
+    loop {
+        n += 1;
+        let (_, said) = exec_sh(&env, "vfs1", &format!("in-{n}"), "cat /data/in");
+        if said.contains("rewritten on the host, longer") {
+            break;
+        }
+        assert!(
+            rewritten.elapsed() < Duration::from_secs(5),
+            "the host's rewrite did not reach the container in 5 s: {said}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("in-place rewrite seen after {:?}", rewritten.elapsed());
+
+    // A second container of the pod shares the pod's /dev/shm (and binds the same file).
+    let shm_mount = bind_arg(&shm, "/dev/shm", "rbind:rw");
+    let hosts_mount = bind_arg(&h.join("hosts"), "/etc/hosts", "rbind:ro");
+    let mut args = vec!["run", "--rm", "--runtime", &shim];
+    args.extend_from_slice(&[
+        "--annotation",
+        "io.kubernetes.cri.container-type=container",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=vfs1",
+        "--mount",
+        &shm_mount,
+        "--mount",
+        &hosts_mount,
+        IMAGE,
+        "vfs-shm",
+        "sh",
+        "-c",
+        "cat /dev/shm/x /etc/hosts",
+    ]);
+    let out = env.ctr(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("s\n127.0.0.1 localhost"),
+        "{}",
+        text(&out.stdout)
+    );
+    let _ = env.ctr(&["containers", "delete", "vfs-shm"]);
+    assert!(
+        !share_mounts(&env).iter().any(|m| m.contains("vfs-shm")),
+        "the second container's binds went with it: {:?}",
+        share_mounts(&env)
+    );
+
+    // A socket cannot be shared: this container's create fails by name, the pod goes on.
+    let sock = h.join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let before = share_mounts(&env);
+    let sock_mount = bind_arg(&sock, "/run/agent.sock", "rbind:rw");
+    let mut args = vec!["run", "--rm", "--runtime", &shim];
+    args.extend_from_slice(&[
+        "--annotation",
+        "io.kubernetes.cri.container-type=container",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=vfs1",
+        "--mount",
+        &sock_mount,
+        IMAGE,
+        "vfs-sock",
+        "true",
+    ]);
+    let out = env.ctr(&args);
+    assert_ne!(out.status.code(), Some(0));
     let err = text(&out.stderr);
     assert!(
-        err.contains("mount /data: the host path")
-            && err.contains(&dir.path().display().to_string()),
+        err.contains(&format!(
+            "mount /run/agent.sock: the host path {} cannot reach the VM: it is a socket",
+            sock.display()
+        )),
         "{err}"
     );
-    let _ = env.ctr(&["containers", "delete", "bind1"]);
+    let _ = env.ctr(&["containers", "delete", "vfs-sock"]);
+    assert_eq!(share_mounts(&env), before, "the failed create left binds");
+    let (code, said) = exec_sh(&env, "vfs1", "after", "cat /data/out");
+    assert_eq!(code, Some(0), "the pod still runs: {said}");
+
+    // kill -9 of the shim: containerd's `delete` removes what it left.
+    let shims: Vec<u32> = env
+        .pod_processes()
+        .into_iter()
+        .filter(|(_, c)| c.contains("containerd-shim-pulse-v2"))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(shims.len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    env.wait_not_running("vfs1");
+    let _ = env.ctr(&["tasks", "delete", "vfs1"]);
+    let out = env.ctr(&["containers", "delete", "vfs1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     env.assert_no_leaks();
+    assert!(share_mounts(&env).is_empty());
+    // The host's files are intact.
+    assert_eq!(
+        std::fs::read_to_string(h.join("data/out")).unwrap(),
+        "from-guest\n"
+    );
+    assert!(h.join("rodir/r").exists() && h.join("cm/..data").exists());
+}
+
+/// A pod whose container binds a host file ends cleanly through `ctr run --rm`: the binds, the
+/// share, virtiofsd and its socket go with the container and the pod.
+#[test]
+fn a_file_bind_goes_with_its_pod() {
+    require_env!();
+    let _one = serial();
+    let env = Env::start();
+    let host = tempfile::tempdir().unwrap();
+    let hosts = host.path().join("hosts");
+    std::fs::write(&hosts, "10.9.8.7 bound-by-pulse\n").unwrap();
+    let mount = bind_arg(&hosts, "/etc/hosts", "rbind:ro");
+    let out = env.run_rm("vfs2", &["--mount", &mount], &["cat", "/etc/hosts"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        env.log()
+    );
+    assert!(
+        text(&out.stdout).contains("10.9.8.7 bound-by-pulse"),
+        "{}",
+        text(&out.stdout)
+    );
+    env.assert_no_leaks();
+    assert!(share_mounts(&env).is_empty());
+    assert!(hosts.exists());
 }
 
 #[test]
@@ -339,14 +629,17 @@ fn kill_9_of_the_shim_then_delete_leaves_nothing() {
             .into_iter()
             .filter(|(_, c)| {
                 if common::embedded() {
-                    // The VMM is the shim itself.
-                    c.contains("containerd-shim-pulse-v2")
+                    // The VMM is the shim itself; virtiofsd and its sandboxed child.
+                    c.contains("containerd-shim-pulse-v2") || c.contains("virtiofsd")
                 } else {
-                    c.contains("qemu-system") || c.contains("vhost-device-vsock")
+                    c.contains("qemu-system")
+                        || c.contains("vhost-device-vsock")
+                        || c.contains("virtiofsd")
                 }
             })
             .collect();
-        assert_eq!(vm.len(), if common::embedded() { 1 } else { 2 }, "{vm:?}");
+        // qemu: QEMU, vhost-device-vsock, virtiofsd and its sandboxed child.
+        assert_eq!(vm.len(), if common::embedded() { 3 } else { 4 }, "{vm:?}");
         for (pid, cmd) in &vm {
             assert!(
                 members.lines().any(|l| l.trim() == pid.to_string()),
@@ -735,15 +1028,17 @@ fn pause_resume_metrics_update_and_the_management_socket() {
     let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(report["sandbox"], "pm1");
     assert_eq!(report["host"]["backend"], common::backend());
+    // vsock, 4 block slots and the virtio-fs share (devices.shared_fs).
+    let devices = 6;
     assert_eq!(
         report["host"]["devices"].as_array().map(Vec::len),
-        Some(5),
+        Some(devices),
         "{body}"
     );
     let guest_devices = report["guest"]["devices"]
         .as_array()
         .expect("guest devices");
-    assert_eq!(guest_devices.len(), 5, "{body}");
+    assert_eq!(guest_devices.len(), devices, "{body}");
     assert!(report["mismatches"].is_array(), "{body}");
     if common::embedded() {
         // The mission in one report: every device's queues on their own MSI, offered by the

@@ -46,6 +46,9 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     /// A virtio-console device (the guest's `hvc0`).
     pub console: Option<ConsoleConfig>,
+    /// A virtio-fs device served by a vhost-user backend (virtiofsd) already listening on its
+    /// socket; guest memory is then shared (one memfd) for the backend to map.
+    pub fs: Option<crate::devices::fs::FsConfig>,
     /// Offer per-queue MSI on every virtio device (else the guest only finds legacy lines).
     pub msi: bool,
     /// Install the seccomp filter of each VMM thread's kind (see `docs/confinement.md`). On by
@@ -118,6 +121,7 @@ impl VmConfig {
             vsock: None,
             net: Vec::new(),
             console: None,
+            fs: None,
             msi: true,
             seccomp: true,
         }
@@ -170,6 +174,12 @@ impl VmConfig {
         if let Some(vsock) = &self.vsock {
             vsock.validate().map_err(|message| ConfigError::Field {
                 field: "vsock",
+                message,
+            })?;
+        }
+        if let Some(fs) = &self.fs {
+            fs.validate().map_err(|message| ConfigError::Field {
+                field: "fs",
                 message,
             })?;
         }

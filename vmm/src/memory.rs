@@ -1,4 +1,6 @@
-//! Guest RAM: anonymous mappings through `vm-memory`, registered with KVM as memory slots.
+//! Guest RAM: anonymous mappings through `vm-memory`, registered with KVM as memory slots; or,
+//! for a VM with a vhost-user device, one memfd mapped shared ([`create_shared_guest_memory`]),
+//! whose descriptor the backend process maps too.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -30,6 +32,14 @@ pub enum MemoryError {
         /// What vm-memory reported.
         source: vm_memory::mmap::FromRangesError,
     },
+    /// The memfd behind shared guest memory could not be made.
+    #[error("cannot create the memfd of {size_mib} MiB of shared guest memory: {source}")]
+    Memfd {
+        /// Requested size.
+        size_mib: u64,
+        /// Why.
+        source: std::io::Error,
+    },
     /// KVM refused a memory slot.
     #[error("KVM_SET_USER_MEMORY_REGION for slot {slot} failed: {source}")]
     SetMemoryRegion {
@@ -50,6 +60,44 @@ pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError>
         .map(|(start, size)| (GuestAddress(start), size as usize))
         .collect();
     GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Mmap {
+        size_mib: mem_mib,
+        source,
+    })
+}
+
+/// Maps `mem_mib` MiB of guest RAM laid out as [`layout::ram_regions`] says, every region from
+/// one memfd (regions at their offsets in it, in order) mapped `MAP_SHARED`: a vhost-user
+/// backend maps the same pages from the descriptor each region's `file_offset` holds.
+pub fn create_shared_guest_memory(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mem_mib) {
+        return Err(MemoryError::InvalidSize(mem_mib));
+    }
+    let memfd_err = |source| MemoryError::Memfd {
+        size_mib: mem_mib,
+        source,
+    };
+    let fd = nix::sys::memfd::memfd_create(
+        c"pulse-guest-ram",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .map_err(|e| memfd_err(e.into()))?;
+    let file = std::sync::Arc::new(std::fs::File::from(fd));
+    file.set_len(mem_mib << 20).map_err(memfd_err)?;
+    let mut offset = 0u64;
+    let ranges: Vec<(GuestAddress, usize, Option<vm_memory::FileOffset>)> =
+        layout::ram_regions(mem_mib << 20)
+            .into_iter()
+            .map(|(start, size)| {
+                let region = (
+                    GuestAddress(start),
+                    size as usize,
+                    Some(vm_memory::FileOffset::from_arc(file.clone(), offset)),
+                );
+                offset += size;
+                region
+            })
+            .collect();
+    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|source| MemoryError::Mmap {
         size_mib: mem_mib,
         source,
     })
@@ -120,6 +168,38 @@ pub fn low_ram_end(mem: &GuestMemoryMmap) -> u64 {
 mod tests {
     use super::*;
     use vm_memory::Bytes;
+
+    #[test]
+    fn shared_memory_is_one_memfd_that_another_mapping_sees() {
+        use std::os::unix::fs::FileExt;
+        assert!(matches!(
+            create_shared_guest_memory(1),
+            Err(MemoryError::InvalidSize(1))
+        ));
+        let mem = create_shared_guest_memory(16).unwrap();
+        assert_eq!(low_ram_end(&mem), 16 << 20);
+        let mut expected_offset = 0;
+        let mut fds = Vec::new();
+        for region in mem.iter() {
+            let file_offset = region.file_offset().expect("a file-backed region");
+            assert_eq!(file_offset.start(), expected_offset);
+            expected_offset += region.len();
+            fds.push(std::os::fd::AsRawFd::as_raw_fd(file_offset.file()));
+        }
+        fds.dedup();
+        assert_eq!(fds.len(), 1, "one memfd for every region");
+        let region = mem.iter().next().unwrap();
+        let file = region.file_offset().unwrap().file();
+        assert_eq!(file.metadata().unwrap().len(), 16 << 20);
+        // A write through the guest's mapping is in the file (what the backend maps), and back.
+        mem.write_obj(0x1234_5678u32, GuestAddress(0x10_0000))
+            .unwrap();
+        let mut word = [0u8; 4];
+        file.read_exact_at(&mut word, 0x10_0000).unwrap();
+        assert_eq!(u32::from_le_bytes(word), 0x1234_5678);
+        file.write_all_at(&7u32.to_le_bytes(), 0x20_0000).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x20_0000)).unwrap(), 7);
+    }
 
     #[test]
     fn rejects_sizes_out_of_range() {

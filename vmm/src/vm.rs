@@ -86,6 +86,9 @@ pub enum VmError {
     /// The console cannot be created.
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// The virtio-fs device cannot reach its backend.
+    #[error(transparent)]
+    Fs(#[from] crate::devices::fs::FsError),
     /// A virtio-mmio window cannot be set up.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -100,7 +103,7 @@ pub enum VmError {
     Confine(#[from] ConfineError),
 }
 
-/// The virtio devices of `config`, in slot order (disks, network cards, vsock, console),
+/// The virtio devices of `config`, in slot order (disks, network cards, vsock, console, fs),
 /// and the handles the VM keeps to watch or control them while they run.
 struct VirtioDevices {
     devices: Vec<Box<dyn VirtioDevice>>,
@@ -124,7 +127,8 @@ fn create_virtio_devices(config: &VmConfig) -> Result<VirtioDevices, VmError> {
     let count = config.block.len()
         + config.net.len()
         + usize::from(config.vsock.is_some())
-        + usize::from(config.console.is_some());
+        + usize::from(config.console.is_some())
+        + usize::from(config.fs.is_some());
     if count > mmio::MAX_DEVICES as usize {
         return Err(VmError::TooManyDevices(count));
     }
@@ -153,6 +157,9 @@ fn create_virtio_devices(config: &VmConfig) -> Result<VirtioDevices, VmError> {
     }
     if let Some(config) = &config.console {
         devices.push(Box::new(Console::new(config.clone())?));
+    }
+    if let Some(config) = &config.fs {
+        devices.push(Box::new(crate::devices::fs::Fs::new(config.clone())?));
     }
     Ok(VirtioDevices {
         devices,
@@ -225,7 +232,12 @@ impl Vm {
 
         let kvm = kvm::open_kvm()?;
         let vm_fd = Arc::new(kvm::create_vm(&kvm, config.vcpus)?);
-        let memory = memory::create_guest_memory(config.memory_mib)?;
+        // A vhost-user backend maps guest memory itself: it must come from a memfd.
+        let memory = if config.fs.is_some() {
+            memory::create_shared_guest_memory(config.memory_mib)?
+        } else {
+            memory::create_guest_memory(config.memory_mib)?
+        };
         memory::register_with_kvm(&vm_fd, &memory)?;
         let interrupts = InterruptManager::new(vm_fd.clone())?;
 

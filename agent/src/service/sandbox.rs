@@ -12,9 +12,33 @@ use ttrpc::r#async::TtrpcContext;
 use ttrpc::Code;
 
 use super::{internal, Agent};
-use crate::guest;
+use crate::{guest, shared};
+use std::path::Path;
 
 pub struct SandboxService(pub Arc<Agent>);
+
+/// The pod's virtio-fs share (`tag` not empty) and shared-memory tmpfs (`shm_bytes` > 0).
+fn mount_pod_filesystems(tag: &str, shm_bytes: u64) -> ttrpc::Result<()> {
+    let refused = |e: shared::SharedError| {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INTERNAL, e.to_string()))
+    };
+    if !tag.is_empty() {
+        shared::validate_tag(tag).map_err(|e| {
+            ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INVALID_ARGUMENT, e.to_string()))
+        })?;
+        shared::mount_shared_fs(tag, Path::new(shared::SHARED_DIR)).map_err(refused)?;
+        tracing::info!(
+            tag,
+            "the pod's virtio-fs share is at {}",
+            shared::SHARED_DIR
+        );
+    }
+    if shm_bytes != 0 {
+        shared::mount_sandbox_shm(shm_bytes, Path::new(shared::SANDBOX_SHM_DIR))
+            .map_err(refused)?;
+    }
+    Ok(())
+}
 
 #[async_trait::async_trait]
 impl Sandbox for SandboxService {
@@ -51,6 +75,13 @@ impl Sandbox for SandboxService {
                 }
             } else {
                 tracing::info!("not PID 1: leaving the clock alone");
+            }
+        }
+        if !req.shared_fs_tag.is_empty() || req.shm_size_bytes != 0 {
+            if self.0.init_mode {
+                mount_pod_filesystems(&req.shared_fs_tag, req.shm_size_bytes)?;
+            } else {
+                tracing::info!("not PID 1: leaving the pod's shared filesystems alone");
             }
         }
         *self.0.sandbox_id.lock().unwrap_or_else(|p| p.into_inner()) = req.sandbox_id;

@@ -21,7 +21,11 @@
 //!   their `/proc/self/fd` paths; shim threads copy them into the capped
 //!   `console.log` and `hvc0.log` ([`crate::console`]);
 //! - the shim process itself moved into the pod's cgroup before the VM
-//!   starts (the VM is this process's threads).
+//!   starts (the VM is this process's threads);
+//! - a virtio-fs device (`devices.shared_fs`) whose queues the pod's virtiofsd
+//!   serves ([`super::virtiofsd`], started before the VM, in the pod's cgroup,
+//!   recorded for `delete`): guest memory is then one memfd the backend maps,
+//!   and with MSI the backend's interrupts go to the queues' irqfds directly.
 //!
 //! The device view comes from [`pulse_vmm::Vm::device_stats`] (queues, MSI
 //! state, per-vector interrupt counts); [`pulse_vmm::Vm::exit_reason`] says
@@ -40,10 +44,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pulse_vmm::devices::block::{BlockConfig, DEFAULT_QUEUE_SIZE};
 use pulse_vmm::devices::console::{ConsoleConfig, ConsoleSink};
+use pulse_vmm::devices::fs::FsConfig;
 use pulse_vmm::devices::net::NetConfig;
 use pulse_vmm::devices::vsock::VsockConfig;
 use pulse_vmm::{KernelSource, SerialOutput, Vm, VmConfig};
 
+use super::virtiofsd;
 use super::{
     base_cmdline, create_placeholders, HostDevice, HostVector, HostView, Hypervisor,
     HypervisorError, SandboxPaths,
@@ -51,6 +57,7 @@ use super::{
 use crate::cgroup::PodCgroup;
 use crate::config::PulseConfig;
 use crate::console::{capture::fd_path, ConsoleCapture};
+use crate::shared_fs;
 use crate::state::slot_serial;
 
 /// How long the console copies may take to finish once the VM is gone.
@@ -75,6 +82,7 @@ pub struct Embedded {
     cgroup: Option<Arc<PodCgroup>>,
     pipes: ConsolePipes,
     captures: Vec<ConsoleCapture>,
+    virtiofsd: Option<tokio::process::Child>,
 }
 
 impl Embedded {
@@ -88,6 +96,7 @@ impl Embedded {
             cgroup,
             pipes: ConsolePipes::default(),
             captures: Vec::new(),
+            virtiofsd: None,
         }
     }
 
@@ -140,6 +149,9 @@ impl Embedded {
         });
         vm.msi = c.devices.msi;
         vm.seccomp = c.hypervisor.seccomp;
+        if c.devices.shared_fs {
+            vm.fs = Some(FsConfig::new(self.paths.virtiofs(), shared_fs::TAG));
+        }
         if c.devices.net_queues > 0 {
             let mut net = NetConfig::new(&self.paths.tap_name());
             net.queue_pairs = c.devices.net_queues;
@@ -196,6 +208,16 @@ impl Embedded {
                 interrupts: Vec::new(),
             });
         }
+        if c.devices.shared_fs {
+            devices.push(HostDevice {
+                kind: "fs".into(),
+                id: shared_fs::TAG.into(),
+                // The high-priority queue and one request queue.
+                queues: 2,
+                msi: c.devices.msi,
+                interrupts: Vec::new(),
+            });
+        }
         devices
     }
 
@@ -226,6 +248,15 @@ impl Hypervisor for Embedded {
             })?;
         }
         self.start_captures()?;
+        if self.config.devices.shared_fs {
+            let log = virtiofsd::log_path(&self.paths);
+            let (capture, write) = ConsoleCapture::start(&log, self.config.console_log_max_bytes())
+                .map_err(HypervisorError::io(format!("creating {}", log.display())))?;
+            self.captures.push(capture);
+            let child =
+                virtiofsd::spawn(&self.config, &self.paths, self.cgroup.as_deref(), write).await?;
+            self.virtiofsd = Some(child);
+        }
         let config = self.vm_config();
         let started = tokio::task::spawn_blocking(move || Vm::start(&config)).await;
         // The VMM opened the pipes by path (or failed): only its ends stay open.
@@ -305,12 +336,23 @@ impl Hypervisor for Embedded {
             vcpus: c.vm.vcpus,
             memory_mib: c.vm.memory_mib,
             devices,
-            pids: vec![std::process::id()],
+            pids: std::iter::once(std::process::id())
+                .chain(self.virtiofsd.as_ref().and_then(|c| c.id()))
+                .collect(),
         }
+    }
+
+    fn shared_fs_tag(&self) -> Option<&'static str> {
+        self.config.devices.shared_fs.then_some(shared_fs::TAG)
     }
 
     fn exited(&mut self) -> Option<String> {
         if self.exit_reason.is_none() {
+            if let Some(Ok(Some(status))) = self.virtiofsd.as_mut().map(|c| c.try_wait()) {
+                let tail = super::qemu::log_tail(&virtiofsd::log_path(&self.paths));
+                self.exit_reason = Some(format!("virtiofsd exited ({status}): {tail}"));
+                return self.exit_reason.clone();
+            }
             self.exit_reason = self
                 .vm
                 .as_ref()
@@ -334,7 +376,12 @@ impl Hypervisor for Embedded {
             tracing::info!(%exit, "embedded VM stopped");
             self.exit_reason.get_or_insert_with(|| exit.to_string());
         }
+        // The VM is gone, and with it the virtio-fs device's connection: virtiofsd ends.
+        if let Some(child) = self.virtiofsd.take() {
+            virtiofsd::stop(child).await;
+        }
         let _ = std::fs::remove_file(self.paths.vsock());
+        let _ = std::fs::remove_file(self.paths.virtiofs());
         self.pipes = ConsolePipes::default();
         for capture in self.captures.drain(..) {
             if !capture.finish(CAPTURE_WAIT) {
@@ -388,6 +435,16 @@ mod tests {
         );
         assert!(vm.net.is_empty(), "net_queues = 0: no network card");
         assert!(vm.console.is_none());
+        let fs = vm
+            .fs
+            .as_ref()
+            .expect("devices.shared_fs: a virtio-fs device");
+        assert_eq!(fs.socket, paths.virtiofs());
+        assert_eq!(fs.tag, "pulse-shared");
+        assert_eq!(e.shared_fs_tag(), Some("pulse-shared"));
+        let (e, _) = backend(|c| c.devices.shared_fs = false);
+        assert!(e.vm_config().fs.is_none());
+        assert_eq!(e.shared_fs_tag(), None);
     }
 
     #[test]
@@ -427,6 +484,7 @@ mod tests {
                 ("net", 8, false),
                 ("vsock", 3, false),
                 ("console", 2, false),
+                ("fs", 2, false),
             ]
         );
         assert_eq!(view.devices[4].id, paths.tap_name());
@@ -439,6 +497,7 @@ mod tests {
         std::fs::create_dir_all(&paths.dir).unwrap();
         let mut config = PulseConfig::default();
         config.vm.kernel = dir.path().join("no-such-vmlinux");
+        config.devices.shared_fs = false;
         let mut e = Embedded::new(config, paths.clone(), None);
         e.vm_config().vsock.unwrap().validate().unwrap();
         let err = e.boot().await.unwrap_err().to_string();

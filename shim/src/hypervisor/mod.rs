@@ -13,6 +13,7 @@ pub mod child;
 pub mod embedded;
 pub mod qemu;
 pub mod qmp;
+pub mod virtiofsd;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -140,6 +141,11 @@ impl SandboxPaths {
         self.dir.join("vhost.sock")
     }
 
+    /// The vhost-user socket between QEMU and virtiofsd (`devices.shared_fs`).
+    pub fn virtiofs(&self) -> PathBuf {
+        self.dir.join("virtiofs.sock")
+    }
+
     /// QEMU's QMP socket.
     pub fn qmp(&self) -> PathBuf {
         self.dir.join("qmp.sock")
@@ -208,6 +214,12 @@ pub trait Hypervisor: Send + Sync {
 
     /// Empties `slot` again (capacity 0) after its container was removed.
     async fn detach_disk(&mut self, slot: usize) -> Result<(), HypervisorError>;
+
+    /// The tag of the VM's virtio-fs device, which exports the pod's share
+    /// ([`crate::shared_fs`], prepared before [`Hypervisor::boot`]); `None`: the VM has none.
+    fn shared_fs_tag(&self) -> Option<&'static str> {
+        None
+    }
 
     /// What the VMM configured, with host-side counters where it has them.
     fn host_view(&self) -> HostView;

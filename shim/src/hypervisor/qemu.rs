@@ -10,7 +10,10 @@
 //!   file with the slot's serial. Attaching a disk writes the image into the
 //!   placeholder and runs QMP `block_resize`, which raises virtio-blk's
 //!   configuration-change interrupt in the guest.
-//! - both children get `PR_SET_PDEATHSIG` = SIGKILL: if the shim dies, so does
+//! - shared filesystem (`devices.shared_fs`): QEMU's `vhost-user-fs-device`
+//!   served by the pod's virtiofsd ([`super::virtiofsd`]), which exports the
+//!   pod's share ([`crate::shared_fs`]);
+//! - the children get `PR_SET_PDEATHSIG` = SIGKILL: if the shim dies, so does
 //!   the VM (the `delete` subcommand also kills them by pid); they run in the
 //!   pod's cgroup with a private umask ([`super::child`]);
 //! - QEMU runs under its seccomp filter (`-sandbox on`, no spawning, no
@@ -32,6 +35,7 @@ use tokio::process::{Child, Command};
 
 use super::child::confine;
 use super::qmp::{self, Qmp};
+use super::virtiofsd;
 use super::{
     base_cmdline, create_placeholders, host_has_hw_virt, HostDevice, HostView, Hypervisor,
     HypervisorError, SandboxPaths,
@@ -39,6 +43,7 @@ use super::{
 use crate::cgroup::PodCgroup;
 use crate::config::{Accel, PulseConfig};
 use crate::console::ConsoleCapture;
+use crate::shared_fs;
 use crate::state::slot_serial;
 
 /// How long the helpers may take to create their sockets.
@@ -60,6 +65,7 @@ pub struct Qemu {
     paths: SandboxPaths,
     tcg: bool,
     vhost: Option<Child>,
+    virtiofsd: Option<Child>,
     qemu: Option<Child>,
     qmp: Option<Qmp>,
     exit_reason: Option<String>,
@@ -80,6 +86,7 @@ impl Qemu {
             paths,
             tcg,
             vhost: None,
+            virtiofsd: None,
             qemu: None,
             qmp: None,
             exit_reason: None,
@@ -104,6 +111,10 @@ impl Qemu {
 
     fn vhost_log(&self) -> PathBuf {
         self.paths.dir.join("vhost-vsock.log")
+    }
+
+    fn virtiofsd_log(&self) -> PathBuf {
+        virtiofsd::log_path(&self.paths)
     }
 
     /// QEMU's arguments.
@@ -175,6 +186,18 @@ impl Qemu {
                 "virtio-net-device,netdev=net0".into()
             });
         }
+        if c.devices.shared_fs {
+            args.push("-chardev".into());
+            args.push(format!(
+                "socket,id=fs0,path={}",
+                self.paths.virtiofs().display()
+            ));
+            args.push("-device".into());
+            args.push(format!(
+                "vhost-user-fs-device,chardev=fs0,tag={}",
+                shared_fs::TAG
+            ));
+        }
         if c.devices.virtio_console {
             args.push("-chardev".into());
             args.push(format!("file,id=hvc0,path=/dev/fd/{HVC_FD}"));
@@ -190,7 +213,10 @@ impl Qemu {
     /// virtio-mmio transports the configuration needs.
     pub fn transports(&self) -> usize {
         let d = &self.config.devices;
-        1 + d.block_slots + usize::from(d.net_queues > 0) + usize::from(d.virtio_console)
+        1 + d.block_slots
+            + usize::from(d.net_queues > 0)
+            + usize::from(d.virtio_console)
+            + usize::from(d.shared_fs)
     }
 
     async fn spawn_vhost(&mut self) -> Result<(), HypervisorError> {
@@ -217,6 +243,14 @@ impl Qemu {
         self.vhost = Some(child);
         let socket = self.paths.vhost();
         self.wait_for(&socket, "vhost-device-vsock").await
+    }
+
+    async fn spawn_virtiofsd(&mut self) -> Result<(), HypervisorError> {
+        let log = self.capture(self.virtiofsd_log(), "the virtiofsd log")?;
+        let child =
+            virtiofsd::spawn(&self.config, &self.paths, self.cgroup.as_deref(), log).await?;
+        self.virtiofsd = Some(child);
+        Ok(())
     }
 
     async fn spawn_qemu(&mut self) -> Result<(), HypervisorError> {
@@ -276,12 +310,6 @@ impl Qemu {
         }
     }
 
-    fn log_tail(path: &std::path::Path) -> String {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        lines[lines.len().saturating_sub(3)..].join("; ")
-    }
-
     async fn resize(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
         let qmp = self
             .qmp
@@ -296,6 +324,13 @@ impl Qemu {
     }
 }
 
+/// The last lines of a helper's log, for error messages.
+pub fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join("; ")
+}
+
 #[async_trait]
 impl Hypervisor for Qemu {
     async fn boot(&mut self) -> Result<(), HypervisorError> {
@@ -303,11 +338,12 @@ impl Hypervisor for Qemu {
             let d = &self.config.devices;
             return Err(HypervisorError::Unsupported(format!(
                 "QEMU's microvm has {MICROVM_TRANSPORTS} virtio-mmio transports; this pod needs {}: \
-                 the vsock device, devices.block_slots = {}{}{}",
+                 the vsock device, devices.block_slots = {}{}{}{}",
                 self.transports(),
                 d.block_slots,
                 if d.net_queues > 0 { ", a network card (devices.net_queues)" } else { "" },
                 if d.virtio_console { ", a console (devices.virtio_console)" } else { "" },
+                if d.shared_fs { ", a shared filesystem (devices.shared_fs)" } else { "" },
             )));
         }
         if self.config.devices.msi {
@@ -315,6 +351,9 @@ impl Hypervisor for Qemu {
         }
         create_placeholders(&self.paths, self.config.devices.block_slots)?;
         self.spawn_vhost().await?;
+        if self.config.devices.shared_fs {
+            self.spawn_virtiofsd().await?;
+        }
         self.spawn_qemu().await
     }
 
@@ -339,6 +378,10 @@ impl Hypervisor for Qemu {
         file.set_len(0)
             .map_err(HypervisorError::io(format!("emptying {}", path.display())))?;
         self.resize(slot, 0).await
+    }
+
+    fn shared_fs_tag(&self) -> Option<&'static str> {
+        self.config.devices.shared_fs.then_some(shared_fs::TAG)
     }
 
     fn host_view(&self) -> HostView {
@@ -368,6 +411,16 @@ impl Hypervisor for Qemu {
                 interrupts: Vec::new(),
             });
         }
+        if c.devices.shared_fs {
+            devices.push(HostDevice {
+                kind: "fs".into(),
+                id: shared_fs::TAG.into(),
+                // The high-priority queue and one request queue.
+                queues: 2,
+                msi: false,
+                interrupts: Vec::new(),
+            });
+        }
         if c.devices.virtio_console {
             devices.push(HostDevice {
                 kind: "console".into(),
@@ -384,7 +437,7 @@ impl Hypervisor for Qemu {
             vcpus: c.vm.vcpus,
             memory_mib: c.vm.memory_mib,
             devices,
-            pids: [&self.qemu, &self.vhost]
+            pids: [&self.qemu, &self.vhost, &self.virtiofsd]
                 .iter()
                 .filter_map(|c| c.as_ref().and_then(|c| c.id()))
                 .collect(),
@@ -398,12 +451,16 @@ impl Hypervisor for Qemu {
         let logs = [
             ("qemu", self.qemu_log()),
             ("vhost-device-vsock", self.vhost_log()),
+            ("virtiofsd", self.virtiofsd_log()),
         ];
-        for (i, child) in [&mut self.qemu, &mut self.vhost].into_iter().enumerate() {
+        for (i, child) in [&mut self.qemu, &mut self.vhost, &mut self.virtiofsd]
+            .into_iter()
+            .enumerate()
+        {
             if let Some(c) = child {
                 if let Ok(Some(status)) = c.try_wait() {
                     let (name, log) = &logs[i];
-                    let tail = Self::log_tail(log);
+                    let tail = log_tail(log);
                     let reason = if tail.is_empty() {
                         format!("{name} exited ({status})")
                     } else {
@@ -431,22 +488,19 @@ impl Hypervisor for Qemu {
             let _ = qemu.wait().await;
         }
         self.qmp = None;
-        if let Some(mut vhost) = self.vhost.take() {
-            if let Some(pid) = vhost.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            if tokio::time::timeout(Duration::from_secs(1), vhost.wait())
-                .await
-                .is_err()
-            {
-                let _ = vhost.kill().await;
-            }
-            let _ = vhost.wait().await;
+        // The backends end when QEMU hangs up; SIGTERM (then SIGKILL) if they did not.
+        for backend in [self.vhost.take(), self.virtiofsd.take()]
+            .into_iter()
+            .flatten()
+        {
+            virtiofsd::stop(backend).await;
         }
-        for path in [self.paths.vsock(), self.paths.vhost(), self.paths.qmp()] {
+        for path in [
+            self.paths.vsock(),
+            self.paths.vhost(),
+            self.paths.qmp(),
+            self.paths.virtiofs(),
+        ] {
             let _ = std::fs::remove_file(path);
         }
         // The processes are gone: the logs are complete once the copies drained the pipes.
@@ -492,6 +546,17 @@ mod tests {
             "QEMU writes no console file itself: {args}"
         );
         assert!(!args.contains("netdev"), "net_queues = 0: no network card");
+        assert!(
+            args.contains(
+                "-chardev socket,id=fs0,path=/run/pulse/ns/p/virtiofs.sock \
+                 -device vhost-user-fs-device,chardev=fs0,tag=pulse-shared"
+            ),
+            "{args}"
+        );
+        assert_eq!(q.shared_fs_tag(), Some("pulse-shared"));
+        q.config.devices.shared_fs = false;
+        assert!(!q.qemu_args().join(" ").contains("vhost-user-fs"));
+        assert_eq!(q.shared_fs_tag(), None);
         assert!(!args.contains("virtconsole"));
     }
 
@@ -516,7 +581,7 @@ mod tests {
             "a pipe: {args}"
         );
         assert!(args.contains("virtconsole,chardev=hvc0"));
-        assert_eq!(q.transports(), 7);
+        assert_eq!(q.transports(), 8);
         let kinds: Vec<String> = q
             .host_view()
             .devices
@@ -525,7 +590,7 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            ["vsock", "block", "block", "block", "block", "net", "console"]
+            ["vsock", "block", "block", "block", "block", "net", "fs", "console"]
         );
         assert_eq!(q.host_view().devices[5].queues, 4);
 
@@ -537,6 +602,10 @@ mod tests {
             .block_on(q.boot())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("this pod needs 9"), "{err}");
+        assert!(err.contains("this pod needs 10"), "{err}");
+        assert!(
+            err.contains("a shared filesystem (devices.shared_fs)"),
+            "{err}"
+        );
     }
 }

@@ -73,7 +73,11 @@ pub fn skip_reason() -> Option<String> {
     } else {
         &["qemu-system-x86_64", "vhost-device-vsock"]
     };
-    for cmd in ["containerd", "ctr", "mkfs.ext4"].iter().chain(vm_tools) {
+    // virtiofsd: every pod's shared filesystem (devices.shared_fs), with either backend.
+    for cmd in ["containerd", "ctr", "mkfs.ext4", "virtiofsd"]
+        .iter()
+        .chain(vm_tools)
+    {
         if !have(cmd) {
             return Some(format!("{cmd} is not installed (scripts/install-deps.sh)"));
         }
@@ -345,7 +349,8 @@ impl Env {
         }
     }
 
-    /// Processes that belong to this environment's pods (shims, qemu, vhost-device-vsock).
+    /// Processes that belong to this environment's pods (shims, qemu, vhost-device-vsock,
+    /// virtiofsd).
     pub fn pod_processes(&self) -> Vec<(u32, String)> {
         let needle = self.dir.path().to_string_lossy().to_string();
         processes()
@@ -354,7 +359,8 @@ impl Env {
                 cmd.contains(&needle)
                     && (cmd.contains("containerd-shim-pulse-v2")
                         || cmd.contains("qemu-system")
-                        || cmd.contains("vhost-device-vsock"))
+                        || cmd.contains("vhost-device-vsock")
+                        || cmd.contains("virtiofsd"))
             })
             .collect()
     }

@@ -42,13 +42,16 @@ pub enum ThreadKind {
     VsockListener,
     /// The virtio-console worker.
     Console,
+    /// The virtio-fs interrupt relay: a vhost-user backend's call eventfds to the legacy line
+    /// (with MSI they are the queues' irqfds and nothing passes through the VMM).
+    Fs,
     /// Starts threads on behalf of threads that run under a filter (see [`spawner`]).
     Spawner,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Vcpu,
         ThreadKind::EventLoop,
         ThreadKind::Block,
@@ -56,6 +59,7 @@ impl ThreadKind {
         ThreadKind::Vsock,
         ThreadKind::VsockListener,
         ThreadKind::Console,
+        ThreadKind::Fs,
         ThreadKind::Spawner,
     ];
 
@@ -69,6 +73,7 @@ impl ThreadKind {
             ThreadKind::Vsock => "vsock",
             ThreadKind::VsockListener => "vsock-listener",
             ThreadKind::Console => "console",
+            ThreadKind::Fs => "fs",
             ThreadKind::Spawner => "spawner",
         }
     }

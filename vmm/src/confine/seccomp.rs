@@ -187,7 +187,8 @@ const WORKER_LOOP: &[Allow] = &[sys!(SYS_epoll_wait), sys!(SYS_epoll_ctl), sys!(
 /// A vCPU: KVM_RUN, and what the guest's register writes make the devices do on this thread:
 /// MSI routes and irqfds, tap offloads and queues at activation, eventfds, epoll sets and
 /// descriptor clones for the workers it hands to the spawner, reset (reading doorbells), the
-/// KVM statistics a phase mark reads.
+/// KVM statistics a phase mark reads; the vhost-user messages of a virtio-fs device's
+/// activation and reset (with the descriptors they pass).
 const VCPU: &[Allow] = &[
     sys!(
         SYS_ioctl,
@@ -198,6 +199,8 @@ const VCPU: &[Allow] = &[
     sys!(SYS_eventfd2),
     sys!(SYS_epoll_create1),
     sys!(SYS_fcntl, arg 1 in &[libc::F_DUPFD_CLOEXEC as u64]),
+    sys!(SYS_sendmsg),
+    sys!(SYS_recvmsg),
 ];
 
 const EVENT_LOOP: &[Allow] = WORKER_LOOP;
@@ -285,6 +288,8 @@ pub fn groups(kind: ThreadKind) -> &'static [&'static [Allow]] {
         ThreadKind::Vsock => &[RUNTIME, WORKER_LOOP, VSOCK],
         ThreadKind::VsockListener => &[RUNTIME, VSOCK_LISTENER],
         ThreadKind::Console => &[RUNTIME, WORKER_LOOP, CONSOLE],
+        // Reading the call eventfds and raising the legacy line (an eventfd write).
+        ThreadKind::Fs => &[RUNTIME, WORKER_LOOP],
         ThreadKind::Spawner => &[
             RUNTIME,
             VCPU,

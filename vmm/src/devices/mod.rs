@@ -5,6 +5,7 @@ pub mod boot_timer;
 pub mod console;
 pub mod debug_exit;
 pub mod driver_ring;
+pub mod fs;
 pub mod net;
 pub mod phase_marker;
 pub mod reset;

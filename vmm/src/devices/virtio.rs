@@ -51,6 +51,8 @@ pub mod device_type {
     pub const CONSOLE: u32 = 3;
     /// Socket device.
     pub const VSOCK: u32 = 19;
+    /// File system device (virtio-fs).
+    pub const FS: u32 = 26;
 }
 
 /// Why a device could not start.

@@ -363,6 +363,17 @@ impl Interrupt for DeviceInterrupts {
         self.raise(0, INT_CONFIG);
     }
 
+    fn queue_irqfd(&self, queue: u16) -> Option<EventFd> {
+        if !self.msi_enabled() {
+            return None;
+        }
+        let v = self.vectors.get(usize::from(queue) + 1)?;
+        if !v.configured.load(Ordering::SeqCst) {
+            return None;
+        }
+        v.evt.try_clone().ok()
+    }
+
     fn needs_reset(&self) {
         // One interrupt per reset cycle: a device that keeps failing must not flood the guest.
         if !self.needs_reset.swap(true, Ordering::SeqCst) {
@@ -430,6 +441,23 @@ mod tests {
             "InterruptStatus reads 0 in MSI mode"
         );
         assert_eq!(d.legacy_sent(), 0);
+    }
+
+    #[test]
+    fn a_queue_irqfd_is_its_configured_vectors_eventfd_only_with_msi() {
+        let d = device(2);
+        assert!(d.queue_irqfd(0).is_none(), "legacy: the line, no irqfd");
+        d.set_msi_enabled(true);
+        assert_eq!(d.update_vector(2, msg(0x41)).unwrap(), VectorUpdate::Stored);
+        d.activate().unwrap();
+        assert!(d.queue_irqfd(0).is_none(), "vector 1 was never programmed");
+        assert!(d.queue_irqfd(2).is_none(), "no queue 2");
+        let irqfd = d.queue_irqfd(1).expect("queue 1's vector 2");
+        // What another process writes to it is the vector's interrupt (a masked vector keeps
+        // it for the unmask, as for the VMM's own).
+        d.mask(2).unwrap();
+        irqfd.write(1).unwrap();
+        assert_eq!(d.pending(2), 1);
     }
 
     #[test]

@@ -20,6 +20,16 @@ pub trait Interrupt: Send + Sync {
     /// driver broke): the transport shows DEVICE_NEEDS_RESET and the driver gets a
     /// configuration-change interrupt.
     fn needs_reset(&self);
+    /// An eventfd that interrupts the guest for queue `queue` without passing through the VMM:
+    /// the queue's MSI vector's irqfd (an interrupt raised while the vector is masked waits in
+    /// it until unmask, as one raised by [`Interrupt::trigger`] does). For a device whose
+    /// queues another process serves (vhost-user), registered there as the queue's call
+    /// eventfd. `None` where there is none (the legacy line, a vector the guest did not
+    /// program): the device relays with [`Interrupt::trigger`] then. Interrupts raised through
+    /// it are not in the VMM's `sent` counts.
+    fn queue_irqfd(&self, _queue: u16) -> Option<vmm_sys_util::eventfd::EventFd> {
+        None
+    }
 }
 
 /// An MSI message as the guest programs it.

@@ -1,0 +1,140 @@
+//! The pod's virtiofsd (`devices.shared_fs`), for both backends: the vhost-user-fs backend that
+//! exports the pod's share ([`crate::shared_fs`]) to QEMU's `vhost-user-fs-device` or to
+//! pulse-vmm's virtio-fs device.
+//!
+//! - `--cache auto`: attributes and directory entries are trusted for one second and a file's
+//!   data is re-read when it is opened, so a change on the host (a ConfigMap's `..data` swap, a
+//!   file rewritten in place) is seen in the guest within about a second; `always` would keep
+//!   what the guest read for a day;
+//! - `--sandbox namespace`: its own mount, pid and network namespaces, rooted in the export,
+//!   under its seccomp filter (`--seccomp kill`);
+//! - `--announce-submounts`: each bind is its own mount in the guest (its own `st_dev`), so
+//!   inode numbers of different host file systems never collide.
+//!
+//! It starts like the VM's other helpers ([`super::child::confine`]: the pod's cgroup, a
+//! private umask, SIGKILL when the shim dies) and is recorded with them, so that `delete` kills
+//! it after a dead shim.
+
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use super::child::confine;
+use super::{HypervisorError, SandboxPaths};
+use crate::cgroup::PodCgroup;
+use crate::config::PulseConfig;
+use crate::shared_fs::{self, SharedFs};
+
+/// How long virtiofsd may take to create its socket.
+const SOCKET_WAIT: Duration = Duration::from_secs(10);
+
+/// virtiofsd's log in the sandbox directory.
+pub fn log_path(paths: &SandboxPaths) -> std::path::PathBuf {
+    paths.dir.join("virtiofsd.log")
+}
+
+/// virtiofsd's arguments (see the module).
+pub fn args(paths: &SandboxPaths) -> Vec<String> {
+    let share = SharedFs::new(paths);
+    vec![
+        "--socket-path".into(),
+        paths.virtiofs().display().to_string(),
+        "--shared-dir".into(),
+        share.export_dir().display().to_string(),
+        "--tag".into(),
+        shared_fs::TAG.into(),
+        "--cache".into(),
+        "auto".into(),
+        "--sandbox".into(),
+        "namespace".into(),
+        "--seccomp".into(),
+        "kill".into(),
+        "--announce-submounts".into(),
+        "--log-level".into(),
+        "warn".into(),
+    ]
+}
+
+/// Starts virtiofsd (its stderr into `log`) and waits until it listens.
+pub async fn spawn(
+    config: &PulseConfig,
+    paths: &SandboxPaths,
+    cgroup: Option<&PodCgroup>,
+    log: OwnedFd,
+) -> Result<Child, HypervisorError> {
+    let binary = config.qemu.virtiofsd_binary.clone();
+    let mut cmd = Command::new(&binary);
+    cmd.args(args(paths))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
+    confine(&mut cmd, cgroup, Vec::new())?;
+    let mut child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
+        what: binary.display().to_string(),
+        message: format!(
+            "{e} (devices.shared_fs needs virtiofsd: cargo install virtiofsd, or \
+             scripts/install-deps.sh)"
+        ),
+    })?;
+    let socket = paths.virtiofs();
+    let deadline = Instant::now() + SOCKET_WAIT;
+    loop {
+        if socket.exists() {
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = super::qemu::log_tail(&log_path(paths));
+            return Err(HypervisorError::Boot(format!(
+                "virtiofsd exited ({status}): {tail}"
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(HypervisorError::Boot(format!(
+                "virtiofsd did not create {} within {SOCKET_WAIT:?}",
+                socket.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Ends a vhost-user backend (virtiofsd, vhost-device-vsock): it ends by itself when its
+/// frontend hangs up; SIGTERM, then SIGKILL if it did not within a second.
+pub async fn stop(mut child: Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(1), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+    let _ = child.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_export_the_share_with_auto_cache_in_namespaces() {
+        let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p").unwrap();
+        let a = args(&paths).join(" ");
+        assert!(
+            a.contains("--socket-path /run/pulse/ns/p/virtiofs.sock")
+                && a.contains("--shared-dir /run/pulse/ns/p/shared")
+                && a.contains("--tag pulse-shared")
+                && a.contains("--cache auto")
+                && a.contains("--sandbox namespace")
+                && a.contains("--seccomp kill"),
+            "{a}"
+        );
+    }
+}
