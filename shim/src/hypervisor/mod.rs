@@ -143,7 +143,8 @@ impl SandboxPaths {
 
     /// The vhost-user socket between QEMU and virtiofsd (`devices.shared_fs`).
     pub fn virtiofs(&self) -> PathBuf {
-        self.dir.join("virtiofs.sock")
+        // Short: with CRI's 64-character pod ids every byte of a socket path counts.
+        self.dir.join("fs.sock")
     }
 
     /// QEMU's QMP socket.

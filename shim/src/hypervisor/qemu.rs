@@ -548,7 +548,7 @@ mod tests {
         assert!(!args.contains("netdev"), "net_queues = 0: no network card");
         assert!(
             args.contains(
-                "-chardev socket,id=fs0,path=/run/pulse/ns/p/virtiofs.sock \
+                "-chardev socket,id=fs0,path=/run/pulse/ns/p/fs.sock \
                  -device vhost-user-fs-device,chardev=fs0,tag=pulse-shared"
             ),
             "{args}"

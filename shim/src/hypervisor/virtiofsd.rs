@@ -128,7 +128,7 @@ mod tests {
         let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p").unwrap();
         let a = args(&paths).join(" ");
         assert!(
-            a.contains("--socket-path /run/pulse/ns/p/virtiofs.sock")
+            a.contains("--socket-path /run/pulse/ns/p/fs.sock")
                 && a.contains("--shared-dir /run/pulse/ns/p/shared")
                 && a.contains("--tag pulse-shared")
                 && a.contains("--cache auto")
