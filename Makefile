@@ -25,11 +25,14 @@ agent: deps
 	    $(CARGO) build --release --target x86_64-unknown-linux-musl -p pulse-agent
 
 # The guest: vmlinux (built once per input hash, cached in /var/cache/pulse/kernel) and the
-# initramfs with the agent as /init, both in build/guest/.
+# initramfs with the agent as /init, both in build/guest/; and build/guest/pulse-pause, the
+# static binary of the CRI sandbox image (scripts/pause-oci.sh packages it).
 .PHONY: guest
 guest: agent
 	guest/kernel/build.sh
 	guest/image/mkinitramfs.sh --agent $(MUSL_DIR)/pulse-agent
+	$(CARGO) build --release --target x86_64-unknown-linux-musl -p pulse-pause
+	install -m 0755 $(MUSL_DIR)/pulse-pause build/guest/pulse-pause
 
 demo: build guest
 	@echo "== pulse-vmm probe: boot the embedded probe guest on 2 vCPUs =="

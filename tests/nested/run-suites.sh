@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The part of `make test` that needs hardware-assisted KVM: the containerd end-to-end suite on
+# The part of `make test` that needs hardware-assisted KVM: the containerd end-to-end suite and
+# the CRI suite (containerd's CRI plugin driven as kubelet drives it) on
 # the `embedded` backend (Pulse's own VMM booting the real Linux guest with per-queue MSI) and
 # the Linux driver tests under Pulse's VMM, and the runc differential suite (runc in L1 against
 # Pulse's embedded backend; PULSE_RIG_DIFFERENTIAL=0 leaves it out).
@@ -16,14 +17,15 @@ CARGO=${CARGO:-cargo}
 # The test binaries, by cargo's own account of what it built (--workspace: the same features,
 # so the same artifacts, as `cargo test --workspace`).
 built=$("$CARGO" test --workspace --no-run --message-format=json --test containerd \
-    --test differential --test guest_embedded)
+    --test cri --test differential --test guest_embedded)
 executable() {
     grep "\"name\":\"$1\"" <<<"$built" | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
 }
 containerd_suite=$(executable containerd)
+cri_suite=$(executable cri)
 differential_suite=$(executable differential)
 driver_suite=$(executable guest_embedded)
-for suite in "$containerd_suite" "$differential_suite" "$driver_suite"; do
+for suite in "$containerd_suite" "$cri_suite" "$differential_suite" "$driver_suite"; do
     [ -x "$suite" ] || { echo "run-suites: test binaries not found" >&2; exit 1; }
 done
 
@@ -43,7 +45,7 @@ for attempt in $(seq 1 $attempts); do
     set +e
     PULSE_RIG_SKIP=$skip "$repo/scripts/nested.sh" --direct-ok --timeout "${PULSE_NESTED_TIMEOUT:-3600}" \
         --env PULSE_TEST_BACKEND=embedded -- \
-        "$here/in-l1.sh" "$driver_suite" "$containerd_suite" ${differential:+"$differential_suite"} 2>&1 | tee "$log"
+        "$here/in-l1.sh" "$driver_suite" "$containerd_suite" "$cri_suite" ${differential:+"$differential_suite"} 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
     cat "$log" >>"$all"
@@ -61,7 +63,7 @@ took=$(( $(date +%s) - started ))
 passed=$(grep -c '^RIG-TEST-PASSED ' "$all" || true)
 failed=$(grep -c '^RIG-TEST-FAILED ' "$all" || true)
 skipped=$(grep -c 'SKIPPED: ' "$all" || true)
-echo "== nested rig: ${passed} passed, ${failed} failed, ${skipped} skipped in ${took}s (embedded backend: containerd suite${differential:+, runc differential suite}; Linux driver tests) =="
+echo "== nested rig: ${passed} passed, ${failed} failed, ${skipped} skipped in ${took}s (embedded backend: containerd and CRI suites${differential:+, runc differential suite}; Linux driver tests) =="
 [ "$rc" -eq 0 ] || { echo "run-suites: the nested run exited $rc" >&2; exit "$rc"; }
 [ "$failed" -eq 0 ] || { echo "run-suites: $failed tests failed in the rig" >&2; exit 1; }
 [ "${passed}" -gt 0 ] || { echo "run-suites: no test ran in the rig" >&2; exit 1; }

@@ -69,12 +69,17 @@ fn have(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The static `pulse-pause` for the sandbox image, built (or found fresh) with cargo for
-/// `x86_64-unknown-linux-musl`, the way the guest agent is built.
+/// The static `pulse-pause` for the sandbox image: `make guest`'s `build/guest/pulse-pause`
+/// when it is there (the nested rig's read-only root cannot build), else built (or found
+/// fresh) with cargo for `x86_64-unknown-linux-musl`, the way the guest agent is built.
 pub fn pause_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
+            let made = common::repo().join("build/guest/pulse-pause");
+            if made.is_file() && std::env::var_os("PULSE_CRI_BUILD_PAUSE").is_none() {
+                return made;
+            }
             let repo = common::repo();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = Command::new(cargo);
