@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs test binaries one after the other inside the nested rig's L1 guest, each test in a
 # process of its own (each boots a VM). Exits non-zero if any test failed, after all ran.
-# Each test's end is a line `RIG-TEST-PASSED <binary> <name>` or `RIG-TEST-FAILED ...`, so a
+# Each test's end is a line `RIG-TEST-PASSED <binary> <name>`, `RIG-TEST-FLAKY ...` (passed on
+# its second run) or `RIG-TEST-FAILED ...` (failed twice), so a
 # run cut short by the L1 (an emulator fault: tests/nested/run-suites.sh) can resume: the
 # tests named in PULSE_RIG_SKIP (such lines' "<binary> <name>", one per line; passed or failed)
 # are not run again.
@@ -29,6 +30,24 @@ report_hang() {
     done
 }
 
+# Runs one test in its own process under the watchdog; its exit status.
+run_one() {
+    local suite=$1 bin=$2 name=$3 pid waited
+    # --nocapture: the skip reasons and the tests' count tables reach the log.
+    "$suite" --exact "$name" --test-threads 1 --nocapture &
+    pid=$!
+    waited=0
+    while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$limit" ]; do
+        sleep 1
+        waited=$((waited + 1))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        report_hang "$bin $name"
+        kill -KILL "$pid"
+    fi
+    wait "$pid"
+}
+
 rc=0
 for suite in "$@"; do
     bin=$(basename "$suite")
@@ -41,24 +60,21 @@ for suite in "$@"; do
             echo "RIG-TEST-SKIPPED $bin $name (it ran in an earlier L1 of this run)"
             continue
         fi
-        # --nocapture: the skip reasons and the tests' count tables reach the log.
-        "$suite" --exact "$name" --test-threads 1 --nocapture &
-        pid=$!
-        waited=0
-        while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$limit" ]; do
-            sleep 1
-            waited=$((waited + 1))
+        # A test that fails runs once more, in a fresh process (and VM): in the rig a guest
+        # sometimes stalls for good (seen: a block request whose doorbell the device never saw;
+        # only under the emulated SVM so far, cause not found: docs/nested-rig.md). A pass then
+        # is RIG-TEST-FLAKY, counted apart, the first run's evidence above it; two failures are
+        # RIG-TEST-FAILED.
+        verdict=FAILED
+        for try in 1 2; do
+            if run_one "$suite" "$bin" "$name"; then
+                [ "$try" = 1 ] && verdict=PASSED || verdict=FLAKY
+                break
+            fi
+            [ "$try" = 1 ] && echo "RIG-TEST-RETRY $bin $name (failed once; running it again)"
         done
-        if kill -0 "$pid" 2>/dev/null; then
-            report_hang "$bin $name"
-            kill -KILL "$pid"
-        fi
-        if wait "$pid"; then
-            echo "RIG-TEST-PASSED $bin $name"
-        else
-            echo "RIG-TEST-FAILED $bin $name"
-            rc=1
-        fi
+        echo "RIG-TEST-$verdict $bin $name"
+        [ "$verdict" = FAILED ] && rc=1
     done
 done
 # Whatever a failed test left (containerd, shims) does not keep the L1 guest from powering off.
