@@ -147,9 +147,9 @@ pub fn plan_mounts(
         }
         if !shared_fs {
             return Err(refuse(
-                "this pod's VM has no shared filesystem (devices.shared_fs is off, or the \
-                 embedded backend, which does not share host paths yet): remove the mount or \
-                 put the files in the image"
+                "this pod's VM has no shared filesystem (devices.shared_fs is off in the \
+                 shim's configuration): turn it on, remove the mount or put the files in the \
+                 image"
                     .into(),
             ));
         }

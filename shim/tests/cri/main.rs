@@ -14,6 +14,7 @@ mod common;
 mod harness;
 mod kubelet;
 mod stream;
+mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
@@ -130,6 +131,13 @@ impl Node {
 
     /// Stops and removes the pod as kubelet does, then its cgroup; checks that nothing is left.
     fn remove_pod(&self, pod: &Pod) {
+        self.stop_and_remove_pod(pod);
+        self.env.assert_no_leaks();
+    }
+
+    /// Stops and removes the pod as kubelet does, then its cgroup (no leak check: the caller
+    /// takes its volumes down first).
+    fn stop_and_remove_pod(&self, pod: &Pod) {
         self.ok("StopPodSandbox", self.kubelet.stop_pod(&pod.id));
         let status = self.ok(
             "PodSandboxStatus after stop",
@@ -149,7 +157,83 @@ impl Node {
             "the removed pod is still listed"
         );
         self.env.remove_pod_cgroups();
-        self.env.assert_no_leaks();
+    }
+
+    /// ExecSync of `sh -c script` in container `id`: (exit code, stdout, stderr).
+    fn sh(&self, id: &str, script: &str) -> (i32, String, String) {
+        let r = self.ok(
+            &format!("ExecSync {script:?}"),
+            self.kubelet.exec_sync(id, &["sh", "-c", script], 60),
+        );
+        (
+            r.exit_code,
+            common::text(&r.stdout),
+            common::text(&r.stderr),
+        )
+    }
+
+    /// The stdout of `sh -c script` in container `id`, which must succeed.
+    fn sh_ok(&self, id: &str, script: &str) -> String {
+        let (code, out, err) = self.sh(id, script);
+        assert_eq!(code, 0, "{script:?} failed in {id}: {out}{err}");
+        out
+    }
+
+    /// Runs `sh -c script` in container `id` until its stdout is `want` (60 s at most: no
+    /// timing is asserted); returns how long it took. `what` and `debug` (a script whose output
+    /// the failure shows) explain a failure.
+    fn wait_sh(&self, id: &str, script: &str, want: &str, what: &str, debug: &str) -> Duration {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            let (code, out, err) = self.sh(id, script);
+            if code == 0 && out == want {
+                return started.elapsed();
+            }
+            if Instant::now() > deadline {
+                let (_, seen, seen_err) = self.sh(id, debug);
+                panic!(
+                    "{what}: after 60 s {script:?} still gives {out:?} (exit {code}, stderr {err:?}), \
+                     not {want:?}; {debug:?}: {seen}{seen_err}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits (60 s at most) until container `id` has exited; its status.
+    fn wait_exited(&self, id: &str) -> k8s_cri::v1::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.ok("ContainerStatus", self.kubelet.container_status(id));
+            if status.state == ContainerState::ContainerExited as i32 {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} has not exited after 60 s: {status:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Creates and starts a container of `pod`; its id.
+    fn start_container(
+        &self,
+        pod: &Pod,
+        config: &kubelet::ContainerConfig,
+        handler: &str,
+    ) -> String {
+        let name = config.metadata.as_ref().map_or("?", |m| m.name.as_str());
+        let id = self.ok(
+            &format!("CreateContainer {name} ({handler})"),
+            self.kubelet.create_container(&pod.id, config, &pod.config),
+        );
+        self.ok(
+            &format!("StartContainer {name} ({handler})"),
+            self.kubelet.start_container(&id),
+        );
+        id
     }
 
     /// The log file's lines, each checked to be in CRI's format; returns (stream, tag, text).
@@ -209,6 +293,28 @@ struct Pod {
     id: String,
     config: PodSandboxConfig,
     log_dir: PathBuf,
+}
+
+/// A busybox container of the tests: `command` with `mounts` (host path, container path,
+/// read-only), its log at `<name>/0.log`.
+fn app_container(
+    name: &str,
+    command: &[&str],
+    mounts: &[(&Path, &str, bool)],
+) -> kubelet::ContainerConfig {
+    container_config(&ContainerSpec {
+        name,
+        image: APP_IMAGE,
+        command,
+        log_path: format!("{name}/0.log"),
+        mounts: mounts
+            .iter()
+            .map(|(host, container, ro)| (host.display().to_string(), container.to_string(), *ro))
+            .collect(),
+        envs: &[],
+        resources: None,
+        stdin: false,
+    })
 }
 
 /// `2026-12-04T23:10:00.123456789Z` or with a `+01:00` offset (Go's RFC3339Nano).
@@ -741,4 +847,418 @@ fn pulse_two_containers_in_one_pod_exec_attach_logs_stats_update_and_cleanup() {
     require_cri!("pulse");
     let _one = serial();
     two_containers_in_one_pod("pulse");
+}
+
+/// The host side of what containerd's CRI plugin gives every app container of a pod that has
+/// no mount of its own there: `<root>/io.containerd.grpc.v1.cri/sandboxes/<pod>/<file>`.
+fn cri_sandbox_file(node: &Node, pod: &Pod, file: &str) -> String {
+    let path = node
+        .env
+        .dir
+        .path()
+        .join("root/io.containerd.grpc.v1.cri/sandboxes")
+        .join(&pod.id)
+        .join(file);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("containerd's {file} for the pod, {}: {e}", path.display()))
+}
+
+/// What a write into a read-only mount must fail with, as busybox's shell reports it.
+const EROFS_TEXT: &str = "Read-only file system";
+
+/// Each kind of mount kubelet sends, with host sources made as kubelet makes them, in one pod
+/// of three containers:
+/// - `app`: containerd's own `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf` (the pod's,
+///   from its sandbox); a ConfigMap (read-only) updated on the host while it runs; a Secret on a
+///   host tmpfs (read-only); a read-only hostPath; an emptyDir it writes to;
+/// - `sidecar`: kubelet's managed `/etc/hosts` as a mount of its own; the same emptyDir, read
+///   and written from the other side;
+/// - `job`: writes its `/dev/termination-log` and exits; the host reads the file afterwards.
+///
+/// Read-only mounts fail writes with EROFS and nothing reaches the host; the host sources are
+/// intact after the pod is gone.
+fn kubelet_mounts(handler: &str) {
+    let node = Node::start();
+    let pod = node.run_pod(handler, "volumes", None);
+    node.ready_pod_status(&pod, handler);
+    let status = node.ok("PodSandboxStatus", node.kubelet.pod_status(&pod.id));
+    let pod_ip = status.status.unwrap().network.unwrap().ip;
+    let uid = pod.config.metadata.as_ref().unwrap().uid.clone();
+
+    // The host sources, kubelet's way.
+    let kdir = volumes::PodDir::create(&node.env.dir.path().join("kubelet"), &uid).unwrap();
+    let config = kdir.volume("configmap", "config").unwrap();
+    let first = volumes::atomic_write(&config, &[("greeting", "hello v1\n")]).unwrap();
+    let secret = kdir.secret_volume("token").unwrap();
+    volumes::atomic_write(&secret, &[("token", "s3cr3t\n")]).unwrap();
+    let shared = kdir.volume("empty-dir", "shared").unwrap();
+    let host_ro = node.env.dir.path().join("host/srv-data");
+    std::fs::create_dir_all(&host_ro).unwrap();
+    std::fs::write(host_ro.join("motd"), "from the host\n").unwrap();
+    let (etc_hosts, etc_hosts_text) = kdir.etc_hosts(&pod_ip, "volumes").unwrap();
+    let termination_log = kdir.termination_log("job").unwrap();
+
+    let forever = "while true; do sleep 1; done";
+    let app = node.start_container(
+        &pod,
+        &app_container(
+            "app",
+            &[
+                "sh",
+                "-c",
+                &format!("echo app-was-here > /shared/from-app; {forever}"),
+            ],
+            &[
+                (&config, "/etc/config", true),
+                (&secret, "/etc/secret", true),
+                (&host_ro, "/srv/data", true),
+                (&shared, "/shared", false),
+            ],
+        ),
+        handler,
+    );
+    let sidecar = node.start_container(
+        &pod,
+        &app_container(
+            "sidecar",
+            &["sh", "-c", forever],
+            &[
+                (&shared, "/shared", false),
+                (&etc_hosts, "/etc/hosts", false),
+            ],
+        ),
+        handler,
+    );
+
+    // /etc/hosts, /etc/hostname, /etc/resolv.conf: containerd's files for the pod.
+    let hostname = cri_sandbox_file(&node, &pod, "hostname");
+    assert_eq!(hostname, "volumes\n", "containerd's hostname file");
+    let resolv = cri_sandbox_file(&node, &pod, "resolv.conf");
+    for line in [
+        "nameserver 10.96.0.10",
+        "search pulse-cri-test.svc.cluster.local",
+        "options ndots:5",
+    ] {
+        assert!(
+            resolv.lines().any(|l| l == line),
+            "containerd's resolv.conf lacks {line:?} of the pod's DNS config: {resolv:?}"
+        );
+    }
+    let hosts = cri_sandbox_file(&node, &pod, "hosts");
+    assert!(
+        hosts.contains("localhost"),
+        "containerd's hosts file: {hosts:?}"
+    );
+    for (file, host_text) in [
+        ("/etc/hostname", &hostname),
+        ("/etc/resolv.conf", &resolv),
+        ("/etc/hosts", &hosts),
+    ] {
+        assert_eq!(
+            &node.sh_ok(&app, &format!("cat {file}")),
+            host_text,
+            "{file} in the container is not containerd's file for the pod"
+        );
+    }
+    assert_eq!(node.sh_ok(&app, "hostname"), "volumes\n");
+    // kubelet's own /etc/hosts, a mount of the container's.
+    assert_eq!(
+        node.sh_ok(&sidecar, "cat /etc/hosts"),
+        etc_hosts_text,
+        "the sidecar's /etc/hosts is not kubelet's etc-hosts"
+    );
+
+    // The ConfigMap: its layout as kubelet wrote it, then an update on the host.
+    assert_eq!(node.sh_ok(&app, "cat /etc/config/greeting"), "hello v1\n");
+    assert_eq!(
+        node.sh_ok(
+            &app,
+            "readlink /etc/config/..data; readlink /etc/config/greeting"
+        ),
+        format!("{first}\n..data/greeting\n")
+    );
+    let second = volumes::atomic_write(
+        &config,
+        &[("greeting", "hello v2\n"), ("added", "a new key\n")],
+    )
+    .unwrap();
+    let took = node.wait_sh(
+        &app,
+        "cat /etc/config/greeting /etc/config/added",
+        "hello v2\na new key\n",
+        "the ConfigMap's update",
+        "ls -la /etc/config/ /etc/config/..data/",
+    );
+    eprintln!("the ConfigMap's update was seen after {took:?} ({handler})");
+    assert_eq!(
+        node.sh_ok(&app, "readlink /etc/config/..data"),
+        format!("{second}\n")
+    );
+    assert_eq!(
+        node.sh(&app, &format!("ls /etc/config/{first}")).0,
+        1,
+        "the old payload directory {first} is still visible"
+    );
+
+    // The Secret and the hostPath: readable; no mount of the three takes a write.
+    assert_eq!(node.sh_ok(&app, "cat /etc/secret/token"), "s3cr3t\n");
+    assert_eq!(node.sh_ok(&app, "cat /srv/data/motd"), "from the host\n");
+    for (dir, host, existing) in [
+        ("/etc/config", &config, "..data"),
+        ("/etc/secret", &secret, "..data"),
+        ("/srv/data", &host_ro, "motd"),
+    ] {
+        for script in [
+            format!("echo x > {dir}/written"),
+            format!("mkdir {dir}/made"),
+            format!("rm -f {dir}/{existing}"),
+        ] {
+            let (code, out, err) = node.sh(&app, &script);
+            assert!(
+                code != 0 && err.contains(EROFS_TEXT),
+                "{script:?} in the read-only mount {dir}: exit {code}, {out}{err}"
+            );
+        }
+        for name in ["written", "made"] {
+            assert!(
+                !host.join(name).exists(),
+                "a write into the read-only {dir} reached the host"
+            );
+        }
+        assert!(
+            host.join(existing).exists(),
+            "{existing} went from the read-only {dir}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(secret.join("token")).unwrap(),
+        "s3cr3t\n"
+    );
+
+    // The emptyDir: each container reads what the other wrote, and so does the host.
+    node.wait_sh(
+        &sidecar,
+        "cat /shared/from-app",
+        "app-was-here\n",
+        "the app's file in the emptyDir, seen by the sidecar",
+        "ls -la /shared",
+    );
+    node.sh_ok(&sidecar, "echo sidecar-was-here > /shared/from-sidecar");
+    node.wait_sh(
+        &app,
+        "cat /shared/from-sidecar",
+        "sidecar-was-here\n",
+        "the sidecar's file in the emptyDir, seen by the app",
+        "ls -la /shared",
+    );
+    for (file, text) in [
+        ("from-app", "app-was-here\n"),
+        ("from-sidecar", "sidecar-was-here\n"),
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(shared.join(file)).ok().as_deref(),
+            Some(text),
+            "the emptyDir's {file} on the host"
+        );
+    }
+
+    // /dev/termination-log: written by the job before it exits, read on the host after.
+    let job = node.start_container(
+        &pod,
+        &app_container(
+            "job",
+            &[
+                "sh",
+                "-c",
+                "echo \"job done on $(hostname)\" > /dev/termination-log; exit 3",
+            ],
+            &[(&termination_log, "/dev/termination-log", false)],
+        ),
+        handler,
+    );
+    let status = node.wait_exited(&job);
+    assert_eq!(status.exit_code, 3, "{status:?}");
+    assert_eq!(
+        std::fs::read_to_string(&termination_log).unwrap(),
+        "job done on volumes\n",
+        "the job's termination message on the host ({})",
+        termination_log.display()
+    );
+    node.ok("RemoveContainer job", node.kubelet.remove_container(&job));
+
+    if handler == "pulse" {
+        assert_eq!(node.env.pulse_shims().len(), 1, "one shim for the pod");
+        if !common::embedded() {
+            assert_eq!(node.env.vm_processes().len(), 1, "one VM for the pod");
+        }
+    }
+
+    // The pod goes; then kubelet takes its volumes down. The host sources are intact.
+    node.stop_and_remove_pod(&pod);
+    volumes::unmount(&secret).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(config.join("greeting")).unwrap(),
+        "hello v2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host_ro.join("motd")).unwrap(),
+        "from the host\n"
+    );
+    assert!(shared.join("from-app").exists() && shared.join("from-sidecar").exists());
+    assert!(etc_hosts.exists());
+    node.env.assert_no_leaks();
+}
+
+#[test]
+fn runc_kubelet_mounts_etc_files_configmap_update_secret_emptydir_hostpath_termination_log() {
+    require_cri!("runc");
+    let _one = serial();
+    kubelet_mounts("runc");
+}
+
+#[test]
+fn pulse_kubelet_mounts_etc_files_configmap_update_secret_emptydir_hostpath_termination_log() {
+    require_cri!("pulse");
+    let _one = serial();
+    kubelet_mounts("pulse");
+}
+
+/// Mounts whose host source is neither a directory nor a regular file: a unix socket (with a
+/// directory mount before it in the same container) and a device node (hostPath volumes of
+/// type Socket and CharDevice). runc binds them. Pulse cannot carry them into the VM: the
+/// container does not start, the error names the mount, the host path and why, and nothing of
+/// it is left (no task, no bundle, no bind in the pod's share); the pod and its VM go on and
+/// take the next container. containerd 1.6's CRI CreateContainer only records the container:
+/// the runtime (the shim's task Create) is first called by StartContainer, so that is the call
+/// that fails.
+fn host_sockets_and_device_nodes(handler: &str) {
+    let node = Node::start();
+    let pod = node.run_pod(handler, "refused", None);
+    node.ready_pod_status(&pod, handler);
+    let host = node.env.dir.path().join("host");
+    std::fs::create_dir_all(host.join("data")).unwrap();
+    std::fs::write(host.join("data/file"), "data\n").unwrap();
+    let socket = host.join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let device = Path::new("/dev/null");
+    let forever = ["sh", "-c", "while true; do sleep 1; done"];
+    let cases = [
+        (
+            app_container(
+                "socket",
+                &forever,
+                &[
+                    (&host.join("data"), "/data", true),
+                    (&socket, "/run/agent.sock", false),
+                ],
+            ),
+            "/run/agent.sock",
+            socket.clone(),
+            "it is a socket",
+            "test -S /run/agent.sock && cat /data/file",
+        ),
+        (
+            app_container("device", &forever, &[(device, "/dev/host-null", false)]),
+            "/dev/host-null",
+            device.to_path_buf(),
+            "it is a character device",
+            "test -c /dev/host-null && echo data",
+        ),
+    ];
+    for (config, destination, source, why, check) in &cases {
+        let name = &config.metadata.as_ref().unwrap().name;
+        if handler == "runc" {
+            let id = node.start_container(&pod, config, handler);
+            assert_eq!(node.sh_ok(&id, check), "data\n", "{name} under runc");
+            continue;
+        }
+        let id = node.ok(
+            &format!("CreateContainer {name}: containerd 1.6 does not call the runtime yet"),
+            node.kubelet.create_container(&pod.id, config, &pod.config),
+        );
+        let err = node
+            .kubelet
+            .start_container(&id)
+            .expect_err("StartContainer of a container Pulse cannot give its mount");
+        eprintln!("StartContainer {name} ({handler}): {}", err.message());
+        let expected = format!(
+            "mount {destination}: the host path {} cannot reach the VM: {why}",
+            source.display()
+        );
+        assert!(
+            err.message().contains(&expected),
+            "StartContainer {name}: {:?} does not say {expected:?}",
+            err.message()
+        );
+        let status = node.ok("ContainerStatus", node.kubelet.container_status(&id));
+        assert_eq!(
+            (status.state, status.reason.as_str()),
+            (ContainerState::ContainerExited as i32, "StartError"),
+            "{status:?}"
+        );
+        assert!(status.message.contains(&expected), "{status:?}");
+        // Nothing of it is left: no task, no bundle, no bind in the share, no mount.
+        let tasks = node.env.ctr(&["tasks", "ls", "-q"]);
+        assert!(
+            !common::text(&tasks.stdout).lines().any(|t| t == id),
+            "a task is left for {name}: {}",
+            common::text(&tasks.stdout)
+        );
+        let bundle = node
+            .env
+            .dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(harness::NS)
+            .join(&id);
+        assert!(!bundle.exists(), "{} is left", bundle.display());
+        let share = node
+            .env
+            .pulse_state_dir()
+            .join(harness::NS)
+            .join(&pod.id)
+            .join("mounts")
+            .join(&id);
+        assert!(!share.exists(), "{} is left", share.display());
+        let mounts: Vec<String> = node
+            .env
+            .mounts()
+            .into_iter()
+            .filter(|m| m.contains(&id))
+            .collect();
+        assert!(mounts.is_empty(), "mounts left for {name}: {mounts:?}");
+        node.ok("RemoveContainer", node.kubelet.remove_container(&id));
+        assert_eq!(
+            node.kubelet.container_status(&id).unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+    }
+    if handler == "pulse" {
+        // The pod goes on: its VM takes the next container, with a mount it can carry.
+        let after = node.start_container(
+            &pod,
+            &app_container("after", &forever, &[(&host.join("data"), "/data", true)]),
+            handler,
+        );
+        assert_eq!(node.sh_ok(&after, "cat /data/file"), "data\n");
+        assert_eq!(node.env.pulse_shims().len(), 1, "one shim for the pod");
+        if !common::embedded() {
+            assert_eq!(node.env.vm_processes().len(), 1, "one VM for the pod");
+        }
+    }
+    node.remove_pod(&pod);
+}
+
+#[test]
+fn runc_host_sockets_and_device_nodes_as_mounts() {
+    require_cri!("runc");
+    let _one = serial();
+    host_sockets_and_device_nodes("runc");
+}
+
+#[test]
+fn pulse_host_sockets_and_device_nodes_as_mounts_fail_by_name_and_leave_nothing() {
+    require_cri!("pulse");
+    let _one = serial();
+    host_sockets_and_device_nodes("pulse");
 }
