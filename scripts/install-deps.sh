@@ -40,6 +40,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+# CNI's cache (libcni's results, host-local's leases): the nested rig puts a tmpfs on it, which
+# needs the directory on the host (its root is read-only in L1).
+mkdir -p /var/lib/cni
 
 # The toolchain file lists the targets; make sure they are installed even with older rustup.
 if have rustup; then

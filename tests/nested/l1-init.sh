@@ -2,7 +2,7 @@
 # /init of the nested-virtualization rig's L1 guest (scripts/nested.sh).
 #
 # Mounts the host's root read-only over 9p at /host, gives it writable tmpfs on /tmp, /run,
-# /srv and /var/tmp, this kernel's /dev, /proc, /sys and cgroup2, loads kvm_amd (QEMU's
+# /srv, /var/tmp and /var/lib/cni (CNI's cache, which the CRI suite's pods write), this kernel's /dev, /proc, /sys and cgroup2, loads kvm_amd (QEMU's
 # emulated SVM with nested paging) and what Pulse's tests use, then runs the exchange
 # directory's cmd.sh chrooted into /host with its output in out and its exit status in rc,
 # and powers off. cmd.sh runs with /host as the root of the mount namespace (switch_root), not
@@ -66,6 +66,11 @@ for d in tmp run srv var/tmp; do
     mount --bind "/host/$d" "/under/$d"
     mount -t tmpfs -o mode=1777 tmpfs "/host/$d"
 done
+if [ -d /host/var/lib/cni ]; then
+    mount -t tmpfs -o mode=0700 tmpfs /host/var/lib/cni
+else
+    say "no /var/lib/cni on the host (scripts/install-deps.sh makes it): CNI cannot cache results"
+fi
 for k in $keep; do
     for d in tmp run srv var/tmp; do
         case $k in
