@@ -409,27 +409,33 @@ impl Env {
     }
 }
 
+/// What a failed test left: its pods' processes (SIGKILL), then containerd (SIGTERM, up to 10 s
+/// to exit, then SIGKILL).
+pub fn stop_leftovers(pod_processes: Vec<(u32, String)>, containerd: Option<Child>) {
+    for (pid, _) in pod_processes {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if let Some(mut c) = containerd {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         // Stop what a failed test left, then containerd, then unmount and remove.
-        for (pid, _) in self.pod_processes() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        if let Some(mut c) = self.containerd.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop_leftovers(self.pod_processes(), self.containerd.take());
         let prefix = self.dir.path().to_string_lossy().to_string();
         let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()

@@ -653,24 +653,7 @@ impl Drop for CriEnv {
             eprintln!("PULSE_CRI_KEEP: {} kept", self.dir.path().display());
         }
         // What a failed test left: its pods' processes, then containerd, then mounts.
-        for (pid, _) in self.pod_processes() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        if let Some(mut c) = self.containerd.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        common::stop_leftovers(self.pod_processes(), self.containerd.take());
         let mut mounts = self.mounts();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in &mounts {
