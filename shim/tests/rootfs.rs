@@ -127,6 +127,7 @@ fn the_shared_rootfs_shows_the_layers_as_runc_and_keeps_writes_apart() {
     require_env!();
     let _one = serial();
     let env = Env::start();
+    let snapshots_before = snapshot_names(&env);
     import_layered(&env);
     let runc = run(&env, "io.containerd.runc.v2", LAYERED, "r1", LOOK);
     assert_eq!(runc, (Some(0), LOOK_EXPECTED.into(), String::new()), "runc");
@@ -171,6 +172,23 @@ fn the_shared_rootfs_shows_the_layers_as_runc_and_keeps_writes_apart() {
         "{motds:?}"
     );
     env.assert_no_leaks();
+    // Removing the image frees its snapshots, as with runc: Pulse holds none of them.
+    let out = env.ctr(&["images", "rm", "--sync", LAYERED]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(snapshot_names(&env), snapshots_before);
+}
+
+/// The names in `ctr snapshots ls`.
+fn snapshot_names(env: &Env) -> Vec<String> {
+    let out = env.ctr(&["snapshots", "ls"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut names: Vec<String> = text(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    names.sort();
+    names
 }
 
 /// Two containers of one image in one pod (one VM) see their own writes only.
