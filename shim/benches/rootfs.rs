@@ -189,16 +189,24 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 fn print_row(r: &Row) {
+    let ms = |d: Option<Duration>| {
+        d.map_or("-".to_string(), |d| {
+            format!("{:.0}", d.as_secs_f64() * 1000.0)
+        })
+    };
+    let mib = |b: Option<u64>| {
+        b.map_or("-".to_string(), |b| {
+            format!("{:.1}", b as f64 / (1 << 20) as f64)
+        })
+    };
     println!(
-        "{:<8} {:<48} {:>8.0} {:>8} {:>12.1}",
+        "{:<8} {:<40} {:>8} {:>8} {:>12} {:>12}",
         r.image,
         r.runtime,
-        r.first.as_secs_f64() * 1000.0,
-        r.again.map_or("-".to_string(), |d| format!(
-            "{:.0}",
-            d.as_secs_f64() * 1000.0
-        )),
-        r.written as f64 / (1 << 20) as f64
+        ms(Some(r.first)),
+        ms(r.again),
+        mib(Some(r.written)),
+        mib(r.written_again)
     );
     let _ = std::io::stdout().flush();
 }
