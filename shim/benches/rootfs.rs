@@ -78,7 +78,14 @@ fn run() -> anyhow::Result<()> {
     let shim = common::shim_binary().display().to_string();
     let pulse = pulse_label();
     let mut rows = Vec::new();
-    for (name, bytes) in IMAGES {
+    // BENCH_IMAGES=2mb,1.5gb picks images.
+    let picked = std::env::var("BENCH_IMAGES").ok();
+    let images = IMAGES.into_iter().filter(|(name, _)| {
+        picked
+            .as_deref()
+            .is_none_or(|p| p.split(',').any(|x| x == *name))
+    });
+    for (name, bytes) in images {
         let tar = image_tarball(&cache, name, bytes)?;
         let image = format!("docker.io/library/pulse-bench-{name}:latest");
         let runtimes: [(&str, String, Option<&str>); 3] = [

@@ -303,6 +303,7 @@ impl Sandbox {
                     vec![
                         containers::Storage {
                             target: WRITABLE_LAYER.into(),
+                            options: rootfs::WRITABLE_MOUNT_OPTIONS.map(String::from).to_vec(),
                             ..disk
                         },
                         containers::Storage {
