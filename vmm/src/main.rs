@@ -78,6 +78,10 @@ struct RunArgs {
     /// Seccomp filters on the VMM's threads: on (default) or off (only to debug the VMM).
     #[arg(long, value_parser = parse_on_off)]
     seccomp: Option<bool>,
+    /// Map the test devices (the debug-exit port 0x501, whose byte becomes the exit status,
+    /// and the phase-marker port 0x441) for a test guest.
+    #[arg(long)]
+    test_devices: bool,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -230,6 +234,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         console: args.console,
         msi: args.msi,
         seccomp: args.seccomp,
+        test_devices: args.test_devices.then_some(true),
     };
     let config = file.merged_with(flags).into_vm_config()?;
     let signals = SignalWatcher::block()?;

@@ -3,11 +3,10 @@
 pub mod block;
 pub mod boot_timer;
 pub mod console;
-pub mod debug_exit;
 pub mod driver_ring;
 pub mod fs;
 pub mod net;
-pub mod phase_marker;
+pub mod pseudo;
 pub mod reset;
 pub mod serial;
 pub mod virtio;

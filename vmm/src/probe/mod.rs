@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::boot::{BootProtocol, KernelSource};
 use crate::config::VmConfig;
 use crate::devices::block::{BlockConfig, BlockHandle, DEFAULT_QUEUE_SIZE};
-use crate::devices::phase_marker::{self, PhaseDelta};
+use crate::devices::pseudo::phase_marker::{self, PhaseDelta};
 use crate::devices::serial::SerialOutput;
 use crate::devices::vsock::VsockConfig;
 use crate::exit::VmExit;
@@ -369,7 +369,7 @@ struct Resizer {
 const PHASE_RESIZE: u8 = 3;
 
 impl Resizer {
-    fn start(marks: crate::devices::phase_marker::Marks, block: BlockHandle) -> Self {
+    fn start(marks: crate::devices::pseudo::phase_marker::Marks, block: BlockHandle) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -449,6 +449,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     config.boot_protocol = options.boot_protocol;
     config.msi = options.offer_msi;
     config.seccomp = options.seccomp;
+    config.test_devices = true;
     config.serial = SerialOutput::Capture {
         buffer: buffer.clone(),
         echo: options.echo_serial,
@@ -623,7 +624,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
 /// The threads at the start and end of the run and at the guest's first start/done marks.
 fn thread_report(
     before: Option<u64>,
-    marks: &[crate::devices::phase_marker::PhaseMark],
+    marks: &[crate::devices::pseudo::phase_marker::PhaseMark],
 ) -> ThreadReport {
     let start = marks.iter().position(|m| m.phase == 1);
     let at_start = start.and_then(|i| marks[i].threads);
@@ -666,6 +667,7 @@ fn run_hostile(
     config.memory_mib = options.memory_mib;
     config.boot_protocol = options.boot_protocol;
     config.seccomp = options.seccomp;
+    config.test_devices = true;
     config.serial = SerialOutput::Capture {
         buffer: buffer.clone(),
         echo: options.echo_serial,
