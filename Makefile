@@ -53,6 +53,7 @@ lint: deps
 	$(CARGO) fmt --manifest-path guest/probe/Cargo.toml -- --check
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p pulse-vmm --all-targets --features test-utils -- -D warnings  # the benches on the fake driver
 	cd guest/probe && $(CARGO) clippy --release --target x86_64-unknown-none -- -D warnings
 
 unit-tests: deps guest
@@ -88,9 +89,9 @@ test: lint unit-tests fuzz-smoke nested-tests
 bench: build guest
 	$(CARGO) bench -p pulse-vmm --bench boot
 	$(CARGO) bench -p pulse-vmm --bench exits
-	$(CARGO) bench -p pulse-vmm --bench block -- --noplot
-	$(CARGO) bench -p pulse-vmm --bench vsock -- --noplot
-	$(CARGO) bench -p pulse-vmm --bench net -- --noplot
+	$(CARGO) bench -p pulse-vmm --features test-utils --bench block -- --noplot
+	$(CARGO) bench -p pulse-vmm --features test-utils --bench vsock -- --noplot
+	$(CARGO) bench -p pulse-vmm --features test-utils --bench net -- --noplot
 	$(CARGO) bench -p pulse-tests --bench guest_boot
 	scripts/bench-shim.sh  # Pulse vs runc through containerd (qemu backend where there is no VT-x)
 	$(CARGO) bench -p pulse-shim --bench cri  # pod start through the CRI, Pulse vs runc (same client as the CRI suite)

@@ -3,6 +3,7 @@
 pub mod block;
 pub mod boot_timer;
 pub mod console;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod driver_ring;
 pub mod fs;
 pub mod net;
