@@ -87,8 +87,8 @@ nested-tests: deps guest
 test: lint unit-tests fuzz-smoke nested-tests
 
 bench: build guest
-	$(CARGO) bench -p pulse-vmm --bench boot
-	$(CARGO) bench -p pulse-vmm --bench exits
+	$(CARGO) bench -p pulse-vmm-cli --bench boot
+	$(CARGO) bench -p pulse-vmm-cli --bench exits
 	$(CARGO) bench -p pulse-vmm --features test-utils --bench block -- --noplot
 	$(CARGO) bench -p pulse-vmm --features test-utils --bench vsock -- --noplot
 	$(CARGO) bench -p pulse-vmm --features test-utils --bench net -- --noplot

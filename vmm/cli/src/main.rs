@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use pulse_vmm::probe::{self, ProbeOptions, ProbeReport};
+use pulse_probe::{self as probe, ProbeOptions, ProbeReport};
 use pulse_vmm::{BootProtocol, Vm, VmConfigFile, VmHandle};
 
 /// `println!` that ignores a closed stdout (`pulse-vmm probe | head` must not panic).

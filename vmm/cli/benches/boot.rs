@@ -175,7 +175,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("pulse-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let elf = dir.join("pulse-probe.elf");
-    std::fs::write(&elf, pulse_vmm::probe::PROBE_ELF).expect("write probe");
+    std::fs::write(&elf, pulse_probe::PROBE_ELF).expect("write probe");
 
     let have_qemu = Command::new("qemu-system-x86_64")
         .arg("--version")

@@ -1,6 +1,7 @@
 //! The `pulse-vmm` command on bad input: one clear error line on stderr and exit status 2,
 //! never a panic. Also the happy path of `run` with a tiny guest and a TOML config.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::{Command, Output};
