@@ -623,9 +623,12 @@ impl RunningWatcher {
     fn finish(self) {
         use std::os::unix::thread::JoinHandleExt;
         self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        // std's raw pthread handle is an integer; musl's `pthread_t` is a pointer.
+        #[allow(clippy::unnecessary_cast)]
+        let thread = self.thread.as_pthread_t() as libc::pthread_t;
         // SAFETY: the thread is alive until joined below; SIGTERM is blocked there and taken by
         // its sigwait.
-        unsafe { libc::pthread_kill(self.thread.as_pthread_t(), libc::SIGTERM) };
+        unsafe { libc::pthread_kill(thread, libc::SIGTERM) };
         let _ = self.thread.join();
     }
 }
