@@ -17,6 +17,9 @@ deps:
 
 build: deps
 	$(CARGO) build --release --workspace
+	# What a host installs: the shim and pulse-vmm as static musl binaries (no glibc pages in
+	# each pod's resident set), in $(MUSL_DIR).
+	$(CARGO) build --release --target x86_64-unknown-linux-musl -p pulse-shim -p pulse-vmm-cli -p pulse-ctl
 
 # The guest agent as one static binary (it becomes the initramfs's /init), with a static
 # libseccomp built for musl (guest/seccomp/libseccomp-musl.sh, cached).
