@@ -91,7 +91,7 @@ test: lint unit-tests fuzz-smoke nested-tests
 
 bench: build guest
 	$(CARGO) build --release --target x86_64-unknown-linux-musl -p pulse-vmm-cli
-	PULSE_VMM_MUSL=$(MUSL_DIR)/pulse-vmm $(CARGO) bench -p pulse-vmm-cli --bench boot  # with the static musl build beside
+	PULSE_VMM_MUSL=$(CURDIR)/$(MUSL_DIR)/pulse-vmm $(CARGO) bench -p pulse-vmm-cli --bench boot  # with the static musl build beside
 	$(CARGO) bench -p pulse-vmm-cli --bench exits
 	$(CARGO) bench -p pulse-vmm --features test-utils --bench block -- --noplot
 	$(CARGO) bench -p pulse-vmm --features test-utils --bench vsock -- --noplot

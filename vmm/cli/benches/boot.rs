@@ -221,8 +221,8 @@ fn print_static(glibc: &[Sample], musl: &[Sample]) {
     println!();
     if musl.is_empty() {
         println!(
-            "static musl pulse-vmm: not measured (PULSE_VMM_MUSL unset; make bench builds \
-             target/x86_64-unknown-linux-musl/release/pulse-vmm and sets it)"
+            "static musl pulse-vmm: not measured (PULSE_VMM_MUSL, an absolute path, names no file; \
+             make bench builds target/x86_64-unknown-linux-musl/release/pulse-vmm and sets it)"
         );
         return;
     }

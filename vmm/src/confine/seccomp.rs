@@ -180,7 +180,7 @@ pub const RUNTIME: &[Allow] = &[
     // The SIGSYS report's exit; abort() (a double panic) signals its own process.
     sys!(SYS_exit_group),
     sys!(SYS_getpid),
-    sys!(SYS_tgkill, arg 2 in &[libc::SIGABRT as u64]),
+    ABORT_KILL,
     // std's panic message names the thread's id.
     sys!(SYS_gettid),
     // std's channels back off with a yield when contended (found by the mmio_transport fuzz
@@ -188,8 +188,29 @@ pub const RUNTIME: &[Allow] = &[
     sys!(SYS_sched_yield),
 ];
 
+/// abort()'s signal to its own thread.
+#[cfg(not(target_env = "musl"))]
+const ABORT_KILL: Allow = sys!(SYS_tgkill, arg 2 in &[libc::SIGABRT as u64]);
+/// musl's abort() raises with tkill.
+#[cfg(target_env = "musl")]
+const ABORT_KILL: Allow = sys!(SYS_tkill, arg 1 in &[libc::SIGABRT as u64]);
+
+/// fcntl's commands of a descriptor clone.
+#[cfg(not(target_env = "musl"))]
+const DUP_CLOEXEC: &[u64] = &[libc::F_DUPFD_CLOEXEC as u64];
+/// musl's F_DUPFD_CLOEXEC sets FD_CLOEXEC once more with F_SETFD (for kernels without it).
+#[cfg(target_env = "musl")]
+const DUP_CLOEXEC: &[u64] = &[libc::F_DUPFD_CLOEXEC as u64, libc::F_SETFD as u64];
+
+/// Waiting on an epoll set.
+#[cfg(not(target_env = "musl"))]
+const EPOLL_WAIT: Allow = sys!(SYS_epoll_wait);
+/// musl's epoll_wait is epoll_pwait (with no signal mask).
+#[cfg(target_env = "musl")]
+const EPOLL_WAIT: Allow = sys!(SYS_epoll_pwait);
+
 /// A worker's loop: waiting on its epoll set, changing it, reading its eventfds.
-const WORKER_LOOP: &[Allow] = &[sys!(SYS_epoll_wait), sys!(SYS_epoll_ctl), sys!(SYS_read)];
+const WORKER_LOOP: &[Allow] = &[EPOLL_WAIT, sys!(SYS_epoll_ctl), sys!(SYS_read)];
 
 /// A vCPU: KVM_RUN, and what the guest's register writes make the devices do on this thread:
 /// MSI routes and irqfds, tap offloads and queues at activation, eventfds, epoll sets and
@@ -205,7 +226,7 @@ const VCPU: &[Allow] = &[
     sys!(SYS_pread64),
     sys!(SYS_eventfd2),
     sys!(SYS_epoll_create1),
-    sys!(SYS_fcntl, arg 1 in &[libc::F_DUPFD_CLOEXEC as u64]),
+    sys!(SYS_fcntl, arg 1 in DUP_CLOEXEC),
     sys!(SYS_sendmsg),
     sys!(SYS_recvmsg),
 ];
@@ -237,14 +258,14 @@ const VSOCK: &[Allow] = &[
     sys!(SYS_shutdown),
     sys!(SYS_ioctl, arg 1 in &[FIONBIO]),
     // The muxer clones its stop eventfd.
-    sys!(SYS_fcntl, arg 1 in &[libc::F_DUPFD_CLOEXEC as u64]),
+    sys!(SYS_fcntl, arg 1 in DUP_CLOEXEC),
 ];
 
 /// Accepting on the hybrid-vsock socket, reading the CONNECT line (with a timeout), refusing.
 const VSOCK_LISTENER: &[Allow] = &[
     sys!(SYS_epoll_create1),
     sys!(SYS_epoll_ctl),
-    sys!(SYS_epoll_wait),
+    EPOLL_WAIT,
     sys!(SYS_accept4),
     sys!(SYS_recvfrom),
     sys!(SYS_sendto),
