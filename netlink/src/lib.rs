@@ -660,6 +660,19 @@ impl Netlink {
         )
     }
 
+    /// Moves link `index` into the network namespace of `netns` (an open namespace file).
+    pub fn move_to_netns(&mut self, index: u32, netns: &File) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes
+            .push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
+        self.ack(
+            &format!("moving link {index} to another network namespace"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+    }
+
     /// Removes link `index`.
     pub fn del_link(&mut self, index: u32) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
