@@ -38,7 +38,8 @@ impl HostServer {
             let r =
                 unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
             assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            let listener = TcpListener::bind((gateway().as_str(), 0)).unwrap();
+            // All addresses: the bridge (and its address) comes with the first pod.
+            let listener = TcpListener::bind(("0.0.0.0", 0)).unwrap();
             listener.set_nonblocking(true).unwrap();
             tx.send(listener.local_addr().unwrap().port()).unwrap();
             while !stopping.load(Ordering::Relaxed) {
@@ -253,7 +254,7 @@ pub fn pulse_pod_on_the_bridge_network() {
             _ => std::thread::sleep(Duration::from_millis(250)),
         }
     };
-    assert!(reply.starts_with("HTTP/1.0 200 OK"), "{reply}");
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
 
     node.remove_pod(&pod);
     assert!(!Path::new(&netns).exists(), "the pod's namespace is gone");
@@ -274,15 +275,19 @@ pub fn pulse_and_runc_pods_reach_each_other() {
     ] {
         node.wait_sh(
             from,
-            &format!("wget -q -T 5 -O - http://{to_ip}:8080/"),
+            // Not `wget -T`: busybox 1.35's wget crashes with it.
+            &format!("timeout 10 wget -q -O - http://{to_ip}:8080/"),
             &format!("{name}\n"),
             what,
             "ip -o addr; ip route",
         );
     }
-    node.stop_and_remove_pod(&a);
-    node.stop_and_remove_pod(&b);
-    node.stop_and_remove_pod(&c);
+    // All pods go before their cgroups (the harness removes every pod cgroup at once).
+    for pod in [&a, &b, &c] {
+        node.ok("StopPodSandbox", node.kubelet.stop_pod(&pod.id));
+        node.ok("RemovePodSandbox", node.kubelet.remove_pod(&pod.id));
+    }
+    node.env.remove_pod_cgroups();
     node.env.assert_no_leaks();
 }
 
