@@ -1281,3 +1281,9 @@ fn pulse_host_network_pod_is_refused_by_name_and_leaves_nothing() {
     require_cri!("pulse");
     network::pulse_host_network_pod_is_refused();
 }
+
+#[test]
+fn pulse_pod_network_after_kill_9_of_the_shim_leaves_nothing() {
+    require_cri!("pulse");
+    network::pulse_pod_network_after_kill_9_of_the_shim();
+}

@@ -330,3 +330,42 @@ pub fn pulse_host_network_pod_is_refused() {
     node.env.remove_pod_cgroups();
     node.env.assert_no_leaks();
 }
+
+/// Waits (30 s at most) until `check` holds.
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "after 30 s: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `kill -9` of a Pulse pod's shim: its VM dies with it and the tap with the VM; containerd's
+/// cleanup of the dead shim (`delete`) removes the veth's ingress qdisc; then the pod goes as
+/// usual and nothing is left.
+pub fn pulse_pod_network_after_kill_9_of_the_shim() {
+    let _one = serial();
+    let node = Node::start();
+    let (pod, _web, _ip) = serving_pod(&node, "pulse", "killed");
+    let netns = pod_netns(&node, &pod);
+    let ns = format!("--net={netns}");
+    let has = |args: &[&str], needle: &str| {
+        let mut cmd = vec!["nsenter", ns.as_str()];
+        cmd.extend_from_slice(args);
+        common::text(&node.env.in_netns(&cmd).stdout).contains(needle)
+    };
+    assert!(has(&["ip", "-o", "link"], "tap0_pulse"), "no tap");
+    assert!(has(&["tc", "qdisc", "show", "dev", "eth0"], "ingress"));
+    let shims = node.env.pulse_shims();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    // SAFETY: kill takes a pid (this test's own pod's shim) and a signal.
+    assert_eq!(unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) }, 0);
+    wait_until("the tap outlives the killed shim's VM", || {
+        !has(&["ip", "-o", "link"], "tap0_pulse")
+    });
+    wait_until(
+        "the veth's ingress qdisc outlives the dead shim's cleanup",
+        || !has(&["tc", "qdisc", "show", "dev", "eth0"], "ingress"),
+    );
+    node.remove_pod(&pod);
+}
