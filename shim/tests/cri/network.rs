@@ -102,6 +102,19 @@ fn host_get(netns: &Path, ip: &str, port: u16) -> Result<String, String> {
     .map_err(|e| e.to_string())?
 }
 
+/// `GET path` on the pod's management socket; the body.
+fn unix_get(socket: &Path, path: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: pulse\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.contains("200"), "{head}");
+    body.to_string()
+}
+
 /// The container command of a pod that serves `name` over HTTP on port 8080 (busybox httpd)
 /// and stays up.
 fn serving(name: &str) -> Vec<String> {
@@ -201,6 +214,30 @@ pub fn pulse_pod_on_the_bridge_network() {
         "rx-0 rx-1 tx-0 tx-1",
         "2 queue pairs (3 vCPUs, net_queues = 2)"
     );
+
+    // The device report: the NIC on tap0_pulse with 2 queue pairs, as the guest sees it (with
+    // the embedded backend: one MSI per queue, which the comparison checks).
+    let socket = node
+        .env
+        .pulse_state_dir()
+        .join(crate::harness::NS)
+        .join(&pod.id)
+        .join("mgmt.sock");
+    let report: serde_json::Value = serde_json::from_str(&unix_get(&socket, "/report")).unwrap();
+    let nets: Vec<&serde_json::Value> = report["host"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "net")
+        .collect();
+    assert_eq!(nets.len(), 1, "{report}");
+    assert_eq!(nets[0]["id"], "tap0_pulse", "{report}");
+    assert_eq!(nets[0]["queues"], 4, "{report}");
+    if common::embedded() {
+        assert_eq!(nets[0]["msi"], true, "{report}");
+    }
+    let mismatches = report["mismatches"].to_string();
+    assert!(!mismatches.contains("net"), "{mismatches}");
 
     // In the pod's namespace: the tap, and the redirects both ways.
     let ns = format!("--net={netns}");
