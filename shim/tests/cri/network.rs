@@ -217,7 +217,11 @@ pub fn pulse_pod_on_the_bridge_network() {
         .map(|q| format!("rx-{q}"))
         .chain((0..pairs).map(|q| format!("tx-{q}")))
         .collect();
-    assert_eq!(queues.trim(), want.join(" "), "{vcpus} vCPUs, net_queues = 2");
+    assert_eq!(
+        queues.trim(),
+        want.join(" "),
+        "{vcpus} vCPUs, net_queues = 2"
+    );
 
     // The device report: the NIC on tap0_pulse with 2 queue pairs, as the guest sees it (with
     // the embedded backend: one MSI per queue, which the comparison checks).
