@@ -17,6 +17,9 @@ deps:
 
 build: deps
 	$(CARGO) build --release --workspace
+	# What a host installs: the shim and pulse-vmm as static musl binaries (no glibc pages in
+	# each pod's resident set), in $(MUSL_DIR).
+	$(CARGO) build --release --target x86_64-unknown-linux-musl -p pulse-shim -p pulse-vmm-cli -p pulse-ctl
 
 # The guest agent as one static binary (it becomes the initramfs's /init), with a static
 # libseccomp built for musl (guest/seccomp/libseccomp-musl.sh, cached).
@@ -53,6 +56,7 @@ lint: deps
 	$(CARGO) fmt --manifest-path guest/probe/Cargo.toml -- --check
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p pulse-vmm --all-targets --features test-utils -- -D warnings  # the benches on the fake driver
 	cd guest/probe && $(CARGO) clippy --release --target x86_64-unknown-none -- -D warnings
 
 unit-tests: deps guest
@@ -86,14 +90,16 @@ nested-tests: deps guest
 test: lint unit-tests fuzz-smoke nested-tests
 
 bench: build guest
-	$(CARGO) bench -p pulse-vmm --bench boot
-	$(CARGO) bench -p pulse-vmm --bench exits
-	$(CARGO) bench -p pulse-vmm --bench block -- --noplot
-	$(CARGO) bench -p pulse-vmm --bench vsock -- --noplot
-	$(CARGO) bench -p pulse-vmm --bench net -- --noplot
+	$(CARGO) build --release --target x86_64-unknown-linux-musl -p pulse-vmm-cli
+	PULSE_VMM_MUSL=$(MUSL_DIR)/pulse-vmm $(CARGO) bench -p pulse-vmm-cli --bench boot  # with the static musl build beside
+	$(CARGO) bench -p pulse-vmm-cli --bench exits
+	$(CARGO) bench -p pulse-vmm --features test-utils --bench block -- --noplot
+	$(CARGO) bench -p pulse-vmm --features test-utils --bench vsock -- --noplot
+	$(CARGO) bench -p pulse-vmm --features test-utils --bench net -- --noplot
 	$(CARGO) bench -p pulse-tests --bench guest_boot
 	scripts/bench-shim.sh  # Pulse vs runc through containerd (qemu backend where there is no VT-x)
 	$(CARGO) bench -p pulse-shim --bench cri  # pod start through the CRI, Pulse vs runc (same client as the CRI suite)
+	$(CARGO) bench -p pulse-shim --bench rootfs  # container start against image size (2 MB to 1.5 GB), Pulse vs runc
 	$(CARGO) bench -p pulse-shim --bench pod_network  # host <-> pod TCP over the CNI bridge, Pulse 1 vs 2 queue pairs vs runc
 	$(CARGO) bench -p pulse-tests --bench rig  # runs itself in the nested rig where there is no VT-x
 

@@ -51,6 +51,21 @@ pub enum Accel {
     Tcg,
 }
 
+/// How a container's rootfs reaches the guest (`rootfs.mode`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsMode {
+    /// `shared` when the pod has its virtio-fs share (`devices.shared_fs`), `copy` otherwise.
+    #[default]
+    Auto,
+    /// The image's layers, shared read-only through virtio-fs, under an overlay whose
+    /// writable layer is a small disk of the container's own: nothing of the image is copied.
+    Shared,
+    /// The whole tree copied into an ext4 disk image per container (`mkfs.ext4 -d`): the
+    /// fallback, also for snapshots that are not overlay layers.
+    Copy,
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -206,17 +221,35 @@ impl Default for QemuConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RootfsConfig {
-    /// Free space added to a container's rootfs disk, MiB.
+    /// `auto`, `shared` or `copy`.
+    pub mode: RootfsMode,
+    /// `shared`: the size of a container's writable layer (a sparse disk image: the host
+    /// holds only what the container writes), MiB. What the container can write in all.
+    pub writable_mib: u64,
+    /// `copy`: free space added to a container's rootfs disk, MiB.
     pub free_mib: u64,
-    /// Smallest rootfs disk, MiB.
+    /// `copy`: smallest rootfs disk, MiB.
     pub min_mib: u64,
-    /// mkfs.ext4 (run with `-d` on the container's mounted rootfs).
+    /// mkfs.ext4 (`copy`: run with `-d` on the container's mounted rootfs).
     pub mkfs: PathBuf,
+}
+
+impl RootfsConfig {
+    /// The mode a pod uses: `auto` resolved by whether it has a virtio-fs share.
+    pub fn mode_for(&self, has_shared_fs: bool) -> RootfsMode {
+        match self.mode {
+            RootfsMode::Auto if has_shared_fs => RootfsMode::Shared,
+            RootfsMode::Auto => RootfsMode::Copy,
+            m => m,
+        }
+    }
 }
 
 impl Default for RootfsConfig {
     fn default() -> Self {
         Self {
+            mode: RootfsMode::Auto,
+            writable_mib: 4096,
             free_mib: 64,
             min_mib: 32,
             mkfs: PathBuf::from("mkfs.ext4"),
@@ -367,6 +400,22 @@ impl PulseConfig {
             return Err(invalid(
                 "devices.net_queues",
                 format!("must be 0 to 16, got {}", self.devices.net_queues),
+            ));
+        }
+        if self.rootfs.mode == RootfsMode::Shared && !self.devices.shared_fs {
+            return Err(invalid(
+                "rootfs.mode",
+                "\"shared\" needs devices.shared_fs = true (the layers reach the guest through it)"
+                    .into(),
+            ));
+        }
+        if !(16..=1 << 24).contains(&self.rootfs.writable_mib) {
+            return Err(invalid(
+                "rootfs.writable_mib",
+                format!(
+                    "must be 16 to 16777216 (16 TiB), got {}",
+                    self.rootfs.writable_mib
+                ),
             ));
         }
         if self.agent.port == 0 {
@@ -551,7 +600,7 @@ mod tests {
                     "accel",
                     "extra_args",
                 ]),
-                rootfs: keys(&["free_mib", "min_mib", "mkfs"]),
+                rootfs: keys(&["mode", "writable_mib", "free_mib", "min_mib", "mkfs"]),
                 shim: keys(&[
                     "state_dir",
                     "log_level",

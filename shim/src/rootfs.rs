@@ -1,7 +1,15 @@
-//! A container's rootfs as a disk the guest can mount: containerd's mounts
-//! (the snapshotter's overlay) are mounted on a staging directory, copied into
-//! an ext4 image with `mkfs.ext4 -d`, and unmounted again. The image is written
-//! in place into the block slot's file, so the VMM's open file sees it.
+//! A container's rootfs for the guest, two ways (`rootfs.mode`):
+//!
+//! - **shared**: [`image_view`] turns containerd's mounts into a read-only view of the
+//!   snapshot (an overlay of its layers without an upper dir, or a read-only bind); the sandbox
+//!   mounts that in the pod's virtio-fs share, and the guest mounts an overlay of it under a
+//!   writable layer on a fresh, empty ext4 disk ([`make_writable_disk`]). Nothing of the
+//!   image is read or copied on the host, and the host's overlayfs keeps the layers' own
+//!   whiteouts and opaque directories (no extended attributes cross virtio-fs).
+//! - **copy** (the fallback): containerd's mounts are mounted on a staging directory, copied
+//!   into an ext4 image with `mkfs.ext4 -d`, and unmounted again ([`build_disk`]).
+//!
+//! Either image is written in place into the block slot's file, so the VMM's open file sees it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -55,6 +63,130 @@ pub enum RootfsError {
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RootfsError {
     let context = context.into();
     move |source| RootfsError::Io { context, source }
+}
+
+/// A read-only view of the snapshot behind containerd's `mounts`, as one mount the share can
+/// hold, when they are something a read-only view can be made of: one overlay (viewed as an
+/// overlay without an upper dir: the snapshot's upper dir, normally still empty, on top of its
+/// lower dirs; the host's overlayfs resolves the layers' whiteouts and opaque directories), or
+/// one bind (the native snapshotter's directory, a one-layer view); no mounts at all: a bind
+/// of `tree`, the spec's root.path. `None` for anything else (a block device of another
+/// snapshotter, several mounts): that rootfs is copied. Mounting the view reads nothing of the
+/// image and writes nothing anywhere.
+pub fn image_view(mounts: &[RootfsMount], tree: &Path) -> Option<RootfsMount> {
+    let bind = |source: &Path| RootfsMount {
+        fs_type: "bind".into(),
+        source: source.display().to_string(),
+        options: vec!["rbind".into(), "ro".into()],
+    };
+    // Relative or odd paths (overlayfs escapes, option separators) are not guessed at.
+    let plain = |p: &str| p.starts_with('/') && !p.contains([',', ':', '\\']);
+    match mounts {
+        [] => Some(bind(tree)),
+        [m] if m.fs_type == "overlay" => {
+            let value = |key: &str| {
+                m.options
+                    .iter()
+                    .find_map(|o| o.strip_prefix(key)?.strip_prefix('='))
+            };
+            let mut layers: Vec<&str> = value("upperdir").into_iter().collect();
+            layers.extend(value("lowerdir")?.split(':'));
+            if !layers.iter().all(|l| plain(l)) {
+                return None;
+            }
+            if let [one] = layers[..] {
+                // overlayfs wants two layers without an upper dir; one is a bind.
+                return Some(bind(Path::new(one)));
+            }
+            let mut options = vec!["ro".to_string(), format!("lowerdir={}", layers.join(":"))];
+            // What else containerd asked for (index=off, userxattr) holds for the view too.
+            options.extend(
+                m.options
+                    .iter()
+                    .filter(|o| {
+                        !["upperdir=", "workdir=", "lowerdir="]
+                            .iter()
+                            .any(|k| o.starts_with(k))
+                            && !matches!(o.as_str(), "rw" | "ro")
+                    })
+                    .cloned(),
+            );
+            Some(RootfsMount {
+                fs_type: "overlay".into(),
+                source: "overlay".into(),
+                options,
+            })
+        }
+        [m] if m.fs_type == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind") => {
+            plain(&m.source).then(|| bind(Path::new(&m.source)))
+        }
+        _ => None,
+    }
+}
+
+/// How many layers a view from [`image_view`] stacks.
+pub fn view_layers(view: &RootfsMount) -> usize {
+    view.options
+        .iter()
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .map_or(1, |l| l.split(':').count())
+}
+
+/// How the guest mounts a writable layer: `noinit_itable` keeps the kernel from zeroing the
+/// inode tables mkfs left uninitialised (tens of MiB written in the background for a layer
+/// that is thrown away); the block groups stay flagged uninitialised, which ext4 handles.
+pub const WRITABLE_MOUNT_OPTIONS: [&str; 1] = ["noinit_itable"];
+
+/// Makes `image` a fresh, empty ext4 filesystem of `mib` MiB: a container's writable layer.
+/// The file is sparse (the host stores what the guest writes) and rewritten in place, so a VMM
+/// holding it open sees the new one. Returns its size.
+pub async fn make_writable_disk(image: &Path, mib: u64, mkfs: &Path) -> Result<u64, RootfsError> {
+    let size = mib << 20;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(image)
+        .map_err(io(format!("opening {}", image.display())))?;
+    file.set_len(0)
+        .and_then(|_| file.set_len(size))
+        .map_err(io(format!("sizing {}", image.display())))?;
+    drop(file);
+    // -m 0: the whole layer is the container's (its root would use the reserve anyway). No
+    // journal: the layer is thrown away with the container and never mounted again after a
+    // crash, so a journal would only double the writes. Lazy init: the inode tables are not
+    // zeroed here (mkfs writes about 2 MiB whatever the size), nor later in the guest
+    // (WRITABLE_MOUNT_OPTIONS).
+    let output = tokio::process::Command::new(mkfs)
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "pulse-rw",
+            "-m",
+            "0",
+            "-O",
+            "^has_journal",
+            "-E",
+            "lazy_itable_init=1,nodiscard",
+        ])
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| RootfsError::Mkfs {
+            mkfs: mkfs.display().to_string(),
+            message: format!("{e} (e2fsprogs is needed)"),
+        })?;
+    if !output.status.success() {
+        return Err(RootfsError::Mkfs {
+            mkfs: mkfs.display().to_string(),
+            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(size)
 }
 
 /// Bytes and inodes a directory tree uses.
@@ -247,6 +379,97 @@ mod tests {
         );
         assert!(big > (1 << 30) + (64 << 20));
         assert_eq!(big % (1 << 20), 0);
+    }
+
+    fn mount(fs_type: &str, source: &str, options: &[&str]) -> RootfsMount {
+        RootfsMount {
+            fs_type: fs_type.into(),
+            source: source.into(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn overlay_and_bind_snapshots_have_a_read_only_view_the_rest_is_copied() {
+        let tree = Path::new("/bundle/rootfs");
+        assert_eq!(
+            image_view(&[], tree),
+            Some(mount("bind", "/bundle/rootfs", &["rbind", "ro"]))
+        );
+        let active = mount(
+            "overlay",
+            "overlay",
+            &[
+                "index=off",
+                "workdir=/s/9/work",
+                "upperdir=/s/9/fs",
+                "lowerdir=/s/2/fs:/s/1/fs",
+                "rw",
+            ],
+        );
+        assert_eq!(
+            image_view(&[active], tree),
+            Some(mount(
+                "overlay",
+                "overlay",
+                &["ro", "lowerdir=/s/9/fs:/s/2/fs:/s/1/fs", "index=off"]
+            ))
+        );
+        let view = mount("overlay", "overlay", &["lowerdir=/s/2/fs:/s/1/fs"]);
+        assert_eq!(
+            image_view(&[view], tree).unwrap().options,
+            ["ro", "lowerdir=/s/2/fs:/s/1/fs"]
+        );
+        let native = mount("bind", "/s/native/5", &["rbind", "rw"]);
+        assert_eq!(
+            image_view(&[native], tree),
+            Some(mount("bind", "/s/native/5", &["rbind", "ro"]))
+        );
+        let single = mount("", "/s/1/fs", &["ro", "rbind"]);
+        assert!(image_view(&[single], tree).is_some());
+        // Another snapshotter's block device, several mounts, odd paths: copied.
+        assert!(image_view(&[mount("ext4", "/dev/dm-3", &[])], tree).is_none());
+        let two = [mount("bind", "/a", &[]), mount("bind", "/b", &[])];
+        assert!(image_view(&two, tree).is_none());
+        assert!(image_view(&[mount("overlay", "overlay", &["upperdir=/u"])], tree).is_none());
+        assert!(image_view(&[mount("overlay", "overlay", &["lowerdir=rel/1:/a"])], tree).is_none());
+        assert_eq!(
+            image_view(&[mount("overlay", "overlay", &["lowerdir=/only"])], tree),
+            Some(mount("bind", "/only", &["rbind", "ro"]))
+        );
+        assert!(image_view(&[mount("bind", "/a,b", &[])], tree).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_writable_disk_is_sparse_ext4_of_the_size_asked() {
+        let Some(mkfs) = which_mkfs() else {
+            eprintln!("mkfs.ext4 missing; skipped");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("slot.img");
+        std::fs::write(&image, vec![7u8; 4096]).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(&image).unwrap().ino();
+        let size = make_writable_disk(&image, 1024, &mkfs).await.unwrap();
+        let meta = std::fs::metadata(&image).unwrap();
+        assert_eq!((size, meta.len(), meta.ino()), (1 << 30, 1 << 30, inode));
+        assert!(
+            meta.blocks() * 512 < 8 << 20,
+            "a 1 GiB layer stores {} bytes",
+            meta.blocks() * 512
+        );
+        let mut head = [0u8; 2048];
+        use std::io::Read;
+        std::fs::File::open(&image)
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+        assert_eq!(&head[1024 + 0x38..1024 + 0x3a], &[0x53, 0xef]);
+        let err = make_writable_disk(&image, 64, Path::new("/nonexistent/mkfs"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/mkfs"), "{err}");
     }
 
     #[test]

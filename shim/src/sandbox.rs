@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::agent::{self, Agent};
 use crate::cgroup::{self, PodCgroup};
-use crate::config::PulseConfig;
+use crate::config::{PulseConfig, RootfsMode};
 use crate::console::{rotated_path, OomScanner};
 use crate::hypervisor::{self, Hypervisor, SandboxPaths};
 use crate::network::{self, GuestNetwork, PodNetns, PodNetwork};
@@ -26,6 +26,8 @@ use crate::shared_fs::{SharedFs, SANDBOX_SHM_BYTES};
 use crate::spec::MountPlan;
 use crate::state::{slot_serial, SandboxMachine, SlotTable, StateError};
 
+/// Where in the bundle the guest mounts a container's writable layer (`rootfs.mode = "shared"`).
+const WRITABLE_LAYER: &str = "rw";
 /// How long the agent gets to remove the containers at teardown.
 const POWEROFF_WAIT: Duration = Duration::from_secs(3);
 
@@ -276,15 +278,34 @@ impl Sandbox {
         report::prometheus(&self.pod, &host, guest.as_ref(), mismatches)
     }
 
-    /// Makes container `id`'s rootfs disk (from `mounts`, or from `tree`, the spec's root.path,
-    /// when containerd mounted nothing) and attaches it to a free slot; returns the storage the
-    /// agent mounts at the bundle's `rootfs`.
+    /// Makes container `id`'s rootfs for the guest from `mounts` (or from `tree`, the spec's
+    /// root.path, when containerd mounted nothing), by `rootfs.mode` (see [`crate::rootfs`]):
+    /// its layers shared read-only with a writable disk in a free slot, or a copy of it on a
+    /// disk in a free slot. Returns the storages the agent mounts, the last at the bundle's
+    /// `rootfs`.
     pub async fn attach_rootfs(
         &self,
         id: &str,
         mounts: &[RootfsMount],
         tree: &Path,
-    ) -> Result<containers::Storage> {
+    ) -> Result<Vec<containers::Storage>> {
+        let shared = match (
+            &self.share,
+            self.config.rootfs.mode_for(self.share.is_some()),
+        ) {
+            (Some(share), RootfsMode::Shared) => match rootfs::image_view(mounts, tree) {
+                Some(view) => Some((share, view)),
+                None => {
+                    tracing::info!(
+                        container = id,
+                        ?mounts,
+                        "rootfs: not overlay layers, copied"
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
         let slot = self.slots.lock().unwrap().take(id).ok_or_else(|| {
             anyhow!(
                 "pod {}: all {} block slots are in use (devices.block_slots in the pulse config)",
@@ -294,31 +315,66 @@ impl Sandbox {
         })?;
         let result = async {
             let image = self.vm.lock().await.slot_image(slot);
-            let staging = self.paths.staging(id)?;
-            let size =
-                rootfs::build_disk(mounts, tree, &staging, &image, &self.config.rootfs).await?;
-            self.vm.lock().await.attach_disk(slot, size).await?;
-            tracing::info!(
-                container = id,
-                slot,
-                mib = size >> 20,
-                "rootfs disk attached"
-            );
-            anyhow::Ok(())
+            let disk = containers::Storage {
+                source: containers::StorageSource::STORAGE_SOURCE_BLOCK_SERIAL.into(),
+                locator: slot_serial(slot),
+                fs_type: "ext4".into(),
+                ..Default::default()
+            };
+            let storages = match &shared {
+                Some((share, view)) => {
+                    let c = &self.config.rootfs;
+                    let size = rootfs::make_writable_disk(&image, c.writable_mib, &c.mkfs).await?;
+                    self.vm.lock().await.attach_disk(slot, size).await?;
+                    let lower_dirs = vec![share.mount_image(id, view)?];
+                    tracing::info!(
+                        container = id,
+                        slot,
+                        layers = rootfs::view_layers(view),
+                        "rootfs image shared"
+                    );
+                    vec![
+                        containers::Storage {
+                            target: WRITABLE_LAYER.into(),
+                            options: rootfs::WRITABLE_MOUNT_OPTIONS.map(String::from).to_vec(),
+                            ..disk
+                        },
+                        containers::Storage {
+                            source: containers::StorageSource::STORAGE_SOURCE_OVERLAY.into(),
+                            lower_dirs,
+                            upper_dir: format!("{WRITABLE_LAYER}/upper"),
+                            work_dir: format!("{WRITABLE_LAYER}/work"),
+                            target: "rootfs".into(),
+                            ..Default::default()
+                        },
+                    ]
+                }
+                None => {
+                    let staging = self.paths.staging(id)?;
+                    let size =
+                        rootfs::build_disk(mounts, tree, &staging, &image, &self.config.rootfs)
+                            .await?;
+                    self.vm.lock().await.attach_disk(slot, size).await?;
+                    tracing::info!(
+                        container = id,
+                        slot,
+                        mib = size >> 20,
+                        "rootfs disk attached"
+                    );
+                    vec![containers::Storage {
+                        target: "rootfs".into(),
+                        ..disk
+                    }]
+                }
+            };
+            anyhow::Ok(storages)
         }
         .await;
         if let Err(e) = result {
             self.detach_rootfs(id).await;
-            return Err(e.context(format!("container {id}: preparing its rootfs disk")));
+            return Err(e.context(format!("container {id}: preparing its rootfs")));
         }
-        Ok(containers::Storage {
-            source: containers::StorageSource::STORAGE_SOURCE_BLOCK_SERIAL.into(),
-            locator: slot_serial(slot),
-            fs_type: "ext4".into(),
-            options: Vec::new(),
-            target: "rootfs".into(),
-            ..Default::default()
-        })
+        result
     }
 
     /// Whether the pod's VM has a virtio-fs share for host paths.
@@ -354,8 +410,12 @@ impl Sandbox {
         }
     }
 
-    /// Empties container `id`'s slot (the agent unmounted it when it removed the container).
+    /// Empties container `id`'s slot and takes its image out of the share (the agent
+    /// unmounted both when it removed the container).
     pub async fn detach_rootfs(&self, id: &str) {
+        if let Some(share) = &self.share {
+            share.unmount_image(id);
+        }
         let slot = self.slots.lock().unwrap().release(id);
         if let Some(slot) = slot {
             if let Err(e) = self.vm.lock().await.detach_disk(slot).await {

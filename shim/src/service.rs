@@ -367,11 +367,11 @@ impl Service {
             })
             .collect();
         // Without mounts the tree is the spec's root.path, as runc takes it.
-        let storage = match sandbox
+        let storages = match sandbox
             .attach_rootfs(&req.id, &mounts, &crate::spec::host_root(spec, bundle))
             .await
         {
-            Ok(storage) => storage,
+            Ok(storages) => storages,
             Err(e) => {
                 sandbox.unshare_mounts(&req.id);
                 return Err(internal(e));
@@ -394,7 +394,7 @@ impl Service {
                 &containers::CreateContainerRequest {
                     container_id: req.id.clone(),
                     oci_spec_json: serde_json::to_vec(spec).unwrap_or_default(),
-                    storages: vec![storage],
+                    storages,
                     ..Default::default()
                 },
             )

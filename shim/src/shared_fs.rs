@@ -5,6 +5,8 @@
 //! <sandbox>/mounts/              a bind of itself, its own shared peer group
 //! <sandbox>/mounts/<c>/<n>       container <c>'s bind mount n: the host source, bound here
 //!                                (a read-only bind when the spec says ro)
+//! <sandbox>/mounts/<c>/rootfs     container <c>'s image: a read-only view of its snapshot (an
+//!                                overlay without upper dir, or a bind; `rootfs.mode = "shared"`)
 //! <sandbox>/shared/              a read-only bind of mounts/, its slave: what virtiofsd exports
 //! <sandbox>/staging/             a private bind of itself: where a read-only bind is made
 //!                                read-only before it is bound into mounts/
@@ -29,11 +31,14 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use crate::hypervisor::SandboxPaths;
 use crate::ids::{self, IdError, IdKind};
 use crate::mountinfo;
+use crate::rootfs::RootfsMount;
 use crate::spec::{MountPlan, SourceKind};
 
 /// The tag of the pod's virtio-fs device (the agent mounts it at
 /// [`crate::spec::GUEST_SHARED_DIR`]).
 pub const TAG: &str = "pulse-shared";
+/// Where a container's image view is in its part of the share.
+const IMAGE_DIR: &str = "rootfs";
 /// The size of the pod's shared-memory tmpfs in the guest (containerd's CRI default for a pod's
 /// /dev/shm).
 pub const SANDBOX_SHM_BYTES: u64 = 64 << 20;
@@ -194,6 +199,73 @@ impl SharedFs {
             bound += 1;
         }
         Ok(bound)
+    }
+
+    /// Mounts `view` (a read-only view of container `container`'s snapshot, from
+    /// [`crate::rootfs::image_view`]) into the share and returns its path in the guest.
+    pub fn mount_image(&self, container: &str, view: &RootfsMount) -> Result<String, ShareError> {
+        let target = self.container_dir(container)?.join(IMAGE_DIR);
+        crate::private_fs::create_dir(&target)
+            .map_err(io_err(format!("creating {}", target.display())))?;
+        let result = if view.fs_type == "bind" {
+            let stage = self.staging.join(format!("{container}-{IMAGE_DIR}"));
+            bind_read_only(
+                Path::new(&view.source),
+                &stage,
+                &target,
+                SourceKind::Dir,
+                false,
+            )
+        } else {
+            // The options may name more layers than one page holds: containerd-shim's mount
+            // shortens them as containerd does (from the layers' common parent).
+            containerd_shim::mount::mount_rootfs(
+                Some(view.fs_type.as_str()),
+                Some(view.source.as_str()),
+                &view.options,
+                &target,
+            )
+            .map_err(|e| ShareError::Io {
+                context: format!(
+                    "mounting the image's {} view on {}",
+                    view.fs_type,
+                    target.display()
+                ),
+                source: io::Error::other(e.to_string()),
+            })
+        };
+        if let Err(e) = result {
+            self.unmount_image(container);
+            return Err(e);
+        }
+        Ok(format!(
+            "{}/{container}/{IMAGE_DIR}",
+            crate::spec::GUEST_SHARED_DIR
+        ))
+    }
+
+    /// Unmounts and removes container `container`'s image view (its binds stay).
+    pub fn unmount_image(&self, container: &str) {
+        let Ok(dir) = self.container_dir(container) else {
+            return;
+        };
+        let dir = dir.join(IMAGE_DIR);
+        if !dir.exists() {
+            return;
+        }
+        let left = unmount_below(&dir);
+        let _ = unmount_below(&self.shared.join(container).join(IMAGE_DIR));
+        if !left.is_empty() {
+            tracing::error!(
+                container,
+                "still mounted after unmounting: {left:?}; leaving {}",
+                dir.display()
+            );
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir(&dir) {
+            tracing::warn!("removing {}: {e}", dir.display());
+        }
     }
 
     /// Unmounts and removes container `container`'s binds. The directory is removed only when

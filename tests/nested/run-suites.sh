@@ -18,15 +18,16 @@ CARGO=${CARGO:-cargo}
 # The test binaries, by cargo's own account of what it built (--workspace: the same features,
 # so the same artifacts, as `cargo test --workspace`).
 built=$("$CARGO" test --workspace --no-run --message-format=json --test containerd \
-    --test cri --test differential --test guest_embedded)
+    --test rootfs --test cri --test differential --test guest_embedded)
 executable() {
     grep "\"name\":\"$1\"" <<<"$built" | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
 }
 containerd_suite=$(executable containerd)
+rootfs_suite=$(executable rootfs)
 cri_suite=$(executable cri)
 differential_suite=$(executable differential)
 driver_suite=$(executable guest_embedded)
-for suite in "$containerd_suite" "$cri_suite" "$differential_suite" "$driver_suite"; do
+for suite in "$containerd_suite" "$rootfs_suite" "$cri_suite" "$differential_suite" "$driver_suite"; do
     [ -x "$suite" ] || { echo "run-suites: test binaries not found" >&2; exit 1; }
 done
 
@@ -46,7 +47,7 @@ for attempt in $(seq 1 $attempts); do
     set +e
     PULSE_RIG_SKIP=$skip "$repo/scripts/nested.sh" --direct-ok --timeout "${PULSE_NESTED_TIMEOUT:-3600}" \
         --env PULSE_TEST_BACKEND=embedded -- \
-        "$here/in-l1.sh" "$driver_suite" "$containerd_suite" "$cri_suite" ${differential:+"$differential_suite"} 2>&1 | tee "$log"
+        "$here/in-l1.sh" "$driver_suite" "$containerd_suite" "$rootfs_suite" "$cri_suite" ${differential:+"$differential_suite"} 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
     cat "$log" >>"$all"
@@ -65,7 +66,7 @@ flaky=$(grep -c '^RIG-TEST-FLAKY ' "$all" || true)
 passed=$(( $(grep -c '^RIG-TEST-PASSED ' "$all" || true) + flaky ))
 failed=$(grep -c '^RIG-TEST-FAILED ' "$all" || true)
 skipped=$(grep -c 'SKIPPED: ' "$all" || true)
-echo "== nested rig: ${passed} passed (${flaky} only on a second run), ${failed} failed, ${skipped} skipped in ${took}s (embedded backend: containerd and CRI suites${differential:+, runc differential suite}; Linux driver tests) =="
+echo "== nested rig: ${passed} passed (${flaky} only on a second run), ${failed} failed, ${skipped} skipped in ${took}s (embedded backend: containerd, rootfs and CRI suites${differential:+, runc differential suite}; Linux driver tests) =="
 [ "$rc" -eq 0 ] || { echo "run-suites: the nested run exited $rc" >&2; exit "$rc"; }
 [ "$failed" -eq 0 ] || { echo "run-suites: $failed tests failed in the rig" >&2; exit 1; }
 [ "${passed}" -gt 0 ] || { echo "run-suites: no test ran in the rig" >&2; exit 1; }

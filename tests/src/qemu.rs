@@ -82,7 +82,7 @@ impl Accel {
     }
 
     /// `-cpu`'s value: the emulator's full model, or the host's CPU under KVM (without
-    /// IA32_ARCH_CAPABILITIES, which some nested KVMs refuse to set; see vmm/benches/boot.rs).
+    /// IA32_ARCH_CAPABILITIES, which some nested KVMs refuse to set; see vmm/cli/benches/boot.rs).
     fn cpu(self) -> &'static str {
         match self {
             Accel::Tcg => "max",

@@ -54,6 +54,9 @@ pub struct VmConfig {
     /// Install the seccomp filter of each VMM thread's kind (see `docs/confinement.md`). On by
     /// default; off only to debug the VMM. Capabilities are dropped either way.
     pub seccomp: bool,
+    /// Map the test devices ([`crate::devices::pseudo`]: the debug-exit and phase-marker
+    /// ports) for a test guest such as the probe. Off by default.
+    pub test_devices: bool,
 }
 
 /// Configuration errors.
@@ -124,6 +127,7 @@ impl VmConfig {
             fs: None,
             msi: true,
             seccomp: true,
+            test_devices: false,
         }
     }
 
@@ -219,6 +223,8 @@ pub struct VmConfigFile {
     pub msi: Option<bool>,
     /// Seccomp filters on the VMM's threads (default true; false only to debug).
     pub seccomp: Option<bool>,
+    /// The test devices (debug-exit and phase-marker ports) for a test guest (default false).
+    pub test_devices: Option<bool>,
 }
 
 /// The `[vsock]` table, or the `--vsock cid=N,uds=PATH` flag.
@@ -354,6 +360,7 @@ impl VmConfigFile {
             console: other.console.or(self.console),
             msi: other.msi.or(self.msi),
             seccomp: other.seccomp.or(self.seccomp),
+            test_devices: other.test_devices.or(self.test_devices),
         }
     }
 
@@ -399,6 +406,7 @@ impl VmConfigFile {
         config.console = self.console;
         config.msi = self.msi.unwrap_or(true);
         config.seccomp = self.seccomp.unwrap_or(true);
+        config.test_devices = self.test_devices.unwrap_or(false);
         config.vsock = self.vsock.map(|v| VsockConfig {
             guest_cid: v.cid,
             uds_path: v.uds,

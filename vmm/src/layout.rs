@@ -77,7 +77,7 @@ pub const SERIAL_COM1_PORT: u16 = 0x3f8;
 pub const BOOT_TIMER_PORT: u16 = 0x440;
 /// Value the guest writes to the boot-timer port.
 pub const BOOT_TIMER_MAGIC: u8 = 123;
-/// I/O port where a test guest marks the phases of its run (see `devices::phase_marker`).
+/// I/O port where a test guest marks the phases of its run (see `devices::pseudo::phase_marker`).
 pub const PHASE_MARKER_PORT: u16 = 0x441;
 /// I/O port whose write stops the VM with a status code (QEMU's isa-debug-exit address).
 pub const DEBUG_EXIT_PORT: u16 = 0x501;

@@ -24,7 +24,6 @@ pub mod layout;
 pub mod memory;
 pub mod metrics;
 pub mod mmio;
-pub mod probe;
 pub mod vcpu;
 pub mod vm;
 

@@ -15,9 +15,9 @@ use crate::confine::{self, ConfineError, PolicyScope};
 use crate::devices::block::{Block, BlockError, BlockHandle};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::console::{Console, ConsoleError};
-use crate::devices::debug_exit::DebugExit;
 use crate::devices::net::{Net, NetError, QueueCounters as NetQueueCounters};
-use crate::devices::phase_marker::{Marks, PhaseMark, PhaseMarker};
+use crate::devices::pseudo::debug_exit::DebugExit;
+use crate::devices::pseudo::phase_marker::{Marks, PhaseMark, PhaseMarker};
 use crate::devices::reset::{ResetControl, RESET_PORT};
 use crate::devices::serial::{open_output, SerialDevice, SerialOutput};
 use crate::devices::virtio::VirtioDevice;
@@ -302,26 +302,28 @@ impl Vm {
             1,
         )?;
         pio.insert(
-            Arc::new(Mutex::new(DebugExit::new(exit.clone()))),
-            u64::from(layout::DEBUG_EXIT_PORT),
-            1,
-        )?;
-        pio.insert(
             Arc::new(Mutex::new(ResetControl::new(exit.clone()))),
             u64::from(RESET_PORT),
             1,
         )?;
         let kvm_stats = Arc::new(std::sync::OnceLock::new());
         let marks: Marks = Arc::default();
-        pio.insert(
-            Arc::new(Mutex::new(PhaseMarker::new(
-                metrics.clone(),
-                kvm_stats.clone(),
-                marks.clone(),
-            ))),
-            u64::from(layout::PHASE_MARKER_PORT),
-            1,
-        )?;
+        if config.test_devices {
+            pio.insert(
+                Arc::new(Mutex::new(DebugExit::new(exit.clone()))),
+                u64::from(layout::DEBUG_EXIT_PORT),
+                1,
+            )?;
+            pio.insert(
+                Arc::new(Mutex::new(PhaseMarker::new(
+                    metrics.clone(),
+                    kvm_stats.clone(),
+                    marks.clone(),
+                ))),
+                u64::from(layout::PHASE_MARKER_PORT),
+                1,
+            )?;
+        }
 
         let mut subscribers: Vec<Subscriber> = Vec::new();
         if matches!(config.serial, SerialOutput::Stdout) {

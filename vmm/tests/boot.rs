@@ -19,6 +19,7 @@ struct Run {
 fn config(image: Vec<u8>) -> (VmConfig, Arc<Mutex<Vec<u8>>>) {
     let buffer = Arc::new(Mutex::new(Vec::new()));
     let mut config = VmConfig::new(KernelSource::Bytes(image.into()));
+    config.test_devices = true;
     config.memory_mib = 32;
     config.serial = SerialOutput::Capture {
         buffer: buffer.clone(),

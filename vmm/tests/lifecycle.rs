@@ -17,6 +17,7 @@ fn threads_and_fds_are_released() {
     let image: std::sync::Arc<[u8]> = elf(&exiting_guest("ok", 0), None).into();
     let run = |vcpus: u8| {
         let mut config = VmConfig::new(KernelSource::Bytes(image.clone()));
+        config.test_devices = true;
         config.vcpus = vcpus;
         config.memory_mib = 16;
         config.serial = SerialOutput::None;
@@ -31,6 +32,7 @@ fn threads_and_fds_are_released() {
     }
     // A VM dropped without waiting is stopped and released too.
     let mut config = VmConfig::new(KernelSource::Bytes(elf(&common::asm::SPIN, None).into()));
+    config.test_devices = true;
     config.memory_mib = 16;
     config.vcpus = 2;
     drop(Vm::start(&config).unwrap());

@@ -60,6 +60,7 @@ fn a_vm_with_a_virtio_fs_device_starts_announces_it_and_releases_the_backend() {
     let mut config = VmConfig::new(KernelSource::Bytes(
         elf(&exiting_guest("ok", 0), None).into(),
     ));
+    config.test_devices = true;
     config.memory_mib = 16;
     config.serial = SerialOutput::None;
     config.fs = Some(FsConfig::new(&socket, "pulse-shared"));

@@ -7,6 +7,7 @@
 
 mod console;
 mod cwd;
+mod overlay;
 mod process;
 mod spec;
 mod stdio;

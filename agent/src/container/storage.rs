@@ -1,5 +1,5 @@
 //! Filesystems the agent mounts for a container before creating it: block
-//! devices found by their serial, guest paths, tmpfs.
+//! devices found by their serial, guest paths, tmpfs, overlays of shared layers.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use pulse_protocols::containers::{Storage, StorageSource};
+
+use super::overlay::{mount_overlay, OverlayPlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -157,6 +159,17 @@ pub fn mount_storage(
             (path, None, flags | MsFlags::MS_BIND | MsFlags::MS_REC)
         }
         StorageSource::STORAGE_SOURCE_TMPFS => (PathBuf::from("tmpfs"), Some("tmpfs"), flags),
+        StorageSource::STORAGE_SOURCE_OVERLAY => {
+            let plan = OverlayPlan::new(
+                &storage.lower_dirs,
+                &storage.upper_dir,
+                &storage.work_dir,
+                bundle,
+            )?;
+            fs::create_dir_all(&target).map_err(|e| StorageError::MountPoint(target.clone(), e))?;
+            mount_overlay(&plan, &target, flags, &data)?;
+            return Ok(MountedStorage { target });
+        }
         StorageSource::STORAGE_SOURCE_UNSPECIFIED => {
             return Err(StorageError::Invalid("source is unspecified".into()))
         }

@@ -151,10 +151,18 @@ impl Env {
     }
 
     /// Everything in a running pod's sandbox directory is root's alone: the
-    /// directories 0700, files 0600, sockets without group or other bits.
+    /// directories 0700, files 0600, sockets without group or other bits. What is mounted in
+    /// the pod's share (a container's image, its bind mounts) is the user's, and not looked into.
     pub fn assert_private(&self, pod: &str) {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         let dir = self.state_dir().join(NS).join(pod);
+        let own = ["mounts", "shared", "staging"].map(|d| dir.join(d));
+        let shared: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+            .filter(|m| m.starts_with(&dir) && !own.contains(m))
+            .collect();
         let mut stack = vec![dir.clone()];
         let mut seen = 0;
         while let Some(d) = stack.pop() {
@@ -165,6 +173,9 @@ impl Env {
                 let mode = meta.permissions().mode() & 0o777;
                 let path = entry.path();
                 seen += 1;
+                if shared.contains(&path) {
+                    continue;
+                }
                 if meta.is_dir() {
                     stack.push(path);
                 } else if meta.file_type().is_socket() {

@@ -1,6 +1,6 @@
 //! Pulse's embedded VM against QEMU `-M microvm -accel kvm`, the same kernel, initramfs,
 //! vCPUs and memory, vsock only: time from the VM's start to the agent's first answer, and
-//! the VMM's memory overhead measured as vmm/benches/boot.rs does: the process's RSS minus
+//! the VMM's memory overhead measured as vmm/cli/benches/boot.rs does: the process's RSS minus
 //! the RSS of the guest-RAM mapping, sampled from outside while the guest boots, the sample
 //! with the highest RSS.
 //!
@@ -289,7 +289,7 @@ pub fn print_table(boots: &Boots) {
     println!("  QEMU's at spawning QEMU (its vhost-device-vsock already up).");
     println!(
         "Memory: RSS minus the guest-RAM mapping's RSS, highest sample while booting (as \
-         vmm/benches/boot.rs);"
+         vmm/cli/benches/boot.rs);"
     );
     println!(
         "  Pulse's process also holds the agent's client and a tokio runtime, as the shim does."

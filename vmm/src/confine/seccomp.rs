@@ -135,11 +135,18 @@ pub const KVM_SET_GSI_ROUTING: u64 = ioc(
     std::mem::size_of::<kvm_bindings::kvm_irq_routing>(),
 );
 /// `TUNSETOFFLOAD`: the offloads the guest negotiated.
-pub const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
+pub const TUNSETOFFLOAD: u64 = request(libc::TUNSETOFFLOAD);
 /// `TUNSETQUEUE`: attach or detach a tap queue (the guest's queue-pair count).
-pub const TUNSETQUEUE: u64 = libc::TUNSETQUEUE;
+pub const TUNSETQUEUE: u64 = request(libc::TUNSETQUEUE);
 /// `FIONBIO`: what `set_nonblocking` uses on sockets.
-pub const FIONBIO: u64 = libc::FIONBIO;
+pub const FIONBIO: u64 = request(libc::FIONBIO);
+
+/// An ioctl request number as the filters compare it (its low 32 bits: [`condition`] compares `Dword`s):
+/// libc types these `c_ulong` with glibc and `c_int` with musl.
+#[allow(clippy::unnecessary_cast)]
+const fn request(op: libc::Ioctl) -> u64 {
+    op as u64
+}
 
 /// What every thread needs: Rust's standard library, glibc and the allocator on a running
 /// thread, the clock, logging (`write`), closing what it drops, ending, aborting.

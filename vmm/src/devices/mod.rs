@@ -3,11 +3,11 @@
 pub mod block;
 pub mod boot_timer;
 pub mod console;
-pub mod debug_exit;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod driver_ring;
 pub mod fs;
 pub mod net;
-pub mod phase_marker;
+pub mod pseudo;
 pub mod reset;
 pub mod serial;
 pub mod virtio;

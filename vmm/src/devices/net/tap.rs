@@ -152,6 +152,13 @@ fn hint_for(e: &io::Error) -> &'static str {
     }
 }
 
+/// A socket ioctl's number as `ioctl` takes it: libc types `SIOC*` `c_ulong`, and `ioctl`'s
+/// request `c_ulong` with glibc but `c_int` with musl (every `SIOC*` fits).
+#[allow(clippy::unnecessary_cast, clippy::cast_possible_truncation)]
+const fn socket_request(op: libc::c_ulong) -> libc::Ioctl {
+    op as libc::Ioctl
+}
+
 /// An ioctl on a tap queue that passes an `ifreq`.
 pub(super) fn ioctl_ifreq(fd: RawFd, op: libc::Ioctl, ifr: &mut libc::ifreq) -> io::Result<()> {
     // SAFETY: `ifr` is a valid, writable ifreq for the duration of the call, which is what
@@ -555,12 +562,12 @@ impl Tap {
         }
         self.with_ctl_socket("SIOCSIFFLAGS (link up)", |sock| {
             let mut ifr = ifreq_for(&self.name);
-            ioctl_ifreq(sock, libc::SIOCGIFFLAGS, &mut ifr)?;
+            ioctl_ifreq(sock, socket_request(libc::SIOCGIFFLAGS), &mut ifr)?;
             // SAFETY: SIOCGIFFLAGS filled in the flags member of the union.
             let flags = unsafe { ifr.ifr_ifru.ifru_flags };
             if flags & libc::IFF_UP as libc::c_short == 0 {
                 ifr.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-                ioctl_ifreq(sock, libc::SIOCSIFFLAGS, &mut ifr)?;
+                ioctl_ifreq(sock, socket_request(libc::SIOCSIFFLAGS), &mut ifr)?;
             }
             Ok(())
         })
@@ -570,7 +577,7 @@ impl Tap {
     pub fn mtu(&self) -> Result<u32, TapError> {
         self.with_ctl_socket("SIOCGIFMTU", |sock| {
             let mut ifr = ifreq_for(&self.name);
-            ioctl_ifreq(sock, libc::SIOCGIFMTU, &mut ifr)?;
+            ioctl_ifreq(sock, socket_request(libc::SIOCGIFMTU), &mut ifr)?;
             // SAFETY: SIOCGIFMTU filled in the mtu member of the union.
             Ok(unsafe { ifr.ifr_ifru.ifru_mtu } as u32)
         })
@@ -584,7 +591,7 @@ impl Tap {
         self.with_ctl_socket("SIOCSIFMTU", |sock| {
             let mut ifr = ifreq_for(&self.name);
             ifr.ifr_ifru.ifru_mtu = mtu as libc::c_int;
-            ioctl_ifreq(sock, libc::SIOCSIFMTU, &mut ifr)
+            ioctl_ifreq(sock, socket_request(libc::SIOCSIFMTU), &mut ifr)
         })
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::vm::NetHandle;
+use pulse_vmm::vm::NetHandle;
 
 /// The probe's frames: this EtherType, then `PPROBE`, the pair (u16 BE), the sequence.
 const PROBE_ETHERTYPE: u16 = 0x88b5;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::devices::vsock::unix::forward_path;
-use crate::devices::vsock::VsockHandle;
+use pulse_vmm::devices::vsock::unix::forward_path;
+use pulse_vmm::devices::vsock::VsockHandle;
 
 /// What the guest sends on its own connection (the probe's constant)...
 pub const GUEST_HELLO: &[u8] = b"hello from pulse-probe\n";

@@ -1,5 +1,6 @@
-//! Builds the bare-metal probe guest (guest/probe, target x86_64-unknown-none) so that the
-//! `pulse-vmm` binary can embed it: `pulse-vmm probe` then needs no file.
+//! Builds the bare-metal probe guest (guest/probe, target x86_64-unknown-none) so that this
+//! crate can embed it: `pulse-vmm probe` then needs no file. Only this test-harness crate does
+//! it; the VMM library (and so the shim) builds no guest.
 
 use std::env;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::process::Command;
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let probe_dir = manifest_dir.join("../guest/probe");
+    let probe_dir = manifest_dir.join("../../guest/probe");
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let target_dir = out_dir.join("probe-target");
     println!("cargo:rerun-if-changed={}", probe_dir.join("src").display());
@@ -27,15 +28,6 @@ fn main() {
         "cargo:rerun-if-changed={}",
         probe_dir.join(".cargo").display()
     );
-
-    // The fuzz targets (feature `fuzzing`, built by cargo-fuzz with a toolchain that may lack
-    // the probe's target) never boot the probe: an empty file stands in for it.
-    println!("cargo:rerun-if-env-changed=CARGO_FEATURE_FUZZING");
-    if env::var_os("CARGO_FEATURE_FUZZING").is_some() {
-        std::fs::write(out_dir.join("pulse-probe.elf"), b"")
-            .unwrap_or_else(|e| panic!("cannot write the stand-in probe: {e}"));
-        return;
-    }
 
     // A prebuilt probe can be given instead (to try a modified guest without rebuilding it here).
     println!("cargo:rerun-if-env-changed=PULSE_PROBE_ELF");

@@ -139,7 +139,9 @@ fn pulse_cmd(pulse: &Path, elf: &Path) -> Command {
         .args(["--vcpus", &VCPUS.to_string()])
         .args(["--memory-mib", &MEMORY_MIB.to_string()])
         .args(["--serial", "stdio"])
-        .args(["--cmdline", &format!("console=ttyS0 probe.cpus={VCPUS}")]);
+        .args(["--cmdline", &format!("console=ttyS0 probe.cpus={VCPUS}")])
+        // The probe ends its run through the debug-exit port.
+        .arg("--test-devices");
     cmd
 }
 
@@ -175,7 +177,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("pulse-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let elf = dir.join("pulse-probe.elf");
-    std::fs::write(&elf, pulse_vmm::probe::PROBE_ELF).expect("write probe");
+    std::fs::write(&elf, pulse_probe::PROBE_ELF).expect("write probe");
 
     let have_qemu = Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -191,16 +193,63 @@ fn main() {
         "tcg"
     };
 
+    // The static musl build of the same command (make bench builds it), measured beside.
+    let musl = std::env::var_os("PULSE_VMM_MUSL")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
     let mut pulse_runs = Vec::new();
+    let mut musl_runs = Vec::new();
     let mut qemu_runs = Vec::new();
     for _ in 0..RUNS {
         pulse_runs.push(measure(pulse_cmd(&pulse, &elf)));
+        if let Some(musl) = &musl {
+            musl_runs.push(measure(pulse_cmd(musl, &elf)));
+        }
         if have_qemu {
             qemu_runs.push(measure(qemu_cmd(&elf, accel)));
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
     print_table(&pulse_runs, &qemu_runs, accel);
+    print_static(&pulse_runs, &musl_runs);
+}
+
+/// The static musl build against the default (glibc) one: the memory overhead against the
+/// goal of at most 2.5 MiB (Firecracker v1.16's, static musl, same probe guest, measured on
+/// this kind of machine), and the boot times.
+fn print_static(glibc: &[Sample], musl: &[Sample]) {
+    println!();
+    if musl.is_empty() {
+        println!(
+            "static musl pulse-vmm: not measured (PULSE_VMM_MUSL unset; make bench builds \
+             target/x86_64-unknown-linux-musl/release/pulse-vmm and sets it)"
+        );
+        return;
+    }
+    let col = |runs: &[Sample], f: fn(&Sample) -> f64| median(runs.iter().map(f).collect());
+    let g_mem = col(glibc, |s| s.overhead_kib as f64) / 1024.0;
+    let m_mem = col(musl, |s| s.overhead_kib as f64) / 1024.0;
+    let g_first = col(glibc, |s| s.first_output_ms);
+    let m_first = col(musl, |s| s.first_output_ms);
+    println!("pulse-vmm, the same runs: glibc (dynamic) against static musl, median of {RUNS}");
+    println!(
+        "| {:<32} | {:>10} | {:>10} | {:<28} |",
+        "metric", "glibc", "musl", "goal"
+    );
+    println!("|{:-<34}|{:->12}|{:->12}|{:-<30}|", "", "", "", "");
+    println!(
+        "| {:<32} | {:>10.2} | {:>10.2} | {:<28} |",
+        "VMM memory overhead (MiB)", g_mem, m_mem, "musl <= 2.5 (Firecracker's)"
+    );
+    println!(
+        "| {:<32} | {:>10.2} | {:>10.2} | {:<28} |",
+        "first serial output (ms)", g_first, m_first, ""
+    );
+    let failed = musl.iter().filter(|s| !s.ok).count();
+    println!(
+        "static musl overhead {m_mem:.2} MiB: {}; musl runs without the probe's ok: {failed}",
+        if m_mem <= 2.5 { "met" } else { "NOT met" }
+    );
 }
 
 fn print_table(pulse: &[Sample], qemu: &[Sample], accel: &str) {

@@ -7,24 +7,24 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::boot::{BootProtocol, KernelSource};
-use crate::config::VmConfig;
-use crate::devices::block::{BlockConfig, BlockHandle, DEFAULT_QUEUE_SIZE};
-use crate::devices::phase_marker::{self, PhaseDelta};
-use crate::devices::serial::SerialOutput;
-use crate::devices::vsock::VsockConfig;
-use crate::exit::VmExit;
-use crate::mmio::TransportStats;
-use crate::vm::{MemoryUsage, Vm, VmError};
+use pulse_vmm::boot::{BootProtocol, KernelSource};
+use pulse_vmm::config::VmConfig;
+use pulse_vmm::devices::block::{BlockConfig, BlockHandle, DEFAULT_QUEUE_SIZE};
+use pulse_vmm::devices::pseudo::phase_marker::{self, PhaseDelta};
+use pulse_vmm::devices::serial::SerialOutput;
+use pulse_vmm::devices::vsock::VsockConfig;
+use pulse_vmm::exit::VmExit;
+use pulse_vmm::mmio::TransportStats;
+use pulse_vmm::vm::{MemoryUsage, Vm, VmError};
 
 pub mod console_peer;
 pub mod net_peer;
 pub mod vsock_peer;
 
-use crate::devices::console::{ConsoleConfig, ConsoleSink};
-use crate::devices::net::{NetConfig, TapSource};
 use console_peer::{ConsolePeer, ConsolePeerReport};
 use net_peer::{NetPeer, NetPeerReport};
+use pulse_vmm::devices::console::{ConsoleConfig, ConsoleSink};
+use pulse_vmm::devices::net::{NetConfig, TapSource};
 use vsock_peer::{PeerPlan, PeerReport, VsockPeer};
 
 /// Frames the guest sends on every tx queue, and host frames every rx queue must deliver.
@@ -104,7 +104,7 @@ pub struct ProbeOptions {
     pub echo_serial: bool,
     /// Stop the guest if it has not finished by then.
     pub timeout: Duration,
-    /// The VMM's threads run under their seccomp filters (see [`crate::confine`]).
+    /// The VMM's threads run under their seccomp filters (see [`pulse_vmm::confine`]).
     pub seccomp: bool,
 }
 
@@ -203,7 +203,7 @@ pub struct ProbeReport {
 }
 
 /// Threads: of the VMM's process before the VM and once it is gone; of the VMM's own
-/// ([`crate::confine::live_threads`]: the marks are taken on a vCPU thread, which may not open
+/// ([`pulse_vmm::confine::live_threads`]: the marks are taken on a vCPU thread, which may not open
 /// /proc/self/task) at the guest's "workload starts" and "workload done" marks (the same
 /// devices run at both). A worker that a device reset (or the VM's end) left behind shows as a
 /// difference.
@@ -297,9 +297,9 @@ pub struct DeviceReport {
     /// What the guest driver found wrong with the device.
     pub guest_errors: Vec<String>,
     /// Guest mistakes the transport counted.
-    pub transport_errors: crate::mmio::TransportErrors,
+    pub transport_errors: pulse_vmm::mmio::TransportErrors,
     /// Guest mistakes the device model counted, and the log lines they cost.
-    pub faults: crate::devices::worker::FaultCounts,
+    pub faults: pulse_vmm::devices::worker::FaultCounts,
     /// The guest driver's account of the hostile mode.
     pub hostile: Option<Value>,
 }
@@ -369,7 +369,7 @@ struct Resizer {
 const PHASE_RESIZE: u8 = 3;
 
 impl Resizer {
-    fn start(marks: crate::devices::phase_marker::Marks, block: BlockHandle) -> Self {
+    fn start(marks: pulse_vmm::devices::pseudo::phase_marker::Marks, block: BlockHandle) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -437,7 +437,7 @@ pub enum ProbeError {
 
 /// Boots the embedded probe with `options` and collects the report.
 pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
-    let threads_before = crate::metrics::process_threads();
+    let threads_before = pulse_vmm::metrics::process_threads();
     if options.hostile {
         return run_hostile(options, threads_before);
     }
@@ -449,6 +449,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     config.boot_protocol = options.boot_protocol;
     config.msi = options.offer_msi;
     config.seccomp = options.seccomp;
+    config.test_devices = true;
     config.serial = SerialOutput::Capture {
         buffer: buffer.clone(),
         echo: options.echo_serial,
@@ -623,7 +624,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
 /// The threads at the start and end of the run and at the guest's first start/done marks.
 fn thread_report(
     before: Option<u64>,
-    marks: &[crate::devices::phase_marker::PhaseMark],
+    marks: &[pulse_vmm::devices::pseudo::phase_marker::PhaseMark],
 ) -> ThreadReport {
     let start = marks.iter().position(|m| m.phase == 1);
     let at_start = start.and_then(|i| marks[i].threads);
@@ -634,11 +635,11 @@ fn thread_report(
         before,
         at_start,
         at_done,
-        after: crate::metrics::process_threads(),
+        after: pulse_vmm::metrics::process_threads(),
     }
 }
 
-fn vsock_device_report(handle: &crate::devices::vsock::VsockHandle) -> VsockDeviceReport {
+fn vsock_device_report(handle: &pulse_vmm::devices::vsock::VsockHandle) -> VsockDeviceReport {
     use std::sync::atomic::Ordering::Relaxed;
     let c = handle.counters();
     VsockDeviceReport {
@@ -666,6 +667,7 @@ fn run_hostile(
     config.memory_mib = options.memory_mib;
     config.boot_protocol = options.boot_protocol;
     config.seccomp = options.seccomp;
+    config.test_devices = true;
     config.serial = SerialOutput::Capture {
         buffer: buffer.clone(),
         echo: options.echo_serial,
@@ -806,8 +808,8 @@ fn merge_device(
         .map(|v| {
             let gv = guest_vector(v.index);
             let (role, queue) = match v.role {
-                crate::interrupts::VectorRole::Config => ("config", None),
-                crate::interrupts::VectorRole::Queue(q) => ("queue", Some(q)),
+                pulse_vmm::interrupts::VectorRole::Config => ("config", None),
+                pulse_vmm::interrupts::VectorRole::Queue(q) => ("queue", Some(q)),
             };
             VectorReport {
                 index: v.index,

@@ -1,6 +1,7 @@
 //! The `pulse-vmm` command on bad input: one clear error line on stderr and exit status 2,
 //! never a panic. Also the happy path of `run` with a tiny guest and a TOML config.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::{Command, Output};
@@ -163,7 +164,14 @@ fn no_permission_on_dev_kvm() {
 #[test]
 fn run_boots_a_guest_with_flags_and_config() {
     let k = good_kernel();
-    let out = pulse(&["run", "--kernel", k.0.to_str().unwrap(), "--vcpus", "2"]);
+    let out = pulse(&[
+        "run",
+        "--kernel",
+        k.0.to_str().unwrap(),
+        "--vcpus",
+        "2",
+        "--test-devices",
+    ]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -174,7 +182,7 @@ fn run_boots_a_guest_with_flags_and_config() {
 
     let log = TempFile::with_contents("serial.log", b"");
     let cfg = format!(
-        "kernel = {:?}\nvcpus = 2\nmemory_mib = 32\nserial = \"file:{}\"\n",
+        "kernel = {:?}\nvcpus = 2\nmemory_mib = 32\nserial = \"file:{}\"\ntest_devices = true\n",
         k.0,
         log.0.display()
     );
@@ -192,8 +200,38 @@ fn run_boots_a_guest_with_flags_and_config() {
 #[test]
 fn run_exits_with_the_guest_status() {
     let k = TempFile::with_contents("vmlinux", &elf(&exiting_guest("", 7), None));
-    let out = pulse(&["run", "--kernel", k.0.to_str().unwrap(), "--serial", "none"]);
+    let out = pulse(&[
+        "run",
+        "--kernel",
+        k.0.to_str().unwrap(),
+        "--serial",
+        "none",
+        "--test-devices",
+    ]);
     assert_eq!(out.status.code(), Some(7));
+}
+
+/// Without `--test-devices` the debug-exit port is not there: a guest cannot stop its VM (or
+/// choose the VMM's exit status) through it; the VM runs on until it is stopped.
+#[test]
+fn without_test_devices_the_debug_exit_port_stops_nothing() {
+    let k = TempFile::with_contents("vmlinux", &elf(&exiting_guest("", 7), None));
+    let mut child = Command::new(BIN)
+        .args(["run", "--kernel", k.0.to_str().unwrap(), "--serial", "none"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the guest's write to the debug-exit port stopped the VM"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_ne!(status.code(), Some(7), "{status:?}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use pulse_vmm::probe::{self, ProbeOptions, ProbeReport};
+use pulse_probe::{self as probe, ProbeOptions, ProbeReport};
 use pulse_vmm::{BootProtocol, Vm, VmConfigFile, VmHandle};
 
 /// `println!` that ignores a closed stdout (`pulse-vmm probe | head` must not panic).
@@ -78,6 +78,10 @@ struct RunArgs {
     /// Seccomp filters on the VMM's threads: on (default) or off (only to debug the VMM).
     #[arg(long, value_parser = parse_on_off)]
     seccomp: Option<bool>,
+    /// Map the test devices (the debug-exit port 0x501, whose byte becomes the exit status,
+    /// and the phase-marker port 0x441) for a test guest.
+    #[arg(long)]
+    test_devices: bool,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -230,6 +234,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         console: args.console,
         msi: args.msi,
         seccomp: args.seccomp,
+        test_devices: args.test_devices.then_some(true),
     };
     let config = file.merged_with(flags).into_vm_config()?;
     let signals = SignalWatcher::block()?;
@@ -618,9 +623,12 @@ impl RunningWatcher {
     fn finish(self) {
         use std::os::unix::thread::JoinHandleExt;
         self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        // std's raw pthread handle is an integer; musl's `pthread_t` is a pointer.
+        #[allow(clippy::unnecessary_cast)]
+        let thread = self.thread.as_pthread_t() as libc::pthread_t;
         // SAFETY: the thread is alive until joined below; SIGTERM is blocked there and taken by
         // its sigwait.
-        unsafe { libc::pthread_kill(self.thread.as_pthread_t(), libc::SIGTERM) };
+        unsafe { libc::pthread_kill(thread, libc::SIGTERM) };
         let _ = self.thread.join();
     }
 }

@@ -129,7 +129,7 @@ fn four_device_types_on_legacy_lines() {
 #[test]
 fn a_tap_that_cannot_be_opened_is_a_clear_error() {
     let kernel = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(kernel.path(), pulse_vmm::probe::PROBE_ELF).unwrap();
+    std::fs::write(kernel.path(), pulse_probe::PROBE_ELF).unwrap();
     for (net, wanted) in [
         ("tap=this-name-is-too-long", "tap"),
         ("tap=ok0,queues=0", "queue pairs"),
