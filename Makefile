@@ -100,6 +100,7 @@ bench: build guest
 	scripts/bench-shim.sh  # Pulse vs runc through containerd (qemu backend where there is no VT-x)
 	$(CARGO) bench -p pulse-shim --bench cri  # pod start through the CRI, Pulse vs runc (same client as the CRI suite)
 	$(CARGO) bench -p pulse-shim --bench rootfs  # container start against image size (2 MB to 1.5 GB), Pulse vs runc
+	$(CARGO) bench -p pulse-shim --bench pod_network  # host <-> pod TCP over the CNI bridge, Pulse 1 vs 2 queue pairs vs runc
 	$(CARGO) bench -p pulse-tests --bench rig  # runs itself in the nested rig where there is no VT-x
 
 clean:

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
 /// The API files, in the order their modules appear in the crate.
-const PROTOS: &[&str] = &["health", "sandbox", "containers", "devices"];
+const PROTOS: &[&str] = &["health", "sandbox", "containers", "devices", "network"];
 
 fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -13,6 +13,7 @@ pub mod guest;
 pub mod helper;
 pub mod init;
 pub mod listen;
+pub mod network;
 pub mod ready;
 pub mod reaper;
 mod runtime;

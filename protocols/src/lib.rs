@@ -12,6 +12,7 @@
 //! | `Sandbox` | `protos/sandbox.proto` | [`sandbox`], [`sandbox_ttrpc`] |
 //! | `Containers` | `protos/containers.proto` | [`containers`], [`containers_ttrpc`] |
 //! | `Devices` | `protos/devices.proto` | [`devices`], [`devices_ttrpc`] |
+//! | `Network` | `protos/network.proto` | [`network`], [`network_ttrpc`] |
 
 include!(concat!(env!("OUT_DIR"), "/generated.rs"));
 

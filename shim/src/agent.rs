@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use pulse_protocols::{
     containers_ttrpc::ContainersClient, devices, devices_ttrpc::DevicesClient, health,
-    health_ttrpc::HealthClient, sandbox_ttrpc::SandboxClient,
+    health_ttrpc::HealthClient, network_ttrpc::NetworkClient, sandbox_ttrpc::SandboxClient,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -246,6 +246,11 @@ impl Agent {
         DevicesClient::new(self.client.clone())
     }
 
+    /// `Network`.
+    pub fn network(&self) -> NetworkClient {
+        NetworkClient::new(self.client.clone())
+    }
+
     /// `Health`.
     pub fn health(&self) -> HealthClient {
         HealthClient::new(self.client.clone())
@@ -407,6 +412,7 @@ mod tests {
         fn slot_image(&self, _slot: usize) -> PathBuf {
             PathBuf::new()
         }
+        fn set_nics(&mut self, _nics: Vec<crate::network::NicDevice>) {}
         async fn attach_disk(
             &mut self,
             _slot: usize,

@@ -142,7 +142,8 @@ pub struct DevicesConfig {
     pub block_slots: usize,
     /// Queues of each virtio-blk device (0: one per vCPU).
     pub block_queues: u16,
-    /// Queue pairs of the virtio-net device (0: no network device).
+    /// The most queue pairs of a pod's virtio-net cards (0: no network device); see
+    /// [`crate::network`] for which cards a pod gets.
     pub net_queues: u16,
     /// Per-queue MSI (Pulse's virtio-mmio extension); off means the legacy interrupt line.
     pub msi: bool,

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod logging;
 pub mod mgmt;
 pub mod mountinfo;
+pub mod network;
 pub mod persist;
 pub mod pod;
 pub mod private_fs;

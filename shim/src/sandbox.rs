@@ -18,6 +18,7 @@ use crate::cgroup::{self, PodCgroup};
 use crate::config::{PulseConfig, RootfsMode};
 use crate::console::{rotated_path, OomScanner};
 use crate::hypervisor::{self, Hypervisor, SandboxPaths};
+use crate::network::{self, GuestNetwork, PodNetns, PodNetwork};
 use crate::persist::{self, ProcRecord, SandboxRecord};
 use crate::report::{self, Report};
 use crate::rootfs::{self, RootfsMount};
@@ -47,22 +48,32 @@ pub struct Sandbox {
     oom: Arc<OomScanner>,
     cgroup: Option<Arc<PodCgroup>>,
     share: Option<SharedFs>,
+    network: Option<PodNetwork>,
 }
 
 impl Sandbox {
     /// Boots the pod's VM, connects to its agent, checks its devices and opens
     /// the management socket. On any failure everything started is removed again.
     /// The guest's hostname is `hostname` (the pod's, from the CRI sandbox's spec) or the
-    /// pod's id. `oom` receives container ids the guest kernel OOM-killed in.
+    /// pod's id. `oom` receives container ids the guest kernel OOM-killed in. With
+    /// `devices.net_queues` > 0 the interfaces CNI made in `netns` become the VM's NICs
+    /// ([`crate::network`]); a pod on the host's network is refused.
     pub async fn start(
         config: PulseConfig,
         namespace: &str,
         pod: &str,
         hostname: Option<&str>,
+        netns: PodNetns,
         oom: mpsc::UnboundedSender<String>,
     ) -> Result<Arc<Sandbox>> {
         let paths = SandboxPaths::new(&config.shim.state_dir, namespace, pod)?;
         check_socket_paths(&paths)?;
+        if config.devices.net_queues > 0 && netns == PodNetns::Host {
+            return Err(anyhow!(network::NetworkError::HostNetwork).context(format!(
+                "pod {pod} (devices.net_queues in the pulse config is {})",
+                config.devices.net_queues
+            )));
+        }
         if paths.dir.exists() {
             // A dead shim's leftovers: kill what it recorded, then start clean.
             cleanup_recorded(&paths.dir);
@@ -87,7 +98,20 @@ impl Sandbox {
                 paths.ready().display()
             )
         })?;
+        let (pod_network, guest_network) = match setup_network(&config, &netns, &paths).await {
+            Ok(Some((net, nics, guest))) => (Some((net, nics)), Some(guest)),
+            Ok(None) => (None, None),
+            Err(e) => {
+                remove_cgroup(cgroup.as_ref()).await;
+                persist::remove_dir(&paths.dir);
+                return Err(e.context(format!("pod {pod}: carrying its network into the VM")));
+            }
+        };
         let mut vm = hypervisor::create(&config, paths.clone(), cgroup.clone());
+        let pod_network = pod_network.map(|(net, nics)| {
+            vm.set_nics(nics);
+            net
+        });
         let share = vm.shared_fs_tag().map(|_| SharedFs::new(&paths));
         let booted = match &share {
             Some(share) => match share.prepare() {
@@ -107,9 +131,11 @@ impl Sandbox {
             .collect();
         let _ = record.save(&paths.state_file());
         let fail_cgroup = cgroup.clone();
+        let fail_network = pod_network.clone();
         let fail = |vm: Box<dyn Hypervisor>, paths: SandboxPaths, keep_console: bool| async move {
             let mut vm = vm;
             let _ = vm.stop().await;
+            teardown_network(fail_network).await;
             remove_cgroup(fail_cgroup.as_ref()).await;
             let console_tail = console_tail(&paths.console());
             if !keep_console {
@@ -161,6 +187,12 @@ impl Sandbox {
             let _ = fail(vm, paths, config.shim.keep_console_log).await;
             return Err(anyhow!("pod {pod}: the agent refused CreateSandbox: {e}"));
         }
+        if let Some(guest) = &guest_network {
+            if let Err(e) = apply_guest_network(&agent, guest).await {
+                let _ = fail(vm, paths, config.shim.keep_console_log).await;
+                return Err(e.context(format!("pod {pod}: setting the guest's network")));
+            }
+        }
 
         let mut machine = SandboxMachine::new(pod);
         machine.ready().map_err(|e| anyhow!(e))?;
@@ -177,6 +209,7 @@ impl Sandbox {
             oom: Arc::new(OomScanner::new(paths.console())),
             cgroup,
             share,
+            network: pod_network,
         });
         sandbox.check_devices().await;
         match crate::mgmt::serve(&paths.mgmt(), Arc::downgrade(&sandbox)) {
@@ -420,6 +453,7 @@ impl Sandbox {
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
+        teardown_network(self.network.clone()).await;
         remove_cgroup(self.cgroup.as_ref()).await;
         if self.config.shim.keep_console_log {
             let keep = self
@@ -440,6 +474,83 @@ impl Sandbox {
     pub async fn vm_exited(&self) -> Option<String> {
         self.vm.lock().await.exited()
     }
+}
+
+/// With `devices.net_queues` > 0 and a namespace CNI made: a tap per veth there, joined to
+/// it, recorded in the sandbox directory; the NICs for the VMM and the guest's settings. The
+/// queue pairs are the pod's vCPUs, at most `devices.net_queues`.
+async fn setup_network(
+    config: &PulseConfig,
+    netns: &PodNetns,
+    paths: &SandboxPaths,
+) -> Result<Option<(PodNetwork, Vec<network::NicDevice>, GuestNetwork)>> {
+    let PodNetns::Path(path) = netns else {
+        return Ok(None);
+    };
+    if config.devices.net_queues == 0 {
+        return Ok(None);
+    }
+    let pairs = config
+        .devices
+        .net_queues
+        .min(u16::from(config.vm.vcpus))
+        .max(1);
+    let path = path.clone();
+    let (net, nics, guest) =
+        tokio::task::spawn_blocking(move || PodNetwork::setup(&path, pairs)).await??;
+    if let Err(e) = net.save(&paths.dir) {
+        tracing::warn!(
+            "recording the pod's network in {}: {e}",
+            paths.dir.display()
+        );
+    }
+    tracing::info!(
+        netns = %net.netns.display(),
+        carried = ?net.carried,
+        queue_pairs = pairs,
+        "the pod's network is carried into the VM"
+    );
+    Ok(Some((net, nics, guest)))
+}
+
+/// Removes what [`setup_network`] made (off the runtime thread: it enters the namespace).
+async fn teardown_network(network: Option<PodNetwork>) {
+    let Some(network) = network else {
+        return;
+    };
+    match tokio::task::spawn_blocking(move || network.teardown()).await {
+        Ok(Ok(removed)) => tracing::info!(?removed, "the pod's network removed"),
+        Ok(Err(e)) => tracing::warn!("removing the pod's network: {e}"),
+        Err(e) => tracing::warn!("removing the pod's network: {e}"),
+    }
+}
+
+/// Has the agent set the guest's interfaces, routes and neighbours.
+async fn apply_guest_network(agent: &Agent, guest: &GuestNetwork) -> Result<()> {
+    if guest.interfaces.is_empty() {
+        return Ok(());
+    }
+    let (interfaces, routes, neighbours) = network::requests(guest);
+    let client = agent.network();
+    client
+        .update_interfaces(agent.ctx(), &interfaces)
+        .await
+        .map_err(|e| anyhow!("UpdateInterfaces: {e}"))?;
+    client
+        .update_routes(agent.ctx(), &routes)
+        .await
+        .map_err(|e| anyhow!("UpdateRoutes: {e}"))?;
+    client
+        .add_neighbours(agent.ctx(), &neighbours)
+        .await
+        .map_err(|e| anyhow!("AddNeighbours: {e}"))?;
+    tracing::info!(
+        interfaces = interfaces.interfaces.len(),
+        routes = routes.routes.len(),
+        neighbours = neighbours.neighbours.len(),
+        "the guest's network is set"
+    );
+    Ok(())
 }
 
 /// The pod's cgroup (`shim.cgroup_parent`), unless that is empty or cgroup v2 is not mounted.
@@ -518,6 +629,8 @@ pub fn console_tail(path: &Path) -> String {
 pub fn cleanup_recorded(dir: &Path) -> usize {
     let record = SandboxRecord::load(&dir.join("state.json")).unwrap_or_default();
     let killed = persist::kill_all(&record.vm, Duration::from_secs(5));
+    // The VM is gone, and with it the taps: what is left is the veths' ingress qdiscs.
+    network::cleanup_recorded(dir);
     if let Some(path) = &record.cgroup {
         if let Err(e) = cgroup::remove(path, cgroup::REMOVE_WAIT) {
             tracing::warn!("{e}");

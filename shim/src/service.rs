@@ -279,6 +279,7 @@ impl Service {
             &self.inner.namespace,
             role.pod(),
             hostname,
+            crate::network::netns_of(spec),
             self.inner.oom_tx.clone(),
         )
         .await

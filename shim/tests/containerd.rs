@@ -1219,6 +1219,24 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
     assert!(!sys.exists(), "the tap {tap} is left");
 }
 
+/// `ctr run --net-host` with pod networking on (docs/networking.md): a VM cannot share the
+/// host's network, so the container is refused by name and nothing is left.
+#[test]
+fn a_host_network_container_is_refused_when_pod_networking_is_on() {
+    require_env!();
+    let _one = serial();
+    let env = Env::start();
+    env.write_config("[devices]\nnet_queues = 1", "");
+    let out = env.run_rm("hostnet1", &["--net-host"], &["true"]);
+    assert!(!out.status.success(), "a --net-host container ran");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("it asks for the host's network, which a VM cannot share"),
+        "{err}"
+    );
+    env.assert_no_leaks();
+}
+
 #[test]
 fn the_embedded_backend_without_vt_x_is_a_clear_error_through_containerd() {
     require_env!();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use pulse_shim::config::{Backend, PulseConfig};
 use pulse_shim::hypervisor::SandboxPaths;
+use pulse_shim::network::PodNetns;
 use pulse_shim::sandbox::Sandbox;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -137,8 +138,10 @@ fn an_embedded_vm_without_hardware_virtualization_fails_clearly_and_leaves_nothi
             let tap_seen = tap.exists();
             (answer, tap_seen)
         };
-        let (result, (answer, tap_seen)) =
-            tokio::join!(Sandbox::start(config, "ns", "pod", None, oom), probe);
+        let (result, (answer, tap_seen)) = tokio::join!(
+            Sandbox::start(config, "ns", "pod", None, PodNetns::Fresh, oom),
+            probe
+        );
         (result, answer, tap_seen)
     });
     drop(rt);

@@ -4,6 +4,7 @@
 mod containers;
 mod devices;
 mod health;
+mod network;
 mod sandbox;
 
 use std::collections::HashMap;
@@ -12,7 +13,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pulse_protocols::{containers_ttrpc, devices_ttrpc, health_ttrpc, sandbox_ttrpc};
+use pulse_protocols::{
+    containers_ttrpc, devices_ttrpc, health_ttrpc, network_ttrpc, sandbox_ttrpc,
+};
 use tokio::sync::Notify;
 use ttrpc::r#async::Service;
 use ttrpc::Code;
@@ -48,6 +51,9 @@ pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
     )));
     all.extend(devices_ttrpc::create_devices(Arc::new(
         devices::DevicesService(agent),
+    )));
+    all.extend(network_ttrpc::create_network(Arc::new(
+        network::NetworkService,
     )));
     all
 }

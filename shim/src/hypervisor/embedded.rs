@@ -36,7 +36,7 @@
 //! slower), the guest never gets to its agent, and the sandbox fails at the
 //! agent deadline with everything removed again.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +45,7 @@ use async_trait::async_trait;
 use pulse_vmm::devices::block::{BlockConfig, DEFAULT_QUEUE_SIZE};
 use pulse_vmm::devices::console::{ConsoleConfig, ConsoleSink};
 use pulse_vmm::devices::fs::FsConfig;
-use pulse_vmm::devices::net::NetConfig;
+use pulse_vmm::devices::net::{MacAddr, NetConfig, TapSource};
 use pulse_vmm::devices::vsock::VsockConfig;
 use pulse_vmm::{KernelSource, SerialOutput, Vm, VmConfig};
 
@@ -57,6 +57,7 @@ use super::{
 use crate::cgroup::PodCgroup;
 use crate::config::PulseConfig;
 use crate::console::{capture::fd_path, ConsoleCapture};
+use crate::network::NicDevice;
 use crate::shared_fs;
 use crate::state::slot_serial;
 
@@ -83,6 +84,8 @@ pub struct Embedded {
     pipes: ConsolePipes,
     captures: Vec<ConsoleCapture>,
     virtiofsd: Option<tokio::process::Child>,
+    /// The pod's NICs: their taps' queue descriptors, which the VMM duplicates.
+    nics: Vec<NicDevice>,
 }
 
 impl Embedded {
@@ -97,6 +100,7 @@ impl Embedded {
             pipes: ConsolePipes::default(),
             captures: Vec::new(),
             virtiofsd: None,
+            nics: Vec::new(),
         }
     }
 
@@ -152,7 +156,22 @@ impl Embedded {
         if c.devices.shared_fs {
             vm.fs = Some(FsConfig::new(self.paths.virtiofs(), shared_fs::TAG));
         }
-        if c.devices.net_queues > 0 {
+        if !self.nics.is_empty() {
+            vm.net = self
+                .nics
+                .iter()
+                .map(|nic| {
+                    let mut net = NetConfig::new(&nic.tap);
+                    net.tap = TapSource::Fds(nic.fds.iter().map(AsRawFd::as_raw_fd).collect());
+                    net.queue_pairs = nic.queue_pairs();
+                    net.mac = Some(MacAddr(nic.mac));
+                    net.mtu = Some(nic.mtu);
+                    // The shim set the tap up, with the veth's MTU, in the pod's namespace.
+                    net.link_up = false;
+                    net
+                })
+                .collect();
+        } else if c.devices.net_queues > 0 {
             let mut net = NetConfig::new(&self.paths.tap_name());
             net.queue_pairs = c.devices.net_queues;
             vm.net = vec![net];
@@ -183,7 +202,15 @@ impl Embedded {
                 interrupts: Vec::new(),
             })
             .collect();
-        if c.devices.net_queues > 0 {
+        if !self.nics.is_empty() {
+            devices.extend(self.nics.iter().map(|nic| HostDevice {
+                kind: "net".into(),
+                id: nic.tap.clone(),
+                queues: nic.queue_pairs() * 2,
+                msi: c.devices.msi,
+                interrupts: Vec::new(),
+            }));
+        } else if c.devices.net_queues > 0 {
             devices.push(HostDevice {
                 kind: "net".into(),
                 id: self.paths.tap_name(),
@@ -342,6 +369,10 @@ impl Hypervisor for Embedded {
         }
     }
 
+    fn set_nics(&mut self, nics: Vec<NicDevice>) {
+        self.nics = nics;
+    }
+
     fn shared_fs_tag(&self) -> Option<&'static str> {
         self.config.devices.shared_fs.then_some(shared_fs::TAG)
     }
@@ -376,6 +407,8 @@ impl Hypervisor for Embedded {
             tracing::info!(%exit, "embedded VM stopped");
             self.exit_reason.get_or_insert_with(|| exit.to_string());
         }
+        // The VMM's copies are closed: with ours the taps go.
+        self.nics.clear();
         // The VM is gone, and with it the virtio-fs device's connection: virtiofsd ends.
         if let Some(child) = self.virtiofsd.take() {
             virtiofsd::stop(child).await;
@@ -488,6 +521,31 @@ mod tests {
             ]
         );
         assert_eq!(view.devices[4].id, paths.tap_name());
+    }
+
+    #[test]
+    fn the_pods_nics_are_inherited_tap_queues_with_the_veths_mac_and_mtu() {
+        let (mut e, _) = backend(|c| c.devices.net_queues = 4);
+        let fd = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let fds = vec![fd(), fd()];
+        let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        e.set_nics(vec![NicDevice {
+            tap: "tap0_pulse".into(),
+            fds,
+            mac: [0x0a, 0x58, 0x0a, 0x58, 0x4d, 0x05],
+            mtu: 1450,
+        }]);
+        let vm = e.vm_config();
+        assert_eq!(vm.net.len(), 1);
+        let net = &vm.net[0];
+        assert_eq!(net.tap, TapSource::Fds(raw));
+        assert_eq!(net.queue_pairs, 2);
+        assert_eq!(net.mac, Some(MacAddr([0x0a, 0x58, 0x0a, 0x58, 0x4d, 0x05])));
+        assert_eq!(net.mtu, Some(1450));
+        assert!(!net.link_up, "the tap is the shim's to bring up");
+        let view = e.host_view();
+        let net = view.devices.iter().find(|d| d.kind == "net").unwrap();
+        assert_eq!((net.id.as_str(), net.queues), ("tap0_pulse", 4));
     }
 
     #[tokio::test]

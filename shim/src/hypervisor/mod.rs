@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::cgroup::PodCgroup;
 use crate::config::{Backend, PulseConfig};
 use crate::ids::{self, IdError, IdKind};
+use crate::network::NicDevice;
 use crate::state::slot_serial;
 
 /// What a backend can fail with.
@@ -215,6 +216,12 @@ pub trait Hypervisor: Send + Sync {
 
     /// Empties `slot` again (capacity 0) after its container was removed.
     async fn detach_disk(&mut self, slot: usize) -> Result<(), HypervisorError>;
+
+    /// The pod's network cards, given before [`Hypervisor::boot`]: taps made in the pod's
+    /// network namespace ([`crate::network`]), handed over as their queue descriptors. Without
+    /// any, `devices.net_queues` > 0 gives one card on a tap of the shim's own namespace named
+    /// [`SandboxPaths::tap_name`], connected to nothing (a pod in a new, empty namespace).
+    fn set_nics(&mut self, nics: Vec<NicDevice>);
 
     /// The tag of the VM's virtio-fs device, which exports the pod's share
     /// ([`crate::shared_fs`], prepared before [`Hypervisor::boot`]); `None`: the VM has none.

@@ -43,6 +43,7 @@ use super::{
 use crate::cgroup::PodCgroup;
 use crate::config::{Accel, PulseConfig};
 use crate::console::ConsoleCapture;
+use crate::network::NicDevice;
 use crate::shared_fs;
 use crate::state::slot_serial;
 
@@ -56,6 +57,8 @@ const CAPTURE_WAIT: Duration = Duration::from_secs(2);
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 /// The descriptor number of the virtio-console's pipe in QEMU.
 const HVC_FD: i32 = 3;
+/// The first descriptor number of the NICs' tap queues in QEMU (one per queue pair, in order).
+const NIC_FD_BASE: i32 = 10;
 /// virtio-mmio transports of QEMU's microvm machine (legacy IRQs 5..12 with the RTC off).
 pub const MICROVM_TRANSPORTS: usize = 8;
 
@@ -71,6 +74,10 @@ pub struct Qemu {
     exit_reason: Option<String>,
     cgroup: Option<Arc<PodCgroup>>,
     captures: Vec<ConsoleCapture>,
+    /// The pod's NICs until QEMU inherits their descriptors.
+    nics: Vec<NicDevice>,
+    /// Their (tap, queue pairs), for the device view once QEMU holds them.
+    nic_view: Vec<(String, u16)>,
 }
 
 impl Qemu {
@@ -92,6 +99,8 @@ impl Qemu {
             exit_reason: None,
             cgroup,
             captures: Vec::new(),
+            nics: Vec::new(),
+            nic_view: Vec::new(),
         }
     }
 
@@ -170,7 +179,27 @@ impl Qemu {
                 slot_serial(slot)
             ));
         }
-        if c.devices.net_queues > 0 {
+        if !self.nics.is_empty() {
+            // The taps live in the pod's network namespace: QEMU inherits their queues.
+            let mut fd = NIC_FD_BASE;
+            for (i, nic) in self.nics.iter().enumerate() {
+                let fds: Vec<String> = (0..nic.fds.len())
+                    .map(|_| {
+                        fd += 1;
+                        (fd - 1).to_string()
+                    })
+                    .collect();
+                args.push("-netdev".into());
+                args.push(format!("tap,id=net{i},fds={},vhost=off", fds.join(":")));
+                args.push("-device".into());
+                args.push(format!(
+                    "virtio-net-device,netdev=net{i},mac={},host_mtu={}{}",
+                    pulse_netlink::format_mac(&nic.mac),
+                    nic.mtu,
+                    if nic.fds.len() > 1 { ",mq=on" } else { "" }
+                ));
+            }
+        } else if c.devices.net_queues > 0 {
             // QEMU opens the tap by name and creates it when absent; a tap it
             // created is not persistent and goes when QEMU closes it.
             let pairs = c.devices.net_queues;
@@ -213,10 +242,12 @@ impl Qemu {
     /// virtio-mmio transports the configuration needs.
     pub fn transports(&self) -> usize {
         let d = &self.config.devices;
-        1 + d.block_slots
-            + usize::from(d.net_queues > 0)
-            + usize::from(d.virtio_console)
-            + usize::from(d.shared_fs)
+        let nics = if self.nic_view.is_empty() {
+            usize::from(d.net_queues > 0)
+        } else {
+            self.nic_view.len()
+        };
+        1 + d.block_slots + nics + usize::from(d.virtio_console) + usize::from(d.shared_fs)
     }
 
     async fn spawn_vhost(&mut self) -> Result<(), HypervisorError> {
@@ -262,14 +293,18 @@ impl Qemu {
             let hvc = self.capture(self.paths.hvc_console(), "the virtio-console log")?;
             inherited.push((hvc, HVC_FD));
         }
+        let args = self.qemu_args();
+        for (fd, queue) in (NIC_FD_BASE..).zip(self.nics.drain(..).flat_map(|nic| nic.fds)) {
+            inherited.push((queue, fd));
+        }
         let mut cmd = Command::new(&binary);
-        cmd.args(self.qemu_args())
+        cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(serial)
             .stderr(log)
             .kill_on_drop(true);
         confine(&mut cmd, self.cgroup.as_deref(), inherited)?;
-        tracing::debug!(args = ?self.qemu_args(), "starting qemu");
+        tracing::debug!(?args, "starting qemu");
         let child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
             what: binary.display().to_string(),
             message: format!(
@@ -380,6 +415,14 @@ impl Hypervisor for Qemu {
         self.resize(slot, 0).await
     }
 
+    fn set_nics(&mut self, nics: Vec<NicDevice>) {
+        self.nic_view = nics
+            .iter()
+            .map(|n| (n.tap.clone(), n.queue_pairs()))
+            .collect();
+        self.nics = nics;
+    }
+
     fn shared_fs_tag(&self) -> Option<&'static str> {
         self.config.devices.shared_fs.then_some(shared_fs::TAG)
     }
@@ -402,7 +445,15 @@ impl Hypervisor for Qemu {
                 interrupts: Vec::new(),
             });
         }
-        if c.devices.net_queues > 0 {
+        if !self.nic_view.is_empty() {
+            devices.extend(self.nic_view.iter().map(|(tap, pairs)| HostDevice {
+                kind: "net".into(),
+                id: tap.clone(),
+                queues: pairs * 2,
+                msi: false,
+                interrupts: Vec::new(),
+            }));
+        } else if c.devices.net_queues > 0 {
             devices.push(HostDevice {
                 kind: "net".into(),
                 id: self.paths.tap_name(),
@@ -558,6 +609,55 @@ mod tests {
         assert!(!q.qemu_args().join(" ").contains("vhost-user-fs"));
         assert_eq!(q.shared_fs_tag(), None);
         assert!(!args.contains("virtconsole"));
+    }
+
+    #[test]
+    fn the_pods_nics_are_inherited_tap_queues_with_the_veths_mac_and_mtu() {
+        let mut config = PulseConfig::default();
+        config.devices.net_queues = 4;
+        let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p").unwrap();
+        let mut q = Qemu::new(config, paths, None);
+        let fd = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        q.set_nics(vec![
+            NicDevice {
+                tap: "tap0_pulse".into(),
+                fds: vec![fd(), fd()],
+                mac: [0x0a, 0x58, 0x0a, 0x58, 0x4d, 0x05],
+                mtu: 1450,
+            },
+            NicDevice {
+                tap: "tap1_pulse".into(),
+                fds: vec![fd()],
+                mac: [0x0a, 0x58, 0, 0, 0, 1],
+                mtu: 1500,
+            },
+        ]);
+        let args = q.qemu_args().join(" ");
+        assert!(
+            args.contains(
+                "-netdev tap,id=net0,fds=10:11,vhost=off \
+                 -device virtio-net-device,netdev=net0,mac=0a:58:0a:58:4d:05,host_mtu=1450,mq=on \
+                 -netdev tap,id=net1,fds=12,vhost=off \
+                 -device virtio-net-device,netdev=net1,mac=0a:58:00:00:00:01,host_mtu=1500 "
+            ),
+            "{args}"
+        );
+        assert!(
+            !args.contains("ifname="),
+            "no tap in the shim's namespace: {args}"
+        );
+        let nets: Vec<(String, u16)> = q
+            .host_view()
+            .devices
+            .into_iter()
+            .filter(|d| d.kind == "net")
+            .map(|d| (d.id, d.queues))
+            .collect();
+        assert_eq!(
+            nets,
+            [("tap0_pulse".to_string(), 4), ("tap1_pulse".to_string(), 2)]
+        );
+        assert_eq!(q.transports(), 8);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 mod common;
 mod harness;
 mod kubelet;
+mod network;
 mod stream;
 mod volumes;
 
@@ -1261,4 +1262,28 @@ fn pulse_host_sockets_and_device_nodes_as_mounts_fail_by_name_and_leave_nothing(
     require_cri!("pulse");
     let _one = serial();
     host_sockets_and_device_nodes("pulse");
+}
+
+#[test]
+fn pulse_pod_on_the_bridge_network_reaches_the_host_side_and_is_reached_at_its_ip() {
+    require_cri!("pulse");
+    network::pulse_pod_on_the_bridge_network();
+}
+
+#[test]
+fn pulse_pods_and_a_runc_pod_on_one_bridge_reach_each_other() {
+    require_cri!("pulse");
+    network::pulse_and_runc_pods_reach_each_other();
+}
+
+#[test]
+fn pulse_host_network_pod_is_refused_by_name_and_leaves_nothing() {
+    require_cri!("pulse");
+    network::pulse_host_network_pod_is_refused();
+}
+
+#[test]
+fn pulse_pod_network_after_kill_9_of_the_shim_leaves_nothing() {
+    require_cri!("pulse");
+    network::pulse_pod_network_after_kill_9_of_the_shim();
 }

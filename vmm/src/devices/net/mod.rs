@@ -152,6 +152,11 @@ pub enum TapSource {
     Name(String),
     /// An inherited, already open tap descriptor (one queue pair); duplicated, never closed.
     Fd(RawFd),
+    /// Inherited descriptors of one multi-queue tap, one per queue pair, duplicated, never
+    /// closed. The embedder made the tap and owns its link: it may live in another network
+    /// namespace, so the VMM neither brings it up nor sets its MTU (`mtu` is only offered to
+    /// the guest).
+    Fds(Vec<RawFd>),
 }
 
 /// Settings of one virtio-net device.
@@ -347,6 +352,14 @@ pub enum NetError {
         /// Requested.
         pairs: u16,
     },
+    /// Inherited queue descriptors and queue pairs disagree.
+    #[error("net device on {fds} inherited tap descriptors: {pairs} queue pairs requested (one descriptor per pair)")]
+    FdsQueuePairs {
+        /// Descriptors given.
+        fds: usize,
+        /// Requested.
+        pairs: u16,
+    },
     /// Queue size not a power of two in range.
     #[error("net device on {tap}: queue size {size} must be a power of two from 2 to 32768")]
     QueueSize {
@@ -451,6 +464,7 @@ impl Net {
         let label = match &config.tap {
             TapSource::Name(n) => n.clone(),
             TapSource::Fd(fd) => format!("tap fd {fd}"),
+            TapSource::Fds(fds) => format!("tap fds {fds:?}"),
         };
         if config.queue_pairs == 0 || config.queue_pairs > MAX_QUEUE_PAIRS {
             return Err(NetError::QueuePairs {
@@ -481,12 +495,23 @@ impl Net {
                 }
                 Tap::from_fd(*fd)?
             }
+            TapSource::Fds(fds) => {
+                if fds.len() != usize::from(config.queue_pairs) {
+                    return Err(NetError::FdsQueuePairs {
+                        fds: fds.len(),
+                        pairs: config.queue_pairs,
+                    });
+                }
+                Tap::from_inherited_fds(fds)?
+            }
         };
         tap.set_active_queues(1)?;
-        if let Some(mtu) = config.mtu {
+        // A tap handed over as queue descriptors is the embedder's to configure.
+        let own_link = !matches!(config.tap, TapSource::Fds(_));
+        if let Some(mtu) = config.mtu.filter(|_| own_link) {
             tap.set_mtu(u32::from(mtu))?;
         }
-        if config.link_up {
+        if config.link_up && own_link {
             tap.set_link_up()?;
         }
         let mac = config.mac.unwrap_or_else(MacAddr::random);

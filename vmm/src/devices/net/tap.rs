@@ -332,6 +332,44 @@ impl Tap {
     /// caller keeps (and closes) its own. It is switched to non-blocking mode, which the
     /// caller's copy shares.
     pub fn from_fd(fd: RawFd) -> Result<Self, TapError> {
+        let (owned, name) = Self::inherit(fd, false)?;
+        let tap = Self::from_fds(name, TapOrigin::Inherited, vec![owned]);
+        tap.set_vnet_hdr_len()?;
+        Ok(tap)
+    }
+
+    /// Uses inherited descriptors of one multi-queue tap, one per queue (the embedder
+    /// created the tap, for instance in another network namespace). Each is duplicated,
+    /// the caller keeps its own; all must be queues of the same tap, opened with
+    /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, and with `IFF_MULTI_QUEUE` when more than one.
+    pub fn from_inherited_fds(fds: &[RawFd]) -> Result<Self, TapError> {
+        let Some(first) = fds.first() else {
+            return Err(TapError::BadFd {
+                fd: -1,
+                reason: "no descriptors".into(),
+            });
+        };
+        let mut owned = Vec::with_capacity(fds.len());
+        let mut name = String::new();
+        for (i, fd) in fds.iter().enumerate() {
+            let (dup, this) = Self::inherit(*fd, fds.len() > 1)?;
+            if i == 0 {
+                name = this;
+            } else if this != name {
+                return Err(TapError::BadFd {
+                    fd: *fd,
+                    reason: format!("a queue of {this}, where fd {first} is one of {name}"),
+                });
+            }
+            owned.push(dup);
+        }
+        let tap = Self::from_fds(name, TapOrigin::Inherited, owned);
+        tap.set_vnet_hdr_len()?;
+        Ok(tap)
+    }
+
+    /// Duplicates and checks one inherited tap descriptor; returns it with the tap's name.
+    fn inherit(fd: RawFd, multi_queue: bool) -> Result<(OwnedFd, String), TapError> {
         let bad = |reason: String| TapError::BadFd { fd, reason };
         // SAFETY: F_DUPFD_CLOEXEC only reads `fd`; an invalid descriptor gives EBADF.
         let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
@@ -362,15 +400,18 @@ impl Tap {
             let fl = libc::fcntl(owned.as_raw_fd(), libc::F_GETFL);
             fl >= 0 && libc::fcntl(owned.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
         };
+        if multi_queue && flags & libc::IFF_MULTI_QUEUE == 0 {
+            return Err(bad(format!(
+                "{name} was opened without IFF_MULTI_QUEUE, and more than one queue was given"
+            )));
+        }
         if !set {
             return Err(bad(format!(
                 "cannot make it non-blocking: {}",
                 io::Error::last_os_error()
             )));
         }
-        let tap = Self::from_fds(name, TapOrigin::Inherited, vec![owned]);
-        tap.set_vnet_hdr_len()?;
-        Ok(tap)
+        Ok((owned, name))
     }
 
     fn from_fds(name: String, origin: TapOrigin, fds: Vec<OwnedFd>) -> Self {

@@ -1113,6 +1113,61 @@ fn inherited_descriptors() {
     assert!(err.contains("tap fd 100000"), "{err}");
 }
 
+#[test]
+fn inherited_queue_descriptors_of_a_multi_queue_tap() {
+    if !tun_usable() {
+        return;
+    }
+    let mq = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
+    let name = tap_name();
+    let fds = [tun_fd(&name, mq), tun_fd(&name, mq)];
+    let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut cfg = NetConfig::new("unused");
+    cfg.tap = TapSource::Fds(raw.clone());
+    cfg.queue_pairs = 2;
+    // The MTU is only offered: the tap is the embedder's (here left at its 1500).
+    cfg.mtu = Some(1400);
+    let net = Net::new(cfg.clone()).unwrap();
+    assert_eq!(net.tap_name(), name);
+    assert_eq!(net.tap_origin(), TapOrigin::Inherited);
+    assert_eq!(net.tap.queue_count(), 2);
+    assert_eq!(net.tap.mtu().unwrap(), 1500);
+    drop(net);
+    assert!(
+        tap::if_index(&name).is_some(),
+        "the caller's descriptors keep it"
+    );
+
+    // One descriptor per pair; all of one tap; multi-queue when more than one.
+    cfg.queue_pairs = 1;
+    let err = Net::new(cfg.clone()).err().unwrap();
+    assert!(
+        matches!(err, NetError::FdsQueuePairs { fds: 2, pairs: 1 }),
+        "{err}"
+    );
+    let other = tun_fd(&tap_name(), mq);
+    cfg.tap = TapSource::Fds(vec![raw[0], other.as_raw_fd()]);
+    cfg.queue_pairs = 2;
+    let err = Net::new(cfg.clone()).err().unwrap().to_string();
+    assert!(
+        err.contains(&format!("where fd {} is one of {name}", raw[0])),
+        "{err}"
+    );
+    let single = tun_fd(
+        &tap_name(),
+        libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
+    );
+    let single2 = tun_fd(
+        &tap_name(),
+        libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
+    );
+    cfg.tap = TapSource::Fds(vec![single.as_raw_fd(), single2.as_raw_fd()]);
+    let err = Net::new(cfg).err().unwrap().to_string();
+    assert!(err.contains("IFF_MULTI_QUEUE"), "{err}");
+    drop(fds);
+    assert!(tap::if_index(&name).is_none());
+}
+
 /// An AF_PACKET socket on the tap: what the host sees of the guest's frames, and a way to
 /// send frames to the guest.
 struct PacketSocket {
