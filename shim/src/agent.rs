@@ -16,15 +16,15 @@ use pulse_protocols::{
     containers_ttrpc::ContainersClient, devices, devices_ttrpc::DevicesClient, health,
     health_ttrpc::HealthClient, network_ttrpc::NetworkClient, sandbox_ttrpc::SandboxClient,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::net::UnixListener;
 use ttrpc::context::{self, Context};
 use ttrpc::r#async::transport::Socket;
 use ttrpc::r#async::Client;
 
 use crate::hypervisor::Hypervisor;
 
-/// The longest handshake answer accepted.
+/// The longest readiness line accepted.
 const MAX_REPLY: usize = 64;
 /// How long a CONNECT may wait for its OK before the attempt starts over.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -176,38 +176,6 @@ pub enum ConnectError {
     NoSocket(String),
 }
 
-/// One CONNECT/OK exchange; returns the stream positioned after the answer.
-pub async fn handshake(path: &Path, port: u32) -> std::io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(path).await?;
-    stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .await?;
-    // Byte by byte: what follows the newline belongs to ttrpc.
-    let mut reply = Vec::new();
-    loop {
-        let byte = stream.read_u8().await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                "the VMM closed the connection (guest not listening yet)",
-            )
-        })?;
-        if byte == b'\n' {
-            break;
-        }
-        reply.push(byte);
-        if reply.len() > MAX_REPLY {
-            return Err(std::io::Error::other("handshake answer too long"));
-        }
-    }
-    let reply = String::from_utf8_lossy(&reply);
-    if !reply.starts_with("OK ") {
-        return Err(std::io::Error::other(format!(
-            "CONNECT {port} refused: {reply:?}"
-        )));
-    }
-    Ok(stream)
-}
-
 /// A connected agent.
 #[derive(Clone)]
 pub struct Agent {
@@ -273,15 +241,18 @@ async fn attempt(
     health_timeout: Duration,
     request_timeout: Duration,
 ) -> Result<Agent, String> {
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(socket, port)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => {
-            return Err(format!(
-                "CONNECT {port} sent, no OK within {HANDSHAKE_TIMEOUT:?}"
-            ))
-        }
-    };
+    let stream =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, pulse_hvsock::connect_async(socket, port))
+            .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "CONNECT {port} sent, no OK within {HANDSHAKE_TIMEOUT:?}"
+                ))
+            }
+        };
     let agent = Agent::new(Client::new(Socket::from(stream)), request_timeout);
     let health = agent
         .health()
@@ -347,34 +318,8 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn handshake_accepts_ok_and_refuses_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        let server = tokio::spawn(async move {
-            for answer in [&b"OK 1073741824\nrest"[..], b"", b"NO\n"] {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let mut buf = [0u8; 13];
-                s.read_exact(&mut buf).await.unwrap();
-                assert_eq!(&buf, b"CONNECT 1024\n");
-                s.write_all(answer).await.unwrap();
-            }
-        });
-        let mut stream = handshake(&path, 1024).await.unwrap();
-        let mut rest = [0u8; 4];
-        stream.read_exact(&mut rest).await.unwrap();
-        assert_eq!(&rest, b"rest", "bytes after the answer stay in the stream");
-        let closed = handshake(&path, 1024).await.unwrap_err();
-        assert!(
-            closed.to_string().contains("guest not listening"),
-            "{closed}"
-        );
-        let refused = handshake(&path, 1024).await.unwrap_err();
-        assert!(refused.to_string().contains("refused"), "{refused}");
-        server.await.unwrap();
-    }
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixStream;
 
     #[tokio::test]
     async fn the_ready_listener_takes_only_a_readiness_line_and_cleans_up() {

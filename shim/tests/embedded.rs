@@ -55,7 +55,7 @@ async fn vsock_answer(socket: PathBuf, deadline: Instant) -> Option<String> {
     while Instant::now() < deadline {
         if let Ok(mut s) = tokio::net::UnixStream::connect(&socket).await {
             // A refusal may come before the line is written: read the answer either way.
-            let _ = s.write_all(b"CONNECT 1024\n").await;
+            let _ = s.write_all(pulse_hvsock::request(1024).as_bytes()).await;
             let mut line = String::new();
             let mut reader = BufReader::new(s);
             if reader.read_line(&mut line).await.is_ok() && !line.is_empty() {

@@ -170,22 +170,6 @@ fn error(report: &Mutex<PeerReport>, e: String) {
     });
 }
 
-/// Reads one `\n`-terminated line (without it).
-fn read_line(s: &mut UnixStream) -> std::io::Result<String> {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while line.len() < 64 {
-        if s.read(&mut b)? == 0 {
-            break;
-        }
-        if b[0] == b'\n' {
-            break;
-        }
-        line.push(b[0]);
-    }
-    Ok(String::from_utf8_lossy(&line).into_owned())
-}
-
 /// Connects and sends `CONNECT`, retrying while the guest driver is not ready.
 fn connect(
     plan: &PeerPlan,
@@ -210,16 +194,7 @@ fn connect(
 
 /// One CONNECT attempt.
 fn try_connect(plan: &PeerPlan) -> Result<UnixStream, String> {
-    let mut s = UnixStream::connect(&plan.uds).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(LINE_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    let written = s.write_all(format!("CONNECT {}\n", plan.guest_port).as_bytes());
-    let line = read_line(&mut s).map_err(|e| format!("read OK line: {e}"))?;
-    match written {
-        _ if line.starts_with("OK ") => Ok(s),
-        Err(e) if line.is_empty() => Err(format!("write CONNECT: {e}")),
-        _ => Err(format!("answer {line:?}")),
-    }
+    pulse_hvsock::connect(&plan.uds, plan.guest_port, Some(LINE_TIMEOUT)).map_err(|e| e.to_string())
 }
 
 /// One echo connection: send `bytes` (then shut down writing), read everything back.
