@@ -142,6 +142,29 @@ pub const WRITABLE_MOUNT_OPTIONS: [&str; 1] = ["noinit_itable"];
 /// holding it open sees the new one. Returns its size.
 pub async fn make_writable_disk(image: &Path, mib: u64, mkfs: &Path) -> Result<u64, RootfsError> {
     let size = mib << 20;
+    resize_in_place(image, size)?;
+    // -m 0: the whole layer is the container's (its root would use the reserve anyway). No
+    // journal: the layer is thrown away with the container and never mounted again after a
+    // crash, so a journal would only double the writes. Lazy init: the inode tables are not
+    // zeroed here (mkfs writes about 2 MiB whatever the size), nor later in the guest
+    // (WRITABLE_MOUNT_OPTIONS).
+    let args = [
+        "-L",
+        "pulse-rw",
+        "-m",
+        "0",
+        "-O",
+        "^has_journal",
+        "-E",
+        "lazy_itable_init=1,nodiscard",
+    ];
+    run_mkfs(mkfs, &args, image).await?;
+    Ok(size)
+}
+
+/// Empties `image` and gives it `size` bytes (sparse), keeping its inode: a VMM that holds
+/// the file open sees what is made in it next.
+fn resize_in_place(image: &Path, size: u64) -> Result<(), RootfsError> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -150,43 +173,33 @@ pub async fn make_writable_disk(image: &Path, mib: u64, mkfs: &Path) -> Result<u
         .map_err(io(format!("opening {}", image.display())))?;
     file.set_len(0)
         .and_then(|_| file.set_len(size))
-        .map_err(io(format!("sizing {}", image.display())))?;
-    drop(file);
-    // -m 0: the whole layer is the container's (its root would use the reserve anyway). No
-    // journal: the layer is thrown away with the container and never mounted again after a
-    // crash, so a journal would only double the writes. Lazy init: the inode tables are not
-    // zeroed here (mkfs writes about 2 MiB whatever the size), nor later in the guest
-    // (WRITABLE_MOUNT_OPTIONS).
+        .map_err(io(format!("sizing {}", image.display())))
+}
+
+/// Runs `mkfs -q -F -t ext4 ARGS... IMAGE`; its error output on failure.
+async fn run_mkfs<S: AsRef<std::ffi::OsStr>>(
+    mkfs: &Path,
+    args: &[S],
+    image: &Path,
+) -> Result<(), RootfsError> {
+    let failed = |message: String| RootfsError::Mkfs {
+        mkfs: mkfs.display().to_string(),
+        message,
+    };
     let output = tokio::process::Command::new(mkfs)
-        .args([
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-L",
-            "pulse-rw",
-            "-m",
-            "0",
-            "-O",
-            "^has_journal",
-            "-E",
-            "lazy_itable_init=1,nodiscard",
-        ])
+        .args(["-q", "-F", "-t", "ext4"])
+        .args(args)
         .arg(image)
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| RootfsError::Mkfs {
-            mkfs: mkfs.display().to_string(),
-            message: format!("{e} (e2fsprogs is needed)"),
-        })?;
+        .map_err(|e| failed(format!("{e} (e2fsprogs is needed)")))?;
     if !output.status.success() {
-        return Err(RootfsError::Mkfs {
-            mkfs: mkfs.display().to_string(),
-            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
+        return Err(failed(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ));
     }
-    Ok(size)
+    Ok(())
 }
 
 /// Bytes and inodes a directory tree uses.
@@ -283,44 +296,11 @@ pub async fn make_image(
         })?
         .map_err(io(format!("measuring {}", tree.display())))?;
     let size = image_size(usage, config);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(image)
-        .map_err(io(format!("opening {}", image.display())))?;
-    file.set_len(0)
-        .and_then(|_| file.set_len(size))
-        .map_err(io(format!("sizing {}", image.display())))?;
-    drop(file);
+    resize_in_place(image, size)?;
     let inodes = (usage.inodes * 2 + 4096).to_string();
-    let output = tokio::process::Command::new(&config.mkfs)
-        .args([
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-L",
-            "pulse-rootfs",
-            "-N",
-            &inodes,
-            "-d",
-        ])
-        .arg(tree)
-        .arg(image)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| RootfsError::Mkfs {
-            mkfs: config.mkfs.display().to_string(),
-            message: format!("{e} (e2fsprogs is needed)"),
-        })?;
-    if !output.status.success() {
-        return Err(RootfsError::Mkfs {
-            mkfs: config.mkfs.display().to_string(),
-            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
+    let args = ["-L", "pulse-rootfs", "-N", &inodes, "-d"].map(std::ffi::OsStr::new);
+    let args: Vec<&std::ffi::OsStr> = args.into_iter().chain([tree.as_os_str()]).collect();
+    run_mkfs(&config.mkfs, &args, image).await?;
     Ok(size)
 }
 

@@ -246,40 +246,29 @@ impl SharedFs {
 
     /// Unmounts and removes container `container`'s image view (its binds stay).
     pub fn unmount_image(&self, container: &str) {
-        let Ok(dir) = self.container_dir(container) else {
-            return;
-        };
-        let dir = dir.join(IMAGE_DIR);
-        if !dir.exists() {
-            return;
-        }
-        let left = unmount_below(&dir);
-        let _ = unmount_below(&self.shared.join(container).join(IMAGE_DIR));
-        if !left.is_empty() {
-            tracing::error!(
-                container,
-                "still mounted after unmounting: {left:?}; leaving {}",
-                dir.display()
-            );
-            return;
-        }
-        if let Err(e) = std::fs::remove_dir(&dir) {
-            tracing::warn!("removing {}: {e}", dir.display());
-        }
+        self.unmount_and_remove(container, Some(IMAGE_DIR));
     }
 
-    /// Unmounts and removes container `container`'s binds. The directory is removed only when
-    /// nothing is mounted below it any more (never deleting through a bind into a host path).
+    /// Unmounts and removes container `container`'s binds (and its image view).
     pub fn unbind(&self, container: &str) {
+        self.unmount_and_remove(container, None);
+    }
+
+    /// Unmounts everything at or below `sub` (or all) of container `container`'s part of the
+    /// share, then removes that directory: only when nothing is mounted there any more (never
+    /// deleting through a bind into a host path).
+    fn unmount_and_remove(&self, container: &str, sub: Option<&str>) {
         let Ok(dir) = self.container_dir(container) else {
             return;
         };
+        let within = |d: PathBuf| sub.map_or_else(|| d.clone(), |s| d.join(s));
+        let dir = within(dir);
         if !dir.exists() {
             return;
         }
         let left = unmount_below(&dir);
         // The propagated copies go with their masters; unmount any that stayed.
-        let _ = unmount_below(&self.shared.join(container));
+        let _ = unmount_below(&within(self.shared.join(container)));
         if !left.is_empty() {
             tracing::error!(
                 container,
