@@ -222,7 +222,7 @@ fn print_static(glibc: &[Sample], musl: &[Sample]) {
     if musl.is_empty() {
         println!(
             "static musl pulse-vmm: not measured (PULSE_VMM_MUSL, an absolute path, names no file; \
-             make bench builds target/x86_64-unknown-linux-musl/release/pulse-vmm and sets it)"
+             make bench builds target/x86_64-unknown-linux-musl/dist/pulse-vmm and sets it)"
         );
         return;
     }
@@ -231,7 +231,10 @@ fn print_static(glibc: &[Sample], musl: &[Sample]) {
     let m_mem = col(musl, |s| s.overhead_kib as f64) / 1024.0;
     let g_first = col(glibc, |s| s.first_output_ms);
     let m_first = col(musl, |s| s.first_output_ms);
-    println!("pulse-vmm, the same runs: glibc (dynamic) against static musl, median of {RUNS}");
+    println!(
+        "pulse-vmm, the same runs: this bench's build (glibc, dynamic) against the installed one \
+         (static musl, LTO: make build), median of {RUNS}"
+    );
     println!(
         "| {:<32} | {:>10} | {:>10} | {:<28} |",
         "metric", "glibc", "musl", "goal"
