@@ -30,6 +30,7 @@ pub mod shim;
 pub mod spec;
 pub mod state;
 pub mod stdio;
+pub mod task;
 
 /// containerd's runtime name for this shim.
 pub const RUNTIME_NAME: &str = "io.containerd.pulse.v2";

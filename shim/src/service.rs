@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::task::events::{ContainerdEvents, EventSink};
 use async_trait::async_trait;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::ExitSignal;
@@ -13,7 +14,6 @@ use containerd_shim_protos::api;
 use containerd_shim_protos::cgroups_v2::metrics as cg2;
 use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{Message, MessageDyn, MessageField};
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
@@ -28,34 +28,13 @@ use crate::persist::{BundleRecord, BUNDLE_RECORD};
 use crate::pod::{annotations_of, size_vm, PodResources, PodRole};
 use crate::rootfs::RootfsMount;
 use crate::sandbox::Sandbox;
-use crate::state::{ExitInfo, ProcessMachine, ProcessState, StateError};
+use crate::state::{ExitInfo, ProcessState};
 use crate::stdio::{Pumps, StdioPaths};
+use crate::task::errors::{agent_err, internal, state_err, status, timestamp};
+use crate::task::registry::{map_status, Container, Process, State};
 
 /// How long a process's output may take to drain after it exited.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
-
-fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
-}
-
-fn state_err(e: StateError) -> ttrpc::Error {
-    status(Code::FAILED_PRECONDITION, e.to_string())
-}
-
-/// An agent error, with what was being done.
-fn agent_err(what: &str, e: ttrpc::Error) -> ttrpc::Error {
-    match e {
-        ttrpc::Error::RpcStatus(s) => status(s.code(), format!("{what}: {}", s.message())),
-        other => status(
-            Code::UNAVAILABLE,
-            format!("{what}: the guest agent: {other}"),
-        ),
-    }
-}
-
-fn internal(e: anyhow::Error) -> ttrpc::Error {
-    status(Code::INTERNAL, format!("{e:#}"))
-}
 
 /// Sizes the pod's VM from its limits (`pod::size_vm`): the configured vCPUs and memory plus
 /// what the pod may use.
@@ -85,76 +64,6 @@ fn size_for_pod(config: &mut PulseConfig, role: &PodRole, spec: &serde_json::Val
     config.vm.memory_mib = memory_mib;
 }
 
-fn timestamp(t: SystemTime) -> Timestamp {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let mut ts = Timestamp::new();
-    ts.seconds = d.as_secs() as i64;
-    ts.nanos = d.subsec_nanos() as i32;
-    ts
-}
-
-/// One process (a container's own, or an exec).
-struct Process {
-    machine: ProcessMachine,
-    pid: u32,
-    stdio: StdioPaths,
-    exit: watch::Sender<Option<ExitInfo>>,
-    /// An exec's OCI process JSON, until it starts.
-    spec: Vec<u8>,
-    /// The stdin pump and the shim's hold on the FIFO, for CloseIO.
-    stdin: Option<crate::stdio::StdinPump>,
-}
-
-impl Process {
-    fn new(what: String, stdio: StdioPaths, spec: Vec<u8>) -> Self {
-        Self {
-            machine: ProcessMachine::new(what),
-            pid: 0,
-            stdio,
-            exit: watch::channel(None).0,
-            spec,
-            stdin: None,
-        }
-    }
-}
-
-struct Container {
-    bundle: String,
-    init: Process,
-    execs: HashMap<String, Process>,
-}
-
-#[derive(Default)]
-struct State {
-    containers: HashMap<String, Container>,
-    sandbox: Option<Arc<Sandbox>>,
-}
-
-impl State {
-    fn container(&mut self, id: &str) -> ttrpc::Result<&mut Container> {
-        self.containers
-            .get_mut(id)
-            .ok_or_else(|| status(Code::NOT_FOUND, format!("container {id} not found")))
-    }
-
-    fn process(&mut self, id: &str, exec: &str) -> ttrpc::Result<&mut Process> {
-        let c = self.container(id)?;
-        if exec.is_empty() {
-            Ok(&mut c.init)
-        } else {
-            c.execs
-                .get_mut(exec)
-                .ok_or_else(|| status(Code::NOT_FOUND, format!("exec {exec} of {id} not found")))
-        }
-    }
-
-    fn sandbox(&self) -> ttrpc::Result<Arc<Sandbox>> {
-        self.sandbox
-            .clone()
-            .ok_or_else(|| status(Code::FAILED_PRECONDITION, "this shim has no sandbox yet"))
-    }
-}
-
 /// The task service of one shim (one pod).
 #[derive(Clone)]
 pub struct Service {
@@ -163,7 +72,7 @@ pub struct Service {
 
 struct Inner {
     namespace: String,
-    publisher: RemotePublisher,
+    events: Arc<dyn EventSink>,
     exit: Arc<ExitSignal>,
     state: Mutex<State>,
     /// Serializes create, delete and shutdown (they boot and tear down the VM).
@@ -178,13 +87,20 @@ impl Service {
         state.container(id)?;
         state.sandbox()
     }
-    /// A service publishing to `publisher`; `exit` is signalled once the pod is gone.
+    /// A service publishing to containerd's `publisher` in `namespace`; `exit` is signalled
+    /// once the pod is gone.
     pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+        let events = Arc::new(ContainerdEvents::new(publisher, namespace));
+        Self::with_events(namespace, events, exit)
+    }
+
+    /// A service of containerd namespace `namespace` publishing to `events`.
+    pub fn with_events(namespace: &str, events: Arc<dyn EventSink>, exit: Arc<ExitSignal>) -> Self {
         let (oom_tx, mut oom_rx) = mpsc::unbounded_channel::<String>();
         let service = Service {
             inner: Arc::new(Inner {
                 namespace: namespace.into(),
-                publisher,
+                events,
                 exit,
                 state: Mutex::new(State::default()),
                 lifecycle: tokio::sync::Mutex::new(()),
@@ -223,15 +139,7 @@ impl Service {
     }
 
     async fn publish<M: MessageDyn>(&self, topic: &str, event: M) {
-        let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
-        if let Err(e) = self
-            .inner
-            .publisher
-            .publish(ctx, topic, &self.inner.namespace, Box::new(event))
-            .await
-        {
-            tracing::warn!(topic, "publishing an event: {e}");
-        }
+        self.inner.events.publish(topic, Box::new(event)).await;
     }
 
     fn load_config(options: Option<&Any>) -> anyhow::Result<PulseConfig> {
@@ -601,15 +509,6 @@ async fn wait_for_exits(waits: Vec<(String, watch::Receiver<Option<ExitInfo>>)>)
     }
 }
 
-fn map_status(state: ProcessState) -> api::Status {
-    match state {
-        ProcessState::Created => api::Status::CREATED,
-        ProcessState::Running => api::Status::RUNNING,
-        ProcessState::Paused => api::Status::PAUSED,
-        ProcessState::Stopped(_) | ProcessState::Deleted(_) => api::Status::STOPPED,
-    }
-}
-
 #[async_trait]
 impl Task for Service {
     async fn state(
@@ -780,10 +679,12 @@ impl Task for Service {
         let _serial = self.inner.lifecycle.lock().await;
         let (sandbox, pid) = {
             let mut state = self.inner.state.lock().unwrap();
-            let sandbox = state.sandbox()?;
+            // An unknown task is NOT_FOUND (containerd takes that as deleted already), also
+            // in a shim whose VM never booted.
             let p = state.process(&req.id, "")?;
             p.machine.check_delete().map_err(state_err)?;
-            (sandbox, p.pid)
+            let pid = p.pid;
+            (state.sandbox()?, pid)
         };
         let agent = sandbox.agent();
         if let Err(e) = agent
@@ -1246,39 +1147,148 @@ impl Task for Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::events::RecordedEvents;
 
-    #[test]
-    fn statuses_map_onto_containerds() {
-        let exit = ExitInfo {
-            status: 1,
-            at: SystemTime::UNIX_EPOCH,
-        };
-        assert_eq!(map_status(ProcessState::Created), api::Status::CREATED);
-        assert_eq!(map_status(ProcessState::Paused), api::Status::PAUSED);
-        assert_eq!(
-            map_status(ProcessState::Stopped(exit)),
-            api::Status::STOPPED
-        );
-        assert_eq!(
-            map_status(ProcessState::Deleted(exit)),
-            api::Status::STOPPED
+    fn service() -> (Service, Arc<RecordedEvents>) {
+        let events = Arc::new(RecordedEvents::default());
+        let service = Service::with_events("ns", events.clone(), Arc::new(ExitSignal::default()));
+        (service, events)
+    }
+
+    fn ctx() -> TtrpcContext {
+        TtrpcContext {
+            mh: Default::default(),
+            metadata: Default::default(),
+            timeout_nano: 0,
+        }
+    }
+
+    fn code(e: ttrpc::Error) -> (Code, String) {
+        match e {
+            ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
+            other => panic!("not a status: {other}"),
+        }
+    }
+
+    fn add_container(service: &Service, id: &str) {
+        service.inner.state.lock().unwrap().containers.insert(
+            id.into(),
+            Container {
+                bundle: "/nonexistent/bundle".into(),
+                init: Process::new(format!("container {id}"), StdioPaths::default(), Vec::new()),
+                execs: HashMap::new(),
+            },
         );
     }
 
-    #[test]
-    fn timestamps_keep_nanoseconds() {
-        let t = SystemTime::UNIX_EPOCH + Duration::new(5, 7);
-        let ts = timestamp(t);
-        assert_eq!((ts.seconds, ts.nanos), (5, 7));
+    #[tokio::test]
+    async fn calls_on_unknown_containers_are_not_found_and_publish_nothing() {
+        let (service, events) = service();
+        let state = service
+            .state(
+                &ctx(),
+                api::StateRequest {
+                    id: "c1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            code(state),
+            (Code::NOT_FOUND, "container c1 not found".into())
+        );
+        let kill = service
+            .kill(
+                &ctx(),
+                api::KillRequest {
+                    id: "c1".into(),
+                    signal: 9,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(kill).0, Code::NOT_FOUND);
+        let delete = service
+            .delete(
+                &ctx(),
+                api::DeleteRequest {
+                    id: "c1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(delete).0, Code::NOT_FOUND);
+        assert!(events.taken().is_empty(), "{:?}", events.taken());
     }
 
-    #[test]
-    fn agent_errors_keep_their_code() {
-        let e = agent_err("creating", status(Code::NOT_FOUND, "no such serial"));
-        let ttrpc::Error::RpcStatus(s) = e else {
-            panic!()
-        };
-        assert_eq!(s.code(), Code::NOT_FOUND);
-        assert_eq!(s.message(), "creating: no such serial");
+    #[tokio::test]
+    async fn a_bundle_without_a_spec_is_refused_by_name() {
+        let (service, events) = service();
+        let bundle = tempfile::tempdir().unwrap();
+        let err = service
+            .create(
+                &ctx(),
+                api::CreateTaskRequest {
+                    id: "c1".into(),
+                    bundle: bundle.path().display().to_string(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        let (code, message) = code(err);
+        assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+        assert!(message.contains("config.json"), "{message}");
+        assert!(events.taken().is_empty());
+        assert!(service.inner.state.lock().unwrap().containers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_state_of_a_created_container_and_its_oom_event() {
+        let (service, events) = service();
+        add_container(&service, "c1");
+        let state = service
+            .state(
+                &ctx(),
+                api::StateRequest {
+                    id: "c1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(state.status.enum_value(), Ok(api::Status::CREATED));
+        assert_eq!(state.bundle, "/nonexistent/bundle");
+        // An OOM kill the guest reports for a container of this shim is a /tasks/oom event; one
+        // for a container it does not know is dropped.
+        service.inner.oom_tx.send("c1".into()).unwrap();
+        service.inner.oom_tx.send("other".into()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while events.taken().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            events.taken(),
+            [(
+                topics::TASK_OOM_EVENT_TOPIC.to_string(),
+                "containerd.events.TaskOOM".to_string()
+            )]
+        );
+        // A start before the sandbox booted is a precondition failure, not a crash.
+        let start = service
+            .start(
+                &ctx(),
+                api::StartRequest {
+                    id: "c1".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(start).0, Code::FAILED_PRECONDITION);
     }
 }
