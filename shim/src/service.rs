@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::task::events::{ContainerdEvents, EventSink};
+use crate::task::guest::Guest;
 use async_trait::async_trait;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::ExitSignal;
@@ -18,7 +19,6 @@ use containerd_shim_protos::protobuf::{Message, MessageDyn, MessageField};
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
-use pulse_protocols::containers;
 use tokio::sync::{mpsc, watch};
 use ttrpc::Code;
 
@@ -30,7 +30,7 @@ use crate::rootfs::RootfsMount;
 use crate::sandbox::Sandbox;
 use crate::state::{ExitInfo, ProcessState};
 use crate::stdio::{Pumps, StdioPaths};
-use crate::task::errors::{agent_err, internal, state_err, status, timestamp};
+use crate::task::errors::{internal, state_err, status, timestamp};
 use crate::task::registry::{map_status, Container, Process, State};
 
 /// How long a process's output may take to drain after it exited.
@@ -295,27 +295,13 @@ impl Service {
             }
         }
         let agent = sandbox.agent();
-        let created = agent
-            .containers()
-            .create_container(
-                agent.ctx(),
-                &containers::CreateContainerRequest {
-                    container_id: req.id.clone(),
-                    oci_spec_json: serde_json::to_vec(spec).unwrap_or_default(),
-                    storages,
-                    ..Default::default()
-                },
-            )
-            .await;
-        let pid = match created {
-            Ok(r) => r.pid,
+        let spec_json = serde_json::to_vec(spec).unwrap_or_default();
+        let pid = match Guest::new(agent).create(&req.id, spec_json, storages).await {
+            Ok(pid) => pid,
             Err(e) => {
                 sandbox.detach_rootfs(&req.id).await;
                 sandbox.unshare_mounts(&req.id);
-                return Err(agent_err(
-                    &format!("creating container {} in the guest", req.id),
-                    e,
-                ));
+                return Err(e);
             }
         };
         let stdio = StdioPaths {
@@ -357,20 +343,9 @@ impl Service {
             p.stdin = stdin;
         }
         tokio::spawn(async move {
-            let agent = sandbox.agent().clone();
-            let waited = agent
-                .containers()
-                .wait_process(
-                    agent.waiting_ctx(),
-                    &containers::WaitProcessRequest {
-                        container_id: id.clone(),
-                        exec_id: exec.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await;
+            let waited = Guest::new(sandbox.agent()).wait(&id, &exec).await;
             let (status_code, pid) = match waited {
-                Ok(r) => (r.exit_status.max(0) as u32, r.pid),
+                Ok(r) => (u32::try_from(r.status).unwrap_or(0), r.pid),
                 Err(e) => {
                     tracing::warn!(container = %id, exec = %exec, "waiting for the process: {e}");
                     (255, 0)
@@ -464,21 +439,10 @@ impl Service {
             (state.sandbox.clone(), waits)
         };
         if let Some(sandbox) = sandbox {
-            let agent = sandbox.agent();
+            let guest = Guest::new(sandbox.agent());
             for (id, _) in &waits {
-                let killed = agent
-                    .containers()
-                    .signal_process(
-                        agent.ctx(),
-                        &containers::SignalProcessRequest {
-                            container_id: id.clone(),
-                            signal: libc::SIGKILL as u32,
-                            all: true,
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-                if let Err(e) = killed {
+                let sigkill = libc::SIGKILL.unsigned_abs();
+                if let Err(e) = guest.signal(id, "", sigkill, true).await {
                     tracing::warn!(container = %id, "SIGKILL at shutdown: {e}");
                 }
             }
@@ -588,33 +552,9 @@ impl Task for Service {
         };
         let agent = sandbox.agent();
         let pid = if req.exec_id.is_empty() {
-            agent
-                .containers()
-                .start_container(
-                    agent.ctx(),
-                    &containers::StartContainerRequest {
-                        container_id: req.id.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| agent_err(&format!("starting container {}", req.id), e))?
-                .pid
+            Guest::new(agent).start(&req.id).await?
         } else {
-            agent
-                .containers()
-                .exec_process(
-                    agent.ctx(),
-                    &containers::ExecProcessRequest {
-                        container_id: req.id.clone(),
-                        exec_id: req.exec_id.clone(),
-                        oci_process_json: spec,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| agent_err(&format!("exec {} in {}", req.exec_id, req.id), e))?
-                .pid
+            Guest::new(agent).exec(&req.id, &req.exec_id, spec).await?
         };
         {
             let mut state = self.inner.state.lock().unwrap();
@@ -687,18 +627,7 @@ impl Task for Service {
             (state.sandbox()?, pid)
         };
         let agent = sandbox.agent();
-        if let Err(e) = agent
-            .containers()
-            .remove_container(
-                agent.ctx(),
-                &containers::RemoveContainerRequest {
-                    container_id: req.id.clone(),
-                    force: true,
-                    ..Default::default()
-                },
-            )
-            .await
-        {
+        if let Err(e) = Guest::new(agent).remove(&req.id).await {
             // The guest may be gone already; the slot and the state still go.
             tracing::warn!(container = %req.id, "removing the container in the guest: {e}");
         }
@@ -744,23 +673,12 @@ impl Task for Service {
     ) -> ttrpc::Result<api::PidsResponse> {
         let sandbox = self.sandbox_of(&req.id)?;
         let agent = sandbox.agent();
-        let list = agent
-            .containers()
-            .list_processes(
-                agent.ctx(),
-                &containers::ListProcessesRequest {
-                    container_id: req.id.clone(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| agent_err("listing processes", e))?;
+        let pids = Guest::new(agent).pids(&req.id).await?;
         Ok(api::PidsResponse {
-            processes: list
-                .processes
-                .iter()
-                .map(|p| api::ProcessInfo {
-                    pid: p.pid,
+            processes: pids
+                .into_iter()
+                .map(|pid| api::ProcessInfo {
+                    pid,
                     ..Default::default()
                 })
                 .collect(),
@@ -783,17 +701,7 @@ impl Task for Service {
             state.sandbox()?
         };
         let agent = sandbox.agent();
-        agent
-            .containers()
-            .pause_container(
-                agent.ctx(),
-                &containers::PauseContainerRequest {
-                    container_id: req.id.clone(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| agent_err("pausing", e))?;
+        Guest::new(agent).pause(&req.id).await?;
         self.inner
             .state
             .lock()
@@ -828,17 +736,7 @@ impl Task for Service {
             state.sandbox()?
         };
         let agent = sandbox.agent();
-        agent
-            .containers()
-            .resume_container(
-                agent.ctx(),
-                &containers::ResumeContainerRequest {
-                    container_id: req.id.clone(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| agent_err("resuming", e))?;
+        Guest::new(agent).resume(&req.id).await?;
         self.inner
             .state
             .lock()
@@ -868,20 +766,9 @@ impl Task for Service {
             state.sandbox()?
         };
         let agent = sandbox.agent();
-        agent
-            .containers()
-            .signal_process(
-                agent.ctx(),
-                &containers::SignalProcessRequest {
-                    container_id: req.id.clone(),
-                    exec_id: req.exec_id.clone(),
-                    signal: req.signal,
-                    all: req.all,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| agent_err(&format!("signal {} to {}", req.signal, req.id), e))?;
+        Guest::new(agent)
+            .signal(&req.id, &req.exec_id, req.signal, req.all)
+            .await?;
         Ok(api::Empty::new())
     }
 
@@ -961,20 +848,9 @@ impl Task for Service {
             state.sandbox()?
         };
         let agent = sandbox.agent();
-        agent
-            .containers()
-            .resize_terminal(
-                agent.ctx(),
-                &containers::ResizeTerminalRequest {
-                    container_id: req.id.clone(),
-                    exec_id: req.exec_id.clone(),
-                    rows: req.height,
-                    columns: req.width,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| agent_err("resizing the terminal", e))?;
+        Guest::new(agent)
+            .resize(&req.id, &req.exec_id, req.height, req.width)
+            .await?;
         Ok(api::Empty::new())
     }
 
@@ -1017,18 +893,7 @@ impl Task for Service {
             .map(|r| r.value.clone())
             .ok_or_else(|| status(Code::INVALID_ARGUMENT, "update without resources"))?;
         let agent = sandbox.agent();
-        agent
-            .containers()
-            .update_container(
-                agent.ctx(),
-                &containers::UpdateContainerRequest {
-                    container_id: req.id.clone(),
-                    oci_resources_json: resources,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| agent_err("updating resources", e))?;
+        Guest::new(agent).update(&req.id, resources).await?;
         Ok(api::Empty::new())
     }
 
@@ -1063,17 +928,7 @@ impl Task for Service {
     ) -> ttrpc::Result<api::StatsResponse> {
         let sandbox = self.sandbox_of(&req.id)?;
         let agent = sandbox.agent();
-        let s = agent
-            .containers()
-            .container_stats(
-                agent.ctx(),
-                &containers::ContainerStatsRequest {
-                    container_id: req.id.clone(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| agent_err("reading stats", e))?;
+        let s = Guest::new(agent).stats(&req.id).await?;
         let metrics = cg2::Metrics {
             pids: MessageField::some(cg2::PidsStat {
                 current: s.pids_current,

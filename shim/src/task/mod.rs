@@ -2,4 +2,5 @@
 
 pub mod errors;
 pub mod events;
+pub mod guest;
 pub mod registry;
