@@ -272,10 +272,11 @@ pub fn net_turn(mem: &GuestMemoryMmap, which: NetQueue, queue: Queue, frames: &[
                 libc::MSG_DONTWAIT,
             )
         };
-        if n < 0 {
+        // Negative: nothing more to read.
+        let Ok(n) = usize::try_from(n) else {
             break;
-        }
-        to_tap.push(buf[..n as usize].to_vec());
+        };
+        to_tap.push(buf[..n].to_vec());
     }
     let mac = config.lock().unwrap_or_else(|e| e.into_inner()).mac().0;
     NetTurn {

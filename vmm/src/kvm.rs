@@ -101,7 +101,7 @@ pub fn create_vm(kvm: &Kvm, vcpus: u8) -> Result<VmFd, KvmError> {
     let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
         .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
-    vm.set_tss_address(layout::KVM_TSS_START as usize)
+    vm.set_tss_address(const { layout::low32(layout::KVM_TSS_START) } as usize)
         .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
     // The PIT drives the guest's early timer calibration; its speaker port is a dummy.

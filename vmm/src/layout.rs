@@ -18,6 +18,17 @@
 //! 0x1_0000_0000  RAM above 4 GiB, when the guest has more than 3 GiB
 //! ```
 
+/// `addr`, a fixed address below 4 GiB, as the 32-bit field a boot structure holds. Called in
+/// const context (`const { layout::low32(X) }`), an address at or above 4 GiB fails the build.
+#[allow(clippy::cast_possible_truncation)] // the assert just above the cast
+pub const fn low32(addr: u64) -> u32 {
+    assert!(
+        addr <= u32::MAX as u64,
+        "a 32-bit boot field cannot hold this address"
+    );
+    addr as u32
+}
+
 /// Boot GDT (4 entries: null, code64, data, TSS).
 pub const BOOT_GDT_START: u64 = 0x500;
 /// Boot IDT, one empty entry: no interrupts are expected before the guest installs its own.

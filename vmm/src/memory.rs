@@ -55,10 +55,10 @@ pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError>
     if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mem_mib) {
         return Err(MemoryError::InvalidSize(mem_mib));
     }
-    let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_mib << 20)
+    let ranges = layout::ram_regions(mem_mib << 20)
         .into_iter()
-        .map(|(start, size)| (GuestAddress(start), size as usize))
-        .collect();
+        .map(|(start, size)| Ok((GuestAddress(start), region_len(size, mem_mib)?)))
+        .collect::<Result<Vec<(GuestAddress, usize)>, MemoryError>>()?;
     GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Mmap {
         size_mib: mem_mib,
         source,
@@ -84,29 +84,33 @@ pub fn create_shared_guest_memory(mem_mib: u64) -> Result<GuestMemoryMmap, Memor
     let file = std::sync::Arc::new(std::fs::File::from(fd));
     file.set_len(mem_mib << 20).map_err(memfd_err)?;
     let mut offset = 0u64;
-    let ranges: Vec<(GuestAddress, usize, Option<vm_memory::FileOffset>)> =
-        layout::ram_regions(mem_mib << 20)
-            .into_iter()
-            .map(|(start, size)| {
-                let region = (
-                    GuestAddress(start),
-                    size as usize,
-                    Some(vm_memory::FileOffset::from_arc(file.clone(), offset)),
-                );
-                offset += size;
-                region
-            })
-            .collect();
+    let ranges = layout::ram_regions(mem_mib << 20)
+        .into_iter()
+        .map(|(start, size)| {
+            let region = (
+                GuestAddress(start),
+                region_len(size, mem_mib)?,
+                Some(vm_memory::FileOffset::from_arc(file.clone(), offset)),
+            );
+            offset += size;
+            Ok(region)
+        })
+        .collect::<Result<Vec<(GuestAddress, usize, Option<vm_memory::FileOffset>)>, MemoryError>>(
+        )?;
     GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|source| MemoryError::Mmap {
         size_mib: mem_mib,
         source,
     })
 }
 
+/// A RAM region's size as the length of its mapping (on 64-bit hosts, always).
+fn region_len(size: u64, mem_mib: u64) -> Result<usize, MemoryError> {
+    usize::try_from(size).map_err(|_| MemoryError::InvalidSize(mem_mib))
+}
+
 /// Registers every region of `mem` with KVM, one slot per region.
 pub fn register_with_kvm(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
-    for (slot, region) in mem.iter().enumerate() {
-        let slot = slot as u32;
+    for (slot, region) in (0u32..).zip(mem.iter()) {
         let host_addr = mem
             .get_host_address(region.start_addr())
             .expect("a region's own start address is mapped") as u64;
@@ -133,7 +137,9 @@ pub fn resident_bytes(mem: &GuestMemoryMmap) -> u64 {
         let Ok(host_addr) = mem.get_host_address(region.start_addr()) else {
             continue;
         };
-        let len = region.len() as usize;
+        let Ok(len) = usize::try_from(region.len()) else {
+            continue;
+        };
         let mut vec = vec![0u8; len.div_ceil(page)];
         // SAFETY: [host_addr, host_addr + len) is one page-aligned mapping owned by `mem`, and `vec`
         // has one byte per page of it, as mincore(2) requires.
@@ -148,11 +154,10 @@ pub fn resident_bytes(mem: &GuestMemoryMmap) -> u64 {
 fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as usize
-    } else {
-        4096
-    }
+    usize::try_from(size)
+        .ok()
+        .filter(|s| *s > 0)
+        .unwrap_or(4096)
 }
 
 /// Last address + 1 of RAM below the MMIO gap.

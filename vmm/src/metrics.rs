@@ -50,7 +50,9 @@ impl VmMetrics {
     }
 
     fn mark_once(&self, slot: &AtomicU64) -> bool {
-        let us = (self.started.elapsed().as_micros() as u64).max(1);
+        let us = u64::try_from(self.started.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         slot.compare_exchange(0, us, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     }
@@ -99,7 +101,7 @@ pub fn process_rss_bytes() -> Option<u64> {
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no memory-safety preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * page.max(1) as u64)
+    Some(pages * u64::try_from(page.max(1)).unwrap_or(1))
 }
 
 #[cfg(test)]

@@ -252,9 +252,10 @@ impl Vm {
         let mut mmio = Bus::new();
         let mut devices = Vec::new();
         let mut cmdline = config.cmdline.clone();
-        for (slot, device) in virtio_devices.into_iter().enumerate() {
-            let (base, gsi) = (mmio::slot_base(slot as u32), mmio::slot_gsi(slot as u32));
-            let queues = device.queue_max_sizes().len() as u16;
+        for (slot, device) in (0u32..).zip(virtio_devices) {
+            let (base, gsi) = (mmio::slot_base(slot), mmio::slot_gsi(slot));
+            // A handful of queues per device (a net device's pairs are capped by its config).
+            let queues = u16::try_from(device.queue_max_sizes().len()).unwrap_or(u16::MAX);
             let irq = DeviceInterrupts::new(interrupts.clone(), gsi, queues)?;
             let mut transport = MmioTransport::new(&vm_fd, base, device, memory.clone(), irq)?;
             transport.set_msi_offered(config.msi);

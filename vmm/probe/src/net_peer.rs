@@ -72,7 +72,7 @@ fn packet_socket(ifindex: u32) -> std::io::Result<OwnedFd> {
     let rc = unsafe {
         libc::bind(
             fd.as_raw_fd(),
-            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
             std::mem::size_of::<libc::sockaddr_ll>() as u32,
         )
     };
@@ -89,7 +89,7 @@ fn packet_socket(ifindex: u32) -> std::io::Result<OwnedFd> {
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
-            &tv as *const libc::timeval as *const libc::c_void,
+            std::ptr::from_ref(&tv).cast::<libc::c_void>(),
             std::mem::size_of::<libc::timeval>() as u32,
         )
     };
@@ -206,7 +206,7 @@ fn run(net: NetHandle, pairs: u16, rx: u32, stop: &AtomicBool) -> NetPeerReport 
         let n = unsafe {
             libc::recv(
                 sock.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.as_mut_ptr().cast::<libc::c_void>(),
                 buf.len(),
                 libc::MSG_DONTWAIT,
             )
@@ -228,7 +228,7 @@ fn run(net: NetHandle, pairs: u16, rx: u32, stop: &AtomicBool) -> NetPeerReport 
                 let sent = unsafe {
                     libc::send(
                         sock.as_raw_fd(),
-                        frame.as_ptr() as *const libc::c_void,
+                        frame.as_ptr().cast::<libc::c_void>(),
                         frame.len(),
                         0,
                     )

@@ -76,6 +76,10 @@ pub const BOOT_GDT: [u64; 5] = [
     gdt_entry(0xc09b, 0, 0xfffff),
 ];
 
+/// The GDT register's limit: the table's last byte.
+#[allow(clippy::cast_possible_truncation)] // 5 entries of 8 bytes
+const BOOT_GDT_LIMIT: u16 = (BOOT_GDT.len() * 8 - 1) as u16;
+
 /// The `kvm_segment` KVM wants for a GDT descriptor and its selector.
 fn segment_from_gdt(entry: u64, selector: u16) -> kvm_segment {
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
@@ -89,7 +93,8 @@ fn segment_from_gdt(entry: u64, selector: u16) -> kvm_segment {
     let present = ((entry >> 47) & 1) as u8;
     kvm_segment {
         base,
-        limit: limit as u32,
+        // A 20-bit limit, in 4 KiB units when G is set: at most 0xffff_ffff.
+        limit: u32::try_from(limit).unwrap_or(u32::MAX),
         selector,
         type_: ((entry >> 40) & 0xf) as u8,
         present,
@@ -142,7 +147,7 @@ pub fn setup_sregs(vcpu: &VcpuFd, entry: EntryPoint) -> Result<(), CpuError> {
     let data = segment_from_gdt(BOOT_GDT[2], SEL_DATA);
     let tss = segment_from_gdt(BOOT_GDT[3], SEL_TSS);
     sregs.gdt.base = layout::BOOT_GDT_START;
-    sregs.gdt.limit = (BOOT_GDT.len() * 8 - 1) as u16;
+    sregs.gdt.limit = BOOT_GDT_LIMIT;
     sregs.idt.base = layout::BOOT_IDT_START;
     sregs.idt.limit = 7;
     sregs.ds = data;
@@ -257,10 +262,11 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), CpuError> {
     const DELIVERY_NMI: u32 = 0x4;
     let mut lapic = vcpu.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
     for (reg, mode) in [(APIC_LVT0, DELIVERY_EXTINT), (APIC_LVT1, DELIVERY_NMI)] {
-        let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[reg + i] as u8);
+        // The registers are `c_char`s: the same bytes, reinterpreted.
+        let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[reg + i].to_ne_bytes()[0]);
         let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
         for (i, b) in value.to_le_bytes().iter().enumerate() {
-            lapic.regs[reg + i] = *b as _;
+            lapic.regs[reg + i] = libc::c_char::from_ne_bytes([*b]);
         }
     }
     vcpu.set_lapic(&lapic).map_err(ioctl("KVM_SET_LAPIC"))

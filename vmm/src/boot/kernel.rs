@@ -16,7 +16,8 @@ use crate::memory::GuestMemoryMmap;
 
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 const ELF_HEADER_SIZE: usize = 64;
-const ELF_PHDR_SIZE: u64 = 56;
+const ELF_PHDR_SIZE: u64 = ELF_PHDR_LEN as u64;
+const ELF_PHDR_LEN: usize = 56;
 const PT_LOAD: u32 = 1;
 const EM_X86_64: u16 = 0x3e;
 /// Offset of the "HdrS" magic of the Linux x86 boot protocol header.
@@ -146,7 +147,7 @@ fn check_elf<F: Read + Seek>(image: &mut F, len: u64, ram_end: u64) -> Result<u6
     }
     let mut end = 0u64;
     for i in 0..phnum {
-        let mut phdr = [0u8; ELF_PHDR_SIZE as usize];
+        let mut phdr = [0u8; ELF_PHDR_LEN];
         image.seek(SeekFrom::Start(phoff + i * ELF_PHDR_SIZE))?;
         image.read_exact(&mut phdr)?;
         if u32_at(&phdr, 0) != PT_LOAD {

@@ -13,7 +13,7 @@ use crate::memory::GuestMemoryMmap;
 /// the ID after the last CPU).
 pub const MAX_VCPUS: u8 = 254;
 
-const FLOATING_POINTER_SIZE: usize = 16;
+const FLOATING_POINTER_SIZE: u32 = 16;
 const HEADER_SIZE: usize = 44;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
@@ -27,13 +27,19 @@ const INT_TYPE_NMI: u8 = 1;
 const INT_TYPE_EXTINT: u8 = 3;
 const CPU_ENABLED: u8 = 1;
 const CPU_BOOT_PROCESSOR: u8 = 2;
+/// The IOAPIC's pins, numbered in one byte of an I/O interrupt entry.
+#[allow(clippy::cast_possible_truncation)] // 24 pins, checked by the assert
+const IOAPIC_PINS: u8 = {
+    assert!(layout::IOAPIC_PINS <= u8::MAX as u32);
+    layout::IOAPIC_PINS as u8
+};
 
 fn checksum(bytes: &[u8]) -> u8 {
     0u8.wrapping_sub(bytes.iter().fold(0u8, |acc, b| acc.wrapping_add(*b)))
 }
 
 /// Builds the whole table (floating pointer first) as it will sit at `base`.
-pub fn build(base: u64, vcpus: u8) -> Vec<u8> {
+pub fn build(base: u32, vcpus: u8) -> Vec<u8> {
     let ioapic_id = vcpus;
     let mut entries = Vec::new();
     let mut count = 0u16;
@@ -50,11 +56,11 @@ pub fn build(base: u64, vcpus: u8) -> Vec<u8> {
     entries.extend_from_slice(b"ISA   ");
     count += 1;
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
-    entries.extend_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
+    entries.extend_from_slice(&const { layout::low32(layout::IOAPIC_START) }.to_le_bytes());
     count += 1;
     // Every IOAPIC pin is reachable as an ISA interrupt with the bus's default polarity and
     // trigger mode (edge, active high): the serial port and the devices' legacy lines.
-    for pin in 0..layout::IOAPIC_PINS as u8 {
+    for pin in 0..const { IOAPIC_PINS } {
         entries.extend_from_slice(&[
             ENTRY_IO_INTERRUPT,
             INT_TYPE_INT,
@@ -72,10 +78,12 @@ pub fn build(base: u64, vcpus: u8) -> Vec<u8> {
         count += 1;
     }
 
-    let table_addr = base + FLOATING_POINTER_SIZE as u64;
+    let table_addr = base + FLOATING_POINTER_SIZE;
     let mut header = Vec::with_capacity(HEADER_SIZE);
     header.extend_from_slice(b"PCMP");
-    header.extend_from_slice(&((HEADER_SIZE + entries.len()) as u16).to_le_bytes());
+    // At most 254 vCPUs' entries plus the fixed ones: about 5 KiB, far below 64 KiB.
+    let table_len = u16::try_from(HEADER_SIZE + entries.len()).unwrap_or(u16::MAX);
+    header.extend_from_slice(&table_len.to_le_bytes());
     header.push(4); // spec revision 1.4
     header.push(0); // checksum, below
     header.extend_from_slice(b"PULSE   ");
@@ -83,16 +91,16 @@ pub fn build(base: u64, vcpus: u8) -> Vec<u8> {
     header.extend_from_slice(&0u32.to_le_bytes()); // OEM table pointer
     header.extend_from_slice(&0u16.to_le_bytes()); // OEM table size
     header.extend_from_slice(&count.to_le_bytes());
-    header.extend_from_slice(&(layout::LAPIC_START as u32).to_le_bytes());
+    header.extend_from_slice(&const { layout::low32(layout::LAPIC_START) }.to_le_bytes());
     header.extend_from_slice(&[0, 0, 0, 0]); // extended table length and checksum, reserved
     debug_assert_eq!(header.len(), HEADER_SIZE);
     let mut table = header;
     table.extend_from_slice(&entries);
     table[7] = checksum(&table);
 
-    let mut fp = Vec::with_capacity(FLOATING_POINTER_SIZE);
+    let mut fp = Vec::with_capacity(FLOATING_POINTER_SIZE as usize);
     fp.extend_from_slice(b"_MP_");
-    fp.extend_from_slice(&(table_addr as u32).to_le_bytes());
+    fp.extend_from_slice(&table_addr.to_le_bytes());
     fp.push(1); // length in 16-byte units
     fp.push(4); // spec revision
     fp.push(0); // checksum, below
@@ -105,7 +113,7 @@ pub fn build(base: u64, vcpus: u8) -> Vec<u8> {
 
 /// Writes the MP table for `vcpus` CPUs into guest memory.
 pub fn write(mem: &GuestMemoryMmap, vcpus: u8) -> Result<(), vm_memory::GuestMemoryError> {
-    let table = build(layout::MPTABLE_START, vcpus);
+    let table = build(const { layout::low32(layout::MPTABLE_START) }, vcpus);
     mem.write_slice(&table, GuestAddress(layout::MPTABLE_START))
 }
 
@@ -120,7 +128,7 @@ mod tests {
     #[test]
     fn checksums_and_counts() {
         for vcpus in [1u8, 2, 4, MAX_VCPUS] {
-            let t = build(layout::MPTABLE_START, vcpus);
+            let t = build(layout::low32(layout::MPTABLE_START), vcpus);
             assert_eq!(&t[0..4], b"_MP_");
             assert_eq!(sum(&t[..16]), 0);
             let table = &t[16..];

@@ -57,7 +57,8 @@ pub fn write_start_info(
         version: 1,
         cmdline_paddr: layout::CMDLINE_START,
         memmap_paddr: layout::PVH_MEMMAP_START,
-        memmap_entries: map.len() as u32,
+        // A handful of RAM and reserved ranges.
+        memmap_entries: u32::try_from(map.len()).unwrap_or(u32::MAX),
         ..Default::default()
     };
     if let Some(initrd) = initrd {

@@ -71,11 +71,16 @@ pub fn write(
     params.hdr.type_of_loader = 0xff;
     params.hdr.boot_flag = 0xaa55;
     params.hdr.header = u32::from_le_bytes(*b"HdrS");
-    params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_len as u32;
+    params.hdr.cmd_line_ptr = const { layout::low32(layout::CMDLINE_START) };
+    // `boot::check_cmdline` keeps the command line under CMDLINE_MAX_SIZE (2 KiB).
+    params.hdr.cmdline_size = u32::try_from(cmdline_len).unwrap_or(u32::MAX);
     if let Some(initrd) = initrd {
-        params.hdr.ramdisk_image = initrd.addr as u32;
-        params.hdr.ramdisk_size = initrd.size as u32;
+        // `load_initrd` puts the initrd below the MMIO gap (3 GiB): both fit in 32 bits.
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            params.hdr.ramdisk_image = initrd.addr as u32;
+            params.hdr.ramdisk_size = initrd.size as u32;
+        }
     }
     for (slot, entry) in params.e820_table.iter_mut().zip(map) {
         *slot = boot_e820_entry {
@@ -84,7 +89,8 @@ pub fn write(
             r#type: entry.kind,
         };
     }
-    params.e820_entries = map.len().min(params.e820_table.len()) as u8;
+    // The table holds 128 entries: the count fits in its byte.
+    params.e820_entries = u8::try_from(map.len().min(params.e820_table.len())).unwrap_or(u8::MAX);
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
 }
 

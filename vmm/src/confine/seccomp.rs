@@ -500,7 +500,8 @@ pub fn apply(kind: ThreadKind, name: &str) -> Result<(), SeccompError> {
     padded[..n].copy_from_slice(&name.as_bytes()[..n]);
     NAME.with(|c| c.set(padded));
     let index = ThreadKind::ALL.iter().position(|&k| k == kind).unwrap_or(0);
-    KIND.with(|c| c.set(index as u8));
+    // A handful of thread kinds: the index fits in the byte (0, "unknown", otherwise).
+    KIND.with(|c| c.set(u8::try_from(index).unwrap_or(0)));
     seccompiler::apply_filter(refusals).map_err(SeccompError::Install)?;
     seccompiler::apply_filter(program).map_err(SeccompError::Install)
 }
@@ -620,7 +621,10 @@ fn report_line(nr: i64, args: [u64; 3]) -> Line {
         None => line.push(b"pulse-vmm: seccomp: a starting thread (under the spawner's filter)"),
     }
     line.push(b" made the forbidden system call ");
-    line.push_dec(nr as u64);
+    if nr < 0 {
+        line.push(b"-");
+    }
+    line.push_dec(nr.unsigned_abs());
     match known_name(kind, nr) {
         Some((known, true)) => {
             line.push(b" (");
@@ -669,9 +673,10 @@ extern "C" fn report_sigsys(
         unsafe {
             let gregs = &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs;
             [
-                gregs[libc::REG_RDI as usize] as u64,
-                gregs[libc::REG_RSI as usize] as u64,
-                gregs[libc::REG_RDX as usize] as u64,
+                // The registers' bits, as the kernel's u64 arguments.
+                u64::from_ne_bytes(gregs[libc::REG_RDI as usize].to_ne_bytes()),
+                u64::from_ne_bytes(gregs[libc::REG_RSI as usize].to_ne_bytes()),
+                u64::from_ne_bytes(gregs[libc::REG_RDX as usize].to_ne_bytes()),
             ]
         }
     };

@@ -37,11 +37,11 @@ const CHILD_TEST: &str = "confine::tests::child_process_entry";
 
 /// What the confined thread of the child does.
 fn child_case(case: &str) -> i64 {
-    // SAFETY (all arms): the calls get valid or null pointers; the forbidden ones never reach
-    // the kernel's argument handling (the filter traps them first), and the allowed ones only
-    // read constants or write into locals.
     match case {
         // Creating a file: trapped.
+        // SAFETY: openat(2) gets a NUL-terminated path literal that lives for the whole program
+        // and plain integer flags and mode; the filter traps the call before the kernel reads
+        // anything, and had it run, it would only create a file and return its descriptor.
         "openat-write" => unsafe {
             libc::syscall(
                 libc::SYS_openat,
@@ -52,6 +52,9 @@ fn child_case(case: &str) -> i64 {
             )
         },
         // Reading one, as glibc's allocator does: refused with EACCES, the thread goes on.
+        // SAFETY: openat(2) gets a NUL-terminated path literal that outlives the call and integer
+        // flags; `__errno_location` returns this thread's errno slot, valid for the thread's life,
+        // and it is read right after the failed call.
         "openat-read" => unsafe {
             let fd = libc::syscall(
                 libc::SYS_openat,
@@ -65,6 +68,9 @@ fn child_case(case: &str) -> i64 {
                 fd
             }
         },
+        // SAFETY: execve(2) gets a NUL-terminated path literal and `argv`, a null-terminated array
+        // of pointers to string literals that lives on this frame across the call; a null envp is
+        // accepted by Linux as an empty environment. The filter traps the call before it runs.
         "execve" => unsafe {
             let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
             libc::syscall(
@@ -75,9 +81,13 @@ fn child_case(case: &str) -> i64 {
             )
         },
         // An allowed call with a refused argument: a terminal ioctl, an IPv4 socket.
+        // SAFETY: TCGETS on fd 0 with a null argument pointer: the filter refuses the request
+        // before the kernel looks at it, and had it run, the kernel would fail with EFAULT rather
+        // than write through the null pointer; no memory of this process is touched.
         "ioctl-tcgets" => unsafe {
             i64::from(libc::ioctl(0, libc::TCGETS, std::ptr::null_mut::<u8>()))
         },
+        // SAFETY: socket(2) takes only integers and touches no memory of this process.
         "socket-inet" => unsafe { i64::from(libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)) },
         "allowed" => {
             // What every thread does: allocate (a big block too), log, lock, read the clock,

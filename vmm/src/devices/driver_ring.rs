@@ -34,7 +34,8 @@ impl DriverRing {
         let avail = desc + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size) + 4095) & !4095;
         let total = used + 6 + 8 * u64::from(size) - desc;
-        mem.write_slice(&vec![0u8; total as usize], base)
+        let total = usize::try_from(total).expect("ring of a 16-bit size");
+        mem.write_slice(&vec![0u8; total], base)
             .expect("ring inside guest memory");
         Self {
             mem: mem.clone(),
@@ -51,9 +52,12 @@ impl DriverRing {
     pub fn queue(&self) -> Queue {
         let mut q = Queue::new(self.size).expect("power-of-two size");
         q.set_size(self.size);
-        q.set_desc_table_address(Some(self.desc as u32), Some((self.desc >> 32) as u32));
-        q.set_avail_ring_address(Some(self.avail as u32), Some((self.avail >> 32) as u32));
-        q.set_used_ring_address(Some(self.used as u32), Some((self.used >> 32) as u32));
+        let (lo, hi) = halves(self.desc);
+        q.set_desc_table_address(Some(lo), Some(hi));
+        let (lo, hi) = halves(self.avail);
+        q.set_avail_ring_address(Some(lo), Some(hi));
+        let (lo, hi) = halves(self.used);
+        q.set_used_ring_address(Some(lo), Some(hi));
         q.set_ready(true);
         q
     }
@@ -215,4 +219,9 @@ pub fn join_within<T: Send + 'static>(
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     thread.join().map_err(|_| "the thread panicked")
+}
+
+/// The low and high 32 bits of a guest address, as a driver writes them to the transport.
+fn halves(addr: u64) -> (u32, u32) {
+    ((addr & 0xffff_ffff) as u32, (addr >> 32) as u32)
 }

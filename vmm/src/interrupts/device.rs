@@ -97,9 +97,9 @@ impl DeviceInterrupts {
         let count = usize::from(queues) + 1;
         let first = manager.allocate_gsis(count)?;
         let mut vectors = Vec::with_capacity(count);
-        for i in 0..count {
+        for gsi in (first..).take(count) {
             vectors.push(MsiVector {
-                gsi: first + i as u32,
+                gsi,
                 evt: EventFd::new(libc::EFD_NONBLOCK).map_err(InterruptError::EventFd)?,
                 message: Mutex::new(None),
                 configured: AtomicBool::new(false),
@@ -127,7 +127,8 @@ impl DeviceInterrupts {
 
     /// Number of MSI vectors (queues + 1).
     pub fn vector_count(&self) -> u16 {
-        self.vectors.len() as u16
+        // `queues` (a u16) + 1: saturates only for 65535 queues.
+        u16::try_from(self.vectors.len()).unwrap_or(u16::MAX)
     }
 
     /// The legacy line's GSI.
@@ -294,18 +295,21 @@ impl DeviceInterrupts {
         self.vectors
             .iter()
             .enumerate()
-            .map(|(i, v)| VectorStats {
-                index: i as u16,
-                role: if i == 0 {
-                    VectorRole::Config
-                } else {
-                    VectorRole::Queue(i as u16 - 1)
-                },
-                gsi: v.gsi,
-                sent: v.sent.load(Ordering::Relaxed),
-                dropped: v.dropped.load(Ordering::Relaxed),
-                configured: v.configured.load(Ordering::Relaxed),
-                masked: v.masked.load(Ordering::Relaxed),
+            .map(|(i, v)| {
+                let index = u16::try_from(i).unwrap_or(u16::MAX);
+                VectorStats {
+                    index,
+                    role: if index == 0 {
+                        VectorRole::Config
+                    } else {
+                        VectorRole::Queue(index - 1)
+                    },
+                    gsi: v.gsi,
+                    sent: v.sent.load(Ordering::Relaxed),
+                    dropped: v.dropped.load(Ordering::Relaxed),
+                    configured: v.configured.load(Ordering::Relaxed),
+                    masked: v.masked.load(Ordering::Relaxed),
+                }
             })
             .collect()
     }

@@ -104,12 +104,12 @@ impl MsiMessage {
 
     /// Destination APIC ID (physical mode).
     pub fn destination(&self) -> u8 {
-        (self.address_lo >> 12) as u8
+        ((self.address_lo >> 12) & 0xff) as u8
     }
 
     /// The vector the LAPIC will raise.
     pub fn vector(&self) -> u8 {
-        self.data as u8
+        (self.data & 0xff) as u8
     }
 }
 

@@ -92,8 +92,9 @@ impl InterruptManager {
     pub fn allocate_gsis(&self, count: usize) -> Result<u32, InterruptError> {
         let mut table = self.lock();
         let first = table.next_gsi;
-        let end = first
-            .checked_add(count as u32)
+        let end = u32::try_from(count)
+            .ok()
+            .and_then(|count| first.checked_add(count))
             .filter(|end| *end <= MAX_ROUTES)
             .ok_or(InterruptError::NoGsi {
                 wanted: count,

@@ -185,7 +185,10 @@ impl MmioTransport {
                     source,
                 })?;
             let notify = base + QUEUE_NOTIFY;
-            vm.register_ioevent(&evt, &IoEventAddress::Mmio(notify), index as u32)
+            // The value the driver writes to QueueNotify: the queue's index.
+            let datamatch =
+                u32::try_from(index).map_err(|_| TransportError::QueueSize { index, size })?;
+            vm.register_ioevent(&evt, &IoEventAddress::Mmio(notify), datamatch)
                 .map_err(|source| TransportError::IoEventFd {
                     addr: notify,
                     source,
@@ -264,7 +267,7 @@ impl MmioTransport {
         TransportStats {
             device_type: self.device.name(),
             base: self.base,
-            queues: self.queues.len() as u16,
+            queues: u16::try_from(self.queues.len()).unwrap_or(u16::MAX),
             msi_enabled: self.interrupts.msi_active(),
             legacy_gsi: self.interrupts.legacy_gsi(),
             legacy_sent: self.interrupts.legacy_sent(),
@@ -291,7 +294,7 @@ impl MmioTransport {
                 let size = q.size();
                 let (avail, used) = (q.avail_ring(), q.used_ring());
                 RingSnapshot {
-                    queue: index as u16,
+                    queue: u16::try_from(index).unwrap_or(u16::MAX),
                     size,
                     avail_flags: read(avail),
                     avail_idx: read(avail.wrapping_add(2)),
@@ -323,7 +326,7 @@ impl MmioTransport {
             DEVICE_ID => self.device.device_type(),
             VENDOR_ID => self.vendor_id(),
             DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device_features() as u32,
+                0 => (self.device_features() & 0xffff_ffff) as u32,
                 1 => (self.device_features() >> 32) as u32,
                 _ => 0,
             },
@@ -509,8 +512,14 @@ impl MmioTransport {
                 self.needs_reset = true;
                 return;
             };
+            // The device's queues number at most a u16 (their MSI vectors are counted in one).
+            let Ok(index) = u16::try_from(index) else {
+                self.errors.bad_queue_setup += 1;
+                self.needs_reset = true;
+                return;
+            };
             active.push(ActiveQueue {
-                index: index as u16,
+                index,
                 queue: copy,
                 notifier,
             });
@@ -646,7 +655,9 @@ fn with_half(current: u64, high: bool, value: u32) -> vm_memory::GuestAddress {
 fn rings_fit(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
     use vm_memory::{GuestAddress, GuestMemoryBackend};
     let size = u64::from(queue.size());
-    let fits = |addr: u64, len: u64| mem.check_range(GuestAddress(addr), len as usize);
+    let fits = |addr: u64, len: u64| {
+        usize::try_from(len).is_ok_and(|len| mem.check_range(GuestAddress(addr), len))
+    };
     // Descriptor table: 16 bytes each; available ring: flags, idx, ring, used_event; used
     // ring: flags, idx, 8 bytes each, avail_event.
     queue.ready()
@@ -697,7 +708,9 @@ impl BusDevice for MmioTransport {
             },
             DOORBELLS..WINDOW_SIZE => {
                 // Normally handled by KVM; reached only without the ioeventfd.
-                self.notify(((offset - DOORBELLS) / 4) as u32);
+                if let Ok(queue) = u32::try_from((offset - DOORBELLS) / 4) {
+                    self.notify(queue);
+                }
             }
             _ if offset < CONFIG_SPACE => match <[u8; 4]>::try_from(data) {
                 Ok(bytes) => self.write_u32(offset, u32::from_le_bytes(bytes)),

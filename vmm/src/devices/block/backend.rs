@@ -36,6 +36,15 @@ fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> BackendError {
     move |source| BackendError::Io { op, source }
 }
 
+/// A byte offset or length as the kernel's signed `off_t`; past `i64::MAX`, `EINVAL` (no file
+/// is that large, so the kernel would refuse it too).
+fn off_t(value: u64, op: &'static str) -> Result<i64, BackendError> {
+    i64::try_from(value).map_err(|_| BackendError::Io {
+        op,
+        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+    })
+}
+
 /// A disk image file.
 #[derive(Debug)]
 pub struct Backend {
@@ -101,8 +110,8 @@ impl Backend {
         fallocate(
             self.file.as_raw_fd(),
             FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            offset as i64,
-            len as i64,
+            off_t(offset, "fallocate(PUNCH_HOLE)")?,
+            off_t(len, "fallocate(PUNCH_HOLE)")?,
         )
         .map_err(|e| BackendError::Io {
             op: "fallocate(PUNCH_HOLE)",
@@ -118,8 +127,8 @@ impl Backend {
         match fallocate(
             self.file.as_raw_fd(),
             FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            offset as i64,
-            len as i64,
+            off_t(offset, "fallocate(ZERO_RANGE)")?,
+            off_t(len, "fallocate(ZERO_RANGE)")?,
         ) {
             Ok(()) => Ok(()),
             // Not every filesystem zeroes ranges: write the zeroes instead.
@@ -127,7 +136,8 @@ impl Backend {
                 let zeroes = vec![0u8; (len.min(1 << 20)) as usize];
                 let mut done = 0;
                 while done < len {
-                    let n = (len - done).min(zeroes.len() as u64) as usize;
+                    let n = usize::try_from(len - done)
+                        .map_or(zeroes.len(), |left| left.min(zeroes.len()));
                     self.write_at(&zeroes[..n], offset + done)?;
                     done += n as u64;
                 }

@@ -158,9 +158,10 @@ impl Block {
 
 /// struct virtio_blk_config, little endian.
 fn build_config_space(backend: &Backend, queues: u16) -> Vec<u8> {
+    let seg_max = u32::try_from(MAX_SEGMENTS).unwrap_or(u32::MAX); // 128
     let mut c = vec![0u8; 60];
     c[0..8].copy_from_slice(&backend.sectors().to_le_bytes()); // capacity
-    c[12..16].copy_from_slice(&(MAX_SEGMENTS as u32).to_le_bytes()); // seg_max
+    c[12..16].copy_from_slice(&seg_max.to_le_bytes()); // seg_max
     c[20..24].copy_from_slice(&512u32.to_le_bytes()); // blk_size
     c[34..36].copy_from_slice(&queues.to_le_bytes()); // num_queues
                                                       // The request code refuses what goes beyond these limits.

@@ -229,7 +229,8 @@ fn read(
             .map_err(|_| RequestError::BadAddress)?;
         offset += u64::from(b.len);
     }
-    Ok(total as u32)
+    // The parser caps a request at MAX_REQUEST_BYTES (8 MiB).
+    u32::try_from(total).map_err(|_| RequestError::TooLong)
 }
 
 fn write(
@@ -262,7 +263,8 @@ fn get_id(
     let n = (b.len as usize).min(ID_BYTES);
     mem.write_slice(&id[..n], b.addr)
         .map_err(|_| RequestError::BadAddress)?;
-    Ok(n as u32)
+    // At most ID_BYTES (20).
+    Ok(u32::try_from(n).unwrap_or(b.len))
 }
 
 /// Discard and write-zeroes: a list of {sector u64, num_sectors u32, flags u32} segments.

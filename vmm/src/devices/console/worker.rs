@@ -290,7 +290,8 @@ impl ConsoleWorker {
                 off += take;
             }
             bump(&self.rx.counters.bytes, n as u64);
-            used |= self.finish_rx(ctx, head, n as u32);
+            // At most MAX_INPUT_CHUNK bytes.
+            used |= self.finish_rx(ctx, head, u32::try_from(n).unwrap_or(u32::MAX));
         }
         if used {
             self.rx.signal(&self.mem, ctx.interrupt());

@@ -123,7 +123,7 @@ pub(super) fn ifreq_for(name: &str) -> libc::ifreq {
     // valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes().take(MAX_NAME_LEN)) {
-        *dst = src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([src]);
     }
     ifr
 }
@@ -133,7 +133,7 @@ fn ifreq_name(ifr: &libc::ifreq) -> String {
         .ifr_name
         .iter()
         .take_while(|c| **c != 0)
-        .map(|c| *c as u8)
+        .map(|c| c.to_ne_bytes()[0])
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
@@ -157,6 +157,20 @@ fn hint_for(e: &io::Error) -> &'static str {
 #[allow(clippy::unnecessary_cast, clippy::cast_possible_truncation)]
 const fn socket_request(op: libc::c_ulong) -> libc::Ioctl {
     op as libc::Ioctl
+}
+
+/// How many of `iov` one readv/writev takes: at most UIO_MAXIOV (1024).
+fn iov_count(iov: &[libc::iovec]) -> libc::c_int {
+    libc::c_int::try_from(iov.len())
+        .unwrap_or(libc::UIO_MAXIOV)
+        .min(libc::UIO_MAXIOV)
+}
+
+/// IFF_* flags (`c_int`s in libc) as the ifreq's flags field, a C `short` the kernel reads as
+/// unsigned: IFF_TUN_EXCL is 0x8000. Every IFF_* flag lies in the low 16 bits.
+fn ifr_flags(flags: libc::c_int) -> libc::c_short {
+    let bits = u16::try_from(flags & 0xffff).unwrap_or_default();
+    libc::c_short::from_ne_bytes(bits.to_ne_bytes())
 }
 
 /// An ioctl on a tap queue that passes an `ifreq`.
@@ -191,15 +205,12 @@ impl TapQueue {
     /// Every element of `iov` must describe memory that is valid for writes of its length for
     /// the duration of the call.
     pub(crate) unsafe fn readv(&self, iov: &[libc::iovec]) -> io::Result<usize> {
-        let count = iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        let count = iov_count(iov);
         // SAFETY: the caller guarantees the buffers; `iov` itself is a valid array of `count`
         // iovecs.
         let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), count) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        // Negative: the call failed.
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
     /// Writes one frame (with its virtio-net header) gathered from `iov`.
@@ -209,15 +220,12 @@ impl TapQueue {
     /// Every element of `iov` must describe memory that is valid for reads of its length for
     /// the duration of the call.
     pub(crate) unsafe fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
-        let count = iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        let count = iov_count(iov);
         // SAFETY: the caller guarantees the buffers; `iov` itself is a valid array of `count`
         // iovecs.
         let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), count) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        // Negative: the call failed.
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 }
 
@@ -297,7 +305,7 @@ impl Tap {
                 flags |= libc::IFF_TUN_EXCL;
             }
             let mut ifr = ifreq_for(&actual);
-            ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
+            ifr.ifr_ifru.ifru_flags = ifr_flags(flags);
             let mut result = ioctl_ifreq(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr);
             if queue == 0
                 && origin == TapOrigin::Created
@@ -305,7 +313,7 @@ impl Tap {
             {
                 origin = TapOrigin::Existing;
                 ifr = ifreq_for(&actual);
-                ifr.ifr_ifru.ifru_flags = TAP_FLAGS as libc::c_short;
+                ifr.ifr_ifru.ifru_flags = ifr_flags(TAP_FLAGS);
                 result = ioctl_ifreq(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr);
             }
             if let Err(source) = result {
@@ -473,6 +481,7 @@ impl Tap {
         if !self.is_real() {
             return Ok(());
         }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // 12 bytes
         let len = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, valid for the call.
         let r = unsafe {
@@ -524,7 +533,7 @@ impl Tap {
                 } else {
                     libc::IFF_DETACH_QUEUE
                 };
-                ifr.ifr_ifru.ifru_flags = flag as libc::c_short;
+                ifr.ifr_ifru.ifru_flags = ifr_flags(flag);
                 ioctl_ifreq(queue.as_raw_fd(), libc::TUNSETQUEUE, &mut ifr)
                     .map_err(self.ioctl_err("TUNSETQUEUE"))?;
             }
@@ -565,8 +574,8 @@ impl Tap {
             ioctl_ifreq(sock, socket_request(libc::SIOCGIFFLAGS), &mut ifr)?;
             // SAFETY: SIOCGIFFLAGS filled in the flags member of the union.
             let flags = unsafe { ifr.ifr_ifru.ifru_flags };
-            if flags & libc::IFF_UP as libc::c_short == 0 {
-                ifr.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+            if flags & ifr_flags(libc::IFF_UP) == 0 {
+                ifr.ifr_ifru.ifru_flags = flags | ifr_flags(libc::IFF_UP);
                 ioctl_ifreq(sock, socket_request(libc::SIOCSIFFLAGS), &mut ifr)?;
             }
             Ok(())
@@ -579,7 +588,9 @@ impl Tap {
             let mut ifr = ifreq_for(&self.name);
             ioctl_ifreq(sock, socket_request(libc::SIOCGIFMTU), &mut ifr)?;
             // SAFETY: SIOCGIFMTU filled in the mtu member of the union.
-            Ok(unsafe { ifr.ifr_ifru.ifru_mtu } as u32)
+            let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
+            u32::try_from(mtu)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative MTU"))
         })
     }
 
@@ -590,7 +601,9 @@ impl Tap {
         }
         self.with_ctl_socket("SIOCSIFMTU", |sock| {
             let mut ifr = ifreq_for(&self.name);
-            ifr.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+            // Past i32::MAX the kernel would refuse it as well.
+            ifr.ifr_ifru.ifru_mtu = libc::c_int::try_from(mtu)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
             ioctl_ifreq(sock, socket_request(libc::SIOCSIFMTU), &mut ifr)
         })
     }

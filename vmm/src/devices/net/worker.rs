@@ -644,7 +644,8 @@ impl PairWorker {
             let first = &self.rxs.chains[0];
             let segs = &self.rxs.segs[..first.nsegs];
             let addrs = &self.rxs.addrs[..first.nsegs];
-            let num_buffers = (count as u16).to_le_bytes();
+            // At most the queue size (a u16) of chains.
+            let num_buffers = u16::try_from(count).unwrap_or(u16::MAX).to_le_bytes();
             let mut ok = chain::write_at(&self.mem, segs, addrs, HDR_NUM_BUFFERS, &num_buffers);
             if !self.mode.guest_csum {
                 // Without GUEST_CSUM the flags must be zero; the kernel may have set
@@ -665,7 +666,9 @@ impl PairWorker {
             left -= take;
             nsegs += c.nsegs;
             self.rxs.cap -= c.cap;
-            self.rx.add_used(&self.mem, c.head, take as u32);
+            // At most one frame (64 KiB and a header).
+            self.rx
+                .add_used(&self.mem, c.head, u32::try_from(take).unwrap_or(u32::MAX));
         }
         self.rxs.segs.drain(..nsegs);
         self.rxs.addrs.drain(..nsegs);

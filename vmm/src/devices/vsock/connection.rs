@@ -94,7 +94,7 @@ impl Connection {
 
     /// Records `n` bytes sent to the guest.
     pub fn sent_to_guest(&mut self, n: usize) {
-        self.tx_cnt = self.tx_cnt.wrapping_add(n as u32);
+        self.tx_cnt = self.tx_cnt.wrapping_add(low_bits(n));
     }
 
     /// Our credit fields for a header, remembering what we told.
@@ -133,7 +133,7 @@ impl Connection {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.to_host.drain(..n);
-                    self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add(low_bits(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -183,6 +183,12 @@ impl Connection {
             && self.to_host.is_empty()
             && (self.host_eof || self.peer_done_receiving)
     }
+}
+
+/// `n` modulo 2^32: virtio-vsock's `tx_cnt` and `fwd_cnt` are free-running 32-bit counters.
+#[allow(clippy::cast_possible_truncation)] // the truncation is the modulo
+fn low_bits(n: usize) -> u32 {
+    n as u32
 }
 
 #[cfg(test)]

@@ -208,6 +208,11 @@ impl Vsock {
     }
 }
 
+/// A file descriptor as its epoll token (descriptors are never negative).
+fn fd_token(fd: std::os::fd::RawFd) -> u64 {
+    u64::try_from(fd).unwrap_or(u64::MAX)
+}
+
 fn refuse_until_stopped(listener: UnixListener, kill: EventFd, counters: Arc<VsockCounters>) {
     let Ok(epoll) = Epoll::new() else {
         return;
@@ -217,7 +222,7 @@ fn refuse_until_stopped(listener: UnixListener, kill: EventFd, counters: Arc<Vso
             .ctl(
                 ControlOperation::Add,
                 fd,
-                EpollEvent::new(EventSet::IN, fd as u64),
+                EpollEvent::new(EventSet::IN, fd_token(fd)),
             )
             .is_err()
         {
@@ -232,7 +237,7 @@ fn refuse_until_stopped(listener: UnixListener, kill: EventFd, counters: Arc<Vso
             Err(_) => return,
         };
         for ev in &events[..n] {
-            if ev.data() as i32 == kill.as_raw_fd() {
+            if ev.data() == fd_token(kill.as_raw_fd()) {
                 return;
             }
         }

@@ -210,12 +210,13 @@ impl Worker {
                     added.remove(&fd);
                 }
                 Some(set) => {
+                    let token = super::fd_token(fd);
                     let result = if added.contains(&fd) {
-                        ctx.rewatch(fd, fd as u64, set)
+                        ctx.rewatch(fd, token, set)
                     } else {
                         // Modify first: the fd may be watched since an earlier turn.
-                        ctx.rewatch(fd, fd as u64, set)
-                            .or_else(|_| ctx.watch(fd, fd as u64, set))
+                        ctx.rewatch(fd, token, set)
+                            .or_else(|_| ctx.watch(fd, token, set))
                     };
                     match result {
                         Ok(()) => {
@@ -252,7 +253,10 @@ impl DeviceWorker for Worker {
     }
 
     fn event(&mut self, ctx: &mut LoopContext, token: u64, set: EventSet) {
-        let fd = token as RawFd;
+        // Every token is a descriptor's (`apply_interest`).
+        let Ok(fd) = RawFd::try_from(token) else {
+            return;
+        };
         if Some(fd) == Self::fd_of(&self.m.tx) {
             if let Some((_, e)) = &self.m.tx {
                 let _ = e.read();
@@ -838,7 +842,9 @@ impl Worker {
             match produced {
                 Some((h, payload)) => match packet::write_rx(&mem, &buffers, &h, &payload) {
                     Ok(n) => {
-                        let _ = guest_queue::add_used(&mut queue, &mem, head, n as u32);
+                        // At most a header and MAX_PAYLOAD bytes.
+                        let n = u32::try_from(n).unwrap_or(u32::MAX);
+                        let _ = guest_queue::add_used(&mut queue, &mem, head, n);
                         self.m.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
                         used_any = true;
                         if h.op == op::RW {
@@ -901,7 +907,8 @@ impl Worker {
             .min(packet::MAX_PAYLOAD as usize);
         match c.read_from_host(max) {
             Ok(Some(data)) => {
-                h.len = data.len() as u32;
+                // At most MAX_PAYLOAD (64 KiB), the cap on `max`.
+                h.len = u32::try_from(data.len()).unwrap_or(packet::MAX_PAYLOAD);
                 c.sent_to_guest(data.len());
                 c.stamp(&mut h);
                 Some((h, data))

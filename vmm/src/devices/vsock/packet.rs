@@ -233,7 +233,9 @@ pub fn write_rx(
         }
     }
     if sources.iter().any(|s| !s.is_empty()) {
-        return Err(PacketError::BadLength(payload.len() as u32));
+        return Err(PacketError::BadLength(
+            u32::try_from(payload.len()).unwrap_or(u32::MAX),
+        ));
     }
     Ok(written)
 }
