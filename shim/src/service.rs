@@ -1,10 +1,9 @@
 //! containerd's task service (API v2) for one pod: every call maps onto the
 //! guest agent's Containers API through the pod's [`Sandbox`].
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::task::events::{ContainerdEvents, EventSink};
 use crate::task::guest::Guest;
@@ -19,70 +18,36 @@ use containerd_shim_protos::protobuf::{Message, MessageDyn, MessageField};
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use ttrpc::Code;
 
-use crate::config::{self, PulseConfig};
-use crate::ids::{self, IdKind};
-use crate::persist::{BundleRecord, BUNDLE_RECORD};
-use crate::pod::{annotations_of, size_vm, PodResources, PodRole};
-use crate::rootfs::RootfsMount;
+use crate::persist::BUNDLE_RECORD;
 use crate::sandbox::Sandbox;
-use crate::state::{ExitInfo, ProcessState};
+use crate::state::ProcessState;
 use crate::stdio::{Pumps, StdioPaths};
-use crate::task::errors::{internal, state_err, status, timestamp};
-use crate::task::registry::{map_status, Container, Process, State};
-
-/// How long a process's output may take to drain after it exited.
-const DRAIN_LIMIT: Duration = Duration::from_secs(5);
-
-/// Sizes the pod's VM from its limits (`pod::size_vm`): the configured vCPUs and memory plus
-/// what the pod may use.
-fn size_for_pod(config: &mut PulseConfig, role: &PodRole, spec: &serde_json::Value) {
-    let Some(resources) = PodResources::of_pod(role, spec) else {
-        return;
-    };
-    let host_cpus = std::thread::available_parallelism()
-        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
-        .unwrap_or(1);
-    let (vcpus, memory_mib) = size_vm(
-        config.vm.vcpus,
-        config.vm.memory_mib,
-        Some(&resources),
-        host_cpus,
-    );
-    tracing::info!(
-        pod = role.pod(),
-        ?resources,
-        vcpus,
-        memory_mib,
-        configured_vcpus = config.vm.vcpus,
-        configured_memory_mib = config.vm.memory_mib,
-        "the VM is sized for the pod's limits"
-    );
-    config.vm.vcpus = vcpus;
-    config.vm.memory_mib = memory_mib;
-}
+use crate::task::errors::{state_err, status, timestamp};
+use crate::task::registry::{map_status, Process, State};
 
 /// The task service of one shim (one pod).
 #[derive(Clone)]
 pub struct Service {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    namespace: String,
-    events: Arc<dyn EventSink>,
-    exit: Arc<ExitSignal>,
-    state: Mutex<State>,
+/// The service's shared state (the task modules reach it as `self.inner`).
+pub(crate) struct Inner {
+    pub(crate) namespace: String,
+    pub(crate) events: Arc<dyn EventSink>,
+    pub(crate) exit: Arc<ExitSignal>,
+    pub(crate) state: Mutex<State>,
     /// Serializes create, delete and shutdown (they boot and tear down the VM).
-    lifecycle: tokio::sync::Mutex<()>,
-    oom_tx: mpsc::UnboundedSender<String>,
+    pub(crate) lifecycle: tokio::sync::Mutex<()>,
+    pub(crate) oom_tx: mpsc::UnboundedSender<String>,
 }
 
 impl Service {
     /// The sandbox of container `id` (which must exist).
-    fn sandbox_of(&self, id: &str) -> ttrpc::Result<Arc<Sandbox>> {
+    pub(crate) fn sandbox_of(&self, id: &str) -> ttrpc::Result<Arc<Sandbox>> {
         let mut state = self.inner.state.lock().unwrap();
         state.container(id)?;
         state.sandbox()
@@ -118,7 +83,7 @@ impl Service {
     }
 
     /// `/tasks/oom` for container `id`, if this shim runs it.
-    async fn publish_oom(&self, id: String) {
+    pub(crate) async fn publish_oom(&self, id: String) {
         let known = self
             .inner
             .state
@@ -138,338 +103,8 @@ impl Service {
         }
     }
 
-    async fn publish<M: MessageDyn>(&self, topic: &str, event: M) {
+    pub(crate) async fn publish<M: MessageDyn>(&self, topic: &str, event: M) {
         self.inner.events.publish(topic, Box::new(event)).await;
-    }
-
-    fn load_config(options: Option<&Any>) -> anyhow::Result<PulseConfig> {
-        let from_options =
-            options.and_then(|o| config::config_path_from_options(&o.type_url, &o.value));
-        let env = std::env::var(config::CONFIG_ENV).ok();
-        let path = config::resolve_path(from_options.as_deref(), env.as_deref());
-        let config = PulseConfig::load(&path)?;
-        crate::logging::set_level(&config.shim.log_level);
-        tracing::info!(path = %path.display(), backend = config.hypervisor.backend.name(), "pulse config loaded");
-        Ok(config)
-    }
-
-    /// The sandbox for a new container, booting it for the pod's first container.
-    async fn sandbox_for(
-        &self,
-        role: &PodRole,
-        options: Option<&Any>,
-        spec: &serde_json::Value,
-    ) -> ttrpc::Result<(Arc<Sandbox>, bool)> {
-        if let Some(s) = self.inner.state.lock().unwrap().sandbox.clone() {
-            if s.pod != role.pod() {
-                return Err(status(
-                    Code::INVALID_ARGUMENT,
-                    format!("this shim serves pod {}, not {}", s.pod, role.pod()),
-                ));
-            }
-            return Ok((s, false));
-        }
-        if !role.creates_pod() {
-            return Err(status(
-                Code::FAILED_PRECONDITION,
-                format!("pod {} has no running sandbox in this shim", role.pod()),
-            ));
-        }
-        let mut config = Self::load_config(options)
-            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{e:#}")))?;
-        size_for_pod(&mut config, role, spec);
-        // The pod's hostname (CRI's PodSandboxConfig.hostname is the sandbox spec's): the
-        // guest's own, so the pod's app containers, which CRI puts in the sandbox's UTS
-        // namespace, see it too.
-        let hostname = spec.get("hostname").and_then(serde_json::Value::as_str);
-        let sandbox = Sandbox::start(
-            config,
-            &self.inner.namespace,
-            role.pod(),
-            hostname,
-            crate::network::netns_of(spec),
-            self.inner.oom_tx.clone(),
-        )
-        .await
-        .map_err(internal)?;
-        self.inner.state.lock().unwrap().sandbox = Some(sandbox.clone());
-        Ok((sandbox, true))
-    }
-
-    async fn create_container(&self, req: &api::CreateTaskRequest) -> ttrpc::Result<u32> {
-        let bundle = PathBuf::from(&req.bundle);
-        let spec_text = std::fs::read(bundle.join("config.json")).map_err(|e| {
-            status(
-                Code::INVALID_ARGUMENT,
-                format!("reading {}/config.json: {e}", req.bundle),
-            )
-        })?;
-        let mut spec: serde_json::Value = serde_json::from_slice(&spec_text).map_err(|e| {
-            status(
-                Code::INVALID_ARGUMENT,
-                format!("{}/config.json: {e}", req.bundle),
-            )
-        })?;
-        let role = PodRole::of(&req.id, &annotations_of(&spec));
-        // Both become directory names (the sandbox, a rootfs staging mount).
-        for (kind, id) in [
-            (IdKind::Container, req.id.as_str()),
-            (IdKind::Pod, role.pod()),
-        ] {
-            ids::validate(kind, id).map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
-        }
-        if self
-            .inner
-            .state
-            .lock()
-            .unwrap()
-            .containers
-            .contains_key(&req.id)
-        {
-            return Err(status(
-                Code::ALREADY_EXISTS,
-                format!("container {} exists", req.id),
-            ));
-        }
-        let (sandbox, new_sandbox) = self.sandbox_for(&role, req.options.as_ref(), &spec).await?;
-        if let Some(why) = PodResources::from_spec(&spec).and_then(|r| {
-            let vm = &sandbox.config().vm;
-            crate::pod::exceeds_vm(&r, vm.vcpus, vm.memory_mib)
-        }) {
-            tracing::warn!(
-                container = %req.id,
-                pod = role.pod(),
-                "the container's limits exceed its pod's VM ({why}): the VM is sized when the \
-                 pod starts, from the CRI's io.kubernetes.cri.sandbox-* annotations (when \
-                 kubelet sends the pod's resources) or a pod of one's own limits"
-            );
-        }
-        let result = self.create_in(&sandbox, req, &bundle, &mut spec).await;
-        if result.is_err() && new_sandbox {
-            // The pod's first container failed: take the whole sandbox down again.
-            sandbox.stop().await;
-            self.inner.state.lock().unwrap().sandbox = None;
-        }
-        result
-    }
-
-    async fn create_in(
-        &self,
-        sandbox: &Arc<Sandbox>,
-        req: &api::CreateTaskRequest,
-        bundle: &Path,
-        spec: &mut serde_json::Value,
-    ) -> ttrpc::Result<u32> {
-        sandbox.check_add_container().map_err(state_err)?;
-        let plans =
-            crate::spec::plan_mounts(spec, sandbox.has_shared_fs(), crate::shared_fs::source_kind)
-                .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
-        sandbox.share_mounts(&req.id, &plans).map_err(internal)?;
-        let mounts: Vec<RootfsMount> = req
-            .rootfs
-            .iter()
-            .map(|m| RootfsMount {
-                fs_type: m.type_.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        // Without mounts the tree is the spec's root.path, as runc takes it.
-        let storages = match sandbox
-            .attach_rootfs(&req.id, &mounts, &crate::spec::host_root(spec, bundle))
-            .await
-        {
-            Ok(storages) => storages,
-            Err(e) => {
-                sandbox.unshare_mounts(&req.id);
-                return Err(internal(e));
-            }
-        };
-        crate::spec::rewrite_mounts(spec, &req.id, &plans);
-        for note in crate::spec::for_guest(spec).notes {
-            tracing::info!(container = %req.id, "spec: {note}");
-        }
-        if req.terminal {
-            if let Some(p) = spec.get_mut("process").and_then(|p| p.as_object_mut()) {
-                p.insert("terminal".into(), serde_json::Value::Bool(true));
-            }
-        }
-        let agent = sandbox.agent();
-        let spec_json = serde_json::to_vec(spec).unwrap_or_default();
-        let pid = match Guest::new(agent).create(&req.id, spec_json, storages).await {
-            Ok(pid) => pid,
-            Err(e) => {
-                sandbox.detach_rootfs(&req.id).await;
-                sandbox.unshare_mounts(&req.id);
-                return Err(e);
-            }
-        };
-        let stdio = StdioPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        let mut init = Process::new(format!("container {}", req.id), stdio.clone(), Vec::new());
-        init.pid = pid;
-        let pumps = Pumps::start(agent, &req.id, "", &stdio);
-        let _ = std::fs::write(
-            bundle.join(BUNDLE_RECORD),
-            serde_json::to_vec(&BundleRecord {
-                pod: sandbox.pod.clone(),
-                sandbox_dir: sandbox.paths.dir.clone(),
-            })
-            .unwrap_or_default(),
-        );
-        self.inner.state.lock().unwrap().containers.insert(
-            req.id.clone(),
-            Container {
-                bundle: req.bundle.clone(),
-                init,
-                execs: HashMap::new(),
-            },
-        );
-        self.spawn_waiter(sandbox.clone(), req.id.clone(), String::new(), pumps);
-        Ok(pid)
-    }
-
-    /// Waits for a process to exit (in the background), drains its output,
-    /// records the exit and publishes it. For a container's own process the
-    /// wait starts right away (a created container can be killed before start).
-    fn spawn_waiter(&self, sandbox: Arc<Sandbox>, id: String, exec: String, mut pumps: Pumps) {
-        let service = self.clone();
-        let stdin = pumps.stdin.take();
-        if let Ok(p) = self.inner.state.lock().unwrap().process(&id, &exec) {
-            p.stdin = stdin;
-        }
-        tokio::spawn(async move {
-            let waited = Guest::new(sandbox.agent()).wait(&id, &exec).await;
-            let (status_code, pid) = match waited {
-                Ok(r) => (u32::try_from(r.status).unwrap_or(0), r.pid),
-                Err(e) => {
-                    tracing::warn!(container = %id, exec = %exec, "waiting for the process: {e}");
-                    (255, 0)
-                }
-            };
-            pumps.drain(DRAIN_LIMIT).await;
-            // A kill by the OOM killer is on the console by now: publish it before the exit.
-            for oom in sandbox.scan_oom() {
-                service.publish_oom(oom).await;
-            }
-            let exit = ExitInfo {
-                status: status_code,
-                at: SystemTime::now(),
-            };
-            let pid = {
-                let mut state = service.inner.state.lock().unwrap();
-                match state.process(&id, &exec) {
-                    Ok(p) => {
-                        if !p.machine.exited(exit) {
-                            return;
-                        }
-                        let _ = p.exit.send(Some(exit));
-                        if pid != 0 {
-                            pid
-                        } else {
-                            p.pid
-                        }
-                    }
-                    Err(_) => return,
-                }
-            };
-            tracing::info!(container = %id, exec = %exec, status = status_code, "process exited");
-            service
-                .publish(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    ev::TaskExit {
-                        container_id: id.clone(),
-                        id: if exec.is_empty() {
-                            id.clone()
-                        } else {
-                            exec.clone()
-                        },
-                        pid,
-                        exit_status: status_code,
-                        exited_at: MessageField::some(timestamp(exit.at)),
-                        ..Default::default()
-                    },
-                )
-                .await;
-        });
-    }
-
-    /// Stops the pod when the shim gets SIGTERM or SIGINT (containerd-shim's
-    /// own handler only logs them): its containers are killed (their exits
-    /// are published), the VM is stopped, the sandbox directory removed, and
-    /// the shim exits (its socket goes with it).
-    pub fn stop_on_signals(&self) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::warn!("cannot watch SIGTERM/SIGINT");
-            return;
-        };
-        let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            let Some(inner) = weak.upgrade() else { return };
-            tracing::info!("{name}: stopping the pod and exiting");
-            let service = Service { inner };
-            service.terminate().await;
-            service.inner.exit.signal();
-        });
-    }
-
-    /// Kills every process of the pod, waits briefly for their exits, then tears the sandbox down.
-    async fn terminate(&self) {
-        let _serial = self.inner.lifecycle.lock().await;
-        let (sandbox, waits) = {
-            let state = self.inner.state.lock().unwrap();
-            let waits: Vec<(String, watch::Receiver<Option<ExitInfo>>)> = state
-                .containers
-                .iter()
-                .filter(|(_, c)| c.init.machine.check_kill().is_ok())
-                .map(|(id, c)| (id.clone(), c.init.exit.subscribe()))
-                .collect();
-            (state.sandbox.clone(), waits)
-        };
-        if let Some(sandbox) = sandbox {
-            let guest = Guest::new(sandbox.agent());
-            for (id, _) in &waits {
-                let sigkill = libc::SIGKILL.unsigned_abs();
-                if let Err(e) = guest.signal(id, "", sigkill, true).await {
-                    tracing::warn!(container = %id, "SIGKILL at shutdown: {e}");
-                }
-            }
-            let exits = wait_for_exits(waits);
-            if tokio::time::timeout(DRAIN_LIMIT, exits).await.is_err() {
-                tracing::warn!("some containers did not exit in time; stopping the VM anyway");
-            }
-        }
-        self.teardown().await;
-    }
-
-    async fn teardown(&self) {
-        let sandbox = self.inner.state.lock().unwrap().sandbox.take();
-        if let Some(s) = sandbox {
-            s.stop().await;
-        }
-    }
-}
-
-/// Waits until every receiver has seen an exit.
-async fn wait_for_exits(waits: Vec<(String, watch::Receiver<Option<ExitInfo>>)>) {
-    for (_, mut rx) in waits {
-        while rx.borrow_and_update().is_none() {
-            if rx.changed().await.is_err() {
-                break;
-            }
-        }
     }
 }
 
@@ -1002,7 +637,11 @@ impl Task for Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stdio::StdioPaths;
     use crate::task::events::RecordedEvents;
+    use crate::task::registry::{Container, Process};
+    use std::collections::HashMap;
+    use std::time::Duration;
 
     fn service() -> (Service, Arc<RecordedEvents>) {
         let events = Arc::new(RecordedEvents::default());

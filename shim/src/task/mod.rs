@@ -1,6 +1,8 @@
 //! The parts the task service ([`crate::service`]) is made of.
 
+pub mod create;
 pub mod errors;
 pub mod events;
+pub mod exits;
 pub mod guest;
 pub mod registry;
