@@ -1,9 +1,7 @@
 //! containerd's task service (API v2) for one pod: every call maps onto the
 //! guest agent's Containers API through the pod's [`Sandbox`].
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use crate::task::events::{ContainerdEvents, EventSink};
 use crate::task::guest::Guest;
@@ -11,22 +9,17 @@ use async_trait::async_trait;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::ExitSignal;
 use containerd_shim_protos::api;
-use containerd_shim_protos::cgroups_v2::metrics as cg2;
 use containerd_shim_protos::events::task as ev;
-use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::{Message, MessageDyn, MessageField};
+use containerd_shim_protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use tokio::sync::mpsc;
 use ttrpc::Code;
 
-use crate::persist::BUNDLE_RECORD;
 use crate::sandbox::Sandbox;
-use crate::state::ProcessState;
-use crate::stdio::{Pumps, StdioPaths};
-use crate::task::errors::{state_err, status, timestamp};
-use crate::task::registry::{map_status, Process, State};
+use crate::task::errors::{status, timestamp};
+use crate::task::registry::{map_status, State};
 
 /// The task service of one shim (one pod).
 #[derive(Clone)]
@@ -178,53 +171,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> ttrpc::Result<api::StartResponse> {
-        let (sandbox, spec, stdio) = {
-            let mut state = self.inner.state.lock().unwrap();
-            let sandbox = state.sandbox()?;
-            let p = state.process(&req.id, &req.exec_id)?;
-            p.machine.check_start().map_err(state_err)?;
-            (sandbox, p.spec.clone(), p.stdio.clone())
-        };
-        let agent = sandbox.agent();
-        let pid = if req.exec_id.is_empty() {
-            Guest::new(agent).start(&req.id).await?
-        } else {
-            Guest::new(agent).exec(&req.id, &req.exec_id, spec).await?
-        };
-        {
-            let mut state = self.inner.state.lock().unwrap();
-            let p = state.process(&req.id, &req.exec_id)?;
-            p.pid = pid;
-            p.machine.started().map_err(state_err)?;
-        }
-        if req.exec_id.is_empty() {
-            self.publish(
-                topics::TASK_START_EVENT_TOPIC,
-                ev::TaskStart {
-                    container_id: req.id.clone(),
-                    pid,
-                    ..Default::default()
-                },
-            )
-            .await;
-        } else {
-            let pumps = Pumps::start(agent, &req.id, &req.exec_id, &stdio);
-            self.spawn_waiter(sandbox.clone(), req.id.clone(), req.exec_id.clone(), pumps);
-            self.publish(
-                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-                ev::TaskExecStarted {
-                    container_id: req.id.clone(),
-                    exec_id: req.exec_id.clone(),
-                    pid,
-                    ..Default::default()
-                },
-            )
-            .await;
-        }
-        Ok(api::StartResponse {
-            pid,
-            ..Default::default()
-        })
+        self.start_task(req).await
     }
 
     async fn delete(
@@ -232,73 +179,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> ttrpc::Result<api::DeleteResponse> {
-        if !req.exec_id.is_empty() {
-            let mut state = self.inner.state.lock().unwrap();
-            let c = state.container(&req.id)?;
-            let p = c.execs.get_mut(&req.exec_id).ok_or_else(|| {
-                status(
-                    Code::NOT_FOUND,
-                    format!("exec {} of {} not found", req.exec_id, req.id),
-                )
-            })?;
-            let exit = p.machine.deleted(SystemTime::now()).map_err(state_err)?;
-            let pid = p.pid;
-            c.execs.remove(&req.exec_id);
-            return Ok(api::DeleteResponse {
-                pid,
-                exit_status: exit.status,
-                exited_at: MessageField::some(timestamp(exit.at)),
-                ..Default::default()
-            });
-        }
-        let _serial = self.inner.lifecycle.lock().await;
-        let (sandbox, pid) = {
-            let mut state = self.inner.state.lock().unwrap();
-            // An unknown task is NOT_FOUND (containerd takes that as deleted already), also
-            // in a shim whose VM never booted.
-            let p = state.process(&req.id, "")?;
-            p.machine.check_delete().map_err(state_err)?;
-            let pid = p.pid;
-            (state.sandbox()?, pid)
-        };
-        let agent = sandbox.agent();
-        if let Err(e) = Guest::new(agent).remove(&req.id).await {
-            // The guest may be gone already; the slot and the state still go.
-            tracing::warn!(container = %req.id, "removing the container in the guest: {e}");
-        }
-        sandbox.detach_rootfs(&req.id).await;
-        sandbox.unshare_mounts(&req.id);
-        let exit = {
-            let mut state = self.inner.state.lock().unwrap();
-            let c = state.container(&req.id)?;
-            let exit = c
-                .init
-                .machine
-                .deleted(SystemTime::now())
-                .map_err(state_err)?;
-            let bundle = c.bundle.clone();
-            state.containers.remove(&req.id);
-            let _ = std::fs::remove_file(Path::new(&bundle).join(BUNDLE_RECORD));
-            exit
-        };
-        self.publish(
-            topics::TASK_DELETE_EVENT_TOPIC,
-            ev::TaskDelete {
-                container_id: req.id.clone(),
-                id: req.id.clone(),
-                pid,
-                exit_status: exit.status,
-                exited_at: MessageField::some(timestamp(exit.at)),
-                ..Default::default()
-            },
-        )
-        .await;
-        Ok(api::DeleteResponse {
-            pid,
-            exit_status: exit.status,
-            exited_at: MessageField::some(timestamp(exit.at)),
-            ..Default::default()
-        })
+        self.delete_task(req).await
     }
 
     async fn pids(
@@ -326,34 +207,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::PauseRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let sandbox = {
-            let mut state = self.inner.state.lock().unwrap();
-            state
-                .process(&req.id, "")?
-                .machine
-                .check_pause()
-                .map_err(state_err)?;
-            state.sandbox()?
-        };
-        let agent = sandbox.agent();
-        Guest::new(agent).pause(&req.id).await?;
-        self.inner
-            .state
-            .lock()
-            .unwrap()
-            .process(&req.id, "")?
-            .machine
-            .paused()
-            .map_err(state_err)?;
-        self.publish(
-            topics::TASK_PAUSED_EVENT_TOPIC,
-            ev::TaskPaused {
-                container_id: req.id.clone(),
-                ..Default::default()
-            },
-        )
-        .await;
-        Ok(api::Empty::new())
+        self.freeze_task(&req.id, true).await
     }
 
     async fn resume(
@@ -361,34 +215,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let sandbox = {
-            let mut state = self.inner.state.lock().unwrap();
-            state
-                .process(&req.id, "")?
-                .machine
-                .check_resume()
-                .map_err(state_err)?;
-            state.sandbox()?
-        };
-        let agent = sandbox.agent();
-        Guest::new(agent).resume(&req.id).await?;
-        self.inner
-            .state
-            .lock()
-            .unwrap()
-            .process(&req.id, "")?
-            .machine
-            .resumed()
-            .map_err(state_err)?;
-        self.publish(
-            topics::TASK_RESUMED_EVENT_TOPIC,
-            ev::TaskResumed {
-                container_id: req.id.clone(),
-                ..Default::default()
-            },
-        )
-        .await;
-        Ok(api::Empty::new())
+        self.freeze_task(&req.id, false).await
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<api::Empty> {
@@ -412,64 +239,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ExecProcessRequest,
     ) -> ttrpc::Result<api::Empty> {
-        {
-            let mut state = self.inner.state.lock().unwrap();
-            let c = state.container(&req.id)?;
-            if !matches!(c.init.machine.state(), ProcessState::Running) {
-                return Err(status(
-                    Code::FAILED_PRECONDITION,
-                    format!(
-                        "container {} is {}, not running",
-                        req.id,
-                        c.init.machine.state().name()
-                    ),
-                ));
-            }
-            if c.execs.contains_key(&req.exec_id) {
-                return Err(status(
-                    Code::ALREADY_EXISTS,
-                    format!("exec {} exists", req.exec_id),
-                ));
-            }
-            let spec = req
-                .spec
-                .as_ref()
-                .map(|s| s.value.clone())
-                .unwrap_or_default();
-            if spec.is_empty() {
-                return Err(status(
-                    Code::INVALID_ARGUMENT,
-                    "exec without a process spec",
-                ));
-            }
-            let stdio = StdioPaths {
-                stdin: req.stdin.clone(),
-                stdout: req.stdout.clone(),
-                stderr: req.stderr.clone(),
-                terminal: req.terminal,
-            };
-            let mut spec = spec;
-            if req.terminal {
-                if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&spec) {
-                    v["terminal"] = serde_json::Value::Bool(true);
-                    spec = serde_json::to_vec(&v).unwrap_or(spec);
-                }
-            }
-            c.execs.insert(
-                req.exec_id.clone(),
-                Process::new(format!("exec {} of {}", req.exec_id, req.id), stdio, spec),
-            );
-        }
-        self.publish(
-            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-            ev::TaskExecAdded {
-                container_id: req.id.clone(),
-                exec_id: req.exec_id.clone(),
-                ..Default::default()
-            },
-        )
-        .await;
-        Ok(api::Empty::new())
+        self.exec_task(req).await
     }
 
     async fn resize_pty(
@@ -561,39 +331,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> ttrpc::Result<api::StatsResponse> {
-        let sandbox = self.sandbox_of(&req.id)?;
-        let agent = sandbox.agent();
-        let s = Guest::new(agent).stats(&req.id).await?;
-        let metrics = cg2::Metrics {
-            pids: MessageField::some(cg2::PidsStat {
-                current: s.pids_current,
-                limit: s.pids_limit,
-                ..Default::default()
-            }),
-            cpu: MessageField::some(cg2::CPUStat {
-                usage_usec: s.cpu_usage_ns / 1000,
-                user_usec: s.cpu_user_ns / 1000,
-                system_usec: s.cpu_system_ns / 1000,
-                ..Default::default()
-            }),
-            memory: MessageField::some(cg2::MemoryStat {
-                usage: s.memory_usage_bytes,
-                usage_limit: s.memory_limit_bytes,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let any = Any {
-            type_url: "io.containerd.cgroups.v2.Metrics".into(),
-            value: metrics
-                .write_to_bytes()
-                .map_err(|e| status(Code::INTERNAL, e.to_string()))?,
-            ..Default::default()
-        };
-        Ok(api::StatsResponse {
-            stats: MessageField::some(any),
-            ..Default::default()
-        })
+        self.stats_task(req).await
     }
 
     async fn connect(
@@ -635,154 +373,5 @@ impl Task for Service {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::stdio::StdioPaths;
-    use crate::task::events::RecordedEvents;
-    use crate::task::registry::{Container, Process};
-    use std::collections::HashMap;
-    use std::time::Duration;
-
-    fn service() -> (Service, Arc<RecordedEvents>) {
-        let events = Arc::new(RecordedEvents::default());
-        let service = Service::with_events("ns", events.clone(), Arc::new(ExitSignal::default()));
-        (service, events)
-    }
-
-    fn ctx() -> TtrpcContext {
-        TtrpcContext {
-            mh: Default::default(),
-            metadata: Default::default(),
-            timeout_nano: 0,
-        }
-    }
-
-    fn code(e: ttrpc::Error) -> (Code, String) {
-        match e {
-            ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
-            other => panic!("not a status: {other}"),
-        }
-    }
-
-    fn add_container(service: &Service, id: &str) {
-        service.inner.state.lock().unwrap().containers.insert(
-            id.into(),
-            Container {
-                bundle: "/nonexistent/bundle".into(),
-                init: Process::new(format!("container {id}"), StdioPaths::default(), Vec::new()),
-                execs: HashMap::new(),
-            },
-        );
-    }
-
-    #[tokio::test]
-    async fn calls_on_unknown_containers_are_not_found_and_publish_nothing() {
-        let (service, events) = service();
-        let state = service
-            .state(
-                &ctx(),
-                api::StateRequest {
-                    id: "c1".into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(
-            code(state),
-            (Code::NOT_FOUND, "container c1 not found".into())
-        );
-        let kill = service
-            .kill(
-                &ctx(),
-                api::KillRequest {
-                    id: "c1".into(),
-                    signal: 9,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(code(kill).0, Code::NOT_FOUND);
-        let delete = service
-            .delete(
-                &ctx(),
-                api::DeleteRequest {
-                    id: "c1".into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(code(delete).0, Code::NOT_FOUND);
-        assert!(events.taken().is_empty(), "{:?}", events.taken());
-    }
-
-    #[tokio::test]
-    async fn a_bundle_without_a_spec_is_refused_by_name() {
-        let (service, events) = service();
-        let bundle = tempfile::tempdir().unwrap();
-        let err = service
-            .create(
-                &ctx(),
-                api::CreateTaskRequest {
-                    id: "c1".into(),
-                    bundle: bundle.path().display().to_string(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap_err();
-        let (code, message) = code(err);
-        assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
-        assert!(message.contains("config.json"), "{message}");
-        assert!(events.taken().is_empty());
-        assert!(service.inner.state.lock().unwrap().containers.is_empty());
-    }
-
-    #[tokio::test]
-    async fn the_state_of_a_created_container_and_its_oom_event() {
-        let (service, events) = service();
-        add_container(&service, "c1");
-        let state = service
-            .state(
-                &ctx(),
-                api::StateRequest {
-                    id: "c1".into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(state.status.enum_value(), Ok(api::Status::CREATED));
-        assert_eq!(state.bundle, "/nonexistent/bundle");
-        // An OOM kill the guest reports for a container of this shim is a /tasks/oom event; one
-        // for a container it does not know is dropped.
-        service.inner.oom_tx.send("c1".into()).unwrap();
-        service.inner.oom_tx.send("other".into()).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while events.taken().is_empty() && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            events.taken(),
-            [(
-                topics::TASK_OOM_EVENT_TOPIC.to_string(),
-                "containerd.events.TaskOOM".to_string()
-            )]
-        );
-        // A start before the sandbox booted is a precondition failure, not a crash.
-        let start = service
-            .start(
-                &ctx(),
-                api::StartRequest {
-                    id: "c1".into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(code(start).0, Code::FAILED_PRECONDITION);
-    }
-}
+#[path = "service_tests.rs"]
+mod tests;

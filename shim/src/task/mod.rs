@@ -5,4 +5,5 @@ pub mod errors;
 pub mod events;
 pub mod exits;
 pub mod guest;
+pub mod process;
 pub mod registry;
