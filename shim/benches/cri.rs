@@ -54,14 +54,7 @@ fn run() -> anyhow::Result<()> {
             bail!("the {handler} handler cannot run here: {why}");
         }
     }
-    let runs: usize = match std::env::var("BENCH_RUNS") {
-        Ok(v) => v
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .with_context(|| format!("BENCH_RUNS={v:?} is not a positive count"))?,
-        Err(_) => 5,
-    };
+    let runs = common::env_count("BENCH_RUNS", 5)?;
     let env = CriEnv::start();
     let kubelet = Kubelet::connect(&env.sock())?;
     let labels = HANDLERS.map(label);

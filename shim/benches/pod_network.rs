@@ -52,25 +52,14 @@ fn main() {
     }
 }
 
-fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .with_context(|| format!("{name}={v:?} is not a positive count")),
-        Err(_) => Ok(default),
-    }
-}
-
 fn run() -> anyhow::Result<()> {
     for handler in ["runc", "pulse"] {
         if let Some(why) = harness::skip_reason(handler) {
             bail!("the {handler} handler cannot run here: {why}");
         }
     }
-    let runs = env_number("BENCH_RUNS", 3)?;
-    let mib = env_number("BENCH_NET_MIB", 64)?;
+    let runs = common::env_count("BENCH_RUNS", 3)?;
+    let mib = common::env_count("BENCH_NET_MIB", 64)?;
     let env = CriEnv::start();
     let kubelet = Kubelet::connect(&env.sock())?;
     let host_ns = PathBuf::from(format!("/proc/{}/ns/net", env.containerd_pid()));

@@ -64,14 +64,7 @@ fn run() -> anyhow::Result<()> {
     if let Some(why) = common::skip_reason() {
         bail!("the containerd suite's environment is missing: {why}");
     }
-    let runs: usize = match std::env::var("BENCH_RUNS") {
-        Ok(v) => v
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .with_context(|| format!("BENCH_RUNS={v:?} is not a positive count"))?,
-        Err(_) => 3,
-    };
+    let runs = common::env_count("BENCH_RUNS", 3)?;
     let cache = common::repo().join("build/bench-images");
     let env = Env::start();
     let disk = DiskWrites::of(env.dir.path())?;

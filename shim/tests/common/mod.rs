@@ -555,3 +555,17 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
         }
     }
 }
+
+/// A positive count from environment variable `name` (the benches' `BENCH_RUNS` and the like),
+/// `default` when it is unset.
+pub fn env_count(name: &str, default: usize) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("{name}={v:?} is not a positive count")),
+        Err(_) => Ok(default),
+    }
+}
