@@ -35,6 +35,8 @@ pub enum NetworkError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InterfaceSpec {
     pub mac: [u8; 6],
+    /// The MAC it takes (ctr's CNI ran after the boot).
+    pub set_mac: Option<[u8; 6]>,
     pub name: String,
     pub mtu: u32,
     pub addresses: Vec<(Ipv4Addr, u8)>,
@@ -121,8 +123,14 @@ pub fn interface_spec(i: &api::Interface) -> Result<InterfaceSpec, NetworkError>
             Ok((addr, prefix(a.prefix_len, &a.address)?))
         })
         .collect::<Result<Vec<_>, NetworkError>>()?;
+    let set_mac = if i.set_mac.is_empty() {
+        None
+    } else {
+        Some(mac(&i.set_mac)?)
+    };
     Ok(InterfaceSpec {
         mac: mac(&i.mac)?,
+        set_mac,
         name,
         mtu: i.mtu,
         addresses,
@@ -211,6 +219,9 @@ pub fn apply_interfaces(
     for (spec, link) in specs.iter().zip(&found) {
         if link.name != spec.name {
             nl.set_link(link.index, Some(&spec.name), None, None)?;
+        }
+        if let Some(mac) = spec.set_mac.filter(|m| link.mac != Some(*m)) {
+            nl.set_link_mac(link.index, mac)?;
         }
         if spec.mtu != 0 {
             nl.set_link(link.index, None, Some(spec.mtu), None)?;
@@ -431,6 +442,17 @@ mod tests {
                 .unwrap()
                 .iter()
                 .any(|x| x.ip == Ipv4Addr::new(10, 88, 0, 9) && x.permanent));
+
+            // A NIC found by the MAC it booted with takes the veth's (ctr's late CNI).
+            let mut late = iface(&f(&m1), "eth0", 0, &[]);
+            late.set_mac = "02:00:00:00:00:42".into();
+            apply_interfaces(&mut nl, &[interface_spec(&late).unwrap()], Duration::ZERO).unwrap();
+            let listed = list_interfaces(&mut nl).unwrap();
+            let eth0 = listed.iter().find(|i| i.name == "eth0").unwrap();
+            assert_eq!((eth0.mac.as_str(), eth0.up), ("02:00:00:00:00:42", true));
+            late.set_mac = "03:00:00:00:00:42".into();
+            let err = interface_spec(&late).unwrap_err().to_string();
+            assert!(err.contains("multicast"), "{err}");
 
             // Errors name what is missing.
             let err = apply_interfaces(

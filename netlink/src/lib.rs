@@ -426,6 +426,18 @@ impl Netlink {
         )
     }
 
+    /// Gives link `index` the hardware address `mac`.
+    pub fn set_link_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.ack(
+            &format!("setting the MAC of link {index}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+    }
+
     /// Adds an IPv4 address to link `index` (replacing an equal one).
     pub fn add_address(
         &mut self,

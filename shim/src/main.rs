@@ -6,6 +6,8 @@ use containerd_shim::Config;
 // that spawned them, and this one lives as long as the shim.
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // `ctr run --cni`'s network namespace holder is this binary too (network/late.rs).
+    pulse_shim::network::late::hold_if_asked();
     let config = Config {
         // tracing, into containerd's log FIFO (see logging.rs).
         no_setup_logger: true,

@@ -18,6 +18,7 @@ use crate::cgroup::{self, PodCgroup};
 use crate::config::{PulseConfig, RootfsMode};
 use crate::console::{rotated_path, OomScanner};
 use crate::hypervisor::{self, Hypervisor, SandboxPaths};
+use crate::network::late::LateNetwork;
 use crate::network::{self, GuestNetwork, PodNetns, PodNetwork};
 use crate::persist::{self, ProcRecord, SandboxRecord};
 use crate::report::{self, Report};
@@ -49,6 +50,9 @@ pub struct Sandbox {
     cgroup: Option<Arc<PodCgroup>>,
     share: Option<SharedFs>,
     network: Option<PodNetwork>,
+    /// The pod's own network namespace, which `ctr run --cni` fills after the boot.
+    late_network: tokio::sync::Mutex<Option<LateNetwork>>,
+    host_pid: Option<u32>,
 }
 
 impl Sandbox {
@@ -108,6 +112,26 @@ impl Sandbox {
             }
         };
         let mut vm = hypervisor::create(&config, paths.clone(), cgroup.clone());
+        let late_network = match netns {
+            PodNetns::Fresh => {
+                let pairs = (config.devices.net_queues > 0).then(|| queue_pairs(&config));
+                match LateNetwork::prepare(cgroup.as_deref(), &paths.dir, pairs) {
+                    Ok((late, nic)) => {
+                        vm.set_nics(nic.into_iter().collect());
+                        Some(late)
+                    }
+                    Err(e) => {
+                        remove_cgroup(cgroup.as_ref()).await;
+                        persist::remove_dir(&paths.dir);
+                        return Err(anyhow!(e).context(format!(
+                            "pod {pod}: making its own network namespace (for `ctr run --cni`)"
+                        )));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let host_pid = late_network.as_ref().map(LateNetwork::pid);
         let pod_network = pod_network.map(|(net, nics)| {
             vm.set_nics(nics);
             net
@@ -127,6 +151,7 @@ impl Sandbox {
             .pids
             .into_iter()
             .filter(|p| *p != std::process::id())
+            .chain(host_pid)
             .filter_map(ProcRecord::of)
             .collect();
         let _ = record.save(&paths.state_file());
@@ -210,6 +235,8 @@ impl Sandbox {
             cgroup,
             share,
             network: pod_network,
+            late_network: tokio::sync::Mutex::new(late_network),
+            host_pid,
         });
         sandbox.check_devices().await;
         match crate::mgmt::serve(&paths.mgmt(), Arc::downgrade(&sandbox)) {
@@ -224,6 +251,38 @@ impl Sandbox {
     /// Containers the guest kernel OOM-killed in since the last look.
     pub fn scan_oom(&self) -> Vec<String> {
         self.oom.scan()
+    }
+
+    /// The host process that stands for the pod's own container toward containerd: the
+    /// holder of the pod's own network namespace, where `ctr run --cni` runs CNI.
+    pub fn host_pid(&self) -> Option<u32> {
+        self.host_pid
+    }
+
+    /// Carries what CNI put in the pod's own namespace since the boot into the VM, once,
+    /// before the pod's container starts (`ctr run --cni`; see [`crate::network::late`]).
+    pub async fn connect_late_network(&self) -> Result<()> {
+        let mut slot = self.late_network.lock().await;
+        let Some(mut late) = slot.take() else {
+            return Ok(());
+        };
+        let (late, connected) = tokio::task::spawn_blocking(move || {
+            let connected = late.connect();
+            (late, connected)
+        })
+        .await?;
+        *slot = Some(late);
+        match connected.context("carrying the interface CNI added into the VM")? {
+            Some(guest) => {
+                apply_guest_network(&self.agent, &guest).await?;
+                tracing::info!(pod = %self.pod, "the pod's own network namespace is carried into the VM");
+            }
+            None => tracing::info!(
+                pod = %self.pod,
+                "nothing was added to the pod's own network namespace: the guest's NIC stays down"
+            ),
+        }
+        Ok(())
     }
 
     /// The agent.
@@ -454,6 +513,9 @@ impl Sandbox {
             task.abort();
         }
         teardown_network(self.network.clone()).await;
+        if let Some(mut late) = self.late_network.lock().await.take() {
+            late.stop().await;
+        }
         remove_cgroup(self.cgroup.as_ref()).await;
         if self.config.shim.keep_console_log {
             let keep = self
@@ -490,11 +552,7 @@ async fn setup_network(
     if config.devices.net_queues == 0 {
         return Ok(None);
     }
-    let pairs = config
-        .devices
-        .net_queues
-        .min(u16::from(config.vm.vcpus))
-        .max(1);
+    let pairs = queue_pairs(config);
     let path = path.clone();
     let (net, nics, guest) =
         tokio::task::spawn_blocking(move || PodNetwork::setup(&path, pairs)).await??;
@@ -511,6 +569,15 @@ async fn setup_network(
         "the pod's network is carried into the VM"
     );
     Ok(Some((net, nics, guest)))
+}
+
+/// A NIC's queue pairs: the pod's vCPUs, at most `devices.net_queues`.
+fn queue_pairs(config: &PulseConfig) -> u16 {
+    config
+        .devices
+        .net_queues
+        .min(u16::from(config.vm.vcpus))
+        .max(1)
 }
 
 /// Removes what [`setup_network`] made (off the runtime thread: it enters the namespace).

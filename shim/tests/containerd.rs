@@ -4,6 +4,8 @@
 //! `make test` runs that inside the nested rig).
 
 mod common;
+#[path = "containerd/ctr_cni.rs"]
+mod ctr_cni;
 
 use std::process::Stdio;
 use std::sync::MutexGuard;
@@ -413,7 +415,7 @@ fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
     let shims: Vec<u32> = env
         .pod_processes()
         .into_iter()
-        .filter(|(_, c)| c.contains("containerd-shim-pulse-v2"))
+        .filter(|(_, c)| common::is_shim(c))
         .map(|(p, _)| p)
         .collect();
     assert_eq!(shims.len(), 1);
@@ -547,7 +549,8 @@ fn a_two_container_pod_shares_one_shim_and_one_vm() {
 
     let procs = env.pod_processes();
     let count = |what: &str| procs.iter().filter(|(_, c)| c.contains(what)).count();
-    assert_eq!(count("containerd-shim-pulse-v2"), 1, "{procs:?}");
+    let shims = procs.iter().filter(|(_, c)| common::is_shim(c)).count();
+    assert_eq!(shims, 1, "{procs:?}");
     let qemus = if common::embedded() { 0 } else { 1 };
     assert_eq!(count("qemu-system"), qemus, "{procs:?}");
     // Both see the same guest: the VM's hostname is the pod's id.
@@ -628,18 +631,20 @@ fn kill_9_of_the_shim_then_delete_leaves_nothing() {
             .pod_processes()
             .into_iter()
             .filter(|(_, c)| {
-                if common::embedded() {
-                    // The VMM is the shim itself; virtiofsd and its sandboxed child.
-                    c.contains("containerd-shim-pulse-v2") || c.contains("virtiofsd")
-                } else {
-                    c.contains("qemu-system")
-                        || c.contains("vhost-device-vsock")
-                        || c.contains("virtiofsd")
-                }
+                // The pod's network namespace holder (`ctr run`: the pod's own namespace).
+                c.contains(common::NETNS_HOLDER)
+                    || if common::embedded() {
+                        // The VMM is the shim itself; virtiofsd and its sandboxed child.
+                        c.contains("containerd-shim-pulse-v2") || c.contains("virtiofsd")
+                    } else {
+                        c.contains("qemu-system")
+                            || c.contains("vhost-device-vsock")
+                            || c.contains("virtiofsd")
+                    }
             })
             .collect();
-        // qemu: QEMU, vhost-device-vsock, virtiofsd and its sandboxed child.
-        assert_eq!(vm.len(), if common::embedded() { 3 } else { 4 }, "{vm:?}");
+        // qemu: QEMU, vhost-device-vsock, virtiofsd and its sandboxed child; the holder.
+        assert_eq!(vm.len(), if common::embedded() { 4 } else { 5 }, "{vm:?}");
         for (pid, cmd) in &vm {
             assert!(
                 members.lines().any(|l| l.trim() == pid.to_string()),
@@ -651,7 +656,7 @@ fn kill_9_of_the_shim_then_delete_leaves_nothing() {
     let shims: Vec<u32> = env
         .pod_processes()
         .into_iter()
-        .filter(|(_, c)| c.contains("containerd-shim-pulse-v2"))
+        .filter(|(_, c)| common::is_shim(c))
         .map(|(p, _)| p)
         .collect();
     assert_eq!(shims.len(), 1);
@@ -737,7 +742,7 @@ fn the_shim(env: &Env) -> u32 {
     let shims: Vec<u32> = env
         .pod_processes()
         .into_iter()
-        .filter(|(_, c)| c.contains("containerd-shim-pulse-v2"))
+        .filter(|(_, c)| common::is_shim(c))
         .map(|(p, _)| p)
         .collect();
     assert_eq!(shims.len(), 1, "{shims:?}");
@@ -1144,7 +1149,7 @@ fn sigterm_to_the_shim_stops_the_pod_and_the_shim_exits() {
     let vm: Vec<_> = env
         .pod_processes()
         .into_iter()
-        .filter(|(_, c)| !c.contains("containerd-shim-pulse-v2"))
+        .filter(|(_, c)| !common::is_shim(c))
         .collect();
     assert!(vm.is_empty(), "VM processes left: {vm:?}");
     assert!(
@@ -1171,21 +1176,24 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
         "vcpus = 2\n[devices]\nnet_queues = 2\nvirtio_console = true",
         "",
     );
-    let tap = pulse_shim::hypervisor::SandboxPaths::new(&env.state_dir(), common::NS, "net1")
-        .unwrap()
-        .tap_name();
-    let sys = std::path::Path::new("/sys/class/net").join(&tap);
-    assert!(!sys.exists(), "stale tap {tap}");
     env.run_sleeping("net1");
-    assert!(sys.exists(), "no tap {tap} while the pod runs");
+    // `ctr run` without --cni: the pod's own network namespace, held by the process whose
+    // pid containerd sees (docs/networking.md); the NIC's tap is there, never on the host.
+    let tap = "tap0_pulse";
+    assert!(!std::path::Path::new("/sys/class/net").join(tap).exists());
+    let holder = ctr_cni::task_pid(&env, "net1");
+    let holder_ns = format!("/proc/{holder}/ns/net");
     env.assert_private("net1");
     let hvc = env.state_dir().join(common::NS).join("net1/hvc0.log");
     assert!(hvc.is_file(), "the shim's capped copy of hvc0");
-    let queues = common::list_dir(&sys.join("queues"));
+    let queues = netns_sh(&holder_ns, &format!("ls /sys/class/net/{tap}/queues"));
     assert_eq!(
-        queues.iter().filter(|q| q.starts_with("rx-")).count(),
+        queues
+            .split_whitespace()
+            .filter(|q| q.starts_with("rx-"))
+            .count(),
         2,
-        "{queues:?}"
+        "{queues}"
     );
 
     let socket = env.state_dir().join(common::NS).join("net1/mgmt.sock");
@@ -1198,7 +1206,7 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
         .filter(|d| d["kind"] == "net")
         .collect();
     assert_eq!(host_net.len(), 1, "{body}");
-    assert_eq!(host_net[0]["id"], tap.as_str());
+    assert_eq!(host_net[0]["id"], tap);
     assert_eq!(host_net[0]["queues"], 4);
     let guest_net: Vec<_> = report["guest"]["devices"]
         .as_array()
@@ -1209,14 +1217,33 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
     assert_eq!(guest_net.len(), 1, "the guest sees one virtio-net: {body}");
     let mismatches = report["mismatches"].to_string();
     assert!(!mismatches.contains("net:"), "{mismatches}");
+    // Nothing was added to the namespace: the guest's NIC stays down.
+    let (code, out) = exec_sh(&env, "net1", "link", "cat /sys/class/net/eth0/operstate");
+    assert_eq!((code, out.trim()), (Some(0), "down"), "{out}");
 
     let out = env.ctr(&["tasks", "kill", "--signal", "SIGKILL", "net1"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     env.wait_status("net1", "STOPPED");
     assert!(env.ctr(&["tasks", "delete", "net1"]).status.success());
     assert!(env.ctr(&["containers", "delete", "net1"]).status.success());
+    // The holder is one of the pod's processes: gone with its namespace and the tap.
     env.assert_no_leaks();
-    assert!(!sys.exists(), "the tap {tap} is left");
+    assert!(
+        !std::path::Path::new(&holder_ns).exists(),
+        "the holder {holder} is left"
+    );
+}
+
+/// `script` run by `sh` in network namespace `netns`, with a sysfs of that namespace.
+fn netns_sh(netns: &str, script: &str) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["unshare", "--mount", "sh", "-c"])
+        .arg(format!("mount -t sysfs sysfs /sys && {script}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+    text(&out.stdout)
 }
 
 /// `ctr run --net-host` with pod networking on (docs/networking.md): a VM cannot share the

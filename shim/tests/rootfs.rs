@@ -244,7 +244,7 @@ fn two_containers_of_one_image_in_one_pod_see_their_own_writes() {
     let shims = env
         .pod_processes()
         .iter()
-        .filter(|(_, c)| c.contains("containerd-shim-pulse-v2"))
+        .filter(|(_, c)| common::is_shim(c))
         .count();
     assert_eq!(shims, 1, "one pod, one shim");
     for id in ["app1", "pod1"] {
@@ -327,7 +327,7 @@ fn a_shim_killed_in_the_middle_of_a_start_leaves_nothing_and_the_next_start_work
             let shim = env
                 .pod_processes()
                 .into_iter()
-                .find(|(_, c)| c.contains("containerd-shim-pulse-v2"));
+                .find(|(_, c)| common::is_shim(c));
             if let Some((pid, _)) = shim {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),

@@ -51,6 +51,9 @@ pub enum NetworkError {
         #[source]
         source: NetlinkError,
     },
+    /// The holder of the pod's own namespace did not start.
+    #[error(transparent)]
+    Holder(#[from] late::HolderError),
     /// A pod on the host's network.
     #[error("the pod's spec has no network namespace: it asks for the host's network, which a VM cannot share (run it with a pod network, e.g. `ctr run --cni`, not `--net-host` / hostNetwork)")]
     HostNetwork,
@@ -239,6 +242,19 @@ fn in_pod_netns<T: Send>(
     .map_err(wrap)
 }
 
+/// Joins `veth` and `tap` both ways (tc ingress + mirred redirect); the tap takes the veth's
+/// MTU, both are up.
+fn join(nl: &mut Netlink, veth: &Link, tap: &Link) -> Result<(), NetlinkError> {
+    nl.set_link(tap.index, None, Some(veth.mtu), Some(true))?;
+    if !veth.up {
+        nl.set_link(veth.index, None, None, Some(true))?;
+    }
+    nl.add_ingress_qdisc(veth.index)?;
+    nl.add_ingress_qdisc(tap.index)?;
+    nl.redirect_ingress(veth.index, tap.index)?;
+    nl.redirect_ingress(tap.index, veth.index)
+}
+
 /// Reads the namespace.
 pub fn snapshot(nl: &mut Netlink) -> Result<Snapshot, NetlinkError> {
     Ok(Snapshot {
@@ -269,14 +285,7 @@ impl PodNetwork {
                         NetlinkError::Invalid(format!("tap {} vanished after its creation", c.tap))
                     })?;
                     made.push((veth.index, c.clone()));
-                    nl.set_link(tap.index, None, Some(veth.mtu), Some(true))?;
-                    if !veth.up {
-                        nl.set_link(veth.index, None, None, Some(true))?;
-                    }
-                    nl.add_ingress_qdisc(veth.index)?;
-                    nl.add_ingress_qdisc(tap.index)?;
-                    nl.redirect_ingress(veth.index, tap.index)?;
-                    nl.redirect_ingress(tap.index, veth.index)?;
+                    join(nl, veth, &tap)?;
                     nics.push(NicDevice {
                         tap: c.tap.clone(),
                         fds,
@@ -380,5 +389,6 @@ pub fn requests(
     )
 }
 
+pub mod late;
 #[cfg(test)]
 mod tests;

@@ -222,7 +222,8 @@ impl Service {
             terminal: req.terminal,
         };
         let mut init = Process::new(format!("container {}", req.id), stdio.clone(), Vec::new());
-        init.pid = pid;
+        init.host_pid = sandbox.host_pid().filter(|_| req.id == sandbox.pod);
+        let pid = init.set_guest_pid(pid);
         let pumps = Pumps::start(agent, &req.id, "", &stdio);
         let _ = std::fs::write(
             bundle.join(BUNDLE_RECORD),

@@ -62,7 +62,7 @@ impl Service {
                         }
                         let _ = p.exit.send(Some(exit));
                         if pid != 0 {
-                            pid
+                            p.set_guest_pid(pid)
                         } else {
                             p.pid
                         }

@@ -33,17 +33,23 @@ impl Service {
             (sandbox, p.spec.clone(), p.stdio.clone())
         };
         let agent = sandbox.agent();
+        if req.exec_id.is_empty() && req.id == sandbox.pod {
+            sandbox
+                .connect_late_network()
+                .await
+                .map_err(|e| status(Code::INTERNAL, format!("pod {}: {e:#}", sandbox.pod)))?;
+        }
         let pid = if req.exec_id.is_empty() {
             Guest::new(agent).start(&req.id).await?
         } else {
             Guest::new(agent).exec(&req.id, &req.exec_id, spec).await?
         };
-        {
+        let pid = {
             let mut state = self.inner.state.lock().unwrap();
             let p = state.process(&req.id, &req.exec_id)?;
-            p.pid = pid;
             p.machine.started().map_err(state_err)?;
-        }
+            p.set_guest_pid(pid)
+        };
         if req.exec_id.is_empty() {
             self.publish(
                 topics::TASK_START_EVENT_TOPIC,

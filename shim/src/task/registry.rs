@@ -16,7 +16,11 @@ use crate::stdio::StdioPaths;
 /// One process (a container's own, or an exec).
 pub struct Process {
     pub machine: ProcessMachine,
+    /// The pid containerd sees: the guest's, or `host_pid`.
     pub pid: u32,
+    /// A host process that stands for this one toward containerd: the holder of the pod's
+    /// own network namespace, in which `ctr run --cni` runs CNI at `/proc/<pid>/ns/net`.
+    pub host_pid: Option<u32>,
     pub stdio: StdioPaths,
     pub exit: watch::Sender<Option<ExitInfo>>,
     /// An exec's OCI process JSON, until it starts.
@@ -30,11 +34,18 @@ impl Process {
         Self {
             machine: ProcessMachine::new(what),
             pid: 0,
+            host_pid: None,
             stdio,
             exit: watch::channel(None).0,
             spec,
             stdin: None,
         }
+    }
+
+    /// Records the guest's pid; returns the one containerd sees.
+    pub fn set_guest_pid(&mut self, pid: u32) -> u32 {
+        self.pid = self.host_pid.unwrap_or(pid);
+        self.pid
     }
 }
 

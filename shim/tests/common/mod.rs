@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -506,6 +508,15 @@ pub fn default_signals(cmd: &mut Command) {
     }
 }
 
+/// Whether a process's command line is a Pulse shim (not the holder of a pod's own network
+/// namespace, which runs the shim's binary too).
+pub fn is_shim(cmd: &str) -> bool {
+    cmd.contains("containerd-shim-pulse-v2") && !cmd.contains(NETNS_HOLDER)
+}
+
+/// The argument that makes the shim's binary a pod's network namespace holder.
+pub const NETNS_HOLDER: &str = "pulse-netns-holder";
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
@@ -539,19 +550,25 @@ pub fn processes() -> Vec<(u32, String)> {
 pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().expect("spawn");
+    wait_with_timeout(child, limit)
+        .unwrap_or_else(|| panic!("{cmd:?} did not finish within {limit:?}"))
+}
+
+/// `child`'s output, or `None` (and the child killed) when it runs past `limit`.
+pub fn wait_with_timeout(child: Child, limit: Duration) -> Option<Output> {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap(),
+        Ok(out) => Some(out.unwrap()),
         Err(_) => {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            panic!("{cmd:?} did not finish within {limit:?}");
+            None
         }
     }
 }

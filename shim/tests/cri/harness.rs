@@ -506,7 +506,7 @@ impl CriEnv {
     pub fn pulse_shims(&self) -> Vec<u32> {
         self.pod_processes()
             .into_iter()
-            .filter(|(_, cmd)| cmd.contains("containerd-shim-pulse-v2"))
+            .filter(|(_, cmd)| common::is_shim(cmd))
             .map(|(pid, _)| pid)
             .collect()
     }

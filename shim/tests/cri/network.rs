@@ -3,12 +3,10 @@
 //! (in containerd's network namespace, where the bridge is), each other and a runc pod.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use crate::common::net::{echo_reply, host_get, http_reply, HostServer};
 use crate::harness::POD_SUBNET_PREFIX;
 use crate::kubelet::{self, PodSandboxState};
 use crate::{app_container, common, serial, Node, Pod};
@@ -17,89 +15,6 @@ use k8s_cri::v1::NamespaceMode;
 /// The bridge's address (the CNI bridge is the pods' gateway: `isGateway`).
 fn gateway() -> String {
     format!("{POD_SUBNET_PREFIX}1")
-}
-
-/// A TCP server in containerd's network namespace (the host side of the bridge), on the
-/// bridge's address: each connection gets `reply(first line or request)`.
-struct HostServer {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl HostServer {
-    fn start(netns: PathBuf, reply: fn(&str) -> String) -> HostServer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let file = std::fs::File::open(&netns).unwrap();
-            // SAFETY: setns on this thread only (a thread of the test's own).
-            let r =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            // All addresses: the bridge (and its address) comes with the first pod.
-            let listener = TcpListener::bind(("0.0.0.0", 0)).unwrap();
-            listener.set_nonblocking(true).unwrap();
-            tx.send(listener.local_addr().unwrap().port()).unwrap();
-            while !stopping.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        conn.set_nonblocking(false).unwrap();
-                        conn.set_read_timeout(Some(Duration::from_secs(10)))
-                            .unwrap();
-                        let mut buf = [0u8; 2048];
-                        let n = conn.read(&mut buf).unwrap_or(0);
-                        let got = String::from_utf8_lossy(&buf[..n]).to_string();
-                        let _ = conn.write_all(reply(&got).as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        HostServer {
-            port: rx.recv().unwrap(),
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for HostServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn http_reply(_req: &str) -> String {
-    let body = "hello from the host side of the bridge\n";
-    format!(
-        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-fn echo_reply(req: &str) -> String {
-    format!("echo: {req}")
-}
-
-/// An HTTP GET from containerd's network namespace (the host side) to `ip:port`; the body.
-fn host_get(netns: &Path, ip: &str, port: u16) -> Result<String, String> {
-    let addr = format!("{ip}:{port}");
-    pulse_netlink::in_netns(netns, || {
-        let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")
-            .map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-        Ok(out)
-    })
-    .map_err(|e| e.to_string())?
 }
 
 /// `GET path` on the pod's management socket; the body.
