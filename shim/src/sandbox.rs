@@ -150,9 +150,11 @@ impl Sandbox {
                 config.hypervisor.backend.name()
             )));
         }
+        let socket = vm.agent_socket();
         let agent = match agent::connect(
-            vm.as_mut(),
+            &socket,
             ready,
+            || vm.exited(),
             config.agent.port,
             config.connect_timeout(),
             config.request_timeout(),

@@ -205,7 +205,7 @@ pub trait Hypervisor: Send + Sync {
     async fn boot(&mut self) -> Result<(), HypervisorError>;
 
     /// The hybrid-vsock socket the agent is reached through.
-    fn agent_socket(&self) -> Result<PathBuf, HypervisorError>;
+    fn agent_socket(&self) -> PathBuf;
 
     /// The file behind block slot `slot`: the shim writes a disk image into it.
     fn slot_image(&self, slot: usize) -> PathBuf;

@@ -392,8 +392,8 @@ impl Hypervisor for Qemu {
         self.spawn_qemu().await
     }
 
-    fn agent_socket(&self) -> Result<PathBuf, HypervisorError> {
-        Ok(self.paths.vsock())
+    fn agent_socket(&self) -> PathBuf {
+        self.paths.vsock()
     }
 
     fn slot_image(&self, slot: usize) -> PathBuf {
