@@ -115,12 +115,10 @@ impl Sandbox {
         let share = vm.shared_fs_tag().map(|_| SharedFs::new(&paths));
         let booted = match &share {
             Some(share) => match share.prepare() {
-                Ok(()) => vm.boot().await,
-                Err(e) => Err(hypervisor::HypervisorError::Control(format!(
-                    "preparing the pod's shared directory: {e}"
-                ))),
+                Ok(()) => vm.boot().await.map_err(anyhow::Error::from),
+                Err(e) => Err(anyhow!(e).context("preparing the pod's shared directory")),
             },
-            None => vm.boot().await,
+            None => vm.boot().await.map_err(anyhow::Error::from),
         };
         record.vm = vm
             .host_view()
@@ -145,7 +143,7 @@ impl Sandbox {
         };
         if let Err(e) = booted {
             let _ = fail(vm, paths, config.shim.keep_console_log).await;
-            return Err(anyhow!(e).context(format!(
+            return Err(e.context(format!(
                 "starting the {} VM of pod {pod}",
                 config.hypervisor.backend.name()
             )));

@@ -252,14 +252,11 @@ impl Embedded {
         let vm = self
             .vm
             .as_ref()
-            .ok_or_else(|| HypervisorError::Control("the VM is not running".into()))?;
-        let block = vm
-            .blocks()
-            .get(slot)
-            .ok_or_else(|| HypervisorError::Control(format!("the VM has no block slot {slot}")))?;
+            .ok_or(HypervisorError::NotRunning { vmm: "the VM" })?;
+        let block = vm.blocks().get(slot).ok_or(HypervisorError::NoSlot(slot))?;
         block
             .reload(None)
-            .map_err(|e| HypervisorError::Control(format!("block slot {slot}: {e}")))
+            .map_err(|source| HypervisorError::Reload { slot, source })
     }
 }
 
@@ -269,10 +266,7 @@ impl Hypervisor for Embedded {
         create_placeholders(&self.paths, self.config.devices.block_slots)?;
         if let Some(cgroup) = &self.cgroup {
             // The VM's threads are this process's: from now on the shim is charged to the pod.
-            cgroup.add_self().map_err(|e| HypervisorError::Spawn {
-                what: "the pod's cgroup".into(),
-                message: e.to_string(),
-            })?;
+            cgroup.add_self().map_err(HypervisorError::Cgroup)?;
         }
         self.start_captures()?;
         if self.config.devices.shared_fs {
@@ -289,8 +283,11 @@ impl Hypervisor for Embedded {
         // The VMM opened the pipes by path (or failed): only its ends stay open.
         self.pipes = ConsolePipes::default();
         let vm = started
-            .map_err(|e| HypervisorError::Boot(e.to_string()))?
-            .map_err(|e| HypervisorError::Boot(e.to_string()))?;
+            .map_err(|source| HypervisorError::Thread {
+                what: "the VM failed to start",
+                source,
+            })?
+            .map_err(HypervisorError::Start)?;
         tracing::info!(cmdline = vm.cmdline(), "embedded VM started");
         self.vm = Some(vm);
         // The VMM binds it with the process umask; the 0700 directory guards it meanwhile.
@@ -311,9 +308,11 @@ impl Hypervisor for Embedded {
     async fn attach_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
         let capacity = self.reload(slot)?;
         if capacity != bytes {
-            return Err(HypervisorError::Control(format!(
-                "block slot {slot}: the VMM sees {capacity} bytes, the image has {bytes}"
-            )));
+            return Err(HypervisorError::CapacityMismatch {
+                slot,
+                vmm: capacity,
+                image: bytes,
+            });
         }
         Ok(())
     }
@@ -403,7 +402,10 @@ impl Hypervisor for Embedded {
                 exit
             })
             .await
-            .map_err(|e| HypervisorError::Control(e.to_string()))?;
+            .map_err(|source| HypervisorError::Thread {
+                what: "the thread stopping the VM",
+                source,
+            })?;
             tracing::info!(%exit, "embedded VM stopped");
             self.exit_reason.get_or_insert_with(|| exit.to_string());
         }

@@ -11,6 +11,7 @@
 
 pub mod child;
 pub mod embedded;
+mod error;
 pub mod qemu;
 pub mod qmp;
 pub mod virtiofsd;
@@ -27,42 +28,7 @@ use crate::ids::{self, IdError, IdKind};
 use crate::network::NicDevice;
 use crate::state::slot_serial;
 
-/// What a backend can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum HypervisorError {
-    /// A helper program is missing or failed to start.
-    #[error("{what}: {message}")]
-    Spawn {
-        /// The program.
-        what: String,
-        /// Why.
-        message: String,
-    },
-    /// The VM stopped or failed while starting.
-    #[error("the VM failed to start: {0}")]
-    Boot(String),
-    /// The backend cannot do this (yet).
-    #[error("{0}")]
-    Unsupported(String),
-    /// Talking to the VMM failed.
-    #[error("{0}")]
-    Control(String),
-    /// A file operation failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-}
-
-impl HypervisorError {
-    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
-        let context = context.into();
-        move |source| HypervisorError::Io { context, source }
-    }
-}
+pub use error::HypervisorError;
 
 /// A device as the VMM configured it.
 #[derive(Clone, Debug, Serialize, PartialEq)]

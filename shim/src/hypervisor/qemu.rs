@@ -265,11 +265,10 @@ impl Qemu {
             .stderr(log)
             .kill_on_drop(true);
         confine(&mut cmd, self.cgroup.as_deref(), Vec::new())?;
-        let child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
-            what: binary.display().to_string(),
-            message: format!(
-                "{e} (the qemu backend needs vhost-device-vsock: cargo install vhost-device-vsock)"
-            ),
+        let child = cmd.spawn().map_err(|source| HypervisorError::Spawn {
+            program: binary.clone(),
+            hint: "the qemu backend needs vhost-device-vsock: cargo install vhost-device-vsock",
+            source,
         })?;
         self.vhost = Some(child);
         let socket = self.paths.vhost();
@@ -305,11 +304,10 @@ impl Qemu {
             .kill_on_drop(true);
         confine(&mut cmd, self.cgroup.as_deref(), inherited)?;
         tracing::debug!(?args, "starting qemu");
-        let child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
-            what: binary.display().to_string(),
-            message: format!(
-                "{e} (the qemu backend needs qemu-system-x86_64: apt-get install qemu-system-x86)"
-            ),
+        let child = cmd.spawn().map_err(|source| HypervisorError::Spawn {
+            program: binary.clone(),
+            hint: "the qemu backend needs qemu-system-x86_64: apt-get install qemu-system-x86",
+            source,
         })?;
         // The pipes' write ends now live in QEMU only: EOF comes when it exits.
         drop(cmd);
@@ -325,7 +323,7 @@ impl Qemu {
     async fn wait_for(
         &mut self,
         socket: &std::path::Path,
-        what: &str,
+        helper: &'static str,
     ) -> Result<(), HypervisorError> {
         let deadline = Instant::now() + SOCKET_WAIT;
         loop {
@@ -333,13 +331,17 @@ impl Qemu {
                 return Ok(());
             }
             if let Some(reason) = self.exited() {
-                return Err(HypervisorError::Boot(format!("{what} exited: {reason}")));
+                return Err(HypervisorError::StoppedWhileWaiting {
+                    waiting_for: helper,
+                    reason,
+                });
             }
             if Instant::now() > deadline {
-                return Err(HypervisorError::Boot(format!(
-                    "{what} did not create {} within {SOCKET_WAIT:?}",
-                    socket.display()
-                )));
+                return Err(HypervisorError::NoSocket {
+                    helper,
+                    socket: socket.to_path_buf(),
+                    after: SOCKET_WAIT,
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -349,13 +351,13 @@ impl Qemu {
         let qmp = self
             .qmp
             .as_mut()
-            .ok_or_else(|| HypervisorError::Control("qemu is not running".into()))?;
+            .ok_or(HypervisorError::NotRunning { vmm: "qemu" })?;
         qmp.execute(
             "block_resize",
             json!({"device": format!("slot{slot}"), "size": bytes}),
         )
-        .await
-        .map(|_| ())
+        .await?;
+        Ok(())
     }
 }
 
@@ -371,15 +373,29 @@ impl Hypervisor for Qemu {
     async fn boot(&mut self) -> Result<(), HypervisorError> {
         if self.transports() > MICROVM_TRANSPORTS {
             let d = &self.config.devices;
-            return Err(HypervisorError::Unsupported(format!(
-                "QEMU's microvm has {MICROVM_TRANSPORTS} virtio-mmio transports; this pod needs {}: \
-                 the vsock device, devices.block_slots = {}{}{}{}",
-                self.transports(),
-                d.block_slots,
-                if d.net_queues > 0 { ", a network card (devices.net_queues)" } else { "" },
-                if d.virtio_console { ", a console (devices.virtio_console)" } else { "" },
-                if d.shared_fs { ", a shared filesystem (devices.shared_fs)" } else { "" },
-            )));
+            return Err(HypervisorError::TooManyTransports {
+                max: MICROVM_TRANSPORTS,
+                needed: self.transports(),
+                devices: format!(
+                    "the vsock device, devices.block_slots = {}{}{}{}",
+                    d.block_slots,
+                    if d.net_queues > 0 {
+                        ", a network card (devices.net_queues)"
+                    } else {
+                        ""
+                    },
+                    if d.virtio_console {
+                        ", a console (devices.virtio_console)"
+                    } else {
+                        ""
+                    },
+                    if d.shared_fs {
+                        ", a shared filesystem (devices.shared_fs)"
+                    } else {
+                        ""
+                    },
+                ),
+            });
         }
         if self.config.devices.msi {
             tracing::info!("QEMU's virtio-mmio has no MSI: the guest uses legacy interrupts");

@@ -72,12 +72,11 @@ pub async fn spawn(
         .stderr(log)
         .kill_on_drop(true);
     confine(&mut cmd, cgroup, Vec::new())?;
-    let mut child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
-        what: binary.display().to_string(),
-        message: format!(
-            "{e} (devices.shared_fs needs virtiofsd: cargo install virtiofsd, or \
-             scripts/install-deps.sh)"
-        ),
+    let mut child = cmd.spawn().map_err(|source| HypervisorError::Spawn {
+        program: binary.clone(),
+        hint: "devices.shared_fs needs virtiofsd: cargo install virtiofsd, or \
+               scripts/install-deps.sh",
+        source,
     })?;
     let socket = paths.virtiofs();
     let deadline = Instant::now() + SOCKET_WAIT;
@@ -86,16 +85,18 @@ pub async fn spawn(
             return Ok(child);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let tail = super::qemu::log_tail(&log_path(paths));
-            return Err(HypervisorError::Boot(format!(
-                "virtiofsd exited ({status}): {tail}"
-            )));
+            return Err(HypervisorError::HelperExited {
+                helper: "virtiofsd",
+                status,
+                log_tail: super::qemu::log_tail(&log_path(paths)),
+            });
         }
         if Instant::now() > deadline {
-            return Err(HypervisorError::Boot(format!(
-                "virtiofsd did not create {} within {SOCKET_WAIT:?}",
-                socket.display()
-            )));
+            return Err(HypervisorError::NoSocket {
+                helper: "virtiofsd",
+                socket,
+                after: SOCKET_WAIT,
+            });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
