@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::agent::{self, Agent};
+use crate::block_slots::{self, BlockSlots};
 use crate::cgroup::{self, PodCgroup};
 use crate::config::{PulseConfig, RootfsMode};
 use crate::console::{rotated_path, OomScanner};
@@ -24,7 +25,7 @@ use crate::report::{self, Report};
 use crate::rootfs::{self, RootfsMount};
 use crate::shared_fs::{SharedFs, SANDBOX_SHM_BYTES};
 use crate::spec::MountPlan;
-use crate::state::{slot_serial, SandboxMachine, SlotTable, StateError};
+use crate::state::{SandboxMachine, StateError};
 
 /// Where in the bundle the guest mounts a container's writable layer (`rootfs.mode = "shared"`).
 const WRITABLE_LAYER: &str = "rw";
@@ -42,7 +43,7 @@ pub struct Sandbox {
     config: PulseConfig,
     vm: tokio::sync::Mutex<Box<dyn Hypervisor>>,
     agent: Agent,
-    slots: Mutex<SlotTable>,
+    slots: Mutex<BlockSlots>,
     machine: Mutex<SandboxMachine>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     oom: Arc<OomScanner>,
@@ -113,13 +114,8 @@ impl Sandbox {
             net
         });
         let share = vm.shared_fs_tag().map(|_| SharedFs::new(&paths));
-        let booted = match &share {
-            Some(share) => match share.prepare() {
-                Ok(()) => vm.boot().await.map_err(anyhow::Error::from),
-                Err(e) => Err(anyhow!(e).context("preparing the pod's shared directory")),
-            },
-            None => vm.boot().await.map_err(anyhow::Error::from),
-        };
+        let slots = BlockSlots::new(&paths, config.devices.block_slots);
+        let booted = boot(vm.as_mut(), &slots, share.as_ref()).await;
         record.vm = vm
             .host_view()
             .pids
@@ -199,7 +195,7 @@ impl Sandbox {
         let sandbox = Arc::new(Sandbox {
             pod: pod.into(),
             namespace: namespace.into(),
-            slots: Mutex::new(SlotTable::new(config.devices.block_slots)),
+            slots: Mutex::new(slots),
             paths: paths.clone(),
             config,
             vm: tokio::sync::Mutex::new(vm),
@@ -314,10 +310,10 @@ impl Sandbox {
             )
         })?;
         let result = async {
-            let image = self.vm.lock().await.slot_image(slot);
+            let image = self.slots.lock().unwrap().image(slot);
             let disk = containers::Storage {
                 source: containers::StorageSource::STORAGE_SOURCE_BLOCK_SERIAL.into(),
-                locator: slot_serial(slot),
+                locator: block_slots::serial(slot),
                 fs_type: "ext4".into(),
                 ..Default::default()
             };
@@ -325,7 +321,7 @@ impl Sandbox {
                 Some((share, view)) => {
                     let c = &self.config.rootfs;
                     let size = rootfs::make_writable_disk(&image, c.writable_mib, &c.mkfs).await?;
-                    self.vm.lock().await.attach_disk(slot, size).await?;
+                    self.attach_disk(slot, size).await?;
                     let lower_dirs = vec![share.mount_image(id, view)?];
                     tracing::info!(
                         container = id,
@@ -354,7 +350,7 @@ impl Sandbox {
                     let size =
                         rootfs::build_disk(mounts, tree, &staging, &image, &self.config.rootfs)
                             .await?;
-                    self.vm.lock().await.attach_disk(slot, size).await?;
+                    self.attach_disk(slot, size).await?;
                     tracing::info!(
                         container = id,
                         slot,
@@ -416,12 +412,29 @@ impl Sandbox {
         if let Some(share) = &self.share {
             share.unmount_image(id);
         }
-        let slot = self.slots.lock().unwrap().release(id);
-        if let Some(slot) = slot {
-            if let Err(e) = self.vm.lock().await.detach_disk(slot).await {
+        let released = self.slots.lock().unwrap().release(id);
+        if let Some((slot, emptied)) = released {
+            let resized = match emptied {
+                Ok(()) => self
+                    .vm
+                    .lock()
+                    .await
+                    .resize_disk(slot, 0)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = resized {
                 tracing::warn!(container = id, slot, "emptying the slot: {e}");
             }
         }
+    }
+
+    /// Makes the disk image of `bytes` bytes just written into `slot` visible to the guest.
+    async fn attach_disk(&self, slot: usize, bytes: u64) -> Result<()> {
+        self.vm.lock().await.resize_disk(slot, bytes).await?;
+        self.slots.lock().unwrap().attached(slot, bytes);
+        Ok(())
     }
 
     /// Stops the pod: the agent removes every container and powers the guest
@@ -474,6 +487,18 @@ impl Sandbox {
     pub async fn vm_exited(&self) -> Option<String> {
         self.vm.lock().await.exited()
     }
+}
+
+/// Makes what the VM boots with (the block slots' placeholders, the pod's share), then boots it.
+async fn boot(vm: &mut dyn Hypervisor, slots: &BlockSlots, share: Option<&SharedFs>) -> Result<()> {
+    slots.create_placeholders()?;
+    if let Some(share) = share {
+        share
+            .prepare()
+            .context("preparing the pod's shared directory")?;
+    }
+    vm.boot().await?;
+    Ok(())
 }
 
 /// With `devices.net_queues` > 0 and a namespace CNI made: a tap per veth there, joined to

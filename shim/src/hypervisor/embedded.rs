@@ -51,15 +51,14 @@ use pulse_vmm::{KernelSource, SerialOutput, Vm, VmConfig};
 
 use super::virtiofsd;
 use super::{
-    base_cmdline, create_placeholders, HostDevice, HostVector, HostView, Hypervisor,
-    HypervisorError, SandboxPaths,
+    base_cmdline, HostDevice, HostVector, HostView, Hypervisor, HypervisorError, SandboxPaths,
 };
+use crate::block_slots::serial as slot_serial;
 use crate::cgroup::PodCgroup;
 use crate::config::PulseConfig;
 use crate::console::{capture::fd_path, ConsoleCapture};
 use crate::network::NicDevice;
 use crate::shared_fs;
-use crate::state::slot_serial;
 
 /// How long the console copies may take to finish once the VM is gone.
 const CAPTURE_WAIT: Duration = Duration::from_secs(2);
@@ -263,7 +262,6 @@ impl Embedded {
 #[async_trait]
 impl Hypervisor for Embedded {
     async fn boot(&mut self) -> Result<(), HypervisorError> {
-        create_placeholders(&self.paths, self.config.devices.block_slots)?;
         if let Some(cgroup) = &self.cgroup {
             // The VM's threads are this process's: from now on the shim is charged to the pod.
             cgroup.add_self().map_err(HypervisorError::Cgroup)?;
@@ -301,11 +299,7 @@ impl Hypervisor for Embedded {
         self.paths.vsock()
     }
 
-    fn slot_image(&self, slot: usize) -> PathBuf {
-        self.paths.slot_image(slot)
-    }
-
-    async fn attach_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
+    async fn resize_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
         let capacity = self.reload(slot)?;
         if capacity != bytes {
             return Err(HypervisorError::CapacityMismatch {
@@ -315,17 +309,6 @@ impl Hypervisor for Embedded {
             });
         }
         Ok(())
-    }
-
-    async fn detach_disk(&mut self, slot: usize) -> Result<(), HypervisorError> {
-        let path = self.paths.slot_image(slot);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(HypervisorError::io(format!("opening {}", path.display())))?;
-        file.set_len(0)
-            .map_err(HypervisorError::io(format!("emptying {}", path.display())))?;
-        self.reload(slot).map(|_| ())
     }
 
     fn host_view(&self) -> HostView {
@@ -567,7 +550,7 @@ mod tests {
         e.stop().await.unwrap();
         assert!(!paths.vsock().exists());
         assert_eq!(e.host_view().devices.len(), 5);
-        assert!(e.attach_disk(0, 0).await.is_err());
+        assert!(e.resize_disk(0, 0).await.is_err());
         assert_eq!(
             crate::private_fs::mode_of(&paths.console()).unwrap(),
             0o600,

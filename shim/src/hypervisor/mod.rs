@@ -4,10 +4,11 @@
 //! - [`qemu`]: QEMU's `microvm` machine in a child process, for hosts (and
 //!   tests) where the embedded VMM cannot boot Linux.
 //!
-//! A backend boots the VM with the pod's empty block slots, hands out the
-//! hybrid-vsock socket the agent is reached through, makes a disk image
-//! written into a slot visible to the guest (a capacity change the guest is
-//! told about), describes what it configured, and stops the VM.
+//! A backend boots the VM with the pod's empty block slots (their files are
+//! [`crate::block_slots`]'), hands out the hybrid-vsock socket the agent is
+//! reached through, makes a disk image written into a slot visible to the guest
+//! (a capacity change the guest is told about), describes what it configured,
+//! and stops the VM.
 
 pub mod child;
 pub mod embedded;
@@ -26,7 +27,6 @@ use crate::cgroup::PodCgroup;
 use crate::config::{Backend, PulseConfig};
 use crate::ids::{self, IdError, IdKind};
 use crate::network::NicDevice;
-use crate::state::slot_serial;
 
 pub use error::HypervisorError;
 
@@ -173,15 +173,10 @@ pub trait Hypervisor: Send + Sync {
     /// The hybrid-vsock socket the agent is reached through.
     fn agent_socket(&self) -> PathBuf;
 
-    /// The file behind block slot `slot`: the shim writes a disk image into it.
-    fn slot_image(&self, slot: usize) -> PathBuf;
-
-    /// Makes the image now in `slot_image(slot)` (of `bytes` bytes) visible to
-    /// the guest: the device's capacity changes and the guest is interrupted.
-    async fn attach_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError>;
-
-    /// Empties `slot` again (capacity 0) after its container was removed.
-    async fn detach_disk(&mut self, slot: usize) -> Result<(), HypervisorError>;
+    /// The image behind block slot `slot` ([`crate::block_slots`]) now holds `bytes` bytes:
+    /// a disk the shim wrote, or nothing (0) once its container is gone. Makes the guest see
+    /// it: the device's capacity changes and the guest is interrupted.
+    async fn resize_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError>;
 
     /// The pod's network cards, given before [`Hypervisor::boot`]: taps made in the pod's
     /// network namespace ([`crate::network`]), handed over as their queue descriptors. Without
@@ -227,11 +222,6 @@ pub fn base_cmdline(config: &PulseConfig, tcg: bool) -> String {
     cmdline
 }
 
-/// The block slots' serials, in slot order.
-pub fn slot_serials(config: &PulseConfig) -> Vec<String> {
-    (0..config.devices.block_slots).map(slot_serial).collect()
-}
-
 /// The backend `config` asks for; the VM's processes or threads go into `cgroup`.
 pub fn create(
     config: &PulseConfig,
@@ -261,16 +251,6 @@ pub fn cpu_has_vmx_or_svm(cpuinfo: &str) -> bool {
         .lines()
         .filter(|l| l.starts_with("flags"))
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-}
-
-/// Creates an empty (0-byte) placeholder file for each slot.
-pub fn create_placeholders(paths: &SandboxPaths, slots: usize) -> Result<(), HypervisorError> {
-    for slot in 0..slots {
-        let path = paths.slot_image(slot);
-        crate::private_fs::create_file(&path)
-            .map_err(HypervisorError::io(format!("creating {}", path.display())))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -324,20 +304,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("invalid namespace"), "{err}");
-    }
-
-    #[test]
-    fn slot_placeholders_are_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "ns", "p").unwrap();
-        crate::private_fs::create_dir(&paths.dir).unwrap();
-        create_placeholders(&paths, 2).unwrap();
-        for slot in 0..2 {
-            assert_eq!(
-                crate::private_fs::mode_of(&paths.slot_image(slot)).unwrap(),
-                0o600
-            );
-        }
     }
 
     #[test]

@@ -37,15 +37,14 @@ use super::child::confine;
 use super::qmp::{self, Qmp};
 use super::virtiofsd;
 use super::{
-    base_cmdline, create_placeholders, host_has_hw_virt, HostDevice, HostView, Hypervisor,
-    HypervisorError, SandboxPaths,
+    base_cmdline, host_has_hw_virt, HostDevice, HostView, Hypervisor, HypervisorError, SandboxPaths,
 };
+use crate::block_slots::serial as slot_serial;
 use crate::cgroup::PodCgroup;
 use crate::config::{Accel, PulseConfig};
 use crate::console::ConsoleCapture;
 use crate::network::NicDevice;
 use crate::shared_fs;
-use crate::state::slot_serial;
 
 /// How long the helpers may take to create their sockets.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
@@ -346,19 +345,6 @@ impl Qemu {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-
-    async fn resize(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
-        let qmp = self
-            .qmp
-            .as_mut()
-            .ok_or(HypervisorError::NotRunning { vmm: "qemu" })?;
-        qmp.execute(
-            "block_resize",
-            json!({"device": format!("slot{slot}"), "size": bytes}),
-        )
-        .await?;
-        Ok(())
-    }
 }
 
 /// The last lines of a helper's log, for error messages.
@@ -400,7 +386,6 @@ impl Hypervisor for Qemu {
         if self.config.devices.msi {
             tracing::info!("QEMU's virtio-mmio has no MSI: the guest uses legacy interrupts");
         }
-        create_placeholders(&self.paths, self.config.devices.block_slots)?;
         self.spawn_vhost().await?;
         if self.config.devices.shared_fs {
             self.spawn_virtiofsd().await?;
@@ -412,23 +397,18 @@ impl Hypervisor for Qemu {
         self.paths.vsock()
     }
 
-    fn slot_image(&self, slot: usize) -> PathBuf {
-        self.paths.slot_image(slot)
-    }
-
-    async fn attach_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
-        self.resize(slot, bytes).await
-    }
-
-    async fn detach_disk(&mut self, slot: usize) -> Result<(), HypervisorError> {
-        let path = self.paths.slot_image(slot);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(HypervisorError::io(format!("opening {}", path.display())))?;
-        file.set_len(0)
-            .map_err(HypervisorError::io(format!("emptying {}", path.display())))?;
-        self.resize(slot, 0).await
+    async fn resize_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
+        let qmp = self
+            .qmp
+            .as_mut()
+            .ok_or(HypervisorError::NotRunning { vmm: "qemu" })?;
+        // The image already has this size: QEMU re-reads it and interrupts the guest.
+        qmp.execute(
+            "block_resize",
+            json!({"device": format!("slot{slot}"), "size": bytes}),
+        )
+        .await?;
+        Ok(())
     }
 
     fn set_nics(&mut self, nics: Vec<NicDevice>) {
