@@ -18,12 +18,12 @@ use crate::block_slots::{self, BlockSlots};
 use crate::cgroup::{self, PodCgroup};
 use crate::config::{PulseConfig, RootfsMode};
 use crate::console::{rotated_path, OomScanner};
-use crate::hypervisor::{self, Hypervisor, SandboxPaths};
+use crate::hypervisor::{self, Hypervisor, SandboxPaths, SharedDir, VmSpec};
 use crate::network::{self, GuestNetwork, PodNetns, PodNetwork};
 use crate::persist::{self, ProcRecord, SandboxRecord};
 use crate::report::{self, Report};
 use crate::rootfs::{self, RootfsMount};
-use crate::shared_fs::{SharedFs, SANDBOX_SHM_BYTES};
+use crate::shared_fs::{self, SharedFs, SANDBOX_SHM_BYTES};
 use crate::spec::MountPlan;
 use crate::state::{SandboxMachine, StateError};
 
@@ -108,13 +108,20 @@ impl Sandbox {
                 return Err(e.context(format!("pod {pod}: carrying its network into the VM")));
             }
         };
-        let mut vm = hypervisor::create(&config, paths.clone(), cgroup.clone());
+        let share = config.devices.shared_fs.then(|| SharedFs::new(&paths));
+        let slots = BlockSlots::new(&paths, config.devices.block_slots);
+        let spec = VmSpec::new(&config, slots.disks(), share.as_ref().map(shared_dir));
+        let mut vm = hypervisor::create(
+            config.hypervisor.backend,
+            spec,
+            &config.qemu,
+            paths.clone(),
+            cgroup.clone(),
+        );
         let pod_network = pod_network.map(|(net, nics)| {
             vm.set_nics(nics);
             net
         });
-        let share = vm.shared_fs_tag().map(|_| SharedFs::new(&paths));
-        let slots = BlockSlots::new(&paths, config.devices.block_slots);
         let booted = boot(vm.as_mut(), &slots, share.as_ref()).await;
         record.vm = vm
             .host_view()
@@ -486,6 +493,14 @@ impl Sandbox {
     /// Whether the VM died under the shim.
     pub async fn vm_exited(&self) -> Option<String> {
         self.vm.lock().await.exited()
+    }
+}
+
+/// The pod's share as its VM exports it.
+fn shared_dir(share: &SharedFs) -> SharedDir {
+    SharedDir {
+        tag: shared_fs::TAG,
+        export: share.export_dir().to_path_buf(),
     }
 }
 

@@ -52,13 +52,11 @@ use pulse_vmm::{KernelSource, SerialOutput, Vm, VmConfig};
 use super::virtiofsd;
 use super::{
     base_cmdline, HostDevice, HostVector, HostView, Hypervisor, HypervisorError, SandboxPaths,
+    VmSpec,
 };
-use crate::block_slots::serial as slot_serial;
 use crate::cgroup::PodCgroup;
-use crate::config::PulseConfig;
 use crate::console::{capture::fd_path, ConsoleCapture};
 use crate::network::NicDevice;
-use crate::shared_fs;
 
 /// How long the console copies may take to finish once the VM is gone.
 const CAPTURE_WAIT: Duration = Duration::from_secs(2);
@@ -75,7 +73,7 @@ pub const GUEST_CID: u64 = 3;
 
 /// pulse-vmm in-process.
 pub struct Embedded {
-    config: PulseConfig,
+    spec: VmSpec,
     paths: SandboxPaths,
     vm: Option<Vm>,
     exit_reason: Option<String>,
@@ -88,10 +86,10 @@ pub struct Embedded {
 }
 
 impl Embedded {
-    /// A backend for `config`, not started; the shim joins `cgroup` at boot.
-    pub fn new(config: PulseConfig, paths: SandboxPaths, cgroup: Option<Arc<PodCgroup>>) -> Self {
+    /// A backend for `spec`, not started; the shim joins `cgroup` at boot.
+    pub fn new(spec: VmSpec, paths: SandboxPaths, cgroup: Option<Arc<PodCgroup>>) -> Self {
         Self {
-            config,
+            spec,
             paths,
             vm: None,
             exit_reason: None,
@@ -106,7 +104,7 @@ impl Embedded {
     /// Starts the copies of the consoles into their capped logs; the VMM
     /// config then names the pipes.
     fn start_captures(&mut self) -> Result<(), HypervisorError> {
-        let cap = self.config.console_log_max_bytes();
+        let cap = self.spec.log_max_bytes;
         let start = |path: PathBuf| {
             ConsoleCapture::start(&path, cap)
                 .map_err(HypervisorError::io(format!("creating {}", path.display())))
@@ -114,7 +112,7 @@ impl Embedded {
         let (serial, write) = start(self.paths.console())?;
         self.captures.push(serial);
         self.pipes.serial = Some(write);
-        if self.config.devices.virtio_console {
+        if self.spec.virtio_console {
             let (hvc, write) = start(self.paths.hvc_console())?;
             self.captures.push(hvc);
             self.pipes.hvc = Some(write);
@@ -124,12 +122,12 @@ impl Embedded {
 
     /// The VMM's configuration for this pod.
     pub fn vm_config(&self) -> VmConfig {
-        let c = &self.config;
-        let mut vm = VmConfig::new(KernelSource::Path(c.vm.kernel.clone()));
-        vm.initrd = Some(c.vm.initramfs.clone());
+        let c = &self.spec;
+        let mut vm = VmConfig::new(KernelSource::Path(c.kernel.clone()));
+        vm.initrd = Some(c.initramfs.clone());
         vm.cmdline = base_cmdline(c, false);
-        vm.vcpus = c.vm.vcpus;
-        vm.memory_mib = c.vm.memory_mib;
+        vm.vcpus = c.vcpus;
+        vm.memory_mib = c.memory_mib;
         // The pipe to the shim's capped log when it is set up; the file itself otherwise.
         vm.serial = SerialOutput::File(
             self.pipes
@@ -137,23 +135,25 @@ impl Embedded {
                 .as_ref()
                 .map_or_else(|| self.paths.console(), fd_path),
         );
-        vm.block = (0..c.devices.block_slots)
-            .map(|slot| BlockConfig {
-                path: self.paths.slot_image(slot),
+        vm.block = c
+            .disks
+            .iter()
+            .map(|disk| BlockConfig {
+                path: disk.image.clone(),
                 read_only: false,
-                queues: c.block_queues(),
+                queues: c.block_queues,
                 queue_size: DEFAULT_QUEUE_SIZE,
-                serial: Some(slot_serial(slot)),
+                serial: Some(disk.serial.clone()),
             })
             .collect();
         vm.vsock = Some(VsockConfig {
             guest_cid: GUEST_CID,
             uds_path: self.paths.vsock(),
         });
-        vm.msi = c.devices.msi;
-        vm.seccomp = c.hypervisor.seccomp;
-        if c.devices.shared_fs {
-            vm.fs = Some(FsConfig::new(self.paths.virtiofs(), shared_fs::TAG));
+        vm.msi = c.msi;
+        vm.seccomp = c.seccomp;
+        if let Some(shared) = &c.shared_dir {
+            vm.fs = Some(FsConfig::new(self.paths.virtiofs(), shared.tag));
         }
         if !self.nics.is_empty() {
             vm.net = self
@@ -170,12 +170,12 @@ impl Embedded {
                     net
                 })
                 .collect();
-        } else if c.devices.net_queues > 0 {
+        } else if c.net_queues > 0 {
             let mut net = NetConfig::new(&self.paths.tap_name());
-            net.queue_pairs = c.devices.net_queues;
+            net.queue_pairs = c.net_queues;
             vm.net = vec![net];
         }
-        if c.devices.virtio_console {
+        if c.virtio_console {
             vm.console = Some(ConsoleConfig {
                 sink: ConsoleSink::File(
                     self.pipes
@@ -191,13 +191,15 @@ impl Embedded {
     /// The VM's devices in the VMM's slot order (disks, network card, vsock,
     /// console), without counters: what the configuration asks for.
     fn configured_devices(&self) -> Vec<HostDevice> {
-        let c = &self.config;
-        let mut devices: Vec<HostDevice> = (0..c.devices.block_slots)
-            .map(|slot| HostDevice {
+        let c = &self.spec;
+        let mut devices: Vec<HostDevice> = c
+            .disks
+            .iter()
+            .map(|disk| HostDevice {
                 kind: "block".into(),
-                id: slot_serial(slot),
-                queues: c.block_queues(),
-                msi: c.devices.msi,
+                id: disk.serial.clone(),
+                queues: c.block_queues,
+                msi: c.msi,
                 interrupts: Vec::new(),
             })
             .collect();
@@ -206,15 +208,15 @@ impl Embedded {
                 kind: "net".into(),
                 id: nic.tap.clone(),
                 queues: nic.queue_pairs() * 2,
-                msi: c.devices.msi,
+                msi: c.msi,
                 interrupts: Vec::new(),
             }));
-        } else if c.devices.net_queues > 0 {
+        } else if c.net_queues > 0 {
             devices.push(HostDevice {
                 kind: "net".into(),
                 id: self.paths.tap_name(),
-                queues: c.devices.net_queues * 2,
-                msi: c.devices.msi,
+                queues: c.net_queues * 2,
+                msi: c.msi,
                 interrupts: Vec::new(),
             });
         }
@@ -222,25 +224,25 @@ impl Embedded {
             kind: "vsock".into(),
             id: "vsock0".into(),
             queues: 3,
-            msi: c.devices.msi,
+            msi: c.msi,
             interrupts: Vec::new(),
         });
-        if c.devices.virtio_console {
+        if c.virtio_console {
             devices.push(HostDevice {
                 kind: "console".into(),
                 id: "hvc0".into(),
                 queues: 2,
-                msi: c.devices.msi,
+                msi: c.msi,
                 interrupts: Vec::new(),
             });
         }
-        if c.devices.shared_fs {
+        if let Some(shared) = &c.shared_dir {
             devices.push(HostDevice {
                 kind: "fs".into(),
-                id: shared_fs::TAG.into(),
+                id: shared.tag.into(),
                 // The high-priority queue and one request queue.
                 queues: 2,
-                msi: c.devices.msi,
+                msi: c.msi,
                 interrupts: Vec::new(),
             });
         }
@@ -267,13 +269,19 @@ impl Hypervisor for Embedded {
             cgroup.add_self().map_err(HypervisorError::Cgroup)?;
         }
         self.start_captures()?;
-        if self.config.devices.shared_fs {
+        if let Some(shared) = &self.spec.shared_dir {
             let log = virtiofsd::log_path(&self.paths);
-            let (capture, write) = ConsoleCapture::start(&log, self.config.console_log_max_bytes())
+            let (capture, write) = ConsoleCapture::start(&log, self.spec.log_max_bytes)
                 .map_err(HypervisorError::io(format!("creating {}", log.display())))?;
             self.captures.push(capture);
-            let child =
-                virtiofsd::spawn(&self.config, &self.paths, self.cgroup.as_deref(), write).await?;
+            let child = virtiofsd::spawn(
+                &self.spec.virtiofsd,
+                shared,
+                &self.paths,
+                self.cgroup.as_deref(),
+                write,
+            )
+            .await?;
             self.virtiofsd = Some(child);
         }
         let config = self.vm_config();
@@ -312,7 +320,7 @@ impl Hypervisor for Embedded {
     }
 
     fn host_view(&self) -> HostView {
-        let c = &self.config;
+        let c = &self.spec;
         let mut devices = self.configured_devices();
         if let Some(vm) = &self.vm {
             // The VMM lists its devices in the same order as configured_devices.
@@ -342,8 +350,8 @@ impl Hypervisor for Embedded {
         HostView {
             backend: "embedded".into(),
             accel: "kvm".into(),
-            vcpus: c.vm.vcpus,
-            memory_mib: c.vm.memory_mib,
+            vcpus: c.vcpus,
+            memory_mib: c.memory_mib,
             devices,
             pids: std::iter::once(std::process::id())
                 .chain(self.virtiofsd.as_ref().and_then(|c| c.id()))
@@ -356,7 +364,7 @@ impl Hypervisor for Embedded {
     }
 
     fn shared_fs_tag(&self) -> Option<&'static str> {
-        self.config.devices.shared_fs.then_some(shared_fs::TAG)
+        self.spec.shared_dir.as_ref().map(|shared| shared.tag)
     }
 
     fn exited(&mut self) -> Option<String> {
@@ -413,13 +421,15 @@ impl Hypervisor for Embedded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PulseConfig;
     use pulse_vmm::devices::net::TapSource;
 
     fn backend(edit: impl FnOnce(&mut PulseConfig)) -> (Embedded, SandboxPaths) {
         let mut config = PulseConfig::default();
         edit(&mut config);
         let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p").unwrap();
-        (Embedded::new(config, paths.clone(), None), paths)
+        let spec = VmSpec::of_config(&config, &paths);
+        (Embedded::new(spec, paths.clone(), None), paths)
     }
 
     #[test]
@@ -431,8 +441,8 @@ mod tests {
             c.devices.block_slots = 3;
         });
         let vm = e.vm_config();
-        assert!(matches!(vm.kernel, KernelSource::Path(ref p) if *p == e.config.vm.kernel));
-        assert_eq!(vm.initrd.as_ref(), Some(&e.config.vm.initramfs));
+        assert!(matches!(vm.kernel, KernelSource::Path(ref p) if *p == e.spec.kernel));
+        assert_eq!(vm.initrd.as_ref(), Some(&e.spec.initramfs));
         assert_eq!((vm.vcpus, vm.memory_mib), (2, 512));
         assert_eq!(vm.block.len(), 3);
         assert_eq!(vm.block[1].serial.as_deref(), Some("pulse-slot-1"));
@@ -541,7 +551,7 @@ mod tests {
         let mut config = PulseConfig::default();
         config.vm.kernel = dir.path().join("no-such-vmlinux");
         config.devices.shared_fs = false;
-        let mut e = Embedded::new(config, paths.clone(), None);
+        let mut e = Embedded::new(VmSpec::of_config(&config, &paths), paths.clone(), None);
         e.vm_config().vsock.unwrap().validate().unwrap();
         let err = e.boot().await.unwrap_err().to_string();
         assert!(err.contains("the VM failed to start"), "{err}");

@@ -15,6 +15,7 @@ pub mod embedded;
 mod error;
 pub mod qemu;
 pub mod qmp;
+mod spec;
 pub mod virtiofsd;
 
 use std::path::{Path, PathBuf};
@@ -24,11 +25,12 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::cgroup::PodCgroup;
-use crate::config::{Backend, PulseConfig};
+use crate::config::{Backend, QemuConfig};
 use crate::ids::{self, IdError, IdKind};
 use crate::network::NicDevice;
 
 pub use error::HypervisorError;
+pub use spec::{SharedDir, VmSpec};
 
 /// A device as the VMM configured it.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -202,35 +204,38 @@ pub trait Hypervisor: Send + Sync {
 }
 
 /// The command line every backend gives the guest, before its device entries.
-pub fn base_cmdline(config: &PulseConfig, tcg: bool) -> String {
+pub fn base_cmdline(spec: &VmSpec, tcg: bool) -> String {
     let mut cmdline = String::from("console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nokbd");
     // Unknown NAME=value parameters become init's environment: the agent's
     // port, and the host port it announces itself on once it serves.
     cmdline.push_str(&format!(
         " PULSE_AGENT_LISTEN=vsock://{} PULSE_AGENT_READY_PORT={}",
-        config.agent.port,
+        spec.agent_port,
         pulse_protocols::DEFAULT_READY_PORT
     ));
     if tcg {
         // Under the software emulator the TSC check fails and the clock falls back to jiffies.
         cmdline.push_str(" tsc=reliable");
     }
-    if !config.vm.kernel_params.trim().is_empty() {
+    if !spec.kernel_params.trim().is_empty() {
         cmdline.push(' ');
-        cmdline.push_str(config.vm.kernel_params.trim());
+        cmdline.push_str(spec.kernel_params.trim());
     }
     cmdline
 }
 
-/// The backend `config` asks for; the VM's processes or threads go into `cgroup`.
+/// A `backend` for the VM `spec` (`qemu` holds the qemu backend's own settings); the VM's
+/// processes or threads go into `cgroup`.
 pub fn create(
-    config: &PulseConfig,
+    backend: Backend,
+    spec: VmSpec,
+    qemu: &QemuConfig,
     paths: SandboxPaths,
     cgroup: Option<Arc<PodCgroup>>,
 ) -> Box<dyn Hypervisor> {
-    match config.hypervisor.backend {
-        Backend::Embedded => Box::new(embedded::Embedded::new(config.clone(), paths, cgroup)),
-        Backend::Qemu => Box::new(qemu::Qemu::new(config.clone(), paths, cgroup)),
+    match backend {
+        Backend::Embedded => Box::new(embedded::Embedded::new(spec, paths, cgroup)),
+        Backend::Qemu => Box::new(qemu::Qemu::new(spec, qemu.clone(), paths, cgroup)),
     }
 }
 
@@ -256,6 +261,7 @@ pub fn cpu_has_vmx_or_svm(cpuinfo: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PulseConfig;
 
     #[test]
     fn vmx_and_svm_are_found_in_cpuinfo() {
@@ -308,14 +314,16 @@ mod tests {
 
     #[test]
     fn cmdline_has_the_extra_params() {
+        let paths = SandboxPaths::new(Path::new("/run/pulse"), "ns", "p").unwrap();
+        let spec = |config: &PulseConfig| VmSpec::of_config(config, &paths);
         let mut config = PulseConfig::default();
         config.vm.kernel_params = " quiet ".into();
-        let c = base_cmdline(&config, true);
+        let c = base_cmdline(&spec(&config), true);
         assert!(c.starts_with("console=ttyS0 reboot=t panic=-1"));
         assert!(c.ends_with("tsc=reliable quiet"), "{c}");
-        assert!(!base_cmdline(&PulseConfig::default(), false).contains("tsc"));
+        assert!(!base_cmdline(&spec(&PulseConfig::default()), false).contains("tsc"));
         config.agent.port = 2000;
-        let c = base_cmdline(&config, false);
+        let c = base_cmdline(&spec(&config), false);
         assert!(
             c.contains(" PULSE_AGENT_LISTEN=vsock://2000 PULSE_AGENT_READY_PORT=1023 "),
             "the agent learns its port and where to announce itself: {c}"
