@@ -28,7 +28,8 @@
 //!   and with MSI the backend's interrupts go to the queues' irqfds directly.
 //!
 //! The device view comes from [`pulse_vmm::Vm::device_stats`] (queues, MSI
-//! state, per-vector interrupt counts); [`pulse_vmm::Vm::exit_reason`] says
+//! state, per-vector interrupt counts), matched to the configured devices by
+//! their kind and id (a slot's serial, a NIC's tap, the share's tag); [`pulse_vmm::Vm::exit_reason`] says
 //! whether the VM stopped; stop joins every VM thread.
 //!
 //! Linux boots under this backend only on a host with VT-x/AMD-V: without it
@@ -47,6 +48,7 @@ use pulse_vmm::devices::console::{ConsoleConfig, ConsoleSink};
 use pulse_vmm::devices::fs::FsConfig;
 use pulse_vmm::devices::net::{MacAddr, NetConfig, TapSource};
 use pulse_vmm::devices::vsock::VsockConfig;
+use pulse_vmm::mmio::TransportStats;
 use pulse_vmm::{KernelSource, SerialOutput, Vm, VmConfig};
 
 use super::virtiofsd;
@@ -261,6 +263,40 @@ impl Embedded {
     }
 }
 
+/// Puts the VMM's view of each device (MSI state, queues, interrupt counts) into the
+/// configured `devices`, matched by kind and id: the VMM names a disk by its serial, a
+/// network card by its tap and the share by its tag, as [`Embedded::configured_devices`] does.
+fn add_counters(devices: &mut [HostDevice], stats: &[TransportStats]) {
+    for device in devices {
+        let Some(s) = stats
+            .iter()
+            .find(|s| s.device_type == device.kind && s.id == device.id)
+        else {
+            continue;
+        };
+        device.msi = s.msi_enabled;
+        if device.kind != "net" {
+            device.queues = s.queues;
+        }
+        device.interrupts = s
+            .vectors
+            .iter()
+            .map(|v| HostVector {
+                name: if v.index == 0 {
+                    "config".into()
+                } else {
+                    format!("queue{}", v.index - 1)
+                },
+                sent: v.sent,
+            })
+            .collect();
+        device.interrupts.push(HostVector {
+            name: "legacy".into(),
+            sent: s.legacy_sent,
+        });
+    }
+}
+
 #[async_trait]
 impl Hypervisor for Embedded {
     async fn boot(&mut self) -> Result<(), HypervisorError> {
@@ -323,29 +359,7 @@ impl Hypervisor for Embedded {
         let c = &self.spec;
         let mut devices = self.configured_devices();
         if let Some(vm) = &self.vm {
-            // The VMM lists its devices in the same order as configured_devices.
-            for (device, s) in devices.iter_mut().zip(vm.device_stats()) {
-                device.msi = s.msi_enabled;
-                if device.kind != "net" {
-                    device.queues = s.queues;
-                }
-                device.interrupts = s
-                    .vectors
-                    .iter()
-                    .map(|v| HostVector {
-                        name: if v.index == 0 {
-                            "config".into()
-                        } else {
-                            format!("queue{}", v.index - 1)
-                        },
-                        sent: v.sent,
-                    })
-                    .collect();
-                device.interrupts.push(HostVector {
-                    name: "legacy".into(),
-                    sent: s.legacy_sent,
-                });
-            }
+            add_counters(&mut devices, &vm.device_stats());
         }
         HostView {
             backend: "embedded".into(),
@@ -541,6 +555,46 @@ mod tests {
         let view = e.host_view();
         let net = view.devices.iter().find(|d| d.kind == "net").unwrap();
         assert_eq!((net.id.as_str(), net.queues), ("tap0_pulse", 4));
+    }
+
+    #[test]
+    fn the_vmms_counters_go_to_the_device_of_the_same_kind_and_id() {
+        let (e, _) = backend(|c| {
+            c.devices.block_slots = 2;
+            c.devices.shared_fs = false;
+        });
+        let stats = |device_type, id: &str, legacy_sent| TransportStats {
+            device_type,
+            id: id.into(),
+            base: 0,
+            queues: 1,
+            msi_enabled: false,
+            legacy_gsi: 5,
+            legacy_sent,
+            vectors: Vec::new(),
+            requests_completed: Vec::new(),
+            errors: Default::default(),
+            faults: Default::default(),
+            status: 0,
+            rings: Vec::new(),
+        };
+        // Not in the configured order, and one device the shim did not configure.
+        let vmm = [
+            stats("vsock", "vsock0", 30),
+            stats("block", "pulse-slot-1", 11),
+            stats("block", "other", 99),
+            stats("block", "pulse-slot-0", 10),
+        ];
+        let mut devices = e.configured_devices();
+        add_counters(&mut devices, &vmm);
+        let legacy: Vec<(&str, u64)> = devices
+            .iter()
+            .map(|d| (d.id.as_str(), d.interrupts.last().map_or(0, |v| v.sent)))
+            .collect();
+        assert_eq!(
+            legacy,
+            [("pulse-slot-0", 10), ("pulse-slot-1", 11), ("vsock0", 30)]
+        );
     }
 
     #[tokio::test]
