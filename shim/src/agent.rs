@@ -8,6 +8,9 @@
 //! while the guest driver is still setting the device up stops that backend
 //! for good. After the announcement [`connect`] still retries until its
 //! deadline, and stops early when the VM itself is gone.
+//!
+//! The connection knows nothing of the VMM: it gets the hybrid-vsock socket's
+//! path and a callback that says whether (and why) the VM stopped.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,8 +24,6 @@ use tokio::net::UnixListener;
 use ttrpc::context::{self, Context};
 use ttrpc::r#async::transport::Socket;
 use ttrpc::r#async::Client;
-
-use crate::hypervisor::Hypervisor;
 
 /// The longest readiness line accepted.
 const MAX_REPLY: usize = 64;
@@ -85,10 +86,10 @@ impl Drop for ReadyListener {
     }
 }
 
-/// Waits for the agent's announcement, checking every [`VM_CHECK`] that the
-/// VM still runs. Consumes the listener: its socket goes once the agent spoke.
+/// Waits for the agent's announcement, asking `vm_exited` every [`VM_CHECK`]
+/// whether the VM stopped. Consumes the listener: its socket goes once the agent spoke.
 async fn wait_ready(
-    vm: &mut dyn Hypervisor,
+    vm_exited: &mut impl FnMut() -> Option<String>,
     ready: ReadyListener,
     port: u32,
     deadline: Duration,
@@ -121,15 +122,15 @@ async fn wait_ready(
                         announced,
                         expected: port,
                     }),
-                    Err(e) => Err(ConnectError::NoSocket(format!(
-                        "accepting on {}: {e}",
-                        ready.path().display()
-                    ))),
+                    Err(source) => Err(ConnectError::Accept {
+                        socket: ready.path().display().to_string(),
+                        source,
+                    }),
                 };
             }
             _ = tokio::time::sleep(left.min(VM_CHECK)) => {}
         }
-        if let Some(reason) = vm.exited() {
+        if let Some(reason) = vm_exited() {
             return Err(ConnectError::VmExited(reason));
         }
     }
@@ -171,9 +172,15 @@ pub enum ConnectError {
     /// The VM stopped while the shim waited for it.
     #[error("the VM stopped before its agent answered: {0}")]
     VmExited(String),
-    /// The backend has no agent socket.
-    #[error("{0}")]
-    NoSocket(String),
+    /// The readiness socket failed.
+    #[error("accepting on {socket}: {source}")]
+    Accept {
+        /// The readiness socket.
+        socket: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A connected agent.
@@ -268,20 +275,19 @@ async fn attempt(
     Ok(agent)
 }
 
-/// Connects to the agent of `vm` once it announced itself on `ready`,
-/// retrying until `deadline` (counted from the call) passes.
+/// Connects to the agent behind the hybrid-vsock `socket` once it announced itself on
+/// `ready`, retrying until `deadline` (counted from the call) passes; stops early once
+/// `vm_exited` names why the VM stopped.
 pub async fn connect(
-    vm: &mut dyn Hypervisor,
+    socket: &Path,
     ready: ReadyListener,
+    mut vm_exited: impl FnMut() -> Option<String>,
     port: u32,
     deadline: Duration,
     request_timeout: Duration,
 ) -> Result<Agent, ConnectError> {
-    let socket = vm
-        .agent_socket()
-        .map_err(|e| ConnectError::NoSocket(e.to_string()))?;
     let started = Instant::now();
-    wait_ready(vm, ready, port, deadline).await?;
+    wait_ready(&mut vm_exited, ready, port, deadline).await?;
     let mut last;
     let mut attempts = 0u32;
     loop {
@@ -289,7 +295,7 @@ pub async fn connect(
         // The health check may not outlast the deadline (but gets a fair try).
         let left = deadline.saturating_sub(started.elapsed());
         let health_timeout = request_timeout.min(left.max(HANDSHAKE_TIMEOUT));
-        match attempt(&socket, port, health_timeout, request_timeout).await {
+        match attempt(socket, port, health_timeout, request_timeout).await {
             Ok(agent) => {
                 tracing::info!(
                     attempts,
@@ -300,7 +306,7 @@ pub async fn connect(
             }
             Err(e) => last = e,
         }
-        if let Some(reason) = vm.exited() {
+        if let Some(reason) = vm_exited() {
             return Err(ConnectError::VmExited(reason));
         }
         if started.elapsed() >= deadline {
@@ -340,62 +346,15 @@ mod tests {
         assert!(!path.exists(), "the socket goes with the listener");
     }
 
-    /// A VM that runs until `exit_after` has passed.
-    struct FakeVm {
-        started: Instant,
-        exit_after: Option<Duration>,
+    /// A VM that never stops.
+    fn running() -> impl FnMut() -> Option<String> {
+        || None
     }
 
-    #[async_trait::async_trait]
-    impl Hypervisor for FakeVm {
-        async fn boot(&mut self) -> Result<(), crate::hypervisor::HypervisorError> {
-            Ok(())
-        }
-        fn agent_socket(&self) -> Result<PathBuf, crate::hypervisor::HypervisorError> {
-            Ok(PathBuf::from("/nonexistent"))
-        }
-        fn slot_image(&self, _slot: usize) -> PathBuf {
-            PathBuf::new()
-        }
-        fn set_nics(&mut self, _nics: Vec<crate::network::NicDevice>) {}
-        async fn attach_disk(
-            &mut self,
-            _slot: usize,
-            _bytes: u64,
-        ) -> Result<(), crate::hypervisor::HypervisorError> {
-            Ok(())
-        }
-        async fn detach_disk(
-            &mut self,
-            _slot: usize,
-        ) -> Result<(), crate::hypervisor::HypervisorError> {
-            Ok(())
-        }
-        fn host_view(&self) -> crate::hypervisor::HostView {
-            crate::hypervisor::HostView {
-                backend: "fake".into(),
-                accel: "none".into(),
-                vcpus: 1,
-                memory_mib: 1,
-                devices: Vec::new(),
-                pids: Vec::new(),
-            }
-        }
-        fn exited(&mut self) -> Option<String> {
-            self.exit_after
-                .filter(|after| self.started.elapsed() >= *after)
-                .map(|_| "the fake VM ended".to_string())
-        }
-        async fn stop(&mut self) -> Result<(), crate::hypervisor::HypervisorError> {
-            Ok(())
-        }
-    }
-
-    fn running() -> FakeVm {
-        FakeVm {
-            started: Instant::now(),
-            exit_after: None,
-        }
+    /// A VM that stops once `after` has passed.
+    fn dying(after: Duration) -> impl FnMut() -> Option<String> {
+        let started = Instant::now();
+        move || (started.elapsed() >= after).then(|| "the fake VM ended".to_string())
     }
 
     /// Connects to `path` and writes `line` only after `delay`.
@@ -455,13 +414,14 @@ mod tests {
         assert!(err.to_string().contains("vm.vsock_1023"), "{err}");
 
         let ready = ReadyListener::bind(&path).unwrap();
-        let mut dying = FakeVm {
-            started: Instant::now(),
-            exit_after: Some(Duration::from_millis(150)),
-        };
-        let err = wait_ready(&mut dying, ready, 1024, Duration::from_secs(10))
-            .await
-            .unwrap_err();
+        let err = wait_ready(
+            &mut dying(Duration::from_millis(150)),
+            ready,
+            1024,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ConnectError::VmExited(_)), "{err}");
     }
 }

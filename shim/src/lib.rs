@@ -4,11 +4,12 @@
 //! One shim process serves one pod ([`pod`]): it boots the pod's VM through a
 //! [`hypervisor`] backend, connects to the guest agent over hybrid vsock
 //! ([`agent`]), turns each container's rootfs into a disk in a free block slot
-//! ([`rootfs`]), and maps containerd's task API onto the agent's API
+//! ([`rootfs`], [`block_slots`]), and maps containerd's task API onto the agent's API
 //! ([`service`]), with stdio pumped between containerd's FIFOs and the agent
 //! ([`stdio`]). The state machines ([`state`]) are plain types with tests.
 
 pub mod agent;
+pub mod block_slots;
 pub mod cgroup;
 pub mod config;
 pub mod console;

@@ -14,18 +14,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::agent::{self, Agent};
+use crate::block_slots::{self, BlockSlots};
 use crate::cgroup::{self, PodCgroup};
 use crate::config::{PulseConfig, RootfsMode};
 use crate::console::{rotated_path, OomScanner};
-use crate::hypervisor::{self, Hypervisor, SandboxPaths};
+use crate::hypervisor::{self, Hypervisor, SandboxPaths, SharedDir, VmSpec};
 use crate::network::late::LateNetwork;
 use crate::network::{self, GuestNetwork, PodNetns, PodNetwork};
 use crate::persist::{self, ProcRecord, SandboxRecord};
 use crate::report::{self, Report};
 use crate::rootfs::{self, RootfsMount};
-use crate::shared_fs::{SharedFs, SANDBOX_SHM_BYTES};
+use crate::shared_fs::{self, SharedFs, SANDBOX_SHM_BYTES};
 use crate::spec::MountPlan;
-use crate::state::{slot_serial, SandboxMachine, SlotTable, StateError};
+use crate::state::{SandboxMachine, StateError};
 
 /// Where in the bundle the guest mounts a container's writable layer (`rootfs.mode = "shared"`).
 const WRITABLE_LAYER: &str = "rw";
@@ -43,7 +44,7 @@ pub struct Sandbox {
     config: PulseConfig,
     vm: tokio::sync::Mutex<Box<dyn Hypervisor>>,
     agent: Agent,
-    slots: Mutex<SlotTable>,
+    slots: Mutex<BlockSlots>,
     machine: Mutex<SandboxMachine>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     oom: Arc<OomScanner>,
@@ -111,7 +112,16 @@ impl Sandbox {
                 return Err(e.context(format!("pod {pod}: carrying its network into the VM")));
             }
         };
-        let mut vm = hypervisor::create(&config, paths.clone(), cgroup.clone());
+        let share = config.devices.shared_fs.then(|| SharedFs::new(&paths));
+        let slots = BlockSlots::new(&paths, config.devices.block_slots);
+        let spec = VmSpec::new(&config, slots.disks(), share.as_ref().map(shared_dir));
+        let mut vm = hypervisor::create(
+            config.hypervisor.backend,
+            spec,
+            &config.qemu,
+            paths.clone(),
+            cgroup.clone(),
+        );
         let late_network = match netns {
             PodNetns::Fresh => {
                 let pairs = (config.devices.net_queues > 0).then(|| queue_pairs(&config));
@@ -136,16 +146,7 @@ impl Sandbox {
             vm.set_nics(nics);
             net
         });
-        let share = vm.shared_fs_tag().map(|_| SharedFs::new(&paths));
-        let booted = match &share {
-            Some(share) => match share.prepare() {
-                Ok(()) => vm.boot().await,
-                Err(e) => Err(hypervisor::HypervisorError::Control(format!(
-                    "preparing the pod's shared directory: {e}"
-                ))),
-            },
-            None => vm.boot().await,
-        };
+        let booted = boot(vm.as_mut(), &slots, share.as_ref()).await;
         record.vm = vm
             .host_view()
             .pids
@@ -170,14 +171,16 @@ impl Sandbox {
         };
         if let Err(e) = booted {
             let _ = fail(vm, paths, config.shim.keep_console_log).await;
-            return Err(anyhow!(e).context(format!(
+            return Err(e.context(format!(
                 "starting the {} VM of pod {pod}",
                 config.hypervisor.backend.name()
             )));
         }
+        let socket = vm.agent_socket();
         let agent = match agent::connect(
-            vm.as_mut(),
+            &socket,
             ready,
+            || vm.exited(),
             config.agent.port,
             config.connect_timeout(),
             config.request_timeout(),
@@ -224,7 +227,7 @@ impl Sandbox {
         let sandbox = Arc::new(Sandbox {
             pod: pod.into(),
             namespace: namespace.into(),
-            slots: Mutex::new(SlotTable::new(config.devices.block_slots)),
+            slots: Mutex::new(slots),
             paths: paths.clone(),
             config,
             vm: tokio::sync::Mutex::new(vm),
@@ -373,10 +376,10 @@ impl Sandbox {
             )
         })?;
         let result = async {
-            let image = self.vm.lock().await.slot_image(slot);
+            let image = self.slots.lock().unwrap().image(slot);
             let disk = containers::Storage {
                 source: containers::StorageSource::STORAGE_SOURCE_BLOCK_SERIAL.into(),
-                locator: slot_serial(slot),
+                locator: block_slots::serial(slot),
                 fs_type: "ext4".into(),
                 ..Default::default()
             };
@@ -384,7 +387,7 @@ impl Sandbox {
                 Some((share, view)) => {
                     let c = &self.config.rootfs;
                     let size = rootfs::make_writable_disk(&image, c.writable_mib, &c.mkfs).await?;
-                    self.vm.lock().await.attach_disk(slot, size).await?;
+                    self.attach_disk(slot, size).await?;
                     let lower_dirs = vec![share.mount_image(id, view)?];
                     tracing::info!(
                         container = id,
@@ -413,7 +416,7 @@ impl Sandbox {
                     let size =
                         rootfs::build_disk(mounts, tree, &staging, &image, &self.config.rootfs)
                             .await?;
-                    self.vm.lock().await.attach_disk(slot, size).await?;
+                    self.attach_disk(slot, size).await?;
                     tracing::info!(
                         container = id,
                         slot,
@@ -475,12 +478,29 @@ impl Sandbox {
         if let Some(share) = &self.share {
             share.unmount_image(id);
         }
-        let slot = self.slots.lock().unwrap().release(id);
-        if let Some(slot) = slot {
-            if let Err(e) = self.vm.lock().await.detach_disk(slot).await {
+        let released = self.slots.lock().unwrap().release(id);
+        if let Some((slot, emptied)) = released {
+            let resized = match emptied {
+                Ok(()) => self
+                    .vm
+                    .lock()
+                    .await
+                    .resize_disk(slot, 0)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = resized {
                 tracing::warn!(container = id, slot, "emptying the slot: {e}");
             }
         }
+    }
+
+    /// Makes the disk image of `bytes` bytes just written into `slot` visible to the guest.
+    async fn attach_disk(&self, slot: usize, bytes: u64) -> Result<()> {
+        self.vm.lock().await.resize_disk(slot, bytes).await?;
+        self.slots.lock().unwrap().attached(slot, bytes);
+        Ok(())
     }
 
     /// Stops the pod: the agent removes every container and powers the guest
@@ -536,6 +556,26 @@ impl Sandbox {
     pub async fn vm_exited(&self) -> Option<String> {
         self.vm.lock().await.exited()
     }
+}
+
+/// The pod's share as its VM exports it.
+fn shared_dir(share: &SharedFs) -> SharedDir {
+    SharedDir {
+        tag: shared_fs::TAG,
+        export: share.export_dir().to_path_buf(),
+    }
+}
+
+/// Makes what the VM boots with (the block slots' placeholders, the pod's share), then boots it.
+async fn boot(vm: &mut dyn Hypervisor, slots: &BlockSlots, share: Option<&SharedFs>) -> Result<()> {
+    slots.create_placeholders()?;
+    if let Some(share) = share {
+        share
+            .prepare()
+            .context("preparing the pod's shared directory")?;
+    }
+    vm.boot().await?;
+    Ok(())
 }
 
 /// With `devices.net_queues` > 0 and a namespace CNI made: a tap per veth there, joined to

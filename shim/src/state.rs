@@ -1,6 +1,6 @@
 //! The state machines of the shim, as plain types: a process (a container's
-//! own process or an exec), the sandbox (the pod's VM), and the VM's block
-//! slots. The task service drives them; every transition it makes goes
+//! own process or an exec) and the sandbox (the pod's VM); the VM's block
+//! slots are [`crate::block_slots`]. The task service drives them; every transition it makes goes
 //! through here, so that a request in the wrong state gets one clear error.
 
 use std::time::SystemTime;
@@ -271,87 +271,6 @@ impl SandboxMachine {
     }
 }
 
-/// The VM's block slots: which container's rootfs disk is in which slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotTable {
-    slots: Vec<Slot>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Slot {
-    holder: Option<String>,
-    /// Times a disk was attached here: fresh slots are preferred, so that the
-    /// guest never sees a reused slot before it noticed the last detach.
-    uses: u32,
-}
-
-impl SlotTable {
-    /// `count` empty slots.
-    pub fn new(count: usize) -> Self {
-        Self {
-            slots: vec![
-                Slot {
-                    holder: None,
-                    uses: 0
-                };
-                count
-            ],
-        }
-    }
-
-    /// Number of slots.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether there are no slots at all.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    /// Takes a free slot for `holder`: the least-used one, lowest index first.
-    pub fn take(&mut self, holder: &str) -> Option<usize> {
-        if self.slot_of(holder).is_some() {
-            return None;
-        }
-        let index = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.holder.is_none())
-            .min_by_key(|(i, s)| (s.uses, *i))
-            .map(|(i, _)| i)?;
-        let slot = &mut self.slots[index];
-        slot.holder = Some(holder.to_string());
-        slot.uses += 1;
-        Some(index)
-    }
-
-    /// The slot `holder` has.
-    pub fn slot_of(&self, holder: &str) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|s| s.holder.as_deref() == Some(holder))
-    }
-
-    /// Frees `holder`'s slot; returns it.
-    pub fn release(&mut self, holder: &str) -> Option<usize> {
-        let index = self.slot_of(holder)?;
-        self.slots[index].holder = None;
-        Some(index)
-    }
-
-    /// Slots in use.
-    pub fn used(&self) -> usize {
-        self.slots.iter().filter(|s| s.holder.is_some()).count()
-    }
-}
-
-/// The serial of a block slot, as the guest sees it in `/sys/block/*/serial`.
-pub fn slot_serial(slot: usize) -> String {
-    format!("pulse-slot-{slot}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,21 +342,5 @@ mod tests {
         let mut s = SandboxMachine::new("p");
         assert!(s.stopping());
         s.stopped();
-    }
-
-    #[test]
-    fn slots_prefer_fresh_ones_and_run_out() {
-        let mut t = SlotTable::new(3);
-        assert_eq!(t.take("a"), Some(0));
-        assert_eq!(t.take("a"), None, "one slot per holder");
-        assert_eq!(t.take("b"), Some(1));
-        assert_eq!(t.release("a"), Some(0));
-        assert_eq!(t.take("c"), Some(2), "an unused slot before a reused one");
-        assert_eq!(t.take("d"), Some(0));
-        assert_eq!(t.take("e"), None, "full");
-        assert_eq!(t.used(), 3);
-        assert_eq!(t.slot_of("b"), Some(1));
-        assert_eq!(t.release("zz"), None);
-        assert_eq!(slot_serial(2), "pulse-slot-2");
     }
 }

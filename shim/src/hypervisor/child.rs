@@ -17,14 +17,10 @@ pub fn confine(
     cgroup: Option<&PodCgroup>,
     fds: Vec<(OwnedFd, RawFd)>,
 ) -> Result<(), HypervisorError> {
-    let procs =
-        cgroup
-            .map(PodCgroup::procs_file)
-            .transpose()
-            .map_err(|e| HypervisorError::Spawn {
-                what: "the pod's cgroup".into(),
-                message: e.to_string(),
-            })?;
+    let procs = cgroup
+        .map(PodCgroup::procs_file)
+        .transpose()
+        .map_err(HypervisorError::Cgroup)?;
     // An orphan goes to the nearest subreaper (containerd is one), not always
     // to pid 1, so "the shim died" means "the parent is no longer the shim".
     let shim = std::process::id() as libc::pid_t;

@@ -28,7 +28,8 @@
 //!   and with MSI the backend's interrupts go to the queues' irqfds directly.
 //!
 //! The device view comes from [`pulse_vmm::Vm::device_stats`] (queues, MSI
-//! state, per-vector interrupt counts); [`pulse_vmm::Vm::exit_reason`] says
+//! state, per-vector interrupt counts), matched to the configured devices by
+//! their kind and id (a slot's serial, a NIC's tap, the share's tag); [`pulse_vmm::Vm::exit_reason`] says
 //! whether the VM stopped; stop joins every VM thread.
 //!
 //! Linux boots under this backend only on a host with VT-x/AMD-V: without it
@@ -47,19 +48,17 @@ use pulse_vmm::devices::console::{ConsoleConfig, ConsoleSink};
 use pulse_vmm::devices::fs::FsConfig;
 use pulse_vmm::devices::net::{MacAddr, NetConfig, TapSource};
 use pulse_vmm::devices::vsock::VsockConfig;
+use pulse_vmm::mmio::TransportStats;
 use pulse_vmm::{KernelSource, SerialOutput, Vm, VmConfig};
 
 use super::virtiofsd;
 use super::{
-    base_cmdline, create_placeholders, HostDevice, HostVector, HostView, Hypervisor,
-    HypervisorError, SandboxPaths,
+    base_cmdline, HostDevice, HostVector, HostView, Hypervisor, HypervisorError, SandboxPaths,
+    VmSpec,
 };
 use crate::cgroup::PodCgroup;
-use crate::config::PulseConfig;
 use crate::console::{capture::fd_path, ConsoleCapture};
 use crate::network::NicDevice;
-use crate::shared_fs;
-use crate::state::slot_serial;
 
 /// How long the console copies may take to finish once the VM is gone.
 const CAPTURE_WAIT: Duration = Duration::from_secs(2);
@@ -76,7 +75,7 @@ pub const GUEST_CID: u64 = 3;
 
 /// pulse-vmm in-process.
 pub struct Embedded {
-    config: PulseConfig,
+    spec: VmSpec,
     paths: SandboxPaths,
     vm: Option<Vm>,
     exit_reason: Option<String>,
@@ -89,10 +88,10 @@ pub struct Embedded {
 }
 
 impl Embedded {
-    /// A backend for `config`, not started; the shim joins `cgroup` at boot.
-    pub fn new(config: PulseConfig, paths: SandboxPaths, cgroup: Option<Arc<PodCgroup>>) -> Self {
+    /// A backend for `spec`, not started; the shim joins `cgroup` at boot.
+    pub fn new(spec: VmSpec, paths: SandboxPaths, cgroup: Option<Arc<PodCgroup>>) -> Self {
         Self {
-            config,
+            spec,
             paths,
             vm: None,
             exit_reason: None,
@@ -107,7 +106,7 @@ impl Embedded {
     /// Starts the copies of the consoles into their capped logs; the VMM
     /// config then names the pipes.
     fn start_captures(&mut self) -> Result<(), HypervisorError> {
-        let cap = self.config.console_log_max_bytes();
+        let cap = self.spec.log_max_bytes;
         let start = |path: PathBuf| {
             ConsoleCapture::start(&path, cap)
                 .map_err(HypervisorError::io(format!("creating {}", path.display())))
@@ -115,7 +114,7 @@ impl Embedded {
         let (serial, write) = start(self.paths.console())?;
         self.captures.push(serial);
         self.pipes.serial = Some(write);
-        if self.config.devices.virtio_console {
+        if self.spec.virtio_console {
             let (hvc, write) = start(self.paths.hvc_console())?;
             self.captures.push(hvc);
             self.pipes.hvc = Some(write);
@@ -125,12 +124,12 @@ impl Embedded {
 
     /// The VMM's configuration for this pod.
     pub fn vm_config(&self) -> VmConfig {
-        let c = &self.config;
-        let mut vm = VmConfig::new(KernelSource::Path(c.vm.kernel.clone()));
-        vm.initrd = Some(c.vm.initramfs.clone());
+        let c = &self.spec;
+        let mut vm = VmConfig::new(KernelSource::Path(c.kernel.clone()));
+        vm.initrd = Some(c.initramfs.clone());
         vm.cmdline = base_cmdline(c, false);
-        vm.vcpus = c.vm.vcpus;
-        vm.memory_mib = c.vm.memory_mib;
+        vm.vcpus = c.vcpus;
+        vm.memory_mib = c.memory_mib;
         // The pipe to the shim's capped log when it is set up; the file itself otherwise.
         vm.serial = SerialOutput::File(
             self.pipes
@@ -138,23 +137,25 @@ impl Embedded {
                 .as_ref()
                 .map_or_else(|| self.paths.console(), fd_path),
         );
-        vm.block = (0..c.devices.block_slots)
-            .map(|slot| BlockConfig {
-                path: self.paths.slot_image(slot),
+        vm.block = c
+            .disks
+            .iter()
+            .map(|disk| BlockConfig {
+                path: disk.image.clone(),
                 read_only: false,
-                queues: c.block_queues(),
+                queues: c.block_queues,
                 queue_size: DEFAULT_QUEUE_SIZE,
-                serial: Some(slot_serial(slot)),
+                serial: Some(disk.serial.clone()),
             })
             .collect();
         vm.vsock = Some(VsockConfig {
             guest_cid: GUEST_CID,
             uds_path: self.paths.vsock(),
         });
-        vm.msi = c.devices.msi;
-        vm.seccomp = c.hypervisor.seccomp;
-        if c.devices.shared_fs {
-            vm.fs = Some(FsConfig::new(self.paths.virtiofs(), shared_fs::TAG));
+        vm.msi = c.msi;
+        vm.seccomp = c.seccomp;
+        if let Some(shared) = &c.shared_dir {
+            vm.fs = Some(FsConfig::new(self.paths.virtiofs(), shared.tag));
         }
         if !self.nics.is_empty() {
             vm.net = self
@@ -171,12 +172,12 @@ impl Embedded {
                     net
                 })
                 .collect();
-        } else if c.devices.net_queues > 0 {
+        } else if c.net_queues > 0 {
             let mut net = NetConfig::new(&self.paths.tap_name());
-            net.queue_pairs = c.devices.net_queues;
+            net.queue_pairs = c.net_queues;
             vm.net = vec![net];
         }
-        if c.devices.virtio_console {
+        if c.virtio_console {
             vm.console = Some(ConsoleConfig {
                 sink: ConsoleSink::File(
                     self.pipes
@@ -192,13 +193,15 @@ impl Embedded {
     /// The VM's devices in the VMM's slot order (disks, network card, vsock,
     /// console), without counters: what the configuration asks for.
     fn configured_devices(&self) -> Vec<HostDevice> {
-        let c = &self.config;
-        let mut devices: Vec<HostDevice> = (0..c.devices.block_slots)
-            .map(|slot| HostDevice {
+        let c = &self.spec;
+        let mut devices: Vec<HostDevice> = c
+            .disks
+            .iter()
+            .map(|disk| HostDevice {
                 kind: "block".into(),
-                id: slot_serial(slot),
-                queues: c.block_queues(),
-                msi: c.devices.msi,
+                id: disk.serial.clone(),
+                queues: c.block_queues,
+                msi: c.msi,
                 interrupts: Vec::new(),
             })
             .collect();
@@ -207,15 +210,15 @@ impl Embedded {
                 kind: "net".into(),
                 id: nic.tap.clone(),
                 queues: nic.queue_pairs() * 2,
-                msi: c.devices.msi,
+                msi: c.msi,
                 interrupts: Vec::new(),
             }));
-        } else if c.devices.net_queues > 0 {
+        } else if c.net_queues > 0 {
             devices.push(HostDevice {
                 kind: "net".into(),
                 id: self.paths.tap_name(),
-                queues: c.devices.net_queues * 2,
-                msi: c.devices.msi,
+                queues: c.net_queues * 2,
+                msi: c.msi,
                 interrupts: Vec::new(),
             });
         }
@@ -223,25 +226,25 @@ impl Embedded {
             kind: "vsock".into(),
             id: "vsock0".into(),
             queues: 3,
-            msi: c.devices.msi,
+            msi: c.msi,
             interrupts: Vec::new(),
         });
-        if c.devices.virtio_console {
+        if c.virtio_console {
             devices.push(HostDevice {
                 kind: "console".into(),
                 id: "hvc0".into(),
                 queues: 2,
-                msi: c.devices.msi,
+                msi: c.msi,
                 interrupts: Vec::new(),
             });
         }
-        if c.devices.shared_fs {
+        if let Some(shared) = &c.shared_dir {
             devices.push(HostDevice {
                 kind: "fs".into(),
-                id: shared_fs::TAG.into(),
+                id: shared.tag.into(),
                 // The high-priority queue and one request queue.
                 queues: 2,
-                msi: c.devices.msi,
+                msi: c.msi,
                 interrupts: Vec::new(),
             });
         }
@@ -252,36 +255,69 @@ impl Embedded {
         let vm = self
             .vm
             .as_ref()
-            .ok_or_else(|| HypervisorError::Control("the VM is not running".into()))?;
-        let block = vm
-            .blocks()
-            .get(slot)
-            .ok_or_else(|| HypervisorError::Control(format!("the VM has no block slot {slot}")))?;
+            .ok_or(HypervisorError::NotRunning { vmm: "the VM" })?;
+        let block = vm.blocks().get(slot).ok_or(HypervisorError::NoSlot(slot))?;
         block
             .reload(None)
-            .map_err(|e| HypervisorError::Control(format!("block slot {slot}: {e}")))
+            .map_err(|source| HypervisorError::Reload { slot, source })
+    }
+}
+
+/// Puts the VMM's view of each device (MSI state, queues, interrupt counts) into the
+/// configured `devices`, matched by kind and id: the VMM names a disk by its serial, a
+/// network card by its tap and the share by its tag, as [`Embedded::configured_devices`] does.
+fn add_counters(devices: &mut [HostDevice], stats: &[TransportStats]) {
+    for device in devices {
+        let Some(s) = stats
+            .iter()
+            .find(|s| s.device_type == device.kind && s.id == device.id)
+        else {
+            continue;
+        };
+        device.msi = s.msi_enabled;
+        if device.kind != "net" {
+            device.queues = s.queues;
+        }
+        device.interrupts = s
+            .vectors
+            .iter()
+            .map(|v| HostVector {
+                name: if v.index == 0 {
+                    "config".into()
+                } else {
+                    format!("queue{}", v.index - 1)
+                },
+                sent: v.sent,
+            })
+            .collect();
+        device.interrupts.push(HostVector {
+            name: "legacy".into(),
+            sent: s.legacy_sent,
+        });
     }
 }
 
 #[async_trait]
 impl Hypervisor for Embedded {
     async fn boot(&mut self) -> Result<(), HypervisorError> {
-        create_placeholders(&self.paths, self.config.devices.block_slots)?;
         if let Some(cgroup) = &self.cgroup {
             // The VM's threads are this process's: from now on the shim is charged to the pod.
-            cgroup.add_self().map_err(|e| HypervisorError::Spawn {
-                what: "the pod's cgroup".into(),
-                message: e.to_string(),
-            })?;
+            cgroup.add_self().map_err(HypervisorError::Cgroup)?;
         }
         self.start_captures()?;
-        if self.config.devices.shared_fs {
+        if let Some(shared) = &self.spec.shared_dir {
             let log = virtiofsd::log_path(&self.paths);
-            let (capture, write) = ConsoleCapture::start(&log, self.config.console_log_max_bytes())
+            let (capture, write) = ConsoleCapture::start(&log, self.spec.log_max_bytes)
                 .map_err(HypervisorError::io(format!("creating {}", log.display())))?;
             self.captures.push(capture);
-            let child =
-                virtiofsd::spawn(&self.config, &self.paths, self.cgroup.as_deref(), write).await?;
+            let child = virtiofsd::spawn(
+                &self.spec.virtiofsd,
+                shared,
+                &self.paths,
+                self.cgroup.as_deref(),
+                write,
+            )
+            .await?;
             self.virtiofsd = Some(child);
         }
         let config = self.vm_config();
@@ -289,8 +325,11 @@ impl Hypervisor for Embedded {
         // The VMM opened the pipes by path (or failed): only its ends stay open.
         self.pipes = ConsolePipes::default();
         let vm = started
-            .map_err(|e| HypervisorError::Boot(e.to_string()))?
-            .map_err(|e| HypervisorError::Boot(e.to_string()))?;
+            .map_err(|source| HypervisorError::Thread {
+                what: "the VM failed to start",
+                source,
+            })?
+            .map_err(HypervisorError::Start)?;
         tracing::info!(cmdline = vm.cmdline(), "embedded VM started");
         self.vm = Some(vm);
         // The VMM binds it with the process umask; the 0700 directory guards it meanwhile.
@@ -300,68 +339,33 @@ impl Hypervisor for Embedded {
         Ok(())
     }
 
-    fn agent_socket(&self) -> Result<PathBuf, HypervisorError> {
-        Ok(self.paths.vsock())
+    fn agent_socket(&self) -> PathBuf {
+        self.paths.vsock()
     }
 
-    fn slot_image(&self, slot: usize) -> PathBuf {
-        self.paths.slot_image(slot)
-    }
-
-    async fn attach_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
+    async fn resize_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
         let capacity = self.reload(slot)?;
         if capacity != bytes {
-            return Err(HypervisorError::Control(format!(
-                "block slot {slot}: the VMM sees {capacity} bytes, the image has {bytes}"
-            )));
+            return Err(HypervisorError::CapacityMismatch {
+                slot,
+                vmm: capacity,
+                image: bytes,
+            });
         }
         Ok(())
     }
 
-    async fn detach_disk(&mut self, slot: usize) -> Result<(), HypervisorError> {
-        let path = self.paths.slot_image(slot);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(HypervisorError::io(format!("opening {}", path.display())))?;
-        file.set_len(0)
-            .map_err(HypervisorError::io(format!("emptying {}", path.display())))?;
-        self.reload(slot).map(|_| ())
-    }
-
     fn host_view(&self) -> HostView {
-        let c = &self.config;
+        let c = &self.spec;
         let mut devices = self.configured_devices();
         if let Some(vm) = &self.vm {
-            // The VMM lists its devices in the same order as configured_devices.
-            for (device, s) in devices.iter_mut().zip(vm.device_stats()) {
-                device.msi = s.msi_enabled;
-                if device.kind != "net" {
-                    device.queues = s.queues;
-                }
-                device.interrupts = s
-                    .vectors
-                    .iter()
-                    .map(|v| HostVector {
-                        name: if v.index == 0 {
-                            "config".into()
-                        } else {
-                            format!("queue{}", v.index - 1)
-                        },
-                        sent: v.sent,
-                    })
-                    .collect();
-                device.interrupts.push(HostVector {
-                    name: "legacy".into(),
-                    sent: s.legacy_sent,
-                });
-            }
+            add_counters(&mut devices, &vm.device_stats());
         }
         HostView {
             backend: "embedded".into(),
             accel: "kvm".into(),
-            vcpus: c.vm.vcpus,
-            memory_mib: c.vm.memory_mib,
+            vcpus: c.vcpus,
+            memory_mib: c.memory_mib,
             devices,
             pids: std::iter::once(std::process::id())
                 .chain(self.virtiofsd.as_ref().and_then(|c| c.id()))
@@ -374,7 +378,7 @@ impl Hypervisor for Embedded {
     }
 
     fn shared_fs_tag(&self) -> Option<&'static str> {
-        self.config.devices.shared_fs.then_some(shared_fs::TAG)
+        self.spec.shared_dir.as_ref().map(|shared| shared.tag)
     }
 
     fn exited(&mut self) -> Option<String> {
@@ -403,7 +407,10 @@ impl Hypervisor for Embedded {
                 exit
             })
             .await
-            .map_err(|e| HypervisorError::Control(e.to_string()))?;
+            .map_err(|source| HypervisorError::Thread {
+                what: "the thread stopping the VM",
+                source,
+            })?;
             tracing::info!(%exit, "embedded VM stopped");
             self.exit_reason.get_or_insert_with(|| exit.to_string());
         }
@@ -428,13 +435,15 @@ impl Hypervisor for Embedded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PulseConfig;
     use pulse_vmm::devices::net::TapSource;
 
     fn backend(edit: impl FnOnce(&mut PulseConfig)) -> (Embedded, SandboxPaths) {
         let mut config = PulseConfig::default();
         edit(&mut config);
         let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p").unwrap();
-        (Embedded::new(config, paths.clone(), None), paths)
+        let spec = VmSpec::of_config(&config, &paths);
+        (Embedded::new(spec, paths.clone(), None), paths)
     }
 
     #[test]
@@ -446,8 +455,8 @@ mod tests {
             c.devices.block_slots = 3;
         });
         let vm = e.vm_config();
-        assert!(matches!(vm.kernel, KernelSource::Path(ref p) if *p == e.config.vm.kernel));
-        assert_eq!(vm.initrd.as_ref(), Some(&e.config.vm.initramfs));
+        assert!(matches!(vm.kernel, KernelSource::Path(ref p) if *p == e.spec.kernel));
+        assert_eq!(vm.initrd.as_ref(), Some(&e.spec.initramfs));
         assert_eq!((vm.vcpus, vm.memory_mib), (2, 512));
         assert_eq!(vm.block.len(), 3);
         assert_eq!(vm.block[1].serial.as_deref(), Some("pulse-slot-1"));
@@ -548,6 +557,46 @@ mod tests {
         assert_eq!((net.id.as_str(), net.queues), ("tap0_pulse", 4));
     }
 
+    #[test]
+    fn the_vmms_counters_go_to_the_device_of_the_same_kind_and_id() {
+        let (e, _) = backend(|c| {
+            c.devices.block_slots = 2;
+            c.devices.shared_fs = false;
+        });
+        let stats = |device_type, id: &str, legacy_sent| TransportStats {
+            device_type,
+            id: id.into(),
+            base: 0,
+            queues: 1,
+            msi_enabled: false,
+            legacy_gsi: 5,
+            legacy_sent,
+            vectors: Vec::new(),
+            requests_completed: Vec::new(),
+            errors: Default::default(),
+            faults: Default::default(),
+            status: 0,
+            rings: Vec::new(),
+        };
+        // Not in the configured order, and one device the shim did not configure.
+        let vmm = [
+            stats("vsock", "vsock0", 30),
+            stats("block", "pulse-slot-1", 11),
+            stats("block", "other", 99),
+            stats("block", "pulse-slot-0", 10),
+        ];
+        let mut devices = e.configured_devices();
+        add_counters(&mut devices, &vmm);
+        let legacy: Vec<(&str, u64)> = devices
+            .iter()
+            .map(|d| (d.id.as_str(), d.interrupts.last().map_or(0, |v| v.sent)))
+            .collect();
+        assert_eq!(
+            legacy,
+            [("pulse-slot-0", 10), ("pulse-slot-1", 11), ("vsock0", 30)]
+        );
+    }
+
     #[tokio::test]
     async fn a_vm_that_cannot_start_is_a_clear_error_and_stop_is_safe() {
         let dir = tempfile::tempdir().unwrap();
@@ -556,7 +605,7 @@ mod tests {
         let mut config = PulseConfig::default();
         config.vm.kernel = dir.path().join("no-such-vmlinux");
         config.devices.shared_fs = false;
-        let mut e = Embedded::new(config, paths.clone(), None);
+        let mut e = Embedded::new(VmSpec::of_config(&config, &paths), paths.clone(), None);
         e.vm_config().vsock.unwrap().validate().unwrap();
         let err = e.boot().await.unwrap_err().to_string();
         assert!(err.contains("the VM failed to start"), "{err}");
@@ -565,7 +614,7 @@ mod tests {
         e.stop().await.unwrap();
         assert!(!paths.vsock().exists());
         assert_eq!(e.host_view().devices.len(), 5);
-        assert!(e.attach_disk(0, 0).await.is_err());
+        assert!(e.resize_disk(0, 0).await.is_err());
         assert_eq!(
             crate::private_fs::mode_of(&paths.console()).unwrap(),
             0o600,

@@ -4,15 +4,18 @@
 //! - [`qemu`]: QEMU's `microvm` machine in a child process, for hosts (and
 //!   tests) where the embedded VMM cannot boot Linux.
 //!
-//! A backend boots the VM with the pod's empty block slots, hands out the
-//! hybrid-vsock socket the agent is reached through, makes a disk image
-//! written into a slot visible to the guest (a capacity change the guest is
-//! told about), describes what it configured, and stops the VM.
+//! A backend boots the VM with the pod's empty block slots (their files are
+//! [`crate::block_slots`]'), hands out the hybrid-vsock socket the agent is
+//! reached through, makes a disk image written into a slot visible to the guest
+//! (a capacity change the guest is told about), describes what it configured,
+//! and stops the VM.
 
 pub mod child;
 pub mod embedded;
+mod error;
 pub mod qemu;
 pub mod qmp;
+mod spec;
 pub mod virtiofsd;
 
 use std::path::{Path, PathBuf};
@@ -22,47 +25,12 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::cgroup::PodCgroup;
-use crate::config::{Backend, PulseConfig};
+use crate::config::{Backend, QemuConfig};
 use crate::ids::{self, IdError, IdKind};
 use crate::network::NicDevice;
-use crate::state::slot_serial;
 
-/// What a backend can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum HypervisorError {
-    /// A helper program is missing or failed to start.
-    #[error("{what}: {message}")]
-    Spawn {
-        /// The program.
-        what: String,
-        /// Why.
-        message: String,
-    },
-    /// The VM stopped or failed while starting.
-    #[error("the VM failed to start: {0}")]
-    Boot(String),
-    /// The backend cannot do this (yet).
-    #[error("{0}")]
-    Unsupported(String),
-    /// Talking to the VMM failed.
-    #[error("{0}")]
-    Control(String),
-    /// A file operation failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-}
-
-impl HypervisorError {
-    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
-        let context = context.into();
-        move |source| HypervisorError::Io { context, source }
-    }
-}
+pub use error::HypervisorError;
+pub use spec::{SharedDir, VmSpec};
 
 /// A device as the VMM configured it.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -205,17 +173,12 @@ pub trait Hypervisor: Send + Sync {
     async fn boot(&mut self) -> Result<(), HypervisorError>;
 
     /// The hybrid-vsock socket the agent is reached through.
-    fn agent_socket(&self) -> Result<PathBuf, HypervisorError>;
+    fn agent_socket(&self) -> PathBuf;
 
-    /// The file behind block slot `slot`: the shim writes a disk image into it.
-    fn slot_image(&self, slot: usize) -> PathBuf;
-
-    /// Makes the image now in `slot_image(slot)` (of `bytes` bytes) visible to
-    /// the guest: the device's capacity changes and the guest is interrupted.
-    async fn attach_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError>;
-
-    /// Empties `slot` again (capacity 0) after its container was removed.
-    async fn detach_disk(&mut self, slot: usize) -> Result<(), HypervisorError>;
+    /// The image behind block slot `slot` ([`crate::block_slots`]) now holds `bytes` bytes:
+    /// a disk the shim wrote, or nothing (0) once its container is gone. Makes the guest see
+    /// it: the device's capacity changes and the guest is interrupted.
+    async fn resize_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError>;
 
     /// The pod's network cards, given before [`Hypervisor::boot`]: taps made in the pod's
     /// network namespace ([`crate::network`]), handed over as their queue descriptors. Without
@@ -241,40 +204,38 @@ pub trait Hypervisor: Send + Sync {
 }
 
 /// The command line every backend gives the guest, before its device entries.
-pub fn base_cmdline(config: &PulseConfig, tcg: bool) -> String {
+pub fn base_cmdline(spec: &VmSpec, tcg: bool) -> String {
     let mut cmdline = String::from("console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nokbd");
     // Unknown NAME=value parameters become init's environment: the agent's
     // port, and the host port it announces itself on once it serves.
     cmdline.push_str(&format!(
         " PULSE_AGENT_LISTEN=vsock://{} PULSE_AGENT_READY_PORT={}",
-        config.agent.port,
+        spec.agent_port,
         pulse_protocols::DEFAULT_READY_PORT
     ));
     if tcg {
         // Under the software emulator the TSC check fails and the clock falls back to jiffies.
         cmdline.push_str(" tsc=reliable");
     }
-    if !config.vm.kernel_params.trim().is_empty() {
+    if !spec.kernel_params.trim().is_empty() {
         cmdline.push(' ');
-        cmdline.push_str(config.vm.kernel_params.trim());
+        cmdline.push_str(spec.kernel_params.trim());
     }
     cmdline
 }
 
-/// The block slots' serials, in slot order.
-pub fn slot_serials(config: &PulseConfig) -> Vec<String> {
-    (0..config.devices.block_slots).map(slot_serial).collect()
-}
-
-/// The backend `config` asks for; the VM's processes or threads go into `cgroup`.
+/// A `backend` for the VM `spec` (`qemu` holds the qemu backend's own settings); the VM's
+/// processes or threads go into `cgroup`.
 pub fn create(
-    config: &PulseConfig,
+    backend: Backend,
+    spec: VmSpec,
+    qemu: &QemuConfig,
     paths: SandboxPaths,
     cgroup: Option<Arc<PodCgroup>>,
 ) -> Box<dyn Hypervisor> {
-    match config.hypervisor.backend {
-        Backend::Embedded => Box::new(embedded::Embedded::new(config.clone(), paths, cgroup)),
-        Backend::Qemu => Box::new(qemu::Qemu::new(config.clone(), paths, cgroup)),
+    match backend {
+        Backend::Embedded => Box::new(embedded::Embedded::new(spec, paths, cgroup)),
+        Backend::Qemu => Box::new(qemu::Qemu::new(spec, qemu.clone(), paths, cgroup)),
     }
 }
 
@@ -297,19 +258,10 @@ pub fn cpu_has_vmx_or_svm(cpuinfo: &str) -> bool {
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
-/// Creates an empty (0-byte) placeholder file for each slot.
-pub fn create_placeholders(paths: &SandboxPaths, slots: usize) -> Result<(), HypervisorError> {
-    for slot in 0..slots {
-        let path = paths.slot_image(slot);
-        crate::private_fs::create_file(&path)
-            .map_err(HypervisorError::io(format!("creating {}", path.display())))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PulseConfig;
 
     #[test]
     fn vmx_and_svm_are_found_in_cpuinfo() {
@@ -361,29 +313,17 @@ mod tests {
     }
 
     #[test]
-    fn slot_placeholders_are_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "ns", "p").unwrap();
-        crate::private_fs::create_dir(&paths.dir).unwrap();
-        create_placeholders(&paths, 2).unwrap();
-        for slot in 0..2 {
-            assert_eq!(
-                crate::private_fs::mode_of(&paths.slot_image(slot)).unwrap(),
-                0o600
-            );
-        }
-    }
-
-    #[test]
     fn cmdline_has_the_extra_params() {
+        let paths = SandboxPaths::new(Path::new("/run/pulse"), "ns", "p").unwrap();
+        let spec = |config: &PulseConfig| VmSpec::of_config(config, &paths);
         let mut config = PulseConfig::default();
         config.vm.kernel_params = " quiet ".into();
-        let c = base_cmdline(&config, true);
+        let c = base_cmdline(&spec(&config), true);
         assert!(c.starts_with("console=ttyS0 reboot=t panic=-1"));
         assert!(c.ends_with("tsc=reliable quiet"), "{c}");
-        assert!(!base_cmdline(&PulseConfig::default(), false).contains("tsc"));
+        assert!(!base_cmdline(&spec(&PulseConfig::default()), false).contains("tsc"));
         config.agent.port = 2000;
-        let c = base_cmdline(&config, false);
+        let c = base_cmdline(&spec(&config), false);
         assert!(
             c.contains(" PULSE_AGENT_LISTEN=vsock://2000 PULSE_AGENT_READY_PORT=1023 "),
             "the agent learns its port and where to announce itself: {c}"

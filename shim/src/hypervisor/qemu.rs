@@ -37,15 +37,13 @@ use super::child::confine;
 use super::qmp::{self, Qmp};
 use super::virtiofsd;
 use super::{
-    base_cmdline, create_placeholders, host_has_hw_virt, HostDevice, HostView, Hypervisor,
-    HypervisorError, SandboxPaths,
+    base_cmdline, host_has_hw_virt, HostDevice, HostView, Hypervisor, HypervisorError,
+    SandboxPaths, VmSpec,
 };
 use crate::cgroup::PodCgroup;
-use crate::config::{Accel, PulseConfig};
+use crate::config::{Accel, QemuConfig};
 use crate::console::ConsoleCapture;
 use crate::network::NicDevice;
-use crate::shared_fs;
-use crate::state::slot_serial;
 
 /// How long the helpers may take to create their sockets.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
@@ -64,7 +62,9 @@ pub const MICROVM_TRANSPORTS: usize = 8;
 
 /// A QEMU microVM and its vhost-user vsock backend.
 pub struct Qemu {
-    config: PulseConfig,
+    spec: VmSpec,
+    /// QEMU's own settings: its programs, accelerator and extra arguments.
+    qemu_config: QemuConfig,
     paths: SandboxPaths,
     tcg: bool,
     vhost: Option<Child>,
@@ -81,15 +81,22 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    /// A backend for `config`, not started; its processes go into `cgroup`.
-    pub fn new(config: PulseConfig, paths: SandboxPaths, cgroup: Option<Arc<PodCgroup>>) -> Self {
-        let tcg = match config.qemu.accel {
+    /// A backend for `spec` with QEMU's settings `qemu_config`, not started; its processes go
+    /// into `cgroup`.
+    pub fn new(
+        spec: VmSpec,
+        qemu_config: QemuConfig,
+        paths: SandboxPaths,
+        cgroup: Option<Arc<PodCgroup>>,
+    ) -> Self {
+        let tcg = match qemu_config.accel {
             Accel::Tcg => true,
             Accel::Kvm => false,
             Accel::Auto => !host_has_hw_virt(),
         };
         Self {
-            config,
+            spec,
+            qemu_config,
             paths,
             tcg,
             vhost: None,
@@ -106,10 +113,9 @@ impl Qemu {
 
     /// A capped log at `path` and the write end of its pipe.
     fn capture(&mut self, path: PathBuf, what: &str) -> Result<OwnedFd, HypervisorError> {
-        let (capture, write) =
-            ConsoleCapture::start(&path, self.config.console_log_max_bytes()).map_err(
-                HypervisorError::io(format!("creating {what} at {}", path.display())),
-            )?;
+        let (capture, write) = ConsoleCapture::start(&path, self.spec.log_max_bytes).map_err(
+            HypervisorError::io(format!("creating {what} at {}", path.display())),
+        )?;
         self.captures.push(capture);
         Ok(write)
     }
@@ -128,8 +134,8 @@ impl Qemu {
 
     /// QEMU's arguments.
     pub fn qemu_args(&self) -> Vec<String> {
-        let c = &self.config;
-        let mem = c.vm.memory_mib;
+        let c = &self.spec;
+        let mem = c.memory_mib;
         let mut args: Vec<String> = vec![
             "-M".into(),
             "microvm,acpi=off,rtc=off,memory-backend=mem".into(),
@@ -140,7 +146,7 @@ impl Qemu {
             "-m".into(),
             format!("{mem}M"),
             "-smp".into(),
-            c.vm.vcpus.to_string(),
+            c.vcpus.to_string(),
             "-object".into(),
             format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
             "-nodefaults".into(),
@@ -154,9 +160,9 @@ impl Qemu {
             "-serial".into(),
             "stdio".into(),
             "-kernel".into(),
-            c.vm.kernel.display().to_string(),
+            c.kernel.display().to_string(),
             "-initrd".into(),
-            c.vm.initramfs.display().to_string(),
+            c.initramfs.display().to_string(),
             "-append".into(),
             base_cmdline(c, self.tcg),
             "-chardev".into(),
@@ -166,17 +172,17 @@ impl Qemu {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", self.paths.qmp().display()),
         ];
-        let queues = c.block_queues();
-        for slot in 0..c.devices.block_slots {
+        let queues = c.block_queues;
+        for (slot, disk) in c.disks.iter().enumerate() {
             args.push("-drive".into());
             args.push(format!(
                 "id=slot{slot},file={},format=raw,if=none,discard=unmap",
-                self.paths.slot_image(slot).display()
+                disk.image.display()
             ));
             args.push("-device".into());
             args.push(format!(
                 "virtio-blk-device,drive=slot{slot},serial={},num-queues={queues}",
-                slot_serial(slot)
+                disk.serial
             ));
         }
         if !self.nics.is_empty() {
@@ -199,10 +205,10 @@ impl Qemu {
                     if nic.fds.len() > 1 { ",mq=on" } else { "" }
                 ));
             }
-        } else if c.devices.net_queues > 0 {
+        } else if c.net_queues > 0 {
             // QEMU opens the tap by name and creates it when absent; a tap it
             // created is not persistent and goes when QEMU closes it.
-            let pairs = c.devices.net_queues;
+            let pairs = c.net_queues;
             args.push("-netdev".into());
             args.push(format!(
                 "tap,id=net0,ifname={},script=no,downscript=no,vhost=off,queues={pairs}",
@@ -215,7 +221,7 @@ impl Qemu {
                 "virtio-net-device,netdev=net0".into()
             });
         }
-        if c.devices.shared_fs {
+        if let Some(shared) = &c.shared_dir {
             args.push("-chardev".into());
             args.push(format!(
                 "socket,id=fs0,path={}",
@@ -224,10 +230,10 @@ impl Qemu {
             args.push("-device".into());
             args.push(format!(
                 "vhost-user-fs-device,chardev=fs0,tag={}",
-                shared_fs::TAG
+                shared.tag
             ));
         }
-        if c.devices.virtio_console {
+        if c.virtio_console {
             args.push("-chardev".into());
             args.push(format!("file,id=hvc0,path=/dev/fd/{HVC_FD}"));
             args.push("-device".into());
@@ -235,23 +241,26 @@ impl Qemu {
             args.push("-device".into());
             args.push("virtconsole,chardev=hvc0".into());
         }
-        args.extend(c.qemu.extra_args.iter().cloned());
+        args.extend(self.qemu_config.extra_args.iter().cloned());
         args
     }
 
     /// virtio-mmio transports the configuration needs.
     pub fn transports(&self) -> usize {
-        let d = &self.config.devices;
+        let s = &self.spec;
         let nics = if self.nic_view.is_empty() {
-            usize::from(d.net_queues > 0)
+            usize::from(s.net_queues > 0)
         } else {
             self.nic_view.len()
         };
-        1 + d.block_slots + nics + usize::from(d.virtio_console) + usize::from(d.shared_fs)
+        1 + s.disks.len()
+            + nics
+            + usize::from(s.virtio_console)
+            + usize::from(s.shared_dir.is_some())
     }
 
     async fn spawn_vhost(&mut self) -> Result<(), HypervisorError> {
-        let binary = &self.config.qemu.vhost_vsock_binary;
+        let binary = &self.qemu_config.vhost_vsock_binary;
         let binary = binary.clone();
         let log = self.capture(self.vhost_log(), "the vhost-vsock log")?;
         let mut cmd = Command::new(&binary);
@@ -265,11 +274,10 @@ impl Qemu {
             .stderr(log)
             .kill_on_drop(true);
         confine(&mut cmd, self.cgroup.as_deref(), Vec::new())?;
-        let child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
-            what: binary.display().to_string(),
-            message: format!(
-                "{e} (the qemu backend needs vhost-device-vsock: cargo install vhost-device-vsock)"
-            ),
+        let child = cmd.spawn().map_err(|source| HypervisorError::Spawn {
+            program: binary.clone(),
+            hint: "the qemu backend needs vhost-device-vsock: cargo install vhost-device-vsock",
+            source,
         })?;
         self.vhost = Some(child);
         let socket = self.paths.vhost();
@@ -277,19 +285,28 @@ impl Qemu {
     }
 
     async fn spawn_virtiofsd(&mut self) -> Result<(), HypervisorError> {
+        let Some(shared) = self.spec.shared_dir.clone() else {
+            return Ok(());
+        };
         let log = self.capture(self.virtiofsd_log(), "the virtiofsd log")?;
-        let child =
-            virtiofsd::spawn(&self.config, &self.paths, self.cgroup.as_deref(), log).await?;
+        let child = virtiofsd::spawn(
+            &self.spec.virtiofsd,
+            &shared,
+            &self.paths,
+            self.cgroup.as_deref(),
+            log,
+        )
+        .await?;
         self.virtiofsd = Some(child);
         Ok(())
     }
 
     async fn spawn_qemu(&mut self) -> Result<(), HypervisorError> {
-        let binary = self.config.qemu.binary.clone();
+        let binary = self.qemu_config.binary.clone();
         let log = self.capture(self.qemu_log(), "the qemu log")?;
         let serial = self.capture(self.paths.console(), "the console log")?;
         let mut inherited = Vec::new();
-        if self.config.devices.virtio_console {
+        if self.spec.virtio_console {
             let hvc = self.capture(self.paths.hvc_console(), "the virtio-console log")?;
             inherited.push((hvc, HVC_FD));
         }
@@ -305,17 +322,16 @@ impl Qemu {
             .kill_on_drop(true);
         confine(&mut cmd, self.cgroup.as_deref(), inherited)?;
         tracing::debug!(?args, "starting qemu");
-        let child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
-            what: binary.display().to_string(),
-            message: format!(
-                "{e} (the qemu backend needs qemu-system-x86_64: apt-get install qemu-system-x86)"
-            ),
+        let child = cmd.spawn().map_err(|source| HypervisorError::Spawn {
+            program: binary.clone(),
+            hint: "the qemu backend needs qemu-system-x86_64: apt-get install qemu-system-x86",
+            source,
         })?;
         // The pipes' write ends now live in QEMU only: EOF comes when it exits.
         drop(cmd);
         self.qemu = Some(child);
         let socket = self.paths.qmp();
-        let deadline = self.config.connect_timeout();
+        let deadline = self.spec.start_timeout;
         let qmp = qmp::connect_until(&socket, deadline, || self.exited()).await?;
         self.qmp = Some(qmp);
         Ok(())
@@ -325,7 +341,7 @@ impl Qemu {
     async fn wait_for(
         &mut self,
         socket: &std::path::Path,
-        what: &str,
+        helper: &'static str,
     ) -> Result<(), HypervisorError> {
         let deadline = Instant::now() + SOCKET_WAIT;
         loop {
@@ -333,29 +349,20 @@ impl Qemu {
                 return Ok(());
             }
             if let Some(reason) = self.exited() {
-                return Err(HypervisorError::Boot(format!("{what} exited: {reason}")));
+                return Err(HypervisorError::StoppedWhileWaiting {
+                    waiting_for: helper,
+                    reason,
+                });
             }
             if Instant::now() > deadline {
-                return Err(HypervisorError::Boot(format!(
-                    "{what} did not create {} within {SOCKET_WAIT:?}",
-                    socket.display()
-                )));
+                return Err(HypervisorError::NoSocket {
+                    helper,
+                    socket: socket.to_path_buf(),
+                    after: SOCKET_WAIT,
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-
-    async fn resize(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
-        let qmp = self
-            .qmp
-            .as_mut()
-            .ok_or_else(|| HypervisorError::Control("qemu is not running".into()))?;
-        qmp.execute(
-            "block_resize",
-            json!({"device": format!("slot{slot}"), "size": bytes}),
-        )
-        .await
-        .map(|_| ())
     }
 }
 
@@ -370,49 +377,55 @@ pub fn log_tail(path: &std::path::Path) -> String {
 impl Hypervisor for Qemu {
     async fn boot(&mut self) -> Result<(), HypervisorError> {
         if self.transports() > MICROVM_TRANSPORTS {
-            let d = &self.config.devices;
-            return Err(HypervisorError::Unsupported(format!(
-                "QEMU's microvm has {MICROVM_TRANSPORTS} virtio-mmio transports; this pod needs {}: \
-                 the vsock device, devices.block_slots = {}{}{}{}",
-                self.transports(),
-                d.block_slots,
-                if d.net_queues > 0 { ", a network card (devices.net_queues)" } else { "" },
-                if d.virtio_console { ", a console (devices.virtio_console)" } else { "" },
-                if d.shared_fs { ", a shared filesystem (devices.shared_fs)" } else { "" },
-            )));
+            let s = &self.spec;
+            return Err(HypervisorError::TooManyTransports {
+                max: MICROVM_TRANSPORTS,
+                needed: self.transports(),
+                devices: format!(
+                    "the vsock device, devices.block_slots = {}{}{}{}",
+                    s.disks.len(),
+                    if s.net_queues > 0 {
+                        ", a network card (devices.net_queues)"
+                    } else {
+                        ""
+                    },
+                    if s.virtio_console {
+                        ", a console (devices.virtio_console)"
+                    } else {
+                        ""
+                    },
+                    if s.shared_dir.is_some() {
+                        ", a shared filesystem (devices.shared_fs)"
+                    } else {
+                        ""
+                    },
+                ),
+            });
         }
-        if self.config.devices.msi {
+        if self.spec.msi {
             tracing::info!("QEMU's virtio-mmio has no MSI: the guest uses legacy interrupts");
         }
-        create_placeholders(&self.paths, self.config.devices.block_slots)?;
         self.spawn_vhost().await?;
-        if self.config.devices.shared_fs {
-            self.spawn_virtiofsd().await?;
-        }
+        self.spawn_virtiofsd().await?;
         self.spawn_qemu().await
     }
 
-    fn agent_socket(&self) -> Result<PathBuf, HypervisorError> {
-        Ok(self.paths.vsock())
+    fn agent_socket(&self) -> PathBuf {
+        self.paths.vsock()
     }
 
-    fn slot_image(&self, slot: usize) -> PathBuf {
-        self.paths.slot_image(slot)
-    }
-
-    async fn attach_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
-        self.resize(slot, bytes).await
-    }
-
-    async fn detach_disk(&mut self, slot: usize) -> Result<(), HypervisorError> {
-        let path = self.paths.slot_image(slot);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(HypervisorError::io(format!("opening {}", path.display())))?;
-        file.set_len(0)
-            .map_err(HypervisorError::io(format!("emptying {}", path.display())))?;
-        self.resize(slot, 0).await
+    async fn resize_disk(&mut self, slot: usize, bytes: u64) -> Result<(), HypervisorError> {
+        let qmp = self
+            .qmp
+            .as_mut()
+            .ok_or(HypervisorError::NotRunning { vmm: "qemu" })?;
+        // The image already has this size: QEMU re-reads it and interrupts the guest.
+        qmp.execute(
+            "block_resize",
+            json!({"device": format!("slot{slot}"), "size": bytes}),
+        )
+        .await?;
+        Ok(())
     }
 
     fn set_nics(&mut self, nics: Vec<NicDevice>) {
@@ -424,11 +437,11 @@ impl Hypervisor for Qemu {
     }
 
     fn shared_fs_tag(&self) -> Option<&'static str> {
-        self.config.devices.shared_fs.then_some(shared_fs::TAG)
+        self.spec.shared_dir.as_ref().map(|shared| shared.tag)
     }
 
     fn host_view(&self) -> HostView {
-        let c = &self.config;
+        let c = &self.spec;
         let mut devices = vec![HostDevice {
             kind: "vsock".into(),
             id: "vsock0".into(),
@@ -436,11 +449,11 @@ impl Hypervisor for Qemu {
             msi: false,
             interrupts: Vec::new(),
         }];
-        for slot in 0..c.devices.block_slots {
+        for disk in &c.disks {
             devices.push(HostDevice {
                 kind: "block".into(),
-                id: slot_serial(slot),
-                queues: c.block_queues(),
+                id: disk.serial.clone(),
+                queues: c.block_queues,
                 msi: false,
                 interrupts: Vec::new(),
             });
@@ -453,26 +466,26 @@ impl Hypervisor for Qemu {
                 msi: false,
                 interrupts: Vec::new(),
             }));
-        } else if c.devices.net_queues > 0 {
+        } else if c.net_queues > 0 {
             devices.push(HostDevice {
                 kind: "net".into(),
                 id: self.paths.tap_name(),
-                queues: c.devices.net_queues * 2,
+                queues: c.net_queues * 2,
                 msi: false,
                 interrupts: Vec::new(),
             });
         }
-        if c.devices.shared_fs {
+        if let Some(shared) = &c.shared_dir {
             devices.push(HostDevice {
                 kind: "fs".into(),
-                id: shared_fs::TAG.into(),
+                id: shared.tag.into(),
                 // The high-priority queue and one request queue.
                 queues: 2,
                 msi: false,
                 interrupts: Vec::new(),
             });
         }
-        if c.devices.virtio_console {
+        if c.virtio_console {
             devices.push(HostDevice {
                 kind: "console".into(),
                 id: "hvc0".into(),
@@ -485,8 +498,8 @@ impl Hypervisor for Qemu {
         HostView {
             backend: "qemu".into(),
             accel: if self.tcg { "tcg" } else { "kvm" }.into(),
-            vcpus: c.vm.vcpus,
-            memory_mib: c.vm.memory_mib,
+            vcpus: c.vcpus,
+            memory_mib: c.memory_mib,
             devices,
             pids: [&self.qemu, &self.vhost, &self.virtiofsd]
                 .iter()
@@ -567,6 +580,12 @@ impl Hypervisor for Qemu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PulseConfig;
+
+    fn qemu(config: &PulseConfig, paths: &SandboxPaths) -> Qemu {
+        let spec = VmSpec::of_config(config, paths);
+        Qemu::new(spec, config.qemu.clone(), paths.clone(), None)
+    }
 
     #[test]
     fn command_line_has_memfd_vsock_slots_and_qmp() {
@@ -575,7 +594,7 @@ mod tests {
         config.vm.vcpus = 2;
         config.vm.memory_mib = 512;
         let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p").unwrap();
-        let mut q = Qemu::new(config, paths, None);
+        let mut q = qemu(&config, &paths);
         q.tcg = true;
         let args = q.qemu_args().join(" ");
         assert!(args.contains("-M microvm,acpi=off"), "{args}");
@@ -605,7 +624,7 @@ mod tests {
             "{args}"
         );
         assert_eq!(q.shared_fs_tag(), Some("pulse-shared"));
-        q.config.devices.shared_fs = false;
+        q.spec.shared_dir = None;
         assert!(!q.qemu_args().join(" ").contains("vhost-user-fs"));
         assert_eq!(q.shared_fs_tag(), None);
         assert!(!args.contains("virtconsole"));
@@ -616,7 +635,7 @@ mod tests {
         let mut config = PulseConfig::default();
         config.devices.net_queues = 4;
         let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p").unwrap();
-        let mut q = Qemu::new(config, paths, None);
+        let mut q = qemu(&config, &paths);
         let fd = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
         q.set_nics(vec![
             NicDevice {
@@ -666,7 +685,7 @@ mod tests {
         config.devices.net_queues = 2;
         config.devices.virtio_console = true;
         let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p").unwrap();
-        let q = Qemu::new(config.clone(), paths.clone(), None);
+        let q = qemu(&config, &paths);
         let args = q.qemu_args().join(" ");
         let tap = paths.tap_name();
         assert!(
@@ -695,7 +714,7 @@ mod tests {
         assert_eq!(q.host_view().devices[5].queues, 4);
 
         config.devices.block_slots = 6;
-        let mut q = Qemu::new(config, paths, None);
+        let mut q = qemu(&config, &paths);
         let err = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()

@@ -14,6 +14,48 @@ use super::HypervisorError;
 /// Pause between connection attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
+/// What a QMP exchange can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    /// The first message was no greeting.
+    #[error("not a QMP greeting: {0}")]
+    NotGreeting(Value),
+    /// QEMU hung up.
+    #[error("QMP connection closed")]
+    Closed,
+    /// A line that is no JSON.
+    #[error("bad QMP message {line:?}: {source}")]
+    BadMessage {
+        /// The line.
+        line: String,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// QEMU answered a command with an error.
+    #[error("QMP {command}: {desc}")]
+    Refused {
+        /// The command.
+        command: String,
+        /// QEMU's description.
+        desc: String,
+    },
+    /// Reading or writing the socket failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> QmpError {
+    let context = context.into();
+    move |source| QmpError::Io { context, source }
+}
+
 /// Connects to QMP at `path`, retrying while the socket is missing or refuses
 /// connections, until `deadline` passes or `exited` (asked between attempts)
 /// says QEMU is gone. The error names the socket and what was last seen.
@@ -25,20 +67,21 @@ pub async fn connect_until(
     let started = Instant::now();
     loop {
         let last = match UnixStream::connect(path).await {
-            Ok(stream) => return Qmp::negotiate(stream).await,
+            Ok(stream) => return Ok(Qmp::negotiate(stream).await?),
             Err(e) => e,
         };
         if let Some(reason) = exited() {
-            return Err(HypervisorError::Boot(format!(
-                "waiting for QEMU's QMP socket {}: {reason}",
-                path.display()
-            )));
+            return Err(HypervisorError::StoppedBeforeQmp {
+                socket: path.to_path_buf(),
+                reason,
+            });
         }
         if started.elapsed() >= deadline {
-            return Err(HypervisorError::Boot(format!(
-                "QEMU's QMP socket {} accepted no connection within {deadline:?} (last: {last})",
-                path.display()
-            )));
+            return Err(HypervisorError::QmpUnreachable {
+                socket: path.to_path_buf(),
+                after: deadline,
+                source: last,
+            });
         }
         tokio::time::sleep(RETRY_PAUSE).await;
     }
@@ -53,7 +96,7 @@ pub struct Qmp {
 
 impl Qmp {
     /// Reads the greeting on a connected stream and leaves capability negotiation.
-    async fn negotiate(stream: UnixStream) -> Result<Qmp, HypervisorError> {
+    async fn negotiate(stream: UnixStream) -> Result<Qmp, QmpError> {
         let (read, writer) = stream.into_split();
         let mut qmp = Qmp {
             reader: BufReader::new(read),
@@ -61,34 +104,27 @@ impl Qmp {
         };
         let greeting = qmp.read_message().await?;
         if greeting.get("QMP").is_none() {
-            return Err(HypervisorError::Control(format!(
-                "not a QMP greeting: {greeting}"
-            )));
+            return Err(QmpError::NotGreeting(greeting));
         }
         qmp.execute("qmp_capabilities", json!({})).await?;
         Ok(qmp)
     }
 
-    async fn read_message(&mut self) -> Result<Value, HypervisorError> {
+    async fn read_message(&mut self) -> Result<Value, QmpError> {
         let mut line = String::new();
         let n = self
             .reader
             .read_line(&mut line)
             .await
-            .map_err(HypervisorError::io("reading from QMP"))?;
+            .map_err(io("reading from QMP"))?;
         if n == 0 {
-            return Err(HypervisorError::Control("QMP connection closed".into()));
+            return Err(QmpError::Closed);
         }
-        serde_json::from_str(&line)
-            .map_err(|e| HypervisorError::Control(format!("bad QMP message {line:?}: {e}")))
+        serde_json::from_str(&line).map_err(|source| QmpError::BadMessage { line, source })
     }
 
     /// Runs one command; returns its `return` value.
-    pub async fn execute(
-        &mut self,
-        command: &str,
-        arguments: Value,
-    ) -> Result<Value, HypervisorError> {
+    pub async fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
         let mut request = json!({ "execute": command });
         if arguments.as_object().is_some_and(|a| !a.is_empty()) {
             request["arguments"] = arguments;
@@ -98,7 +134,7 @@ impl Qmp {
         self.writer
             .write_all(text.as_bytes())
             .await
-            .map_err(HypervisorError::io(format!("sending QMP {command}")))?;
+            .map_err(io(format!("sending QMP {command}")))?;
         loop {
             let message = self.read_message().await?;
             if message.get("event").is_some() {
@@ -106,13 +142,14 @@ impl Qmp {
                 continue;
             }
             if let Some(error) = message.get("error") {
-                return Err(HypervisorError::Control(format!(
-                    "QMP {command}: {}",
-                    error
+                return Err(QmpError::Refused {
+                    command: command.into(),
+                    desc: error
                         .get("desc")
                         .and_then(Value::as_str)
                         .unwrap_or("failed")
-                )));
+                        .into(),
+                });
             }
             return Ok(message.get("return").cloned().unwrap_or(Value::Null));
         }

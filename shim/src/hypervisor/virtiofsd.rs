@@ -16,16 +16,15 @@
 //! it after a dead shim.
 
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
 use super::child::confine;
-use super::{HypervisorError, SandboxPaths};
+use super::{HypervisorError, SandboxPaths, SharedDir};
 use crate::cgroup::PodCgroup;
-use crate::config::PulseConfig;
-use crate::shared_fs::{self, SharedFs};
 
 /// How long virtiofsd may take to create its socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
@@ -35,16 +34,15 @@ pub fn log_path(paths: &SandboxPaths) -> std::path::PathBuf {
     paths.dir.join("virtiofsd.log")
 }
 
-/// virtiofsd's arguments (see the module).
-pub fn args(paths: &SandboxPaths) -> Vec<String> {
-    let share = SharedFs::new(paths);
+/// virtiofsd's arguments for exporting `shared` (see the module).
+pub fn args(paths: &SandboxPaths, shared: &SharedDir) -> Vec<String> {
     vec![
         "--socket-path".into(),
         paths.virtiofs().display().to_string(),
         "--shared-dir".into(),
-        share.export_dir().display().to_string(),
+        shared.export.display().to_string(),
         "--tag".into(),
-        shared_fs::TAG.into(),
+        shared.tag.into(),
         "--cache".into(),
         "auto".into(),
         "--sandbox".into(),
@@ -57,27 +55,27 @@ pub fn args(paths: &SandboxPaths) -> Vec<String> {
     ]
 }
 
-/// Starts virtiofsd (its stderr into `log`) and waits until it listens.
+/// Starts virtiofsd (the program `binary`, its stderr into `log`) exporting `shared`, and
+/// waits until it listens.
 pub async fn spawn(
-    config: &PulseConfig,
+    binary: &Path,
+    shared: &SharedDir,
     paths: &SandboxPaths,
     cgroup: Option<&PodCgroup>,
     log: OwnedFd,
 ) -> Result<Child, HypervisorError> {
-    let binary = config.qemu.virtiofsd_binary.clone();
-    let mut cmd = Command::new(&binary);
-    cmd.args(args(paths))
+    let mut cmd = Command::new(binary);
+    cmd.args(args(paths, shared))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true);
     confine(&mut cmd, cgroup, Vec::new())?;
-    let mut child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
-        what: binary.display().to_string(),
-        message: format!(
-            "{e} (devices.shared_fs needs virtiofsd: cargo install virtiofsd, or \
-             scripts/install-deps.sh)"
-        ),
+    let mut child = cmd.spawn().map_err(|source| HypervisorError::Spawn {
+        program: binary.to_path_buf(),
+        hint: "devices.shared_fs needs virtiofsd: cargo install virtiofsd, or \
+               scripts/install-deps.sh",
+        source,
     })?;
     let socket = paths.virtiofs();
     let deadline = Instant::now() + SOCKET_WAIT;
@@ -86,16 +84,18 @@ pub async fn spawn(
             return Ok(child);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let tail = super::qemu::log_tail(&log_path(paths));
-            return Err(HypervisorError::Boot(format!(
-                "virtiofsd exited ({status}): {tail}"
-            )));
+            return Err(HypervisorError::HelperExited {
+                helper: "virtiofsd",
+                status,
+                log_tail: super::qemu::log_tail(&log_path(paths)),
+            });
         }
         if Instant::now() > deadline {
-            return Err(HypervisorError::Boot(format!(
-                "virtiofsd did not create {} within {SOCKET_WAIT:?}",
-                socket.display()
-            )));
+            return Err(HypervisorError::NoSocket {
+                helper: "virtiofsd",
+                socket,
+                after: SOCKET_WAIT,
+            });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -126,7 +126,13 @@ mod tests {
     #[test]
     fn arguments_export_the_share_with_auto_cache_in_namespaces() {
         let paths = SandboxPaths::new(std::path::Path::new("/run/pulse"), "ns", "p").unwrap();
-        let a = args(&paths).join(" ");
+        let shared = SharedDir {
+            tag: crate::shared_fs::TAG,
+            export: crate::shared_fs::SharedFs::new(&paths)
+                .export_dir()
+                .to_path_buf(),
+        };
+        let a = args(&paths, &shared).join(" ");
         assert!(
             a.contains("--socket-path /run/pulse/ns/p/fs.sock")
                 && a.contains("--shared-dir /run/pulse/ns/p/shared")

@@ -30,7 +30,27 @@ pub fn agent_err(what: &str, e: ttrpc::Error) -> ttrpc::Error {
 
 /// Anything else, with its whole chain of context.
 pub fn internal(e: anyhow::Error) -> ttrpc::Error {
-    status(Code::INTERNAL, format!("{e:#}"))
+    status(Code::INTERNAL, chain_text(&e))
+}
+
+/// The error and its causes, `: ` between them, as `{:#}` prints them, except that a cause
+/// the last part shown already says is left out: the crate's errors name their cause in their
+/// own text and also hand it out as their source.
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !last.is_empty() && last.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+        last = part;
+    }
+    text
 }
 
 /// A protobuf timestamp of `t`.
@@ -53,6 +73,25 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + Duration::new(5, 7);
         let ts = timestamp(t);
         assert_eq!((ts.seconds, ts.nanos), (5, 7));
+    }
+
+    #[test]
+    fn a_cause_the_message_already_names_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading the image: {source}")]
+        struct Read {
+            #[source]
+            source: std::io::Error,
+        }
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::from(Read { source: io }).context("pod p");
+        assert_eq!(chain_text(&e), "pod p: reading the image: entity not found");
+        let e = anyhow::anyhow!("disk full").context("slot 1");
+        assert_eq!(
+            chain_text(&e),
+            format!("{e:#}"),
+            "other chains print as {{:#}}"
+        );
     }
 
     #[test]

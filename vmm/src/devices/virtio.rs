@@ -92,6 +92,11 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// Short name for reports and queue names (e.g. `blk`).
     fn name(&self) -> &'static str;
+    /// What names this device among the VM's devices of its kind, for reports (a disk's
+    /// serial, a network card's tap). The default fits a kind a VM has at most one of.
+    fn id(&self) -> String {
+        format!("{}0", self.name())
+    }
     /// Name of queue `index`, as a guest driver would name its interrupt.
     fn queue_name(&self, index: u16) -> String {
         format!("q{index}")

@@ -59,6 +59,9 @@ pub struct TransportStats {
     /// Device type name.
     #[serde(rename = "type")]
     pub device_type: &'static str,
+    /// The device among the VM's devices of its type (a disk's serial, a network card's
+    /// tap, a virtio-fs tag; `vsock0`, `hvc0`): what an embedder matches these stats by.
+    pub id: String,
     /// Window base address.
     pub base: u64,
     /// Queues the device has.
@@ -266,6 +269,7 @@ impl MmioTransport {
     pub fn stats(&self) -> TransportStats {
         TransportStats {
             device_type: self.device.name(),
+            id: self.device.id(),
             base: self.base,
             queues: u16::try_from(self.queues.len()).unwrap_or(u16::MAX),
             msi_enabled: self.interrupts.msi_active(),

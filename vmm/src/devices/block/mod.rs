@@ -95,6 +95,9 @@ struct Running {
 pub struct Block {
     config: BlockConfig,
     media: Arc<Media>,
+    /// The configured serial, or the image's file name: GET_ID's answer (cut to 20 bytes)
+    /// and the device's id in reports (whole).
+    serial: String,
     id: [u8; ID_BYTES],
     counters: Vec<Arc<QueueCounters>>,
     faults: Arc<FaultLog>,
@@ -133,6 +136,7 @@ impl Block {
         Ok(Self {
             config,
             media,
+            serial,
             id,
             counters,
             faults: Arc::new(FaultLog::new("block")),
@@ -201,6 +205,10 @@ impl VirtioDevice for Block {
 
     fn name(&self) -> &'static str {
         "block"
+    }
+
+    fn id(&self) -> String {
+        self.serial.clone()
     }
 
     fn queue_name(&self, index: u16) -> String {

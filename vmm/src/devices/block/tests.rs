@@ -704,3 +704,28 @@ fn a_confined_worker_serves_every_request_type() {
     assert_eq!(request(kind::GET_ID, 0, 20, true), STATUS_OK);
     block.reset();
 }
+
+#[test]
+fn a_disk_is_named_in_reports_by_its_whole_serial_or_its_file_name() {
+    use crate::devices::virtio::VirtioDevice;
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, b"").unwrap();
+    let block = |serial: Option<&str>| {
+        super::Block::new(super::BlockConfig {
+            path: image.clone(),
+            read_only: false,
+            queues: 1,
+            queue_size: QSIZE,
+            serial: serial.map(String::from),
+        })
+        .unwrap()
+    };
+    let long = "a-serial-longer-than-twenty-bytes";
+    assert_eq!(
+        block(Some(long)).id(),
+        long,
+        "GET_ID cuts it, reports do not"
+    );
+    assert_eq!(block(None).id(), "disk.img");
+}

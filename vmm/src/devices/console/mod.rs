@@ -248,6 +248,11 @@ impl VirtioDevice for Console {
         "console"
     }
 
+    fn id(&self) -> String {
+        // A VM has at most one virtio-console, and a Linux guest names its first `hvc0`.
+        "hvc0".into()
+    }
+
     fn queue_name(&self, index: u16) -> String {
         if index == RECEIVEQ {
             "input".into()

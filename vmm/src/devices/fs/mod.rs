@@ -355,6 +355,10 @@ impl VirtioDevice for Fs {
         "fs"
     }
 
+    fn id(&self) -> String {
+        self.config.tag.clone()
+    }
+
     fn queue_name(&self, index: u16) -> String {
         // As the Linux driver names them.
         if index == 0 {

@@ -620,6 +620,10 @@ impl VirtioDevice for Net {
         "net"
     }
 
+    fn id(&self) -> String {
+        self.tap_name().to_string()
+    }
+
     fn queue_name(&self, index: u16) -> String {
         let pairs = self.config.queue_pairs;
         if index >= 2 * pairs {
