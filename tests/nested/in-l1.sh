@@ -6,6 +6,8 @@
 # run cut short by the L1 (an emulator fault: tests/nested/run-suites.sh) can resume: the
 # tests named in PULSE_RIG_SKIP (such lines' "<binary> <name>", one per line; passed or failed)
 # are not run again.
+# Tests whose "<binary> <name>" matches PULSE_RIG_EXCLUDE (an extended regex) are left out,
+# each with a line `RIG-TEST-EXCLUDED <binary> <name>` (run-suites.sh says which and why).
 # A test still running after PULSE_SUITE_LIMIT seconds (default 900) is reported with what
 # its processes wait on (state, wchan, kernel stacks) and the logs of its containerd and pods,
 # then killed: a hang becomes a failure with evidence, not a silent deadline.
@@ -56,6 +58,10 @@ for suite in "$@"; do
     names=$("$suite" --list --format terse 2>/dev/null | sed -n 's/: test$//p')
     [ -n "$names" ] || { echo "in-l1: $bin lists no test"; rc=1; continue; }
     for name in $names; do
+        if [ -n "${PULSE_RIG_EXCLUDE:-}" ] && grep -qE -- "$PULSE_RIG_EXCLUDE" <<<"$bin $name"; then
+            echo "RIG-TEST-EXCLUDED $bin $name"
+            continue
+        fi
         if grep -qxF "$bin $name" <<<"${PULSE_RIG_SKIP:-}"; then
             echo "RIG-TEST-SKIPPED $bin $name (it ran in an earlier L1 of this run)"
             continue
