@@ -6,7 +6,8 @@
 //! ctr 1.6 reads its CNI configuration from /etc/cni/net.d and the plugins from /opt/cni/bin
 //! (neither can be changed): [`CtrCni`] adds a bridge network there for the test and removes
 //! what it added. ctr runs the plugins in its own network namespace, so ctr runs in one of the
-//! test's (`ip netns exec`), where the bridge and the host-side server are.
+//! test's (`nsenter`), where the bridge and the host-side server are. That namespace is held by
+//! a `sleep` of the test's, not `ip netns add`, which would leave a mount at /run/netns.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,8 @@ const SUBNET_PREFIX: &str = "10.88.78.";
 
 /// The test's CNI network for ctr and the network namespace ctr runs in; removed on drop.
 struct CtrCni {
-    netns: String,
+    /// Holds the test's network namespace.
+    holder: std::process::Child,
     made: Vec<PathBuf>,
     ipam: tempfile::TempDir,
 }
@@ -73,24 +75,34 @@ impl CtrCni {
         });
         std::fs::write(CONFLIST, conflist.to_string()).unwrap();
         made.push(PathBuf::from(CONFLIST));
-        let netns = format!("pulsectr{}", std::process::id());
-        let out = Command::new("ip")
-            .args(["netns", "add", &netns])
-            .output()
+        let holder = Command::new("unshare")
+            .args(["--net", "sleep", "3600"])
+            .stdin(Stdio::null())
+            .spawn()
             .unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        Ok(CtrCni { netns, made, ipam })
+        let cni = CtrCni { holder, made, ipam };
+        // unshare execs sleep once it is in its namespace.
+        let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_link(cni.netns_path()).ok().as_ref() == Some(&ours) {
+            assert!(
+                Instant::now() < deadline,
+                "unshare --net never left our namespace"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(cni)
     }
 
     fn netns_path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.netns)
+        PathBuf::from(format!("/proc/{}/ns/net", self.holder.id()))
     }
 
     /// `ctr ARGS` in the test's network namespace.
     fn ctr(&self, env: &Env, args: &[&str]) -> Command {
         let base = env.ctr_cmd(args);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns])
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns_path().display()))
             .arg(base.get_program())
             .args(base.get_args())
             .stdin(Stdio::null());
@@ -108,9 +120,8 @@ impl CtrCni {
 
 impl Drop for CtrCni {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.netns])
-            .status();
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
         for path in self.made.iter().rev() {
             let _ = if path.is_dir() {
                 std::fs::remove_dir(path)
