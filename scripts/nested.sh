@@ -87,6 +87,8 @@ trap 'exit 143' TERM
     for kv in "${extra_env[@]}"; do
         printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
     done
+    # Where a CMD that can renew a heartbeat does (tests/nested/in-l1.sh; see below).
+    printf 'export PULSE_RIG_HEARTBEAT=%q\n' "$xchg/heartbeat"
     printf 'exec'
     printf ' %q' "$@"
     echo
@@ -110,10 +112,12 @@ tail -n +1 -f --pid="$qemu_pid" "$xchg/out" &
 tail_pid=$!
 
 deadline=$(( $(date +%s) + timeout ))
-# With PULSE_RIG_FREEZE_S set, a CMD that renews xchg/heartbeat and then stops renewing it for
-# that long means the L1 froze. Off by default: an L1-side heartbeat loop (every 10 s, over
-# 9p) went silent at the first test of every run, L1 frozen or not (not understood yet).
-freeze_limit=${PULSE_RIG_FREEZE_S:-0}
+# A CMD that renews xchg/heartbeat (PULSE_RIG_HEARTBEAT) and then stops renewing it for
+# PULSE_RIG_FREEZE_S seconds (default 300; 0: never) means the L1 froze: its vCPUs no longer
+# run L1's own code (seen: stuck in an L2 guest, no watchdog of L1's fires). tests/nested/in-l1.sh
+# renews it from its per-second wait on each test, in its own main loop (a background loop of
+# its own did not survive the first test's process cleanup).
+freeze_limit=${PULSE_RIG_FREEZE_S:-300}
 timed_out=0 froze=0
 while kill -0 "$qemu_pid" 2>/dev/null; do
     now=$(date +%s)
