@@ -7,8 +7,9 @@
 # Left out in the rig by default (PULSE_RIG_EXCLUDE; they ran on the host in the same
 # `make test`, and nothing in them depends on Pulse's backend), to keep `make test` under its
 # 40 minutes: the CRI suite's runc-only reference tests and its harness unit tests, and the
-# differential areas that only the guest's kernel and agent decide (processes and signals,
-# users/env/cwd, rlimits/capabilities/seccomp, exec: the same guest image under both backends).
+# differential areas that the guest's kernel and agent decide (processes and signals,
+# users/env/cwd, rlimits/capabilities/seccomp, exec: the same guest image under both backends;
+# their stdio over the backend's vsock is the containerd suite's, which runs here).
 # The differential areas that depend on the VMM run in the rig: the machine (clock, CPUs,
 # memory), cgroup limits and the OOM killer, mounts and the rootfs. PULSE_RIG_DIFFERENTIAL=all
 # runs every area there too (about 8 minutes; docs/nested-rig.md), PULSE_RIG_EXCLUDE= nothing
