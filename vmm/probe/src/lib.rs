@@ -90,7 +90,7 @@ pub struct ProbeOptions {
     /// The hostile mode: a block device (`blk_queues`, default 2), a net device (one pair), a
     /// vsock device and a console, and the guest breaks every rule of the transport and the
     /// devices instead of running the workloads, then checks they still work where they should
-    /// (guest/probe/src/virtio/hostile.rs). The other workload options are ignored.
+    /// (guest/probe/src/virtio/hostile/). The other workload options are ignored.
     pub hostile: bool,
     /// vCPUs.
     pub vcpus: u8,
