@@ -18,15 +18,14 @@ pub(crate) mod worker;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::confine::{self, ThreadKind};
+use crate::confine::ThreadKind;
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
 };
-use crate::devices::worker::{FaultLog, GuestFault};
+use crate::devices::worker::{FaultLog, GuestFault, Workers};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 pub use config::{MacAddr, NetConfig, NetConfigError, TapSource};
@@ -200,9 +199,9 @@ pub fn tun_offload(features: u64) -> libc::c_uint {
     f
 }
 
+/// An active device: its pair workers and the state they share with the control queue.
 struct Running {
-    kill: EventFd,
-    threads: Vec<JoinHandle<()>>,
+    workers: Workers,
     shared: Arc<Shared>,
 }
 
@@ -483,12 +482,7 @@ impl VirtioDevice for Net {
             mergeable: negotiated & F_MRG_RXBUF != 0,
             guest_csum: negotiated & F_GUEST_CSUM != 0,
         };
-        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let mut running = Running {
-            kill,
-            threads: Vec::new(),
-            shared: shared.clone(),
-        };
+        let mut workers = Workers::new()?;
         for (pair, wake) in (0..served).zip(worker_wakes) {
             let rx = slots[usize::from(2 * pair)].take().expect("checked above");
             let tx = slots[usize::from(2 * pair + 1)]
@@ -506,23 +500,16 @@ impl VirtioDevice for Net {
                 tx: vring(tx, &self.counters),
                 ctrl: if pair == 0 { ctrl.take() } else { None },
                 tap,
-                kill: running.kill.try_clone().map_err(ActivateError::Worker)?,
+                kill: workers.stop_request()?,
                 wake,
                 interrupt: interrupt.clone(),
                 shared: shared.clone(),
                 mode,
             })
             .map_err(ActivateError::Worker)?;
-            let thread = confine::spawn(ThreadKind::Net, format!("net-q{pair}"), move || {
+            workers = workers.spawn(ThreadKind::Net, format!("net-q{pair}"), move || {
                 worker.run()
-            });
-            match thread {
-                Ok(t) => running.threads.push(t),
-                Err(e) => {
-                    stop(running);
-                    return Err(e.into());
-                }
-            }
+            })?;
         }
         if served < pairs {
             // The driver's choice, as often as it resets: counted and rate limited.
@@ -534,13 +521,13 @@ impl VirtioDevice for Net {
                 ),
             );
         }
-        self.running = Some(running);
+        self.running = Some(Running { workers, shared });
         Ok(())
     }
 
     fn reset(&mut self) {
         if let Some(running) = self.running.take() {
-            stop(running);
+            running.workers.stop();
         }
         if let Err(e) = self.tap.set_active_queues(1) {
             tracing::warn!("{e}");
@@ -564,17 +551,10 @@ impl VirtioDevice for Net {
     }
 }
 
-fn stop(running: Running) {
-    let _ = running.kill.write(1);
-    for t in running.threads {
-        let _ = t.join();
-    }
-}
-
 impl Drop for Net {
     fn drop(&mut self) {
         if let Some(running) = self.running.take() {
-            stop(running);
+            running.workers.stop();
         }
     }
 }
