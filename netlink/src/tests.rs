@@ -2,6 +2,8 @@
 //! without them it says SKIPPED).
 
 use super::*;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 
 /// Runs `f` in a new network namespace, or returns None where this process may not make one.
 fn netns_test<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {

@@ -1,4 +1,4 @@
-//! The probe as a hostile guest (`pulse-vmm probe --hostile`, guest/probe/src/virtio/hostile.rs)
+//! The probe as a hostile guest (`pulse-vmm probe --hostile`, guest/probe/src/virtio/hostile/)
 //! against a VMM with a block device (2 queues), a net device on a tap, a vsock device and a
 //! console, run as a child process so that its exit status, peak memory and log are its own.
 //!

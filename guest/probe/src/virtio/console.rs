@@ -9,7 +9,6 @@ use crate::arch::{self, Deadline, RacyCell};
 use core::mem::MaybeUninit;
 use pulse_probe::devreport::ConsoleResult;
 use pulse_probe::net_spec::{CONSOLE_ECHO_PREFIX, CONSOLE_HELLO};
-use pulse_probe::virtio_spec::ring;
 
 const RX_SLOTS: usize = 8;
 const RX_BUF: usize = 256;
@@ -54,15 +53,7 @@ pub fn run(q: &Queues, echo: bool, pacers: &mut [IrqPacer; 2]) -> ConsoleResult 
     let kick = |i: usize| mmio::ring_doorbell(q.doorbells[i].0, q.doorbells[i].1);
     let mut rx_avail = 0u16;
     for slot in 0..RX_SLOTS {
-        q.rx.set_desc(
-            slot as u16,
-            rx_addr(slot),
-            RX_BUF as u32,
-            ring::DESC_F_WRITE,
-            0,
-        );
-        q.rx.put_avail(rx_avail, slot as u16);
-        rx_avail = rx_avail.wrapping_add(1);
+        q.rx.post_writable(&mut rx_avail, slot as u16, rx_addr(slot), RX_BUF as u32);
     }
     q.rx.publish(rx_avail);
     kick(0);
@@ -122,8 +113,7 @@ pub fn run(q: &Queues, echo: bool, pacers: &mut [IrqPacer; 2]) -> ConsoleResult 
                     line_len += 1;
                 }
             }
-            q.rx.put_avail(rx_avail, slot as u16);
-            rx_avail = rx_avail.wrapping_add(1);
+            q.rx.push_avail(&mut rx_avail, slot as u16);
             reposted = true;
         }
         if reposted {
@@ -137,8 +127,7 @@ pub fn run(q: &Queues, echo: bool, pacers: &mut [IrqPacer; 2]) -> ConsoleResult 
             write_bytes(echo_buf + n as u64, &line[..line_len]);
             write_bytes(echo_buf + (n + line_len) as u64, b"\n");
             q.tx.set_desc(1, echo_buf, (n + line_len + 1) as u32, 0, 0);
-            q.tx.put_avail(tx_avail, 1);
-            tx_avail = tx_avail.wrapping_add(1);
+            q.tx.push_avail(&mut tx_avail, 1);
             q.tx.publish(tx_avail);
             kick(1);
             r.echo_sent = true;

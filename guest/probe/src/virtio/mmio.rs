@@ -3,6 +3,7 @@
 //! accesses of the wrong width (MSI_CSR and MSI_CMD are 16-bit, the rest 32-bit).
 
 use crate::arch::IDENTITY_MAP_END;
+use pulse_probe::virtio_spec::reg;
 
 #[derive(Clone, Copy)]
 pub struct Window {
@@ -71,6 +72,42 @@ impl Window {
         debug_assert!(offset + 2 <= self.size);
         // SAFETY: as for `read32`; one 16-bit MMIO write.
         unsafe { core::ptr::write_volatile((self.base + offset) as *mut u16, value) }
+    }
+
+    /// Selects queue `q`, gives it `size` entries and its rings (descriptor table, driver
+    /// and device areas), and marks it ready.
+    pub fn enable_queue(&self, q: u16, size: u16, desc: u64, driver: u64, device: u64) {
+        self.write32(reg::QUEUE_SEL, q as u32);
+        self.write32(reg::QUEUE_NUM, size as u32);
+        for (lo, hi, addr) in [
+            (reg::QUEUE_DESC_LOW, reg::QUEUE_DESC_HIGH, desc),
+            (reg::QUEUE_DRIVER_LOW, reg::QUEUE_DRIVER_HIGH, driver),
+            (reg::QUEUE_DEVICE_LOW, reg::QUEUE_DEVICE_HIGH, device),
+        ] {
+            self.write32(lo, addr as u32);
+            self.write32(hi, (addr >> 32) as u32);
+        }
+        self.write32(reg::QUEUE_READY, 1);
+    }
+
+    /// Reads with `read` until ConfigGeneration is the same before and after it (four tries
+    /// at most: the last read stands).
+    pub fn read_config_consistent<T>(&self, read: impl Fn(&Self) -> T) -> T {
+        let mut tries = 0;
+        loop {
+            let generation = self.read32(reg::CONFIG_GENERATION);
+            let value = read(self);
+            tries += 1;
+            if self.read32(reg::CONFIG_GENERATION) == generation || tries == 4 {
+                return value;
+            }
+        }
+    }
+
+    /// A 64-bit little-endian configuration field at `offset` (two 32-bit reads).
+    pub fn read_config_u64(&self, offset: u64) -> u64 {
+        let at = reg::CONFIG + offset;
+        self.read32(at) as u64 | (self.read32(at + 4) as u64) << 32
     }
 }
 

@@ -118,15 +118,8 @@ pub fn run(q: &Queues, plan: NetPlan, pacers: &mut [IrqPacer]) -> NetResult {
             continue;
         };
         for slot in 0..RX_PER_QUEUE {
-            rx.vq.set_desc(
-                slot as u16,
-                rx_addr(p, slot),
-                RX_BUF as u32,
-                ring::DESC_F_WRITE,
-                0,
-            );
-            rx.vq.put_avail(*avail, slot as u16);
-            *avail = avail.wrapping_add(1);
+            rx.vq
+                .post_writable(avail, slot as u16, rx_addr(p, slot), RX_BUF as u32);
         }
         rx.vq.publish(*avail);
         rx.kick();
@@ -178,8 +171,7 @@ pub fn run(q: &Queues, plan: NetPlan, pacers: &mut [IrqPacer]) -> NetResult {
                 } else {
                     r.rx_other += 1;
                 }
-                rx.vq.put_avail(rx_avail[p], slot as u16);
-                rx_avail[p] = rx_avail[p].wrapping_add(1);
+                rx.vq.push_avail(&mut rx_avail[p], slot as u16);
                 reposted = true;
             }
             if reposted {

@@ -125,6 +125,19 @@ impl Virtq {
         Self::write16(self.avail_addr(), ring::AVAIL_RING + 2 * slot, head);
     }
 
+    /// Puts `head` into the avail ring at `*avail` and moves `*avail` on (not yet published).
+    pub fn push_avail(&self, avail: &mut u16, head: u16) {
+        self.put_avail(*avail, head);
+        *avail = avail.wrapping_add(1);
+    }
+
+    /// Makes descriptor `i` one device-writable buffer of `len` bytes at `addr` and pushes it
+    /// into the avail ring at `*avail` (not yet published).
+    pub fn post_writable(&self, avail: &mut u16, i: u16, addr: u64, len: u32) {
+        self.set_desc(i, addr, len, ring::DESC_F_WRITE, 0);
+        self.push_avail(avail, i);
+    }
+
     /// With EVENT_IDX: ask for an interrupt once the used index moves past `idx`.
     pub fn set_used_event(&self, idx: u16) {
         Self::write16(self.avail_addr(), ring::used_event(self.size), idx);

@@ -182,22 +182,17 @@ impl Driver {
 
     fn post_rx(&mut self, slot: usize) {
         let vq = self.q.rx;
-        vq.set_desc(
+        vq.post_writable(
+            &mut self.rx_avail,
             slot as u16,
             rx_addr(slot),
             RX_BUF as u32,
-            ring::DESC_F_WRITE,
-            0,
         );
-        vq.put_avail(self.rx_avail, slot as u16);
-        self.rx_avail = self.rx_avail.wrapping_add(1);
     }
 
     fn post_event(&mut self, slot: usize) {
         let vq = self.q.ev;
-        vq.set_desc(slot as u16, event_addr(slot), 8, ring::DESC_F_WRITE, 0);
-        vq.put_avail(self.ev_avail, slot as u16);
-        self.ev_avail = self.ev_avail.wrapping_add(1);
+        vq.post_writable(&mut self.ev_avail, slot as u16, event_addr(slot), 8);
     }
 
     fn kick(&self, which: usize) {
@@ -419,8 +414,7 @@ impl Driver {
                 }
                 None => vq.set_desc(d0, hdr_addr, HEADER_SIZE as u32, 0, 0),
             }
-            vq.put_avail(self.tx_avail, d0);
-            self.tx_avail = self.tx_avail.wrapping_add(1);
+            vq.push_avail(&mut self.tx_avail, d0);
             self.conns[conn as usize].sent = c.sent.wrapping_add(len);
             self.tx_inflight[slot] = Some(p);
             submitted = true;

@@ -10,15 +10,12 @@ pub(crate) mod worker;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use vmm_sys_util::eventfd::EventFd;
-
-use crate::confine::{self, ThreadKind};
+use crate::confine::ThreadKind;
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
 };
-use crate::devices::worker::{FaultLog, LoopContext};
+use crate::devices::worker::{FaultLog, LoopContext, Workers};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 use backend::{Backend, BackendError};
@@ -86,11 +83,6 @@ pub enum BlockError {
     },
 }
 
-struct Running {
-    kill: EventFd,
-    threads: Vec<JoinHandle<()>>,
-}
-
 /// A virtio-blk device.
 pub struct Block {
     config: BlockConfig,
@@ -101,7 +93,7 @@ pub struct Block {
     id: [u8; ID_BYTES],
     counters: Vec<Arc<QueueCounters>>,
     faults: Arc<FaultLog>,
-    running: Option<Running>,
+    workers: Option<Workers>,
 }
 
 impl Block {
@@ -140,7 +132,7 @@ impl Block {
             id,
             counters,
             faults: Arc::new(FaultLog::new("block")),
-            running: None,
+            workers: None,
         })
     }
 
@@ -237,11 +229,7 @@ impl VirtioDevice for Block {
         interrupt: Arc<dyn Interrupt>,
     ) -> Result<(), ActivateError> {
         self.reset();
-        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let mut running = Running {
-            kill,
-            threads: Vec::new(),
-        };
+        let mut workers = Workers::new()?;
         for q in queues {
             let index = q.index;
             let worker = QueueWorker {
@@ -254,29 +242,22 @@ impl VirtioDevice for Block {
                 counters: self.counters[usize::from(index)].clone(),
                 more: false,
             };
-            let stop_request = running.kill.try_clone().map_err(ActivateError::Worker)?;
+            let stop_request = workers.stop_request()?;
             let ctx = LoopContext::new(interrupt.clone(), self.faults.clone())
                 .map_err(ActivateError::Worker)?;
-            let thread = confine::spawn(ThreadKind::Block, format!("blk-q{index}"), move || {
+            workers = workers.spawn(ThreadKind::Block, format!("blk-q{index}"), move || {
                 worker.run(ctx, stop_request)
-            });
-            match thread {
-                Ok(t) => running.threads.push(t),
-                Err(e) => {
-                    stop(running);
-                    return Err(e.into());
-                }
-            }
+            })?;
         }
-        self.running = Some(running);
+        self.workers = Some(workers);
         self.media.set_interrupt(Some(interrupt));
         Ok(())
     }
 
     fn reset(&mut self) {
         self.media.set_interrupt(None);
-        if let Some(running) = self.running.take() {
-            stop(running);
+        if let Some(workers) = self.workers.take() {
+            workers.stop();
         }
     }
 
@@ -289,13 +270,6 @@ impl VirtioDevice for Block {
 
     fn guest_faults(&self) -> crate::devices::worker::FaultCounts {
         self.faults.counts()
-    }
-}
-
-fn stop(running: Running) {
-    let _ = running.kill.write(1);
-    for t in running.threads {
-        let _ = t.join();
     }
 }
 

@@ -1,0 +1,267 @@
+//! The guest's receive and event queues: replies, host data under credit control, and
+//! transport resets.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+
+use virtio_queue::QueueOwnedT;
+use vm_memory::Bytes;
+
+use crate::devices::vsock::packet::{
+    self, op, Header, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
+use crate::devices::worker::{guest_queue, GuestFault, LoopContext, QueueFault, BUDGET};
+
+use super::{Key, Worker, EVENT, EVENT_TRANSPORT_RESET, RX};
+
+impl Worker {
+    /// Drops every connection (their host streams are closed, which host processes see as
+    /// EOF) and tells the guest with one TRANSPORT_RESET event per request, so that it drops
+    /// its side too (virtio 1.2, 5.10.6.7).
+    pub(super) fn transport_reset(&mut self, ctx: &mut LoopContext, requests: u64) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.remove(key);
+        }
+        let pending: Vec<RawFd> = self.pending.keys().copied().collect();
+        for fd in pending {
+            self.unwatch(fd);
+            self.pending.remove(&fd);
+        }
+        self.control.clear();
+        self.count_queued();
+        self.host_connects.clear();
+        self.events_owed = self
+            .events_owed
+            .saturating_add(u32::try_from(requests).unwrap_or(u32::MAX));
+        self.deliver_events(ctx);
+    }
+
+    /// Writes owed events into the buffers the guest posted on the event queue.
+    pub(super) fn deliver_events(&mut self, ctx: &mut LoopContext) {
+        if ctx.is_broken(EVENT) {
+            return;
+        }
+        let Some((mut queue, evt)) = self.m.event.take() else {
+            return;
+        };
+        let mem = self.m.mem.clone();
+        let mut used_any = false;
+        let mut looked_again = false;
+        while self.events_owed > 0 {
+            let chain = match guest_queue::pop(&mut queue, &mem) {
+                Ok(Some(chain)) => chain,
+                // As in fill_rx: have the driver kick when it posts the next buffer.
+                Ok(None) => match guest_queue::enable_notification(&mut queue, &mem) {
+                    Ok(true) if !looked_again => {
+                        looked_again = true;
+                        continue;
+                    }
+                    Ok(_) => break,
+                    Err(fault) => {
+                        ctx.queue_fault(EVENT, fault);
+                        break;
+                    }
+                },
+                Err(fault @ QueueFault::HeadOutOfRange { .. }) => {
+                    ctx.guest_fault(fault.kind(), &fault);
+                    continue;
+                }
+                Err(fault) => {
+                    ctx.queue_fault(EVENT, fault);
+                    break;
+                }
+            };
+            let head = chain.head_index();
+            let first = chain.clone().next();
+            let terminated = chain.last().is_some_and(|d| !d.has_next());
+            let written = match first {
+                Some(d) if terminated && d.is_write_only() && d.len() >= 4 => mem
+                    .write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr())
+                    .is_ok(),
+                _ => false,
+            };
+            if let Err(fault) =
+                guest_queue::add_used(&mut queue, &mem, head, if written { 4 } else { 0 })
+            {
+                ctx.queue_fault(EVENT, fault);
+                break;
+            }
+            used_any = true;
+            if written {
+                self.events_owed -= 1;
+                self.m.counters.events.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if used_any && guest_queue::needs_notification(&mut queue, &mem) {
+            ctx.interrupt().trigger(EVENT);
+        }
+        self.m.event = Some((queue, evt));
+    }
+
+    /// Delivers control packets, then host data, into the guest's rx buffers.
+    pub(super) fn fill_rx(&mut self, ctx: &mut LoopContext) {
+        if ctx.is_broken(RX) {
+            return;
+        }
+        let Some((mut queue, evt)) = self.m.rx.take() else {
+            return;
+        };
+        let mem = self.m.mem.clone();
+        let mut used_any = false;
+        let mut data_keys: VecDeque<Key> = self
+            .readable
+            .iter()
+            .copied()
+            .filter(|k| {
+                self.conns
+                    .get(k)
+                    .is_some_and(|c| c.wants_to_send() || c.host_eof)
+            })
+            .collect();
+        let mut served = 0;
+        self.rx_more = false;
+        while !self.control.is_empty() || !data_keys.is_empty() {
+            if served == BUDGET {
+                // The rest on the next turn; the loop looks at its stop request in between.
+                self.rx_more = true;
+                break;
+            }
+            served += 1;
+            let chain = match guest_queue::pop(&mut queue, &mem) {
+                Ok(Some(chain)) => chain,
+                // Out of buffers. With EVENT_IDX the driver only kicks once it posts past
+                // avail_event, which only enable_notification moves: without it a driver that
+                // refills after the device ran dry (Linux's does) never says so and host data
+                // waits for good. Look again if buffers came meanwhile (the budget bounds it).
+                Ok(None) => match guest_queue::enable_notification(&mut queue, &mem) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        self.rx_starved = true;
+                        break;
+                    }
+                    Err(fault) => {
+                        ctx.queue_fault(RX, fault);
+                        self.rx_starved = true;
+                        break;
+                    }
+                },
+                Err(fault @ QueueFault::HeadOutOfRange { .. }) => {
+                    ctx.guest_fault(fault.kind(), &fault);
+                    continue;
+                }
+                Err(fault) => {
+                    ctx.queue_fault(RX, fault);
+                    self.rx_starved = true;
+                    break;
+                }
+            };
+            let head = chain.head_index();
+            let (buffers, terminated) = packet::chain_buffers(chain);
+            let Some(capacity) = packet::rx_capacity(&buffers).filter(|_| terminated) else {
+                ctx.guest_fault(GuestFault::MalformedChain, &"vsock receive chain");
+                self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+                let _ = guest_queue::add_used(&mut queue, &mem, head, 0);
+                used_any = true;
+                continue;
+            };
+            let produced = if let Some(ctl) = self.control.pop_front() {
+                self.count_queued();
+                let mut h = self.header(ctl.local_port, ctl.peer_port, ctl.op, ctl.flags);
+                if let Some(c) = self.conns.get_mut(&(ctl.local_port, ctl.peer_port)) {
+                    c.stamp(&mut h);
+                }
+                Some((h, Vec::new()))
+            } else {
+                let key = data_keys.pop_front().expect("checked non-empty");
+                self.host_data(key, capacity)
+            };
+            match produced {
+                Some((h, payload)) => match packet::write_rx(&mem, &buffers, &h, &payload) {
+                    Ok(n) => {
+                        // At most a header and MAX_PAYLOAD bytes.
+                        let n = u32::try_from(n).unwrap_or(u32::MAX);
+                        let _ = guest_queue::add_used(&mut queue, &mem, head, n);
+                        self.m.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                        used_any = true;
+                        if h.op == op::RW {
+                            // Round robin: the connection may have more.
+                            data_keys.push_back((h.src_port, h.dst_port));
+                        }
+                    }
+                    Err(_) => {
+                        self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+                        let _ = guest_queue::add_used(&mut queue, &mem, head, 0);
+                        used_any = true;
+                    }
+                },
+                None => queue.go_to_previous_position(),
+            }
+        }
+        if used_any && guest_queue::needs_notification(&mut queue, &mem) {
+            ctx.interrupt().trigger(RX);
+        }
+        self.m.rx = Some((queue, evt));
+    }
+
+    fn header(&self, local_port: u32, peer_port: u32, op: u16, flags: u32) -> Header {
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: self.m.guest_cid,
+            src_port: local_port,
+            dst_port: peer_port,
+            len: 0,
+            kind: TYPE_STREAM,
+            op,
+            flags,
+            buf_alloc: 0,
+            fwd_cnt: 0,
+        }
+    }
+
+    /// The next packet of host data for `key`, if any fits now.
+    fn host_data(&mut self, key: Key, capacity: usize) -> Option<(Header, Vec<u8>)> {
+        let mut h = self.header(key.0, key.1, op::RW, 0);
+        let c = self.conns.get_mut(&key)?;
+        if c.host_eof {
+            // The host closed its side: tell the guest once, then stop reading.
+            self.readable.remove(&key);
+            if c.eof_told {
+                return None;
+            }
+            c.eof_told = true;
+            h.op = op::SHUTDOWN;
+            h.flags = SHUTDOWN_SEND | if c.peer_done_sending { SHUTDOWN_RCV } else { 0 };
+            c.stamp(&mut h);
+            return Some((h, Vec::new()));
+        }
+        if !c.wants_to_send() {
+            self.readable.remove(&key);
+            return None;
+        }
+        let max = capacity
+            .min(c.peer_credit() as usize)
+            .min(packet::MAX_PAYLOAD as usize);
+        match c.read_from_host(max) {
+            Ok(Some(data)) => {
+                // At most MAX_PAYLOAD (64 KiB), the cap on `max`.
+                h.len = u32::try_from(data.len()).unwrap_or(packet::MAX_PAYLOAD);
+                c.sent_to_guest(data.len());
+                c.stamp(&mut h);
+                Some((h, data))
+            }
+            Ok(None) if c.host_eof => self.host_data(key, capacity),
+            Ok(None) => {
+                self.readable.remove(&key);
+                None
+            }
+            Err(_) => {
+                self.reset(key);
+                None
+            }
+        }
+    }
+}
