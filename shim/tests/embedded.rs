@@ -114,6 +114,23 @@ fn an_embedded_vm_without_hardware_virtualization_fails_clearly_and_leaves_nothi
     let paths = SandboxPaths::new(&config.shim.state_dir, "ns", "pod").unwrap();
     let tap = Path::new("/sys/class/net").join(paths.tap_name());
     assert!(!tap.exists(), "a stale tap {} exists", tap.display());
+    // An empty network namespace of the test's, as CNI's would be before it added anything:
+    // the VMM's NIC gets a tap of its own in the shim's namespace. (A spec without a path
+    // would make the sandbox start its holder, the shim's binary, which this test is not.)
+    let mut netns_holder = std::process::Command::new("unshare")
+        .args(["--net", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let netns = PathBuf::from(format!("/proc/{}/ns/net", netns_holder.id()));
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(&netns).ok().as_ref() == Some(&ours) {
+        assert!(
+            Instant::now() < deadline,
+            "unshare --net stayed in our namespace"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     // tokio's signal driver opens a process-wide socket pair the first time a
     // runtime is built; that one is not the sandbox's.
@@ -139,13 +156,15 @@ fn an_embedded_vm_without_hardware_virtualization_fails_clearly_and_leaves_nothi
             (answer, tap_seen)
         };
         let (result, (answer, tap_seen)) = tokio::join!(
-            Sandbox::start(config, "ns", "pod", None, PodNetns::Fresh, oom),
+            Sandbox::start(config, "ns", "pod", None, PodNetns::Path(netns), oom),
             probe
         );
         (result, answer, tap_seen)
     });
     drop(rt);
     let took = started.elapsed();
+    let _ = netns_holder.kill();
+    let _ = netns_holder.wait();
 
     let err = match result {
         Ok(_) => panic!("the agent answered under KVM's emulator?"),
