@@ -4,10 +4,12 @@
 //! NIC's tap and the guest's eth0 takes its MAC, MTU, address and routes.
 //!
 //! ctr 1.6 reads its CNI configuration from /etc/cni/net.d and the plugins from /opt/cni/bin
-//! (neither can be changed): [`CtrCni`] adds a bridge network there for the test and removes
-//! what it added. ctr runs the plugins in its own network namespace, so ctr runs in one of the
-//! test's (`nsenter`), where the bridge and the host-side server are. That namespace is held by
-//! a `sleep` of the test's, not `ip netns add`, which would leave a mount at /run/netns.
+//! (neither can be changed), so [`CtrCni`] runs ctr in a mount namespace of its own where /etc
+//! is a copy with the test's bridge network added and /opt holds the plugins' links: nothing
+//! of the machine's is written (the nested rig's /etc is read-only anyway). ctr runs the
+//! plugins in its own network namespace, so ctr also runs in one of the test's (`nsenter`),
+//! where the bridge and the host-side server are. That namespace is held by a `sleep` of the
+//! test's, not `ip netns add`, which would leave a mount at /run/netns.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -17,8 +19,6 @@ use std::time::{Duration, Instant};
 use crate::common::net::{host_get, http_reply, HostServer};
 use crate::common::{self, text, Env, IMAGE};
 
-const CONFLIST: &str = "/etc/cni/net.d/00-pulse-ctr-test.conflist";
-const PLUGIN_DIR: &str = "/opt/cni/bin";
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
 const NETWORK: &str = "pulse-ctr-test";
 const BRIDGE: &str = "pctr0";
@@ -28,7 +28,8 @@ const SUBNET_PREFIX: &str = "10.88.78.";
 struct CtrCni {
     /// Holds the test's network namespace.
     holder: std::process::Child,
-    made: Vec<PathBuf>,
+    /// `etc` (a copy of /etc with cni/net.d) and `opt` (cni/bin) for ctr's mount namespace.
+    root: tempfile::TempDir,
     ipam: tempfile::TempDir,
 }
 
@@ -42,19 +43,22 @@ impl CtrCni {
                 ));
             }
         }
-        let mut made = Vec::new();
-        for dir in ["/etc/cni", "/etc/cni/net.d", "/opt/cni", PLUGIN_DIR] {
-            if !Path::new(dir).exists() {
-                std::fs::create_dir(dir).unwrap();
-                made.push(PathBuf::from(dir));
-            }
-        }
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        let out = Command::new("cp")
+            .args(["-a", "/etc/."])
+            .arg(&etc)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "copying /etc: {}", text(&out.stderr));
+        let net_d = etc.join("cni/net.d");
+        let _ = std::fs::remove_dir_all(&net_d);
+        std::fs::create_dir_all(&net_d).unwrap();
+        let plugins = root.path().join("opt/cni/bin");
+        std::fs::create_dir_all(&plugins).unwrap();
         for plugin in ["bridge", "host-local", "loopback"] {
-            let link = Path::new(PLUGIN_DIR).join(plugin);
-            if !link.exists() {
-                std::os::unix::fs::symlink(Path::new(CNI_BIN_DIR).join(plugin), &link).unwrap();
-                made.push(link);
-            }
+            std::os::unix::fs::symlink(Path::new(CNI_BIN_DIR).join(plugin), plugins.join(plugin))
+                .unwrap();
         }
         let ipam = tempfile::tempdir().unwrap();
         let conflist = serde_json::json!({
@@ -73,14 +77,17 @@ impl CtrCni {
                 }
             }]
         });
-        std::fs::write(CONFLIST, conflist.to_string()).unwrap();
-        made.push(PathBuf::from(CONFLIST));
+        std::fs::write(
+            net_d.join("10-pulse-ctr-test.conflist"),
+            conflist.to_string(),
+        )
+        .unwrap();
         let holder = Command::new("unshare")
             .args(["--net", "sleep", "3600"])
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let cni = CtrCni { holder, made, ipam };
+        let cni = CtrCni { holder, root, ipam };
         // unshare execs sleep once it is in its namespace.
         let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -98,11 +105,17 @@ impl CtrCni {
         PathBuf::from(format!("/proc/{}/ns/net", self.holder.id()))
     }
 
-    /// `ctr ARGS` in the test's network namespace.
+    /// `ctr ARGS` in the test's network namespace, with the test's /etc and /opt.
     fn ctr(&self, env: &Env, args: &[&str]) -> Command {
         let base = env.ctr_cmd(args);
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.netns_path().display()))
+            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                r#"mount --bind "$1/etc" /etc && mount --bind "$1/opt" /opt && shift && exec "$@""#,
+            )
+            .arg("sh")
+            .arg(self.root.path())
             .arg(base.get_program())
             .args(base.get_args())
             .stdin(Stdio::null());
@@ -122,13 +135,6 @@ impl Drop for CtrCni {
     fn drop(&mut self) {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
-        for path in self.made.iter().rev() {
-            let _ = if path.is_dir() {
-                std::fs::remove_dir(path)
-            } else {
-                std::fs::remove_file(path)
-            };
-        }
     }
 }
 
