@@ -23,7 +23,9 @@ use std::process::Stdio;
 use pulse_netlink::NetlinkError;
 
 use super::{in_pod_netns, join, plan, snapshot, GuestNetwork, NetworkError, NicDevice};
-use crate::cgroup::{self, PodCgroup};
+use crate::cgroup::PodCgroup;
+use crate::hypervisor::child::confine;
+use crate::hypervisor::HypervisorError;
 
 /// The first argument that makes the shim's binary a namespace holder ([`hold_if_asked`]).
 pub const HOLDER_ARG: &str = "pulse-netns-holder";
@@ -35,9 +37,9 @@ pub const BOOT_MTU: u16 = 1500;
 /// Why the holder could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum HolderError {
-    /// The pod's cgroup file could not be opened.
-    #[error("the pod's cgroup: {0}")]
-    Cgroup(cgroup::CgroupError),
+    /// The pod's cgroup could not be joined.
+    #[error("confining the network namespace holder: {0}")]
+    Confine(#[source] HypervisorError),
     /// fork/exec failed.
     #[error("starting the network namespace holder: {0}")]
     Spawn(std::io::Error),
@@ -73,11 +75,6 @@ impl NetnsHolder {
         args: &[&str],
         cgroup: Option<&PodCgroup>,
     ) -> Result<Self, HolderError> {
-        let procs = cgroup
-            .map(PodCgroup::procs_file)
-            .transpose()
-            .map_err(HolderError::Cgroup)?;
-        let shim = libc::pid_t::try_from(std::process::id()).unwrap_or(libc::pid_t::MAX);
         let mut cmd = tokio::process::Command::new(program);
         cmd.arg0(arg0)
             .args(args)
@@ -85,21 +82,14 @@ impl NetnsHolder {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
-        // SAFETY: the closure runs in the child between fork and exec and makes only
-        // async-signal-safe calls (write, unshare, prctl, getppid, kill) on values it owns.
+        // The pod's cgroup, SIGKILL when the shim dies: as the VM's other helpers.
+        confine(&mut cmd, cgroup, Vec::new()).map_err(HolderError::Confine)?;
+        // SAFETY: the closure runs in the child between fork and exec (after confine's) and
+        // makes one async-signal-safe call, unshare.
         unsafe {
-            cmd.as_std_mut().pre_exec(move || {
-                if let Some(procs) = &procs {
-                    cgroup::join_in_child(procs)?;
-                }
-                if libc::unshare(libc::CLONE_NEWNET) != 0
-                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                {
+            cmd.as_std_mut().pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
-                }
-                // The shim may have died between fork and prctl.
-                if libc::getppid() != shim {
-                    libc::kill(libc::getpid(), libc::SIGKILL);
                 }
                 Ok(())
             });
