@@ -6,7 +6,9 @@
 #
 # Left out in the rig by default (PULSE_RIG_EXCLUDE; they ran on the host in the same
 # `make test`, and nothing in them depends on Pulse's backend), to keep `make test` under its
-# 40 minutes: the CRI suite's runc-only reference tests and its harness unit tests, and the
+# 40 minutes: the CRI suite's runc-only reference tests and its harness unit tests, the
+# containerd and CRI tests of what the shim refuses by its own checks (a host network, host
+# sockets and device nodes as mounts), and the
 # differential areas that the guest's kernel and agent decide (processes and signals,
 # users/env/cwd, rlimits/capabilities/seccomp, exec: the same guest image under both backends;
 # their stdio over the backend's vsock is the containerd suite's, which runs here).
@@ -41,6 +43,9 @@ for suite in "$containerd_suite" "$rootfs_suite" "$cri_suite" "$differential_sui
 done
 
 backend_neutral='^cri (runc_|volumes::|rfc3339_|the_harness_|importing_the_snippet)'
+# Refused by the shim's own checks of the spec, before or beside anything the backend does.
+backend_neutral+='|^containerd a_host_network_container_is_refused_when_pod_networking_is_on$'
+backend_neutral+='|^cri pulse_host_(network_pod_is_refused|sockets_and_device_nodes_as_mounts_fail)_by_name'
 if [ "${PULSE_RIG_DIFFERENTIAL:-}" != all ]; then
     backend_neutral+='|^differential runc_and_pulse_agree_on_(processes|users|rlimits|exec)'
 fi
