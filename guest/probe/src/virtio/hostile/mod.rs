@@ -142,7 +142,7 @@ pub fn run(cfg: &Config) -> Outcome {
         };
         let nq = match kind {
             Kind::Blk => {
-                let queues = w.read16(reg::CONFIG + spec::blk::CFG_NUM_QUEUES);
+                let queues = w.read16(reg::CONFIG_SPACE + spec::blk::CFG_NUM_QUEUES);
                 queues.clamp(1, MAX_QUEUES as u16)
             }
             // rx, tx, control (one pair); rx, tx, event; receiveq0, transmitq0.
