@@ -198,6 +198,16 @@ impl HDev {
         true
     }
 
+    /// Publishes queue `q`'s avail index `past` entries beyond a full ring (more than the
+    /// driver can have made available: the queue is broken) and rings; whether the device then
+    /// asks for a reset (DEVICE_NEEDS_RESET) in time.
+    pub(super) fn break_queue(&self, q: u16, past: u16) -> bool {
+        let far = self.avail[q as usize].wrapping_add(self.qsize + past);
+        self.vq[q as usize].publish(far);
+        self.kick(q);
+        Deadline::after_ms(WAIT_MS).wait_for(|| self.status() & status::DEVICE_NEEDS_RESET != 0)
+    }
+
     /// Takes the next used entry: (head, length).
     pub(super) fn take(&mut self, q: u16) -> (u32, u32) {
         let qi = q as usize;
