@@ -8,11 +8,10 @@
 //! descriptor holding the header and up to 4052 payload bytes; a tx packet is a header
 //! descriptor, plus a payload descriptor for RW.
 
-use super::buf::{read_bytes, write_bytes};
+use super::buf::{dma_addr, read_bytes, write_bytes, DmaBufs};
 use super::queue::{Virtq, QUEUE_SIZE_CAP};
 use super::{mmio, IrqPacer};
-use crate::arch::{self, Deadline, RacyCell};
-use core::mem::MaybeUninit;
+use crate::arch::{self, Deadline};
 use pulse_probe::cmdline::{VsockPlan, MAX_VSOCK_CONNS};
 use pulse_probe::devreport::VsockResult;
 use pulse_probe::virtio_spec::ring;
@@ -51,27 +50,19 @@ struct Buffers {
     reply: [u8; 64],
 }
 
-/// Not zeroed: every byte the device reads is written first.
 #[link_section = ".noinit.vsock_bufs"]
-static BUFS: RacyCell<MaybeUninit<Buffers>> = RacyCell::new(MaybeUninit::uninit());
-
-fn bufs() -> *mut Buffers {
-    BUFS.get() as *mut Buffers
-}
+static BUFS: DmaBufs<Buffers> = DmaBufs::new();
 
 fn rx_addr(slot: usize) -> u64 {
-    // SAFETY: address computation inside the static (no access); slot < RX_SLOTS.
-    unsafe { core::ptr::addr_of!((*bufs()).rx[slot]) as u64 }
+    dma_addr!(BUFS, rx[slot])
 }
 
 fn tx_header_addr(slot: usize) -> u64 {
-    // SAFETY: as above; slot < TX_SLOTS.
-    unsafe { core::ptr::addr_of!((*bufs()).tx_headers[slot]) as u64 }
+    dma_addr!(BUFS, tx_headers[slot])
 }
 
 fn event_addr(slot: usize) -> u64 {
-    // SAFETY: as above; slot < EV_SLOTS.
-    unsafe { core::ptr::addr_of!((*bufs()).events[slot]) as u64 }
+    dma_addr!(BUFS, events[slot])
 }
 
 /// The device's queues as the transport set them up.
@@ -203,9 +194,7 @@ impl Driver {
     /// Handles every used rx buffer. Returns whether there was any.
     fn drain_rx(&mut self) -> bool {
         let mut any = false;
-        while self.rx_used != self.q.rx.used_idx() {
-            let (id, len) = self.q.rx.used_elem(self.rx_used);
-            self.rx_used = self.rx_used.wrapping_add(1);
+        while let Some((id, len)) = self.q.rx.pop_used(&mut self.rx_used) {
             any = true;
             let slot = id as usize;
             if slot >= RX_SLOTS || (len as usize) < HEADER_SIZE {
@@ -388,8 +377,7 @@ impl Driver {
                     Some((rx_addr(rx_slot as usize) + HEADER_SIZE as u64, len as u32)),
                 ),
                 Pkt::Hello { conn } => {
-                    // SAFETY: address computation inside the static.
-                    let a = unsafe { core::ptr::addr_of!((*bufs()).reply) as u64 };
+                    let a = dma_addr!(BUFS, reply);
                     write_bytes(a, CONNECT_MSG);
                     (conn, op::RW, 0, Some((a, CONNECT_MSG.len() as u32)))
                 }
@@ -429,9 +417,7 @@ impl Driver {
     /// Handles used tx packets: frees their slots, reposts echoed rx buffers.
     fn drain_tx(&mut self) -> bool {
         let mut any = false;
-        while self.tx_used != self.q.tx.used_idx() {
-            let (id, _) = self.q.tx.used_elem(self.tx_used);
-            self.tx_used = self.tx_used.wrapping_add(1);
+        while let Some((id, _)) = self.q.tx.pop_used(&mut self.tx_used) {
             any = true;
             let slot = id as usize / 2;
             let Some(p) = self.tx_inflight.get_mut(slot).and_then(Option::take) else {
@@ -460,9 +446,7 @@ impl Driver {
 
     fn drain_events(&mut self) -> bool {
         let mut any = false;
-        while self.ev_used != self.q.ev.used_idx() {
-            let (id, len) = self.q.ev.used_elem(self.ev_used);
-            self.ev_used = self.ev_used.wrapping_add(1);
+        while let Some((id, len)) = self.q.ev.pop_used(&mut self.ev_used) {
             any = true;
             let slot = (id as usize).min(EV_SLOTS - 1);
             let event = u32::from_le_bytes({
