@@ -4,7 +4,7 @@
 
 use super::buf::{dma_addr, read_byte, write_bytes, DmaBufs};
 use super::queue::Virtq;
-use super::{mmio, IrqPacer};
+use super::{idle, mmio, settle, IrqPacer};
 use crate::arch::{self, Deadline};
 use pulse_probe::devreport::ConsoleResult;
 use pulse_probe::net_spec::{CONSOLE_ECHO_PREFIX, CONSOLE_HELLO};
@@ -13,7 +13,6 @@ const RX_SLOTS: usize = 8;
 const RX_BUF: usize = 256;
 const LINE_MAX: usize = 200;
 const WORKLOAD_MS: u64 = 30_000;
-const SETTLE_MS: u64 = 50;
 
 #[repr(C, align(4096))]
 struct Buffers {
@@ -124,12 +123,9 @@ pub fn run(q: &Queues, echo: bool, pacers: &mut [IrqPacer; 2]) -> ConsoleResult 
             break;
         }
         if !progress {
-            arch::sti_hlt();
-            arch::cli();
+            idle();
         }
     }
-    arch::sti();
-    Deadline::after_ms(SETTLE_MS).wait();
-    arch::cli();
+    settle();
     r
 }

@@ -4,7 +4,7 @@
 
 use super::buf::{dma_addr, read_byte, write_bytes, DmaBufs};
 use super::queue::{Virtq, QUEUE_SIZE_CAP};
-use super::{mmio, IrqPacer};
+use super::{idle, mmio, settle, IrqPacer};
 use crate::arch::{self, Deadline};
 use pulse_probe::cmdline::NetPlan;
 use pulse_probe::devreport::{NetResult, MAX_NET_PAIRS};
@@ -16,7 +16,6 @@ const RX_BUF: usize = 2048;
 const TX_PER_QUEUE: usize = QUEUE_SIZE_CAP as usize / 2;
 const TX_BUF: usize = 128;
 const WORKLOAD_MS: u64 = 30_000;
-const SETTLE_MS: u64 = 50;
 
 #[repr(C, align(4096))]
 struct Buffers {
@@ -74,10 +73,6 @@ pub fn run(q: &Queues, plan: NetPlan, pacers: &mut [IrqPacer]) -> NetResult {
         ..NetResult::default()
     };
     let mut deadline = Deadline::after_ms(WORKLOAD_MS);
-    let idle = || {
-        arch::sti_hlt();
-        arch::cli();
-    };
 
     // Queue pairs beyond the first only carry traffic once the driver asks for them.
     if let (Some(ctrl), true) = (q.ctrl, q.pairs > 1) {
@@ -183,8 +178,6 @@ pub fn run(q: &Queues, plan: NetPlan, pacers: &mut [IrqPacer]) -> NetResult {
             idle();
         }
     }
-    arch::sti();
-    Deadline::after_ms(SETTLE_MS).wait();
-    arch::cli();
+    settle();
     r
 }

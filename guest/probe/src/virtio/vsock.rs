@@ -10,7 +10,7 @@
 
 use super::buf::{dma_addr, read_bytes, write_bytes, DmaBufs};
 use super::queue::{Virtq, QUEUE_SIZE_CAP};
-use super::{mmio, IrqPacer};
+use super::{idle, mmio, settle, IrqPacer};
 use crate::arch::{self, Deadline};
 use pulse_probe::cmdline::{VsockPlan, MAX_VSOCK_CONNS};
 use pulse_probe::devreport::VsockResult;
@@ -34,7 +34,6 @@ pub const CONNECT_REPLY: &[u8] = b"hello from pulse-vmm\n";
 /// The whole workload must finish within this (real time).
 const WORKLOAD_MS: u64 = 40_000;
 /// Interrupts still on their way when the workload ends get this long to land.
-const SETTLE_MS: u64 = 50;
 /// Connection slots: the echo connections, then the guest-initiated one, then a scratch
 /// slot that carries the addresses of an RST for a packet no connection owns.
 const ECHO_CONNS: usize = MAX_VSOCK_CONNS as usize;
@@ -591,15 +590,9 @@ pub fn run(q: Queues, guest_cid: u64, plan: VsockPlan, mut pacers: [IrqPacer; 3]
             break;
         }
         if !progress {
-            // Halt until an interrupt (a queue's, the legacy line's or the watchdog's).
-            arch::sti_hlt();
-            arch::cli();
+            idle();
         }
     }
-    // Interrupts raised just before the end are still pending: take them, so that what the
-    // guest counts is what the device sent.
-    arch::sti();
-    Deadline::after_ms(SETTLE_MS).wait();
-    arch::cli();
+    settle();
     d.result
 }
