@@ -11,23 +11,19 @@ fn main() {
     let probe_dir = manifest_dir.join("../../guest/probe");
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let target_dir = out_dir.join("probe-target");
-    println!("cargo:rerun-if-changed={}", probe_dir.join("src").display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        probe_dir.join("Cargo.toml").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        probe_dir.join("build.rs").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        probe_dir.join("link.ld").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        probe_dir.join(".cargo").display()
-    );
+    // The guest's sources, and those of the spec crate it shares with the VMM.
+    let spec_dir = manifest_dir.join("../../virtio-spec");
+    for input in [
+        probe_dir.join("src"),
+        probe_dir.join("Cargo.toml"),
+        probe_dir.join("build.rs"),
+        probe_dir.join("link.ld"),
+        probe_dir.join(".cargo"),
+        spec_dir.join("src"),
+        spec_dir.join("Cargo.toml"),
+    ] {
+        println!("cargo:rerun-if-changed={}", input.display());
+    }
 
     // A prebuilt probe can be given instead (to try a modified guest without rebuilding it here).
     println!("cargo:rerun-if-env-changed=PULSE_PROBE_ELF");

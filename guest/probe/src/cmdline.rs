@@ -167,25 +167,70 @@ impl Config {
 /// Handler of one key: gets the value (empty for a bare `key`), returns an error string.
 pub type Handler = fn(&mut Config, &str) -> Result<(), &'static str>;
 
-/// Every key the probe understands, with its handler.
+/// Every key the probe understands, with its handler. The simple ones, a number in a range or
+/// a flag, are written in place.
 pub const KEYS: &[(&str, Handler)] = &[
-    ("probe.cpus", set_cpus),
+    ("probe.cpus", |c, v| {
+        let n = bounded(v, 1..=MAX_CMDLINE_CPUS.into(), "cmdline: bad probe.cpus")?;
+        c.cpus = Some(n);
+        Ok(())
+    }),
     ("probe.selftest", set_selftest),
     ("virtio_mmio.device", add_device),
     ("probe.irq", set_irq),
-    ("probe.requests", set_requests),
-    ("probe.masktest", set_masktest),
-    ("probe.vsock.listen", set_vsock_listen),
-    ("probe.vsock.conns", set_vsock_conns),
-    ("probe.vsock.bytes", set_vsock_bytes),
-    ("probe.vsock.connect", set_vsock_connect),
-    ("probe.vsock.events", set_vsock_events),
-    ("probe.net.frames", set_net_frames),
-    ("probe.net.rx", set_net_rx),
-    ("probe.console.echo", set_console_echo),
-    ("probe.blk.resize", set_blk_resize),
-    ("probe.hostile", set_hostile),
+    ("probe.requests", |c, v| {
+        c.requests = bounded(v, 1..=MAX_REQUESTS.into(), "cmdline: bad probe.requests")?;
+        Ok(())
+    }),
+    ("probe.masktest", |c, v| {
+        c.masktest = flag(v, "cmdline: bad probe.masktest")?;
+        Ok(())
+    }),
+    ("probe.vsock.listen", |c, v| {
+        c.vsock.listen_port = bounded(v, PORTS, "cmdline: bad probe.vsock.listen")?;
+        Ok(())
+    }),
+    ("probe.vsock.conns", |c, v| {
+        let range = 0..=MAX_VSOCK_CONNS.into();
+        c.vsock.conns = bounded(v, range, "cmdline: bad probe.vsock.conns")?;
+        Ok(())
+    }),
+    ("probe.vsock.bytes", |c, v| {
+        c.vsock.bytes = bounded(v, 1..=16 << 20, "cmdline: bad probe.vsock.bytes")?;
+        Ok(())
+    }),
+    ("probe.vsock.connect", |c, v| {
+        c.vsock.connect_port = Some(bounded(v, PORTS, "cmdline: bad probe.vsock.connect")?);
+        Ok(())
+    }),
+    ("probe.vsock.events", |c, v| {
+        c.vsock.events = bounded(v, 0..=16, "cmdline: bad probe.vsock.events")?;
+        Ok(())
+    }),
+    ("probe.net.frames", |c, v| {
+        c.net.frames = bounded(v, 1..=32, "cmdline: bad probe.net.frames")?;
+        Ok(())
+    }),
+    ("probe.net.rx", |c, v| {
+        c.net.rx = bounded(v, 0..=4096, "cmdline: bad probe.net.rx")?;
+        Ok(())
+    }),
+    ("probe.console.echo", |c, v| {
+        c.console_echo = flag(v, "cmdline: bad probe.console.echo")?;
+        Ok(())
+    }),
+    ("probe.blk.resize", |c, v| {
+        c.blk_resize = flag(v, "cmdline: bad probe.blk.resize")?;
+        Ok(())
+    }),
+    ("probe.hostile", |c, v| {
+        c.hostile = flag(v, "cmdline: bad probe.hostile")?;
+        Ok(())
+    }),
 ];
+
+/// vsock ports a key may name: all but 0 and the wildcard `u32::MAX`.
+const PORTS: core::ops::RangeInclusive<u64> = 1..=u32::MAX as u64 - 1;
 
 /// Largest value `probe.cpus` accepts (xAPIC ids are 8 bits).
 pub const MAX_CMDLINE_CPUS: u32 = 255;
@@ -202,16 +247,6 @@ pub fn parse(cmdline: &str) -> Config {
         }
     }
     cfg
-}
-
-fn set_cpus(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    match parse_u64(value) {
-        Some(n) if (1..=MAX_CMDLINE_CPUS as u64).contains(&n) => {
-            cfg.cpus = Some(n as u32);
-            Ok(())
-        }
-        _ => Err("cmdline: bad probe.cpus"),
-    }
 }
 
 fn set_selftest(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
@@ -272,23 +307,13 @@ fn set_irq(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn set_requests(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    match parse_u64(value) {
-        Some(n) if (1..=MAX_REQUESTS as u64).contains(&n) => {
-            cfg.requests = n as u32;
-            Ok(())
-        }
-        _ => Err("cmdline: bad probe.requests"),
+/// A flag: `1` or the bare key for true, `0` for false, or `err`.
+fn flag(value: &str, err: &'static str) -> Result<bool, &'static str> {
+    match value {
+        "1" | "" => Ok(true),
+        "0" => Ok(false),
+        _ => Err(err),
     }
-}
-
-fn set_masktest(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    cfg.masktest = match value {
-        "1" | "" => true,
-        "0" => false,
-        _ => return Err("cmdline: bad probe.masktest"),
-    };
-    Ok(())
 }
 
 /// A number in `range`, or `err`.
@@ -297,84 +322,10 @@ fn bounded(
     range: core::ops::RangeInclusive<u64>,
     err: &'static str,
 ) -> Result<u32, &'static str> {
-    match parse_u64(value) {
-        Some(n) if range.contains(&n) => Ok(n as u32),
-        _ => Err(err),
-    }
-}
-
-fn set_vsock_listen(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    cfg.vsock.listen_port = bounded(
-        value,
-        1..=u32::MAX as u64 - 1,
-        "cmdline: bad probe.vsock.listen",
-    )?;
-    Ok(())
-}
-
-fn set_vsock_conns(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    cfg.vsock.conns = bounded(
-        value,
-        0..=MAX_VSOCK_CONNS as u64,
-        "cmdline: bad probe.vsock.conns",
-    )?;
-    Ok(())
-}
-
-fn set_vsock_bytes(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    cfg.vsock.bytes = bounded(value, 1..=16 << 20, "cmdline: bad probe.vsock.bytes")?;
-    Ok(())
-}
-
-fn set_vsock_connect(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    cfg.vsock.connect_port = Some(bounded(
-        value,
-        1..=u32::MAX as u64 - 1,
-        "cmdline: bad probe.vsock.connect",
-    )?);
-    Ok(())
-}
-
-fn set_vsock_events(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    cfg.vsock.events = bounded(value, 0..=16, "cmdline: bad probe.vsock.events")?;
-    Ok(())
-}
-
-fn set_net_frames(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    cfg.net.frames = bounded(value, 1..=32, "cmdline: bad probe.net.frames")?;
-    Ok(())
-}
-
-fn set_net_rx(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    cfg.net.rx = bounded(value, 0..=4096, "cmdline: bad probe.net.rx")?;
-    Ok(())
-}
-
-fn set_console_echo(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    cfg.console_echo = match value {
-        "1" | "" => true,
-        "0" => false,
-        _ => return Err("cmdline: bad probe.console.echo"),
-    };
-    Ok(())
-}
-
-fn set_blk_resize(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    cfg.blk_resize = match value {
-        "1" | "" => true,
-        "0" => false,
-        _ => return Err("cmdline: bad probe.blk.resize"),
-    };
-    Ok(())
-}
-
-fn set_hostile(cfg: &mut Config, value: &str) -> Result<(), &'static str> {
-    cfg.hostile = match value {
-        "1" | "" => true,
-        "0" => false,
-        _ => return Err("cmdline: bad probe.hostile"),
-    };
-    Ok(())
+    parse_u64(value)
+        .filter(|n| range.contains(n))
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or(err)
 }
 
 /// Parses a decimal number or a `0x` hexadecimal one; `None` on anything else or overflow.
@@ -588,5 +539,30 @@ mod tests {
                 "cmdline: bad probe.console.echo"
             ]
         );
+    }
+
+    #[test]
+    fn every_key_names_itself_when_its_value_is_bad() {
+        for (key, _) in KEYS {
+            let word = std::format!("{key}=bogus");
+            let c = parse(&word);
+            let expected = std::format!("cmdline: bad {key}");
+            assert_eq!(c.errors.as_slice(), &[expected.as_str()], "{word}");
+        }
+    }
+
+    #[test]
+    fn flags_and_bounds() {
+        let c = parse("probe.masktest probe.blk.resize=1 probe.console.echo=0 probe.cpus=255");
+        assert!(c.errors.is_empty());
+        assert!(c.masktest && c.blk_resize && !c.console_echo);
+        assert_eq!(c.cpus, Some(255));
+        let c = parse("probe.blk.resize=2 probe.cpus=256 probe.requests=0 probe.vsock.listen=0");
+        assert!(!c.blk_resize);
+        assert_eq!(c.cpus, None);
+        assert_eq!(c.errors.as_slice().len(), 4);
+        let c = parse("probe.vsock.connect=4294967294 probe.vsock.listen=4294967295");
+        assert_eq!(c.vsock.connect_port, Some(u32::MAX - 1));
+        assert_eq!(c.errors.as_slice(), &["cmdline: bad probe.vsock.listen"]);
     }
 }

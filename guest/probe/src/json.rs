@@ -40,20 +40,17 @@ pub fn write_escaped<W: Write + ?Sized>(w: &mut W, s: &str) -> fmt::Result {
     w.write_str(&s[start..])
 }
 
-/// One JSON object being written. Keys are written verbatim (they are literals in the
-/// probe); values are escaped. The first write error sticks and is returned by [`end`].
-///
-/// [`end`]: Object::end
-pub struct Object<'w, W: Write + ?Sized> {
+/// What an object and an array being written share: the sink, whether an item came yet (for
+/// the commas), and the first write error, which sticks.
+struct Level<'w, W: Write + ?Sized> {
     w: &'w mut W,
     first: bool,
     result: fmt::Result,
 }
 
-impl<'w, W: Write + ?Sized> Object<'w, W> {
-    /// Starts an object (writes `{`).
-    pub fn new(w: &'w mut W) -> Self {
-        let result = w.write_char('{');
+impl<'w, W: Write + ?Sized> Level<'w, W> {
+    fn open(w: &'w mut W, open: char) -> Self {
+        let result = w.write_char(open);
         Self {
             w,
             first: true,
@@ -61,18 +58,71 @@ impl<'w, W: Write + ?Sized> Object<'w, W> {
         }
     }
 
-    fn key(&mut self, k: &str) {
-        if self.result.is_err() {
-            return;
-        }
+    /// The separator before the next item: none before the first.
+    fn separator(&mut self) -> &'static str {
         let sep = if self.first { "" } else { "," };
         self.first = false;
-        self.result = write!(self.w, "{sep}\"{k}\":");
+        sep
+    }
+
+    /// A level nested in this one, opened with `prefix` then `open`.
+    fn nested(&mut self, prefix: &str, open: char) -> Level<'_, W> {
+        let result = self
+            .result
+            .and_then(|_| self.w.write_str(prefix))
+            .and_then(|_| self.w.write_char(open));
+        Level {
+            w: &mut *self.w,
+            first: true,
+            result,
+        }
+    }
+
+    fn close(&mut self, close: char) -> fmt::Result {
+        self.result = self.result.and_then(|_| self.w.write_char(close));
+        self.result
+    }
+}
+
+/// Writes `items` as a JSON array, each with `item`.
+fn write_list<W: Write + ?Sized, T>(
+    w: &mut W,
+    items: &[T],
+    item: impl Fn(&mut W, &T) -> fmt::Result,
+) -> fmt::Result {
+    w.write_char('[')?;
+    for (i, x) in items.iter().enumerate() {
+        if i > 0 {
+            w.write_char(',')?;
+        }
+        item(w, x)?;
+    }
+    w.write_char(']')
+}
+
+/// One JSON object being written. Keys are written verbatim (they are literals in the
+/// probe); values are escaped. The first write error sticks and is returned by [`end`].
+///
+/// [`end`]: Object::end
+pub struct Object<'w, W: Write + ?Sized>(Level<'w, W>);
+
+impl<'w, W: Write + ?Sized> Object<'w, W> {
+    /// Starts an object (writes `{`).
+    pub fn new(w: &'w mut W) -> Self {
+        Self(Level::open(w, '{'))
+    }
+
+    fn key(&mut self, k: &str) {
+        if self.0.result.is_err() {
+            return;
+        }
+        let sep = self.0.separator();
+        self.0.result = write!(self.0.w, "{sep}\"{k}\":");
     }
 
     fn value(&mut self, f: impl FnOnce(&mut W) -> fmt::Result) -> &mut Self {
-        if self.result.is_ok() {
-            self.result = f(self.w);
+        if self.0.result.is_ok() {
+            self.0.result = f(self.0.w);
         }
         self
     }
@@ -105,30 +155,12 @@ impl<'w, W: Write + ?Sized> Object<'w, W> {
 
     pub fn u32_list(&mut self, k: &str, v: &[u32]) -> &mut Self {
         self.key(k);
-        self.value(|w| {
-            w.write_char('[')?;
-            for (i, x) in v.iter().enumerate() {
-                if i > 0 {
-                    w.write_char(',')?;
-                }
-                write!(w, "{x}")?;
-            }
-            w.write_char(']')
-        })
+        self.value(|w| write_list(w, v, |w, x| write!(w, "{x}")))
     }
 
     pub fn str_list(&mut self, k: &str, v: &[&str]) -> &mut Self {
         self.key(k);
-        self.value(|w| {
-            w.write_char('[')?;
-            for (i, x) in v.iter().enumerate() {
-                if i > 0 {
-                    w.write_char(',')?;
-                }
-                write_str(w, x)?;
-            }
-            w.write_char(']')
-        })
+        self.value(|w| write_list(w, v, |w, x| write_str(w, x)))
     }
 
     /// A string value produced by `core::fmt` (escaped on the way through).
@@ -144,59 +176,34 @@ impl<'w, W: Write + ?Sized> Object<'w, W> {
     /// A nested object under `k`; finish it with [`end`](Object::end) before writing on.
     pub fn object(&mut self, k: &str) -> Object<'_, W> {
         self.key(k);
-        let result = self.result.and_then(|_| self.w.write_char('{'));
-        Object {
-            w: &mut *self.w,
-            first: true,
-            result,
-        }
+        Object(self.0.nested("", '{'))
     }
 
     /// A nested array under `k`; finish it with [`Array::end`] before writing on.
     pub fn array(&mut self, k: &str) -> Array<'_, W> {
         self.key(k);
-        let result = self.result.and_then(|_| self.w.write_char('['));
-        Array {
-            w: &mut *self.w,
-            first: true,
-            result,
-        }
+        Array(self.0.nested("", '['))
     }
 
     /// Closes the object (writes `}`).
     pub fn end(&mut self) -> fmt::Result {
-        self.result = self.result.and_then(|_| self.w.write_char('}'));
-        self.result
+        self.0.close('}')
     }
 }
 
 /// A JSON array of objects being written (see [`Object::array`]).
-pub struct Array<'w, W: Write + ?Sized> {
-    w: &'w mut W,
-    first: bool,
-    result: fmt::Result,
-}
+pub struct Array<'w, W: Write + ?Sized>(Level<'w, W>);
 
 impl<W: Write + ?Sized> Array<'_, W> {
     /// Starts the next element, an object; finish it with [`Object::end`].
     pub fn object(&mut self) -> Object<'_, W> {
-        let sep = if self.first { "" } else { "," };
-        self.first = false;
-        let result = self
-            .result
-            .and_then(|_| self.w.write_str(sep))
-            .and_then(|_| self.w.write_char('{'));
-        Object {
-            w: &mut *self.w,
-            first: true,
-            result,
-        }
+        let sep = self.0.separator();
+        Object(self.0.nested(sep, '{'))
     }
 
     /// Closes the array (writes `]`).
     pub fn end(&mut self) -> fmt::Result {
-        self.result = self.result.and_then(|_| self.w.write_char(']'));
-        self.result
+        self.0.close(']')
     }
 }
 
@@ -294,5 +301,42 @@ mod tests {
         o.fmt("m", format_args!("{}{}{}", "\"", "\"", "\\"));
         o.end().unwrap();
         assert_eq!(out, r#"{"m":"\"\"\\"}"#);
+    }
+
+    /// A sink that fails once `room` bytes are written.
+    struct Full {
+        out: String,
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            if s.len() > self.room {
+                return Err(fmt::Error);
+            }
+            self.room -= s.len();
+            self.out.push_str(s);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_first_write_error_sticks_to_the_end() {
+        for room in [0, 3, 10, 20] {
+            let mut sink = Full {
+                out: String::new(),
+                room,
+            };
+            let mut o = Object::new(&mut sink);
+            o.u64("a", 1);
+            {
+                let mut arr = o.array("v");
+                arr.object().u64("x", 2).end().ok();
+                arr.end().ok();
+            }
+            o.str_list("s", &["t"]);
+            assert_eq!(o.end(), Err(fmt::Error), "room {room}");
+            assert!(sink.out.len() <= room);
+        }
     }
 }

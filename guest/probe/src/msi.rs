@@ -21,12 +21,12 @@ pub fn enable(
     device_vectors: u16,
     has_count: bool,
 ) -> Result<(), &'static str> {
-    w.write16(reg::MSI_CSR, v::MSI_CSR_ENABLE);
+    w.write16(reg::MSI_CSR, reg::MSI_CSR_ENABLE);
     for m in msgs {
         w.write32(reg::MSI_ADDRESS_LOW, v::msi_address(m.apic_id));
         w.write32(reg::MSI_ADDRESS_HIGH, 0);
         w.write32(reg::MSI_DATA, v::msi_data(m.vector));
-        w.write16(reg::MSI_CMD, v::msi_cmd(v::MSI_OP_UPDATE, m.index));
+        w.write16(reg::MSI_CMD, v::msi_cmd(reg::MSI_CMD_UPDATE, m.index));
     }
     let csr = w.read16(reg::MSI_CSR);
     let checked = v::msi_csr_check(csr, device_vectors, has_count);
@@ -37,9 +37,9 @@ pub fn enable(
 }
 
 pub fn mask(w: &Window, index: u16) {
-    w.write16(reg::MSI_CMD, v::msi_cmd(v::MSI_OP_MASK, index));
+    w.write16(reg::MSI_CMD, v::msi_cmd(reg::MSI_CMD_MASK, index));
 }
 
 pub fn unmask(w: &Window, index: u16) {
-    w.write16(reg::MSI_CMD, v::msi_cmd(v::MSI_OP_UNMASK, index));
+    w.write16(reg::MSI_CMD, v::msi_cmd(reg::MSI_CMD_UNMASK, index));
 }

@@ -2,46 +2,9 @@
 //! (`docs/virtio-mmio-msi.md`): register offsets, bit values, and the decisions the
 //! driver makes from what it reads. No hardware access here, so all of it is unit-tested.
 
-/// Register offsets in a device window. 16-bit registers are marked; the VMM ignores
-/// accesses of the wrong width, so the driver must use exactly these.
-pub mod reg {
-    pub const MAGIC: u64 = 0x000;
-    pub const VERSION: u64 = 0x004;
-    pub const DEVICE_ID: u64 = 0x008;
-    pub const VENDOR_ID: u64 = 0x00c;
-    pub const DEVICE_FEATURES: u64 = 0x010;
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
-    pub const DRIVER_FEATURES: u64 = 0x020;
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
-    pub const QUEUE_SEL: u64 = 0x030;
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
-    pub const QUEUE_NUM: u64 = 0x038;
-    pub const QUEUE_READY: u64 = 0x044;
-    /// Write: QueueNotify. Read (PER_QUEUE_NOTIFY): NotifyInfo.
-    pub const QUEUE_NOTIFY: u64 = 0x050;
-    pub const INTERRUPT_STATUS: u64 = 0x060;
-    pub const INTERRUPT_ACK: u64 = 0x064;
-    pub const STATUS: u64 = 0x070;
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
-    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
-    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-    /// 16-bit.
-    pub const MSI_CSR: u64 = 0x0c0;
-    /// 16-bit, write only.
-    pub const MSI_CMD: u64 = 0x0c2;
-    pub const MSI_ADDRESS_LOW: u64 = 0x0c4;
-    pub const MSI_ADDRESS_HIGH: u64 = 0x0c8;
-    pub const MSI_DATA: u64 = 0x0cc;
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
-    /// Device configuration space.
-    pub const CONFIG: u64 = 0x100;
-}
-
-pub const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
-pub const VERSION_1X: u32 = 2;
+/// The window's register offsets and values, the MSI extension's included: the map the VMM
+/// implements, from pulse-virtio-spec.
+pub use pulse_virtio_spec::mmio as reg;
 
 /// Device types.
 pub const DEVICE_ID_BLOCK: u32 = 2;
@@ -67,30 +30,14 @@ pub mod feature {
     pub const VERSION_1: u64 = 1 << 32;
 }
 
-/// VendorID of the extension: top 24 bits `0xDBFCDB`, the low byte a feature set.
-pub const VENDOR_SIGNATURE: u32 = 0x00db_fcdb;
-pub const VENDOR_F_INTR_USED: u32 = 0x01;
-pub const VENDOR_F_MSI: u32 = 0x02;
-pub const VENDOR_F_PER_QUEUE_NOTIFY: u32 = 0x04;
-pub const VENDOR_F_MSI_VECTOR_COUNT: u32 = 0x10;
-
-/// MSI_CSR bits.
-pub const MSI_CSR_ENABLE: u16 = 1 << 15;
-pub const MSI_CSR_ACTIVE: u16 = 1 << 14;
-pub const MSI_CSR_COUNT_MASK: u16 = 0x7ff;
-
-/// MSI_CMD operations (bits 15-12; the vector in bits 11-0).
-pub const MSI_OP_UPDATE: u16 = 1;
-pub const MSI_OP_MASK: u16 = 2;
-pub const MSI_OP_UNMASK: u16 = 3;
-
+/// MSI_CMD: the operation (`reg::MSI_CMD_*`) in bits 15-12, the vector in bits 11-0.
 pub fn msi_cmd(op: u16, vector: u16) -> u16 {
     op << 12 | (vector & 0x0fff)
 }
 
 /// The extension's feature byte, if VendorID carries its signature.
 pub fn vendor_features(vendor_id: u32) -> Option<u32> {
-    (vendor_id >> 8 == VENDOR_SIGNATURE).then_some(vendor_id & 0xff)
+    (vendor_id & !0xff == reg::VENDOR_SIGNATURE).then_some(vendor_id & 0xff)
 }
 
 /// The features the driver accepts out of `offered`: VERSION_1 (required), MQ and EVENT_IDX
@@ -140,10 +87,10 @@ pub fn msi_data(vector: u8) -> u32 {
 /// Checks MSI_CSR read back after enabling `vectors` vectors: bit 14 (enabled now) must be
 /// set; with MSI_VECTOR_COUNT the count in bits 0-10 must match too.
 pub fn msi_csr_check(csr: u16, vectors: u16, has_count: bool) -> Result<(), &'static str> {
-    if csr & MSI_CSR_ACTIVE == 0 {
+    if csr & reg::MSI_CSR_ACTIVE == 0 {
         return Err("msi: MSI_CSR does not show MSI enabled");
     }
-    if has_count && csr & MSI_CSR_COUNT_MASK != vectors {
+    if has_count && csr & reg::MSI_CSR_VECTORS_MASK != vectors {
         return Err("msi: MSI_CSR vector count differs from queues + 1");
     }
     Ok(())
@@ -243,9 +190,9 @@ mod tests {
         assert_eq!(msi_address(3), 0xfee0_3000);
         assert_eq!(msi_address(255), 0xfeef_f000);
         assert_eq!(msi_data(0x41), 0x41);
-        assert_eq!(msi_cmd(MSI_OP_UPDATE, 4), 0x1004);
-        assert_eq!(msi_cmd(MSI_OP_MASK, 1), 0x2001);
-        assert_eq!(msi_cmd(MSI_OP_UNMASK, 1), 0x3001);
+        assert_eq!(msi_cmd(reg::MSI_CMD_UPDATE, 4), 0x1004);
+        assert_eq!(msi_cmd(reg::MSI_CMD_MASK, 1), 0x2001);
+        assert_eq!(msi_cmd(reg::MSI_CMD_UNMASK, 1), 0x3001);
     }
 
     #[test]

@@ -53,9 +53,28 @@ pub struct NetPeer {
     thread: JoinHandle<NetPeerReport>,
 }
 
+/// ETH_P_ALL and AF_PACKET (3 and 17) as the 16-bit fields of a `sockaddr_ll`.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+const ETH_P_ALL: u16 = libc::ETH_P_ALL as u16;
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+const AF_PACKET: libc::sa_family_t = libc::AF_PACKET as libc::sa_family_t;
+
+/// The size of `T` as a socket call's length argument: the structs passed are a few dozen
+/// bytes.
+#[allow(clippy::cast_possible_truncation)]
+const fn socklen<T>() -> libc::socklen_t {
+    std::mem::size_of::<T>() as libc::socklen_t
+}
+
 /// A raw packet socket bound to interface `ifindex`.
 fn packet_socket(ifindex: u32) -> std::io::Result<OwnedFd> {
-    let proto = (libc::ETH_P_ALL as u16).to_be();
+    let ifindex = i32::try_from(ifindex).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("interface index {ifindex} out of range"),
+        )
+    })?;
+    let proto = ETH_P_ALL.to_be();
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
     if fd < 0 {
@@ -65,15 +84,15 @@ fn packet_socket(ifindex: u32) -> std::io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: sockaddr_ll is plain data; zero is a valid start.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_family = AF_PACKET;
     addr.sll_protocol = proto;
-    addr.sll_ifindex = ifindex as i32;
+    addr.sll_ifindex = ifindex;
     // SAFETY: `addr` is a valid sockaddr_ll of the size passed.
     let rc = unsafe {
         libc::bind(
             fd.as_raw_fd(),
             std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            socklen::<libc::sockaddr_ll>(),
         )
     };
     if rc < 0 {
@@ -90,7 +109,7 @@ fn packet_socket(ifindex: u32) -> std::io::Result<OwnedFd> {
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
             std::ptr::from_ref(&tv).cast::<libc::c_void>(),
-            std::mem::size_of::<libc::timeval>() as u32,
+            socklen::<libc::timeval>(),
         )
     };
     Ok(fd)
@@ -100,15 +119,15 @@ fn packet_socket(ifindex: u32) -> std::io::Result<OwnedFd> {
 fn host_frame(dst: [u8; 6], flow: u32) -> Vec<u8> {
     let mut payload = HOST_MARK.to_vec();
     payload.extend_from_slice(format!("{flow:08}").as_bytes());
-    let udp_len = 8 + payload.len();
+    let udp_len = u16::try_from(8 + payload.len()).expect("a host frame is under 64 bytes");
     let ip_len = 20 + udp_len;
-    let mut f = Vec::with_capacity(14 + ip_len);
+    let mut f = Vec::with_capacity(14 + usize::from(ip_len));
     f.extend_from_slice(&dst);
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
     f.extend_from_slice(&[0x08, 0x00]);
     let mut ip = [0u8; 20];
     ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
     ip[8] = 64;
     ip[9] = 17;
     ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
@@ -118,14 +137,15 @@ fn host_frame(dst: [u8; 6], flow: u32) -> Vec<u8> {
         .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
         .sum::<u32>();
     let folded = (sum & 0xffff) + (sum >> 16);
-    let checksum = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    let folded = u16::try_from((folded & 0xffff) + (folded >> 16)).expect("folded twice");
+    let checksum = !folded;
     ip[10..12].copy_from_slice(&checksum.to_be_bytes());
     f.extend_from_slice(&ip);
     // Many source ports: many flows, spread over the tap's queues by their hash.
-    let sport = 10_000 + (flow % 50_000) as u16;
+    let sport = 10_000 + u16::try_from(flow % 50_000).expect("below 50000");
     f.extend_from_slice(&sport.to_be_bytes());
     f.extend_from_slice(&9u16.to_be_bytes());
-    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
     f.extend_from_slice(&[0, 0]);
     f.extend_from_slice(&payload);
     f
@@ -212,7 +232,7 @@ fn run(net: NetHandle, pairs: u16, rx: u32, stop: &AtomicBool) -> NetPeerReport 
             )
         };
         if n > 0 {
-            if let Some(p) = probe_pair(&buf[..n as usize]) {
+            if let Some(p) = probe_pair(&buf[..n.unsigned_abs()]) {
                 if let Some(c) = report.from_guest.get_mut(usize::from(p)) {
                     *c += 1;
                 }

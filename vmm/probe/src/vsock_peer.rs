@@ -83,7 +83,8 @@ pub struct RunningPeer {
 }
 
 /// Byte `i` of connection `c`'s stream: differs between connections and across 4 KiB
-/// boundaries, so a misplaced or swapped chunk is seen.
+/// boundaries, so a misplaced or swapped chunk is seen. A hash: the truncations are meant.
+#[allow(clippy::cast_possible_truncation)]
 fn pattern(c: u32, i: usize) -> u8 {
     (i as u32)
         .wrapping_mul(131)

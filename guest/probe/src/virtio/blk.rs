@@ -2,9 +2,8 @@
 //! status byte: three descriptors each), published with one avail-index store and one
 //! doorbell, then checked when the used index covers them. One CPU owns a queue at a time.
 
+use super::buf::DmaBufs;
 use super::queue::{Page, Virtq, MAX_QUEUES};
-use crate::arch::RacyCell;
-use core::mem::MaybeUninit;
 use pulse_probe::virtio_spec::{blk, ring};
 use pulse_probe::workload::{self, Batch, Plan, BLOCK, DESCS_PER_REQUEST, WORDS_PER_BLOCK};
 
@@ -33,12 +32,12 @@ struct QueueBufs {
 /// idle once its workload is done). Not zeroed at boot: every field is written before the
 /// device sees it.
 #[link_section = ".noinit.virtio_bufs"]
-static BUFS: RacyCell<MaybeUninit<[QueueBufs; MAX_QUEUES]>> = RacyCell::new(MaybeUninit::uninit());
+static BUFS: DmaBufs<[QueueBufs; MAX_QUEUES]> = DmaBufs::new();
 
 fn bufs(q: u16) -> *mut QueueBufs {
     assert!((q as usize) < MAX_QUEUES);
     // SAFETY: in bounds of the static array; only an address is formed.
-    unsafe { (BUFS.get() as *mut QueueBufs).add(q as usize) }
+    unsafe { BUFS.ptr().cast::<QueueBufs>().add(q as usize) }
 }
 
 /// Everything a queue's owner needs and keeps while running it.

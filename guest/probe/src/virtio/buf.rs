@@ -1,6 +1,36 @@
-//! Byte access to the drivers' static DMA buffers. The device reads and writes them from
-//! another host thread, so every access is volatile; ordering against the ring indexes is the
-//! queue's business (`queue.rs`).
+//! The drivers' static DMA buffers and byte access to them. The device reads and writes them
+//! from another host thread, so every access is volatile; ordering against the ring indexes is
+//! the queue's business (`queue.rs`).
+
+use crate::arch::RacyCell;
+use core::mem::MaybeUninit;
+
+/// A driver's static buffers, of type `T`: not zeroed at boot (give the static a `.noinit`
+/// link section; every byte the device reads is written first). The probe's memory is
+/// identity-mapped, so an address in them is what the device is given: see [`dma_addr`].
+pub struct DmaBufs<T>(RacyCell<MaybeUninit<T>>);
+
+impl<T> DmaBufs<T> {
+    pub const fn new() -> Self {
+        Self(RacyCell::new(MaybeUninit::uninit()))
+    }
+
+    /// The buffers (`MaybeUninit<T>` has `T`'s layout); only addresses are formed from it.
+    pub fn ptr(&self) -> *mut T {
+        self.0.get().cast()
+    }
+}
+
+/// The address of a field of a [`DmaBufs`] static, as the device is given it:
+/// `dma_addr!(BUFS, rx[slot])`. Indexes are bounds-checked.
+macro_rules! dma_addr {
+    ($bufs:expr, $($field:tt)+) => {
+        // SAFETY: the pointer is to a static; `addr_of!` reads nothing and makes no
+        // reference, and the indexing in the place expression is bounds-checked.
+        unsafe { core::ptr::addr_of!((*$bufs.ptr()).$($field)+) as u64 }
+    };
+}
+pub(crate) use dma_addr;
 
 /// Writes `data` at `addr`.
 ///

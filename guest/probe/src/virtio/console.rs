@@ -2,11 +2,10 @@
 //! BSP: write a hello line, and, when asked, wait for one line of host input and write it
 //! back after `echo: `.
 
-use super::buf::{read_byte, write_bytes};
+use super::buf::{dma_addr, read_byte, write_bytes, DmaBufs};
 use super::queue::Virtq;
-use super::{mmio, IrqPacer};
-use crate::arch::{self, Deadline, RacyCell};
-use core::mem::MaybeUninit;
+use super::{idle, mmio, settle, IrqPacer};
+use crate::arch::{self, Deadline};
 use pulse_probe::devreport::ConsoleResult;
 use pulse_probe::net_spec::{CONSOLE_ECHO_PREFIX, CONSOLE_HELLO};
 
@@ -14,7 +13,6 @@ const RX_SLOTS: usize = 8;
 const RX_BUF: usize = 256;
 const LINE_MAX: usize = 200;
 const WORKLOAD_MS: u64 = 30_000;
-const SETTLE_MS: u64 = 50;
 
 #[repr(C, align(4096))]
 struct Buffers {
@@ -23,17 +21,11 @@ struct Buffers {
     echo: [u8; 256],
 }
 
-/// Not zeroed: every byte the device reads is written first.
 #[link_section = ".noinit.console_bufs"]
-static BUFS: RacyCell<MaybeUninit<Buffers>> = RacyCell::new(MaybeUninit::uninit());
-
-fn bufs() -> *mut Buffers {
-    BUFS.get() as *mut Buffers
-}
+static BUFS: DmaBufs<Buffers> = DmaBufs::new();
 
 fn rx_addr(slot: usize) -> u64 {
-    // SAFETY: address computation inside the static (no access); slot < RX_SLOTS.
-    unsafe { core::ptr::addr_of!((*bufs()).rx[slot]) as u64 }
+    dma_addr!(BUFS, rx[slot])
 }
 
 /// The two queues of port 0 and their doorbells.
@@ -58,13 +50,7 @@ pub fn run(q: &Queues, echo: bool, pacers: &mut [IrqPacer; 2]) -> ConsoleResult 
     q.rx.publish(rx_avail);
     kick(0);
 
-    // SAFETY: address computations inside the static.
-    let (hello, echo_buf) = unsafe {
-        (
-            core::ptr::addr_of!((*bufs()).hello) as u64,
-            core::ptr::addr_of!((*bufs()).echo) as u64,
-        )
-    };
+    let (hello, echo_buf) = (dma_addr!(BUFS, hello), dma_addr!(BUFS, echo));
     // With host input asked for, the hello waits for it: the host side is connected then
     // and sees every line.
     let send_hello = |tx_avail: &mut u16| {
@@ -86,15 +72,12 @@ pub fn run(q: &Queues, echo: bool, pacers: &mut [IrqPacer; 2]) -> ConsoleResult 
     let mut deadline = Deadline::after_ms(WORKLOAD_MS);
     loop {
         let mut progress = false;
-        while tx_used != q.tx.used_idx() {
-            tx_used = tx_used.wrapping_add(1);
+        while q.tx.pop_used(&mut tx_used).is_some() {
             r.writes_done += 1;
             progress = true;
         }
         let mut reposted = false;
-        while rx_used != q.rx.used_idx() {
-            let (id, len) = q.rx.used_elem(rx_used);
-            rx_used = rx_used.wrapping_add(1);
+        while let Some((id, len)) = q.rx.pop_used(&mut rx_used) {
             progress = true;
             let slot = id as usize;
             if slot >= RX_SLOTS {
@@ -140,12 +123,9 @@ pub fn run(q: &Queues, echo: bool, pacers: &mut [IrqPacer; 2]) -> ConsoleResult 
             break;
         }
         if !progress {
-            arch::sti_hlt();
-            arch::cli();
+            idle();
         }
     }
-    arch::sti();
-    Deadline::after_ms(SETTLE_MS).wait();
-    arch::cli();
+    settle();
     r
 }

@@ -9,7 +9,7 @@ use crate::ioapic::IoApic;
 use crate::msi::{self, Message};
 use core::sync::atomic::Ordering;
 use pulse_probe::devreport::MAX_VECTORS;
-use pulse_probe::virtio_spec::{self as spec, reg};
+use pulse_probe::virtio_spec::reg;
 
 /// Allocates N+1 IDT vectors and programs them: vector 0 (config) at the BSP, queue q's at
 /// its owner CPU. An error leaves MSI disabled (the caller falls back to legacy).
@@ -42,7 +42,7 @@ pub(super) fn setup_msi(
         };
         dev.vectors[i] = m.vector;
     }
-    let has_count = vendor_features & spec::VENDOR_F_MSI_VECTOR_COUNT != 0;
+    let has_count = vendor_features & reg::VENDOR_F_MSI_VECTOR_COUNT != 0;
     match msi::enable(&dev.window, &msgs[..count], device_queues + 1, has_count) {
         Ok(()) => {
             *next_vector += count as u8;

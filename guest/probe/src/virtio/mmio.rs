@@ -81,8 +81,8 @@ impl Window {
         self.write32(reg::QUEUE_NUM, size as u32);
         for (lo, hi, addr) in [
             (reg::QUEUE_DESC_LOW, reg::QUEUE_DESC_HIGH, desc),
-            (reg::QUEUE_DRIVER_LOW, reg::QUEUE_DRIVER_HIGH, driver),
-            (reg::QUEUE_DEVICE_LOW, reg::QUEUE_DEVICE_HIGH, device),
+            (reg::QUEUE_AVAIL_LOW, reg::QUEUE_AVAIL_HIGH, driver),
+            (reg::QUEUE_USED_LOW, reg::QUEUE_USED_HIGH, device),
         ] {
             self.write32(lo, addr as u32);
             self.write32(hi, (addr >> 32) as u32);
@@ -106,7 +106,7 @@ impl Window {
 
     /// A 64-bit little-endian configuration field at `offset` (two 32-bit reads).
     pub fn read_config_u64(&self, offset: u64) -> u64 {
-        let at = reg::CONFIG + offset;
+        let at = reg::CONFIG_SPACE + offset;
         self.read32(at) as u64 | (self.read32(at + 4) as u64) << 32
     }
 }

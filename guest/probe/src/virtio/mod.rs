@@ -239,6 +239,24 @@ pub fn run(cfg: &Config, ioapic_addr: Option<u32>) -> Outcome {
     out
 }
 
+/// A polled workload's wait when nothing moved: halts until an interrupt (a queue's, the
+/// legacy line's or the watchdog's) and returns with interrupts off.
+fn idle() {
+    arch::sti_hlt();
+    arch::cli();
+}
+
+/// How long a polled workload still takes interrupts after its end.
+const SETTLE_MS: u64 = 50;
+
+/// Takes the interrupts raised just before a polled workload's end, so that what the guest
+/// counts is what the device sent.
+fn settle() {
+    arch::sti();
+    Deadline::after_ms(SETTLE_MS).wait();
+    arch::cli();
+}
+
 /// Waits for `done()`. With `halt` (MSI mode), sleeps in `sti; hlt` between checks and
 /// returns with interrupts off; otherwise spins and leaves the interrupt flag alone.
 fn wait(halt: bool, ms: u64, mut done: impl FnMut() -> bool) -> bool {

@@ -2,11 +2,10 @@
 //! through the control queue, send frames on every tx queue, and take the host harness's
 //! frames on every rx queue (the tap spreads them over its queues by flow hash).
 
-use super::buf::{read_byte, write_bytes};
+use super::buf::{dma_addr, read_byte, write_bytes, DmaBufs};
 use super::queue::{Virtq, QUEUE_SIZE_CAP};
-use super::{mmio, IrqPacer};
-use crate::arch::{self, Deadline, RacyCell};
-use core::mem::MaybeUninit;
+use super::{idle, mmio, settle, IrqPacer};
+use crate::arch::{self, Deadline};
 use pulse_probe::cmdline::NetPlan;
 use pulse_probe::devreport::{NetResult, MAX_NET_PAIRS};
 use pulse_probe::net_spec::{self as ns, NET_HDR_LEN, PROBE_FRAME_LEN};
@@ -17,7 +16,6 @@ const RX_BUF: usize = 2048;
 const TX_PER_QUEUE: usize = QUEUE_SIZE_CAP as usize / 2;
 const TX_BUF: usize = 128;
 const WORKLOAD_MS: u64 = 30_000;
-const SETTLE_MS: u64 = 50;
 
 #[repr(C, align(4096))]
 struct Buffers {
@@ -26,27 +24,19 @@ struct Buffers {
     ctrl: [u8; 16],
 }
 
-/// Not zeroed: every byte the device reads is written first.
 #[link_section = ".noinit.net_bufs"]
-static BUFS: RacyCell<MaybeUninit<Buffers>> = RacyCell::new(MaybeUninit::uninit());
-
-fn bufs() -> *mut Buffers {
-    BUFS.get() as *mut Buffers
-}
+static BUFS: DmaBufs<Buffers> = DmaBufs::new();
 
 fn rx_addr(pair: usize, slot: usize) -> u64 {
-    // SAFETY: address computation inside the static (no access); indexes in bounds.
-    unsafe { core::ptr::addr_of!((*bufs()).rx[pair][slot]) as u64 }
+    dma_addr!(BUFS, rx[pair][slot])
 }
 
 fn tx_addr(pair: usize, slot: usize) -> u64 {
-    // SAFETY: as above.
-    unsafe { core::ptr::addr_of!((*bufs()).tx[pair][slot]) as u64 }
+    dma_addr!(BUFS, tx[pair][slot])
 }
 
 fn ctrl_addr() -> u64 {
-    // SAFETY: as above.
-    unsafe { core::ptr::addr_of!((*bufs()).ctrl) as u64 }
+    dma_addr!(BUFS, ctrl)
 }
 
 /// One queue: its ring, doorbell and pacer slot.
@@ -83,10 +73,6 @@ pub fn run(q: &Queues, plan: NetPlan, pacers: &mut [IrqPacer]) -> NetResult {
         ..NetResult::default()
     };
     let mut deadline = Deadline::after_ms(WORKLOAD_MS);
-    let idle = || {
-        arch::sti_hlt();
-        arch::cli();
-    };
 
     // Queue pairs beyond the first only carry traffic once the driver asks for them.
     if let (Some(ctrl), true) = (q.ctrl, q.pairs > 1) {
@@ -145,15 +131,12 @@ pub fn run(q: &Queues, plan: NetPlan, pacers: &mut [IrqPacer]) -> NetResult {
             let (Some(rx), Some(tx)) = (q.rx[p], q.tx[p]) else {
                 continue;
             };
-            while tx_used[p] != tx.vq.used_idx() {
-                tx_used[p] = tx_used[p].wrapping_add(1);
+            while tx.vq.pop_used(&mut tx_used[p]).is_some() {
                 r.tx_done[p] += 1;
                 progress = true;
             }
             let mut reposted = false;
-            while rx_used[p] != rx.vq.used_idx() {
-                let (id, len) = rx.vq.used_elem(rx_used[p]);
-                rx_used[p] = rx_used[p].wrapping_add(1);
+            while let Some((id, len)) = rx.vq.pop_used(&mut rx_used[p]) {
                 progress = true;
                 let slot = id as usize;
                 if slot >= RX_PER_QUEUE || (len as usize) < NET_HDR_LEN {
@@ -195,8 +178,6 @@ pub fn run(q: &Queues, plan: NetPlan, pacers: &mut [IrqPacer]) -> NetResult {
             idle();
         }
     }
-    arch::sti();
-    Deadline::after_ms(SETTLE_MS).wait();
-    arch::cli();
+    settle();
     r
 }

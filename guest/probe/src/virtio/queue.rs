@@ -5,7 +5,6 @@
 //! ring entries before the avail index, the avail index before the doorbell, the used index
 //! before the used entries and the buffers it covers.
 
-use core::mem::MaybeUninit;
 use core::sync::atomic::{fence, Ordering};
 use pulse_probe::virtio_spec::ring;
 
@@ -25,13 +24,13 @@ pub const MAX_QUEUES: usize = 16;
 /// Queue size the driver asks for (at most): 21 three-descriptor requests per batch.
 pub const QUEUE_SIZE_CAP: u16 = 64;
 
+use crate::virtio::buf::DmaBufs;
 use crate::virtio::MAX_DEVICES;
 
 /// Not zeroed at boot (zeroing 1.5 MiB with `rep stos` is slow under the emulator): `init`
 /// clears the few fields the device reads before the driver writes them.
 #[link_section = ".noinit.virtio_rings"]
-static RINGS: crate::arch::RacyCell<MaybeUninit<[[RingPages; MAX_QUEUES]; MAX_DEVICES]>> =
-    crate::arch::RacyCell::new(MaybeUninit::uninit());
+static RINGS: DmaBufs<[[RingPages; MAX_QUEUES]; MAX_DEVICES]> = DmaBufs::new();
 
 /// The driver's handle of one queue. `Copy`: it is only addresses; the state that changes
 /// (next indexes) is kept by its single user.
@@ -52,7 +51,7 @@ impl Virtq {
     /// of two, checked by the caller).
     pub fn new(dev: usize, q: usize, size: u16) -> Self {
         assert!(dev < MAX_DEVICES && q < MAX_QUEUES && size <= QUEUE_SIZE_CAP);
-        let base = RINGS.get() as *mut RingPages;
+        let base = RINGS.ptr().cast::<RingPages>();
         // SAFETY: in bounds of the static array (asserted above); only an address is formed.
         let rings = unsafe { base.add(dev * MAX_QUEUES + q) };
         Self { rings, size }
@@ -158,6 +157,17 @@ impl Virtq {
         let v = Self::read16(self.used_addr(), ring::USED_IDX);
         fence(Ordering::Acquire);
         v
+    }
+
+    /// The used entry at `next` if the device has added it, and `next` moved past it: a
+    /// driver's loop over what the device returned.
+    pub fn pop_used(&self, next: &mut u16) -> Option<(u32, u32)> {
+        if *next == self.used_idx() {
+            return None;
+        }
+        let e = self.used_elem(*next);
+        *next = next.wrapping_add(1);
+        Some(e)
     }
 
     /// Used entry at free-running index `idx`: (descriptor head id, bytes written).

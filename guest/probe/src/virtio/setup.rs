@@ -24,10 +24,10 @@ pub(super) fn setup(
     report: &mut DeviceReport,
 ) -> Result<Option<Device>, &'static str> {
     let w = Window::new(arg.base, arg.size)?;
-    if w.read32(reg::MAGIC) != spec::MAGIC_VALUE {
+    if w.read32(reg::MAGIC) != reg::MAGIC_VALUE {
         return Err("virtio: bad magic value");
     }
-    if w.read32(reg::VERSION) != spec::VERSION_1X {
+    if w.read32(reg::VERSION_REG) != reg::VERSION {
         return Err("virtio: not a virtio 1.x (Version 2) device");
     }
     report.device_id = w.read32(reg::DEVICE_ID);
@@ -87,7 +87,7 @@ pub(super) fn setup(
         Kind::Net => {
             let ctrl = accepted & net_feature::CTRL_VQ != 0;
             let pairs = if accepted & net_feature::MQ != 0 && ctrl {
-                w.read16(reg::CONFIG + ns::NET_CFG_MAX_PAIRS)
+                w.read16(reg::CONFIG_SPACE + ns::NET_CFG_MAX_PAIRS)
             } else {
                 1
             };
@@ -154,7 +154,7 @@ pub(super) fn setup(
     };
     if cfg.irq == IrqMode::Msi {
         match vendor {
-            Some(f) if f & spec::VENDOR_F_MSI != 0 => {
+            Some(f) if f & reg::VENDOR_F_MSI != 0 => {
                 match setup_msi(&mut dev, device_queues, f, next_vector) {
                     Ok(()) => dev.msi = true,
                     Err(e) => report.note = Some(e),
@@ -172,7 +172,7 @@ pub(super) fn setup(
 
     // Queues and doorbells.
     let notify_info = match vendor {
-        Some(f) if f & spec::VENDOR_F_PER_QUEUE_NOTIFY != 0 => Some(w.read32(reg::QUEUE_NOTIFY)),
+        Some(f) if f & reg::VENDOR_F_PER_QUEUE_NOTIFY != 0 => Some(w.read32(reg::QUEUE_NOTIFY)),
         _ => None,
     };
     // The queues of the devices that the BSP drives (all but block).
@@ -218,7 +218,7 @@ pub(super) fn setup(
             };
             let mut mac = [0u8; 6];
             for (i, b) in mac.iter_mut().enumerate() {
-                *b = w.read8(reg::CONFIG + ns::NET_CFG_MAC + i as u64);
+                *b = w.read8(reg::CONFIG_SPACE + ns::NET_CFG_MAC + i as u64);
             }
             let mut q = net::Queues {
                 pairs,
@@ -255,7 +255,7 @@ pub(super) fn read_config(w: &Window, mq: bool) -> (u64, u16) {
     w.read_config_consistent(|w| {
         let capacity = w.read_config_u64(vblk::CFG_CAPACITY);
         let queues = if mq {
-            w.read16(reg::CONFIG + vblk::CFG_NUM_QUEUES)
+            w.read16(reg::CONFIG_SPACE + vblk::CFG_NUM_QUEUES)
         } else {
             1
         };

@@ -8,11 +8,10 @@
 //! descriptor holding the header and up to 4052 payload bytes; a tx packet is a header
 //! descriptor, plus a payload descriptor for RW.
 
-use super::buf::{read_bytes, write_bytes};
+use super::buf::{dma_addr, read_bytes, write_bytes, DmaBufs};
 use super::queue::{Virtq, QUEUE_SIZE_CAP};
-use super::{mmio, IrqPacer};
-use crate::arch::{self, Deadline, RacyCell};
-use core::mem::MaybeUninit;
+use super::{idle, mmio, settle, IrqPacer};
+use crate::arch::{self, Deadline};
 use pulse_probe::cmdline::{VsockPlan, MAX_VSOCK_CONNS};
 use pulse_probe::devreport::VsockResult;
 use pulse_probe::virtio_spec::ring;
@@ -35,7 +34,6 @@ pub const CONNECT_REPLY: &[u8] = b"hello from pulse-vmm\n";
 /// The whole workload must finish within this (real time).
 const WORKLOAD_MS: u64 = 40_000;
 /// Interrupts still on their way when the workload ends get this long to land.
-const SETTLE_MS: u64 = 50;
 /// Connection slots: the echo connections, then the guest-initiated one, then a scratch
 /// slot that carries the addresses of an RST for a packet no connection owns.
 const ECHO_CONNS: usize = MAX_VSOCK_CONNS as usize;
@@ -51,27 +49,19 @@ struct Buffers {
     reply: [u8; 64],
 }
 
-/// Not zeroed: every byte the device reads is written first.
 #[link_section = ".noinit.vsock_bufs"]
-static BUFS: RacyCell<MaybeUninit<Buffers>> = RacyCell::new(MaybeUninit::uninit());
-
-fn bufs() -> *mut Buffers {
-    BUFS.get() as *mut Buffers
-}
+static BUFS: DmaBufs<Buffers> = DmaBufs::new();
 
 fn rx_addr(slot: usize) -> u64 {
-    // SAFETY: address computation inside the static (no access); slot < RX_SLOTS.
-    unsafe { core::ptr::addr_of!((*bufs()).rx[slot]) as u64 }
+    dma_addr!(BUFS, rx[slot])
 }
 
 fn tx_header_addr(slot: usize) -> u64 {
-    // SAFETY: as above; slot < TX_SLOTS.
-    unsafe { core::ptr::addr_of!((*bufs()).tx_headers[slot]) as u64 }
+    dma_addr!(BUFS, tx_headers[slot])
 }
 
 fn event_addr(slot: usize) -> u64 {
-    // SAFETY: as above; slot < EV_SLOTS.
-    unsafe { core::ptr::addr_of!((*bufs()).events[slot]) as u64 }
+    dma_addr!(BUFS, events[slot])
 }
 
 /// The device's queues as the transport set them up.
@@ -203,9 +193,7 @@ impl Driver {
     /// Handles every used rx buffer. Returns whether there was any.
     fn drain_rx(&mut self) -> bool {
         let mut any = false;
-        while self.rx_used != self.q.rx.used_idx() {
-            let (id, len) = self.q.rx.used_elem(self.rx_used);
-            self.rx_used = self.rx_used.wrapping_add(1);
+        while let Some((id, len)) = self.q.rx.pop_used(&mut self.rx_used) {
             any = true;
             let slot = id as usize;
             if slot >= RX_SLOTS || (len as usize) < HEADER_SIZE {
@@ -388,8 +376,7 @@ impl Driver {
                     Some((rx_addr(rx_slot as usize) + HEADER_SIZE as u64, len as u32)),
                 ),
                 Pkt::Hello { conn } => {
-                    // SAFETY: address computation inside the static.
-                    let a = unsafe { core::ptr::addr_of!((*bufs()).reply) as u64 };
+                    let a = dma_addr!(BUFS, reply);
                     write_bytes(a, CONNECT_MSG);
                     (conn, op::RW, 0, Some((a, CONNECT_MSG.len() as u32)))
                 }
@@ -429,9 +416,7 @@ impl Driver {
     /// Handles used tx packets: frees their slots, reposts echoed rx buffers.
     fn drain_tx(&mut self) -> bool {
         let mut any = false;
-        while self.tx_used != self.q.tx.used_idx() {
-            let (id, _) = self.q.tx.used_elem(self.tx_used);
-            self.tx_used = self.tx_used.wrapping_add(1);
+        while let Some((id, _)) = self.q.tx.pop_used(&mut self.tx_used) {
             any = true;
             let slot = id as usize / 2;
             let Some(p) = self.tx_inflight.get_mut(slot).and_then(Option::take) else {
@@ -460,9 +445,7 @@ impl Driver {
 
     fn drain_events(&mut self) -> bool {
         let mut any = false;
-        while self.ev_used != self.q.ev.used_idx() {
-            let (id, len) = self.q.ev.used_elem(self.ev_used);
-            self.ev_used = self.ev_used.wrapping_add(1);
+        while let Some((id, len)) = self.q.ev.pop_used(&mut self.ev_used) {
             any = true;
             let slot = (id as usize).min(EV_SLOTS - 1);
             let event = u32::from_le_bytes({
@@ -607,15 +590,9 @@ pub fn run(q: Queues, guest_cid: u64, plan: VsockPlan, mut pacers: [IrqPacer; 3]
             break;
         }
         if !progress {
-            // Halt until an interrupt (a queue's, the legacy line's or the watchdog's).
-            arch::sti_hlt();
-            arch::cli();
+            idle();
         }
     }
-    // Interrupts raised just before the end are still pending: take them, so that what the
-    // guest counts is what the device sent.
-    arch::sti();
-    Deadline::after_ms(SETTLE_MS).wait();
-    arch::cli();
+    settle();
     d.result
 }

@@ -1,104 +1,18 @@
-//! virtio-vsock packets: the 44-byte header (virtio spec 5.10.6) and helpers to move a packet
-//! between a descriptor chain and host memory.
+//! virtio-vsock packets: the 44-byte header (virtio spec 5.10.6, in pulse-virtio-spec, which
+//! the probe guest's driver shares) and helpers to move a packet between a descriptor chain and
+//! host memory.
 
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::devices::block::request::Buffer;
 use crate::memory::GuestMemoryMmap;
 
-/// Size of `struct virtio_vsock_hdr`.
-pub const HEADER_SIZE: usize = 44;
-/// The host's CID.
-pub const HOST_CID: u64 = 2;
-/// Stream sockets, the only type Pulse supports.
-pub const TYPE_STREAM: u16 = 1;
+pub use pulse_virtio_spec::vsock::{
+    op, Header, HEADER_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
+
 /// Largest payload Pulse accepts from the guest in one packet.
 pub const MAX_PAYLOAD: u32 = 64 * 1024;
-
-/// Operations.
-pub mod op {
-    /// Connection request.
-    pub const REQUEST: u16 = 1;
-    /// Connection accepted.
-    pub const RESPONSE: u16 = 2;
-    /// Connection reset (refused, or closed).
-    pub const RST: u16 = 3;
-    /// One side stops sending and/or receiving.
-    pub const SHUTDOWN: u16 = 4;
-    /// Data.
-    pub const RW: u16 = 5;
-    /// Here is my credit.
-    pub const CREDIT_UPDATE: u16 = 6;
-    /// Tell me your credit.
-    pub const CREDIT_REQUEST: u16 = 7;
-}
-
-/// SHUTDOWN flag: the sender will receive no more.
-pub const SHUTDOWN_RCV: u32 = 1;
-/// SHUTDOWN flag: the sender will send no more.
-pub const SHUTDOWN_SEND: u32 = 2;
-
-/// A decoded header.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Header {
-    /// Source CID.
-    pub src_cid: u64,
-    /// Destination CID.
-    pub dst_cid: u64,
-    /// Source port.
-    pub src_port: u32,
-    /// Destination port.
-    pub dst_port: u32,
-    /// Payload length.
-    pub len: u32,
-    /// Socket type.
-    pub kind: u16,
-    /// Operation.
-    pub op: u16,
-    /// Operation flags.
-    pub flags: u32,
-    /// Sender's receive buffer size.
-    pub buf_alloc: u32,
-    /// Bytes the sender has consumed from its receive buffer.
-    pub fwd_cnt: u32,
-}
-
-impl Header {
-    /// Decodes 44 little-endian bytes.
-    pub fn decode(b: &[u8; HEADER_SIZE]) -> Self {
-        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8"));
-        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4"));
-        let u16_at = |o: usize| u16::from_le_bytes(b[o..o + 2].try_into().expect("2"));
-        Self {
-            src_cid: u64_at(0),
-            dst_cid: u64_at(8),
-            src_port: u32_at(16),
-            dst_port: u32_at(20),
-            len: u32_at(24),
-            kind: u16_at(28),
-            op: u16_at(30),
-            flags: u32_at(32),
-            buf_alloc: u32_at(36),
-            fwd_cnt: u32_at(40),
-        }
-    }
-
-    /// Encodes to 44 little-endian bytes.
-    pub fn encode(&self) -> [u8; HEADER_SIZE] {
-        let mut b = [0u8; HEADER_SIZE];
-        b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
-        b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
-        b[16..20].copy_from_slice(&self.src_port.to_le_bytes());
-        b[20..24].copy_from_slice(&self.dst_port.to_le_bytes());
-        b[24..28].copy_from_slice(&self.len.to_le_bytes());
-        b[28..30].copy_from_slice(&self.kind.to_le_bytes());
-        b[30..32].copy_from_slice(&self.op.to_le_bytes());
-        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
-        b[36..40].copy_from_slice(&self.buf_alloc.to_le_bytes());
-        b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
-        b
-    }
-}
 
 /// Why a TX chain is not a packet.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -243,23 +157,6 @@ pub fn write_rx(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn header_round_trip() {
-        let h = Header {
-            src_cid: 3,
-            dst_cid: 2,
-            src_port: 1234,
-            dst_port: 1024,
-            len: 5,
-            kind: TYPE_STREAM,
-            op: op::RW,
-            flags: 0,
-            buf_alloc: 65536,
-            fwd_cnt: 7,
-        };
-        assert_eq!(Header::decode(&h.encode()), h);
-    }
 
     #[test]
     fn packets_across_buffers() {

@@ -4,13 +4,13 @@ use super::chains::{run_chains, Chains};
 use super::device::HDev;
 use super::{
     page, Tally, CONFIG_VECTOR, FAR, F_INDIRECT, F_NEXT, F_WRITE, S_IOERR, S_OK, S_UNSET, TOP,
-    T_IN, T_OUT, T_WRITE_ZEROES, WAIT_MS,
+    T_IN, T_OUT, T_WRITE_ZEROES,
 };
 use crate::arch::{self, Deadline};
 use crate::idt;
 use crate::virtio::buf::{read_byte, write_bytes};
 use crate::virtio::cpus;
-use pulse_probe::virtio_spec::{reg, status};
+use pulse_probe::virtio_spec::reg;
 fn blk_header(at: u64, kind: u32, sector: u64) {
     write_bytes(at, &kind.to_le_bytes());
     write_bytes(at + 4, &0u32.to_le_bytes());
@@ -165,12 +165,7 @@ pub(super) fn block(dev: &mut HDev, t: &mut Tally) {
     let cpu = cpus()[0].0;
     let config_vector = CONFIG_VECTOR + d as u8;
     let irqs_before = idt::count(cpu, config_vector);
-    let far = dev.avail[0].wrapping_add(dev.qsize + 40);
-    dev.vq[0].publish(far);
-    dev.kick(0);
-    let broken =
-        Deadline::after_ms(WAIT_MS).wait_for(|| dev.status() & status::DEVICE_NEEDS_RESET != 0);
-    t.r.broken_queue_seen = Some(broken);
+    t.r.broken_queue_seen = Some(dev.break_queue(0, 40));
     arch::sti();
     Deadline::after_ms(2000).wait_for(|| idt::count(cpu, config_vector) > irqs_before);
     // A little longer: a second one would be a duplicate.

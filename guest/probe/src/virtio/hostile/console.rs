@@ -2,10 +2,8 @@
 
 use super::chains::{run_chains, Chains};
 use super::device::HDev;
-use super::{page, Tally, FAR, F_INDIRECT, F_NEXT, F_WRITE, SCRATCH_RAM, TOP, WAIT_MS};
-use crate::arch::Deadline;
+use super::{page, Tally, FAR, F_INDIRECT, F_NEXT, F_WRITE, SCRATCH_RAM, TOP};
 use crate::virtio::buf::write_bytes;
-use pulse_probe::virtio_spec::status;
 /// One output chain on transmitq0; true when it came back.
 pub(super) fn console_write(dev: &mut HDev, q: u16, text: &[u8]) -> bool {
     let at = page(dev.d, 7);
@@ -49,10 +47,5 @@ pub(super) fn console(dev: &mut HDev, t: &mut Tally) {
     }
     t.r.flood += 2000;
     // The output ring published far past the device: broken, DEVICE_NEEDS_RESET.
-    let far = dev.avail[1].wrapping_add(dev.qsize + 1);
-    dev.vq[1].publish(far);
-    dev.kick(1);
-    let broken =
-        Deadline::after_ms(WAIT_MS).wait_for(|| dev.status() & status::DEVICE_NEEDS_RESET != 0);
-    t.r.broken_queue_seen = Some(broken);
+    t.r.broken_queue_seen = Some(dev.break_queue(1, 1));
 }

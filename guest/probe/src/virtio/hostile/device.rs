@@ -29,7 +29,7 @@ impl HDev {
         let doorbell =
             core::array::from_fn(
                 |q| match spec::doorbell_offset(notify, q as u16, w.size()) {
-                    Some(off) if vendor & spec::VENDOR_F_PER_QUEUE_NOTIFY != 0 => w.addr(off),
+                    Some(off) if vendor & reg::VENDOR_F_PER_QUEUE_NOTIFY != 0 => w.addr(off),
                     _ => w.addr(reg::QUEUE_NOTIFY),
                 },
             );
@@ -112,12 +112,12 @@ impl HDev {
     /// `refuse_q0`, which gets only messages the VMM must refuse.
     pub(super) fn program_msi(&self, refuse_q0: bool) {
         let w = &self.w;
-        w.write16(reg::MSI_CSR, spec::MSI_CSR_ENABLE);
+        w.write16(reg::MSI_CSR, reg::MSI_CSR_ENABLE);
         let update = |index: u16, lo: u32, hi: u32, data: u32| {
             w.write32(reg::MSI_ADDRESS_LOW, lo);
             w.write32(reg::MSI_ADDRESS_HIGH, hi);
             w.write32(reg::MSI_DATA, data);
-            w.write16(reg::MSI_CMD, spec::msi_cmd(spec::MSI_OP_UPDATE, index));
+            w.write16(reg::MSI_CMD, spec::msi_cmd(reg::MSI_CMD_UPDATE, index));
         };
         let lapic = spec::msi_address(self.bsp_apic);
         for v in 0..=self.nq {
@@ -196,6 +196,16 @@ impl HDev {
         }
         self.take(q);
         true
+    }
+
+    /// Publishes queue `q`'s avail index `past` entries beyond a full ring (more than the
+    /// driver can have made available: the queue is broken) and rings; whether the device then
+    /// asks for a reset (DEVICE_NEEDS_RESET) in time.
+    pub(super) fn break_queue(&self, q: u16, past: u16) -> bool {
+        let far = self.avail[q as usize].wrapping_add(self.qsize + past);
+        self.vq[q as usize].publish(far);
+        self.kick(q);
+        Deadline::after_ms(WAIT_MS).wait_for(|| self.status() & status::DEVICE_NEEDS_RESET != 0)
     }
 
     /// Takes the next used entry: (head, length).

@@ -34,13 +34,13 @@ mod net;
 mod rules;
 mod vsock;
 
+use super::buf::{dma_addr, DmaBufs};
 use super::mmio::Window;
 use super::queue::MAX_QUEUES;
 use super::{Kind, Outcome, MAX_DEVICES};
-use crate::arch::{self, Deadline, RacyCell};
+use crate::arch::{self, Deadline};
 use block::{blk_roundtrip, block};
 use console::{console, console_write};
-use core::mem::MaybeUninit;
 use device::HDev;
 use net::{net, net_alive};
 use pulse_probe::cmdline::Config;
@@ -88,15 +88,12 @@ struct Pages([[u8; 4096]; PAGES_PER_DEVICE * MAX_DEVICES]);
 
 /// Not zeroed: the probe writes what the device reads first.
 #[link_section = ".noinit.hostile_bufs"]
-static PAGES: RacyCell<MaybeUninit<Pages>> = RacyCell::new(MaybeUninit::uninit());
+static PAGES: DmaBufs<Pages> = DmaBufs::new();
 
 /// Address of page `i` of device `d`'s buffers.
 fn page(d: usize, i: usize) -> u64 {
     assert!(d < MAX_DEVICES && i < PAGES_PER_DEVICE);
-    // SAFETY: address computation inside the static (no access).
-    unsafe {
-        core::ptr::addr_of!((*(PAGES.get() as *mut Pages)).0[d * PAGES_PER_DEVICE + i]) as u64
-    }
+    dma_addr!(PAGES, 0[d * PAGES_PER_DEVICE + i])
 }
 
 /// The outcome of one device, built up as it goes.
@@ -142,7 +139,7 @@ pub fn run(cfg: &Config) -> Outcome {
         };
         let nq = match kind {
             Kind::Blk => {
-                let queues = w.read16(reg::CONFIG + spec::blk::CFG_NUM_QUEUES);
+                let queues = w.read16(reg::CONFIG_SPACE + spec::blk::CFG_NUM_QUEUES);
                 queues.clamp(1, MAX_QUEUES as u16)
             }
             // rx, tx, control (one pair); rx, tx, event; receiveq0, transmitq0.

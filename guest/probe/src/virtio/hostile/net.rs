@@ -29,7 +29,7 @@ fn net_command(dev: &mut HDev, cmd: &[u8]) -> Option<u8> {
 }
 
 fn net_mac(dev: &HDev) -> [u8; 6] {
-    core::array::from_fn(|i| dev.w.read8(reg::CONFIG + ns::NET_CFG_MAC + i as u64))
+    core::array::from_fn(|i| dev.w.read8(reg::CONFIG_SPACE + ns::NET_CFG_MAC + i as u64))
 }
 
 pub(super) fn net_alive(dev: &mut HDev, t: &mut Tally) -> bool {

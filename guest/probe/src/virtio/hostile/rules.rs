@@ -19,7 +19,7 @@ pub(super) fn register_rules(dev: &mut HDev, t: &mut Tally) {
         "hostile: an 8-bit read of MagicValue was not 0",
     );
     t.check(
-        w.read16(reg::VERSION) == 0,
+        w.read16(reg::VERSION_REG) == 0,
         "hostile: a 16-bit read of Version was not 0",
     );
     t.check(
@@ -33,10 +33,10 @@ pub(super) fn register_rules(dev: &mut HDev, t: &mut Tally) {
         dev.status() == ack,
         "hostile: a narrow write to Status took effect",
     );
-    w.write32(reg::MSI_CSR, spec::MSI_CSR_ENABLE as u32);
+    w.write32(reg::MSI_CSR, reg::MSI_CSR_ENABLE as u32);
     w.write8(reg::MSI_CMD, 0x10);
     t.check(
-        w.read16(reg::MSI_CSR) & spec::MSI_CSR_ACTIVE == 0,
+        w.read16(reg::MSI_CSR) & reg::MSI_CSR_ACTIVE == 0,
         "hostile: a 32-bit write to MSI_CSR enabled MSI",
     );
     // Status: bits that are not the driver's, clearing bits, skipping FEATURES_OK.
@@ -82,7 +82,7 @@ pub(super) fn register_rules(dev: &mut HDev, t: &mut Tally) {
     // MSI commands: an unknown operation, a vector the device does not have.
     for cmd in [
         spec::msi_cmd(7, 0),
-        spec::msi_cmd(spec::MSI_OP_UPDATE, 0x7ff),
+        spec::msi_cmd(reg::MSI_CMD_UPDATE, 0x7ff),
     ] {
         w.write16(reg::MSI_CMD, cmd);
         t.check(
