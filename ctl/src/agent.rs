@@ -1,12 +1,12 @@
 //! `pulse-ctl agent ...`: read-only queries to a guest agent.
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use protobuf::MessageFull;
 use pulse_protocols::{devices, devices_ttrpc, health, health_ttrpc, sandbox, sandbox_ttrpc};
-use ttrpc::context;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -36,35 +36,49 @@ enum Query {
 pub async fn run(args: AgentArgs) -> Result<()> {
     let timeout = Duration::from_secs(args.timeout);
     let client = crate::connect::connect(&args.addr, timeout).await?;
-    let ctx = || context::with_timeout(timeout.as_nanos() as i64);
+    let ctx = || crate::connect::deadline(timeout);
     let json = match args.query {
-        Query::Report => to_json(
-            &devices_ttrpc::DevicesClient::new(client)
-                .get_device_report(ctx(), &devices::DeviceReportRequest::new())
-                .await
-                .context("GetDeviceReport")?,
-        )?,
-        Query::Health => to_json(
-            &health_ttrpc::HealthClient::new(client)
-                .check(ctx(), &health::CheckRequest::new())
-                .await
-                .context("Health.Check")?,
-        )?,
-        Query::Version => to_json(
-            &health_ttrpc::HealthClient::new(client)
-                .version(ctx(), &health::VersionRequest::new())
-                .await
-                .context("Health.Version")?,
-        )?,
-        Query::Details => to_json(
-            &sandbox_ttrpc::SandboxClient::new(client)
-                .get_guest_details(ctx(), &sandbox::GuestDetailsRequest::new())
-                .await
-                .context("Sandbox.GetGuestDetails")?,
-        )?,
-    };
+        Query::Report => {
+            let agent = devices_ttrpc::DevicesClient::new(client);
+            let request = devices::DeviceReportRequest::new();
+            answer(agent.get_device_report(ctx(), &request), "GetDeviceReport").await
+        }
+        Query::Health => {
+            let agent = health_ttrpc::HealthClient::new(client);
+            answer(
+                agent.check(ctx(), &health::CheckRequest::new()),
+                "Health.Check",
+            )
+            .await
+        }
+        Query::Version => {
+            let agent = health_ttrpc::HealthClient::new(client);
+            answer(
+                agent.version(ctx(), &health::VersionRequest::new()),
+                "Health.Version",
+            )
+            .await
+        }
+        Query::Details => {
+            let agent = sandbox_ttrpc::SandboxClient::new(client);
+            let request = sandbox::GuestDetailsRequest::new();
+            answer(
+                agent.get_guest_details(ctx(), &request),
+                "Sandbox.GetGuestDetails",
+            )
+            .await
+        }
+    }?;
     println!("{json}");
     Ok(())
+}
+
+/// The answer to the call `method`, as [`to_json`] prints it.
+async fn answer<M: MessageFull>(
+    call: impl Future<Output = ttrpc::Result<M>>,
+    method: &'static str,
+) -> Result<String> {
+    to_json(&call.await.context(method)?)
 }
 
 /// The message in protobuf's JSON mapping (every field, enums by name),

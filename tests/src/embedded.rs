@@ -49,13 +49,7 @@ pub struct EmbeddedConfig {
 impl EmbeddedConfig {
     /// `make guest`'s kernel and initramfs, 2 vCPUs, 256 MiB, no disks, no NIC, MSI on.
     pub fn from_build() -> Result<Self> {
-        let dir = crate::guest_build_dir();
-        let (kernel, initramfs) = (dir.join("vmlinux"), dir.join("initramfs.cpio.gz"));
-        for f in [&kernel, &initramfs] {
-            if !f.is_file() {
-                bail!("{} is missing: run make guest", f.display());
-            }
-        }
+        let (kernel, initramfs) = crate::guest_images()?;
         Ok(EmbeddedConfig {
             kernel,
             initramfs,

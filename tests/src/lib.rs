@@ -27,6 +27,8 @@ pub mod shell;
 
 use std::path::PathBuf;
 
+use anyhow::{bail, Result};
+
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -40,4 +42,16 @@ pub fn guest_build_dir() -> PathBuf {
     std::env::var_os("PULSE_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("build/guest"))
+}
+
+/// `make guest`'s kernel and initramfs, both there.
+pub fn guest_images() -> Result<(PathBuf, PathBuf)> {
+    let dir = guest_build_dir();
+    let (kernel, initramfs) = (dir.join("vmlinux"), dir.join("initramfs.cpio.gz"));
+    for f in [&kernel, &initramfs] {
+        if !f.is_file() {
+            bail!("{} is missing: run `make guest` first", f.display());
+        }
+    }
+    Ok((kernel, initramfs))
 }

@@ -112,14 +112,7 @@ impl GuestConfig {
     /// `PULSE_AGENT_LOG=debug`: the kernel hands `KEY=value` words to init
     /// as its environment).
     pub fn from_build() -> Result<GuestConfig> {
-        let dir = crate::guest_build_dir();
-        let kernel = dir.join("vmlinux");
-        let initrd = dir.join("initramfs.cpio.gz");
-        for f in [&kernel, &initrd] {
-            if !f.is_file() {
-                bail!("{} is missing: run `make guest` first", f.display());
-            }
-        }
+        let (kernel, initrd) = crate::guest_images()?;
         Ok(GuestConfig {
             kernel,
             initrd,
