@@ -425,7 +425,7 @@ fn kill_and_reap(mut child: Child) {
 /// even if this process is killed before its destructors run.
 fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
     // An orphan may go to a subreaper rather than pid 1: compare with our pid.
-    let parent = std::process::id() as libc::pid_t;
+    let parent = nix::unistd::getpid().as_raw();
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe calls (prctl, getppid).
     unsafe {
