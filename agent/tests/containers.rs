@@ -797,9 +797,7 @@ async fn an_exec_is_confined_by_the_containers_seccomp_profile() {
             assert!(out.contains(line), "{exec_id}: no {line:?} in {out}");
         }
     }
-    agent.signal(id, "", libc::SIGKILL).await.expect("kill");
-    agent.wait(id, "").await;
-    agent.remove(id, false).await.expect("remove");
+    agent.kill_and_remove(id).await;
 }
 
 /// An exec whose working directory does not exist in the container fails naming it (runc's
@@ -814,9 +812,7 @@ async fn an_exec_into_a_missing_working_directory_names_it() {
     let (code, msg) = status_of(agent.exec_process(id, "x1", process).await.unwrap_err());
     assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
     assert!(msg.contains("/nonexistent/dir"), "{msg}");
-    agent.signal(id, "", libc::SIGKILL).await.expect("kill");
-    agent.wait(id, "").await;
-    agent.remove(id, false).await.expect("remove");
+    agent.kill_and_remove(id).await;
 }
 
 /// A profile the guest cannot honour (SCMP_ACT_NOTIFY: a listener on the host) fails the

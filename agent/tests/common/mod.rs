@@ -354,6 +354,13 @@ impl TestAgent {
             .map(|_| ())
     }
 
+    /// Kills a running container, waits for it, and removes it (without force).
+    pub async fn kill_and_remove(&self, id: &str) {
+        self.signal(id, "", libc::SIGKILL).await.expect("kill");
+        self.wait(id, "").await;
+        self.remove(id, false).await.expect("remove");
+    }
+
     pub async fn remove(&self, id: &str, force: bool) -> ttrpc::Result<()> {
         let req = RemoveContainerRequest {
             container_id: id.to_string(),
