@@ -1,12 +1,13 @@
 //! `pulse-ctl agent ...`: read-only queries to a guest agent.
 
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use protobuf::MessageFull;
-use pulse_protocols::{devices, devices_ttrpc, health, health_ttrpc, sandbox, sandbox_ttrpc};
+use pulse_protocols::devices_ttrpc::DevicesClient;
+use pulse_protocols::health_ttrpc::HealthClient;
+use pulse_protocols::sandbox_ttrpc::SandboxClient;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -37,48 +38,25 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let timeout = Duration::from_secs(args.timeout);
     let client = crate::connect::connect(&args.addr, timeout).await?;
     let ctx = || crate::connect::deadline(timeout);
+    // A query: the client of its service, its call (every request is empty) and the call's name.
+    macro_rules! ask {
+        ($client:ident.$call:ident, $name:literal) => {
+            to_json(
+                &$client::new(client)
+                    .$call(ctx(), &Default::default())
+                    .await
+                    .context($name)?,
+            )?
+        };
+    }
     let json = match args.query {
-        Query::Report => {
-            let agent = devices_ttrpc::DevicesClient::new(client);
-            let request = devices::DeviceReportRequest::new();
-            answer(agent.get_device_report(ctx(), &request), "GetDeviceReport").await
-        }
-        Query::Health => {
-            let agent = health_ttrpc::HealthClient::new(client);
-            answer(
-                agent.check(ctx(), &health::CheckRequest::new()),
-                "Health.Check",
-            )
-            .await
-        }
-        Query::Version => {
-            let agent = health_ttrpc::HealthClient::new(client);
-            answer(
-                agent.version(ctx(), &health::VersionRequest::new()),
-                "Health.Version",
-            )
-            .await
-        }
-        Query::Details => {
-            let agent = sandbox_ttrpc::SandboxClient::new(client);
-            let request = sandbox::GuestDetailsRequest::new();
-            answer(
-                agent.get_guest_details(ctx(), &request),
-                "Sandbox.GetGuestDetails",
-            )
-            .await
-        }
-    }?;
+        Query::Report => ask!(DevicesClient.get_device_report, "GetDeviceReport"),
+        Query::Health => ask!(HealthClient.check, "Health.Check"),
+        Query::Version => ask!(HealthClient.version, "Health.Version"),
+        Query::Details => ask!(SandboxClient.get_guest_details, "Sandbox.GetGuestDetails"),
+    };
     println!("{json}");
     Ok(())
-}
-
-/// The answer to the call `method`, as [`to_json`] prints it.
-async fn answer<M: MessageFull>(
-    call: impl Future<Output = ttrpc::Result<M>>,
-    method: &'static str,
-) -> Result<String> {
-    to_json(&call.await.context(method)?)
 }
 
 /// The message in protobuf's JSON mapping (every field, enums by name),
