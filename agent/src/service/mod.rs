@@ -5,6 +5,7 @@
 /// `async fn name(&self, request: Type) -> Response { body }`, the body giving
 /// a `ttrpc::Result<Response>`: the context no handler reads and the
 /// `async_trait` boxing are the same for every handler, so they are added here.
+/// (rustfmt does not format inside the macro: keep its style by hand.)
 macro_rules! handlers {
     (impl $service:ident for $ty:ty {
         $(async fn $method:ident(&$self:ident, $req:tt: $Req:ty $(,)?) -> $Resp:ty $body:block)*
