@@ -107,11 +107,7 @@ async fn exec_while_running_then_kill() {
             .any(|p| p.pid == pid && p.command == "sleep"),
         "{listed:?}"
     );
-    let listed = agent
-        .containers
-        .list_containers(ctx(), &ListContainersRequest::default())
-        .await
-        .unwrap();
+    let listed = agent.list().await;
     assert_eq!(listed.containers[0].status, "running");
     assert_eq!(listed.containers[0].exec_ids, vec!["e1".to_string()]);
 
@@ -243,11 +239,7 @@ async fn two_containers_at_once() {
     assert_eq!((out_a.as_str(), out_b.as_str()), ("A\n", "B\n"));
     let (wa, wb) = tokio::join!(agent.wait("a", ""), agent.wait("b", ""));
     assert_eq!((wa.exit_status, wb.exit_status), (0, 0));
-    let listed = agent
-        .containers
-        .list_containers(ctx(), &ListContainersRequest::default())
-        .await
-        .unwrap();
+    let listed = agent.list().await;
     let ids: Vec<&str> = listed
         .containers
         .iter()
@@ -270,11 +262,7 @@ async fn pause_resume_stats_and_update() {
         .pause_container(ctx(), &req)
         .await
         .expect("pause");
-    let listed = agent
-        .containers
-        .list_containers(ctx(), &ListContainersRequest::default())
-        .await
-        .unwrap();
+    let listed = agent.list().await;
     assert_eq!(listed.containers[0].status, "paused");
     let err = agent
         .containers
@@ -293,13 +281,13 @@ async fn pause_resume_stats_and_update() {
         .expect("resume");
 
     let limit: u64 = 64 * 1024 * 1024;
+    let resources = serde_json::json!({
+        "memory": {"limit": limit},
+        "pids": {"limit": 32}
+    });
     let update = UpdateContainerRequest {
         container_id: id.into(),
-        oci_resources_json: serde_json::to_vec(&serde_json::json!({
-            "memory": {"limit": limit},
-            "pids": {"limit": 32}
-        }))
-        .unwrap(),
+        oci_resources_json: serde_json::to_vec(&resources).unwrap(),
         ..Default::default()
     };
     agent
@@ -329,9 +317,8 @@ async fn pause_resume_stats_and_update() {
     }
 
     let bad = UpdateContainerRequest {
-        container_id: id.into(),
         oci_resources_json: b"[1,2]".to_vec(),
-        ..Default::default()
+        ..update
     };
     let err = agent
         .containers
@@ -495,11 +482,7 @@ async fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
     assert_eq!(code, Code::INVALID_ARGUMENT);
 
     // Failed creates left nothing behind, and the agent still serves.
-    let listed = agent
-        .containers
-        .list_containers(ctx(), &ListContainersRequest::default())
-        .await
-        .unwrap();
+    let listed = agent.list().await;
     assert_eq!(listed.containers.len(), 1);
     assert_eq!(listed.containers[0].status, "running");
     agent
@@ -532,11 +515,7 @@ async fn destroy_sandbox_removes_every_container() {
     .unwrap();
     assert_eq!(resp.removed_containers, 2);
     assert!(!resp.powering_off, "not PID 1 here");
-    let listed = agent
-        .containers
-        .list_containers(ctx(), &ListContainersRequest::default())
-        .await
-        .unwrap();
+    let listed = agent.list().await;
     assert!(listed.containers.is_empty());
 }
 

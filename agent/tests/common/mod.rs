@@ -354,6 +354,14 @@ impl TestAgent {
             .map(|_| ())
     }
 
+    pub async fn list(&self) -> ListContainersResponse {
+        let req = ListContainersRequest::default();
+        self.containers
+            .list_containers(ctx(), &req)
+            .await
+            .expect("list")
+    }
+
     /// Kills a running container, waits for it, and removes it (without force).
     pub async fn kill_and_remove(&self, id: &str) {
         self.signal(id, "", libc::SIGKILL).await.expect("kill");
