@@ -253,29 +253,24 @@ async fn pause_resume_stats_and_update() {
     let agent = TestAgent::start().await;
     let id = "p";
     agent.run(id, &["sleep", "1000"]).await;
+    let containers = &agent.containers;
     let req = PauseContainerRequest {
         container_id: id.into(),
         ..Default::default()
     };
-    agent
-        .containers
+    containers
         .pause_container(ctx(), &req)
         .await
         .expect("pause");
     let listed = agent.list().await;
     assert_eq!(listed.containers[0].status, "paused");
-    let err = agent
-        .containers
-        .pause_container(ctx(), &req)
-        .await
-        .unwrap_err();
+    let err = containers.pause_container(ctx(), &req).await.unwrap_err();
     assert_eq!(status_of(err).0, Code::FAILED_PRECONDITION);
     let req = ResumeContainerRequest {
         container_id: id.into(),
         ..Default::default()
     };
-    agent
-        .containers
+    containers
         .resume_container(ctx(), &req)
         .await
         .expect("resume");
@@ -290,13 +285,11 @@ async fn pause_resume_stats_and_update() {
         oci_resources_json: serde_json::to_vec(&resources).unwrap(),
         ..Default::default()
     };
-    agent
-        .containers
+    containers
         .update_container(ctx(), &update)
         .await
         .expect("update");
-    let stats = agent
-        .containers
+    let stats = containers
         .container_stats(
             ctx(),
             &ContainerStatsRequest {
@@ -320,11 +313,7 @@ async fn pause_resume_stats_and_update() {
         oci_resources_json: b"[1,2]".to_vec(),
         ..update
     };
-    let err = agent
-        .containers
-        .update_container(ctx(), &bad)
-        .await
-        .unwrap_err();
+    let err = containers.update_container(ctx(), &bad).await.unwrap_err();
     assert_eq!(status_of(err).0, Code::INVALID_ARGUMENT);
     // Removing a running container needs force.
     let (code, _) = status_of(agent.remove(id, false).await.unwrap_err());
