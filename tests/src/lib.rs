@@ -32,6 +32,7 @@ pub mod connect;
 pub mod embedded;
 pub mod nested;
 pub mod qemu;
+mod ready;
 pub mod rootfs;
 pub mod shell;
 
