@@ -24,24 +24,15 @@ pub enum InitError {
     Switch(&'static str, String),
 }
 
+/// The flags of the kernel's own filesystems (no set-uid, device or program files on them).
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
 /// What a PID 1 mounts, in order: (fstype, target, flags, data).
 const MOUNTS: &[(&str, &str, MsFlags, &str)] = &[
-    (
-        "proc",
-        "/proc",
-        MsFlags::MS_NOSUID
-            .union(MsFlags::MS_NODEV)
-            .union(MsFlags::MS_NOEXEC),
-        "",
-    ),
-    (
-        "sysfs",
-        "/sys",
-        MsFlags::MS_NOSUID
-            .union(MsFlags::MS_NODEV)
-            .union(MsFlags::MS_NOEXEC),
-        "",
-    ),
+    ("proc", "/proc", NOSUID_NODEV_NOEXEC, ""),
+    ("sysfs", "/sys", NOSUID_NODEV_NOEXEC, ""),
     ("devtmpfs", "/dev", MsFlags::MS_NOSUID, "mode=0755"),
     (
         "devpts",
@@ -61,14 +52,7 @@ const MOUNTS: &[(&str, &str, MsFlags, &str)] = &[
         MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
         "mode=0755",
     ),
-    (
-        "cgroup2",
-        "/sys/fs/cgroup",
-        MsFlags::MS_NOSUID
-            .union(MsFlags::MS_NODEV)
-            .union(MsFlags::MS_NOEXEC),
-        "",
-    ),
+    ("cgroup2", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, ""),
 ];
 
 /// Where the new root is assembled on the initramfs before the move.
@@ -80,10 +64,13 @@ const NEW_ROOT: &str = "/.pulse-root";
 fn root_is_initramfs() -> Result<bool, InitError> {
     fs::create_dir_all("/proc").map_err(|e| InitError::Dir("/proc", e))?;
     // The flags of MOUNTS' /proc entry: setup_guest keeps this mount.
-    let flags = MsFlags::MS_NOSUID
-        .union(MsFlags::MS_NODEV)
-        .union(MsFlags::MS_NOEXEC);
-    match mount(Some("proc"), "/proc", Some("proc"), flags, None::<&str>) {
+    match mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        NOSUID_NODEV_NOEXEC,
+        None::<&str>,
+    ) {
         Ok(()) | Err(Errno::EBUSY) => {}
         Err(err) => {
             return Err(InitError::Mount {

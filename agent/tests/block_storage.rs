@@ -68,14 +68,7 @@ async fn rootfs_on_a_block_device_found_by_serial() {
         &["--report-root", &root_arg],
     )
     .await;
-    let mut spec = agent.spec(Path::new("rootfs"), &["cat", "/hello.txt"]);
-    spec.set_root(Some(
-        oci_spec::runtime::RootBuilder::default()
-            .path("rootfs")
-            .readonly(false)
-            .build()
-            .unwrap(),
-    ));
+    let spec = agent.spec(Path::new(common::STORAGE_ROOTFS), &["cat", "/hello.txt"]);
     let storage = Storage {
         source: StorageSource::STORAGE_SOURCE_BLOCK_SERIAL.into(),
         locator: serial.clone(),
@@ -85,14 +78,13 @@ async fn rootfs_on_a_block_device_found_by_serial() {
         ..Default::default()
     };
     agent
-        .create_with("disk", serde_json::to_vec(&spec).unwrap(), vec![storage])
+        .create_on("disk", &spec, vec![storage])
         .await
         .expect("create on the block device");
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(mounts.contains(&device.0), "{} is mounted", device.0);
     agent.start_container("disk").await.unwrap();
-    assert_eq!(agent.read_all("disk", "", false).await, "from the disk\n");
-    assert_eq!(agent.wait("disk", "").await.exit_status, 0);
+    assert_eq!(agent.output("disk", "").await, "from the disk\n");
     agent.remove("disk", false).await.unwrap();
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&device.0), "{} is unmounted", device.0);

@@ -3,9 +3,12 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
-use common::{ctx, status_of, TestAgent};
+use common::{
+    add_mount, ctx, process_json, seccomp_refusing_mkdir, status_of, TestAgent, STORAGE_ROOTFS,
+};
 use oci_spec::runtime::UserBuilder;
 use pulse_protocols::containers::*;
 use pulse_protocols::health::CheckRequest;
@@ -60,10 +63,9 @@ async fn spec_environment_cwd_and_user() {
     agent.create("env", &spec).await.expect("create");
     agent.start_container("env").await.expect("start");
     assert_eq!(
-        agent.read_all("env", "", false).await,
+        agent.output("env", "").await,
         "hi there\n/home/user\n1000\n1000\nbox\n"
     );
-    assert_eq!(agent.wait("env", "").await.exit_status, 0);
 }
 
 #[tokio::test]
@@ -105,11 +107,7 @@ async fn exec_while_running_then_kill() {
             .any(|p| p.pid == pid && p.command == "sleep"),
         "{listed:?}"
     );
-    let listed = agent
-        .containers
-        .list_containers(ctx(), &ListContainersRequest::default())
-        .await
-        .unwrap();
+    let listed = agent.list().await;
     assert_eq!(listed.containers[0].status, "running");
     assert_eq!(listed.containers[0].exec_ids, vec!["e1".to_string()]);
 
@@ -208,9 +206,8 @@ async fn exec_with_a_terminal() {
         .exec(id, "t", &["sh", "-c", "tty"], true)
         .await
         .expect("exec");
-    let out = agent.read_all(id, "t", false).await;
+    let out = agent.output(id, "t").await;
     assert!(out.contains("/dev/pts/"), "{out:?}");
-    assert_eq!(agent.wait(id, "t").await.exit_status, 0);
     agent.remove(id, true).await.expect("forced remove");
 }
 
@@ -222,8 +219,7 @@ async fn stdin_is_passed_and_closed() {
     assert_eq!(agent.write_stdin(id, "", b"line1\n").await.unwrap(), 6);
     agent.write_stdin(id, "", b"line2\n").await.unwrap();
     agent.close_stdin(id, "").await.expect("close");
-    assert_eq!(agent.read_all(id, "", false).await, "line1\nline2\n");
-    assert_eq!(agent.wait(id, "").await.exit_status, 0);
+    assert_eq!(agent.output(id, "").await, "line1\nline2\n");
     let (code, _) = status_of(agent.write_stdin(id, "", b"late").await.unwrap_err());
     assert_eq!(code, Code::FAILED_PRECONDITION);
 }
@@ -243,11 +239,7 @@ async fn two_containers_at_once() {
     assert_eq!((out_a.as_str(), out_b.as_str()), ("A\n", "B\n"));
     let (wa, wb) = tokio::join!(agent.wait("a", ""), agent.wait("b", ""));
     assert_eq!((wa.exit_status, wb.exit_status), (0, 0));
-    let listed = agent
-        .containers
-        .list_containers(ctx(), &ListContainersRequest::default())
-        .await
-        .unwrap();
+    let listed = agent.list().await;
     let ids: Vec<&str> = listed
         .containers
         .iter()
@@ -261,54 +253,43 @@ async fn pause_resume_stats_and_update() {
     let agent = TestAgent::start().await;
     let id = "p";
     agent.run(id, &["sleep", "1000"]).await;
+    let containers = &agent.containers;
     let req = PauseContainerRequest {
         container_id: id.into(),
         ..Default::default()
     };
-    agent
-        .containers
+    containers
         .pause_container(ctx(), &req)
         .await
         .expect("pause");
-    let listed = agent
-        .containers
-        .list_containers(ctx(), &ListContainersRequest::default())
-        .await
-        .unwrap();
+    let listed = agent.list().await;
     assert_eq!(listed.containers[0].status, "paused");
-    let err = agent
-        .containers
-        .pause_container(ctx(), &req)
-        .await
-        .unwrap_err();
+    let err = containers.pause_container(ctx(), &req).await.unwrap_err();
     assert_eq!(status_of(err).0, Code::FAILED_PRECONDITION);
     let req = ResumeContainerRequest {
         container_id: id.into(),
         ..Default::default()
     };
-    agent
-        .containers
+    containers
         .resume_container(ctx(), &req)
         .await
         .expect("resume");
 
     let limit: u64 = 64 * 1024 * 1024;
+    let resources = serde_json::json!({
+        "memory": {"limit": limit},
+        "pids": {"limit": 32}
+    });
     let update = UpdateContainerRequest {
         container_id: id.into(),
-        oci_resources_json: serde_json::to_vec(&serde_json::json!({
-            "memory": {"limit": limit},
-            "pids": {"limit": 32}
-        }))
-        .unwrap(),
+        oci_resources_json: serde_json::to_vec(&resources).unwrap(),
         ..Default::default()
     };
-    agent
-        .containers
+    containers
         .update_container(ctx(), &update)
         .await
         .expect("update");
-    let stats = agent
-        .containers
+    let stats = containers
         .container_stats(
             ctx(),
             &ContainerStatsRequest {
@@ -329,15 +310,10 @@ async fn pause_resume_stats_and_update() {
     }
 
     let bad = UpdateContainerRequest {
-        container_id: id.into(),
         oci_resources_json: b"[1,2]".to_vec(),
-        ..Default::default()
+        ..update
     };
-    let err = agent
-        .containers
-        .update_container(ctx(), &bad)
-        .await
-        .unwrap_err();
+    let err = containers.update_container(ctx(), &bad).await.unwrap_err();
     assert_eq!(status_of(err).0, Code::INVALID_ARGUMENT);
     // Removing a running container needs force.
     let (code, _) = status_of(agent.remove(id, false).await.unwrap_err());
@@ -350,22 +326,8 @@ async fn rootfs_from_storages() {
     let agent = TestAgent::start().await;
     let image = agent.rootfs("image");
     std::fs::create_dir(image.join("scratch")).unwrap();
-    let rootfs = agent.dir().join("unused");
-    let mut spec = agent.spec(
-        &rootfs,
-        &[
-            "sh",
-            "-c",
-            "ls /bin/busybox; ls /scratch; df /scratch | tail -1",
-        ],
-    );
-    spec.set_root(Some(
-        oci_spec::runtime::RootBuilder::default()
-            .path("rootfs")
-            .readonly(false)
-            .build()
-            .unwrap(),
-    ));
+    let script = "ls /bin/busybox; ls /scratch; df /scratch | tail -1";
+    let spec = agent.spec(Path::new(STORAGE_ROOTFS), &["sh", "-c", script]);
     let storages = vec![
         Storage {
             source: StorageSource::STORAGE_SOURCE_GUEST_PATH.into(),
@@ -382,14 +344,13 @@ async fn rootfs_from_storages() {
         },
     ];
     agent
-        .create_with("st", serde_json::to_vec(&spec).unwrap(), storages)
+        .create_on("st", &spec, storages)
         .await
         .expect("create with storages");
     agent.start_container("st").await.unwrap();
-    let out = agent.read_all("st", "", false).await;
+    let out = agent.output("st", "").await;
     assert!(out.starts_with("/bin/busybox\n"), "{out:?}");
     assert!(out.contains("tmpfs"), "{out:?}");
-    assert_eq!(agent.wait("st", "").await.exit_status, 0);
     agent.remove("st", false).await.unwrap();
     // The storages are unmounted with the container.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -406,7 +367,7 @@ async fn rootfs_from_storages() {
         ..Default::default()
     };
     let err = agent
-        .create_with("st2", serde_json::to_vec(&spec).unwrap(), vec![missing])
+        .create_on("st2", &spec, vec![missing])
         .await
         .unwrap_err();
     let (code, msg) = status_of(err);
@@ -510,11 +471,7 @@ async fn bad_input_gets_clear_errors_and_the_agent_keeps_serving() {
     assert_eq!(code, Code::INVALID_ARGUMENT);
 
     // Failed creates left nothing behind, and the agent still serves.
-    let listed = agent
-        .containers
-        .list_containers(ctx(), &ListContainersRequest::default())
-        .await
-        .unwrap();
+    let listed = agent.list().await;
     assert_eq!(listed.containers.len(), 1);
     assert_eq!(listed.containers[0].status, "running");
     agent
@@ -547,11 +504,7 @@ async fn destroy_sandbox_removes_every_container() {
     .unwrap();
     assert_eq!(resp.removed_containers, 2);
     assert!(!resp.powering_off, "not PID 1 here");
-    let listed = agent
-        .containers
-        .list_containers(ctx(), &ListContainersRequest::default())
-        .await
-        .unwrap();
+    let listed = agent.list().await;
     assert!(listed.containers.is_empty());
 }
 
@@ -562,29 +515,21 @@ async fn spec_mounts_and_resources_are_applied() {
     let shared = agent.dir().join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("note"), "shared file\n").unwrap();
-    let spec = agent.spec(
-        &rootfs,
-        &["sh", "-c", "cat /data/note; echo written > /data/out"],
-    );
-    let mut spec = serde_json::to_value(&spec).unwrap();
-    spec["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "destination": "/data",
-            "type": "bind",
-            "source": shared,
-            "options": ["rbind", "rw"]
-        }));
+    let script = "cat /data/note; echo written > /data/out";
+    let mut spec = agent.spec_json(&rootfs, &["sh", "-c", script]);
+    let data = serde_json::json!({
+        "destination": "/data",
+        "type": "bind",
+        "source": shared,
+        "options": ["rbind", "rw"]
+    });
+    add_mount(&mut spec, data);
     let limit: u64 = 48 * 1024 * 1024;
     spec["linux"]["resources"] = serde_json::json!({
         "memory": {"limit": limit},
         "pids": {"limit": 20}
     });
-    agent
-        .create_with("m", serde_json::to_vec(&spec).unwrap(), vec![])
-        .await
-        .expect("create");
+    agent.create("m", &spec).await.expect("create");
     let stats = agent
         .containers
         .container_stats(
@@ -598,8 +543,7 @@ async fn spec_mounts_and_resources_are_applied() {
         .expect("stats");
     assert_eq!((stats.memory_limit_bytes, stats.pids_limit), (limit, 20));
     agent.start_container("m").await.unwrap();
-    assert_eq!(agent.read_all("m", "", false).await, "shared file\n");
-    assert_eq!(agent.wait("m", "").await.exit_status, 0);
+    assert_eq!(agent.output("m", "").await, "shared file\n");
     assert_eq!(
         std::fs::read_to_string(shared.join("out")).unwrap(),
         "written\n"
@@ -685,28 +629,16 @@ async fn a_missing_working_directory_below_a_mount_is_created_in_the_mount() {
     let agent = TestAgent::start().await;
     let rootfs = agent.rootfs("rootfs");
     let script = "pwd; stat -c '%a %u %n' . ..; grep ' /scratch ' /proc/mounts | cut -d' ' -f3";
-    let spec = agent.spec(&rootfs, &["sh", "-c", script]);
-    let mut spec = serde_json::to_value(&spec).unwrap();
+    let mut spec = agent.spec_json(&rootfs, &["sh", "-c", script]);
     spec["process"]["cwd"] = "/scratch/./a/b".into();
     spec["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
-    spec["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "destination": "/scratch",
-            "type": "tmpfs",
-            "options": ["nosuid", "nodev", "mode=1777"]
-        }));
-    agent
-        .create_with("below", serde_json::to_vec(&spec).unwrap(), vec![])
-        .await
-        .expect("create");
+    add_mount(&mut spec, scratch_tmpfs());
+    agent.create("below", &spec).await.expect("create");
     agent.start_container("below").await.expect("start");
     assert_eq!(
-        agent.read_all("below", "", false).await,
+        agent.output("below", "").await,
         "/scratch/a/b\n755 0 .\n755 0 ..\ntmpfs\n"
     );
-    assert_eq!(agent.wait("below", "").await.exit_status, 0);
     assert!(
         !rootfs.join("scratch/a").exists(),
         "made in the rootfs under the mount"
@@ -721,23 +653,11 @@ async fn a_tmpfs_mount_without_a_source() {
     let rootfs = agent.rootfs("rootfs");
     let script =
         "grep ' /scratch ' /proc/mounts | cut -d' ' -f1,3; echo x > /scratch/f; cat /scratch/f";
-    let spec = agent.spec(&rootfs, &["sh", "-c", script]);
-    let mut spec = serde_json::to_value(&spec).unwrap();
-    spec["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "destination": "/scratch",
-            "type": "tmpfs",
-            "options": ["nosuid", "nodev", "mode=1777"]
-        }));
-    agent
-        .create_with("tmp", serde_json::to_vec(&spec).unwrap(), vec![])
-        .await
-        .expect("create");
+    let mut spec = agent.spec_json(&rootfs, &["sh", "-c", script]);
+    add_mount(&mut spec, scratch_tmpfs());
+    agent.create("tmp", &spec).await.expect("create");
     agent.start_container("tmp").await.expect("start");
-    assert_eq!(agent.read_all("tmp", "", false).await, " tmpfs\nx\n");
-    assert_eq!(agent.wait("tmp", "").await.exit_status, 0);
+    assert_eq!(agent.output("tmp", "").await, " tmpfs\nx\n");
 }
 
 /// The environment is the spec's list in its order, as runc gives it to
@@ -763,10 +683,9 @@ async fn the_environment_keeps_the_spec_order() {
     agent.create("env", &spec).await.expect("create");
     agent.start_container("env").await.expect("start");
     assert_eq!(
-        agent.read_all("env", "", false).await,
+        agent.output("env", "").await,
         "PATH=/bin\nZED=1\nMID=a=b\nALPHA=4\nHOME=/root\n"
     );
-    assert_eq!(agent.wait("env", "").await.exit_status, 0);
 
     agent.run("runner", &["sleep", "1000"]).await;
     agent
@@ -791,23 +710,12 @@ async fn a_seccomp_profile_is_enforced() {
     let script = "grep -E '^Seccomp(_filters)?:' /proc/self/status | tr -d '\\t '; \
                   mkdir /tmp/blocked 2>&1 || echo refused";
     for (id, no_new_privileges) in [("sc-nnp", true), ("sc-caps", false)] {
-        let spec = agent.spec(&rootfs, &["sh", "-c", script]);
-        let mut spec = serde_json::to_value(&spec).unwrap();
+        let mut spec = agent.spec_json(&rootfs, &["sh", "-c", script]);
         spec["process"]["noNewPrivileges"] = serde_json::json!(no_new_privileges);
-        spec["linux"]["seccomp"] = serde_json::json!({
-            "defaultAction": "SCMP_ACT_ALLOW",
-            "architectures": ["SCMP_ARCH_X86_64"],
-            "syscalls": [
-                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
-            ]
-        });
-        agent
-            .create_with(id, serde_json::to_vec(&spec).unwrap(), vec![])
-            .await
-            .expect("create");
+        spec["linux"]["seccomp"] = seccomp_refusing_mkdir();
+        agent.create(id, &spec).await.expect("create");
         agent.start_container(id).await.expect("start");
-        let out = agent.read_all(id, "", false).await;
-        assert_eq!(agent.wait(id, "").await.exit_status, 0, "{out}");
+        let out = agent.output(id, "").await;
         assert!(out.contains("Seccomp:2\n"), "{id}: {out}");
         assert!(out.contains("Seccomp_filters:1\n"), "{id}: {out}");
         assert!(out.contains("Operation not permitted"), "{id}: {out}");
@@ -824,42 +732,26 @@ async fn an_exec_is_confined_by_the_containers_seccomp_profile() {
     let agent = TestAgent::start().await;
     let rootfs = agent.rootfs("rootfs");
     let id = "sc-exec";
-    let spec = agent.spec(&rootfs, &["sleep", "1000"]);
-    let mut spec = serde_json::to_value(&spec).unwrap();
-    spec["linux"]["seccomp"] = serde_json::json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64"],
-        "syscalls": [
-            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
-        ]
-    });
-    agent
-        .create_with(id, serde_json::to_vec(&spec).unwrap(), vec![])
-        .await
-        .expect("create");
+    let mut spec = agent.spec_json(&rootfs, &["sleep", "1000"]);
+    spec["linux"]["seccomp"] = seccomp_refusing_mkdir();
+    agent.create(id, &spec).await.expect("create");
     agent.start_container(id).await.expect("start");
     let script = "grep -E '^(Seccomp(_filters)?|Cap(Prm|Eff|Bnd)|NoNewPrivs):' /proc/self/status \
                   | tr -d '\\t '; mkdir /tmp/blocked 2>&1 || echo refused";
     // CAP_CHOWN (bit 0) and CAP_KILL (bit 5).
     let caps = serde_json::json!(["CAP_CHOWN", "CAP_KILL"]);
     for (exec_id, no_new_privileges) in [("x-nnp", true), ("x-caps", false)] {
-        let process = serde_json::json!({
-            "user": {"uid": 0, "gid": 0},
-            "args": ["sh", "-c", script],
-            "env": ["PATH=/bin"],
-            "cwd": "/",
-            "noNewPrivileges": no_new_privileges,
-            "capabilities": {
-                "bounding": caps, "effective": caps, "permitted": caps,
-                "inheritable": [], "ambient": []
-            }
+        let mut process = process_json(&["sh", "-c", script]);
+        process["noNewPrivileges"] = no_new_privileges.into();
+        process["capabilities"] = serde_json::json!({
+            "bounding": caps, "effective": caps, "permitted": caps,
+            "inheritable": [], "ambient": []
         });
         agent
             .exec_process(id, exec_id, process)
             .await
             .expect("exec");
-        let out = agent.read_all(id, exec_id, false).await;
-        assert_eq!(agent.wait(id, exec_id).await.exit_status, 0, "{out}");
+        let out = agent.output(id, exec_id).await;
         for line in [
             "Seccomp:2",
             "Seccomp_filters:1",
@@ -873,9 +765,7 @@ async fn an_exec_is_confined_by_the_containers_seccomp_profile() {
             assert!(out.contains(line), "{exec_id}: no {line:?} in {out}");
         }
     }
-    agent.signal(id, "", libc::SIGKILL).await.expect("kill");
-    agent.wait(id, "").await;
-    agent.remove(id, false).await.expect("remove");
+    agent.kill_and_remove(id).await;
 }
 
 /// An exec whose working directory does not exist in the container fails naming it (runc's
@@ -885,18 +775,12 @@ async fn an_exec_into_a_missing_working_directory_names_it() {
     let agent = TestAgent::start().await;
     let id = "cwd-exec";
     agent.run(id, &["sleep", "1000"]).await;
-    let process = serde_json::json!({
-        "user": {"uid": 0, "gid": 0},
-        "args": ["pwd"],
-        "env": ["PATH=/bin"],
-        "cwd": "/nonexistent/dir",
-    });
+    let mut process = process_json(&["pwd"]);
+    process["cwd"] = "/nonexistent/dir".into();
     let (code, msg) = status_of(agent.exec_process(id, "x1", process).await.unwrap_err());
     assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
     assert!(msg.contains("/nonexistent/dir"), "{msg}");
-    agent.signal(id, "", libc::SIGKILL).await.expect("kill");
-    agent.wait(id, "").await;
-    agent.remove(id, false).await.expect("remove");
+    agent.kill_and_remove(id).await;
 }
 
 /// A profile the guest cannot honour (SCMP_ACT_NOTIFY: a listener on the host) fails the
@@ -905,15 +789,12 @@ async fn an_exec_into_a_missing_working_directory_names_it() {
 async fn a_seccomp_profile_that_cannot_be_applied_is_a_clear_error() {
     let agent = TestAgent::start().await;
     let rootfs = agent.rootfs("rootfs");
-    let spec = agent.spec(&rootfs, &["true"]);
-    let mut spec = serde_json::to_value(&spec).unwrap();
+    let mut spec = agent.spec_json(&rootfs, &["true"]);
     spec["linux"]["seccomp"] = serde_json::json!({
         "defaultAction": "SCMP_ACT_NOTIFY",
         "architectures": ["SCMP_ARCH_X86_64"]
     });
-    let created = agent
-        .create_with("sc-bad", serde_json::to_vec(&spec).unwrap(), vec![])
-        .await;
+    let created = agent.create("sc-bad", &spec).await;
     let err = match created {
         Err(e) => e,
         Ok(_) => agent
@@ -925,4 +806,13 @@ async fn a_seccomp_profile_that_cannot_be_applied_is_a_clear_error() {
         format!("{err:?}").to_lowercase().contains("seccomp"),
         "{err:?}"
     );
+}
+
+/// A tmpfs at /scratch, as `ctr run --mount type=tmpfs,dst=/scratch` gives (no source).
+fn scratch_tmpfs() -> serde_json::Value {
+    serde_json::json!({
+        "destination": "/scratch",
+        "type": "tmpfs",
+        "options": ["nosuid", "nodev", "mode=1777"]
+    })
 }

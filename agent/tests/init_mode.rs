@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{agent_binary, ctx, TestAgent};
 use pulse_protocols::health::VersionRequest;
-use pulse_protocols::sandbox::{CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest};
+use pulse_protocols::sandbox::{CreateSandboxRequest, DestroySandboxRequest};
 
 #[tokio::test]
 async fn pid1_sets_up_the_guest_and_powers_off_on_destroy() {
@@ -36,11 +36,7 @@ async fn pid1_sets_up_the_guest_and_powers_off_on_destroy() {
         .unwrap();
     assert!(version.init_mode, "the agent should see itself as PID 1");
 
-    let details = agent
-        .sandbox
-        .get_guest_details(ctx(), &GuestDetailsRequest::default())
-        .await
-        .unwrap();
+    let details = agent.guest_details().await;
     assert_eq!(details.hostname, "pulse-boot");
     // It mounted cgroup2 at /sys/fs/cgroup (this host has v1 there).
     assert_eq!(details.cgroup_mode, "v2");
@@ -52,11 +48,7 @@ async fn pid1_sets_up_the_guest_and_powers_off_on_destroy() {
         ..Default::default()
     };
     agent.sandbox.create_sandbox(ctx(), &create).await.unwrap();
-    let details = agent
-        .sandbox
-        .get_guest_details(ctx(), &GuestDetailsRequest::default())
-        .await
-        .unwrap();
+    let details = agent.guest_details().await;
     assert_eq!(details.hostname, "pod-host");
     assert_eq!(details.sandbox_id, "pod-1");
 

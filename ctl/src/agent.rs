@@ -5,8 +5,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use protobuf::MessageFull;
-use pulse_protocols::{devices, devices_ttrpc, health, health_ttrpc, sandbox, sandbox_ttrpc};
-use ttrpc::context;
+use pulse_protocols::devices_ttrpc::DevicesClient;
+use pulse_protocols::health_ttrpc::HealthClient;
+use pulse_protocols::sandbox_ttrpc::SandboxClient;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -36,32 +37,23 @@ enum Query {
 pub async fn run(args: AgentArgs) -> Result<()> {
     let timeout = Duration::from_secs(args.timeout);
     let client = crate::connect::connect(&args.addr, timeout).await?;
-    let ctx = || context::with_timeout(timeout.as_nanos() as i64);
+    let ctx = || crate::connect::deadline(timeout);
+    // A query: the client of its service, its call (every request is empty) and the call's name.
+    macro_rules! ask {
+        ($client:ident.$call:ident, $name:literal) => {
+            to_json(
+                &$client::new(client)
+                    .$call(ctx(), &Default::default())
+                    .await
+                    .context($name)?,
+            )?
+        };
+    }
     let json = match args.query {
-        Query::Report => to_json(
-            &devices_ttrpc::DevicesClient::new(client)
-                .get_device_report(ctx(), &devices::DeviceReportRequest::new())
-                .await
-                .context("GetDeviceReport")?,
-        )?,
-        Query::Health => to_json(
-            &health_ttrpc::HealthClient::new(client)
-                .check(ctx(), &health::CheckRequest::new())
-                .await
-                .context("Health.Check")?,
-        )?,
-        Query::Version => to_json(
-            &health_ttrpc::HealthClient::new(client)
-                .version(ctx(), &health::VersionRequest::new())
-                .await
-                .context("Health.Version")?,
-        )?,
-        Query::Details => to_json(
-            &sandbox_ttrpc::SandboxClient::new(client)
-                .get_guest_details(ctx(), &sandbox::GuestDetailsRequest::new())
-                .await
-                .context("Sandbox.GetGuestDetails")?,
-        )?,
+        Query::Report => ask!(DevicesClient.get_device_report, "GetDeviceReport"),
+        Query::Health => ask!(HealthClient.check, "Health.Check"),
+        Query::Version => ask!(HealthClient.version, "Health.Version"),
+        Query::Details => ask!(SandboxClient.get_guest_details, "Sandbox.GetGuestDetails"),
     };
     println!("{json}");
     Ok(())

@@ -50,18 +50,29 @@ async fn serve(report_root: &Path) -> Served {
     Served { dir, server }
 }
 
-async fn ctl(args: &[&str]) -> Value {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse-ctl"))
+async fn run_ctl(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse-ctl"))
         .args(args)
         .output()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn ctl(args: &[&str]) -> Value {
+    let out = run_ctl(args).await;
     assert!(
         out.status.success(),
         "pulse-ctl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("pulse-ctl prints JSON")
+}
+
+/// The error pulse-ctl prints when it fails, as it must.
+async fn ctl_error(args: &[&str]) -> String {
+    let out = run_ctl(args).await;
+    assert!(!out.status.success(), "pulse-ctl {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[tokio::test]
@@ -112,18 +123,13 @@ async fn report_of_the_msi_fixture_as_json() {
 
 #[tokio::test]
 async fn unreachable_agent_is_an_error() {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse-ctl"))
-        .args([
-            "agent",
-            "health",
-            "--addr",
-            "unix:///nonexistent/agent.sock",
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = ctl_error(&[
+        "agent",
+        "health",
+        "--addr",
+        "unix:///nonexistent/agent.sock",
+    ])
+    .await;
     assert!(
         stderr.contains("connecting to the agent at unix:///nonexistent/agent.sock"),
         "{stderr}"
@@ -172,13 +178,7 @@ async fn hybrid_vsock_handshake() {
     let refusing = served.dir.path().join("refusing.vsock");
     hybrid_vsock(refusing.clone(), agent_sock, true).await;
     let addr = format!("hvsock://{}:1024", refusing.display());
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse-ctl"))
-        .args(["agent", "health", "--addr", &addr])
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = ctl_error(&["agent", "health", "--addr", &addr]).await;
     assert!(
         stderr.contains("CONNECT 1024 refused: \"ERR no such port\""),
         "{stderr}"

@@ -84,8 +84,7 @@ impl Netlink {
         msg.attributes
             .push(AddressAttribute::Address(IpAddr::V4(ip)));
         if prefix_len < 31 {
-            let host_bits = 32 - u32::from(prefix_len);
-            let broadcast = u32::from(ip) | ((1u64 << host_bits) - 1) as u32;
+            let broadcast = u32::from(ip) | (u32::MAX >> prefix_len);
             msg.attributes
                 .push(AddressAttribute::Broadcast(Ipv4Addr::from(broadcast)));
         }

@@ -30,14 +30,11 @@ impl Netlink {
 
     /// Every interface.
     pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
-        self.dump(
-            "listing links",
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            |m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(link_of(&l)),
-                _ => None,
-            },
-        )
+        let req = RouteNetlinkMessage::GetLink(LinkMessage::default());
+        self.dump("listing links", req, |m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(link_of(&l)),
+            _ => None,
+        })
     }
 
     /// The interface called `name`.
@@ -52,10 +49,7 @@ impl Netlink {
         self.dump(
             "listing addresses",
             RouteNetlinkMessage::GetAddress(req),
-            |m| match m {
-                RouteNetlinkMessage::NewAddress(a) => address_of(&a),
-                _ => None,
-            },
+            address_of,
         )
     }
 
@@ -66,10 +60,7 @@ impl Netlink {
         self.dump(
             "listing routes",
             RouteNetlinkMessage::GetRoute(req),
-            |m| match m {
-                RouteNetlinkMessage::NewRoute(r) => route_of(&r),
-                _ => None,
-            },
+            route_of,
         )
     }
 
@@ -80,16 +71,16 @@ impl Netlink {
         self.dump(
             "listing neighbours",
             RouteNetlinkMessage::GetNeighbour(req),
-            |m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) => neighbour_of(&n),
-                _ => None,
-            },
+            neighbour_of,
         )
     }
 }
 
 /// An address message's IPv4 address (its local one where it has both).
-fn address_of(a: &AddressMessage) -> Option<Address> {
+fn address_of(m: RouteNetlinkMessage) -> Option<Address> {
+    let RouteNetlinkMessage::NewAddress(a) = m else {
+        return None;
+    };
     let mut local = None;
     let mut address = None;
     for attr in &a.attributes {
@@ -107,7 +98,10 @@ fn address_of(a: &AddressMessage) -> Option<Address> {
 }
 
 /// A unicast route (local and broadcast ones are the kernel's own: None).
-fn route_of(r: &RouteMessage) -> Option<Route> {
+fn route_of(m: RouteNetlinkMessage) -> Option<Route> {
+    let RouteNetlinkMessage::NewRoute(r) = m else {
+        return None;
+    };
     if r.header.kind != RouteType::Unicast {
         return None;
     }
@@ -136,7 +130,10 @@ fn route_of(r: &RouteMessage) -> Option<Route> {
 }
 
 /// A neighbour entry with both an IPv4 address and a MAC.
-fn neighbour_of(n: &NeighbourMessage) -> Option<Neighbour> {
+fn neighbour_of(m: RouteNetlinkMessage) -> Option<Neighbour> {
+    let RouteNetlinkMessage::NewNeighbour(n) = m else {
+        return None;
+    };
     let mut ip = None;
     let mut mac = None;
     for attr in &n.attributes {

@@ -30,14 +30,18 @@ pub fn create_tap(name: &str, queues: usize) -> Result<Vec<OwnedFd>, NetlinkErro
         // SAFETY: ifreq is plain old data; all zeroes is a valid value.
         let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
         for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-            *dst = src as libc::c_char;
+            *dst = libc::c_char::from_ne_bytes([src]);
         }
         let mut flags =
             libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
         if queue == 0 {
             flags |= libc::IFF_TUN_EXCL;
         }
-        ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
+        // The IFF_ flags are 16 bits: IFF_TUN_EXCL (0x8000) is the short's sign bit, as the
+        // kernel reads it.
+        #[allow(clippy::cast_possible_truncation)]
+        let flags = flags as libc::c_short;
+        ifr.ifr_ifru.ifru_flags = flags;
         // SAFETY: TUNSETIFF reads and writes the ifreq, valid for the call.
         if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
             return Err(err("TUNSETIFF")(io::Error::last_os_error()));

@@ -11,6 +11,8 @@ use netlink_packet_route::RouteNetlinkMessage;
 use crate::{Filter, Netlink, NetlinkError};
 
 /// `ETH_P_ALL` in network byte order, as tc filters want their protocol.
+// ETH_P_ALL is 0x0003: the u16 of an ethertype.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 const ETH_P_ALL_BE: u32 = (libc::ETH_P_ALL as u16).to_be() as u32;
 /// The ingress qdisc's handle (`ffff:`), the parent of its filters.
 const INGRESS_HANDLE: TcHandle = TcHandle {
@@ -48,7 +50,7 @@ impl Netlink {
         )?;
         Ok(msgs.iter().any(|m| {
             matches!(m, RouteNetlinkMessage::NewQueueDiscipline(q)
-                if q.header.index == index as i32
+                if q.header.index.cast_unsigned() == index
                     && q.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == "ingress")))
         }))
     }
@@ -145,7 +147,7 @@ fn index_i32(index: u32) -> Result<i32, NetlinkError> {
 
 fn ingress_qdisc(index: u32) -> TcMessage {
     let mut msg = TcMessage::default();
-    msg.header.index = index as i32;
+    msg.header.index = index.cast_signed();
     msg.header.handle = INGRESS_HANDLE;
     msg.header.parent = TcHandle::INGRESS;
     msg.attributes.push(TcAttribute::Kind("ingress".into()));

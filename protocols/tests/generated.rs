@@ -64,22 +64,11 @@ async fn generated_service_and_client_talk() {
     server.start().await.unwrap();
 
     let client = HealthClient::new(Client::connect(&addr).await.unwrap());
-    let v = client
-        .version(
-            ttrpc::context::with_timeout(5_000_000_000),
-            &VersionRequest::new(),
-        )
-        .await
-        .unwrap();
+    let ctx = || ttrpc::context::with_timeout(5_000_000_000);
+    let v = client.version(ctx(), &VersionRequest::new()).await.unwrap();
     assert_eq!((v.agent_version.as_str(), v.api_version), ("test", 1));
     // A method the service does not implement is a clear error, not a hang.
-    let err = client
-        .check(
-            ttrpc::context::with_timeout(5_000_000_000),
-            &Default::default(),
-        )
-        .await
-        .unwrap_err();
+    let err = client.check(ctx(), &Default::default()).await.unwrap_err();
     assert!(
         format!("{err:?}").contains("Check is not supported"),
         "{err:?}"

@@ -13,16 +13,18 @@ use pulse_protocols::sandbox::{GuestDetails, GuestDetailsRequest};
 use pulse_protocols::sandbox_ttrpc::SandboxClient;
 use ttrpc::context;
 
+use crate::connect::deadline;
+
 /// Every request's deadline. Generous: the guest runs under an emulator.
 pub fn ctx() -> context::Context {
-    context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
+    deadline(Duration::from_secs(60))
 }
 
 /// The deadline of calls that wait on the container (its output, its exit): they answer only
 /// when it writes or ends, and a quiet workload under two levels of emulation (the nested rig)
 /// can take minutes. A hang still ends here, as a failure.
 pub fn wait_ctx() -> context::Context {
-    context::with_timeout(Duration::from_secs(600).as_nanos() as i64)
+    deadline(Duration::from_secs(600))
 }
 
 /// The agent's services over one connection.
@@ -170,5 +172,5 @@ impl Agent {
 
 /// For the health check while waiting for the guest: fail fast, retry.
 fn short_ctx() -> context::Context {
-    context::with_timeout(Duration::from_secs(3).as_nanos() as i64)
+    deadline(Duration::from_secs(3))
 }

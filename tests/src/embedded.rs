@@ -5,7 +5,6 @@
 //! MSI per queue (or the legacy line). Needs VT-x/AMD-V: on these machines it
 //! runs inside the nested rig ([`crate::nested`]).
 
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use pulse_vmm::devices::vsock::VsockConfig;
 use pulse_vmm::{KernelSource, SerialOutput, Vm, VmConfig};
 
 use crate::agent::Agent;
+use crate::ready::ReadyListener;
 
 /// The guest's vsock context id.
 pub const GUEST_CID: u64 = 3;
@@ -49,13 +49,7 @@ pub struct EmbeddedConfig {
 impl EmbeddedConfig {
     /// `make guest`'s kernel and initramfs, 2 vCPUs, 256 MiB, no disks, no NIC, MSI on.
     pub fn from_build() -> Result<Self> {
-        let dir = crate::guest_build_dir();
-        let (kernel, initramfs) = (dir.join("vmlinux"), dir.join("initramfs.cpio.gz"));
-        for f in [&kernel, &initramfs] {
-            if !f.is_file() {
-                bail!("{} is missing: run make guest", f.display());
-            }
-        }
+        let (kernel, initramfs) = crate::guest_images()?;
         Ok(EmbeddedConfig {
             kernel,
             initramfs,
@@ -74,7 +68,7 @@ pub struct EmbeddedGuest {
     vm: Vm,
     dir: tempfile::TempDir,
     vsock_uds: PathBuf,
-    ready: UnixListener,
+    ready: ReadyListener,
     tap: Option<String>,
     started: Instant,
 }
@@ -87,12 +81,7 @@ impl EmbeddedGuest {
             .tempdir()
             .context("creating the guest's directory")?;
         let vsock_uds = dir.path().join("vm.vsock");
-        let ready = UnixListener::bind(pulse_vmm::devices::vsock::unix::forward_path(
-            &vsock_uds,
-            pulse_protocols::DEFAULT_READY_PORT,
-        ))
-        .context("binding the agent's readiness socket")?;
-        ready.set_nonblocking(true)?;
+        let ready = ReadyListener::bind(&vsock_uds)?;
 
         let mut vm = VmConfig::new(KernelSource::Path(config.kernel.clone()));
         vm.initrd = Some(config.initramfs.clone());
@@ -189,28 +178,8 @@ impl EmbeddedGuest {
                     tail(&self.console(), 40)
                 );
             }
-            match self.ready.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false)?;
-                    stream.set_read_timeout(Some(
-                        deadline
-                            .saturating_duration_since(Instant::now())
-                            .max(Duration::from_secs(1)),
-                    ))?;
-                    let mut line = String::new();
-                    let _ = std::io::BufRead::read_line(
-                        &mut std::io::BufReader::new(stream),
-                        &mut line,
-                    );
-                    if pulse_protocols::parse_ready_line(&line)
-                        != Some(pulse_protocols::DEFAULT_VSOCK_PORT)
-                    {
-                        bail!("the agent announced {line:?}");
-                    }
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e).context("accepting the agent's announcement"),
+            if self.ready.announced(deadline)? {
+                break;
             }
             if Instant::now() > deadline {
                 bail!(

@@ -16,16 +16,29 @@
 //! - [`connect`]: pulse-ctl's connection code (`hvsock://PATH:PORT`), the
 //!   same source file, compiled into this crate.
 
+// As in the libraries the tests drive: a lossy `as` cast must say why it cannot lose bits.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss
+    )
+)]
+
 pub mod agent;
 #[path = "../../ctl/src/connect.rs"]
 pub mod connect;
 pub mod embedded;
 pub mod nested;
 pub mod qemu;
+mod ready;
 pub mod rootfs;
 pub mod shell;
 
 use std::path::PathBuf;
+
+use anyhow::{bail, Result};
 
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
@@ -40,4 +53,16 @@ pub fn guest_build_dir() -> PathBuf {
     std::env::var_os("PULSE_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("build/guest"))
+}
+
+/// `make guest`'s kernel and initramfs, both there.
+pub fn guest_images() -> Result<(PathBuf, PathBuf)> {
+    let dir = guest_build_dir();
+    let (kernel, initramfs) = (dir.join("vmlinux"), dir.join("initramfs.cpio.gz"));
+    for f in [&kernel, &initramfs] {
+        if !f.is_file() {
+            bail!("{} is missing: run `make guest` first", f.display());
+        }
+    }
+    Ok((kernel, initramfs))
 }

@@ -26,7 +26,6 @@
 //! `PR_SET_PDEATHSIG`, so they die with the thread that started them.
 
 use std::fs;
-use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,6 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::agent::Agent;
+use crate::ready::{ready_path, ReadyListener};
 
 /// The guest's vsock context id.
 pub const GUEST_CID: u32 = 3;
@@ -112,14 +112,7 @@ impl GuestConfig {
     /// `PULSE_AGENT_LOG=debug`: the kernel hands `KEY=value` words to init
     /// as its environment).
     pub fn from_build() -> Result<GuestConfig> {
-        let dir = crate::guest_build_dir();
-        let kernel = dir.join("vmlinux");
-        let initrd = dir.join("initramfs.cpio.gz");
-        for f in [&kernel, &initrd] {
-            if !f.is_file() {
-                bail!("{} is missing: run `make guest` first", f.display());
-            }
-        }
+        let (kernel, initrd) = crate::guest_images()?;
         Ok(GuestConfig {
             kernel,
             initrd,
@@ -165,7 +158,7 @@ pub struct Guest {
     backend: Option<Child>,
     vsock_uds: PathBuf,
     /// Where the agent announces itself (non-blocking).
-    ready: UnixListener,
+    ready: ReadyListener,
     console: PathBuf,
     started: Instant,
 }
@@ -181,9 +174,7 @@ impl Guest {
         let vhost_socket = dir.path().join("vhost.sock");
         let vsock_uds = dir.path().join("vsock.sock");
         let console = dir.path().join("console.log");
-        let ready = UnixListener::bind(ready_path(&vsock_uds))
-            .context("binding the agent's readiness socket")?;
-        ready.set_nonblocking(true)?;
+        let ready = ReadyListener::bind(&vsock_uds)?;
         let mut guest = Guest {
             qemu: None,
             backend: None,
@@ -281,28 +272,8 @@ impl Guest {
     async fn wait_ready(&mut self, deadline: Instant) -> Result<()> {
         loop {
             self.check_running()?;
-            match self.ready.accept() {
-                Ok((mut stream, _)) => {
-                    stream.set_nonblocking(false)?;
-                    // The line follows the connection at once, but a loaded
-                    // emulator may take a while: up to the deadline.
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    stream.set_read_timeout(Some(left.max(Duration::from_secs(1))))?;
-                    let mut line = String::new();
-                    let _ = std::io::BufRead::read_line(
-                        &mut std::io::BufReader::new(&mut stream),
-                        &mut line,
-                    );
-                    match pulse_protocols::parse_ready_line(&line) {
-                        Some(port) if port == pulse_protocols::DEFAULT_VSOCK_PORT => return Ok(()),
-                        _ => bail!(
-                            "the agent announced {line:?}, not READY {}",
-                            pulse_protocols::DEFAULT_VSOCK_PORT
-                        ),
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e).context("accepting the agent's announcement"),
+            if self.ready.announced(deadline)? {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
@@ -432,7 +403,7 @@ fn kill_and_reap(mut child: Child) {
 /// even if this process is killed before its destructors run.
 fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
     // An orphan may go to a subreaper rather than pid 1: compare with our pid.
-    let parent = std::process::id() as libc::pid_t;
+    let parent = nix::unistd::getpid().as_raw();
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe calls (prctl, getppid).
     unsafe {
@@ -451,10 +422,6 @@ fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
 }
 
 /// The hybrid-vsock socket of the agent's readiness announcements.
-fn ready_path(vsock_uds: &Path) -> PathBuf {
-    pulse_vmm::devices::vsock::unix::forward_path(vsock_uds, pulse_protocols::DEFAULT_READY_PORT)
-}
-
 fn qemu_args(config: &GuestConfig, vhost_socket: &Path, console: &Path) -> Vec<String> {
     let mem = config.memory_mib;
     let mut args: Vec<String> = [

@@ -286,6 +286,33 @@ async fn boot(images: &Images, msi: bool) -> (EmbeddedGuest, Agent) {
     unreachable!("the third attempt returns or panics")
 }
 
+/// A test's VM: alone (it holds SERIAL), on its own disks, booted, its agent answering.
+/// The fields drop in their order, as a test's locals did: agent, VM, disks, then the lock.
+struct TestVm {
+    agent: Agent,
+    guest: EmbeddedGuest,
+    images: Images,
+    _one: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl TestVm {
+    /// None where this machine cannot run it ([`skip`] says why).
+    async fn start(msi: bool) -> Option<TestVm> {
+        if skip() {
+            return None;
+        }
+        let one = SERIAL.lock().await;
+        let images = Images::new();
+        let (guest, agent) = boot(&images, msi).await;
+        Some(TestVm {
+            agent,
+            guest,
+            images,
+            _one: one,
+        })
+    }
+}
+
 /// Runs [`workload`] as container `id`: every file checks out on every CPU, every ping comes
 /// back, the virtio-console carried its line.
 async fn run_workload(guest: &EmbeddedGuest, agent: &Agent, id: &str) {
@@ -312,13 +339,11 @@ async fn run_workload(guest: &EmbeddedGuest, agent: &Agent, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_queue_msi_counts_match_and_data_survives_on_every_queue() {
-    if skip() {
+    let Some(vm) = TestVm::start(true).await else {
         return;
-    }
-    let _one = SERIAL.lock().await;
-    let images = Images::new();
-    let (guest, agent) = boot(&images, true).await;
-    run_workload(&guest, &agent, "work").await;
+    };
+    let (guest, agent) = (&vm.guest, &vm.agent);
+    run_workload(guest, agent, "work").await;
 
     // Quiet now (no container, no traffic): the guest's counts and the VMM's.
     let report = agent.device_report().await.unwrap();
@@ -366,12 +391,10 @@ async fn per_queue_msi_counts_match_and_data_survives_on_every_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_config_vector_an_attach_and_cpu_hotplug_under_io() {
-    if skip() {
+    let Some(vm) = TestVm::start(true).await else {
         return;
-    }
-    let _one = SERIAL.lock().await;
-    let images = Images::new();
-    let (guest, agent) = boot(&images, true).await;
+    };
+    let (guest, agent) = (&vm.guest, &vm.agent);
     let host = guest.vm().device_stats();
     let slot_host = &host[3];
     let report = agent.device_report().await.unwrap();
@@ -381,8 +404,8 @@ async fn a_moved_config_vector_an_attach_and_cpu_hotplug_under_io() {
 
     // Move the slot's config vector (not managed) to CPU1: the driver reprograms its MSI.
     let (status, out, err) = root_shell(
-        &guest,
-        &agent,
+        guest,
+        agent,
         "affinity",
         &format!("echo 2 > /proc/irq/{config_irq}/smp_affinity && cat /proc/irq/{config_irq}/effective_affinity_list"),
     )
@@ -393,7 +416,7 @@ async fn a_moved_config_vector_an_attach_and_cpu_hotplug_under_io() {
     // Attach: the slot's image becomes a 32 MiB ext4 disk; exactly one config interrupt,
     // on vector 0, delivered to CPU1.
     let bytes = guest.vm().blocks()[3]
-        .reload(Some(&images.path("slot.ext4")))
+        .reload(Some(&vm.images.path("slot.ext4")))
         .unwrap();
     assert_eq!(bytes, 32 << 20);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -440,7 +463,7 @@ ls /q4/w* | wc -l
 sync; echo 3 > /proc/sys/vm/drop_caches
 cat /q4/w* | wc -c
 "#;
-    let (status, out, err) = root_shell(&guest, &agent, "hotplug", script).await;
+    let (status, out, err) = root_shell(guest, agent, "hotplug", script).await;
     assert_eq!(
         status,
         0,
@@ -469,13 +492,11 @@ cat /q4/w* | wc -c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_msi_the_same_work_runs_on_the_legacy_lines() {
-    if skip() {
+    let Some(vm) = TestVm::start(false).await else {
         return;
-    }
-    let _one = SERIAL.lock().await;
-    let images = Images::new();
-    let (guest, agent) = boot(&images, false).await;
-    run_workload(&guest, &agent, "legacy").await;
+    };
+    let (guest, agent) = (&vm.guest, &vm.agent);
+    run_workload(guest, agent, "legacy").await;
 
     let report = agent.device_report().await.unwrap();
     for h in guest.vm().device_stats() {

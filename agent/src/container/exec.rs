@@ -62,7 +62,7 @@ impl Manager {
             .await;
         let _ = std::fs::remove_file(&process_file);
         let process = result?;
-        let pid = process.pid as u32;
+        let pid = process.pid.cast_unsigned();
         container
             .execs
             .lock()
@@ -102,7 +102,7 @@ impl Manager {
 
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<(ExitStatus, u32)> {
         let process = self.process(id, exec_id).await?;
-        Ok((process.wait().await, process.pid as u32))
+        Ok((process.wait().await, process.pid.cast_unsigned()))
     }
 
     pub async fn read(&self, id: &str, exec_id: &str, stream: Stream, max: u32) -> Result<Vec<u8>> {

@@ -118,7 +118,7 @@ impl Manager {
             stdio,
         };
         let process = self.spawn_process(terminal, make_request).await?;
-        Ok((process.pid as u32, cgroup_path, Arc::new(process)))
+        Ok((process.pid.cast_unsigned(), cgroup_path, Arc::new(process)))
     }
 
     /// Runs a create or exec in the helper, with pipes or a terminal.
@@ -238,7 +238,7 @@ impl Manager {
         })
         .await?;
         *phase = Phase::Running;
-        Ok(container.init.pid as u32)
+        Ok(container.init.pid.cast_unsigned())
     }
 
     /// Removes a container: with `force`, kills it first.

@@ -1,7 +1,7 @@
 //! One process the agent started in a container: its pid, a pidfd to signal
 //! it without pid-reuse races, its exit status and its stdio.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::reaper::{ExitStatus, ExitWatch};
 
@@ -78,6 +78,9 @@ pub fn open_pidfd(pid: i32) -> Option<OwnedFd> {
     if fd < 0 {
         return None;
     }
+    // The kernel's fds are ints, widened to the syscall's long.
+    #[allow(clippy::cast_possible_truncation)]
+    let fd = fd as RawFd;
     // SAFETY: the syscall returned a fresh fd that nothing else owns.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }

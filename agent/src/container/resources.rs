@@ -80,7 +80,7 @@ impl Manager {
             .into_iter()
             .map(|p| {
                 let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-                (p.as_raw() as u32, comm.trim().to_string())
+                (p.as_raw().cast_unsigned(), comm.trim().to_string())
             })
             .collect();
         out.sort();

@@ -7,26 +7,22 @@ use pulse_protocols::devices::{
     VectorRole, VirtioDevice,
 };
 use pulse_protocols::devices_ttrpc::Devices;
-use ttrpc::r#async::TtrpcContext;
 
 use super::{internal, Agent};
 use crate::devices;
 
 pub struct DevicesService(pub Arc<Agent>);
 
-#[async_trait::async_trait]
-impl Devices for DevicesService {
-    async fn get_device_report(
-        &self,
-        _ctx: &TtrpcContext,
-        _: DeviceReportRequest,
-    ) -> ttrpc::Result<DeviceReport> {
-        let root = self.0.report_root.clone();
-        let report = tokio::task::spawn_blocking(move || devices::collect(&root))
-            .await
-            .map_err(internal)?
-            .map_err(|e| internal(format!("device report: {e}")))?;
-        Ok(to_proto(report))
+handlers! {
+    impl Devices for DevicesService {
+        async fn get_device_report(&self, _: DeviceReportRequest) -> DeviceReport {
+            let root = self.0.report_root.clone();
+            let report = tokio::task::spawn_blocking(move || devices::collect(&root))
+                .await
+                .map_err(internal)?
+                .map_err(|e| internal(format!("device report: {e}")))?;
+            Ok(to_proto(report))
+        }
     }
 }
 

@@ -7,38 +7,34 @@ use pulse_protocols::health::{
     CheckRequest, CheckResponse, ServingState, VersionRequest, VersionResponse,
 };
 use pulse_protocols::health_ttrpc::Health;
-use ttrpc::r#async::TtrpcContext;
 
 use super::Agent;
 
 pub struct HealthService(pub Arc<Agent>);
 
-#[async_trait::async_trait]
-impl Health for HealthService {
-    async fn check(&self, _ctx: &TtrpcContext, _: CheckRequest) -> ttrpc::Result<CheckResponse> {
-        let state = if self.0.stopping.load(Ordering::SeqCst) {
-            ServingState::SERVING_STATE_STOPPING
-        } else {
-            ServingState::SERVING_STATE_SERVING
-        };
-        Ok(CheckResponse {
-            state: state.into(),
-            uptime_seconds: self.0.started.elapsed().as_secs(),
-            containers: u32::try_from(self.0.manager.count().await).unwrap_or(u32::MAX),
-            ..Default::default()
-        })
-    }
+handlers! {
+    impl Health for HealthService {
+        async fn check(&self, _: CheckRequest) -> CheckResponse {
+            let state = if self.0.stopping.load(Ordering::SeqCst) {
+                ServingState::SERVING_STATE_STOPPING
+            } else {
+                ServingState::SERVING_STATE_SERVING
+            };
+            Ok(CheckResponse {
+                state: state.into(),
+                uptime_seconds: self.0.started.elapsed().as_secs(),
+                containers: u32::try_from(self.0.manager.count().await).unwrap_or(u32::MAX),
+                ..Default::default()
+            })
+        }
 
-    async fn version(
-        &self,
-        _ctx: &TtrpcContext,
-        _: VersionRequest,
-    ) -> ttrpc::Result<VersionResponse> {
-        Ok(VersionResponse {
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            api_version: pulse_protocols::API_VERSION,
-            init_mode: self.0.init_mode,
-            ..Default::default()
-        })
+        async fn version(&self, _: VersionRequest) -> VersionResponse {
+            Ok(VersionResponse {
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                api_version: pulse_protocols::API_VERSION,
+                init_mode: self.0.init_mode,
+                ..Default::default()
+            })
+        }
     }
 }

@@ -1,6 +1,28 @@
 //! The ttrpc services: thin adapters from the generated traits to the
 //! agent's state.
 
+/// Implements a generated service trait from handlers written as
+/// `async fn name(&self, request: Type) -> Response { body }`, the body giving
+/// a `ttrpc::Result<Response>`: the context no handler reads and the
+/// `async_trait` boxing are the same for every handler, so they are added here.
+/// (rustfmt does not format inside the macro: keep its style by hand.)
+macro_rules! handlers {
+    (impl $service:ident for $ty:ty {
+        $(async fn $method:ident(&$self:ident, $req:tt: $Req:ty $(,)?) -> $Resp:ty $body:block)*
+    }) => {
+        #[async_trait::async_trait]
+        impl $service for $ty {
+            $(
+                async fn $method(
+                    &$self,
+                    _ctx: &ttrpc::r#async::TtrpcContext,
+                    $req: $Req,
+                ) -> ttrpc::Result<$Resp> $body
+            )*
+        }
+    };
+}
+
 mod containers;
 mod devices;
 mod health;
@@ -59,22 +81,28 @@ pub fn services(agent: Arc<Agent>) -> HashMap<String, Service> {
 }
 
 /// A ttrpc status for an error, with the code a client can act on.
-pub(crate) fn rpc_error(err: ContainerError) -> ttrpc::Error {
-    let code = match &err {
-        ContainerError::NotFound(_) | ContainerError::Storage(StorageError::NoSuchSerial(..)) => {
-            Code::NOT_FOUND
-        }
-        ContainerError::AlreadyExists(_) => Code::ALREADY_EXISTS,
-        ContainerError::InvalidArgument(_)
-        | ContainerError::Spec(_)
-        | ContainerError::Storage(StorageError::Invalid(_)) => Code::INVALID_ARGUMENT,
-        ContainerError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
-        ContainerError::Storage(_) | ContainerError::Runtime(_) => Code::INTERNAL,
-    };
-    tracing::debug!(?code, "request failed: {err}");
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, err.to_string()))
+impl From<ContainerError> for ttrpc::Error {
+    fn from(err: ContainerError) -> Self {
+        let code = match &err {
+            ContainerError::NotFound(_)
+            | ContainerError::Storage(StorageError::NoSuchSerial(..)) => Code::NOT_FOUND,
+            ContainerError::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            ContainerError::InvalidArgument(_)
+            | ContainerError::Spec(_)
+            | ContainerError::Storage(StorageError::Invalid(_)) => Code::INVALID_ARGUMENT,
+            ContainerError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            ContainerError::Storage(_) | ContainerError::Runtime(_) => Code::INTERNAL,
+        };
+        tracing::debug!(?code, "request failed: {err}");
+        status(code, err)
+    }
+}
+
+/// A ttrpc status with `code` and `msg`.
+pub(crate) fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
 }
 
 pub(crate) fn internal(msg: impl ToString) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INTERNAL, msg))
+    status(Code::INTERNAL, msg)
 }

@@ -6,94 +6,73 @@ use pulse_protocols::network::{
     UpdateInterfacesRequest, UpdateInterfacesResponse, UpdateRoutesRequest, UpdateRoutesResponse,
 };
 use pulse_protocols::network_ttrpc::Network;
-use ttrpc::r#async::TtrpcContext;
 use ttrpc::Code;
 
-use super::internal;
+use super::{internal, status};
 use crate::network::{self, NetworkError};
 
 pub struct NetworkService;
 
-fn rpc(err: NetworkError) -> ttrpc::Error {
-    let code = match &err {
-        NetworkError::Invalid(_) => Code::INVALID_ARGUMENT,
-        NetworkError::NoSuchMac(_) | NetworkError::NoSuchDevice(_) => Code::NOT_FOUND,
-        NetworkError::Netlink(_) => Code::INTERNAL,
-    };
-    tracing::warn!(?code, "network request failed: {err}");
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, err.to_string()))
+impl From<NetworkError> for ttrpc::Error {
+    fn from(err: NetworkError) -> Self {
+        let code = match &err {
+            NetworkError::Invalid(_) => Code::INVALID_ARGUMENT,
+            NetworkError::NoSuchMac(_) | NetworkError::NoSuchDevice(_) => Code::NOT_FOUND,
+            NetworkError::Netlink(_) => Code::INTERNAL,
+        };
+        tracing::warn!(?code, "network request failed: {err}");
+        status(code, err)
+    }
 }
 
 /// Runs `f` with a netlink socket, off the runtime's threads (netlink calls block).
 async fn with_netlink<T: Send + 'static>(
     f: impl FnOnce(&mut Netlink) -> Result<T, NetworkError> + Send + 'static,
 ) -> ttrpc::Result<T> {
-    tokio::task::spawn_blocking(move || {
-        let mut nl = Netlink::open()?;
-        f(&mut nl)
-    })
-    .await
-    .map_err(internal)?
-    .map_err(rpc)
+    let result = tokio::task::spawn_blocking(move || f(&mut Netlink::open()?))
+        .await
+        .map_err(internal)?;
+    Ok(result?)
 }
 
-#[async_trait::async_trait]
-impl Network for NetworkService {
-    async fn update_interfaces(
-        &self,
-        _ctx: &TtrpcContext,
-        req: UpdateInterfacesRequest,
-    ) -> ttrpc::Result<UpdateInterfacesResponse> {
-        let specs = req
-            .interfaces
-            .iter()
-            .map(network::interface_spec)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(rpc)?;
-        with_netlink(move |nl| network::apply_interfaces(nl, &specs, network::NIC_WAIT)).await?;
-        tracing::info!(interfaces = req.interfaces.len(), "network interfaces set");
-        Ok(UpdateInterfacesResponse::default())
-    }
+/// Checks every item of a request with `spec`, then, all of them valid,
+/// applies them with `apply`.
+async fn apply_all<Item, Spec: Send + 'static>(
+    items: &[Item],
+    spec: impl Fn(&Item) -> Result<Spec, NetworkError>,
+    apply: impl FnOnce(&mut Netlink, &[Spec]) -> Result<(), NetworkError> + Send + 'static,
+) -> ttrpc::Result<()> {
+    let specs = items.iter().map(spec).collect::<Result<Vec<_>, _>>()?;
+    with_netlink(move |nl| apply(nl, &specs)).await
+}
 
-    async fn update_routes(
-        &self,
-        _ctx: &TtrpcContext,
-        req: UpdateRoutesRequest,
-    ) -> ttrpc::Result<UpdateRoutesResponse> {
-        let specs = req
-            .routes
-            .iter()
-            .map(network::route_spec)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(rpc)?;
-        with_netlink(move |nl| network::apply_routes(nl, &specs)).await?;
-        Ok(UpdateRoutesResponse::default())
-    }
+handlers! {
+    impl Network for NetworkService {
+        async fn update_interfaces(
+            &self,
+            req: UpdateInterfacesRequest,
+        ) -> UpdateInterfacesResponse {
+            apply_all(&req.interfaces, network::interface_spec, |nl, specs| {
+                network::apply_interfaces(nl, specs, network::NIC_WAIT)
+            })
+            .await?;
+            tracing::info!(interfaces = req.interfaces.len(), "network interfaces set");
+            Ok(UpdateInterfacesResponse::default())
+        }
 
-    async fn add_neighbours(
-        &self,
-        _ctx: &TtrpcContext,
-        req: AddNeighboursRequest,
-    ) -> ttrpc::Result<AddNeighboursResponse> {
-        let specs = req
-            .neighbours
-            .iter()
-            .map(network::neighbour_spec)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(rpc)?;
-        with_netlink(move |nl| network::apply_neighbours(nl, &specs)).await?;
-        Ok(AddNeighboursResponse::default())
-    }
+        async fn update_routes(&self, req: UpdateRoutesRequest) -> UpdateRoutesResponse {
+            apply_all(&req.routes, network::route_spec, network::apply_routes).await?;
+            Ok(UpdateRoutesResponse::default())
+        }
 
-    async fn list_interfaces(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: ListInterfacesRequest,
-    ) -> ttrpc::Result<ListInterfacesResponse> {
-        let interfaces = with_netlink(network::list_interfaces).await?;
-        Ok(ListInterfacesResponse {
-            interfaces,
-            ..Default::default()
-        })
+        async fn add_neighbours(&self, req: AddNeighboursRequest) -> AddNeighboursResponse {
+            apply_all(&req.neighbours, network::neighbour_spec, network::apply_neighbours).await?;
+            Ok(AddNeighboursResponse::default())
+        }
+
+        async fn list_interfaces(&self, _: ListInterfacesRequest) -> ListInterfacesResponse {
+            let interfaces = with_netlink(network::list_interfaces).await?;
+            Ok(ListInterfacesResponse { interfaces, ..Default::default() })
+        }
     }
 }

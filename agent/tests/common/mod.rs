@@ -15,11 +15,15 @@ use oci_spec::runtime::{LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec, U
 use pulse_protocols::containers::*;
 use pulse_protocols::containers_ttrpc::ContainersClient;
 use pulse_protocols::health_ttrpc::HealthClient;
+use pulse_protocols::sandbox::{GuestDetails, GuestDetailsRequest};
 use pulse_protocols::sandbox_ttrpc::SandboxClient;
 use ttrpc::context;
 use ttrpc::r#async::Client;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The rootfs of a spec whose storages mount it: the bundle's `rootfs`, relative.
+pub const STORAGE_ROOTFS: &str = "rootfs";
 
 /// Debian's busybox-static.
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -105,6 +109,13 @@ impl TestAgent {
         }
     }
 
+    pub async fn guest_details(&self) -> GuestDetails {
+        self.sandbox
+            .get_guest_details(ctx(), &GuestDetailsRequest::default())
+            .await
+            .expect("guest details")
+    }
+
     pub fn dir(&self) -> &Path {
         self.process.dir.path()
     }
@@ -175,8 +186,23 @@ impl TestAgent {
         spec
     }
 
-    pub async fn create(&self, id: &str, spec: &Spec) -> ttrpc::Result<u32> {
-        self.create_with(id, serde_json::to_vec(spec).unwrap(), vec![])
+    /// [`Self::spec`] as JSON, for the fields oci-spec has no setter for.
+    pub fn spec_json(&self, rootfs: &Path, args: &[&str]) -> serde_json::Value {
+        serde_json::to_value(self.spec(rootfs, args)).unwrap()
+    }
+
+    pub async fn create(&self, id: &str, spec: &impl serde::Serialize) -> ttrpc::Result<u32> {
+        self.create_on(id, spec, vec![]).await
+    }
+
+    /// Creates a container whose rootfs and mounts are `storages`.
+    pub async fn create_on(
+        &self,
+        id: &str,
+        spec: &impl serde::Serialize,
+        storages: Vec<Storage>,
+    ) -> ttrpc::Result<u32> {
+        self.create_with(id, serde_json::to_vec(spec).unwrap(), storages)
             .await
     }
 
@@ -224,13 +250,8 @@ impl TestAgent {
         args: &[&str],
         terminal: bool,
     ) -> ttrpc::Result<u32> {
-        let process = serde_json::json!({
-            "terminal": terminal,
-            "user": {"uid": 0, "gid": 0},
-            "args": args,
-            "env": ["PATH=/bin"],
-            "cwd": "/",
-        });
+        let mut process = process_json(args);
+        process["terminal"] = terminal.into();
         self.exec_process(id, exec_id, process).await
     }
 
@@ -257,12 +278,7 @@ impl TestAgent {
     pub async fn read_all(&self, id: &str, exec_id: &str, stderr: bool) -> String {
         let mut out = Vec::new();
         loop {
-            let req = ReadOutputRequest {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-                max_bytes: 4096,
-                ..Default::default()
-            };
+            let req = read_request(id, exec_id);
             let resp = if stderr {
                 self.containers.read_stderr(ctx(), &req).await
             } else {
@@ -281,12 +297,7 @@ impl TestAgent {
     pub async fn read_until(&self, id: &str, exec_id: &str, needle: &str) -> String {
         let mut out = String::new();
         while !out.contains(needle) {
-            let req = ReadOutputRequest {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-                max_bytes: 4096,
-                ..Default::default()
-            };
+            let req = read_request(id, exec_id);
             let resp = self
                 .containers
                 .read_stdout(ctx(), &req)
@@ -301,26 +312,33 @@ impl TestAgent {
     }
 
     pub async fn wait_err(&self, id: &str) -> ttrpc::Error {
-        let req = WaitProcessRequest {
-            container_id: id.to_string(),
-            ..Default::default()
-        };
-        self.containers
-            .wait_process(ctx(), &req)
+        self.wait_process(id, "")
             .await
             .expect_err("wait should fail")
     }
 
     pub async fn wait(&self, id: &str, exec_id: &str) -> WaitProcessResponse {
+        self.wait_process(id, exec_id).await.expect("wait")
+    }
+
+    async fn wait_process(&self, id: &str, exec_id: &str) -> ttrpc::Result<WaitProcessResponse> {
         let req = WaitProcessRequest {
             container_id: id.to_string(),
             exec_id: exec_id.to_string(),
             ..Default::default()
         };
-        self.containers
-            .wait_process(ctx(), &req)
-            .await
-            .expect("wait")
+        self.containers.wait_process(ctx(), &req).await
+    }
+
+    /// The stdout of a process that must exit 0 (its output is in the failure's message).
+    pub async fn output(&self, id: &str, exec_id: &str) -> String {
+        let out = self.read_all(id, exec_id, false).await;
+        assert_eq!(
+            self.wait(id, exec_id).await.exit_status,
+            0,
+            "{id} {exec_id}: {out}"
+        );
+        out
     }
 
     pub async fn signal(&self, id: &str, exec_id: &str, signal: i32) -> ttrpc::Result<()> {
@@ -334,6 +352,21 @@ impl TestAgent {
             .signal_process(ctx(), &req)
             .await
             .map(|_| ())
+    }
+
+    pub async fn list(&self) -> ListContainersResponse {
+        let req = ListContainersRequest::default();
+        self.containers
+            .list_containers(ctx(), &req)
+            .await
+            .expect("list")
+    }
+
+    /// Kills a running container, waits for it, and removes it (without force).
+    pub async fn kill_and_remove(&self, id: &str) {
+        self.signal(id, "", libc::SIGKILL).await.expect("kill");
+        self.wait(id, "").await;
+        self.remove(id, false).await.expect("remove");
     }
 
     pub async fn remove(&self, id: &str, force: bool) -> ttrpc::Result<()> {
@@ -368,6 +401,41 @@ impl TestAgent {
             ..Default::default()
         };
         self.containers.close_stdin(ctx(), &req).await.map(|_| ())
+    }
+}
+
+/// An OCI process (JSON) running `args` as root in `/`.
+pub fn process_json(args: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "user": {"uid": 0, "gid": 0},
+        "args": args,
+        "env": ["PATH=/bin"],
+        "cwd": "/",
+    })
+}
+
+/// Adds `mount` (OCI JSON) to a spec's mounts.
+pub fn add_mount(spec: &mut serde_json::Value, mount: serde_json::Value) {
+    spec["mounts"].as_array_mut().unwrap().push(mount);
+}
+
+/// A seccomp profile that lets everything through but mkdir, refused with EPERM.
+pub fn seccomp_refusing_mkdir() -> serde_json::Value {
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+        ]
+    })
+}
+
+fn read_request(id: &str, exec_id: &str) -> ReadOutputRequest {
+    ReadOutputRequest {
+        container_id: id.to_string(),
+        exec_id: exec_id.to_string(),
+        max_bytes: 4096,
+        ..Default::default()
     }
 }
 
