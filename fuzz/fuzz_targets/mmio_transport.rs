@@ -24,7 +24,7 @@ use pulse_fuzz::{guest_memory, Input, RING_STRIDE};
 use pulse_vmm::bus::BusDevice;
 use pulse_vmm::devices::block::{Block, BlockConfig};
 use pulse_vmm::devices::virtio::{
-    device_type, features, read_config_bytes, status, ActivateError, ActiveQueue, VirtioDevice,
+    device_type, features, read_config_bytes, status, ActivateError, Activation, VirtioDevice,
 };
 use pulse_vmm::interrupts::{DeviceInterrupts, Interrupt, InterruptManager};
 use pulse_vmm::memory::GuestMemoryMmap;
@@ -80,13 +80,8 @@ impl VirtioDevice for Recorder {
             *b = *v;
         }
     }
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        negotiated: u64,
-        queues: Vec<ActiveQueue>,
-        interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let negotiated = activation.features;
         let mut r = self.record.lock().unwrap();
         assert!(!r.active, "activated twice without a reset");
         assert_eq!(
@@ -100,7 +95,7 @@ impl VirtioDevice for Recorder {
             "activated without VERSION_1"
         );
         let mut seen = [false; QUEUES as usize];
-        for q in &queues {
+        for q in &activation.queues {
             let i = usize::from(q.index);
             assert!(
                 i < seen.len() && !seen[i],
@@ -110,7 +105,7 @@ impl VirtioDevice for Recorder {
             seen[i] = true;
             assert!(q.queue.ready(), "queue {} handed over not ready", q.index);
             assert!(
-                q.queue.is_valid(&mem),
+                q.queue.is_valid(&activation.mem),
                 "queue {}'s rings do not fit guest memory",
                 q.index
             );
@@ -122,7 +117,7 @@ impl VirtioDevice for Recorder {
         }
         r.active = true;
         r.activations += 1;
-        r.interrupt = Some(interrupt);
+        r.interrupt = Some(activation.interrupt);
         Ok(())
     }
     fn reset(&mut self) {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use pulse_vmm::devices::block::{Block, BlockConfig};
 use pulse_vmm::devices::driver_ring::{CountingInterrupt, DriverRing};
-use pulse_vmm::devices::virtio::{features, ActiveQueue, VirtioDevice};
+use pulse_vmm::devices::virtio::{features, Activation, VirtioDevice};
 use pulse_vmm::interrupts::Interrupt;
 use pulse_vmm::memory::{create_guest_memory, GuestMemoryMmap};
 use vm_memory::{Bytes, GuestAddress};
@@ -88,12 +88,8 @@ fn setup(queues: u16) -> (Block, Vec<Driver>, tempfile::NamedTempFile) {
             GuestAddress(0x10_0000 + u64::from(q) * 0x1_0000),
             QUEUE_SIZE,
         );
-        let doorbell = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        active.push(ActiveQueue {
-            index: q,
-            queue: ring.queue(),
-            notifier: doorbell.try_clone().unwrap(),
-        });
+        let (queue, doorbell) = ring.active_queue(q);
+        active.push(queue);
         drivers.push(Driver {
             ring,
             doorbell,
@@ -104,7 +100,7 @@ fn setup(queues: u16) -> (Block, Vec<Driver>, tempfile::NamedTempFile) {
     }
     let irq: Arc<dyn Interrupt> = Arc::new(CountingInterrupt::default());
     block
-        .activate(mem, features::VERSION_1, active, irq)
+        .activate(Activation::new(mem, features::VERSION_1, active, irq))
         .unwrap();
     (block, drivers, disk)
 }

@@ -23,7 +23,7 @@ use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use pulse_vmm::devices::driver_ring::{CountingInterrupt, DriverRing};
 use pulse_vmm::devices::net::ctrl::cmd;
 use pulse_vmm::devices::net::{MacAddr, Net, NetConfig, F_CTRL_VQ, F_MQ};
-use pulse_vmm::devices::virtio::{features, ActiveQueue, VirtioDevice};
+use pulse_vmm::devices::virtio::{features, Activation, VirtioDevice};
 use pulse_vmm::memory::{create_guest_memory, GuestMemoryMmap};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -227,12 +227,8 @@ fn setup(pairs: u16) -> Rig {
             GuestAddress(0x10_0000 + u64::from(q) * 0x1_0000),
             QUEUE_SIZE,
         );
-        let doorbell = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        active.push(ActiveQueue {
-            index: q,
-            queue: ring.queue(),
-            notifier: doorbell.try_clone().unwrap(),
-        });
+        let (queue, doorbell) = ring.active_queue(q);
+        active.push(queue);
         drivers.push(Driver {
             ring,
             doorbell,
@@ -240,12 +236,12 @@ fn setup(pairs: u16) -> Rig {
             buffers: 0x100_0000 + u64::from(q) * 0x100_0000,
         });
     }
-    net.activate(
+    net.activate(Activation::new(
         mem.clone(),
         negotiated,
         active,
         Arc::new(CountingInterrupt::default()),
-    )
+    ))
     .unwrap();
     let mut ctrl = drivers.pop().unwrap();
     if pairs > 1 {

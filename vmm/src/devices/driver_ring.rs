@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
+use crate::devices::virtio::ActiveQueue;
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 
@@ -60,6 +62,22 @@ impl DriverRing {
         q.set_used_ring_address(Some(lo), Some(hi));
         q.set_ready(true);
         q
+    }
+
+    /// The device's side of this ring as queue `index`, and a clone of its doorbell for the
+    /// caller to ring.
+    pub fn active_queue(&self, index: u16) -> (ActiveQueue, EventFd) {
+        let notifier = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let doorbell = notifier.try_clone().expect("eventfd clone");
+        let queue = self.queue();
+        (
+            ActiveQueue {
+                index,
+                queue,
+                notifier,
+            },
+            doorbell,
+        )
     }
 
     /// Writes one raw descriptor.
@@ -219,6 +237,19 @@ pub fn join_within<T: Send + 'static>(
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     thread.join().map_err(|_| "the thread panicked")
+}
+
+/// Polls `f` until it holds or `timeout` passes, and says whether it held: tests wait for a
+/// worker thread with it (the timeout is far beyond any slow machine, never a speed check).
+pub fn wait_until(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    f()
 }
 
 /// The low and high 32 bits of a guest address, as a driver writes them to the transport.

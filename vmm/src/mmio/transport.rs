@@ -14,7 +14,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::registers::*;
 use crate::bus::BusDevice;
-use crate::devices::virtio::{features, status, ActivateError, ActiveQueue, VirtioDevice};
+use crate::devices::virtio::{
+    features, status, ActivateError, Activation, ActiveQueue, VirtioDevice,
+};
 use crate::devices::worker::{FaultCounts, FaultLog, GuestFault};
 use crate::interrupts::{
     DeviceInterrupts, InterruptError, MsiMessage, MsiRejection, VectorStats, VectorUpdate,
@@ -535,10 +537,8 @@ impl MmioTransport {
             return;
         }
         let interrupt = self.interrupts.clone();
-        match self
-            .device
-            .activate(self.mem.clone(), self.driver_features, active, interrupt)
-        {
+        let activation = Activation::new(self.mem.clone(), self.driver_features, active, interrupt);
+        match self.device.activate(activation) {
             Ok(()) => {}
             // The driver's doing, as often as it likes: counted, logged at most at the fault
             // log's rate.
@@ -769,18 +769,13 @@ mod tests {
                 *b = data[0];
             }
         }
-        fn activate(
-            &mut self,
-            _mem: GuestMemoryMmap,
-            features: u64,
-            queues: Vec<ActiveQueue>,
-            interrupt: Arc<dyn Interrupt>,
-        ) -> Result<(), ActivateError> {
+        fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+            let indexes = activation.queues.iter().map(|q| q.index).collect();
             self.activations
                 .lock()
                 .unwrap()
-                .push((features, queues.iter().map(|q| q.index).collect()));
-            *self.interrupt.lock().unwrap() = Some(interrupt);
+                .push((activation.features, indexes));
+            *self.interrupt.lock().unwrap() = Some(activation.interrupt);
             Ok(())
         }
         fn reset(&mut self) {
@@ -1258,15 +1253,10 @@ mod tests {
             data.fill(0);
         }
         fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-        fn activate(
-            &mut self,
-            _mem: GuestMemoryMmap,
-            _features: u64,
-            queues: Vec<ActiveQueue>,
-            _interrupt: Arc<dyn Interrupt>,
-        ) -> Result<(), ActivateError> {
-            if queues.len() < 2 {
-                return Err(ActivateError::QueueNotReady(queues.len()));
+        fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+            let ready = activation.queues.len();
+            if ready < 2 {
+                return Err(ActivateError::QueueNotReady(ready));
             }
             Ok(())
         }

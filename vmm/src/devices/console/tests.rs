@@ -6,7 +6,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -14,24 +14,15 @@ use vmm_sys_util::eventfd::EventFd;
 use super::sink::{Output, Sink};
 use super::worker::{ConsoleWorker, Vring};
 use super::*;
-use crate::devices::driver_ring::{CountingInterrupt, DriverRing, DESC_F_NEXT, DESC_F_WRITE};
-use crate::devices::virtio::{features as vf, ActiveQueue, VirtioDevice};
+use crate::devices::driver_ring::{
+    wait_until, CountingInterrupt, DriverRing, DESC_F_NEXT, DESC_F_WRITE,
+};
+use crate::devices::virtio::{features as vf, Activation, ActiveQueue, VirtioDevice};
 use crate::devices::worker::{FaultLog, LoopContext};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
 const QSIZE: u16 = 64;
 const WAIT: Duration = Duration::from_secs(5);
-
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    f()
-}
 
 fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::SeqCst)
@@ -134,12 +125,12 @@ impl Guest {
 fn activate(console: &mut Console, guest: &Guest) -> Arc<CountingInterrupt> {
     let irq = Arc::new(CountingInterrupt::default());
     console
-        .activate(
+        .activate(Activation::new(
             guest.mem.clone(),
             vf::VERSION_1,
             guest.queues(),
             irq.clone(),
-        )
+        ))
         .unwrap();
     irq
 }
@@ -160,8 +151,8 @@ fn output_reaches_a_file() {
     let irq = activate(&mut console, &guest);
     guest.write(&[b"hello "]);
     guest.write(&[b"wor", b"", b"ld\n"]);
-    assert!(wait_until(|| file_contents(&path) == "hello world\n"));
-    assert!(wait_until(|| guest.tx.used_idx() == 2));
+    assert!(wait_until(WAIT, || file_contents(&path) == "hello world\n"));
+    assert!(wait_until(WAIT, || guest.tx.used_idx() == 2));
     let tx = &console.counters()[1];
     assert_eq!(load(&tx.chains), 2);
     assert_eq!(load(&tx.bytes), 12);
@@ -185,7 +176,7 @@ fn unix_socket_client_gets_output_and_gives_input() {
     let _irq = activate(&mut console, &guest);
     // Output before anyone connects is kept for the first client.
     guest.write(&[b"boot messages\n"]);
-    assert!(wait_until(|| guest.tx.used_idx() == 1));
+    assert!(wait_until(WAIT, || guest.tx.used_idx() == 1));
     let mut client = UnixStream::connect(&path).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -203,7 +194,7 @@ fn unix_socket_client_gets_output_and_gives_input() {
     assert_eq!(guest.rx.used_idx(), 0);
     guest.post_rx(4, 64);
     let mut input = Vec::new();
-    assert!(wait_until(|| {
+    assert!(wait_until(WAIT, || {
         input.extend(guest.input());
         input == b"ls -l\n"
     }));
@@ -215,7 +206,7 @@ fn unix_socket_client_gets_output_and_gives_input() {
     second
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    assert!(wait_until(|| console.connections() == 2));
+    assert!(wait_until(WAIT, || console.connections() == 2));
     guest.write(&[b"to the second\n"]);
     let mut buf = [0u8; 14];
     second.read_exact(&mut buf).unwrap();
@@ -230,7 +221,7 @@ fn unix_socket_client_gets_output_and_gives_input() {
     // The client goes away and comes back; the device keeps working.
     drop(second);
     guest.write(&[b"nobody\n"]);
-    assert!(wait_until(|| guest.tx.used_idx() == 4));
+    assert!(wait_until(WAIT, || guest.tx.used_idx() == 4));
     let mut third = UnixStream::connect(&path).unwrap();
     third
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -239,7 +230,7 @@ fn unix_socket_client_gets_output_and_gives_input() {
     third.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"nobody\n");
     third.write_all(b"x").unwrap();
-    assert!(wait_until(|| guest.input() == b"x"));
+    assert!(wait_until(WAIT, || guest.input() == b"x"));
     drop(console);
     assert!(!path.exists(), "socket file removed with the device");
 }
@@ -259,7 +250,7 @@ fn socket_backlog_is_bounded() {
         let chunk = vec![b'a' + i % 26; 4096];
         guest.write(&[&chunk]);
     }
-    assert!(wait_until(|| guest.tx.used_idx() == 40));
+    assert!(wait_until(WAIT, || guest.tx.used_idx() == 40));
     let tx = &console.counters()[1];
     assert_eq!(load(&tx.dropped), 40 * 4096 - sink::BACKLOG_BYTES as u64);
     let mut client = UnixStream::connect(&path).unwrap();
@@ -344,7 +335,7 @@ fn pipe_input_waits_for_buffers_and_is_split_to_fit() {
     assert_eq!(guest.rx.used_idx(), 0, "no buffer yet");
     guest.post_rx(3, 2);
     let mut got = Vec::new();
-    assert!(wait_until(|| {
+    assert!(wait_until(WAIT, || {
         got.extend(guest.input());
         got.len() == 5
     }));
@@ -352,12 +343,12 @@ fn pipe_input_waits_for_buffers_and_is_split_to_fit() {
     assert_eq!(guest.rx.used_idx(), 3, "2 + 2 + 1 bytes");
     // Output to `none` is counted as dropped.
     guest.write(&[b"gone"]);
-    assert!(wait_until(|| load(&console.counters()[1].dropped) == 4));
+    assert!(wait_until(WAIT, || load(&console.counters()[1].dropped) == 4));
     // End of input: the device keeps serving output.
     drop(write_end);
     guest.post_rx(1, 16);
     guest.write(&[b"more"]);
-    assert!(wait_until(|| guest.tx.used_idx() == 2));
+    assert!(wait_until(WAIT, || guest.tx.used_idx() == 2));
 }
 
 #[test]
@@ -480,12 +471,12 @@ fn config_space_and_features() {
     let guest = Guest::new();
     let mut console = console;
     let err = console
-        .activate(
+        .activate(Activation::new(
             guest.mem.clone(),
             vf::VERSION_1,
             guest.queues().into_iter().take(1).collect(),
             Arc::new(CountingInterrupt::default()),
-        )
+        ))
         .err()
         .unwrap();
     assert!(matches!(err, ActivateError::QueueNotReady(1)));
@@ -552,7 +543,7 @@ fn an_avail_index_past_the_transmit_ring_breaks_the_queue_and_the_device_still_s
     let avail_idx = GuestAddress(0x2_0000 + 16 * u64::from(QSIZE) + 2);
     guest.mem.write_obj(QSIZE + 5, avail_idx).unwrap();
     guest.tx_bell.write(1).unwrap();
-    assert!(wait_until(|| irq.needs_reset_requests() == 1));
+    assert!(wait_until(WAIT, || irq.needs_reset_requests() == 1));
     guest.tx_bell.write(1).unwrap();
     let faults = console.faults().clone();
     let stopper = std::thread::spawn(move || console.reset());

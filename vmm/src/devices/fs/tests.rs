@@ -11,7 +11,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::devices::driver_ring::{CountingInterrupt, DriverRing};
-use crate::memory::create_shared_guest_memory;
+use crate::devices::virtio::ActiveQueue;
+use crate::interrupts::Interrupt;
+use crate::memory::{create_shared_guest_memory, GuestMemoryMmap};
 
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_INIT: u32 = 26;
@@ -95,20 +97,27 @@ impl Driver {
 
     /// The queues to activate the device with (the driver keeps each doorbell's clone).
     fn queues(&mut self) -> Vec<ActiveQueue> {
-        self.kicks.clear();
-        self.rings
-            .iter()
-            .enumerate()
-            .map(|(i, ring)| {
-                let notifier = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-                self.kicks.push(notifier.try_clone().unwrap());
-                ActiveQueue {
-                    index: i as u16,
-                    queue: ring.queue(),
-                    notifier,
-                }
-            })
-            .collect()
+        let (queues, kicks) = (0u16..)
+            .zip(&self.rings)
+            .map(|(i, ring)| ring.active_queue(i))
+            .unzip();
+        self.kicks = kicks;
+        queues
+    }
+
+    /// Activates `fs` on this driver's rings.
+    fn activate(
+        &mut self,
+        fs: &mut Fs,
+        features: u64,
+        irq: Arc<dyn Interrupt>,
+    ) -> Result<(), ActivateError> {
+        fs.activate(Activation::new(
+            self.mem.clone(),
+            features,
+            self.queues(),
+            irq,
+        ))
     }
 
     /// Sends one FUSE request on the first request queue and waits for its reply; returns the
@@ -261,8 +270,7 @@ fn the_backend_answers_through_the_rings_and_the_interrupt_is_relayed() {
     // Without EVENT_IDX: this driver never moves used_event, so with it the backend would
     // interrupt once only.
     let features = fs.features() & !features::RING_EVENT_IDX;
-    fs.activate(mem.clone(), features, driver.queues(), irq.clone())
-        .unwrap();
+    driver.activate(&mut fs, features, irq.clone()).unwrap();
     // Each reply's interrupt reaches Interrupt::trigger through the relay (waiting for it
     // before the next request: an eventfd adds up writes the relay has not read yet).
     let relayed_after = |before: u64| {
@@ -282,8 +290,7 @@ fn the_backend_answers_through_the_rings_and_the_interrupt_is_relayed() {
     // A reset stops the rings; the device starts again on fresh ones.
     fs.reset();
     let mut driver = Driver::new(&mem);
-    fs.activate(mem.clone(), features, driver.queues(), irq.clone())
-        .unwrap();
+    driver.activate(&mut fs, features, irq.clone()).unwrap();
     driver.init();
     assert_eq!(driver.lookup_size("hello"), 20);
     drop(fs);
@@ -305,8 +312,7 @@ fn with_msi_the_backend_interrupts_the_queues_irqfd_directly() {
         irqfd: irqfd.try_clone().unwrap(),
     });
     let features = fs.features();
-    fs.activate(mem.clone(), features, driver.queues(), irq.clone())
-        .unwrap();
+    driver.activate(&mut fs, features, irq.clone()).unwrap();
     driver.init();
     assert_eq!(driver.lookup_size("hello"), 20);
     assert!(
@@ -331,25 +337,20 @@ fn anonymous_guest_memory_is_refused_at_activation() {
     let mem = crate::memory::create_guest_memory(16).unwrap();
     let mut driver = Driver::new(&mem);
     let features = fs.features();
-    let err = fs
-        .activate(
-            mem,
-            features,
-            driver.queues(),
-            Arc::new(CountingInterrupt::default()),
-        )
+    let err = driver
+        .activate(&mut fs, features, Arc::new(CountingInterrupt::default()))
         .unwrap_err()
         .to_string();
     assert!(err.contains("not file-backed"), "{err}");
     let mut driver_queues = driver.queues();
     driver_queues.pop();
     let err = fs
-        .activate(
+        .activate(Activation::new(
             create_shared_guest_memory(16).unwrap(),
             features,
             driver_queues,
             Arc::new(CountingInterrupt::default()),
-        )
+        ))
         .unwrap_err();
     assert!(matches!(err, ActivateError::QueueNotReady(1)), "{err}");
 }
@@ -375,8 +376,7 @@ fn confined_child_entry() {
         let mut driver = Driver::new(&mem);
         let irq = Arc::new(CountingInterrupt::default());
         let features = fs.features() & !features::RING_EVENT_IDX;
-        fs.activate(mem.clone(), features, driver.queues(), irq.clone())
-            .unwrap();
+        driver.activate(&mut fs, features, irq.clone()).unwrap();
         driver.init();
         let size = driver.lookup_size("hello");
         fs.reset();

@@ -23,11 +23,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::confine::ThreadKind;
 use crate::devices::virtio::{
-    device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
+    device_type, features, read_config_bytes, ActivateError, Activation, ActiveQueue, VirtioDevice,
 };
 use crate::devices::worker::{FaultLog, GuestFault, Workers};
-use crate::interrupts::Interrupt;
-use crate::memory::GuestMemoryMmap;
 pub use config::{MacAddr, NetConfig, NetConfigError, TapSource};
 use ctrl::{Ctrl, Shared};
 use tap::{Tap, TapError, TapOrigin};
@@ -403,15 +401,9 @@ impl VirtioDevice for Net {
         // Read-only with VERSION_1: the MAC changes through the control queue.
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        features: u64,
-        queues: Vec<ActiveQueue>,
-        interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let negotiated = features & self.features();
+        let negotiated = activation.features & self.features();
         let pairs = if negotiated & F_MQ != 0 {
             self.config.queue_pairs
         } else {
@@ -424,13 +416,7 @@ impl VirtioDevice for Net {
             .map_err(other)?;
         self.tap.set_active_queues(1).map_err(other)?;
 
-        let mut slots: Vec<Option<ActiveQueue>> = Vec::new();
-        slots.resize_with(usize::from(2 * self.config.queue_pairs + 1), || None);
-        for q in queues {
-            if let Some(slot) = slots.get_mut(usize::from(q.index)) {
-                *slot = Some(q);
-            }
-        }
+        let mut slots = activation.take_queues(usize::from(2 * self.config.queue_pairs + 1));
         // Pairs the driver set up completely; the first incomplete one ends the list.
         let mut served = 0u16;
         while served < pairs
@@ -446,8 +432,8 @@ impl VirtioDevice for Net {
         let mut wakers = Vec::new();
         let mut worker_wakes = Vec::new();
         for _ in 0..served {
-            let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-            worker_wakes.push(wake.try_clone().map_err(ActivateError::Worker)?);
+            let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+            worker_wakes.push(wake.try_clone()?);
             wakers.push(wake);
         }
         let mut shared = Shared::new(
@@ -495,18 +481,17 @@ impl VirtioDevice for Net {
                 .clone();
             let worker = PairWorker::new(PairParts {
                 pair,
-                mem: mem.clone(),
+                mem: activation.mem.clone(),
                 rx: vring(rx, &self.counters),
                 tx: vring(tx, &self.counters),
                 ctrl: if pair == 0 { ctrl.take() } else { None },
                 tap,
                 kill: workers.stop_request()?,
                 wake,
-                interrupt: interrupt.clone(),
+                interrupt: activation.interrupt.clone(),
                 shared: shared.clone(),
                 mode,
-            })
-            .map_err(ActivateError::Worker)?;
+            })?;
             workers = workers.spawn(ThreadKind::Net, format!("net-q{pair}"), move || {
                 worker.run()
             })?;

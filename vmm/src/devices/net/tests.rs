@@ -20,8 +20,10 @@ use super::ctrl::{cmd, Ctrl, Shared};
 use super::tap::{self, Tap, TapError, TapOrigin, VNET_HDR_LEN};
 use super::worker::{PairParts, PairWorker, QueueCounters, RxMode, Vring, MAX_CHAIN_LEN};
 use super::*;
-use crate::devices::driver_ring::{CountingInterrupt, DriverRing, DESC_F_NEXT, DESC_F_WRITE};
-use crate::devices::virtio::{features as vf, ActiveQueue, VirtioDevice};
+use crate::devices::driver_ring::{
+    wait_until, CountingInterrupt, DriverRing, DESC_F_NEXT, DESC_F_WRITE,
+};
+use crate::devices::virtio::{features as vf, Activation, ActiveQueue, VirtioDevice};
 use crate::interrupts::Interrupt;
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
@@ -42,17 +44,6 @@ fn buf_base(q: u16) -> u64 {
 
 fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::SeqCst)
-}
-
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    f()
 }
 
 /// A test frame: EtherType 0x88b5, then "PT", a tag and a sequence number, then a pattern.
@@ -379,7 +370,7 @@ fn tx_waits_for_a_full_tap_and_loses_nothing() {
     assert_eq!(got, count, "all frames written");
     let want: Vec<u8> = (0..count).map(|s| s as u8).collect();
     assert_eq!(seqs, want, "in order, none lost or doubled");
-    assert!(wait_until(|| tx.used_idx() == count));
+    assert!(wait_until(WAIT, || tx.used_idx() == count));
     assert_eq!(load(&tx_counters.dropped), 0);
     bells[2].write(1).unwrap();
     thread.join().unwrap();
@@ -1306,8 +1297,13 @@ fn tap_rig(pairs: u16, negotiated: u64) -> TapRig {
         bells.insert(q, bell);
     }
     let irq = Arc::new(CountingInterrupt::default());
-    net.activate(mem.clone(), negotiated, active, irq.clone())
-        .unwrap();
+    net.activate(Activation::new(
+        mem.clone(),
+        negotiated,
+        active,
+        irq.clone(),
+    ))
+    .unwrap();
     TapRig {
         mem,
         net,
@@ -1335,7 +1331,7 @@ impl TapRig {
     }
 
     fn wait_used(&self, q: u16, n: u16) -> bool {
-        wait_until(|| self.rings[&q].used_idx() >= n)
+        wait_until(WAIT, || self.rings[&q].used_idx() >= n)
     }
 
     fn send(&mut self, pair: u16, frames: &[Vec<u8>]) {
@@ -1467,7 +1463,7 @@ fn frames_from_the_tap_reach_rx_queue_zero_until_pairs_are_set() {
         sock.send(&udp_frame(GUEST_MAC, HOST_MAC, 5000 + port, 0));
     }
     let mut got = Vec::new();
-    assert!(wait_until(|| {
+    assert!(wait_until(WAIT, || {
         got.extend(r.received(0));
         got.iter().filter(|f| udp_marker_of(f).is_some()).count() == 16
     }));
@@ -1500,7 +1496,7 @@ fn each_rx_queue_gets_the_flows_its_tx_queue_sent() {
     }
     let mut by_pair: Vec<Vec<(u16, u8)>> = vec![Vec::new(); usize::from(pairs)];
     assert!(
-        wait_until(|| {
+        wait_until(WAIT, || {
             for pair in 0..pairs {
                 let frames = r.received(pair);
                 by_pair[usize::from(pair)].extend(frames.iter().filter_map(|f| udp_marker_of(f)));
@@ -1535,7 +1531,7 @@ fn rx_pauses_without_buffers_and_loses_nothing() {
     assert_eq!(load(&rx0.frames), 0);
     r.post_rx(0, 32, 2048);
     let mut got = Vec::new();
-    assert!(wait_until(|| {
+    assert!(wait_until(WAIT, || {
         got.extend(r.received(0).iter().filter_map(|f| marker_of(f)));
         got.len() == 20
     }));
@@ -1702,7 +1698,12 @@ fn activation_needs_pair_zero_and_survives_resets() {
     let mut net = Net::new(NetConfig::new(&tap_name())).unwrap();
     let irq: Arc<dyn Interrupt> = Arc::new(CountingInterrupt::default());
     let err = net
-        .activate(mem.clone(), vf::VERSION_1, Vec::new(), irq.clone())
+        .activate(Activation::new(
+            mem.clone(),
+            vf::VERSION_1,
+            Vec::new(),
+            irq.clone(),
+        ))
         .err()
         .unwrap();
     assert!(matches!(
@@ -1717,8 +1718,13 @@ fn activation_needs_pair_zero_and_survives_resets() {
                 notifier: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             })
             .collect();
-        net.activate(mem.clone(), vf::VERSION_1, queues, irq.clone())
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        net.activate(Activation::new(
+            mem.clone(),
+            vf::VERSION_1,
+            queues,
+            irq.clone(),
+        ))
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert_eq!(net.active_queue_pairs(), 1);
         net.reset();
     }
@@ -1740,7 +1746,7 @@ fn an_avail_index_past_the_transmit_ring_breaks_the_queue_and_the_worker_still_s
     mem.write_obj(QSIZE + 5, avail_idx).unwrap();
     let thread = std::thread::spawn(move || worker.run());
     bells[1].write(1).unwrap();
-    assert!(wait_until(|| irq.needs_reset_requests() == 1));
+    assert!(wait_until(WAIT, || irq.needs_reset_requests() == 1));
     bells[1].write(1).unwrap();
     bells[2].write(1).unwrap();
     crate::devices::driver_ring::join_within(thread, Duration::from_secs(30))

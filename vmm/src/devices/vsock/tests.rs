@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::packet::{op, Header, HEADER_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{Vsock, VsockConfig};
 use crate::devices::driver_ring::{CountingInterrupt, DriverRing, DESC_F_NEXT};
-use crate::devices::virtio::{features, ActiveQueue, VirtioDevice};
+use crate::devices::virtio::{features, Activation, VirtioDevice};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
 const CID: u64 = 42;
@@ -56,25 +56,10 @@ fn rig_with(negotiated: u64, rx_buffers: u16) -> Rig {
     let rx = DriverRing::new(&mem, GuestAddress(0x10_0000), QSIZE);
     let tx = DriverRing::new(&mem, GuestAddress(0x11_0000), QSIZE);
     let ev = DriverRing::new(&mem, GuestAddress(0x12_0000), QSIZE);
-    let (rx_evt, tx_evt) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
-    let ev_evt = EventFd::new(0).unwrap();
-    let mut queues = vec![
-        ActiveQueue {
-            index: 0,
-            queue: rx.queue(),
-            notifier: rx_evt.try_clone().unwrap(),
-        },
-        ActiveQueue {
-            index: 1,
-            queue: tx.queue(),
-            notifier: tx_evt.try_clone().unwrap(),
-        },
-        ActiveQueue {
-            index: 2,
-            queue: ev.queue(),
-            notifier: ev_evt.try_clone().unwrap(),
-        },
-    ];
+    let (rx_queue, rx_evt) = rx.active_queue(0);
+    let (tx_queue, tx_evt) = tx.active_queue(1);
+    let (ev_queue, ev_evt) = ev.active_queue(2);
+    let mut queues = vec![rx_queue, tx_queue, ev_queue];
     let mut guest = Guest {
         mem: mem.clone(),
         rx,
@@ -93,7 +78,8 @@ fn rig_with(negotiated: u64, rx_buffers: u16) -> Rig {
         virtio_queue::QueueT::set_event_idx(&mut q.queue, event_idx);
     }
     let irq = Arc::new(CountingInterrupt::default());
-    dev.activate(mem, negotiated, queues, irq.clone()).unwrap();
+    dev.activate(Activation::new(mem, negotiated, queues, irq.clone()))
+        .unwrap();
     Rig {
         dev,
         guest,
