@@ -392,29 +392,29 @@ impl Rig {
             }
         }
         let errors = self.t.stats().errors;
-        let pairs = [
-            (errors.csr_after_driver_ok, self.errors.csr_after_driver_ok),
-            (errors.msi_not_offered, self.errors.msi_not_offered),
-            (errors.unknown_msi_op, self.errors.unknown_msi_op),
-            (errors.vector_out_of_range, self.errors.vector_out_of_range),
-            (
-                errors.msi_address_rejected,
-                self.errors.msi_address_rejected,
-            ),
-            (errors.msi_data_rejected, self.errors.msi_data_rejected),
-            (errors.bad_access_width, self.errors.bad_access_width),
-            (errors.bad_notify, self.errors.bad_notify),
-            (errors.bad_status, self.errors.bad_status),
-            (errors.bad_queue_setup, self.errors.bad_queue_setup),
-            (errors.bad_features, self.errors.bad_features),
-            (errors.activate_failed, self.errors.activate_failed),
-            (
-                errors.interrupt_setup_failed,
-                self.errors.interrupt_setup_failed,
-            ),
-        ];
-        for (now, before) in pairs {
-            assert!(now >= before, "an error counter went down: {errors:?}");
+        // Every counter now against its value before this access.
+        macro_rules! counters {
+            ($($field:ident),* $(,)?) => {
+                [$((stringify!($field), errors.$field, self.errors.$field)),*]
+            };
+        }
+        let counters = counters!(
+            csr_after_driver_ok,
+            msi_not_offered,
+            unknown_msi_op,
+            vector_out_of_range,
+            msi_address_rejected,
+            msi_data_rejected,
+            bad_access_width,
+            bad_notify,
+            bad_status,
+            bad_queue_setup,
+            bad_features,
+            activate_failed,
+            interrupt_setup_failed,
+        );
+        for (name, now, before) in counters {
+            assert!(now >= before, "error counter {name} went down: {errors:?}");
         }
         self.errors = errors;
         if reset_written {

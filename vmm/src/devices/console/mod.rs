@@ -277,12 +277,7 @@ impl VirtioDevice for Console {
             let q = slots[usize::from(index)]
                 .take()
                 .ok_or(ActivateError::QueueNotReady(usize::from(index)))?;
-            Ok::<_, ActivateError>(Vring {
-                index: q.index,
-                queue: q.queue,
-                notifier: q.notifier,
-                counters: self.counters[usize::from(index)].clone(),
-            })
+            Ok::<_, ActivateError>(Vring::new(q, self.counters[usize::from(index)].clone()))
         };
         let rx = vring(RECEIVEQ)?;
         let tx = vring(TRANSMITQ)?;

@@ -445,23 +445,16 @@ impl VirtioDevice for Net {
         );
         shared.faults = self.faults.clone();
         let shared = Arc::new(shared);
-        let vring = |q: ActiveQueue, counters: &[Arc<QueueCounters>]| Vring {
-            index: q.index,
-            counters: counters[usize::from(q.index)].clone(),
-            queue: q.queue,
-            notifier: q.notifier,
+        let vring = |q: ActiveQueue, counters: &[Arc<QueueCounters>]| {
+            let counters = counters[usize::from(q.index)].clone();
+            Vring::new(q, counters)
         };
         let mut ctrl = ctrl_index
             .and_then(|i| slots.get_mut(usize::from(i)))
             .and_then(Option::take)
             .map(|q| Ctrl {
-                vring: Vring {
-                    index: q.index,
-                    // The control queue's counters are the last ones, wherever it sits.
-                    counters: self.counters[self.counters.len() - 1].clone(),
-                    queue: q.queue,
-                    notifier: q.notifier,
-                },
+                // The control queue's counters are the last ones, wherever it sits.
+                vring: Vring::new(q, self.counters[self.counters.len() - 1].clone()),
                 shared: shared.clone(),
             });
         let mode = RxMode {

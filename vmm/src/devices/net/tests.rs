@@ -8,7 +8,7 @@
 //!   (unwinding drops it); persistent taps a test makes are removed by a guard.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -118,26 +118,10 @@ struct FakeRig {
     next_buf: u64,
 }
 
-fn socket_pair() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: socketpair writes two descriptors into the array, valid for the call.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
 fn fake_rig(mode: RxMode, event_idx: bool, with_ctrl: bool, features: u64) -> FakeRig {
     let mem = create_guest_memory(MEM_MIB).unwrap();
-    let (ours, peer) = socket_pair();
-    let tap = Arc::new(Tap::fake("fake0", vec![ours]));
+    let (tap, peer) = Tap::fake_pair("fake0");
+    let tap = Arc::new(tap);
     let ring = |q: u16| {
         let r = DriverRing::new(&mem, GuestAddress(ring_base(q)), QSIZE);
         let mut queue = r.queue();
