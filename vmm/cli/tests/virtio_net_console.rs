@@ -8,16 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use probe_run::{probe, BIN};
-
-fn device<'a>(r: &'a Value, kind: &str) -> &'a Value {
-    r["devices"]
-        .as_array()
-        .expect("devices")
-        .iter()
-        .find(|d| d["type"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} device: {r}"))
-}
+use probe_run::{device, probe, BIN};
 
 /// Every queue vector of `d` that the workload uses was raised, and the guest took exactly
 /// what was raised.
