@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use pulse_vmm::devices::driver_ring::{CountingInterrupt, DriverRing};
 use pulse_vmm::devices::net::ctrl::cmd;
+use pulse_vmm::devices::net::packet_socket::PacketSocket;
 use pulse_vmm::devices::net::{MacAddr, Net, NetConfig, F_CTRL_VQ, F_MQ};
 use pulse_vmm::devices::virtio::{features, Activation, VirtioDevice};
 use pulse_vmm::memory::{create_guest_memory, GuestMemoryMmap};
@@ -59,48 +60,6 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6], port: u16, len: usize) -> Vec<u8> {
     f.extend_from_slice(&[0, 0]);
     f.resize(len, 0x5a);
     f
-}
-
-/// Sends frames into the tap (towards the guest); receives nothing.
-struct Injector(OwnedFd);
-
-impl Injector {
-    fn new(ifname: &str) -> Self {
-        let name = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: a valid NUL-terminated string.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert_ne!(index, 0, "{ifname} exists");
-        // SAFETY: socket() takes no pointers. Protocol 0: this socket receives nothing.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-        // SAFETY: a fresh descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_ll is plain integers; zeroes are valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = index as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll of the given length.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-        Self(fd)
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: `frame` is valid for reads of its length.
-        let n = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(
-            n as usize,
-            frame.len(),
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 /// Brings a link up (SIOCSIFFLAGS), after its IPv6 chatter is switched off.
@@ -187,7 +146,7 @@ struct Pair {
 struct Rig {
     net: Net,
     pairs: Vec<Pair>,
-    injector: Injector,
+    injector: PacketSocket,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -262,7 +221,7 @@ fn setup(pairs: u16) -> Rig {
     while let (Some(rx), Some(tx)) = (it.next(), it.next()) {
         all.push(Pair { rx, tx });
     }
-    let injector = Injector::new(&name);
+    let injector = PacketSocket::sender(&name);
     Rig {
         net,
         pairs: all,

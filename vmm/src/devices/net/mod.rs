@@ -12,6 +12,8 @@
 pub mod chain;
 mod config;
 pub mod ctrl;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod packet_socket;
 pub mod tap;
 pub(crate) mod worker;
 

@@ -8,7 +8,7 @@
 //!   (unwinding drops it); persistent taps a test makes are removed by a guard.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::ctrl::{cmd, Ctrl, Shared};
+use super::packet_socket::PacketSocket;
 use super::tap::{self, Tap, TapError, TapOrigin, VNET_HDR_LEN};
 use super::worker::{PairParts, PairWorker, QueueCounters, RxMode, Vring, MAX_CHAIN_LEN};
 use super::*;
@@ -1143,94 +1144,6 @@ fn inherited_queue_descriptors_of_a_multi_queue_tap() {
     assert!(tap::if_index(&name).is_none());
 }
 
-/// An AF_PACKET socket on the tap: what the host sees of the guest's frames, and a way to
-/// send frames to the guest.
-struct PacketSocket {
-    fd: OwnedFd,
-}
-
-impl PacketSocket {
-    fn bind(ifname: &str) -> Self {
-        let index = tap::if_index(ifname).expect("interface exists");
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: socket() takes no pointers.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::c_int::from(proto),
-            )
-        };
-        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-        // SAFETY: a fresh descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_ll is plain integers; zeroes are valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = index as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll of the length given.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-        Self { fd }
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: `frame` is valid for reads of its length.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(
-            n as usize,
-            frame.len(),
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-
-    /// Frames arriving from the guest (not the ones sent here) until `done` says enough, or
-    /// the wait runs out.
-    fn collect(&self, mut done: impl FnMut(&[Vec<u8>]) -> bool) -> Vec<Vec<u8>> {
-        let mut frames = Vec::new();
-        let deadline = Instant::now() + WAIT;
-        while !done(&frames) && Instant::now() < deadline {
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
-                continue;
-            }
-            let mut buf = vec![0u8; 70000];
-            // SAFETY: sockaddr_ll is plain integers; zeroes are valid.
-            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            // SAFETY: `buf` and `from` are valid for writes of the lengths given.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                    (&mut from as *mut libc::sockaddr_ll).cast(),
-                    &mut len,
-                )
-            };
-            if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
-                buf.truncate(n as usize);
-                frames.push(buf);
-            }
-        }
-        frames
-    }
-}
-
 /// A device on a real tap, activated on driver rings.
 struct TapRig {
     mem: GuestMemoryMmap,
@@ -1416,7 +1329,9 @@ fn frames_sent_on_every_tx_queue_arrive_on_the_tap() {
             .collect();
         r.send(pair, &frames);
     }
-    let got = sock.collect(|f| f.iter().filter(|f| marker_of(f).is_some()).count() >= 12);
+    let got = sock.collect(WAIT, |f| {
+        f.iter().filter(|f| marker_of(f).is_some()).count() >= 12
+    });
     let mut markers: Vec<(u8, u8)> = got.iter().filter_map(|f| marker_of(f)).collect();
     markers.sort();
     let want: Vec<(u8, u8)> = (0..4).flat_map(|p| (0..3).map(move |s| (p, s))).collect();
@@ -1613,7 +1528,7 @@ fn offloads_are_set_on_the_tap() {
     let mut frame = udp_frame([0xff; 6], GUEST_MAC, 7000, 1);
     frame.resize(1400, 0);
     r.send(0, &[frame]);
-    let got = sock.collect(|f| f.iter().any(|f| udp_marker_of(f).is_some()));
+    let got = sock.collect(WAIT, |f| f.iter().any(|f| udp_marker_of(f).is_some()));
     assert!(got.iter().any(|f| udp_marker_of(f) == Some((7000, 1))));
 }
 
