@@ -135,6 +135,29 @@ fn activate(console: &mut Console, guest: &Guest) -> Arc<CountingInterrupt> {
     irq
 }
 
+/// A console on the sink `sink` makes of the path of `name` in `dir`, and that path.
+fn console_at(
+    dir: &std::path::Path,
+    name: &str,
+    sink: fn(std::path::PathBuf) -> ConsoleSink,
+) -> (Console, std::path::PathBuf) {
+    let path = dir.join(name);
+    let console = Console::new(ConsoleConfig {
+        sink: sink(path.clone()),
+    })
+    .unwrap();
+    (console, path)
+}
+
+/// A client of the console's socket at `path`, whose reads give up after 5 s.
+fn connect(path: &std::path::Path) -> UnixStream {
+    let client = UnixStream::connect(path).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client
+}
+
 fn file_contents(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -142,11 +165,7 @@ fn file_contents(path: &std::path::Path) -> String {
 #[test]
 fn output_reaches_a_file() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("console.log");
-    let mut console = Console::new(ConsoleConfig {
-        sink: ConsoleSink::File(path.clone()),
-    })
-    .unwrap();
+    let (mut console, path) = console_at(dir.path(), "console.log", ConsoleSink::File);
     let mut guest = Guest::new();
     let irq = activate(&mut console, &guest);
     guest.write(&[b"hello "]);
@@ -177,10 +196,7 @@ fn unix_socket_client_gets_output_and_gives_input() {
     // Output before anyone connects is kept for the first client.
     guest.write(&[b"boot messages\n"]);
     assert!(wait_until(WAIT, || guest.tx.used_idx() == 1));
-    let mut client = UnixStream::connect(&path).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut client = connect(&path);
     let mut buf = [0u8; 14];
     client.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"boot messages\n");
@@ -202,10 +218,7 @@ fn unix_socket_client_gets_output_and_gives_input() {
     assert_eq!(console.connections(), 1);
 
     // A second client replaces the first.
-    let mut second = UnixStream::connect(&path).unwrap();
-    second
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut second = connect(&path);
     assert!(wait_until(WAIT, || console.connections() == 2));
     guest.write(&[b"to the second\n"]);
     let mut buf = [0u8; 14];
@@ -222,10 +235,7 @@ fn unix_socket_client_gets_output_and_gives_input() {
     drop(second);
     guest.write(&[b"nobody\n"]);
     assert!(wait_until(WAIT, || guest.tx.used_idx() == 4));
-    let mut third = UnixStream::connect(&path).unwrap();
-    third
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut third = connect(&path);
     let mut buf = [0u8; 7];
     third.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"nobody\n");
@@ -238,11 +248,7 @@ fn unix_socket_client_gets_output_and_gives_input() {
 #[test]
 fn socket_backlog_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.sock");
-    let mut console = Console::new(ConsoleConfig {
-        sink: ConsoleSink::UnixSocket(path.clone()),
-    })
-    .unwrap();
+    let (mut console, path) = console_at(dir.path(), "c.sock", ConsoleSink::UnixSocket);
     let mut guest = Guest::new();
     let _irq = activate(&mut console, &guest);
     // 40 chains of 4 KiB with nobody connected: only the last 64 KiB are kept.
@@ -253,10 +259,7 @@ fn socket_backlog_is_bounded() {
     assert!(wait_until(WAIT, || guest.tx.used_idx() == 40));
     let tx = &console.counters()[1];
     assert_eq!(load(&tx.dropped), 40 * 4096 - sink::BACKLOG_BYTES as u64);
-    let mut client = UnixStream::connect(&path).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut client = connect(&path);
     let mut got = vec![0u8; sink::BACKLOG_BYTES];
     client.read_exact(&mut got).unwrap();
     assert_eq!(got[0], b'a' + 24, "oldest kept chunk");
@@ -428,15 +431,8 @@ fn bad_chains_are_counted_not_fatal() {
 #[test]
 fn reset_keeps_the_sink() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("console.sock");
-    let mut console = Console::new(ConsoleConfig {
-        sink: ConsoleSink::UnixSocket(path.clone()),
-    })
-    .unwrap();
-    let mut client = UnixStream::connect(&path).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let (mut console, path) = console_at(dir.path(), "console.sock", ConsoleSink::UnixSocket);
+    let mut client = connect(&path);
     for round in 0..3u8 {
         let mut guest = Guest::new();
         let _irq = activate(&mut console, &guest);
