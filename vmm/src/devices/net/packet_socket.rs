@@ -1,7 +1,7 @@
 //! An AF_PACKET socket on a tap, for tests and benchmarks: the host's side of the guest's
 //! frames (what the device wrote to the tap), and a way to send frames to the guest.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::tap;
@@ -86,31 +86,42 @@ impl PacketSocket {
             if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
                 continue;
             }
-            let mut buf = vec![0u8; 70000];
             // SAFETY: sockaddr_ll is plain integers; zeroes are valid.
             let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = sockaddr_ll_len();
-            // SAFETY: `buf` and `from` are valid for writes of the lengths given.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                    (&mut from as *mut libc::sockaddr_ll).cast(),
-                    &mut len,
-                )
-            };
-            match usize::try_from(n) {
-                Ok(n) if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING => {
-                    buf.truncate(n);
-                    frames.push(buf);
+            if let Some(frame) = recv_frame(self.fd.as_fd(), Some(&mut from)) {
+                if from.sll_pkttype != libc::PACKET_OUTGOING {
+                    frames.push(frame);
                 }
-                _ => {}
             }
         }
         frames
     }
+}
+
+/// One frame (of at most 70000 bytes) from `fd` without waiting, its sender's address in
+/// `from` if asked; None when there is none, or on an error.
+pub fn recv_frame(fd: BorrowedFd<'_>, from: Option<&mut libc::sockaddr_ll>) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 70000];
+    let mut len = sockaddr_ll_len();
+    let (addr, addr_len): (*mut libc::sockaddr, *mut libc::socklen_t) = match from {
+        Some(from) => ((from as *mut libc::sockaddr_ll).cast(), &mut len),
+        None => (std::ptr::null_mut(), std::ptr::null_mut()),
+    };
+    // SAFETY: `buf` is valid for writes of its length; `addr` and `addr_len` are both null or
+    // point to a sockaddr_ll and its length, which live across the call.
+    let n = unsafe {
+        libc::recvfrom(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            addr,
+            addr_len,
+        )
+    };
+    let n = usize::try_from(n).ok().filter(|n| *n > 0)?;
+    buf.truncate(n);
+    Some(buf)
 }
 
 fn sockaddr_ll_len() -> libc::socklen_t {

@@ -8,7 +8,7 @@
 //!   (unwinding drops it); persistent taps a test makes are removed by a guard.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::ctrl::{cmd, Ctrl, Shared};
-use super::packet_socket::PacketSocket;
+use super::packet_socket::{recv_frame, PacketSocket};
 use super::tap::{self, Tap, TapError, TapOrigin, VNET_HDR_LEN};
 use super::worker::{PairParts, PairWorker, QueueCounters, RxMode, Vring, MAX_CHAIN_LEN};
 use super::*;
@@ -239,24 +239,7 @@ impl FakeRig {
 
     /// What the peer (the "host") read from the stand-in tap.
     fn peer_frames(&self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        loop {
-            let mut buf = vec![0u8; 70000];
-            // SAFETY: `buf` is valid for writes of its length.
-            let n = unsafe {
-                libc::recv(
-                    self.peer.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                return out;
-            }
-            buf.truncate(n as usize);
-            out.push(buf);
-        }
+        std::iter::from_fn(|| recv_frame(self.peer.as_fd(), None)).collect()
     }
 
     /// The "host" sends a frame (header + data) into the stand-in tap.
@@ -335,20 +318,10 @@ fn tx_waits_for_a_full_tap_and_loses_nothing() {
     let mut seqs = Vec::new();
     let deadline = Instant::now() + WAIT;
     while got < count && Instant::now() < deadline {
-        let mut buf = vec![0u8; 4096];
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe {
-            libc::recv(
-                peer.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n <= 0 {
+        let Some(buf) = recv_frame(peer.as_fd(), None) else {
             std::thread::sleep(Duration::from_millis(1));
             continue;
-        }
+        };
         seqs.push(marker_of(&buf[VNET_HDR_LEN..]).unwrap().1);
         got += 1;
     }
