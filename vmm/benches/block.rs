@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use pulse_vmm::devices::block::{Block, BlockConfig};
-use pulse_vmm::devices::driver_ring::{CountingInterrupt, DriverRing};
+use pulse_vmm::devices::driver_ring::{lay_out_queues, CountingInterrupt, DriverRing};
 use pulse_vmm::devices::virtio::{features, Activation, VirtioDevice};
 use pulse_vmm::interrupts::Interrupt;
 use pulse_vmm::memory::{create_guest_memory, GuestMemoryMmap};
@@ -80,24 +80,17 @@ fn setup(queues: u16) -> (Block, Vec<Driver>, tempfile::NamedTempFile) {
         serial: None,
     })
     .unwrap();
-    let mut active = Vec::new();
-    let mut drivers = Vec::new();
-    for q in 0..queues {
-        let ring = DriverRing::new(
-            &mem,
-            GuestAddress(0x10_0000 + u64::from(q) * 0x1_0000),
-            QUEUE_SIZE,
-        );
-        let (queue, doorbell) = ring.active_queue(q);
-        active.push(queue);
-        drivers.push(Driver {
-            ring,
-            doorbell,
+    let (active, queues) = lay_out_queues(&mem, 0..queues, QUEUE_SIZE);
+    let drivers = queues
+        .into_iter()
+        .map(|q| Driver {
+            ring: q.ring,
+            doorbell: q.doorbell,
             mem: mem.clone(),
-            buffers: 0x100_0000 + u64::from(q) * 0x100_0000,
-            queue: q,
-        });
-    }
+            buffers: q.buffers,
+            queue: q.index,
+        })
+        .collect();
     let irq: Arc<dyn Interrupt> = Arc::new(CountingInterrupt::default());
     block
         .activate(Activation::new(mem, features::VERSION_1, active, irq))

@@ -20,7 +20,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use pulse_vmm::devices::driver_ring::{CountingInterrupt, DriverRing};
+use pulse_vmm::devices::driver_ring::{lay_out_queues, CountingInterrupt, DriverRing};
 use pulse_vmm::devices::net::ctrl::cmd;
 use pulse_vmm::devices::net::packet_socket::PacketSocket;
 use pulse_vmm::devices::net::{MacAddr, Net, NetConfig, F_CTRL_VQ, F_MQ};
@@ -178,23 +178,16 @@ fn setup(pairs: u16) -> Rig {
     let mem = create_guest_memory(256).unwrap();
     let negotiated = features::VERSION_1 | F_CTRL_VQ | if pairs > 1 { F_MQ } else { 0 };
     let ctrl_index = if pairs > 1 { 2 * pairs } else { 2 };
-    let mut active = Vec::new();
-    let mut drivers = Vec::new();
-    for q in (0..2 * pairs).chain([ctrl_index]) {
-        let ring = DriverRing::new(
-            &mem,
-            GuestAddress(0x10_0000 + u64::from(q) * 0x1_0000),
-            QUEUE_SIZE,
-        );
-        let (queue, doorbell) = ring.active_queue(q);
-        active.push(queue);
-        drivers.push(Driver {
-            ring,
-            doorbell,
+    let (active, queues) = lay_out_queues(&mem, (0..2 * pairs).chain([ctrl_index]), QUEUE_SIZE);
+    let mut drivers: Vec<Driver> = queues
+        .into_iter()
+        .map(|q| Driver {
+            ring: q.ring,
+            doorbell: q.doorbell,
             mem: mem.clone(),
-            buffers: 0x100_0000 + u64::from(q) * 0x100_0000,
-        });
-    }
+            buffers: q.buffers,
+        })
+        .collect();
     net.activate(Activation::new(
         mem.clone(),
         negotiated,

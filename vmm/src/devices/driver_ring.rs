@@ -165,6 +165,42 @@ impl DriverRing {
     }
 }
 
+/// The driver's side of one queue laid out by [`lay_out_queues`].
+pub struct DriverQueue {
+    /// The queue's index on the device.
+    pub index: u16,
+    /// Its ring.
+    pub ring: DriverRing,
+    /// Its doorbell.
+    pub doorbell: EventFd,
+    /// Start of its 16 MiB of buffers.
+    pub buffers: u64,
+}
+
+/// Rings for the queues `indexes` in `mem`, 64 KiB apart from 1 MiB on, and 16 MiB of buffers
+/// for each from 16 MiB on: the queues to activate the device with, and the driver's side.
+pub fn lay_out_queues(
+    mem: &GuestMemoryMmap,
+    indexes: impl IntoIterator<Item = u16>,
+    size: u16,
+) -> (Vec<ActiveQueue>, Vec<DriverQueue>) {
+    indexes
+        .into_iter()
+        .map(|index| {
+            let q = u64::from(index);
+            let ring = DriverRing::new(mem, GuestAddress(0x10_0000 + q * 0x1_0000), size);
+            let (queue, doorbell) = ring.active_queue(index);
+            let driver = DriverQueue {
+                index,
+                ring,
+                doorbell,
+                buffers: 0x100_0000 + q * 0x100_0000,
+            };
+            (queue, driver)
+        })
+        .unzip()
+}
+
 /// The interrupt a device model gets in tests and benches: it counts what the device raises,
 /// per queue and for configuration changes, instead of reaching a guest.
 #[derive(Debug, Default)]
