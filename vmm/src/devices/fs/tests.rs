@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
-use crate::devices::driver_ring::{CountingInterrupt, DriverRing};
+use crate::devices::driver_ring::{wait_until, CountingInterrupt, DriverRing};
 use crate::devices::virtio::ActiveQueue;
 use crate::interrupts::Interrupt;
 use crate::memory::{create_shared_guest_memory, GuestMemoryMmap};
@@ -210,6 +210,27 @@ impl Interrupt for MsiInterrupt {
     }
 }
 
+/// A virtiofsd sharing a fresh temporary directory (which goes after the backend).
+struct Virtiofsd {
+    backend: Backend,
+    _dir: tempfile::TempDir,
+}
+
+impl Virtiofsd {
+    /// None where there is no virtiofsd to test with.
+    fn start() -> Option<Self> {
+        let binary = virtiofsd()?;
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::start(&binary, dir.path(), &shared_dir(dir.path()));
+        Some(Self { backend, _dir: dir })
+    }
+
+    /// A device on this backend, tagged `pulse-shared`.
+    fn device(&self) -> Fs {
+        Fs::new(FsConfig::new(&self.backend.socket, "pulse-shared")).unwrap()
+    }
+}
+
 fn shared_dir(dir: &Path) -> PathBuf {
     let shared = dir.join("shared");
     std::fs::create_dir_all(&shared).unwrap();
@@ -243,12 +264,10 @@ fn configuration_is_checked() {
 
 #[test]
 fn the_backend_answers_through_the_rings_and_the_interrupt_is_relayed() {
-    let Some(binary) = virtiofsd() else {
+    let Some(virtiofsd) = Virtiofsd::start() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&binary, dir.path(), &shared_dir(dir.path()));
-    let mut fs = Fs::new(FsConfig::new(&backend.socket, "pulse-shared")).unwrap();
+    let mut fs = virtiofsd.device();
     assert_eq!(fs.device_type(), 26);
     assert_eq!(fs.queue_max_sizes(), [DEFAULT_QUEUE_SIZE; 2]);
     assert_eq!(fs.queue_name(1), "requests.0");
@@ -274,11 +293,8 @@ fn the_backend_answers_through_the_rings_and_the_interrupt_is_relayed() {
     // Each reply's interrupt reaches Interrupt::trigger through the relay (waiting for it
     // before the next request: an eventfd adds up writes the relay has not read yet).
     let relayed_after = |before: u64| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while irq.queue(1) <= before {
-            assert!(Instant::now() < deadline, "no interrupt relayed");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let relayed = wait_until(Duration::from_secs(5), || irq.queue(1) > before);
+        assert!(relayed, "no interrupt relayed");
         irq.queue(1)
     };
     driver.init();
@@ -298,12 +314,10 @@ fn the_backend_answers_through_the_rings_and_the_interrupt_is_relayed() {
 
 #[test]
 fn with_msi_the_backend_interrupts_the_queues_irqfd_directly() {
-    let Some(binary) = virtiofsd() else {
+    let Some(virtiofsd) = Virtiofsd::start() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&binary, dir.path(), &shared_dir(dir.path()));
-    let mut fs = Fs::new(FsConfig::new(&backend.socket, "pulse-shared")).unwrap();
+    let mut fs = virtiofsd.device();
     let mem = create_shared_guest_memory(16).unwrap();
     let mut driver = Driver::new(&mem);
     let irqfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -328,12 +342,10 @@ fn with_msi_the_backend_interrupts_the_queues_irqfd_directly() {
 
 #[test]
 fn anonymous_guest_memory_is_refused_at_activation() {
-    let Some(binary) = virtiofsd() else {
+    let Some(virtiofsd) = Virtiofsd::start() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&binary, dir.path(), &shared_dir(dir.path()));
-    let mut fs = Fs::new(FsConfig::new(&backend.socket, "pulse-shared")).unwrap();
+    let mut fs = virtiofsd.device();
     let mem = crate::memory::create_guest_memory(16).unwrap();
     let mut driver = Driver::new(&mem);
     let features = fs.features();
@@ -390,11 +402,9 @@ fn confined_child_entry() {
 
 #[test]
 fn activation_and_reset_run_under_the_vcpu_filter() {
-    let Some(binary) = virtiofsd() else {
+    let Some(virtiofsd) = Virtiofsd::start() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&binary, dir.path(), &shared_dir(dir.path()));
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -403,7 +413,7 @@ fn activation_and_reset_run_under_the_vcpu_filter() {
             "--test-threads",
             "1",
         ])
-        .env(CONFINED_CHILD_ENV, &backend.socket)
+        .env(CONFINED_CHILD_ENV, &virtiofsd.backend.socket)
         // A backtrace would open files to symbolize it (see docs/confinement.md).
         .env_remove("RUST_BACKTRACE")
         .output()
