@@ -119,6 +119,12 @@ struct FakeRig {
     next_buf: u64,
 }
 
+/// Received frames may span buffers (MRG_RXBUF), checksums are not passed on.
+const MERGEABLE: RxMode = RxMode {
+    mergeable: true,
+    guest_csum: false,
+};
+
 fn fake_rig(mode: RxMode, event_idx: bool, with_ctrl: bool, features: u64) -> FakeRig {
     let mem = create_guest_memory(MEM_MIB).unwrap();
     let (tap, peer) = Tap::fake_pair("fake0");
@@ -472,12 +478,8 @@ fn rx_too_large_for_the_buffer_is_dropped_and_the_buffer_returned() {
 
 #[test]
 fn rx_mergeable_spans_buffers_directly_and_through_the_bounce_buffer() {
-    let mode = RxMode {
-        mergeable: true,
-        guest_csum: false,
-    };
     for (buffers, label) in [(80usize, "direct"), (40, "bounce")] {
-        let mut r = fake_rig(mode, false, false, 0);
+        let mut r = fake_rig(MERGEABLE, false, false, 0);
         let posted = r.post_rx(buffers, 1024);
         let frame = marker_frame(GUEST_MAC, 5, 5, 3000);
         r.inject([0; VNET_HDR_LEN], &frame);
@@ -512,11 +514,7 @@ fn rx_mergeable_spans_buffers_directly_and_through_the_bounce_buffer() {
 
 #[test]
 fn rx_mergeable_frame_waits_for_enough_buffers() {
-    let mode = RxMode {
-        mergeable: true,
-        guest_csum: false,
-    };
-    let mut r = fake_rig(mode, false, false, 0);
+    let mut r = fake_rig(MERGEABLE, false, false, 0);
     r.post_rx(2, 1024);
     let frame = marker_frame(GUEST_MAC, 7, 7, 5000);
     r.inject([0; VNET_HDR_LEN], &frame);
