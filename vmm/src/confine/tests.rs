@@ -144,6 +144,19 @@ fn run_child(kind: ThreadKind, case: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs the child, asserts that it exited with success, and returns its stdout and stderr.
+fn run_child_to_the_end(kind: ThreadKind, case: &str) -> (String, String) {
+    let out = run_child(kind, case);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{kind} {case}: {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
 /// Asserts that the child ended as docs/confinement.md says: status 159 and one line that
 /// names the thread, its kind and the call.
 fn assert_killed(out: &std::process::Output, kind: ThreadKind, nr: i64, what: &str) {
@@ -201,9 +214,7 @@ fn a_refused_argument_ends_the_process_too() {
 #[test]
 fn a_read_only_open_is_refused_without_ending_the_process() {
     for kind in ThreadKind::ALL {
-        let out = run_child(kind, "openat-read");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{kind}: {:?} {stdout}", out.status);
+        let (stdout, _) = run_child_to_the_end(kind, "openat-read");
         assert!(
             stdout.contains(&format!("CHILD-DONE result=-{} ", libc::EACCES)),
             "{kind}: {stdout}"
@@ -214,14 +225,7 @@ fn a_read_only_open_is_refused_without_ending_the_process() {
 #[test]
 fn a_panic_on_a_confined_thread_prints_its_message_and_ends_only_that_thread() {
     for kind in ThreadKind::ALL {
-        let out = run_child(kind, "panic");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{kind}: {:?} {stdout} {stderr}",
-            out.status
-        );
+        let (stdout, stderr) = run_child_to_the_end(kind, "panic");
         assert!(
             stdout.contains("CHILD-DONE result=panicked "),
             "{kind}: {stdout}"
@@ -238,14 +242,7 @@ fn a_panic_on_a_confined_thread_prints_its_message_and_ends_only_that_thread() {
 #[test]
 fn allowed_calls_pass_and_other_threads_stay_unconfined() {
     for kind in ThreadKind::ALL {
-        let out = run_child(kind, "allowed");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{kind}: {:?}\nstdout: {stdout}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (stdout, _) = run_child_to_the_end(kind, "allowed");
         assert!(
             stdout.contains("CHILD-DONE result=0 own-seccomp=0"),
             "{kind}: {stdout}"
