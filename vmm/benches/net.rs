@@ -252,49 +252,46 @@ impl Rig {
     }
 }
 
-fn single_frames(c: &mut Criterion) {
-    if !usable() {
-        return;
-    }
-    let mut group = c.benchmark_group("net_tx");
+/// A group measured for 3 s after 1 s of warm-up, `frames` frames an iteration.
+fn frames_group<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+    frames: u16,
+) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(1));
+    group.throughput(Throughput::Elements(u64::from(frames)));
+    group
+}
+
+/// Transmit rounds of `count` frames of 64 and 1500 bytes, as group `name`.
+fn tx_rounds_of(c: &mut Criterion, name: &str, count: u16) {
+    let mut group = frames_group(c, name, count);
     for len in [64usize, 1500] {
         let mut rig = setup(1);
         let frame = udp_frame(PEER_MAC, GUEST_MAC, 1, len);
-        rig.pairs[0].tx.fill(1, &frame);
+        rig.pairs[0].tx.fill(count, &frame);
         let chain = (HDR + frame.len()) as u32;
         group.bench_function(BenchmarkId::from_parameter(len), |b| {
-            b.iter(|| rig.pairs[0].tx.round(1, chain, false))
+            b.iter(|| rig.pairs[0].tx.round(count, chain, false))
         });
     }
     group.finish();
+}
+
+fn single_frames(c: &mut Criterion) {
+    if usable() {
+        tx_rounds_of(c, "net_tx", 1);
+    }
 }
 
 fn batches(c: &mut Criterion) {
     if !usable() {
         return;
     }
-    let mut group = c.benchmark_group("net_tx_batch");
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(u64::from(BATCH)));
-    for len in [64usize, 1500] {
-        let mut rig = setup(1);
-        let frame = udp_frame(PEER_MAC, GUEST_MAC, 1, len);
-        rig.pairs[0].tx.fill(BATCH, &frame);
-        let chain = (HDR + frame.len()) as u32;
-        group.bench_function(BenchmarkId::from_parameter(len), |b| {
-            b.iter(|| rig.pairs[0].tx.round(BATCH, chain, false))
-        });
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("net_rx_batch");
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(u64::from(BATCH)));
+    tx_rounds_of(c, "net_tx_batch", BATCH);
+    let mut group = frames_group(c, "net_rx_batch", BATCH);
     for len in [64usize, 1500] {
         let mut rig = setup(1);
         group.bench_function(BenchmarkId::from_parameter(len), |b| {
