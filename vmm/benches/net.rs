@@ -20,14 +20,13 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use pulse_vmm::devices::driver_ring::{lay_out_queues, CountingInterrupt, DriverRing};
+use pulse_vmm::devices::driver_ring::{lay_out_queues, CountingInterrupt, DriverQueue};
 use pulse_vmm::devices::net::ctrl::cmd;
 use pulse_vmm::devices::net::packet_socket::PacketSocket;
 use pulse_vmm::devices::net::{MacAddr, Net, NetConfig, F_CTRL_VQ, F_MQ};
 use pulse_vmm::devices::virtio::{features, Activation, VirtioDevice};
 use pulse_vmm::memory::{create_guest_memory, GuestMemoryMmap};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 const QUEUE_SIZE: u16 = 256;
 const BATCH: u16 = 64;
@@ -95,10 +94,8 @@ fn quiet_link_up(ifname: &str) {
 
 /// Guest side of one queue.
 struct Driver {
-    ring: DriverRing,
-    doorbell: EventFd,
+    q: DriverQueue,
     mem: GuestMemoryMmap,
-    buffers: u64,
 }
 
 impl Driver {
@@ -106,7 +103,7 @@ impl Driver {
         let deadline = Instant::now() + Duration::from_secs(10);
         // Yield rather than spin: with more threads than host CPUs a spinning driver would
         // starve the worker it waits for (a real guest vCPU halts instead).
-        while self.ring.used_idx() != target {
+        while self.q.ring.used_idx() != target {
             assert!(Instant::now() < deadline, "device stalled");
             std::thread::yield_now();
         }
@@ -115,7 +112,7 @@ impl Driver {
     /// Writes `frame` behind a zero header into each of the first `count` buffers.
     fn fill(&self, count: u16, frame: &[u8]) {
         for i in 0..u64::from(count) {
-            let at = self.buffers + i * u64::from(BUF_LEN);
+            let at = self.q.buffers + i * u64::from(BUF_LEN);
             self.mem.write_slice(&[0u8; HDR], GuestAddress(at)).unwrap();
             self.mem
                 .write_slice(frame, GuestAddress(at + HDR as u64))
@@ -125,15 +122,15 @@ impl Driver {
 
     /// Publishes `count` chains over the first buffers, rings, waits until all are used.
     fn round(&mut self, count: u16, len: u32, writable: bool) {
-        self.ring.recycle();
+        self.q.ring.recycle();
         let mut heads = Vec::with_capacity(usize::from(count));
         for i in 0..u64::from(count) {
-            let at = self.buffers + i * u64::from(BUF_LEN);
-            heads.push(self.ring.add_chain(&[(at, len, writable)]));
+            let at = self.q.buffers + i * u64::from(BUF_LEN);
+            heads.push(self.q.ring.add_chain(&[(at, len, writable)]));
         }
-        let target = self.ring.avail_idx().wrapping_add(count);
-        self.ring.publish(&heads);
-        self.doorbell.write(1).unwrap();
+        let target = self.q.ring.avail_idx().wrapping_add(count);
+        self.q.ring.publish(&heads);
+        self.q.doorbell.write(1).unwrap();
         self.wait(target);
     }
 }
@@ -182,10 +179,8 @@ fn setup(pairs: u16) -> Rig {
     let mut drivers: Vec<Driver> = queues
         .into_iter()
         .map(|q| Driver {
-            ring: q.ring,
-            doorbell: q.doorbell,
+            q,
             mem: mem.clone(),
-            buffers: q.buffers,
         })
         .collect();
     net.activate(Activation::new(
@@ -197,13 +192,13 @@ fn setup(pairs: u16) -> Rig {
     .unwrap();
     let mut ctrl = drivers.pop().unwrap();
     if pairs > 1 {
-        let at = ctrl.buffers;
+        let at = ctrl.q.buffers;
         let mut command = vec![cmd::CLASS_MQ, cmd::MQ_VQ_PAIRS_SET];
         command.extend_from_slice(&pairs.to_le_bytes());
         mem.write_slice(&command, GuestAddress(at)).unwrap();
-        let head = ctrl.ring.add_chain(&[(at, 4, false), (at + 64, 1, true)]);
-        ctrl.ring.publish(&[head]);
-        ctrl.doorbell.write(1).unwrap();
+        let head = ctrl.q.ring.add_chain(&[(at, 4, false), (at + 64, 1, true)]);
+        ctrl.q.ring.publish(&[head]);
+        ctrl.q.doorbell.write(1).unwrap();
         ctrl.wait(1);
         let ack: u8 = mem.read_obj(GuestAddress(at + 64)).unwrap();
         assert_eq!(ack, cmd::OK);
