@@ -77,16 +77,19 @@ fn console_output_reaches_the_socket_and_input_the_guest() {
     assert!(out.contains("echo: ping from pulse-vmm\n"), "{out}");
 }
 
+/// The probe's flags for one device of each type (block and net with two queues each).
+const FOUR_DEVICES: [&str; 6] = [
+    "--blk-queues",
+    "2",
+    "--net-queues",
+    "2",
+    "--vsock",
+    "--console",
+];
+
 #[test]
 fn four_device_types_in_one_vm_with_msi() {
-    let (code, r) = probe(&[
-        "--blk-queues",
-        "2",
-        "--net-queues",
-        "2",
-        "--vsock",
-        "--console",
-    ]);
+    let (code, r) = probe(&FOUR_DEVICES);
     assert_eq!(code, Some(0), "{r}");
     assert_eq!(r["devices"].as_array().unwrap().len(), 4);
     for kind in ["block", "net", "vsock", "console"] {
@@ -98,16 +101,7 @@ fn four_device_types_in_one_vm_with_msi() {
 
 #[test]
 fn four_device_types_on_legacy_lines() {
-    let (code, r) = probe(&[
-        "--blk-queues",
-        "2",
-        "--net-queues",
-        "2",
-        "--vsock",
-        "--console",
-        "--irq",
-        "legacy",
-    ]);
+    let (code, r) = probe(&[&FOUR_DEVICES[..], &["--irq", "legacy"]].concat());
     assert_eq!(code, Some(0), "{r}");
     for kind in ["block", "net", "vsock", "console"] {
         let d = device(&r, kind);
