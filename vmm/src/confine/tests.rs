@@ -157,6 +157,14 @@ fn run_child_to_the_end(kind: ThreadKind, case: &str) -> (String, String) {
     (stdout, stderr)
 }
 
+/// For every kind, the child runs `case` to the end and reports `done` on stdout.
+fn every_kind_finishes(case: &str, done: &str) {
+    for kind in ThreadKind::ALL {
+        let (stdout, _) = run_child_to_the_end(kind, case);
+        assert!(stdout.contains(done), "{kind}: {stdout}");
+    }
+}
+
 /// Asserts that the child ended as docs/confinement.md says: status 159 and one line that
 /// names the thread, its kind and the call.
 fn assert_killed(out: &std::process::Output, kind: ThreadKind, nr: i64, what: &str) {
@@ -213,13 +221,10 @@ fn a_refused_argument_ends_the_process_too() {
 
 #[test]
 fn a_read_only_open_is_refused_without_ending_the_process() {
-    for kind in ThreadKind::ALL {
-        let (stdout, _) = run_child_to_the_end(kind, "openat-read");
-        assert!(
-            stdout.contains(&format!("CHILD-DONE result=-{} ", libc::EACCES)),
-            "{kind}: {stdout}"
-        );
-    }
+    every_kind_finishes(
+        "openat-read",
+        &format!("CHILD-DONE result=-{} ", libc::EACCES),
+    );
 }
 
 #[test]
@@ -241,13 +246,7 @@ fn a_panic_on_a_confined_thread_prints_its_message_and_ends_only_that_thread() {
 
 #[test]
 fn allowed_calls_pass_and_other_threads_stay_unconfined() {
-    for kind in ThreadKind::ALL {
-        let (stdout, _) = run_child_to_the_end(kind, "allowed");
-        assert!(
-            stdout.contains("CHILD-DONE result=0 own-seccomp=0"),
-            "{kind}: {stdout}"
-        );
-    }
+    every_kind_finishes("allowed", "CHILD-DONE result=0 own-seccomp=0");
 }
 
 /// The id of the thread of this process named `name`.
