@@ -9,7 +9,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::virtio::ActiveQueue;
+use crate::devices::virtio::{ActiveQueue, VirtioDevice};
+use crate::devices::worker::{FaultLog, GuestFault};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 
@@ -273,6 +274,20 @@ pub fn join_within<T: Send + 'static>(
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     thread.join().map_err(|_| "the thread panicked")
+}
+
+/// Resets `device` on another thread and asserts that the reset (which joins the device's
+/// workers) returns: a worker that hangs would hang it.
+pub fn assert_resets(mut device: impl VirtioDevice + 'static) {
+    let stopper = std::thread::spawn(move || device.reset());
+    join_within(stopper, std::time::Duration::from_secs(30)).expect("the device stops");
+}
+
+/// After a guest broke one queue of the device by moving its available index too far: the
+/// device asked for one reset and counted the broken ring once in `faults`.
+pub fn assert_broken_once(irq: &CountingInterrupt, faults: &FaultLog) {
+    assert_eq!(irq.needs_reset_requests(), 1);
+    assert_eq!(faults.count(GuestFault::AvailIndexTooFar), 1);
 }
 
 /// Polls `f` until it holds or `timeout` passes, and says whether it held: tests wait for a

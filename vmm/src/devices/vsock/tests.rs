@@ -11,7 +11,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::{op, Header, HEADER_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{Vsock, VsockConfig};
-use crate::devices::driver_ring::{wait_until, CountingInterrupt, DriverRing, DESC_F_NEXT};
+use crate::devices::driver_ring::{
+    assert_broken_once, assert_resets, wait_until, CountingInterrupt, DriverRing, DESC_F_NEXT,
+};
 use crate::devices::virtio::{features, Activation, VirtioDevice};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
@@ -498,16 +500,10 @@ fn an_avail_index_past_the_transmit_ring_breaks_the_queue_and_the_device_still_s
         "no DEVICE_NEEDS_RESET"
     );
     r.guest.tx_evt.write(1).unwrap();
-    let Rig { mut dev, irq, .. } = r;
+    let Rig { dev, irq, .. } = r;
     let faults = dev.faults().clone();
-    let stopper = std::thread::spawn(move || dev.reset());
-    crate::devices::driver_ring::join_within(stopper, Duration::from_secs(30))
-        .expect("the device stops");
-    assert_eq!(irq.needs_reset_requests(), 1);
-    assert_eq!(
-        faults.count(crate::devices::worker::GuestFault::AvailIndexTooFar),
-        1
-    );
+    assert_resets(dev);
+    assert_broken_once(&irq, &faults);
 }
 
 #[test]
@@ -527,10 +523,7 @@ fn a_host_listener_that_never_accepts_does_not_stall_other_connections() {
     let (p, data) = r.guest.recv_op();
     assert_eq!((p.op, data.as_slice()), (op::RW, &b"x"[..]));
     // And the device stops while the connect still waits.
-    let Rig { mut dev, .. } = r;
-    let stopper = std::thread::spawn(move || dev.reset());
-    crate::devices::driver_ring::join_within(stopper, Duration::from_secs(30))
-        .expect("the device stops");
+    assert_resets(r.dev);
 }
 
 #[test]
