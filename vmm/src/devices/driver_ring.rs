@@ -112,6 +112,22 @@ impl DriverRing {
         head
     }
 
+    /// Writes `parts` one after the other at `at` and publishes them as one chain of one
+    /// device-readable descriptor; returns its head.
+    pub fn publish_readable(&mut self, at: u64, parts: &[&[u8]]) -> u16 {
+        let mut end = at;
+        for part in parts {
+            self.mem
+                .write_slice(part, GuestAddress(end))
+                .expect("buffer inside guest memory");
+            end += u64::try_from(part.len()).expect("a buffer of a 64-bit host");
+        }
+        let len = u32::try_from(end - at).expect("a chain under 4 GiB");
+        let head = self.add_chain(&[(at, len, false)]);
+        self.publish(&[head]);
+        head
+    }
+
     /// Starts allocating descriptors from index 0 again (all previous chains are used).
     pub fn recycle(&mut self) {
         self.next_desc = 0;

@@ -218,16 +218,7 @@ impl FakeRig {
     /// Publishes a transmit chain holding a zero header and `frame` in one descriptor.
     fn send(&mut self, frame: &[u8]) {
         let at = self.alloc(VNET_HDR_LEN + frame.len());
-        self.mem
-            .write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(at))
-            .unwrap();
-        self.mem
-            .write_slice(frame, GuestAddress(at + VNET_HDR_LEN as u64))
-            .unwrap();
-        let head = self
-            .tx
-            .add_chain(&[(at, (VNET_HDR_LEN + frame.len()) as u32, false)]);
-        self.tx.publish(&[head]);
+        self.tx.publish_readable(at, &[&[0u8; VNET_HDR_LEN], frame]);
     }
 
     /// Posts `count` receive buffers of `len` bytes; returns (head, address) of each.

@@ -126,14 +126,7 @@ impl Guest {
         h.len = payload.len() as u32;
         let at = 0x180_0000 + (self.tx_slot % u64::from(QSIZE)) * 0x1_0000;
         self.tx_slot += 1;
-        self.mem.write_slice(&h.encode(), GuestAddress(at)).unwrap();
-        self.mem
-            .write_slice(payload, GuestAddress(at + HEADER_SIZE as u64))
-            .unwrap();
-        let head = self
-            .tx
-            .add_chain(&[(at, (HEADER_SIZE + payload.len()) as u32, false)]);
-        self.tx.publish(&[head]);
+        self.tx.publish_readable(at, &[&h.encode(), payload]);
         self.tx_evt.write(1).unwrap();
     }
 
