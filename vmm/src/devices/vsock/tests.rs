@@ -198,11 +198,17 @@ fn guest_connects(r: &mut Rig, listener: &UnixListener, src: u32, dst: u32) -> U
     s
 }
 
-/// Host connects to guest port `port` and the guest accepts.
-fn host_connect(r: &mut Rig, port: u32) -> (UnixStream, u32) {
+/// A host process connects to guest port `port`: its stream and the REQUEST the guest got.
+fn host_request(r: &mut Rig, port: u32) -> (UnixStream, Header) {
     let mut s = UnixStream::connect(&r.path).unwrap();
     s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
     let (req, _) = r.guest.recv_op();
+    (s, req)
+}
+
+/// Host connects to guest port `port` and the guest accepts.
+fn host_connect(r: &mut Rig, port: u32) -> (UnixStream, u32) {
+    let (mut s, req) = host_request(r, port);
     assert_eq!(
         (req.op, req.dst_port, req.dst_cid, req.src_cid),
         (op::REQUEST, port, CID, HOST_CID)
@@ -251,9 +257,7 @@ fn host_initiated_stream_both_ways() {
 #[test]
 fn guest_refusal_and_bad_lines_are_reported() {
     let mut r = rig();
-    let mut s = UnixStream::connect(&r.path).unwrap();
-    s.write_all(b"CONNECT 7\n").unwrap();
-    let (req, _) = r.guest.recv_op();
+    let (mut s, req) = host_request(&mut r, 7);
     r.guest.send(r.guest.header(7, req.src_port, op::RST), b"");
     assert_eq!(read_line(&mut s), "ERR connection refused by guest port 7");
     for (line, want) in [
@@ -304,9 +308,7 @@ fn guest_initiated_connections_reach_the_forward_socket() {
 #[test]
 fn host_data_respects_the_guest_credit() {
     let mut r = rig();
-    let mut s = UnixStream::connect(&r.path).unwrap();
-    s.write_all(b"CONNECT 9\n").unwrap();
-    let (req, _) = r.guest.recv_op();
+    let (mut s, req) = host_request(&mut r, 9);
     let local = req.src_port;
     let mut resp = r.guest.header(9, local, op::RESPONSE);
     resp.buf_alloc = 100;
