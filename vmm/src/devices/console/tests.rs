@@ -136,18 +136,19 @@ fn activate(console: &mut Console, guest: &Guest) -> Arc<CountingInterrupt> {
     irq
 }
 
-/// A console on the sink `sink` makes of the path of `name` in `dir`, and that path.
+/// A console on the sink `sink` makes of the path of `name` in a fresh temporary directory:
+/// the device, that path, and the directory (for the test to keep).
 fn console_at(
-    dir: &std::path::Path,
     name: &str,
     sink: fn(std::path::PathBuf) -> ConsoleSink,
-) -> (Console, std::path::PathBuf) {
-    let path = dir.join(name);
+) -> (Console, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
     let console = Console::new(ConsoleConfig {
         sink: sink(path.clone()),
     })
     .unwrap();
-    (console, path)
+    (console, path, dir)
 }
 
 /// A client of the console's socket at `path`, whose reads give up after 5 s.
@@ -165,8 +166,7 @@ fn file_contents(path: &std::path::Path) -> String {
 
 #[test]
 fn output_reaches_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut console, path) = console_at(dir.path(), "console.log", ConsoleSink::File);
+    let (mut console, path, _dir) = console_at("console.log", ConsoleSink::File);
     let mut guest = Guest::new();
     let irq = activate(&mut console, &guest);
     guest.write(&[b"hello "]);
@@ -248,8 +248,7 @@ fn unix_socket_client_gets_output_and_gives_input() {
 
 #[test]
 fn socket_backlog_is_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut console, path) = console_at(dir.path(), "c.sock", ConsoleSink::UnixSocket);
+    let (mut console, path, _dir) = console_at("c.sock", ConsoleSink::UnixSocket);
     let mut guest = Guest::new();
     let _irq = activate(&mut console, &guest);
     // 40 chains of 4 KiB with nobody connected: only the last 64 KiB are kept.
@@ -431,8 +430,7 @@ fn bad_chains_are_counted_not_fatal() {
 
 #[test]
 fn reset_keeps_the_sink() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut console, path) = console_at(dir.path(), "console.sock", ConsoleSink::UnixSocket);
+    let (mut console, path, _dir) = console_at("console.sock", ConsoleSink::UnixSocket);
     let mut client = connect(&path);
     for round in 0..3u8 {
         let mut guest = Guest::new();
