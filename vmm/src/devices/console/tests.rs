@@ -160,6 +160,13 @@ fn connect(path: &std::path::Path) -> UnixStream {
     client
 }
 
+/// Reads as many bytes as `want` has from the socket and asserts they are `want`.
+fn expect_output(client: &mut UnixStream, want: &[u8]) {
+    let mut got = vec![0u8; want.len()];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(got, want, "{}", String::from_utf8_lossy(&got));
+}
+
 fn file_contents(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -198,13 +205,9 @@ fn unix_socket_client_gets_output_and_gives_input() {
     guest.write(&[b"boot messages\n"]);
     assert!(wait_until(WAIT, || guest.tx.used_idx() == 1));
     let mut client = connect(&path);
-    let mut buf = [0u8; 14];
-    client.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"boot messages\n");
+    expect_output(&mut client, b"boot messages\n");
     guest.write(&[b"$ "]);
-    let mut prompt = [0u8; 2];
-    client.read_exact(&mut prompt).unwrap();
-    assert_eq!(&prompt, b"$ ");
+    expect_output(&mut client, b"$ ");
     // Input: typed before the guest has posted buffers, it waits in the socket.
     client.write_all(b"ls -l\n").unwrap();
     std::thread::sleep(Duration::from_millis(50));
@@ -222,9 +225,7 @@ fn unix_socket_client_gets_output_and_gives_input() {
     let mut second = connect(&path);
     assert!(wait_until(WAIT, || console.connections() == 2));
     guest.write(&[b"to the second\n"]);
-    let mut buf = [0u8; 14];
-    second.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"to the second\n");
+    expect_output(&mut second, b"to the second\n");
     let mut rest = Vec::new();
     assert_eq!(
         client.read_to_end(&mut rest).unwrap(),
@@ -237,9 +238,7 @@ fn unix_socket_client_gets_output_and_gives_input() {
     guest.write(&[b"nobody\n"]);
     assert!(wait_until(WAIT, || guest.tx.used_idx() == 4));
     let mut third = connect(&path);
-    let mut buf = [0u8; 7];
-    third.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"nobody\n");
+    expect_output(&mut third, b"nobody\n");
     third.write_all(b"x").unwrap();
     assert!(wait_until(WAIT, || guest.input() == b"x"));
     drop(console);
