@@ -24,7 +24,7 @@ use pulse_fuzz::{guest_memory, Input, RING_STRIDE};
 use pulse_vmm::bus::BusDevice;
 use pulse_vmm::devices::block::{Block, BlockConfig};
 use pulse_vmm::devices::virtio::{
-    device_type, features, read_config_bytes, status, ActivateError, ActiveQueue, VirtioDevice,
+    device_type, features, read_config_bytes, status, ActivateError, Activation, VirtioDevice,
 };
 use pulse_vmm::interrupts::{DeviceInterrupts, Interrupt, InterruptManager};
 use pulse_vmm::memory::GuestMemoryMmap;
@@ -80,13 +80,8 @@ impl VirtioDevice for Recorder {
             *b = *v;
         }
     }
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        negotiated: u64,
-        queues: Vec<ActiveQueue>,
-        interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let negotiated = activation.features;
         let mut r = self.record.lock().unwrap();
         assert!(!r.active, "activated twice without a reset");
         assert_eq!(
@@ -100,7 +95,7 @@ impl VirtioDevice for Recorder {
             "activated without VERSION_1"
         );
         let mut seen = [false; QUEUES as usize];
-        for q in &queues {
+        for q in &activation.queues {
             let i = usize::from(q.index);
             assert!(
                 i < seen.len() && !seen[i],
@@ -110,7 +105,7 @@ impl VirtioDevice for Recorder {
             seen[i] = true;
             assert!(q.queue.ready(), "queue {} handed over not ready", q.index);
             assert!(
-                q.queue.is_valid(&mem),
+                q.queue.is_valid(&activation.mem),
                 "queue {}'s rings do not fit guest memory",
                 q.index
             );
@@ -122,7 +117,7 @@ impl VirtioDevice for Recorder {
         }
         r.active = true;
         r.activations += 1;
-        r.interrupt = Some(interrupt);
+        r.interrupt = Some(activation.interrupt);
         Ok(())
     }
     fn reset(&mut self) {
@@ -397,29 +392,29 @@ impl Rig {
             }
         }
         let errors = self.t.stats().errors;
-        let pairs = [
-            (errors.csr_after_driver_ok, self.errors.csr_after_driver_ok),
-            (errors.msi_not_offered, self.errors.msi_not_offered),
-            (errors.unknown_msi_op, self.errors.unknown_msi_op),
-            (errors.vector_out_of_range, self.errors.vector_out_of_range),
-            (
-                errors.msi_address_rejected,
-                self.errors.msi_address_rejected,
-            ),
-            (errors.msi_data_rejected, self.errors.msi_data_rejected),
-            (errors.bad_access_width, self.errors.bad_access_width),
-            (errors.bad_notify, self.errors.bad_notify),
-            (errors.bad_status, self.errors.bad_status),
-            (errors.bad_queue_setup, self.errors.bad_queue_setup),
-            (errors.bad_features, self.errors.bad_features),
-            (errors.activate_failed, self.errors.activate_failed),
-            (
-                errors.interrupt_setup_failed,
-                self.errors.interrupt_setup_failed,
-            ),
-        ];
-        for (now, before) in pairs {
-            assert!(now >= before, "an error counter went down: {errors:?}");
+        // Every counter now against its value before this access.
+        macro_rules! counters {
+            ($($field:ident),* $(,)?) => {
+                [$((stringify!($field), errors.$field, self.errors.$field)),*]
+            };
+        }
+        let counters = counters!(
+            csr_after_driver_ok,
+            msi_not_offered,
+            unknown_msi_op,
+            vector_out_of_range,
+            msi_address_rejected,
+            msi_data_rejected,
+            bad_access_width,
+            bad_notify,
+            bad_status,
+            bad_queue_setup,
+            bad_features,
+            activate_failed,
+            interrupt_setup_failed,
+        );
+        for (name, now, before) in counters {
+            assert!(now >= before, "error counter {name} went down: {errors:?}");
         }
         self.errors = errors;
         if reset_written {

@@ -650,73 +650,30 @@ mod tests {
     #[test]
     fn walks_follow_virtio_queue() {
         let mut img = Image::new();
-        let put = |img: &mut Image, at: u64, d: Desc| img.write(at, &d.encode());
-        put(
-            &mut img,
-            0,
-            Desc {
-                addr: 0x1000,
-                len: 16,
-                flags: F_NEXT,
-                next: 1,
-            },
-        );
-        put(
-            &mut img,
-            16,
-            Desc {
-                addr: 0x2000,
-                len: 1,
-                flags: F_WRITE,
-                next: 0,
-            },
-        );
+        let put = |img: &mut Image, at: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            img.write(
+                at,
+                &Desc {
+                    addr,
+                    len,
+                    flags,
+                    next,
+                }
+                .encode(),
+            )
+        };
+        put(&mut img, 0, 0x1000, 16, F_NEXT, 1);
+        put(&mut img, 16, 0x2000, 1, F_WRITE, 0);
         let w = walk(&img, 0, 4, 0);
         assert!(w.well_formed && w.descs.len() == 2);
         // A loop runs out of time to live with NEXT set.
-        put(
-            &mut img,
-            16,
-            Desc {
-                addr: 0x2000,
-                len: 1,
-                flags: F_NEXT,
-                next: 0,
-            },
-        );
+        put(&mut img, 16, 0x2000, 1, F_NEXT, 0);
         let w = walk(&img, 0, 4, 0);
         assert!(!w.well_formed && w.descs.len() == 4);
         // Indirect: a table of two.
-        put(
-            &mut img,
-            0x3000,
-            Desc {
-                addr: 0x1000,
-                len: 16,
-                flags: F_NEXT,
-                next: 1,
-            },
-        );
-        put(
-            &mut img,
-            0x3010,
-            Desc {
-                addr: 0x2000,
-                len: 1,
-                flags: F_WRITE,
-                next: 0,
-            },
-        );
-        put(
-            &mut img,
-            32,
-            Desc {
-                addr: 0x3000,
-                len: 32,
-                flags: F_INDIRECT,
-                next: 0,
-            },
-        );
+        put(&mut img, 0x3000, 0x1000, 16, F_NEXT, 1);
+        put(&mut img, 0x3010, 0x2000, 1, F_WRITE, 0);
+        put(&mut img, 32, 0x3000, 32, F_INDIRECT, 0);
         let w = walk(&img, 0, 4, 2);
         assert!(w.well_formed && w.descs.len() == 2);
     }

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use pulse_vmm::devices::block::{Block, BlockConfig};
-use pulse_vmm::devices::driver_ring::{CountingInterrupt, DriverRing};
-use pulse_vmm::devices::virtio::{features, ActiveQueue, VirtioDevice};
+use pulse_vmm::devices::driver_ring::{lay_out_queues, CountingInterrupt, DriverQueue};
+use pulse_vmm::devices::virtio::{features, Activation, VirtioDevice};
 use pulse_vmm::interrupts::Interrupt;
 use pulse_vmm::memory::{create_guest_memory, GuestMemoryMmap};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 const QUEUE_SIZE: u16 = 128;
 const BATCH: u16 = 32;
@@ -25,40 +24,38 @@ const REQ_BYTES: u32 = 4096;
 
 /// Guest-side state of one queue: its ring and its buffers.
 struct Driver {
-    ring: DriverRing,
-    doorbell: EventFd,
+    q: DriverQueue,
     mem: GuestMemoryMmap,
-    buffers: u64,
-    queue: u16,
 }
 
 impl Driver {
     /// Submits `count` requests of type `kind` and waits (spinning) until all are used.
     fn run_batch(&mut self, kind: u32, count: u16, round: u64) {
-        self.ring.recycle();
+        self.q.ring.recycle();
         let mut heads = Vec::with_capacity(usize::from(count));
         for i in 0..u64::from(count) {
-            let slot = self.buffers + i * 8192;
+            let slot = self.q.buffers + i * 8192;
             let (header, data, status) = (slot, slot + 4096, slot + 4095);
-            let sector = (u64::from(self.queue) * 4096 + (round * u64::from(count) + i) % 4096) * 8
+            let sector = (u64::from(self.q.index) * 4096 + (round * u64::from(count) + i) % 4096)
+                * 8
                 % (DISK_BYTES / 512 - 8);
             self.mem.write_obj(kind, GuestAddress(header)).unwrap();
             self.mem
                 .write_obj(sector, GuestAddress(header + 8))
                 .unwrap();
-            heads.push(self.ring.add_chain(&[
+            heads.push(self.q.ring.add_chain(&[
                 (header, 16, false),
                 (data, REQ_BYTES, kind == 0),
                 (status, 1, true),
             ]));
         }
-        let target = self.ring.avail_idx().wrapping_add(count);
-        self.ring.publish(&heads);
-        self.doorbell.write(1).unwrap();
+        let target = self.q.ring.avail_idx().wrapping_add(count);
+        self.q.ring.publish(&heads);
+        self.q.doorbell.write(1).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         // Yield rather than spin: with more threads than host CPUs a spinning driver would
         // starve the worker it waits for (a real guest vCPU halts instead).
-        while self.ring.used_idx() != target {
+        while self.q.ring.used_idx() != target {
             assert!(Instant::now() < deadline, "device stalled");
             std::thread::yield_now();
         }
@@ -80,31 +77,17 @@ fn setup(queues: u16) -> (Block, Vec<Driver>, tempfile::NamedTempFile) {
         serial: None,
     })
     .unwrap();
-    let mut active = Vec::new();
-    let mut drivers = Vec::new();
-    for q in 0..queues {
-        let ring = DriverRing::new(
-            &mem,
-            GuestAddress(0x10_0000 + u64::from(q) * 0x1_0000),
-            QUEUE_SIZE,
-        );
-        let doorbell = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        active.push(ActiveQueue {
-            index: q,
-            queue: ring.queue(),
-            notifier: doorbell.try_clone().unwrap(),
-        });
-        drivers.push(Driver {
-            ring,
-            doorbell,
+    let (active, queues) = lay_out_queues(&mem, 0..queues, QUEUE_SIZE);
+    let drivers = queues
+        .into_iter()
+        .map(|q| Driver {
+            q,
             mem: mem.clone(),
-            buffers: 0x100_0000 + u64::from(q) * 0x100_0000,
-            queue: q,
-        });
-    }
+        })
+        .collect();
     let irq: Arc<dyn Interrupt> = Arc::new(CountingInterrupt::default());
     block
-        .activate(mem, features::VERSION_1, active, irq)
+        .activate(Activation::new(mem, features::VERSION_1, active, irq))
         .unwrap();
     (block, drivers, disk)
 }

@@ -20,13 +20,13 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use pulse_vmm::devices::driver_ring::{CountingInterrupt, DriverRing};
+use pulse_vmm::devices::driver_ring::{lay_out_queues, CountingInterrupt, DriverQueue};
 use pulse_vmm::devices::net::ctrl::cmd;
+use pulse_vmm::devices::net::packet_socket::PacketSocket;
 use pulse_vmm::devices::net::{MacAddr, Net, NetConfig, F_CTRL_VQ, F_MQ};
-use pulse_vmm::devices::virtio::{features, ActiveQueue, VirtioDevice};
+use pulse_vmm::devices::virtio::{features, Activation, VirtioDevice};
 use pulse_vmm::memory::{create_guest_memory, GuestMemoryMmap};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 const QUEUE_SIZE: u16 = 256;
 const BATCH: u16 = 64;
@@ -59,48 +59,6 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6], port: u16, len: usize) -> Vec<u8> {
     f.extend_from_slice(&[0, 0]);
     f.resize(len, 0x5a);
     f
-}
-
-/// Sends frames into the tap (towards the guest); receives nothing.
-struct Injector(OwnedFd);
-
-impl Injector {
-    fn new(ifname: &str) -> Self {
-        let name = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: a valid NUL-terminated string.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert_ne!(index, 0, "{ifname} exists");
-        // SAFETY: socket() takes no pointers. Protocol 0: this socket receives nothing.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-        // SAFETY: a fresh descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_ll is plain integers; zeroes are valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = index as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll of the given length.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-        Self(fd)
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: `frame` is valid for reads of its length.
-        let n = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(
-            n as usize,
-            frame.len(),
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 /// Brings a link up (SIOCSIFFLAGS), after its IPv6 chatter is switched off.
@@ -136,10 +94,8 @@ fn quiet_link_up(ifname: &str) {
 
 /// Guest side of one queue.
 struct Driver {
-    ring: DriverRing,
-    doorbell: EventFd,
+    q: DriverQueue,
     mem: GuestMemoryMmap,
-    buffers: u64,
 }
 
 impl Driver {
@@ -147,7 +103,7 @@ impl Driver {
         let deadline = Instant::now() + Duration::from_secs(10);
         // Yield rather than spin: with more threads than host CPUs a spinning driver would
         // starve the worker it waits for (a real guest vCPU halts instead).
-        while self.ring.used_idx() != target {
+        while self.q.ring.used_idx() != target {
             assert!(Instant::now() < deadline, "device stalled");
             std::thread::yield_now();
         }
@@ -156,7 +112,7 @@ impl Driver {
     /// Writes `frame` behind a zero header into each of the first `count` buffers.
     fn fill(&self, count: u16, frame: &[u8]) {
         for i in 0..u64::from(count) {
-            let at = self.buffers + i * u64::from(BUF_LEN);
+            let at = self.q.buffers + i * u64::from(BUF_LEN);
             self.mem.write_slice(&[0u8; HDR], GuestAddress(at)).unwrap();
             self.mem
                 .write_slice(frame, GuestAddress(at + HDR as u64))
@@ -166,15 +122,15 @@ impl Driver {
 
     /// Publishes `count` chains over the first buffers, rings, waits until all are used.
     fn round(&mut self, count: u16, len: u32, writable: bool) {
-        self.ring.recycle();
+        self.q.ring.recycle();
         let mut heads = Vec::with_capacity(usize::from(count));
         for i in 0..u64::from(count) {
-            let at = self.buffers + i * u64::from(BUF_LEN);
-            heads.push(self.ring.add_chain(&[(at, len, writable)]));
+            let at = self.q.buffers + i * u64::from(BUF_LEN);
+            heads.push(self.q.ring.add_chain(&[(at, len, writable)]));
         }
-        let target = self.ring.avail_idx().wrapping_add(count);
-        self.ring.publish(&heads);
-        self.doorbell.write(1).unwrap();
+        let target = self.q.ring.avail_idx().wrapping_add(count);
+        self.q.ring.publish(&heads);
+        self.q.doorbell.write(1).unwrap();
         self.wait(target);
     }
 }
@@ -187,7 +143,7 @@ struct Pair {
 struct Rig {
     net: Net,
     pairs: Vec<Pair>,
-    injector: Injector,
+    injector: PacketSocket,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -219,43 +175,30 @@ fn setup(pairs: u16) -> Rig {
     let mem = create_guest_memory(256).unwrap();
     let negotiated = features::VERSION_1 | F_CTRL_VQ | if pairs > 1 { F_MQ } else { 0 };
     let ctrl_index = if pairs > 1 { 2 * pairs } else { 2 };
-    let mut active = Vec::new();
-    let mut drivers = Vec::new();
-    for q in (0..2 * pairs).chain([ctrl_index]) {
-        let ring = DriverRing::new(
-            &mem,
-            GuestAddress(0x10_0000 + u64::from(q) * 0x1_0000),
-            QUEUE_SIZE,
-        );
-        let doorbell = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        active.push(ActiveQueue {
-            index: q,
-            queue: ring.queue(),
-            notifier: doorbell.try_clone().unwrap(),
-        });
-        drivers.push(Driver {
-            ring,
-            doorbell,
+    let (active, queues) = lay_out_queues(&mem, (0..2 * pairs).chain([ctrl_index]), QUEUE_SIZE);
+    let mut drivers: Vec<Driver> = queues
+        .into_iter()
+        .map(|q| Driver {
+            q,
             mem: mem.clone(),
-            buffers: 0x100_0000 + u64::from(q) * 0x100_0000,
-        });
-    }
-    net.activate(
+        })
+        .collect();
+    net.activate(Activation::new(
         mem.clone(),
         negotiated,
         active,
         Arc::new(CountingInterrupt::default()),
-    )
+    ))
     .unwrap();
     let mut ctrl = drivers.pop().unwrap();
     if pairs > 1 {
-        let at = ctrl.buffers;
+        let at = ctrl.q.buffers;
         let mut command = vec![cmd::CLASS_MQ, cmd::MQ_VQ_PAIRS_SET];
         command.extend_from_slice(&pairs.to_le_bytes());
         mem.write_slice(&command, GuestAddress(at)).unwrap();
-        let head = ctrl.ring.add_chain(&[(at, 4, false), (at + 64, 1, true)]);
-        ctrl.ring.publish(&[head]);
-        ctrl.doorbell.write(1).unwrap();
+        let head = ctrl.q.ring.add_chain(&[(at, 4, false), (at + 64, 1, true)]);
+        ctrl.q.ring.publish(&[head]);
+        ctrl.q.doorbell.write(1).unwrap();
         ctrl.wait(1);
         let ack: u8 = mem.read_obj(GuestAddress(at + 64)).unwrap();
         assert_eq!(ack, cmd::OK);
@@ -266,7 +209,7 @@ fn setup(pairs: u16) -> Rig {
     while let (Some(rx), Some(tx)) = (it.next(), it.next()) {
         all.push(Pair { rx, tx });
     }
-    let injector = Injector::new(&name);
+    let injector = PacketSocket::sender(&name);
     Rig {
         net,
         pairs: all,
@@ -304,49 +247,46 @@ impl Rig {
     }
 }
 
-fn single_frames(c: &mut Criterion) {
-    if !usable() {
-        return;
-    }
-    let mut group = c.benchmark_group("net_tx");
+/// A group measured for 3 s after 1 s of warm-up, `frames` frames an iteration.
+fn frames_group<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+    frames: u16,
+) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(1));
+    group.throughput(Throughput::Elements(u64::from(frames)));
+    group
+}
+
+/// Transmit rounds of `count` frames of 64 and 1500 bytes, as group `name`.
+fn tx_rounds_of(c: &mut Criterion, name: &str, count: u16) {
+    let mut group = frames_group(c, name, count);
     for len in [64usize, 1500] {
         let mut rig = setup(1);
         let frame = udp_frame(PEER_MAC, GUEST_MAC, 1, len);
-        rig.pairs[0].tx.fill(1, &frame);
+        rig.pairs[0].tx.fill(count, &frame);
         let chain = (HDR + frame.len()) as u32;
         group.bench_function(BenchmarkId::from_parameter(len), |b| {
-            b.iter(|| rig.pairs[0].tx.round(1, chain, false))
+            b.iter(|| rig.pairs[0].tx.round(count, chain, false))
         });
     }
     group.finish();
+}
+
+fn single_frames(c: &mut Criterion) {
+    if usable() {
+        tx_rounds_of(c, "net_tx", 1);
+    }
 }
 
 fn batches(c: &mut Criterion) {
     if !usable() {
         return;
     }
-    let mut group = c.benchmark_group("net_tx_batch");
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(u64::from(BATCH)));
-    for len in [64usize, 1500] {
-        let mut rig = setup(1);
-        let frame = udp_frame(PEER_MAC, GUEST_MAC, 1, len);
-        rig.pairs[0].tx.fill(BATCH, &frame);
-        let chain = (HDR + frame.len()) as u32;
-        group.bench_function(BenchmarkId::from_parameter(len), |b| {
-            b.iter(|| rig.pairs[0].tx.round(BATCH, chain, false))
-        });
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("net_rx_batch");
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(u64::from(BATCH)));
+    tx_rounds_of(c, "net_tx_batch", BATCH);
+    let mut group = frames_group(c, "net_rx_batch", BATCH);
     for len in [64usize, 1500] {
         let mut rig = setup(1);
         group.bench_function(BenchmarkId::from_parameter(len), |b| {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use pulse_vmm::devices::driver_ring::{CountingInterrupt, DriverRing};
-use pulse_vmm::devices::virtio::{features, ActiveQueue, VirtioDevice};
+use pulse_vmm::devices::virtio::{features, Activation, ActiveQueue, VirtioDevice};
 use pulse_vmm::devices::vsock::packet::{op, Header, HEADER_SIZE, HOST_CID, TYPE_STREAM};
 use pulse_vmm::devices::vsock::{Vsock, VsockConfig};
 use pulse_vmm::memory::{create_guest_memory, GuestMemoryMmap};
@@ -47,24 +47,9 @@ impl Guest {
         let rx = DriverRing::new(&mem, GuestAddress(0x10_0000), QSIZE);
         let tx = DriverRing::new(&mem, GuestAddress(0x20_0000), QSIZE);
         let ev = DriverRing::new(&mem, GuestAddress(0x30_0000), 4);
-        let (rx_evt, tx_evt) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
-        let queues = vec![
-            ActiveQueue {
-                index: 0,
-                queue: rx.queue(),
-                notifier: rx_evt.try_clone().unwrap(),
-            },
-            ActiveQueue {
-                index: 1,
-                queue: tx.queue(),
-                notifier: tx_evt.try_clone().unwrap(),
-            },
-            ActiveQueue {
-                index: 2,
-                queue: ev.queue(),
-                notifier: EventFd::new(0).unwrap(),
-            },
-        ];
+        let (rx_queue, rx_evt) = rx.active_queue(0);
+        let (tx_queue, tx_evt) = tx.active_queue(1);
+        let queues = vec![rx_queue, tx_queue, ev.active_queue(2).0];
         let mut g = Guest {
             mem,
             rx,
@@ -195,12 +180,12 @@ fn rig() -> Rig {
     .unwrap();
     let mem = create_guest_memory(128).unwrap();
     let (guest, queues) = Guest::new(mem.clone());
-    dev.activate(
+    dev.activate(Activation::new(
         mem,
         features::VERSION_1,
         queues,
         Arc::new(CountingInterrupt::default()),
-    )
+    ))
     .unwrap();
     Rig {
         _dev: dev,

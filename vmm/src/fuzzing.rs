@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,22 +137,6 @@ pub struct NetTurn {
     pub mac: [u8; 6],
 }
 
-fn socket_pair() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: socketpair writes two descriptors into the array, valid for the call.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
 /// Which net queue the turn serves.
 #[derive(Clone, Copy, Debug)]
 pub enum NetQueue {
@@ -177,8 +161,8 @@ pub enum NetQueue {
 /// Serves one net queue (`queue`, its rings in `mem`); `frames` wait on the stand-in tap for
 /// a receive turn.
 pub fn net_turn(mem: &GuestMemoryMmap, which: NetQueue, queue: Queue, frames: &[&[u8]]) -> NetTurn {
-    let (ours, peer) = socket_pair();
-    let tap = Arc::new(Tap::fake("fuzz0", vec![ours]));
+    let (tap, peer) = Tap::fake_pair("fuzz0");
+    let tap = Arc::new(tap);
     for f in frames {
         // SAFETY: `f` is a live slice for the call; `peer` is an open socket.
         let _ = unsafe {

@@ -51,6 +51,25 @@ fn rss_split(pid: u32, guest_kib: u64) -> Option<(u64, u64)> {
     Some((total, guest))
 }
 
+/// Reads `from` to its end on a thread that sends when the first byte came (after `start`);
+/// the thread returns what followed it.
+fn read_timing_first_byte(
+    mut from: impl Read + Send + 'static,
+    start: Instant,
+) -> (std::thread::JoinHandle<Vec<u8>>, mpsc::Receiver<Duration>) {
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut first = [0u8; 1];
+        if from.read(&mut first).unwrap_or(0) == 1 {
+            let _ = tx.send(start.elapsed());
+        }
+        let mut rest = Vec::new();
+        let _ = from.read_to_end(&mut rest);
+        rest
+    });
+    (reader, rx)
+}
+
 fn measure(mut cmd: Command) -> Sample {
     let start = Instant::now();
     let mut child = cmd
@@ -60,29 +79,12 @@ fn measure(mut cmd: Command) -> Sample {
         .spawn()
         .expect("spawn VMM");
     let pid = child.id();
-    let mut stdout = child.stdout.take().expect("piped stdout");
+    let stdout = child.stdout.take().expect("piped stdout");
     // Both VMMs report the guest's boot-timer write on stderr: Pulse logs it, QEMU's debugcon
     // on the boot-timer port copies the byte.
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let (etx, erx) = mpsc::channel();
-    let err_reader = std::thread::spawn(move || {
-        let mut first = [0u8; 1];
-        if stderr.read(&mut first).unwrap_or(0) == 1 {
-            let _ = etx.send(start.elapsed());
-        }
-        let mut rest = Vec::new();
-        let _ = stderr.read_to_end(&mut rest);
-    });
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut first = [0u8; 1];
-        if stdout.read(&mut first).unwrap_or(0) == 1 {
-            let _ = tx.send(start.elapsed());
-        }
-        let mut rest = Vec::new();
-        let _ = stdout.read_to_end(&mut rest);
-        rest
-    });
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (err_reader, erx) = read_timing_first_byte(stderr, start);
+    let (reader, rx) = read_timing_first_byte(stdout, start);
     let mut best: Option<(u64, u64)> = None;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {

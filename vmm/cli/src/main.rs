@@ -1,6 +1,16 @@
 //! `pulse-vmm`: boot a microVM from the command line (`run`), or self-test with the embedded
 //! probe guest (`probe`). Errors print one line and exit with status 2.
 
+// A lossy `as` cast must say why it cannot lose bits (as in the VMM library).
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss
+    )
+)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -246,7 +256,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     if let pulse_vmm::VmExit::Crashed(why) = &exit {
         eprintln!("pulse-vmm: guest stopped: {why}");
     }
-    Ok(ExitCode::from(exit.exit_status().clamp(0, 255) as u8))
+    // Clamped to the range of an exit status, so the conversion cannot fail.
+    let status = u8::try_from(exit.exit_status().clamp(0, 255)).unwrap_or(u8::MAX);
+    Ok(ExitCode::from(status))
 }
 
 fn probe_command(args: ProbeArgs) -> Result<ExitCode> {

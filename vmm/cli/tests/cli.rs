@@ -30,6 +30,17 @@ fn assert_error(out: &Output, needle: &str) {
     );
 }
 
+/// Asserts exit status 0, with stderr in the message.
+fn assert_ok(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// `pulse-vmm run FLAG FILE ARGS...`, FLAG naming the file (`--kernel`, `--config`).
+fn run_with(flag: &str, file: &TempFile, args: &[&str]) -> Output {
+    pulse(&[&["run", flag, file.0.to_str().unwrap()], args].concat())
+}
+
 fn good_kernel() -> TempFile {
     TempFile::with_contents("vmlinux", &elf(&exiting_guest("hello\n", 0), None))
 }
@@ -50,20 +61,14 @@ fn no_kernel_at_all() {
 #[test]
 fn not_a_kernel() {
     let f = TempFile::with_contents("junk", b"this is not a kernel at all, just text");
-    assert_error(
-        &pulse(&["run", "--kernel", f.0.to_str().unwrap()]),
-        "not an ELF or bzImage",
-    );
+    assert_error(&run_with("--kernel", &f, &[]), "not an ELF or bzImage");
 }
 
 #[test]
 fn truncated_elf() {
     let image = elf(&exiting_guest("x", 0), None);
     let f = TempFile::with_contents("trunc", &image[..image.len() - 4]);
-    assert_error(
-        &pulse(&["run", "--kernel", f.0.to_str().unwrap()]),
-        "truncated",
-    );
+    assert_error(&run_with("--kernel", &f, &[]), "truncated");
 }
 
 #[test]
@@ -75,23 +80,14 @@ fn memory_too_small_for_the_kernel() {
     image[64 + 16..64 + 24].copy_from_slice(&paddr.to_le_bytes());
     image[64 + 24..64 + 32].copy_from_slice(&paddr.to_le_bytes());
     let f = TempFile::with_contents("big", &image);
-    let out = pulse(&[
-        "run",
-        "--kernel",
-        f.0.to_str().unwrap(),
-        "--memory-mib",
-        "16",
-    ]);
+    let out = run_with("--kernel", &f, &["--memory-mib", "16"]);
     assert_error(&out, "too small");
 }
 
 #[test]
 fn zero_vcpus() {
     let k = good_kernel();
-    assert_error(
-        &pulse(&["run", "--kernel", k.0.to_str().unwrap(), "--vcpus", "0"]),
-        "vcpus",
-    );
+    assert_error(&run_with("--kernel", &k, &["--vcpus", "0"]), "vcpus");
     assert_error(&pulse(&["probe", "--vcpus", "0"]), "vcpus");
 }
 
@@ -99,22 +95,16 @@ fn zero_vcpus() {
 fn command_line_too_long() {
     let k = good_kernel();
     let long = "x".repeat(4096);
-    let out = pulse(&["run", "--kernel", k.0.to_str().unwrap(), "--cmdline", &long]);
+    let out = run_with("--kernel", &k, &["--cmdline", &long]);
     assert_error(&out, "command line");
 }
 
 #[test]
 fn broken_config_file() {
     let cfg = TempFile::with_contents("cfg.toml", b"kernel = [\n");
-    assert_error(
-        &pulse(&["run", "--config", cfg.0.to_str().unwrap()]),
-        "config file",
-    );
+    assert_error(&run_with("--config", &cfg, &[]), "config file");
     let cfg = TempFile::with_contents("cfg.toml", b"kernal = \"/x\"\n");
-    assert_error(
-        &pulse(&["run", "--config", cfg.0.to_str().unwrap()]),
-        "kernal",
-    );
+    assert_error(&run_with("--config", &cfg, &[]), "kernal");
 }
 
 #[test]
@@ -164,20 +154,8 @@ fn no_permission_on_dev_kvm() {
 #[test]
 fn run_boots_a_guest_with_flags_and_config() {
     let k = good_kernel();
-    let out = pulse(&[
-        "run",
-        "--kernel",
-        k.0.to_str().unwrap(),
-        "--vcpus",
-        "2",
-        "--test-devices",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_with("--kernel", &k, &["--vcpus", "2", "--test-devices"]);
+    assert_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
 
     let log = TempFile::with_contents("serial.log", b"");
@@ -187,27 +165,15 @@ fn run_boots_a_guest_with_flags_and_config() {
         log.0.display()
     );
     let cfg = TempFile::with_contents("vm.toml", cfg.as_bytes());
-    let out = pulse(&["run", "--config", cfg.0.to_str().unwrap()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_with("--config", &cfg, &[]);
+    assert_ok(&out);
     assert_eq!(std::fs::read_to_string(&log.0).unwrap(), "hello\n");
 }
 
 #[test]
 fn run_exits_with_the_guest_status() {
     let k = TempFile::with_contents("vmlinux", &elf(&exiting_guest("", 7), None));
-    let out = pulse(&[
-        "run",
-        "--kernel",
-        k.0.to_str().unwrap(),
-        "--serial",
-        "none",
-        "--test-devices",
-    ]);
+    let out = run_with("--kernel", &k, &["--serial", "none", "--test-devices"]);
     assert_eq!(out.status.code(), Some(7));
 }
 

@@ -11,6 +11,8 @@
 //! worker thread was left behind, and it stayed within stated bounds of memory and log. A
 //! watchdog kills it if it does not finish: that is a hang, not a slow machine.
 
+mod probe_run;
+
 use std::fs::File;
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pulse-vmm");
+use probe_run::{device, BIN};
 
 /// The run takes seconds; this is only there to turn a hang into a failure.
 const WATCHDOG: Duration = Duration::from_secs(300);
@@ -105,15 +107,6 @@ fn run_hostile() -> Run {
         max_rss_kib: usage.ru_maxrss as u64,
         log,
     }
-}
-
-fn device<'a>(r: &'a Value, kind: &str) -> &'a Value {
-    r["devices"]
-        .as_array()
-        .expect("devices")
-        .iter()
-        .find(|d| d["type"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} device: {r}"))
 }
 
 fn n(v: &Value) -> u64 {

@@ -7,16 +7,7 @@ mod probe_run;
 
 use serde_json::Value;
 
-use probe_run::probe;
-
-fn vsock_device(r: &Value) -> &Value {
-    r["devices"]
-        .as_array()
-        .expect("devices")
-        .iter()
-        .find(|d| d["type"] == "vsock")
-        .unwrap_or_else(|| panic!("no vsock device: {r}"))
-}
+use probe_run::{device, probe};
 
 fn assert_host_side(r: &Value, conns: u64) {
     let host = &r["vsock_host"];
@@ -24,7 +15,7 @@ fn assert_host_side(r: &Value, conns: u64) {
     assert_eq!(host["mismatched"], 0, "{host}");
     assert_eq!(host["guest_connected"], true, "{host}");
     assert_eq!(host["resets"], 1, "{host}");
-    let guest = &vsock_device(r)["vsock"];
+    let guest = &device(r, "vsock")["vsock"];
     assert_eq!(guest["conns_done"], conns, "{guest}");
     assert_eq!(guest["bytes_echoed"], conns * 65536, "{guest}");
     assert_eq!(guest["connect_ok"], true, "{guest}");
@@ -36,7 +27,7 @@ fn a_hundred_connections_echo_64k_each_with_msi() {
     let (code, r) = probe(&["--vsock", "--vsock-conns", "100", "--vsock-bytes", "65536"]);
     assert_eq!(code, Some(0), "{r}");
     assert_host_side(&r, 100);
-    let d = vsock_device(&r);
+    let d = device(&r, "vsock");
     assert_eq!(d["queues"], 3);
     assert_eq!(d["msi_enabled"], true);
     let vectors = d["vectors"].as_array().unwrap();
@@ -54,7 +45,7 @@ fn the_same_on_the_legacy_line() {
     let (code, r) = probe(&["--vsock", "--irq", "legacy"]);
     assert_eq!(code, Some(0), "{r}");
     assert_host_side(&r, 100);
-    let d = vsock_device(&r);
+    let d = device(&r, "vsock");
     assert_eq!(d["msi_enabled"], false);
     assert!(d["legacy"]["sent"].as_u64().unwrap() > 0, "{d}");
 }

@@ -72,25 +72,26 @@ struct CapData {
     inheritable: u32,
 }
 
-/// The calling thread's effective, permitted and inheritable sets.
-pub fn current() -> Result<CapSets, CapsError> {
+/// capget or capset (`nr`) for the calling thread with version 3's two words of `data`.
+fn cap_syscall(nr: libc::c_long, data: &mut [CapData; 2]) -> io::Result<()> {
     let mut header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget reads the header and writes two `CapData` words (version 3), both owned
-    // by this frame and valid for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut header as *mut CapHeader,
-            data.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(CapsError::Get(io::Error::last_os_error()));
+    // SAFETY: capget and capset read the header and write or read two `CapData` words
+    // (version 3), both valid for the call; pid 0 is the calling thread.
+    let rc = unsafe { libc::syscall(nr, &mut header as *mut CapHeader, data.as_mut_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
+}
+
+/// The calling thread's effective, permitted and inheritable sets.
+pub fn current() -> Result<CapSets, CapsError> {
+    let mut data = [CapData::default(); 2];
+    cap_syscall(libc::SYS_capget, &mut data).map_err(CapsError::Get)?;
     let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
     Ok(CapSets {
         effective: join(data[0].effective, data[1].effective),
@@ -161,23 +162,8 @@ pub fn drop_all() -> Result<(), CapsError> {
             return Err(CapsError::AmbientClear(e));
         }
     }
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [CapData::default(); 2];
-    // SAFETY: capset reads the header and two `CapData` words (version 3), both owned by this
-    // frame and valid for the call; pid 0 is the calling thread.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(CapsError::Set(io::Error::last_os_error()));
-    }
+    // All three sets empty.
+    cap_syscall(libc::SYS_capset, &mut [CapData::default(); 2]).map_err(CapsError::Set)?;
     let after = current()?;
     if after != CapSets::default() {
         return Err(CapsError::Left(after));

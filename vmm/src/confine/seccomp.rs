@@ -73,30 +73,19 @@ pub struct Allow {
 
 macro_rules! sys {
     ($nr:ident) => {
-        Allow {
-            nr: libc::$nr,
-            name: strip_sys(stringify!($nr)),
-            when: When::Always,
-        }
+        sys!($nr, when When::Always)
     };
     ($nr:ident, arg $arg:literal in $values:expr) => {
-        Allow {
-            nr: libc::$nr,
-            name: strip_sys(stringify!($nr)),
-            when: When::ArgIn {
-                arg: $arg,
-                values: $values,
-            },
-        }
+        sys!($nr, when When::ArgIn { arg: $arg, values: $values })
     };
     ($nr:ident, arg $arg:literal clear $mask:expr) => {
+        sys!($nr, when When::ArgClear { arg: $arg, mask: $mask })
+    };
+    ($nr:ident, when $when:expr) => {
         Allow {
             nr: libc::$nr,
             name: strip_sys(stringify!($nr)),
-            when: When::ArgClear {
-                arg: $arg,
-                mask: $mask,
-            },
+            when: $when,
         }
     };
 }

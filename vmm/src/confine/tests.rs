@@ -144,6 +144,27 @@ fn run_child(kind: ThreadKind, case: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs the child, asserts that it exited with success, and returns its stdout and stderr.
+fn run_child_to_the_end(kind: ThreadKind, case: &str) -> (String, String) {
+    let out = run_child(kind, case);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{kind} {case}: {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+/// For every kind, the child runs `case` to the end and reports `done` on stdout.
+fn every_kind_finishes(case: &str, done: &str) {
+    for kind in ThreadKind::ALL {
+        let (stdout, _) = run_child_to_the_end(kind, case);
+        assert!(stdout.contains(done), "{kind}: {stdout}");
+    }
+}
+
 /// Asserts that the child ended as docs/confinement.md says: status 159 and one line that
 /// names the thread, its kind and the call.
 fn assert_killed(out: &std::process::Output, kind: ThreadKind, nr: i64, what: &str) {
@@ -200,28 +221,16 @@ fn a_refused_argument_ends_the_process_too() {
 
 #[test]
 fn a_read_only_open_is_refused_without_ending_the_process() {
-    for kind in ThreadKind::ALL {
-        let out = run_child(kind, "openat-read");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{kind}: {:?} {stdout}", out.status);
-        assert!(
-            stdout.contains(&format!("CHILD-DONE result=-{} ", libc::EACCES)),
-            "{kind}: {stdout}"
-        );
-    }
+    every_kind_finishes(
+        "openat-read",
+        &format!("CHILD-DONE result=-{} ", libc::EACCES),
+    );
 }
 
 #[test]
 fn a_panic_on_a_confined_thread_prints_its_message_and_ends_only_that_thread() {
     for kind in ThreadKind::ALL {
-        let out = run_child(kind, "panic");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{kind}: {:?} {stdout} {stderr}",
-            out.status
-        );
+        let (stdout, stderr) = run_child_to_the_end(kind, "panic");
         assert!(
             stdout.contains("CHILD-DONE result=panicked "),
             "{kind}: {stdout}"
@@ -237,20 +246,7 @@ fn a_panic_on_a_confined_thread_prints_its_message_and_ends_only_that_thread() {
 
 #[test]
 fn allowed_calls_pass_and_other_threads_stay_unconfined() {
-    for kind in ThreadKind::ALL {
-        let out = run_child(kind, "allowed");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{kind}: {:?}\nstdout: {stdout}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains("CHILD-DONE result=0 own-seccomp=0"),
-            "{kind}: {stdout}"
-        );
-    }
+    every_kind_finishes("allowed", "CHILD-DONE result=0 own-seccomp=0");
 }
 
 /// The id of the thread of this process named `name`.

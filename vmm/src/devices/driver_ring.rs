@@ -7,7 +7,10 @@ use std::sync::Mutex;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
+use crate::devices::virtio::{ActiveQueue, VirtioDevice};
+use crate::devices::worker::{FaultLog, GuestFault};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 
@@ -62,6 +65,22 @@ impl DriverRing {
         q
     }
 
+    /// The device's side of this ring as queue `index`, and a clone of its doorbell for the
+    /// caller to ring.
+    pub fn active_queue(&self, index: u16) -> (ActiveQueue, EventFd) {
+        let notifier = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let doorbell = notifier.try_clone().expect("eventfd clone");
+        let queue = self.queue();
+        (
+            ActiveQueue {
+                index,
+                queue,
+                notifier,
+            },
+            doorbell,
+        )
+    }
+
     /// Writes one raw descriptor.
     pub fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let at = self.desc + 16 * u64::from(index);
@@ -90,6 +109,22 @@ impl DriverRing {
             self.write_desc(index, *addr, *len, flags, next);
             self.next_desc = (self.next_desc + 1) % self.size;
         }
+        head
+    }
+
+    /// Writes `parts` one after the other at `at` and publishes them as one chain of one
+    /// device-readable descriptor; returns its head.
+    pub fn publish_readable(&mut self, at: u64, parts: &[&[u8]]) -> u16 {
+        let mut end = at;
+        for part in parts {
+            self.mem
+                .write_slice(part, GuestAddress(end))
+                .expect("buffer inside guest memory");
+            end += u64::try_from(part.len()).expect("a buffer of a 64-bit host");
+        }
+        let len = u32::try_from(end - at).expect("a chain under 4 GiB");
+        let head = self.add_chain(&[(at, len, false)]);
+        self.publish(&[head]);
         head
     }
 
@@ -145,6 +180,42 @@ impl DriverRing {
             .write_obj(idx, GuestAddress(at))
             .expect("used_event");
     }
+}
+
+/// The driver's side of one queue laid out by [`lay_out_queues`].
+pub struct DriverQueue {
+    /// The queue's index on the device.
+    pub index: u16,
+    /// Its ring.
+    pub ring: DriverRing,
+    /// Its doorbell.
+    pub doorbell: EventFd,
+    /// Start of its 16 MiB of buffers.
+    pub buffers: u64,
+}
+
+/// Rings for the queues `indexes` in `mem`, 64 KiB apart from 1 MiB on, and 16 MiB of buffers
+/// for each from 16 MiB on: the queues to activate the device with, and the driver's side.
+pub fn lay_out_queues(
+    mem: &GuestMemoryMmap,
+    indexes: impl IntoIterator<Item = u16>,
+    size: u16,
+) -> (Vec<ActiveQueue>, Vec<DriverQueue>) {
+    indexes
+        .into_iter()
+        .map(|index| {
+            let q = u64::from(index);
+            let ring = DriverRing::new(mem, GuestAddress(0x10_0000 + q * 0x1_0000), size);
+            let (queue, doorbell) = ring.active_queue(index);
+            let driver = DriverQueue {
+                index,
+                ring,
+                doorbell,
+                buffers: 0x100_0000 + q * 0x100_0000,
+            };
+            (queue, driver)
+        })
+        .unzip()
 }
 
 /// The interrupt a device model gets in tests and benches: it counts what the device raises,
@@ -219,6 +290,33 @@ pub fn join_within<T: Send + 'static>(
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     thread.join().map_err(|_| "the thread panicked")
+}
+
+/// Resets `device` on another thread and asserts that the reset (which joins the device's
+/// workers) returns: a worker that hangs would hang it.
+pub fn assert_resets(mut device: impl VirtioDevice + 'static) {
+    let stopper = std::thread::spawn(move || device.reset());
+    join_within(stopper, std::time::Duration::from_secs(30)).expect("the device stops");
+}
+
+/// After a guest broke one queue of the device by moving its available index too far: the
+/// device asked for one reset and counted the broken ring once in `faults`.
+pub fn assert_broken_once(irq: &CountingInterrupt, faults: &FaultLog) {
+    assert_eq!(irq.needs_reset_requests(), 1);
+    assert_eq!(faults.count(GuestFault::AvailIndexTooFar), 1);
+}
+
+/// Polls `f` until it holds or `timeout` passes, and says whether it held: tests wait for a
+/// worker thread with it (the timeout is far beyond any slow machine, never a speed check).
+pub fn wait_until(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    f()
 }
 
 /// The low and high 32 bits of a guest address, as a driver writes them to the transport.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::worker::FaultCounts;
+use crate::devices::worker::{FaultCounts, FaultLog, LoopContext};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 
@@ -58,9 +58,9 @@ pub mod device_type {
 /// Why a device could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
-    /// A worker thread could not be started.
+    /// A worker thread could not be started (or what it needs: an eventfd, an epoll).
     #[error("cannot start a worker: {0}")]
-    Worker(std::io::Error),
+    Worker(#[from] std::io::Error),
     /// A worker thread could not be started confined (see [`crate::confine`]).
     #[error(transparent)]
     Confine(#[from] crate::confine::ConfineError),
@@ -80,6 +80,54 @@ pub struct ActiveQueue {
     pub queue: Queue,
     /// Written by KVM on every guest notification of this queue.
     pub notifier: EventFd,
+}
+
+/// What the transport hands a device when the driver sets DRIVER_OK.
+pub struct Activation {
+    /// Guest memory, where the rings and buffers are.
+    pub mem: GuestMemoryMmap,
+    /// The features the driver accepted.
+    pub features: u64,
+    /// The queues the driver made ready, in index order.
+    pub queues: Vec<ActiveQueue>,
+    /// How the device raises its interrupts.
+    pub interrupt: Arc<dyn Interrupt>,
+}
+
+impl Activation {
+    /// An activation with the driver's `features` and `queues`.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Self {
+        Self {
+            mem,
+            features,
+            queues,
+            interrupt,
+        }
+    }
+
+    /// Takes the queues out, one slot per index below `count`: `None` where the driver left a
+    /// queue out. Indexes from `count` up are dropped.
+    pub fn take_queues(&mut self, count: usize) -> Vec<Option<ActiveQueue>> {
+        let mut slots: Vec<Option<ActiveQueue>> = Vec::new();
+        slots.resize_with(count, || None);
+        for q in self.queues.drain(..) {
+            if let Some(slot) = slots.get_mut(usize::from(q.index)) {
+                *slot = Some(q);
+            }
+        }
+        slots
+    }
+
+    /// The context of a worker loop that raises this activation's interrupt and counts the
+    /// guest's faults in `faults`.
+    pub fn loop_context(&self, faults: &Arc<FaultLog>) -> Result<LoopContext, ActivateError> {
+        Ok(LoopContext::new(self.interrupt.clone(), faults.clone())?)
+    }
 }
 
 /// A virtio device.
@@ -110,14 +158,8 @@ pub trait VirtioDevice: Send {
     fn config_generation(&self) -> u32 {
         0
     }
-    /// Starts the device with the negotiated `features` and the driver's queues.
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        features: u64,
-        queues: Vec<ActiveQueue>,
-        interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), ActivateError>;
+    /// Starts the device with the negotiated features and the driver's queues.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// Stops the device (workers joined, queues dropped) so it can be activated again.
     fn reset(&mut self);
     /// Requests the device completed, per queue (for reports).

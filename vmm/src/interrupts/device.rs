@@ -406,6 +406,15 @@ mod tests {
         DeviceInterrupts::new(manager, 5, queues).unwrap()
     }
 
+    /// One queue, MSI enabled, its vector (1) programmed with vector 0x40, active.
+    fn active_msi_device() -> Arc<DeviceInterrupts> {
+        let d = device(1);
+        d.set_msi_enabled(true);
+        d.update_vector(1, msg(0x40)).unwrap();
+        d.activate().unwrap();
+        d
+    }
+
     fn msg(vector: u8) -> MsiMessage {
         MsiMessage {
             address_lo: 0xfee0_0000,
@@ -485,10 +494,7 @@ mod tests {
 
     #[test]
     fn masked_interrupt_waits_for_unmask() {
-        let d = device(1);
-        d.set_msi_enabled(true);
-        d.update_vector(1, msg(0x40)).unwrap();
-        d.activate().unwrap();
+        let d = active_msi_device();
         d.mask(1).unwrap();
         assert!(!d.vectors[1].attached.load(Ordering::SeqCst));
         d.trigger(0);
@@ -519,10 +525,7 @@ mod tests {
 
     #[test]
     fn update_keeps_a_masked_vector_masked() {
-        let d = device(1);
-        d.set_msi_enabled(true);
-        d.update_vector(1, msg(0x40)).unwrap();
-        d.activate().unwrap();
+        let d = active_msi_device();
         d.mask(1).unwrap();
         d.update_vector(1, msg(0x41)).unwrap();
         assert!(
@@ -548,10 +551,7 @@ mod tests {
 
     #[test]
     fn update_after_activation_rewrites_the_route() {
-        let d = device(1);
-        d.set_msi_enabled(true);
-        d.update_vector(1, msg(0x40)).unwrap();
-        d.activate().unwrap();
+        let d = active_msi_device();
         let moved = MsiMessage {
             address_lo: 0xfee0_1000,
             ..msg(0x40)

@@ -14,7 +14,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::registers::*;
 use crate::bus::BusDevice;
-use crate::devices::virtio::{features, status, ActivateError, ActiveQueue, VirtioDevice};
+use crate::devices::virtio::{
+    features, status, ActivateError, Activation, ActiveQueue, VirtioDevice,
+};
 use crate::devices::worker::{FaultCounts, FaultLog, GuestFault};
 use crate::interrupts::{
     DeviceInterrupts, InterruptError, MsiMessage, MsiRejection, VectorStats, VectorUpdate,
@@ -535,10 +537,8 @@ impl MmioTransport {
             return;
         }
         let interrupt = self.interrupts.clone();
-        match self
-            .device
-            .activate(self.mem.clone(), self.driver_features, active, interrupt)
-        {
+        let activation = Activation::new(self.mem.clone(), self.driver_features, active, interrupt);
+        match self.device.activate(activation) {
             Ok(()) => {}
             // The driver's doing, as often as it likes: counted, logged at most at the fault
             // log's rate.
@@ -744,6 +744,8 @@ mod tests {
     /// A device with two queues that records its activations.
     struct Dummy {
         config: [u8; 8],
+        /// Fewer ready queues fail the activation, as vsock, net and console do.
+        needs_queues: usize,
         activations: Activations,
         interrupt: Arc<Mutex<Option<Arc<dyn Interrupt>>>>,
     }
@@ -769,18 +771,17 @@ mod tests {
                 *b = data[0];
             }
         }
-        fn activate(
-            &mut self,
-            _mem: GuestMemoryMmap,
-            features: u64,
-            queues: Vec<ActiveQueue>,
-            interrupt: Arc<dyn Interrupt>,
-        ) -> Result<(), ActivateError> {
+        fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+            let ready = activation.queues.len();
+            if ready < self.needs_queues {
+                return Err(ActivateError::QueueNotReady(ready));
+            }
+            let indexes = activation.queues.iter().map(|q| q.index).collect();
             self.activations
                 .lock()
                 .unwrap()
-                .push((features, queues.iter().map(|q| q.index).collect()));
-            *self.interrupt.lock().unwrap() = Some(interrupt);
+                .push((activation.features, indexes));
+            *self.interrupt.lock().unwrap() = Some(activation.interrupt);
             Ok(())
         }
         fn reset(&mut self) {
@@ -799,6 +800,11 @@ mod tests {
     const BASE: u64 = 0xd000_0000;
 
     fn rig() -> Rig {
+        rig_with(0)
+    }
+
+    /// A rig whose device needs `needs_queues` ready queues to start.
+    fn rig_with(needs_queues: usize) -> Rig {
         let kvm = crate::kvm::open_kvm().unwrap();
         let vm = Arc::new(crate::kvm::create_vm(&kvm, 1).unwrap());
         let mem = crate::memory::create_guest_memory(16).unwrap();
@@ -808,6 +814,7 @@ mod tests {
         let device_irq = Arc::new(Mutex::new(None));
         let dummy = Dummy {
             config: [1, 2, 3, 4, 5, 6, 7, 8],
+            needs_queues,
             activations: activations.clone(),
             interrupt: device_irq.clone(),
         };
@@ -822,18 +829,19 @@ mod tests {
     }
 
     impl Rig {
-        fn r32(&mut self, off: u64) -> u32 {
-            let mut b = [0u8; 4];
+        fn read<const N: usize>(&mut self, off: u64) -> [u8; N] {
+            let mut b = [0u8; N];
             self.t.read(off, &mut b);
-            u32::from_le_bytes(b)
+            b
+        }
+        fn r32(&mut self, off: u64) -> u32 {
+            u32::from_le_bytes(self.read(off))
         }
         fn w32(&mut self, off: u64, v: u32) {
             self.t.write(off, &v.to_le_bytes());
         }
         fn r16(&mut self, off: u64) -> u16 {
-            let mut b = [0u8; 2];
-            self.t.read(off, &mut b);
-            u16::from_le_bytes(b)
+            u16::from_le_bytes(self.read(off))
         }
         fn w16(&mut self, off: u64, v: u16) {
             self.t.write(off, &v.to_le_bytes());
@@ -875,6 +883,13 @@ mod tests {
                 STATUS,
                 status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
             );
+        }
+        /// The whole guest sequence with MSI: vector 1 (queue 0's) programmed, DRIVER_OK.
+        fn start_with_msi(&mut self) {
+            self.negotiate();
+            self.w16(MSI_CSR, MSI_CSR_ENABLE);
+            self.program(1, 0xfee0_0000);
+            self.driver_ok();
         }
         fn needs_reset(&mut self) -> bool {
             self.r32(STATUS) & status::DEVICE_NEEDS_RESET != 0
@@ -1036,10 +1051,7 @@ mod tests {
     #[test]
     fn interrupt_for_an_unconfigured_vector_is_dropped() {
         let mut r = rig();
-        r.negotiate();
-        r.w16(MSI_CSR, MSI_CSR_ENABLE);
-        r.program(1, 0xfee0_0000);
-        r.driver_ok();
+        r.start_with_msi();
         let irq = r.device_interrupt();
         irq.trigger(1); // vector 2: never programmed
         irq.trigger_config(); // vector 0: never programmed
@@ -1056,10 +1068,7 @@ mod tests {
     #[test]
     fn mask_interrupt_unmask() {
         let mut r = rig();
-        r.negotiate();
-        r.w16(MSI_CSR, MSI_CSR_ENABLE);
-        r.program(1, 0xfee0_0000);
-        r.driver_ok();
+        r.start_with_msi();
         r.w16(MSI_CMD, (MSI_CMD_MASK << 12) | 1);
         r.device_interrupt().trigger(0);
         assert_eq!(r.irq.stats()[1].sent, 1);
@@ -1100,10 +1109,7 @@ mod tests {
             r.w32(QUEUE_SEL, 0);
             assert_eq!(r.r32(QUEUE_READY), 0);
             // And it works again.
-            r.negotiate();
-            r.w16(MSI_CSR, MSI_CSR_ENABLE);
-            r.program(1, 0xfee0_0000);
-            r.driver_ok();
+            r.start_with_msi();
             assert!(r.irq.msi_active(), "step {step}");
         }
     }
@@ -1193,10 +1199,7 @@ mod tests {
     #[test]
     fn update_on_a_masked_vector_keeps_it_masked() {
         let mut r = rig();
-        r.negotiate();
-        r.w16(MSI_CSR, MSI_CSR_ENABLE);
-        r.program(1, 0xfee0_0000);
-        r.driver_ok();
+        r.start_with_msi();
         r.w16(MSI_CMD, (MSI_CMD_MASK << 12) | 1);
         r.program(1, 0xfee0_1000);
         // Still masked: an interrupt waits in the eventfd, which UNMASK would deliver.
@@ -1238,64 +1241,23 @@ mod tests {
         assert_eq!(r.errors().bad_queue_setup, 1);
     }
 
-    /// A device that cannot start without its queues, as vsock, net and console.
-    struct NeedsQueues;
-
-    impl VirtioDevice for NeedsQueues {
-        fn device_type(&self) -> u32 {
-            device_type::CONSOLE
-        }
-        fn queue_max_sizes(&self) -> Vec<u16> {
-            vec![16, 16]
-        }
-        fn features(&self) -> u64 {
-            features::VERSION_1
-        }
-        fn name(&self) -> &'static str {
-            "needs-queues"
-        }
-        fn read_config(&self, _offset: u64, data: &mut [u8]) {
-            data.fill(0);
-        }
-        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-        fn activate(
-            &mut self,
-            _mem: GuestMemoryMmap,
-            _features: u64,
-            queues: Vec<ActiveQueue>,
-            _interrupt: Arc<dyn Interrupt>,
-        ) -> Result<(), ActivateError> {
-            if queues.len() < 2 {
-                return Err(ActivateError::QueueNotReady(queues.len()));
-            }
-            Ok(())
-        }
-        fn reset(&mut self) {}
-    }
-
     #[test]
     fn a_driver_that_starts_without_queues_in_a_loop_gets_no_line_per_try() {
         // Found by the hostile probe's reset storm: every DRIVER_OK without the queues a
         // device needs wrote an ERROR line, so a guest resetting in a loop filled the log.
-        let kvm = crate::kvm::open_kvm().unwrap();
-        let vm = Arc::new(crate::kvm::create_vm(&kvm, 1).unwrap());
-        let mem = crate::memory::create_guest_memory(16).unwrap();
-        let irq = DeviceInterrupts::new(InterruptManager::new(vm.clone()).unwrap(), 5, 2).unwrap();
-        let mut t = MmioTransport::new(&vm, BASE, Box::new(NeedsQueues), mem, irq).unwrap();
-        let w32 = |t: &mut MmioTransport, off: u64, v: u32| t.write(off, &v.to_le_bytes());
+        let mut r = rig_with(2);
         for _ in 0..1000 {
-            w32(&mut t, STATUS, 0);
-            w32(&mut t, STATUS, status::ACKNOWLEDGE | status::DRIVER);
-            w32(&mut t, DRIVER_FEATURES_SEL, 1);
-            w32(&mut t, DRIVER_FEATURES, 1);
+            r.w32(STATUS, 0);
+            r.w32(STATUS, status::ACKNOWLEDGE | status::DRIVER);
+            r.w32(DRIVER_FEATURES_SEL, 1);
+            r.w32(DRIVER_FEATURES, 1);
             let ok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-            w32(&mut t, STATUS, ok);
-            w32(&mut t, STATUS, ok | status::DRIVER_OK);
-            let mut b = [0u8; 4];
-            t.read(STATUS, &mut b);
-            assert_ne!(u32::from_le_bytes(b) & status::DEVICE_NEEDS_RESET, 0);
+            r.w32(STATUS, ok);
+            r.w32(STATUS, ok | status::DRIVER_OK);
+            assert!(r.needs_reset());
         }
-        let stats = t.stats();
+        assert!(r.activations.lock().unwrap().is_empty());
+        let stats = r.t.stats();
         assert_eq!(stats.errors.activate_failed, 1000);
         assert_eq!(stats.faults.incomplete_setup, 1000);
         assert_eq!(stats.faults.log_lines, 1, "the first one, then summaries");

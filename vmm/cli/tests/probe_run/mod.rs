@@ -1,5 +1,8 @@
 //! Runs `pulse-vmm probe --json` and parses its one-object report.
 
+// Each test file includes this module and uses what it needs of it.
+#![allow(dead_code)]
+
 use std::process::Command;
 
 use serde_json::Value;
@@ -24,4 +27,14 @@ pub fn probe(args: &[&str]) -> (Option<i32>, Value) {
         )
     });
     (out.status.code(), report)
+}
+
+/// The first device of type `kind` in a report.
+pub fn device<'a>(r: &'a Value, kind: &str) -> &'a Value {
+    r["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .find(|d| d["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} device: {r}"))
 }

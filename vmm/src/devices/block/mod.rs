@@ -13,11 +13,9 @@ use std::sync::Arc;
 
 use crate::confine::ThreadKind;
 use crate::devices::virtio::{
-    device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
+    device_type, features, read_config_bytes, ActivateError, Activation, VirtioDevice,
 };
-use crate::devices::worker::{FaultLog, LoopContext, Workers};
-use crate::interrupts::Interrupt;
-use crate::memory::GuestMemoryMmap;
+use crate::devices::worker::{FaultLog, Workers};
 use backend::{Backend, BackendError};
 pub use media::{BlockHandle, Media};
 use request::{ID_BYTES, MAX_RANGE_SECTORS, MAX_RANGE_SEGMENTS, MAX_SEGMENTS};
@@ -221,36 +219,29 @@ impl VirtioDevice for Block {
         // The writable field (writeback) belongs to a feature Pulse does not offer.
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        _features: u64,
-        queues: Vec<ActiveQueue>,
-        interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         self.reset();
         let mut workers = Workers::new()?;
-        for q in queues {
+        for q in std::mem::take(&mut activation.queues) {
             let index = q.index;
             let worker = QueueWorker {
                 index,
                 queue: q.queue,
                 notifier: q.notifier,
-                mem: mem.clone(),
+                mem: activation.mem.clone(),
                 media: self.media.clone(),
                 id: self.id,
                 counters: self.counters[usize::from(index)].clone(),
                 more: false,
             };
             let stop_request = workers.stop_request()?;
-            let ctx = LoopContext::new(interrupt.clone(), self.faults.clone())
-                .map_err(ActivateError::Worker)?;
+            let ctx = activation.loop_context(&self.faults)?;
             workers = workers.spawn(ThreadKind::Block, format!("blk-q{index}"), move || {
                 worker.run(ctx, stop_request)
             })?;
         }
         self.workers = Some(workers);
-        self.media.set_interrupt(Some(interrupt));
+        self.media.set_interrupt(Some(activation.interrupt));
         Ok(())
     }
 

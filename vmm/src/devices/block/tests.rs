@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -11,8 +12,10 @@ use super::backend::{Backend, SECTOR_SIZE};
 use super::request::{kind, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP};
 use super::worker::{QueueCounters, QueueWorker};
 use crate::devices::driver_ring::{
-    join_within, CountingInterrupt, DriverRing, DESC_F_NEXT as F_NEXT, DESC_F_WRITE as F_WRITE,
+    assert_broken_once, assert_resets, wait_until, CountingInterrupt, DriverRing,
+    DESC_F_NEXT as F_NEXT, DESC_F_WRITE as F_WRITE,
 };
+use crate::devices::virtio::{features, Activation, VirtioDevice};
 use crate::devices::worker::{FaultLog, GuestFault, LoopContext};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
@@ -309,7 +312,6 @@ fn config_space_reports_capacity_and_queues() {
         serial: None,
     })
     .unwrap();
-    use crate::devices::virtio::VirtioDevice;
     let mut cap = [0u8; 8];
     block.read_config(0, &mut cap);
     assert_eq!(u64::from_le_bytes(cap), 10);
@@ -339,38 +341,54 @@ fn bad_configurations_are_refused() {
     assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
 }
 
+/// A whole device with one queue, activated, and the driver's side of it.
+struct ActiveBlock {
+    block: super::Block,
+    mem: GuestMemoryMmap,
+    ring: DriverRing,
+    doorbell: EventFd,
+    irq: Arc<CountingInterrupt>,
+}
+
+/// A read-write device on the image at `path`, activated with `features`.
+fn active_block(path: &std::path::Path, serial: Option<&str>, features: u64) -> ActiveBlock {
+    let mut block = super::Block::new(super::BlockConfig {
+        path: path.to_path_buf(),
+        read_only: false,
+        queues: 1,
+        queue_size: QSIZE,
+        serial: serial.map(Into::into),
+    })
+    .unwrap();
+    let mem = create_guest_memory(16).unwrap();
+    let ring = DriverRing::new(&mem, GuestAddress(RING), QSIZE);
+    let (queue, doorbell) = ring.active_queue(0);
+    let irq = Arc::new(CountingInterrupt::default());
+    let activation = Activation::new(mem.clone(), features, vec![queue], irq.clone());
+    block.activate(activation).unwrap();
+    ActiveBlock {
+        block,
+        mem,
+        ring,
+        doorbell,
+        irq,
+    }
+}
+
 #[test]
 fn an_image_written_into_a_slot_shows_up_with_a_config_interrupt() {
-    use crate::devices::virtio::{features, ActiveQueue, VirtioDevice};
     let dir = tempfile::tempdir().unwrap();
     let slot = dir.path().join("slot0.img");
     // An empty placeholder, as the shim attaches at boot.
     std::fs::write(&slot, b"").unwrap();
-    let mut block = super::Block::new(super::BlockConfig {
-        path: slot.clone(),
-        read_only: false,
-        queues: 1,
-        queue_size: QSIZE,
-        serial: Some("slot0".into()),
-    })
-    .unwrap();
+    let ActiveBlock {
+        mut block,
+        mem,
+        mut ring,
+        doorbell,
+        irq,
+    } = active_block(&slot, Some("slot0"), features::VERSION_1);
     let handle = block.handle();
-    let mem = create_guest_memory(16).unwrap();
-    let mut ring = DriverRing::new(&mem, GuestAddress(RING), QSIZE);
-    let doorbell = EventFd::new(0).unwrap();
-    let irq = Arc::new(CountingInterrupt::default());
-    block
-        .activate(
-            mem.clone(),
-            features::VERSION_1,
-            vec![ActiveQueue {
-                index: 0,
-                queue: ring.queue(),
-                notifier: doorbell.try_clone().unwrap(),
-            }],
-            irq.clone(),
-        )
-        .unwrap();
     let capacity = |b: &super::Block| {
         let mut cap = [0u8; 8];
         b.read_config(0, &mut cap);
@@ -398,14 +416,10 @@ fn an_image_written_into_a_slot_shows_up_with_a_config_interrupt() {
     let head = ring.add_chain(&[(HEADER, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
     ring.publish(&[head]);
     doorbell.write(1).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while ring.used_idx() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "request not completed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    assert!(
+        wait_until(Duration::from_secs(5), || ring.used_idx() != 0),
+        "request not completed"
+    );
     assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), STATUS_OK);
     assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 4);
 
@@ -423,52 +437,28 @@ const AVAIL_IDX: u64 = RING + 16 * QSIZE as u64 + 2;
 
 #[test]
 fn an_avail_index_past_the_ring_breaks_the_queue_and_the_device_still_stops() {
-    use crate::devices::virtio::{features, ActiveQueue, VirtioDevice};
     let disk = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(disk.path(), vec![0u8; 8 * 512]).unwrap();
-    let mut block = super::Block::new(super::BlockConfig {
-        path: disk.path().to_path_buf(),
-        read_only: false,
-        queues: 1,
-        queue_size: QSIZE,
-        serial: None,
-    })
-    .unwrap();
-    let mem = create_guest_memory(16).unwrap();
-    let ring = DriverRing::new(&mem, GuestAddress(RING), QSIZE);
-    let doorbell = EventFd::new(0).unwrap();
-    let irq = Arc::new(CountingInterrupt::default());
-    block
-        .activate(
-            mem.clone(),
-            features::VERSION_1,
-            vec![ActiveQueue {
-                index: 0,
-                queue: ring.queue(),
-                notifier: doorbell.try_clone().unwrap(),
-            }],
-            irq.clone(),
-        )
-        .unwrap();
+    let ActiveBlock {
+        block,
+        mem,
+        ring,
+        doorbell,
+        irq,
+    } = active_block(disk.path(), None, features::VERSION_1);
     // The hostile guest: its index runs queue size + 5 ahead of the device.
     mem.write_obj(QSIZE + 5, GuestAddress(AVAIL_IDX)).unwrap();
     doorbell.write(1).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while irq.needs_reset_requests() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no DEVICE_NEEDS_RESET"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    assert!(
+        wait_until(Duration::from_secs(30), || irq.needs_reset_requests() != 0),
+        "no DEVICE_NEEDS_RESET"
+    );
     // More doorbells change nothing, and the reset (which joins the worker) returns.
     doorbell.write(1).unwrap();
     let faults = block.faults().clone();
-    let stopper = std::thread::spawn(move || block.reset());
-    join_within(stopper, std::time::Duration::from_secs(30)).expect("the device stops");
-    assert_eq!(irq.needs_reset_requests(), 1);
+    assert_resets(block);
+    assert_broken_once(&irq, &faults);
     assert_eq!(irq.config(), 1, "one configuration interrupt");
-    assert_eq!(faults.count(GuestFault::AvailIndexTooFar), 1);
     assert_eq!(ring.used_idx(), 0);
 }
 
@@ -627,32 +617,16 @@ fn a_flood_of_bad_chains_writes_a_bounded_number_of_log_lines() {
 /// allow: pread64, pwrite64, fdatasync, fallocate).
 #[test]
 fn a_confined_worker_serves_every_request_type() {
-    use crate::devices::virtio::{features, ActiveQueue, VirtioDevice};
     let disk = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(disk.path(), vec![7u8; 64 * 512]).unwrap();
-    let mut block = super::Block::new(super::BlockConfig {
-        path: disk.path().to_path_buf(),
-        read_only: false,
-        queues: 1,
-        queue_size: QSIZE,
-        serial: Some("confined".into()),
-    })
-    .unwrap();
-    let mem = create_guest_memory(16).unwrap();
-    let mut ring = DriverRing::new(&mem, GuestAddress(RING), QSIZE);
-    let doorbell = EventFd::new(0).unwrap();
-    block
-        .activate(
-            mem.clone(),
-            features::VERSION_1 | super::F_FLUSH | super::F_DISCARD | super::F_WRITE_ZEROES,
-            vec![ActiveQueue {
-                index: 0,
-                queue: ring.queue(),
-                notifier: doorbell.try_clone().unwrap(),
-            }],
-            Arc::new(CountingInterrupt::default()),
-        )
-        .unwrap();
+    let features = features::VERSION_1 | super::F_FLUSH | super::F_DISCARD | super::F_WRITE_ZEROES;
+    let ActiveBlock {
+        mut block,
+        mem,
+        mut ring,
+        doorbell,
+        ..
+    } = active_block(disk.path(), Some("confined"), features);
     // Every thread of that name (other tests' too) is a block worker under its filter.
     for task in std::fs::read_dir("/proc/self/task").unwrap() {
         let task = task.unwrap().path();
@@ -675,14 +649,10 @@ fn a_confined_worker_serves_every_request_type() {
         ring.publish(&[head]);
         doorbell.write(1).unwrap();
         done += 1;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while ring.used_idx() != done {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "request {kind} not completed"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        assert!(
+            wait_until(Duration::from_secs(10), || ring.used_idx() == done),
+            "request {kind} not completed"
+        );
         mem.read_obj(GuestAddress(STATUS)).unwrap()
     };
     mem.write_slice(&[0xabu8; 1024], GuestAddress(DATA))
@@ -707,7 +677,6 @@ fn a_confined_worker_serves_every_request_type() {
 
 #[test]
 fn a_disk_is_named_in_reports_by_its_whole_serial_or_its_file_name() {
-    use crate::devices::virtio::VirtioDevice;
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.img");
     std::fs::write(&image, b"").unwrap();

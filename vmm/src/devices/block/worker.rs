@@ -12,7 +12,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::Backend;
 use super::media::Media;
-use super::request::{self, Buffer, ID_BYTES, STATUS_IOERR};
+use super::request::{self, ID_BYTES, STATUS_IOERR};
+use crate::devices::vsock::packet::chain_buffers;
 use crate::devices::worker::{
     self, guest_queue, Chain, DeviceWorker, GuestFault, LoopContext, Served, BUDGET,
 };
@@ -129,17 +130,7 @@ fn complete(
 ) -> u32 {
     // The walk stops by itself on a loop or an index outside the table: its last descriptor
     // then still says "next". Such a chain is malformed, however well its first part parses.
-    let mut terminated = false;
-    let buffers: Vec<Buffer> = chain
-        .map(|d| {
-            terminated = !d.has_next();
-            Buffer {
-                addr: d.addr(),
-                len: d.len(),
-                writable: d.is_write_only(),
-            }
-        })
-        .collect();
+    let (buffers, terminated) = chain_buffers(chain);
     counters.completed.fetch_add(1, Ordering::Relaxed);
     let parsed = if terminated || buffers.is_empty() {
         request::parse(mem, &buffers)

@@ -19,11 +19,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::confine::{self, ThreadKind};
 use crate::devices::virtio::{
-    device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
+    device_type, features, read_config_bytes, ActivateError, Activation, VirtioDevice,
 };
-use crate::devices::worker::{FaultLog, LoopContext};
-use crate::interrupts::Interrupt;
-use crate::memory::GuestMemoryMmap;
+use crate::devices::worker::FaultLog;
 use sink::Sink;
 use worker::{ConsoleWorker, Vring};
 pub use worker::{QueueCounters, MAX_INPUT_CHUNK, MAX_OUTPUT_CHAIN};
@@ -272,37 +270,22 @@ impl VirtioDevice for Console {
         // emerg_wr belongs to EMERG_WRITE, which is not offered.
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        _features: u64,
-        queues: Vec<ActiveQueue>,
-        interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let mut rx = None;
-        let mut tx = None;
-        for q in queues {
-            let vring = |q: ActiveQueue, counters: &Arc<QueueCounters>| Vring {
-                index: q.index,
-                queue: q.queue,
-                notifier: q.notifier,
-                counters: counters.clone(),
-            };
-            match q.index {
-                RECEIVEQ => rx = Some(vring(q, &self.counters[0])),
-                TRANSMITQ => tx = Some(vring(q, &self.counters[1])),
-                _ => {}
-            }
-        }
-        let rx = rx.ok_or(ActivateError::QueueNotReady(usize::from(RECEIVEQ)))?;
-        let tx = tx.ok_or(ActivateError::QueueNotReady(usize::from(TRANSMITQ)))?;
-        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let mut slots = activation.take_queues(2);
+        let mut vring = |index: u16| {
+            let q = slots[usize::from(index)]
+                .take()
+                .ok_or(ActivateError::QueueNotReady(usize::from(index)))?;
+            Ok::<_, ActivateError>(Vring::new(q, self.counters[usize::from(index)].clone()))
+        };
+        let rx = vring(RECEIVEQ)?;
+        let tx = vring(TRANSMITQ)?;
+        let kill = EventFd::new(libc::EFD_NONBLOCK)?;
         let sink = self.sink.take().unwrap_or_else(Sink::none);
-        let stop = kill.try_clone().map_err(ActivateError::Worker)?;
-        let ctx =
-            LoopContext::new(interrupt, self.faults.clone()).map_err(ActivateError::Worker)?;
-        let worker = ConsoleWorker::new(mem, rx, tx, sink, self.connections.clone());
+        let stop = kill.try_clone()?;
+        let ctx = activation.loop_context(&self.faults)?;
+        let worker = ConsoleWorker::new(activation.mem, rx, tx, sink, self.connections.clone());
         let thread = confine::spawn(ThreadKind::Console, "console".into(), move || {
             worker.run(ctx, stop)
         })?;

@@ -6,7 +6,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -14,24 +14,16 @@ use vmm_sys_util::eventfd::EventFd;
 use super::sink::{Output, Sink};
 use super::worker::{ConsoleWorker, Vring};
 use super::*;
-use crate::devices::driver_ring::{CountingInterrupt, DriverRing, DESC_F_NEXT, DESC_F_WRITE};
-use crate::devices::virtio::{features as vf, ActiveQueue, VirtioDevice};
+use crate::devices::driver_ring::{
+    assert_broken_once, assert_resets, wait_until, CountingInterrupt, DriverRing, DESC_F_NEXT,
+    DESC_F_WRITE,
+};
+use crate::devices::virtio::{features as vf, Activation, ActiveQueue, VirtioDevice};
 use crate::devices::worker::{FaultLog, LoopContext};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
 const QSIZE: u16 = 64;
 const WAIT: Duration = Duration::from_secs(5);
-
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    f()
-}
 
 fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::SeqCst)
@@ -134,14 +126,45 @@ impl Guest {
 fn activate(console: &mut Console, guest: &Guest) -> Arc<CountingInterrupt> {
     let irq = Arc::new(CountingInterrupt::default());
     console
-        .activate(
+        .activate(Activation::new(
             guest.mem.clone(),
             vf::VERSION_1,
             guest.queues(),
             irq.clone(),
-        )
+        ))
         .unwrap();
     irq
+}
+
+/// A console on the sink `sink` makes of the path of `name` in a fresh temporary directory:
+/// the device, that path, and the directory (for the test to keep).
+fn console_at(
+    name: &str,
+    sink: fn(std::path::PathBuf) -> ConsoleSink,
+) -> (Console, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    let console = Console::new(ConsoleConfig {
+        sink: sink(path.clone()),
+    })
+    .unwrap();
+    (console, path, dir)
+}
+
+/// A client of the console's socket at `path`, whose reads give up after 5 s.
+fn connect(path: &std::path::Path) -> UnixStream {
+    let client = UnixStream::connect(path).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client
+}
+
+/// Reads as many bytes as `want` has from the socket and asserts they are `want`.
+fn expect_output(client: &mut UnixStream, want: &[u8]) {
+    let mut got = vec![0u8; want.len()];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(got, want, "{}", String::from_utf8_lossy(&got));
 }
 
 fn file_contents(path: &std::path::Path) -> String {
@@ -150,18 +173,13 @@ fn file_contents(path: &std::path::Path) -> String {
 
 #[test]
 fn output_reaches_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("console.log");
-    let mut console = Console::new(ConsoleConfig {
-        sink: ConsoleSink::File(path.clone()),
-    })
-    .unwrap();
+    let (mut console, path, _dir) = console_at("console.log", ConsoleSink::File);
     let mut guest = Guest::new();
     let irq = activate(&mut console, &guest);
     guest.write(&[b"hello "]);
     guest.write(&[b"wor", b"", b"ld\n"]);
-    assert!(wait_until(|| file_contents(&path) == "hello world\n"));
-    assert!(wait_until(|| guest.tx.used_idx() == 2));
+    assert!(wait_until(WAIT, || file_contents(&path) == "hello world\n"));
+    assert!(wait_until(WAIT, || guest.tx.used_idx() == 2));
     let tx = &console.counters()[1];
     assert_eq!(load(&tx.chains), 2);
     assert_eq!(load(&tx.bytes), 12);
@@ -185,25 +203,18 @@ fn unix_socket_client_gets_output_and_gives_input() {
     let _irq = activate(&mut console, &guest);
     // Output before anyone connects is kept for the first client.
     guest.write(&[b"boot messages\n"]);
-    assert!(wait_until(|| guest.tx.used_idx() == 1));
-    let mut client = UnixStream::connect(&path).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut buf = [0u8; 14];
-    client.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"boot messages\n");
+    assert!(wait_until(WAIT, || guest.tx.used_idx() == 1));
+    let mut client = connect(&path);
+    expect_output(&mut client, b"boot messages\n");
     guest.write(&[b"$ "]);
-    let mut prompt = [0u8; 2];
-    client.read_exact(&mut prompt).unwrap();
-    assert_eq!(&prompt, b"$ ");
+    expect_output(&mut client, b"$ ");
     // Input: typed before the guest has posted buffers, it waits in the socket.
     client.write_all(b"ls -l\n").unwrap();
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(guest.rx.used_idx(), 0);
     guest.post_rx(4, 64);
     let mut input = Vec::new();
-    assert!(wait_until(|| {
+    assert!(wait_until(WAIT, || {
         input.extend(guest.input());
         input == b"ls -l\n"
     }));
@@ -211,15 +222,10 @@ fn unix_socket_client_gets_output_and_gives_input() {
     assert_eq!(console.connections(), 1);
 
     // A second client replaces the first.
-    let mut second = UnixStream::connect(&path).unwrap();
-    second
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    assert!(wait_until(|| console.connections() == 2));
+    let mut second = connect(&path);
+    assert!(wait_until(WAIT, || console.connections() == 2));
     guest.write(&[b"to the second\n"]);
-    let mut buf = [0u8; 14];
-    second.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"to the second\n");
+    expect_output(&mut second, b"to the second\n");
     let mut rest = Vec::new();
     assert_eq!(
         client.read_to_end(&mut rest).unwrap(),
@@ -230,28 +236,18 @@ fn unix_socket_client_gets_output_and_gives_input() {
     // The client goes away and comes back; the device keeps working.
     drop(second);
     guest.write(&[b"nobody\n"]);
-    assert!(wait_until(|| guest.tx.used_idx() == 4));
-    let mut third = UnixStream::connect(&path).unwrap();
-    third
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut buf = [0u8; 7];
-    third.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"nobody\n");
+    assert!(wait_until(WAIT, || guest.tx.used_idx() == 4));
+    let mut third = connect(&path);
+    expect_output(&mut third, b"nobody\n");
     third.write_all(b"x").unwrap();
-    assert!(wait_until(|| guest.input() == b"x"));
+    assert!(wait_until(WAIT, || guest.input() == b"x"));
     drop(console);
     assert!(!path.exists(), "socket file removed with the device");
 }
 
 #[test]
 fn socket_backlog_is_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.sock");
-    let mut console = Console::new(ConsoleConfig {
-        sink: ConsoleSink::UnixSocket(path.clone()),
-    })
-    .unwrap();
+    let (mut console, path, _dir) = console_at("c.sock", ConsoleSink::UnixSocket);
     let mut guest = Guest::new();
     let _irq = activate(&mut console, &guest);
     // 40 chains of 4 KiB with nobody connected: only the last 64 KiB are kept.
@@ -259,13 +255,10 @@ fn socket_backlog_is_bounded() {
         let chunk = vec![b'a' + i % 26; 4096];
         guest.write(&[&chunk]);
     }
-    assert!(wait_until(|| guest.tx.used_idx() == 40));
+    assert!(wait_until(WAIT, || guest.tx.used_idx() == 40));
     let tx = &console.counters()[1];
     assert_eq!(load(&tx.dropped), 40 * 4096 - sink::BACKLOG_BYTES as u64);
-    let mut client = UnixStream::connect(&path).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut client = connect(&path);
     let mut got = vec![0u8; sink::BACKLOG_BYTES];
     client.read_exact(&mut got).unwrap();
     assert_eq!(got[0], b'a' + 24, "oldest kept chunk");
@@ -344,7 +337,7 @@ fn pipe_input_waits_for_buffers_and_is_split_to_fit() {
     assert_eq!(guest.rx.used_idx(), 0, "no buffer yet");
     guest.post_rx(3, 2);
     let mut got = Vec::new();
-    assert!(wait_until(|| {
+    assert!(wait_until(WAIT, || {
         got.extend(guest.input());
         got.len() == 5
     }));
@@ -352,12 +345,12 @@ fn pipe_input_waits_for_buffers_and_is_split_to_fit() {
     assert_eq!(guest.rx.used_idx(), 3, "2 + 2 + 1 bytes");
     // Output to `none` is counted as dropped.
     guest.write(&[b"gone"]);
-    assert!(wait_until(|| load(&console.counters()[1].dropped) == 4));
+    assert!(wait_until(WAIT, || load(&console.counters()[1].dropped) == 4));
     // End of input: the device keeps serving output.
     drop(write_end);
     guest.post_rx(1, 16);
     guest.write(&[b"more"]);
-    assert!(wait_until(|| guest.tx.used_idx() == 2));
+    assert!(wait_until(WAIT, || guest.tx.used_idx() == 2));
 }
 
 #[test]
@@ -436,16 +429,8 @@ fn bad_chains_are_counted_not_fatal() {
 
 #[test]
 fn reset_keeps_the_sink() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("console.sock");
-    let mut console = Console::new(ConsoleConfig {
-        sink: ConsoleSink::UnixSocket(path.clone()),
-    })
-    .unwrap();
-    let mut client = UnixStream::connect(&path).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let (mut console, path, _dir) = console_at("console.sock", ConsoleSink::UnixSocket);
+    let mut client = connect(&path);
     for round in 0..3u8 {
         let mut guest = Guest::new();
         let _irq = activate(&mut console, &guest);
@@ -480,12 +465,12 @@ fn config_space_and_features() {
     let guest = Guest::new();
     let mut console = console;
     let err = console
-        .activate(
+        .activate(Activation::new(
             guest.mem.clone(),
             vf::VERSION_1,
             guest.queues().into_iter().take(1).collect(),
             Arc::new(CountingInterrupt::default()),
-        )
+        ))
         .err()
         .unwrap();
     assert!(matches!(err, ActivateError::QueueNotReady(1)));
@@ -552,15 +537,9 @@ fn an_avail_index_past_the_transmit_ring_breaks_the_queue_and_the_device_still_s
     let avail_idx = GuestAddress(0x2_0000 + 16 * u64::from(QSIZE) + 2);
     guest.mem.write_obj(QSIZE + 5, avail_idx).unwrap();
     guest.tx_bell.write(1).unwrap();
-    assert!(wait_until(|| irq.needs_reset_requests() == 1));
+    assert!(wait_until(WAIT, || irq.needs_reset_requests() == 1));
     guest.tx_bell.write(1).unwrap();
     let faults = console.faults().clone();
-    let stopper = std::thread::spawn(move || console.reset());
-    crate::devices::driver_ring::join_within(stopper, Duration::from_secs(30))
-        .expect("the device stops");
-    assert_eq!(irq.needs_reset_requests(), 1);
-    assert_eq!(
-        faults.count(crate::devices::worker::GuestFault::AvailIndexTooFar),
-        1
-    );
+    assert_resets(console);
+    assert_broken_once(&irq, &faults);
 }

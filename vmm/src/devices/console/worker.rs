@@ -4,19 +4,19 @@
 //! reading. A ring the guest breaks stops that queue (DEVICE_NEEDS_RESET), not the thread.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::QueueOwnedT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::sink::{InputRead, Sink};
 use crate::devices::worker::{
-    self, guest_queue, Chain, DeviceWorker, GuestFault, LoopContext, Served, BUDGET,
+    self, bump, guest_queue, vring, Chain, DeviceWorker, GuestFault, InterruptCount, LoopContext,
+    Served, BUDGET,
 };
-use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 
 /// Longest output chain accepted.
@@ -39,30 +39,14 @@ pub struct QueueCounters {
     pub dropped: AtomicU64,
 }
 
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
+impl InterruptCount for QueueCounters {
+    fn interrupts(&self) -> &AtomicU64 {
+        &self.interrupts
+    }
 }
 
 /// A queue as the worker serves it.
-pub struct Vring {
-    /// Index on the device.
-    pub index: u16,
-    /// The virtqueue.
-    pub queue: Queue,
-    /// Doorbell.
-    pub notifier: EventFd,
-    /// Counters.
-    pub counters: Arc<QueueCounters>,
-}
-
-impl Vring {
-    fn signal(&mut self, mem: &GuestMemoryMmap, interrupt: &dyn Interrupt) {
-        if guest_queue::needs_notification(&mut self.queue, mem) {
-            bump(&self.counters.interrupts, 1);
-            interrupt.trigger(self.index);
-        }
-    }
-}
+pub type Vring = vring::Vring<QueueCounters>;
 
 /// Walks a chain: the (address, length) of each descriptor, all in direction `writable` and
 /// inside guest memory, at most `max` bytes. None: malformed.

@@ -8,10 +8,11 @@
 //! must come from [`crate::memory::create_shared_guest_memory`]), and for each queue its size,
 //! ring addresses, start index, doorbell (the transport's ioeventfd: a guest notification goes
 //! from KVM to the backend without the VMM) and call eventfd. With MSI the call eventfd is the
-//! queue's vector's irqfd ([`Interrupt::queue_irqfd`]): the backend's interrupt reaches the
-//! guest without the VMM either. Without it (the legacy line, a vector the guest did not
-//! program) the device gets a call eventfd of its own and one `fs-irq` thread relays it to
-//! [`Interrupt::trigger`]. A reset stops every ring (`GET_VRING_BASE`) and the relay.
+//! queue's vector's irqfd ([`crate::interrupts::Interrupt::queue_irqfd`]): the backend's
+//! interrupt reaches the guest without the VMM either. Without it (the legacy line, a vector
+//! the guest did not program) the device gets a call eventfd of its own and one `fs-irq` thread
+//! relays it to [`crate::interrupts::Interrupt::trigger`]. A reset stops every ring
+//! (`GET_VRING_BASE`) and the relay.
 
 #[cfg(test)]
 mod tests;
@@ -31,12 +32,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::confine::{self, ThreadKind};
 use crate::devices::virtio::{
-    device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
+    device_type, features, read_config_bytes, ActivateError, Activation, VirtioDevice,
 };
 use crate::devices::worker::device_loop::{self, DeviceWorker, LoopContext};
 use crate::devices::worker::FaultLog;
-use crate::interrupts::Interrupt;
-use crate::memory::GuestMemoryMmap;
 
 /// The longest tag (virtio 1.2, 5.11.4: `u8 tag[36]`).
 pub const MAX_TAG_LEN: usize = 36;
@@ -208,14 +207,9 @@ impl Fs {
 
     /// Sends the backend everything it needs to serve `queues`; returns the relay's call
     /// eventfds (queue index, eventfd) for the queues without an irqfd.
-    fn start_backend(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        negotiated: u64,
-        queues: &[ActiveQueue],
-        interrupt: &dyn Interrupt,
-    ) -> Result<Vec<(u16, EventFd)>, FsError> {
-        let mut acked = negotiated & self.backend_features;
+    fn start_backend(&mut self, activation: &Activation) -> Result<Vec<(u16, EventFd)>, FsError> {
+        let mem = &activation.mem;
+        let mut acked = activation.features & self.backend_features;
         if self.protocol {
             acked |= VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         }
@@ -236,7 +230,7 @@ impl Fs {
             .set_mem_table(&regions)
             .map_err(request("SET_MEM_TABLE"))?;
         let mut relayed = Vec::new();
-        for q in queues {
+        for q in &activation.queues {
             let index = usize::from(q.index);
             let queue = &q.queue;
             let host = |addr: u64| {
@@ -262,7 +256,7 @@ impl Fs {
             self.frontend
                 .set_vring_base(index, queue.next_avail())
                 .map_err(request("SET_VRING_BASE"))?;
-            let call = match interrupt.queue_irqfd(q.index) {
+            let call = match activation.interrupt.queue_irqfd(q.index) {
                 Some(irqfd) => irqfd,
                 None => {
                     let own = EventFd::new(libc::EFD_NONBLOCK)
@@ -313,7 +307,7 @@ impl Fs {
     }
 }
 
-/// Relays call eventfds to [`Interrupt::trigger`].
+/// Relays call eventfds to [`crate::interrupts::Interrupt::trigger`].
 struct Relay {
     calls: Vec<(u16, EventFd)>,
 }
@@ -376,27 +370,29 @@ impl VirtioDevice for Fs {
         // Read-only (virtio 1.2, 5.11.4).
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        features: u64,
-        queues: Vec<ActiveQueue>,
-        interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         let wanted = self.queue_max_sizes().len();
         for index in 0..wanted {
-            if !queues.iter().any(|q| usize::from(q.index) == index) {
+            if !activation
+                .queues
+                .iter()
+                .any(|q| usize::from(q.index) == index)
+            {
                 return Err(ActivateError::QueueNotReady(index));
             }
         }
         self.stop();
-        let indexes: Vec<usize> = queues.iter().map(|q| usize::from(q.index)).collect();
+        let indexes = activation
+            .queues
+            .iter()
+            .map(|q| usize::from(q.index))
+            .collect();
         // From here on the backend may hold some rings: a failure stops them again.
         self.active = Some(Active {
             queues: indexes,
             relay: None,
         });
-        let relayed = match self.start_backend(&mem, features, &queues, interrupt.as_ref()) {
+        let relayed = match self.start_backend(&activation) {
             Ok(relayed) => relayed,
             Err(e) => {
                 self.stop();
@@ -405,10 +401,9 @@ impl VirtioDevice for Fs {
         };
         if !relayed.is_empty() {
             let started = (|| {
-                let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-                let stop_worker = stop.try_clone().map_err(ActivateError::Worker)?;
-                let ctx = LoopContext::new(interrupt, self.faults.clone())
-                    .map_err(ActivateError::Worker)?;
+                let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+                let stop_worker = stop.try_clone()?;
+                let ctx = activation.loop_context(&self.faults)?;
                 let thread = confine::spawn(ThreadKind::Fs, "fs-irq".into(), move || {
                     let mut ctx = ctx;
                     let mut relay = Relay { calls: relayed };

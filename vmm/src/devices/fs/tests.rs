@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
-use crate::devices::driver_ring::{CountingInterrupt, DriverRing};
-use crate::memory::create_shared_guest_memory;
+use crate::devices::driver_ring::{wait_until, CountingInterrupt, DriverRing};
+use crate::devices::virtio::ActiveQueue;
+use crate::interrupts::Interrupt;
+use crate::memory::{create_shared_guest_memory, GuestMemoryMmap};
 
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_INIT: u32 = 26;
@@ -95,20 +97,27 @@ impl Driver {
 
     /// The queues to activate the device with (the driver keeps each doorbell's clone).
     fn queues(&mut self) -> Vec<ActiveQueue> {
-        self.kicks.clear();
-        self.rings
-            .iter()
-            .enumerate()
-            .map(|(i, ring)| {
-                let notifier = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-                self.kicks.push(notifier.try_clone().unwrap());
-                ActiveQueue {
-                    index: i as u16,
-                    queue: ring.queue(),
-                    notifier,
-                }
-            })
-            .collect()
+        let (queues, kicks) = (0u16..)
+            .zip(&self.rings)
+            .map(|(i, ring)| ring.active_queue(i))
+            .unzip();
+        self.kicks = kicks;
+        queues
+    }
+
+    /// Activates `fs` on this driver's rings.
+    fn activate(
+        &mut self,
+        fs: &mut Fs,
+        features: u64,
+        irq: Arc<dyn Interrupt>,
+    ) -> Result<(), ActivateError> {
+        fs.activate(Activation::new(
+            self.mem.clone(),
+            features,
+            self.queues(),
+            irq,
+        ))
     }
 
     /// Sends one FUSE request on the first request queue and waits for its reply; returns the
@@ -201,6 +210,27 @@ impl Interrupt for MsiInterrupt {
     }
 }
 
+/// A virtiofsd sharing a fresh temporary directory (which goes after the backend).
+struct Virtiofsd {
+    backend: Backend,
+    _dir: tempfile::TempDir,
+}
+
+impl Virtiofsd {
+    /// None where there is no virtiofsd to test with.
+    fn start() -> Option<Self> {
+        let binary = virtiofsd()?;
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::start(&binary, dir.path(), &shared_dir(dir.path()));
+        Some(Self { backend, _dir: dir })
+    }
+
+    /// A device on this backend, tagged `pulse-shared`.
+    fn device(&self) -> Fs {
+        Fs::new(FsConfig::new(&self.backend.socket, "pulse-shared")).unwrap()
+    }
+}
+
 fn shared_dir(dir: &Path) -> PathBuf {
     let shared = dir.join("shared");
     std::fs::create_dir_all(&shared).unwrap();
@@ -234,12 +264,10 @@ fn configuration_is_checked() {
 
 #[test]
 fn the_backend_answers_through_the_rings_and_the_interrupt_is_relayed() {
-    let Some(binary) = virtiofsd() else {
+    let Some(virtiofsd) = Virtiofsd::start() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&binary, dir.path(), &shared_dir(dir.path()));
-    let mut fs = Fs::new(FsConfig::new(&backend.socket, "pulse-shared")).unwrap();
+    let mut fs = virtiofsd.device();
     assert_eq!(fs.device_type(), 26);
     assert_eq!(fs.queue_max_sizes(), [DEFAULT_QUEUE_SIZE; 2]);
     assert_eq!(fs.queue_name(1), "requests.0");
@@ -261,16 +289,12 @@ fn the_backend_answers_through_the_rings_and_the_interrupt_is_relayed() {
     // Without EVENT_IDX: this driver never moves used_event, so with it the backend would
     // interrupt once only.
     let features = fs.features() & !features::RING_EVENT_IDX;
-    fs.activate(mem.clone(), features, driver.queues(), irq.clone())
-        .unwrap();
+    driver.activate(&mut fs, features, irq.clone()).unwrap();
     // Each reply's interrupt reaches Interrupt::trigger through the relay (waiting for it
     // before the next request: an eventfd adds up writes the relay has not read yet).
     let relayed_after = |before: u64| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while irq.queue(1) <= before {
-            assert!(Instant::now() < deadline, "no interrupt relayed");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let relayed = wait_until(Duration::from_secs(5), || irq.queue(1) > before);
+        assert!(relayed, "no interrupt relayed");
         irq.queue(1)
     };
     driver.init();
@@ -282,8 +306,7 @@ fn the_backend_answers_through_the_rings_and_the_interrupt_is_relayed() {
     // A reset stops the rings; the device starts again on fresh ones.
     fs.reset();
     let mut driver = Driver::new(&mem);
-    fs.activate(mem.clone(), features, driver.queues(), irq.clone())
-        .unwrap();
+    driver.activate(&mut fs, features, irq.clone()).unwrap();
     driver.init();
     assert_eq!(driver.lookup_size("hello"), 20);
     drop(fs);
@@ -291,12 +314,10 @@ fn the_backend_answers_through_the_rings_and_the_interrupt_is_relayed() {
 
 #[test]
 fn with_msi_the_backend_interrupts_the_queues_irqfd_directly() {
-    let Some(binary) = virtiofsd() else {
+    let Some(virtiofsd) = Virtiofsd::start() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&binary, dir.path(), &shared_dir(dir.path()));
-    let mut fs = Fs::new(FsConfig::new(&backend.socket, "pulse-shared")).unwrap();
+    let mut fs = virtiofsd.device();
     let mem = create_shared_guest_memory(16).unwrap();
     let mut driver = Driver::new(&mem);
     let irqfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -305,8 +326,7 @@ fn with_msi_the_backend_interrupts_the_queues_irqfd_directly() {
         irqfd: irqfd.try_clone().unwrap(),
     });
     let features = fs.features();
-    fs.activate(mem.clone(), features, driver.queues(), irq.clone())
-        .unwrap();
+    driver.activate(&mut fs, features, irq.clone()).unwrap();
     driver.init();
     assert_eq!(driver.lookup_size("hello"), 20);
     assert!(
@@ -322,34 +342,27 @@ fn with_msi_the_backend_interrupts_the_queues_irqfd_directly() {
 
 #[test]
 fn anonymous_guest_memory_is_refused_at_activation() {
-    let Some(binary) = virtiofsd() else {
+    let Some(virtiofsd) = Virtiofsd::start() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&binary, dir.path(), &shared_dir(dir.path()));
-    let mut fs = Fs::new(FsConfig::new(&backend.socket, "pulse-shared")).unwrap();
+    let mut fs = virtiofsd.device();
     let mem = crate::memory::create_guest_memory(16).unwrap();
     let mut driver = Driver::new(&mem);
     let features = fs.features();
-    let err = fs
-        .activate(
-            mem,
-            features,
-            driver.queues(),
-            Arc::new(CountingInterrupt::default()),
-        )
+    let err = driver
+        .activate(&mut fs, features, Arc::new(CountingInterrupt::default()))
         .unwrap_err()
         .to_string();
     assert!(err.contains("not file-backed"), "{err}");
     let mut driver_queues = driver.queues();
     driver_queues.pop();
     let err = fs
-        .activate(
+        .activate(Activation::new(
             create_shared_guest_memory(16).unwrap(),
             features,
             driver_queues,
             Arc::new(CountingInterrupt::default()),
-        )
+        ))
         .unwrap_err();
     assert!(matches!(err, ActivateError::QueueNotReady(1)), "{err}");
 }
@@ -375,8 +388,7 @@ fn confined_child_entry() {
         let mut driver = Driver::new(&mem);
         let irq = Arc::new(CountingInterrupt::default());
         let features = fs.features() & !features::RING_EVENT_IDX;
-        fs.activate(mem.clone(), features, driver.queues(), irq.clone())
-            .unwrap();
+        driver.activate(&mut fs, features, irq.clone()).unwrap();
         driver.init();
         let size = driver.lookup_size("hello");
         fs.reset();
@@ -390,11 +402,9 @@ fn confined_child_entry() {
 
 #[test]
 fn activation_and_reset_run_under_the_vcpu_filter() {
-    let Some(binary) = virtiofsd() else {
+    let Some(virtiofsd) = Virtiofsd::start() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&binary, dir.path(), &shared_dir(dir.path()));
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -403,7 +413,7 @@ fn activation_and_reset_run_under_the_vcpu_filter() {
             "--test-threads",
             "1",
         ])
-        .env(CONFINED_CHILD_ENV, &backend.socket)
+        .env(CONFINED_CHILD_ENV, &virtiofsd.backend.socket)
         // A backtrace would open files to symbolize it (see docs/confinement.md).
         .env_remove("RUST_BACKTRACE")
         .output()

@@ -12,6 +12,8 @@
 pub mod chain;
 mod config;
 pub mod ctrl;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod packet_socket;
 pub mod tap;
 pub(crate) mod worker;
 
@@ -23,11 +25,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::confine::ThreadKind;
 use crate::devices::virtio::{
-    device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
+    device_type, features, read_config_bytes, ActivateError, Activation, ActiveQueue, VirtioDevice,
 };
 use crate::devices::worker::{FaultLog, GuestFault, Workers};
-use crate::interrupts::Interrupt;
-use crate::memory::GuestMemoryMmap;
 pub use config::{MacAddr, NetConfig, NetConfigError, TapSource};
 use ctrl::{Ctrl, Shared};
 use tap::{Tap, TapError, TapOrigin};
@@ -403,15 +403,9 @@ impl VirtioDevice for Net {
         // Read-only with VERSION_1: the MAC changes through the control queue.
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        features: u64,
-        queues: Vec<ActiveQueue>,
-        interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let negotiated = features & self.features();
+        let negotiated = activation.features & self.features();
         let pairs = if negotiated & F_MQ != 0 {
             self.config.queue_pairs
         } else {
@@ -424,13 +418,7 @@ impl VirtioDevice for Net {
             .map_err(other)?;
         self.tap.set_active_queues(1).map_err(other)?;
 
-        let mut slots: Vec<Option<ActiveQueue>> = Vec::new();
-        slots.resize_with(usize::from(2 * self.config.queue_pairs + 1), || None);
-        for q in queues {
-            if let Some(slot) = slots.get_mut(usize::from(q.index)) {
-                *slot = Some(q);
-            }
-        }
+        let mut slots = activation.take_queues(usize::from(2 * self.config.queue_pairs + 1));
         // Pairs the driver set up completely; the first incomplete one ends the list.
         let mut served = 0u16;
         while served < pairs
@@ -446,8 +434,8 @@ impl VirtioDevice for Net {
         let mut wakers = Vec::new();
         let mut worker_wakes = Vec::new();
         for _ in 0..served {
-            let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-            worker_wakes.push(wake.try_clone().map_err(ActivateError::Worker)?);
+            let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+            worker_wakes.push(wake.try_clone()?);
             wakers.push(wake);
         }
         let mut shared = Shared::new(
@@ -459,23 +447,16 @@ impl VirtioDevice for Net {
         );
         shared.faults = self.faults.clone();
         let shared = Arc::new(shared);
-        let vring = |q: ActiveQueue, counters: &[Arc<QueueCounters>]| Vring {
-            index: q.index,
-            counters: counters[usize::from(q.index)].clone(),
-            queue: q.queue,
-            notifier: q.notifier,
+        let vring = |q: ActiveQueue, counters: &[Arc<QueueCounters>]| {
+            let counters = counters[usize::from(q.index)].clone();
+            Vring::new(q, counters)
         };
         let mut ctrl = ctrl_index
             .and_then(|i| slots.get_mut(usize::from(i)))
             .and_then(Option::take)
             .map(|q| Ctrl {
-                vring: Vring {
-                    index: q.index,
-                    // The control queue's counters are the last ones, wherever it sits.
-                    counters: self.counters[self.counters.len() - 1].clone(),
-                    queue: q.queue,
-                    notifier: q.notifier,
-                },
+                // The control queue's counters are the last ones, wherever it sits.
+                vring: Vring::new(q, self.counters[self.counters.len() - 1].clone()),
                 shared: shared.clone(),
             });
         let mode = RxMode {
@@ -495,18 +476,17 @@ impl VirtioDevice for Net {
                 .clone();
             let worker = PairWorker::new(PairParts {
                 pair,
-                mem: mem.clone(),
+                mem: activation.mem.clone(),
                 rx: vring(rx, &self.counters),
                 tx: vring(tx, &self.counters),
                 ctrl: if pair == 0 { ctrl.take() } else { None },
                 tap,
                 kill: workers.stop_request()?,
                 wake,
-                interrupt: interrupt.clone(),
+                interrupt: activation.interrupt.clone(),
                 shared: shared.clone(),
                 mode,
-            })
-            .map_err(ActivateError::Worker)?;
+            })?;
             workers = workers.spawn(ThreadKind::Net, format!("net-q{pair}"), move || {
                 worker.run()
             })?;

@@ -441,6 +441,27 @@ impl Tap {
         Self::from_fds(name.to_string(), TapOrigin::Fake, fds)
     }
 
+    /// A one-queue fake tap over one end of a socket pair, and the other end: the peer reads
+    /// what the device writes to the tap and writes what the device reads (SOCK_SEQPACKET
+    /// keeps each frame whole).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn fake_pair(name: &str) -> (Self, OwnedFd) {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: socketpair writes two descriptors into the array, valid for the call.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0, "socketpair: {}", io::Error::last_os_error());
+        // SAFETY: both descriptors were just created and are owned by nobody else.
+        let (ours, peer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        (Self::fake(name, vec![ours]), peer)
+    }
+
     fn is_real(&self) -> bool {
         #[cfg(any(test, feature = "fuzzing"))]
         if self.origin == TapOrigin::Fake {

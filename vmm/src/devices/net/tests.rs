@@ -8,7 +8,7 @@
 //!   (unwinding drops it); persistent taps a test makes are removed by a guard.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,11 +17,14 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::ctrl::{cmd, Ctrl, Shared};
+use super::packet_socket::{recv_frame, PacketSocket};
 use super::tap::{self, Tap, TapError, TapOrigin, VNET_HDR_LEN};
 use super::worker::{PairParts, PairWorker, QueueCounters, RxMode, Vring, MAX_CHAIN_LEN};
 use super::*;
-use crate::devices::driver_ring::{CountingInterrupt, DriverRing, DESC_F_NEXT, DESC_F_WRITE};
-use crate::devices::virtio::{features as vf, ActiveQueue, VirtioDevice};
+use crate::devices::driver_ring::{
+    wait_until, CountingInterrupt, DriverRing, DESC_F_NEXT, DESC_F_WRITE,
+};
+use crate::devices::virtio::{features as vf, Activation, ActiveQueue, VirtioDevice};
 use crate::interrupts::Interrupt;
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
@@ -42,17 +45,6 @@ fn buf_base(q: u16) -> u64 {
 
 fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::SeqCst)
-}
-
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    f()
 }
 
 /// A test frame: EtherType 0x88b5, then "PT", a tag and a sequence number, then a pattern.
@@ -127,26 +119,16 @@ struct FakeRig {
     next_buf: u64,
 }
 
-fn socket_pair() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: socketpair writes two descriptors into the array, valid for the call.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
+/// Received frames may span buffers (MRG_RXBUF), checksums are not passed on.
+const MERGEABLE: RxMode = RxMode {
+    mergeable: true,
+    guest_csum: false,
+};
 
 fn fake_rig(mode: RxMode, event_idx: bool, with_ctrl: bool, features: u64) -> FakeRig {
     let mem = create_guest_memory(MEM_MIB).unwrap();
-    let (ours, peer) = socket_pair();
-    let tap = Arc::new(Tap::fake("fake0", vec![ours]));
+    let (tap, peer) = Tap::fake_pair("fake0");
+    let tap = Arc::new(tap);
     let ring = |q: u16| {
         let r = DriverRing::new(&mem, GuestAddress(ring_base(q)), QSIZE);
         let mut queue = r.queue();
@@ -236,16 +218,7 @@ impl FakeRig {
     /// Publishes a transmit chain holding a zero header and `frame` in one descriptor.
     fn send(&mut self, frame: &[u8]) {
         let at = self.alloc(VNET_HDR_LEN + frame.len());
-        self.mem
-            .write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(at))
-            .unwrap();
-        self.mem
-            .write_slice(frame, GuestAddress(at + VNET_HDR_LEN as u64))
-            .unwrap();
-        let head = self
-            .tx
-            .add_chain(&[(at, (VNET_HDR_LEN + frame.len()) as u32, false)]);
-        self.tx.publish(&[head]);
+        self.tx.publish_readable(at, &[&[0u8; VNET_HDR_LEN], frame]);
     }
 
     /// Posts `count` receive buffers of `len` bytes; returns (head, address) of each.
@@ -263,24 +236,7 @@ impl FakeRig {
 
     /// What the peer (the "host") read from the stand-in tap.
     fn peer_frames(&self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        loop {
-            let mut buf = vec![0u8; 70000];
-            // SAFETY: `buf` is valid for writes of its length.
-            let n = unsafe {
-                libc::recv(
-                    self.peer.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                return out;
-            }
-            buf.truncate(n as usize);
-            out.push(buf);
-        }
+        std::iter::from_fn(|| recv_frame(self.peer.as_fd(), None)).collect()
     }
 
     /// The "host" sends a frame (header + data) into the stand-in tap.
@@ -359,27 +315,17 @@ fn tx_waits_for_a_full_tap_and_loses_nothing() {
     let mut seqs = Vec::new();
     let deadline = Instant::now() + WAIT;
     while got < count && Instant::now() < deadline {
-        let mut buf = vec![0u8; 4096];
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe {
-            libc::recv(
-                peer.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n <= 0 {
+        let Some(buf) = recv_frame(peer.as_fd(), None) else {
             std::thread::sleep(Duration::from_millis(1));
             continue;
-        }
+        };
         seqs.push(marker_of(&buf[VNET_HDR_LEN..]).unwrap().1);
         got += 1;
     }
     assert_eq!(got, count, "all frames written");
     let want: Vec<u8> = (0..count).map(|s| s as u8).collect();
     assert_eq!(seqs, want, "in order, none lost or doubled");
-    assert!(wait_until(|| tx.used_idx() == count));
+    assert!(wait_until(WAIT, || tx.used_idx() == count));
     assert_eq!(load(&tx_counters.dropped), 0);
     bells[2].write(1).unwrap();
     thread.join().unwrap();
@@ -523,12 +469,8 @@ fn rx_too_large_for_the_buffer_is_dropped_and_the_buffer_returned() {
 
 #[test]
 fn rx_mergeable_spans_buffers_directly_and_through_the_bounce_buffer() {
-    let mode = RxMode {
-        mergeable: true,
-        guest_csum: false,
-    };
     for (buffers, label) in [(80usize, "direct"), (40, "bounce")] {
-        let mut r = fake_rig(mode, false, false, 0);
+        let mut r = fake_rig(MERGEABLE, false, false, 0);
         let posted = r.post_rx(buffers, 1024);
         let frame = marker_frame(GUEST_MAC, 5, 5, 3000);
         r.inject([0; VNET_HDR_LEN], &frame);
@@ -563,11 +505,7 @@ fn rx_mergeable_spans_buffers_directly_and_through_the_bounce_buffer() {
 
 #[test]
 fn rx_mergeable_frame_waits_for_enough_buffers() {
-    let mode = RxMode {
-        mergeable: true,
-        guest_csum: false,
-    };
-    let mut r = fake_rig(mode, false, false, 0);
+    let mut r = fake_rig(MERGEABLE, false, false, 0);
     r.post_rx(2, 1024);
     let frame = marker_frame(GUEST_MAC, 7, 7, 5000);
     r.inject([0; VNET_HDR_LEN], &frame);
@@ -1168,94 +1106,6 @@ fn inherited_queue_descriptors_of_a_multi_queue_tap() {
     assert!(tap::if_index(&name).is_none());
 }
 
-/// An AF_PACKET socket on the tap: what the host sees of the guest's frames, and a way to
-/// send frames to the guest.
-struct PacketSocket {
-    fd: OwnedFd,
-}
-
-impl PacketSocket {
-    fn bind(ifname: &str) -> Self {
-        let index = tap::if_index(ifname).expect("interface exists");
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: socket() takes no pointers.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::c_int::from(proto),
-            )
-        };
-        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-        // SAFETY: a fresh descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_ll is plain integers; zeroes are valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = index as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll of the length given.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-        Self { fd }
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: `frame` is valid for reads of its length.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(
-            n as usize,
-            frame.len(),
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-
-    /// Frames arriving from the guest (not the ones sent here) until `done` says enough, or
-    /// the wait runs out.
-    fn collect(&self, mut done: impl FnMut(&[Vec<u8>]) -> bool) -> Vec<Vec<u8>> {
-        let mut frames = Vec::new();
-        let deadline = Instant::now() + WAIT;
-        while !done(&frames) && Instant::now() < deadline {
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
-                continue;
-            }
-            let mut buf = vec![0u8; 70000];
-            // SAFETY: sockaddr_ll is plain integers; zeroes are valid.
-            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            // SAFETY: `buf` and `from` are valid for writes of the lengths given.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                    (&mut from as *mut libc::sockaddr_ll).cast(),
-                    &mut len,
-                )
-            };
-            if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
-                buf.truncate(n as usize);
-                frames.push(buf);
-            }
-        }
-        frames
-    }
-}
-
 /// A device on a real tap, activated on driver rings.
 struct TapRig {
     mem: GuestMemoryMmap,
@@ -1306,8 +1156,13 @@ fn tap_rig(pairs: u16, negotiated: u64) -> TapRig {
         bells.insert(q, bell);
     }
     let irq = Arc::new(CountingInterrupt::default());
-    net.activate(mem.clone(), negotiated, active, irq.clone())
-        .unwrap();
+    net.activate(Activation::new(
+        mem.clone(),
+        negotiated,
+        active,
+        irq.clone(),
+    ))
+    .unwrap();
     TapRig {
         mem,
         net,
@@ -1335,7 +1190,7 @@ impl TapRig {
     }
 
     fn wait_used(&self, q: u16, n: u16) -> bool {
-        wait_until(|| self.rings[&q].used_idx() >= n)
+        wait_until(WAIT, || self.rings[&q].used_idx() >= n)
     }
 
     fn send(&mut self, pair: u16, frames: &[Vec<u8>]) {
@@ -1436,7 +1291,9 @@ fn frames_sent_on_every_tx_queue_arrive_on_the_tap() {
             .collect();
         r.send(pair, &frames);
     }
-    let got = sock.collect(|f| f.iter().filter(|f| marker_of(f).is_some()).count() >= 12);
+    let got = sock.collect(WAIT, |f| {
+        f.iter().filter(|f| marker_of(f).is_some()).count() >= 12
+    });
     let mut markers: Vec<(u8, u8)> = got.iter().filter_map(|f| marker_of(f)).collect();
     markers.sort();
     let want: Vec<(u8, u8)> = (0..4).flat_map(|p| (0..3).map(move |s| (p, s))).collect();
@@ -1467,7 +1324,7 @@ fn frames_from_the_tap_reach_rx_queue_zero_until_pairs_are_set() {
         sock.send(&udp_frame(GUEST_MAC, HOST_MAC, 5000 + port, 0));
     }
     let mut got = Vec::new();
-    assert!(wait_until(|| {
+    assert!(wait_until(WAIT, || {
         got.extend(r.received(0));
         got.iter().filter(|f| udp_marker_of(f).is_some()).count() == 16
     }));
@@ -1500,7 +1357,7 @@ fn each_rx_queue_gets_the_flows_its_tx_queue_sent() {
     }
     let mut by_pair: Vec<Vec<(u16, u8)>> = vec![Vec::new(); usize::from(pairs)];
     assert!(
-        wait_until(|| {
+        wait_until(WAIT, || {
             for pair in 0..pairs {
                 let frames = r.received(pair);
                 by_pair[usize::from(pair)].extend(frames.iter().filter_map(|f| udp_marker_of(f)));
@@ -1535,7 +1392,7 @@ fn rx_pauses_without_buffers_and_loses_nothing() {
     assert_eq!(load(&rx0.frames), 0);
     r.post_rx(0, 32, 2048);
     let mut got = Vec::new();
-    assert!(wait_until(|| {
+    assert!(wait_until(WAIT, || {
         got.extend(r.received(0).iter().filter_map(|f| marker_of(f)));
         got.len() == 20
     }));
@@ -1633,7 +1490,7 @@ fn offloads_are_set_on_the_tap() {
     let mut frame = udp_frame([0xff; 6], GUEST_MAC, 7000, 1);
     frame.resize(1400, 0);
     r.send(0, &[frame]);
-    let got = sock.collect(|f| f.iter().any(|f| udp_marker_of(f).is_some()));
+    let got = sock.collect(WAIT, |f| f.iter().any(|f| udp_marker_of(f).is_some()));
     assert!(got.iter().any(|f| udp_marker_of(f) == Some((7000, 1))));
 }
 
@@ -1702,7 +1559,12 @@ fn activation_needs_pair_zero_and_survives_resets() {
     let mut net = Net::new(NetConfig::new(&tap_name())).unwrap();
     let irq: Arc<dyn Interrupt> = Arc::new(CountingInterrupt::default());
     let err = net
-        .activate(mem.clone(), vf::VERSION_1, Vec::new(), irq.clone())
+        .activate(Activation::new(
+            mem.clone(),
+            vf::VERSION_1,
+            Vec::new(),
+            irq.clone(),
+        ))
         .err()
         .unwrap();
     assert!(matches!(
@@ -1717,8 +1579,13 @@ fn activation_needs_pair_zero_and_survives_resets() {
                 notifier: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             })
             .collect();
-        net.activate(mem.clone(), vf::VERSION_1, queues, irq.clone())
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        net.activate(Activation::new(
+            mem.clone(),
+            vf::VERSION_1,
+            queues,
+            irq.clone(),
+        ))
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert_eq!(net.active_queue_pairs(), 1);
         net.reset();
     }
@@ -1740,7 +1607,7 @@ fn an_avail_index_past_the_transmit_ring_breaks_the_queue_and_the_worker_still_s
     mem.write_obj(QSIZE + 5, avail_idx).unwrap();
     let thread = std::thread::spawn(move || worker.run());
     bells[1].write(1).unwrap();
-    assert!(wait_until(|| irq.needs_reset_requests() == 1));
+    assert!(wait_until(WAIT, || irq.needs_reset_requests() == 1));
     bells[1].write(1).unwrap();
     bells[2].write(1).unwrap();
     crate::devices::driver_ring::join_within(thread, Duration::from_secs(30))

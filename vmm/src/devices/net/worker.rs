@@ -18,10 +18,10 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -29,8 +29,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::chain::{self, as_iovecs, ChainError, Seg, MAX_SEGMENTS};
 use super::ctrl::{Ctrl, Shared};
 use super::tap::{TapQueue, VNET_HDR_LEN};
+pub(crate) use crate::devices::worker::bump;
 use crate::devices::worker::{
-    self, guest_queue, DeviceWorker, GuestFault, LoopContext, QueueFault, Served,
+    self, guest_queue, vring, DeviceWorker, GuestFault, InterruptCount, LoopContext, QueueFault,
+    Served,
 };
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
@@ -65,40 +67,14 @@ pub struct QueueCounters {
     pub no_buffers: AtomicU64,
 }
 
-/// Adds `n` to a counter.
-pub(crate) fn bump(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+impl InterruptCount for QueueCounters {
+    fn interrupts(&self) -> &AtomicU64 {
+        &self.interrupts
+    }
 }
 
 /// A queue as a worker serves it.
-pub struct Vring {
-    /// Index on the device.
-    pub index: u16,
-    /// The virtqueue.
-    pub queue: Queue,
-    /// Doorbell.
-    pub notifier: EventFd,
-    /// Counters.
-    pub counters: Arc<QueueCounters>,
-}
-
-impl Vring {
-    /// Returns a chain to the guest. A head outside the descriptor table has no used entry to
-    /// go to; the caller has counted that chain as malformed already.
-    pub(crate) fn add_used(&mut self, mem: &GuestMemoryMmap, head: u16, len: u32) {
-        if let Err(e) = guest_queue::add_used(&mut self.queue, mem, head, len) {
-            tracing::debug!(queue = self.index, "add_used: {e}");
-        }
-    }
-
-    /// Raises the queue's interrupt if the driver wants one for what was just used.
-    pub(crate) fn signal(&mut self, mem: &GuestMemoryMmap, interrupt: &dyn Interrupt) {
-        if guest_queue::needs_notification(&mut self.queue, mem) {
-            bump(&self.counters.interrupts, 1);
-            interrupt.trigger(self.index);
-        }
-    }
-}
+pub type Vring = vring::Vring<QueueCounters>;
 
 /// How received frames are laid out in guest buffers.
 #[derive(Clone, Copy, Debug, Default)]

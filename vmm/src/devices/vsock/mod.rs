@@ -23,11 +23,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::confine::{self, ThreadKind};
 use crate::devices::virtio::{
-    device_type, features, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice,
+    device_type, features, read_config_bytes, ActivateError, Activation, VirtioDevice,
 };
-use crate::devices::worker::{FaultLog, LoopContext};
-use crate::interrupts::Interrupt;
-use crate::memory::GuestMemoryMmap;
+use crate::devices::worker::FaultLog;
 use muxer::{Muxer, VsockCounters};
 
 /// Size of each queue.
@@ -288,26 +286,13 @@ impl VirtioDevice for Vsock {
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        _features: u64,
-        queues: Vec<ActiveQueue>,
-        interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         if let Some(w) = self.worker.take() {
             w.stop();
         }
-        let mut rx = None;
-        let mut tx = None;
-        let mut event = None;
-        for q in queues {
-            match q.index {
-                0 => rx = Some((q.queue, q.notifier)),
-                1 => tx = Some((q.queue, q.notifier)),
-                _ => event = Some((q.queue, q.notifier)),
-            }
-        }
+        let mut slots = activation.take_queues(3);
+        let mut take = |i: usize| slots[i].take().map(|q| (q.queue, q.notifier));
+        let (rx, tx, event) = (take(0), take(1), take(2));
         if rx.is_none() || tx.is_none() {
             // The device is useless without both; go back to refusing.
             self.worker = self.respawn_refuser();
@@ -317,24 +302,20 @@ impl VirtioDevice for Vsock {
                 1
             }));
         }
-        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let kill = EventFd::new(libc::EFD_NONBLOCK)?;
         let muxer = Muxer {
-            mem,
+            mem: activation.mem.clone(),
             guest_cid: self.config.guest_cid,
             uds_path: self.config.uds_path.clone(),
-            listener: self.listener.try_clone().map_err(ActivateError::Worker)?,
+            listener: self.listener.try_clone()?,
             rx,
             tx,
             event,
-            reset_request: self
-                .reset_request
-                .try_clone()
-                .map_err(ActivateError::Worker)?,
-            kill: kill.try_clone().map_err(ActivateError::Worker)?,
+            reset_request: self.reset_request.try_clone()?,
+            kill: kill.try_clone()?,
             counters: self.counters.clone(),
         };
-        let ctx =
-            LoopContext::new(interrupt, self.faults.clone()).map_err(ActivateError::Worker)?;
+        let ctx = activation.loop_context(&self.faults)?;
         let thread = confine::spawn(ThreadKind::Vsock, "vsock".into(), move || muxer.run(ctx))?;
         self.worker = Some(Worker { kill, thread });
         Ok(())

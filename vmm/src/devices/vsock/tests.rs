@@ -11,8 +11,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::{op, Header, HEADER_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{Vsock, VsockConfig};
-use crate::devices::driver_ring::{CountingInterrupt, DriverRing, DESC_F_NEXT};
-use crate::devices::virtio::{features, ActiveQueue, VirtioDevice};
+use crate::devices::driver_ring::{
+    assert_broken_once, assert_resets, wait_until, CountingInterrupt, DriverRing, DESC_F_NEXT,
+};
+use crate::devices::virtio::{features, Activation, VirtioDevice};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
 const CID: u64 = 42;
@@ -56,25 +58,10 @@ fn rig_with(negotiated: u64, rx_buffers: u16) -> Rig {
     let rx = DriverRing::new(&mem, GuestAddress(0x10_0000), QSIZE);
     let tx = DriverRing::new(&mem, GuestAddress(0x11_0000), QSIZE);
     let ev = DriverRing::new(&mem, GuestAddress(0x12_0000), QSIZE);
-    let (rx_evt, tx_evt) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
-    let ev_evt = EventFd::new(0).unwrap();
-    let mut queues = vec![
-        ActiveQueue {
-            index: 0,
-            queue: rx.queue(),
-            notifier: rx_evt.try_clone().unwrap(),
-        },
-        ActiveQueue {
-            index: 1,
-            queue: tx.queue(),
-            notifier: tx_evt.try_clone().unwrap(),
-        },
-        ActiveQueue {
-            index: 2,
-            queue: ev.queue(),
-            notifier: ev_evt.try_clone().unwrap(),
-        },
-    ];
+    let (rx_queue, rx_evt) = rx.active_queue(0);
+    let (tx_queue, tx_evt) = tx.active_queue(1);
+    let (ev_queue, ev_evt) = ev.active_queue(2);
+    let mut queues = vec![rx_queue, tx_queue, ev_queue];
     let mut guest = Guest {
         mem: mem.clone(),
         rx,
@@ -93,7 +80,8 @@ fn rig_with(negotiated: u64, rx_buffers: u16) -> Rig {
         virtio_queue::QueueT::set_event_idx(&mut q.queue, event_idx);
     }
     let irq = Arc::new(CountingInterrupt::default());
-    dev.activate(mem, negotiated, queues, irq.clone()).unwrap();
+    dev.activate(Activation::new(mem, negotiated, queues, irq.clone()))
+        .unwrap();
     Rig {
         dev,
         guest,
@@ -138,24 +126,17 @@ impl Guest {
         h.len = payload.len() as u32;
         let at = 0x180_0000 + (self.tx_slot % u64::from(QSIZE)) * 0x1_0000;
         self.tx_slot += 1;
-        self.mem.write_slice(&h.encode(), GuestAddress(at)).unwrap();
-        self.mem
-            .write_slice(payload, GuestAddress(at + HEADER_SIZE as u64))
-            .unwrap();
-        let head = self
-            .tx
-            .add_chain(&[(at, (HEADER_SIZE + payload.len()) as u32, false)]);
-        self.tx.publish(&[head]);
+        self.tx.publish_readable(at, &[&h.encode(), payload]);
         self.tx_evt.write(1).unwrap();
     }
 
     /// The next packet the device delivered, waiting up to 5 s.
     fn recv(&mut self) -> (Header, Vec<u8>) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.rx.used_idx() == self.rx_seen {
-            assert!(Instant::now() < deadline, "no packet from the device");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        assert!(
+            wait_until(Duration::from_secs(5), || self.rx.used_idx()
+                != self.rx_seen),
+            "no packet from the device"
+        );
         let (head, len) = self.rx.used_elem(self.rx_seen);
         self.rx_seen = self.rx_seen.wrapping_add(1);
         let mut raw = [0u8; HEADER_SIZE];
@@ -200,11 +181,34 @@ fn read_line(s: &mut UnixStream) -> String {
     String::from_utf8(line).unwrap()
 }
 
-/// Host connects to guest port `port` and the guest accepts.
-fn host_connect(r: &mut Rig, port: u32) -> (UnixStream, u32) {
+/// The guest connects from its port `src` to host port `dst`, where `listener` accepts, and
+/// sends "ping"; returns the host's end of the connection, the ping read.
+fn guest_connects(r: &mut Rig, listener: &UnixListener, src: u32, dst: u32) -> UnixStream {
+    r.guest.send(r.guest.header(src, dst, op::REQUEST), b"");
+    let (resp, _) = r.guest.recv_op();
+    assert_eq!(
+        (resp.op, resp.src_port, resp.dst_port),
+        (op::RESPONSE, dst, src)
+    );
+    let (mut s, _) = listener.accept().unwrap();
+    r.guest.send(r.guest.header(src, dst, op::RW), b"ping");
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    s
+}
+
+/// A host process connects to guest port `port`: its stream and the REQUEST the guest got.
+fn host_request(r: &mut Rig, port: u32) -> (UnixStream, Header) {
     let mut s = UnixStream::connect(&r.path).unwrap();
     s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
     let (req, _) = r.guest.recv_op();
+    (s, req)
+}
+
+/// Host connects to guest port `port` and the guest accepts.
+fn host_connect(r: &mut Rig, port: u32) -> (UnixStream, u32) {
+    let (mut s, req) = host_request(r, port);
     assert_eq!(
         (req.op, req.dst_port, req.dst_cid, req.src_cid),
         (op::REQUEST, port, CID, HOST_CID)
@@ -253,9 +257,7 @@ fn host_initiated_stream_both_ways() {
 #[test]
 fn guest_refusal_and_bad_lines_are_reported() {
     let mut r = rig();
-    let mut s = UnixStream::connect(&r.path).unwrap();
-    s.write_all(b"CONNECT 7\n").unwrap();
-    let (req, _) = r.guest.recv_op();
+    let (mut s, req) = host_request(&mut r, 7);
     r.guest.send(r.guest.header(7, req.src_port, op::RST), b"");
     assert_eq!(read_line(&mut s), "ERR connection refused by guest port 7");
     for (line, want) in [
@@ -281,17 +283,7 @@ fn guest_refusal_and_bad_lines_are_reported() {
 fn guest_initiated_connections_reach_the_forward_socket() {
     let mut r = rig();
     let listener = UnixListener::bind(format!("{}_52", r.path.display())).unwrap();
-    r.guest.send(r.guest.header(5000, 52, op::REQUEST), b"");
-    let (resp, _) = r.guest.recv_op();
-    assert_eq!(
-        (resp.op, resp.src_port, resp.dst_port),
-        (op::RESPONSE, 52, 5000)
-    );
-    let (mut s, _) = listener.accept().unwrap();
-    r.guest.send(r.guest.header(5000, 52, op::RW), b"ping");
-    let mut got = [0u8; 4];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"ping");
+    let mut s = guest_connects(&mut r, &listener, 5000, 52);
     s.write_all(b"pong").unwrap();
     let (h, data) = r.guest.recv_op();
     assert_eq!((h.op, data.as_slice()), (op::RW, &b"pong"[..]));
@@ -316,9 +308,7 @@ fn guest_initiated_connections_reach_the_forward_socket() {
 #[test]
 fn host_data_respects_the_guest_credit() {
     let mut r = rig();
-    let mut s = UnixStream::connect(&r.path).unwrap();
-    s.write_all(b"CONNECT 9\n").unwrap();
-    let (req, _) = r.guest.recv_op();
+    let (mut s, req) = host_request(&mut r, 9);
     let local = req.src_port;
     let mut resp = r.guest.header(9, local, op::RESPONSE);
     resp.buf_alloc = 100;
@@ -374,17 +364,13 @@ fn hostile_packets_do_not_hurt() {
         .add_chain(&[(0x191_0000, HEADER_SIZE as u32, false)]);
     r.guest.tx.publish(&[head]);
     r.guest.tx_evt.write(1).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while r
-        .dev
-        .counters()
-        .bad_packets
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < 3
-    {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let counters = r.dev.counters();
+    let bad = || {
+        counters
+            .bad_packets
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(wait_until(Duration::from_secs(5), || bad() >= 3));
     host_connect(&mut r, 1024);
 }
 
@@ -478,11 +464,10 @@ fn transport_reset_drops_connections_and_tells_the_guest() {
     let head = r.guest.ev.add_chain(&[(EVENT_BUF, 8, true)]);
     r.guest.ev.publish(&[head]);
     r.guest.ev_evt.write(1).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while r.guest.ev.used_idx() == 0 {
-        assert!(Instant::now() < deadline, "no event delivered");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    assert!(
+        wait_until(Duration::from_secs(5), || r.guest.ev.used_idx() != 0),
+        "no event delivered"
+    );
     assert_eq!(r.guest.ev.used_elem(0), (u32::from(head), 4));
     let id: u32 = r.guest.mem.read_obj(GuestAddress(EVENT_BUF)).unwrap();
     assert_eq!(id, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
@@ -504,22 +489,16 @@ fn an_avail_index_past_the_transmit_ring_breaks_the_queue_and_the_device_still_s
     let avail_idx = GuestAddress(0x11_0000 + 16 * u64::from(QSIZE) + 2);
     r.guest.mem.write_obj(QSIZE + 5, avail_idx).unwrap();
     r.guest.tx_evt.write(1).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while r.irq.needs_reset_requests() == 0 {
-        assert!(Instant::now() < deadline, "no DEVICE_NEEDS_RESET");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    r.guest.tx_evt.write(1).unwrap();
-    let Rig { mut dev, irq, .. } = r;
-    let faults = dev.faults().clone();
-    let stopper = std::thread::spawn(move || dev.reset());
-    crate::devices::driver_ring::join_within(stopper, Duration::from_secs(30))
-        .expect("the device stops");
-    assert_eq!(irq.needs_reset_requests(), 1);
-    assert_eq!(
-        faults.count(crate::devices::worker::GuestFault::AvailIndexTooFar),
-        1
+    assert!(
+        wait_until(Duration::from_secs(30), || r.irq.needs_reset_requests()
+            != 0),
+        "no DEVICE_NEEDS_RESET"
     );
+    r.guest.tx_evt.write(1).unwrap();
+    let Rig { dev, irq, .. } = r;
+    let faults = dev.faults().clone();
+    assert_resets(dev);
+    assert_broken_once(&irq, &faults);
 }
 
 #[test]
@@ -532,27 +511,14 @@ fn a_host_listener_that_never_accepts_does_not_stall_other_connections() {
     let live = UnixListener::bind(format!("{}_53", r.path.display())).unwrap();
     // The connect to port 52 cannot complete; it must not hold the device.
     r.guest.send(r.guest.header(5000, 52, op::REQUEST), b"");
-    r.guest.send(r.guest.header(5001, 53, op::REQUEST), b"");
-    let (resp, _) = r.guest.recv_op();
-    assert_eq!(
-        (resp.op, resp.src_port, resp.dst_port),
-        (op::RESPONSE, 53, 5001)
-    );
-    let (mut s, _) = live.accept().unwrap();
-    r.guest.send(r.guest.header(5001, 53, op::RW), b"ping");
-    let mut got = [0u8; 4];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"ping");
+    let _s = guest_connects(&mut r, &live, 5001, 53);
     // A host-initiated connection works too.
     let (mut h, _) = host_connect(&mut r, 1024);
     h.write_all(b"x").unwrap();
     let (p, data) = r.guest.recv_op();
     assert_eq!((p.op, data.as_slice()), (op::RW, &b"x"[..]));
     // And the device stops while the connect still waits.
-    let Rig { mut dev, .. } = r;
-    let stopper = std::thread::spawn(move || dev.reset());
-    crate::devices::driver_ring::join_within(stopper, Duration::from_secs(30))
-        .expect("the device stops");
+    assert_resets(r.dev);
 }
 
 #[test]
@@ -584,13 +550,12 @@ fn replies_the_guest_has_no_buffers_for_are_bounded() {
     }
     let counters = r.dev.counters().clone();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while load(&counters.replies_queued) + load(&counters.replies_dropped) + u64::from(QSIZE)
-        < PACKETS
-    {
-        assert!(Instant::now() < deadline, "replies not accounted for");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let accounted = || load(&counters.replies_queued) + load(&counters.replies_dropped);
+    assert!(
+        wait_until(Duration::from_secs(30), || accounted() + u64::from(QSIZE)
+            >= PACKETS),
+        "replies not accounted for"
+    );
     assert_eq!(load(&counters.replies_queued), MAX_QUEUED_REPLIES as u64);
     assert_eq!(
         load(&counters.replies_dropped),
@@ -615,25 +580,20 @@ fn a_device_out_of_receive_buffers_asks_for_the_next_doorbell() {
         s.write_all(b"CONNECT 1024\n").unwrap();
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while r.guest.rx.used_idx() != 1 {
-        assert!(Instant::now() < deadline, "no REQUEST delivered");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    assert!(
+        wait_until(Duration::from_secs(5), || r.guest.rx.used_idx() == 1),
+        "no REQUEST delivered"
+    );
     // The second finds none: the device must want a doorbell at the next buffer.
     let _second = UnixStream::connect(&r.path).map(|mut s| {
         s.write_all(b"CONNECT 1025\n").unwrap();
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while r.guest.rx.avail_event() != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "avail_event stayed {}: a Linux driver would never kick again",
-            r.guest.rx.avail_event()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    assert!(
+        wait_until(Duration::from_secs(5), || r.guest.rx.avail_event() == 1),
+        "avail_event stayed {}: a Linux driver would never kick again",
+        r.guest.rx.avail_event()
+    );
     // The driver posts one buffer and kicks only as vring_need_event says: it does now.
     let (event, old) = (r.guest.rx.avail_event(), r.guest.rx.avail_idx());
     let head = r.guest.rx.add_chain(&[(0, 0, true)]);
@@ -642,9 +602,8 @@ fn a_device_out_of_receive_buffers_asks_for_the_next_doorbell() {
     let new = r.guest.rx.avail_idx();
     assert!(new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old));
     r.guest.rx_evt.write(1).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while r.guest.rx.used_idx() != 2 {
-        assert!(Instant::now() < deadline, "the second REQUEST never came");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    assert!(
+        wait_until(Duration::from_secs(5), || r.guest.rx.used_idx() == 2),
+        "the second REQUEST never came"
+    );
 }

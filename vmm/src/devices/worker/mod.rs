@@ -11,11 +11,14 @@
 pub mod device_loop;
 pub mod fault_log;
 pub mod guest_queue;
+pub mod vring;
 mod workers;
 
 pub use device_loop::{run, DeviceWorker, LoopContext, STOP_TOKEN};
 pub use fault_log::{FaultCounts, FaultLog, GuestFault};
 pub use guest_queue::{Chain, Drained, QueueFault, Served};
+pub(crate) use vring::bump;
+pub use vring::{InterruptCount, Vring};
 pub(crate) use workers::Workers;
 
 /// Chains a worker serves per queue and wake-up before it looks at its other events (the

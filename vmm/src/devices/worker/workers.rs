@@ -14,7 +14,7 @@ pub(crate) struct Workers {
 
 impl Workers {
     pub(crate) fn new() -> Result<Self, ActivateError> {
-        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let kill = EventFd::new(libc::EFD_NONBLOCK)?;
         Ok(Self {
             kill,
             threads: Vec::new(),
@@ -23,7 +23,7 @@ impl Workers {
 
     /// The stop eventfd, for one worker to watch.
     pub(crate) fn stop_request(&self) -> Result<EventFd, ActivateError> {
-        self.kill.try_clone().map_err(ActivateError::Worker)
+        Ok(self.kill.try_clone()?)
     }
 
     /// Starts one confined worker thread. When it cannot start, the workers already running
