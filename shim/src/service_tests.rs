@@ -6,6 +6,7 @@ use crate::task::events::RecordedEvents;
 use crate::task::registry::{Container, Process};
 use std::collections::HashMap;
 use std::time::Duration;
+use ttrpc::Code;
 
 fn service() -> (Service, Arc<RecordedEvents>) {
     let events = Arc::new(RecordedEvents::default());

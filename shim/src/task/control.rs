@@ -1,0 +1,76 @@
+//! The calls that act on a running task's processes: signals, the terminal's size, the end of
+//! stdin, and new resources.
+
+use containerd_shim_protos::api;
+use ttrpc::Code;
+
+use super::errors::status;
+use super::guest::Guest;
+use crate::service::Service;
+
+impl Service {
+    pub(crate) async fn kill_task(&self, req: api::KillRequest) -> ttrpc::Result<api::Empty> {
+        let sandbox = self.sandbox_of_process(&req.id, &req.exec_id, |p| {
+            p.machine
+                .check_kill()
+                .map_err(|_| status(Code::NOT_FOUND, "process already finished"))
+        })?;
+        Guest::new(sandbox.agent())
+            .signal(&req.id, &req.exec_id, req.signal, req.all)
+            .await?;
+        Ok(api::Empty::new())
+    }
+
+    pub(crate) async fn resize_pty_task(
+        &self,
+        req: api::ResizePtyRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let sandbox = self.sandbox_of_process(&req.id, &req.exec_id, |_| Ok(()))?;
+        Guest::new(sandbox.agent())
+            .resize(&req.id, &req.exec_id, req.height, req.width)
+            .await?;
+        Ok(api::Empty::new())
+    }
+
+    pub(crate) async fn close_io_task(
+        &self,
+        req: api::CloseIORequest,
+    ) -> ttrpc::Result<api::Empty> {
+        if !req.stdin {
+            return Ok(api::Empty::new());
+        }
+        let (sandbox, pump) = {
+            let mut state = self.inner.state.lock().unwrap();
+            let sandbox = state.sandbox()?;
+            (sandbox, state.process(&req.id, &req.exec_id)?.stdin.take())
+        };
+        if let Some(mut pump) = pump {
+            // The shim lets go of the FIFO and answers at once, as containerd's runc shim does:
+            // the pump forwards what is left and ends stdin in the guest when the last writer is
+            // gone, however long the process takes to read it. (ctr calls CloseIO from inside
+            // its read of the EOF and closes its own writer only once CloseIO has returned:
+            // waiting here for that writer cost every ctr 2 s and then cut off what the pump
+            // had not forwarded yet.)
+            drop(pump.hold.take());
+            return Ok(api::Empty::new());
+        }
+        crate::stdio::close_stdin(sandbox.agent(), &req.id, &req.exec_id).await;
+        Ok(api::Empty::new())
+    }
+
+    pub(crate) async fn update_task(
+        &self,
+        req: api::UpdateTaskRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let sandbox = self.sandbox_of(&req.id)?;
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|r| r.value.clone())
+            .ok_or_else(|| status(Code::INVALID_ARGUMENT, "update without resources"))?;
+        Guest::new(sandbox.agent())
+            .update(&req.id, resources)
+            .await?;
+        Ok(api::Empty::new())
+    }
+}
