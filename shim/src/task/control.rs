@@ -6,29 +6,35 @@ use ttrpc::Code;
 
 use super::errors::status;
 use super::guest::Guest;
+use super::registry::Process;
 use crate::service::Service;
 
 impl Service {
     pub(crate) async fn kill_task(&self, req: api::KillRequest) -> ttrpc::Result<api::Empty> {
-        let sandbox = self.sandbox_of_process(&req.id, &req.exec_id, |p| {
-            p.machine
-                .check_kill()
-                .map_err(|_| status(Code::NOT_FOUND, "process already finished"))
-        })?;
-        Guest::new(sandbox.agent())
-            .signal(&req.id, &req.exec_id, req.signal, req.all)
-            .await?;
-        Ok(api::Empty::new())
+        let (id, exec) = (&req.id, &req.exec_id);
+        let signal = async |guest: Guest<'_>| guest.signal(id, exec, req.signal, req.all).await;
+        self.on_guest(id, exec, still_running, signal).await
     }
 
     pub(crate) async fn resize_pty_task(
         &self,
         req: api::ResizePtyRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let sandbox = self.sandbox_of_process(&req.id, &req.exec_id, |_| Ok(()))?;
-        Guest::new(sandbox.agent())
-            .resize(&req.id, &req.exec_id, req.height, req.width)
-            .await?;
+        let (id, exec) = (&req.id, &req.exec_id);
+        let resize = async |guest: Guest<'_>| guest.resize(id, exec, req.height, req.width).await;
+        self.on_guest(id, exec, |_| Ok(()), resize).await
+    }
+
+    /// `call` on the guest of process `exec` of container `id`, once `check` allows it.
+    async fn on_guest(
+        &self,
+        id: &str,
+        exec: &str,
+        check: impl FnOnce(&Process) -> ttrpc::Result<()>,
+        call: impl AsyncFnOnce(Guest<'_>) -> ttrpc::Result<()>,
+    ) -> ttrpc::Result<api::Empty> {
+        let sandbox = self.sandbox_of_process(id, exec, check)?;
+        call(Guest::new(sandbox.agent())).await?;
         Ok(api::Empty::new())
     }
 
@@ -73,4 +79,11 @@ impl Service {
             .await?;
         Ok(api::Empty::new())
     }
+}
+
+/// A signal goes only to a process that has not finished (containerd takes NOT_FOUND as gone).
+fn still_running(p: &Process) -> ttrpc::Result<()> {
+    p.machine
+        .check_kill()
+        .map_err(|_| status(Code::NOT_FOUND, "process already finished"))
 }
