@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use containerd_shim::asynchronous::{publisher::RemotePublisher, ExitSignal, Shim};
 use containerd_shim::{Config, Error, Flags, StartOpts};
 use containerd_shim_protos::api::DeleteResponse;
-use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageField;
 use tokio::io::AsyncReadExt;
 
@@ -19,6 +18,7 @@ use crate::hypervisor::SandboxPaths;
 use crate::persist::{BundleRecord, SandboxRecord, BUNDLE_RECORD};
 use crate::pod::{annotations_of, PodRole};
 use crate::service::Service;
+use crate::task::errors::timestamp;
 
 /// How long a new shim may take to serve its socket.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,17 +150,11 @@ impl Shim for PulseShim {
         tokio::task::spawn_blocking(move || cleanup_dead_shim(&bundle, &namespace, &id))
             .await
             .map_err(|e| other(e.to_string()))?;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let mut ts = Timestamp::new();
-        ts.seconds = now.as_secs() as i64;
-        ts.nanos = now.subsec_nanos() as i32;
         Ok(DeleteResponse {
             pid: 0,
             // As containerd's own shims report a process that died with its shim: SIGKILL.
             exit_status: 128 + 9,
-            exited_at: MessageField::some(ts),
+            exited_at: MessageField::some(timestamp(SystemTime::now())),
             ..Default::default()
         })
     }
