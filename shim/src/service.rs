@@ -1,9 +1,10 @@
 //! containerd's task service (API v2) for one pod: every call maps onto the
-//! guest agent's Containers API through the pod's [`Sandbox`].
+//! guest agent's Containers API through the pod's [`Sandbox`](crate::sandbox::Sandbox).
 
 use std::sync::{Arc, Mutex};
 
 use crate::task::events::{ContainerdEvents, EventSink};
+use crate::task::guest::Guest;
 use async_trait::async_trait;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::ExitSignal;
@@ -15,7 +16,6 @@ use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use tokio::sync::mpsc;
 
-use crate::sandbox::Sandbox;
 use crate::task::registry::{Process, State};
 
 /// The task service of one shim (one pod).
@@ -36,22 +36,22 @@ pub(crate) struct Inner {
 }
 
 impl Service {
-    /// The sandbox of container `id` (which must exist).
-    pub(crate) fn sandbox_of(&self, id: &str) -> ttrpc::Result<Arc<Sandbox>> {
-        self.sandbox_of_process(id, "", |_| Ok(()))
+    /// The guest of container `id` (which must exist).
+    pub(crate) fn guest_of(&self, id: &str) -> ttrpc::Result<Guest> {
+        self.guest_of_process(id, "", |_| Ok(()))
     }
 
-    /// The sandbox of process `exec` of container `id` (which must exist), once `check` allows
+    /// The guest of process `exec` of container `id` (which must exist), once `check` allows
     /// the call on it.
-    pub(crate) fn sandbox_of_process(
+    pub(crate) fn guest_of_process(
         &self,
         id: &str,
         exec: &str,
         check: impl FnOnce(&Process) -> ttrpc::Result<()>,
-    ) -> ttrpc::Result<Arc<Sandbox>> {
+    ) -> ttrpc::Result<Guest> {
         let mut state = self.inner.state.lock().unwrap();
         check(state.process(id, exec)?)?;
-        state.sandbox()
+        Ok(Guest::new(state.sandbox()?.agent()))
     }
 
     /// A service publishing to containerd's `publisher` in `namespace`; `exit` is signalled

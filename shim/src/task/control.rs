@@ -12,7 +12,7 @@ use crate::service::Service;
 impl Service {
     pub(crate) async fn kill_task(&self, req: api::KillRequest) -> ttrpc::Result<api::Empty> {
         let (id, exec) = (&req.id, &req.exec_id);
-        let signal = async |guest: Guest<'_>| guest.signal(id, exec, req.signal, req.all).await;
+        let signal = async |guest: Guest| guest.signal(id, exec, req.signal, req.all).await;
         self.on_guest(id, exec, still_running, signal).await
     }
 
@@ -21,7 +21,7 @@ impl Service {
         req: api::ResizePtyRequest,
     ) -> ttrpc::Result<api::Empty> {
         let (id, exec) = (&req.id, &req.exec_id);
-        let resize = async |guest: Guest<'_>| guest.resize(id, exec, req.height, req.width).await;
+        let resize = async |guest: Guest| guest.resize(id, exec, req.height, req.width).await;
         self.on_guest(id, exec, |_| Ok(()), resize).await
     }
 
@@ -31,10 +31,9 @@ impl Service {
         id: &str,
         exec: &str,
         check: impl FnOnce(&Process) -> ttrpc::Result<()>,
-        call: impl AsyncFnOnce(Guest<'_>) -> ttrpc::Result<()>,
+        call: impl AsyncFnOnce(Guest) -> ttrpc::Result<()>,
     ) -> ttrpc::Result<api::Empty> {
-        let sandbox = self.sandbox_of_process(id, exec, check)?;
-        call(Guest::new(sandbox.agent())).await?;
+        call(self.guest_of_process(id, exec, check)?).await?;
         Ok(api::Empty::new())
     }
 
@@ -68,15 +67,13 @@ impl Service {
         &self,
         req: api::UpdateTaskRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let sandbox = self.sandbox_of(&req.id)?;
+        let guest = self.guest_of(&req.id)?;
         let resources = req
             .resources
             .as_ref()
             .map(|r| r.value.clone())
             .ok_or_else(|| status(Code::INVALID_ARGUMENT, "update without resources"))?;
-        Guest::new(sandbox.agent())
-            .update(&req.id, resources)
-            .await?;
+        guest.update(&req.id, resources).await?;
         Ok(api::Empty::new())
     }
 }

@@ -10,8 +10,8 @@ use super::errors::agent_err;
 use crate::agent::Agent;
 
 /// The guest's containers, through the pod's agent.
-pub struct Guest<'a> {
-    agent: &'a Agent,
+pub struct Guest {
+    agent: Agent,
     client: ContainersClient,
 }
 
@@ -72,11 +72,14 @@ rpcs! {
     ContainerStatsRequest -> ContainerStatsResponse: container_stats;
 }
 
-impl<'a> Guest<'a> {
+impl Guest {
     /// The containers of `agent`'s guest.
-    pub fn new(agent: &'a Agent) -> Self {
+    pub fn new(agent: &Agent) -> Self {
         let client = agent.containers();
-        Self { agent, client }
+        Self {
+            agent: agent.clone(),
+            client,
+        }
     }
 
     /// `req` sent under the agent's request deadline, its failure saying `what` was being done.

@@ -6,7 +6,6 @@ use containerd_shim_protos::protobuf::MessageField;
 use ttrpc::Code;
 
 use super::errors::{status, timestamp};
-use super::guest::Guest;
 use super::registry::map_status;
 use crate::service::Service;
 
@@ -65,8 +64,7 @@ impl Service {
         &self,
         req: api::PidsRequest,
     ) -> ttrpc::Result<api::PidsResponse> {
-        let sandbox = self.sandbox_of(&req.id)?;
-        let pids = Guest::new(sandbox.agent()).pids(&req.id).await?;
+        let pids = self.guest_of(&req.id)?.pids(&req.id).await?;
         let info = |pid| api::ProcessInfo {
             pid,
             ..Default::default()

@@ -203,8 +203,7 @@ impl Service {
         &self,
         req: api::StatsRequest,
     ) -> ttrpc::Result<api::StatsResponse> {
-        let sandbox = self.sandbox_of(&req.id)?;
-        let s = Guest::new(sandbox.agent()).stats(&req.id).await?;
+        let s = self.guest_of(&req.id)?.stats(&req.id).await?;
         let metrics = cg2::Metrics {
             pids: MessageField::some(cg2::PidsStat {
                 current: s.pids_current,
@@ -248,7 +247,7 @@ impl Service {
     /// Pauses (freezes) or resumes container `id`, and publishes `/tasks/paused` or
     /// `/tasks/resumed`.
     async fn freeze_task(&self, id: &str, pause: bool) -> ttrpc::Result<api::Empty> {
-        let sandbox = self.sandbox_of_process(id, "", |p| {
+        let guest = self.guest_of_process(id, "", |p| {
             let allowed = if pause {
                 p.machine.check_pause()
             } else {
@@ -256,7 +255,7 @@ impl Service {
             };
             allowed.map_err(state_err)
         })?;
-        Guest::new(sandbox.agent()).freeze(id, pause).await?;
+        guest.freeze(id, pause).await?;
         {
             let mut state = self.inner.state.lock().unwrap();
             let machine = &mut state.process(id, "")?.machine;
