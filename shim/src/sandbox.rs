@@ -765,6 +765,10 @@ fn watch_console_for_oom(
 }
 
 #[cfg(test)]
+#[path = "sandbox_without_vm.rs"]
+mod without_vm;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
