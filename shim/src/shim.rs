@@ -248,18 +248,30 @@ mod tests {
         )
         .unwrap();
     }
-    #[test]
-    fn delete_kills_a_dead_shims_vm_and_removes_its_files() {
+    /// A work directory with `bundle` and the sandbox directory `sandbox` in it, both made.
+    fn bundle_and_sandbox(sandbox: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
         let work = tempfile::tempdir().unwrap();
         let bundle = work.path().join("bundle");
-        let sandbox = work.path().join("state/ns/pod");
+        let sandbox = work.path().join(sandbox);
         std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::create_dir_all(sandbox.join("rootfs")).unwrap();
-        std::fs::write(sandbox.join("slot-0.img"), b"disk").unwrap();
-        let mut vm = std::process::Command::new("sleep")
+        std::fs::create_dir_all(&sandbox).unwrap();
+        (work, bundle, sandbox)
+    }
+
+    /// A process that lives a minute: the stand-in for a VM or another shim.
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep")
             .arg("60")
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn delete_kills_a_dead_shims_vm_and_removes_its_files() {
+        let (_work, bundle, sandbox) = bundle_and_sandbox("state/ns/pod");
+        std::fs::create_dir_all(sandbox.join("rootfs")).unwrap();
+        std::fs::write(sandbox.join("slot-0.img"), b"disk").unwrap();
+        let mut vm = sleeper();
         // A shim that is gone: a record whose start time matches nothing.
         let dead_shim = ProcRecord {
             pid: std::process::id(),
@@ -284,15 +296,8 @@ mod tests {
 
     #[test]
     fn delete_leaves_a_live_shims_sandbox() {
-        let work = tempfile::tempdir().unwrap();
-        let bundle = work.path().join("bundle");
-        let sandbox = work.path().join("ns/pod");
-        std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::create_dir_all(&sandbox).unwrap();
-        let mut other_shim = std::process::Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .unwrap();
+        let (_work, bundle, sandbox) = bundle_and_sandbox("ns/pod");
+        let mut other_shim = sleeper();
         SandboxRecord {
             shim: ProcRecord::of(other_shim.id()),
             ..Default::default()
