@@ -110,19 +110,22 @@ impl Service {
     }
 }
 
-/// containerd's `Task` for [`Service`]: each call goes to the handler named beside it (none
-/// needs the ttrpc context). The macro writes the whole impl so that `async_trait` sees the
-/// methods it expands to.
-macro_rules! task_service {
-    ($($call:ident($req:ident) -> $resp:ident => $handler:ident;)*) => {
+/// `impl $trait for $ty`, an `async_trait` ttrpc service whose requests and replies are in
+/// `$module`, from a table: each call goes to the method named beside it, which takes the
+/// request (none needs the ttrpc context). The macro writes the whole impl so that
+/// `async_trait` sees the methods it expands to.
+macro_rules! ttrpc_service {
+    (impl $trait:ident for $ty:ty, $module:ident {
+        $($call:ident($req:ident) -> $resp:ident => $handler:ident;)*
+    }) => {
         #[async_trait]
-        impl Task for Service {
+        impl $trait for $ty {
             $(
                 async fn $call(
                     &self,
                     _ctx: &TtrpcContext,
-                    req: api::$req,
-                ) -> ttrpc::Result<api::$resp> {
+                    req: $module::$req,
+                ) -> ttrpc::Result<$module::$resp> {
                     self.$handler(req).await
                 }
             )*
@@ -130,23 +133,25 @@ macro_rules! task_service {
     };
 }
 
-task_service! {
-    state(StateRequest) -> StateResponse => state_task;
-    create(CreateTaskRequest) -> CreateTaskResponse => create_task;
-    start(StartRequest) -> StartResponse => start_task;
-    delete(DeleteRequest) -> DeleteResponse => delete_task;
-    pids(PidsRequest) -> PidsResponse => pids_task;
-    pause(PauseRequest) -> Empty => pause_task;
-    resume(ResumeRequest) -> Empty => resume_task;
-    kill(KillRequest) -> Empty => kill_task;
-    exec(ExecProcessRequest) -> Empty => exec_task;
-    resize_pty(ResizePtyRequest) -> Empty => resize_pty_task;
-    close_io(CloseIORequest) -> Empty => close_io_task;
-    update(UpdateTaskRequest) -> Empty => update_task;
-    wait(WaitRequest) -> WaitResponse => wait_task;
-    stats(StatsRequest) -> StatsResponse => stats_task;
-    connect(ConnectRequest) -> ConnectResponse => connect_task;
-    shutdown(ShutdownRequest) -> Empty => shutdown_task;
+ttrpc_service! {
+    impl Task for Service, api {
+        state(StateRequest) -> StateResponse => state_task;
+        create(CreateTaskRequest) -> CreateTaskResponse => create_task;
+        start(StartRequest) -> StartResponse => start_task;
+        delete(DeleteRequest) -> DeleteResponse => delete_task;
+        pids(PidsRequest) -> PidsResponse => pids_task;
+        pause(PauseRequest) -> Empty => pause_task;
+        resume(ResumeRequest) -> Empty => resume_task;
+        kill(KillRequest) -> Empty => kill_task;
+        exec(ExecProcessRequest) -> Empty => exec_task;
+        resize_pty(ResizePtyRequest) -> Empty => resize_pty_task;
+        close_io(CloseIORequest) -> Empty => close_io_task;
+        update(UpdateTaskRequest) -> Empty => update_task;
+        wait(WaitRequest) -> WaitResponse => wait_task;
+        stats(StatsRequest) -> StatsResponse => stats_task;
+        connect(ConnectRequest) -> ConnectResponse => connect_task;
+        shutdown(ShutdownRequest) -> Empty => shutdown_task;
+    }
 }
 
 #[cfg(test)]

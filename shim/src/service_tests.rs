@@ -10,6 +10,7 @@ use crate::task::registry::map_status;
 use crate::task::registry::{Container, Process};
 use pulse_protocols::containers;
 use pulse_protocols::containers_ttrpc::{create_containers, Containers};
+use pulse_protocols::protobuf::{self, MessageFull};
 use std::collections::HashMap;
 use std::time::Duration;
 use ttrpc::r#async::{Client, Server};
@@ -134,7 +135,7 @@ async fn the_state_of_a_created_container_and_its_oom_event() {
     assert_eq!(code(start).0, Code::FAILED_PRECONDITION);
 }
 
-/// The agent's Containers service as the tests below play it: it records each call and
+/// The agent's Containers service as the tests below play it: it records each request and
 /// answers with fixed pids; container `gone` is not there.
 #[derive(Default)]
 struct FakeContainers {
@@ -142,68 +143,62 @@ struct FakeContainers {
 }
 
 impl FakeContainers {
-    fn record(&self, call: String) {
+    /// Records `req` as its type's name and its fields (protobuf's text format).
+    fn record<R: MessageFull>(&self, req: &R) {
+        let text = protobuf::text_format::print_to_string(req);
+        let call = format!("{} {text}", R::descriptor().name());
         self.calls.lock().unwrap().push(call);
     }
 
     fn taken(&self) -> Vec<String> {
         std::mem::take(&mut self.calls.lock().unwrap())
     }
-}
 
-/// The fake's impl: each call is recorded as its name and its request (in protobuf's text
-/// format) and answered by the function beside it. The macro writes the whole impl so that
-/// `async_trait` sees the methods it expands to.
-macro_rules! fake_containers {
-    ($($method:ident($req:ident) -> $reply:ident => $answer:expr;)*) => {
-        #[async_trait]
-        impl Containers for FakeContainers {
-            $(
-                async fn $method(
-                    &self,
-                    _ctx: &TtrpcContext,
-                    req: containers::$req,
-                ) -> ttrpc::Result<containers::$reply> {
-                    let text = protobuf::text_format::print_to_string(&req);
-                    self.record(format!("{} {text}", stringify!($method)));
-                    ($answer)(req)
-                }
-            )*
-        }
-    };
-}
-
-fake_containers! {
-    start_container(StartContainerRequest) -> StartContainerResponse => started;
-    signal_process(SignalProcessRequest) -> SignalProcessResponse => |_| Ok(Default::default());
-    pause_container(PauseContainerRequest) -> PauseContainerResponse => |_| Ok(Default::default());
-    resume_container(ResumeContainerRequest) -> ResumeContainerResponse
-        => |_| Ok(Default::default());
-    list_processes(ListProcessesRequest) -> ListProcessesResponse => |_| Ok(listed(&[42, 7]));
-}
-
-/// The guest's start: pid 42, or NOT_FOUND for container `gone`.
-fn started(
-    req: containers::StartContainerRequest,
-) -> ttrpc::Result<containers::StartContainerResponse> {
-    if req.container_id == "gone" {
-        return Err(status(Code::NOT_FOUND, "no such container"));
+    /// A call the fake only records, answered with an empty reply.
+    async fn recorded<R: MessageFull, T: Default>(&self, req: R) -> ttrpc::Result<T> {
+        self.record(&req);
+        Ok(T::default())
     }
-    Ok(containers::StartContainerResponse {
-        pid: 42,
-        ..Default::default()
-    })
+
+    /// The guest's start: pid 42, or NOT_FOUND for container `gone`.
+    async fn started(
+        &self,
+        req: containers::StartContainerRequest,
+    ) -> ttrpc::Result<containers::StartContainerResponse> {
+        self.record(&req);
+        if req.container_id == "gone" {
+            return Err(status(Code::NOT_FOUND, "no such container"));
+        }
+        Ok(containers::StartContainerResponse {
+            pid: 42,
+            ..Default::default()
+        })
+    }
+
+    /// The guest's processes: pids 42 and 7.
+    async fn listed(
+        &self,
+        req: containers::ListProcessesRequest,
+    ) -> ttrpc::Result<containers::ListProcessesResponse> {
+        self.record(&req);
+        let info = |pid| containers::ProcessInfo {
+            pid,
+            ..Default::default()
+        };
+        Ok(containers::ListProcessesResponse {
+            processes: vec![info(42), info(7)],
+            ..Default::default()
+        })
+    }
 }
 
-/// The guest's list of processes `pids`.
-fn listed(pids: &[u32]) -> containers::ListProcessesResponse {
-    let info = |&pid| containers::ProcessInfo {
-        pid,
-        ..Default::default()
-    };
-    containers::ListProcessesResponse {
-        processes: pids.iter().map(info).collect(),
-        ..Default::default()
+ttrpc_service! {
+    impl Containers for FakeContainers, containers {
+        start_container(StartContainerRequest) -> StartContainerResponse => started;
+        signal_process(SignalProcessRequest) -> SignalProcessResponse => recorded;
+        pause_container(PauseContainerRequest) -> PauseContainerResponse => recorded;
+        resume_container(ResumeContainerRequest) -> ResumeContainerResponse => recorded;
+        list_processes(ListProcessesRequest) -> ListProcessesResponse => listed;
     }
 }
 
@@ -262,7 +257,10 @@ async fn start_runs_the_init_in_the_guest_and_publishes_its_pid() {
     let t = with_guest().await;
     let started = t.start("c1").await.unwrap();
     assert_eq!(started.pid, 42);
-    assert_eq!(t.guest.taken(), [r#"start_container container_id: "c1""#]);
+    assert_eq!(
+        t.guest.taken(),
+        [r#"StartContainerRequest container_id: "c1""#]
+    );
     assert_eq!(status_of(&t.service, "c1"), api::Status::RUNNING);
     assert_eq!(
         t.events.taken(),
@@ -319,11 +317,11 @@ async fn kill_pause_resume_and_pids_reach_the_guest() {
     assert_eq!(
         t.guest.taken(),
         [
-            r#"start_container container_id: "c1""#,
-            r#"signal_process container_id: "c1" signal: 15 all: true"#,
-            r#"pause_container container_id: "c1""#,
-            r#"resume_container container_id: "c1""#,
-            r#"list_processes container_id: "c1""#,
+            r#"StartContainerRequest container_id: "c1""#,
+            r#"SignalProcessRequest container_id: "c1" signal: 15 all: true"#,
+            r#"PauseContainerRequest container_id: "c1""#,
+            r#"ResumeContainerRequest container_id: "c1""#,
+            r#"ListProcessesRequest container_id: "c1""#,
         ]
     );
     let topics: Vec<String> = t.events.taken().into_iter().map(|(t, _)| t).collect();
