@@ -34,6 +34,17 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How often a wait looks whether the VM still runs.
 const VM_CHECK: Duration = Duration::from_millis(100);
 
+/// A ttrpc context whose deadline is `timeout` away (a deadline past i64 nanoseconds, 292
+/// years, is no deadline in practice and is cut there).
+pub fn deadline_ctx(timeout: Duration) -> Context {
+    context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// `d` in whole milliseconds, for logs (cut at u64::MAX).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The host end of the agent's readiness announcement.
 pub struct ReadyListener {
     listener: UnixListener,
@@ -113,7 +124,7 @@ async fn wait_ready(
                 return match announced {
                     Ok(announced) if announced == port => {
                         tracing::info!(
-                            ms = started.elapsed().as_millis() as u64,
+                            ms = millis(started.elapsed()),
                             "guest agent announced itself"
                         );
                         Ok(())
@@ -198,7 +209,7 @@ impl Agent {
 
     /// A context with the request deadline.
     pub fn ctx(&self) -> Context {
-        context::with_timeout(self.timeout.as_nanos() as i64)
+        deadline_ctx(self.timeout)
     }
 
     /// A context without a deadline, for requests that wait (process exits, output).
@@ -263,10 +274,7 @@ async fn attempt(
     let agent = Agent::new(Client::new(Socket::from(stream)), request_timeout);
     let health = agent
         .health()
-        .check(
-            context::with_timeout(health_timeout.as_nanos() as i64),
-            &health::CheckRequest::new(),
-        )
+        .check(deadline_ctx(health_timeout), &health::CheckRequest::new())
         .await
         .map_err(|e| format!("connected, but the health check failed: {e}"))?;
     if health.state.enum_value_or_default() != health::ServingState::SERVING_STATE_SERVING {
@@ -299,7 +307,7 @@ pub async fn connect(
             Ok(agent) => {
                 tracing::info!(
                     attempts,
-                    ms = started.elapsed().as_millis() as u64,
+                    ms = millis(started.elapsed()),
                     "guest agent connected"
                 );
                 return Ok(agent);

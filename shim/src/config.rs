@@ -643,13 +643,23 @@ mod tests {
         let err = PulseConfig::parse("[hypervisor]\nbackend = \"xen\"\n", path).unwrap_err();
         assert!(err.to_string().contains("xen"), "{err}");
 
-        let (_dir, text) = with_image("vcpus = 0\n");
-        let c = PulseConfig::parse(&text, path).unwrap();
-        assert!(c
-            .validate(path)
-            .unwrap_err()
-            .to_string()
-            .contains("vm.vcpus"));
+        // Each invalid value is named by its key.
+        for (extra, key) in [
+            ("vcpus = 0\n", "vm.vcpus"),
+            (
+                "[shim]\nconsole_log_max_kib = 0\n",
+                "shim.console_log_max_kib",
+            ),
+            (
+                "[shim]\ncgroup_parent = \"../escape\"\n",
+                "shim.cgroup_parent",
+            ),
+        ] {
+            let (_dir, text) = with_image(extra);
+            let c = PulseConfig::parse(&text, path).unwrap();
+            let err = c.validate(path).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
 
         let c = PulseConfig::parse("[vm]\nkernel = \"/nonexistent/vmlinux\"\n", path).unwrap();
         let err = c.validate(path).unwrap_err().to_string();
@@ -657,21 +667,6 @@ mod tests {
             err.contains("vm.kernel") && err.contains("/nonexistent/vmlinux"),
             "{err}"
         );
-        let (_dir, text) = with_image("[shim]\nconsole_log_max_kib = 0\n");
-        let err = PulseConfig::parse(&text, path)
-            .unwrap()
-            .validate(path)
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("shim.console_log_max_kib"),
-            "{err}"
-        );
-        let (_dir, text) = with_image("[shim]\ncgroup_parent = \"../escape\"\n");
-        let err = PulseConfig::parse(&text, path)
-            .unwrap()
-            .validate(path)
-            .unwrap_err();
-        assert!(err.to_string().contains("shim.cgroup_parent"), "{err}");
 
         let err = PulseConfig::load(Path::new("/nonexistent/pulse.toml")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/pulse.toml"), "{err}");

@@ -107,7 +107,7 @@ pub fn kill_all(procs: &[ProcRecord], limit: Duration) -> usize {
             continue;
         }
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p.pid as i32),
+            nix::unistd::Pid::from_raw(p.pid.cast_signed()),
             nix::sys::signal::Signal::SIGKILL,
         );
         killed += 1;

@@ -513,7 +513,7 @@ impl Sandbox {
             .agent
             .sandbox()
             .destroy_sandbox(
-                ttrpc::context::with_timeout(POWEROFF_WAIT.as_nanos() as i64),
+                crate::agent::deadline_ctx(POWEROFF_WAIT),
                 &sandbox_api::DestroySandboxRequest {
                     force: true,
                     ..Default::default()
@@ -763,6 +763,10 @@ fn watch_console_for_oom(
         }
     })
 }
+
+#[cfg(test)]
+#[path = "sandbox_without_vm.rs"]
+mod without_vm;
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use containerd_shim::asynchronous::{publisher::RemotePublisher, ExitSignal, Shim};
 use containerd_shim::{Config, Error, Flags, StartOpts};
 use containerd_shim_protos::api::DeleteResponse;
-use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageField;
 use tokio::io::AsyncReadExt;
 
@@ -19,6 +18,7 @@ use crate::hypervisor::SandboxPaths;
 use crate::persist::{BundleRecord, SandboxRecord, BUNDLE_RECORD};
 use crate::pod::{annotations_of, PodRole};
 use crate::service::Service;
+use crate::task::errors::timestamp;
 
 /// How long a new shim may take to serve its socket.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,17 +150,11 @@ impl Shim for PulseShim {
         tokio::task::spawn_blocking(move || cleanup_dead_shim(&bundle, &namespace, &id))
             .await
             .map_err(|e| other(e.to_string()))?;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let mut ts = Timestamp::new();
-        ts.seconds = now.as_secs() as i64;
-        ts.nanos = now.subsec_nanos() as i32;
         Ok(DeleteResponse {
             pid: 0,
             // As containerd's own shims report a process that died with its shim: SIGKILL.
             exit_status: 128 + 9,
-            exited_at: MessageField::some(ts),
+            exited_at: MessageField::some(timestamp(SystemTime::now())),
             ..Default::default()
         })
     }
@@ -254,18 +248,30 @@ mod tests {
         )
         .unwrap();
     }
-    #[test]
-    fn delete_kills_a_dead_shims_vm_and_removes_its_files() {
+    /// A work directory with `bundle` and the sandbox directory `sandbox` in it, both made.
+    fn bundle_and_sandbox(sandbox: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
         let work = tempfile::tempdir().unwrap();
         let bundle = work.path().join("bundle");
-        let sandbox = work.path().join("state/ns/pod");
+        let sandbox = work.path().join(sandbox);
         std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::create_dir_all(sandbox.join("rootfs")).unwrap();
-        std::fs::write(sandbox.join("slot-0.img"), b"disk").unwrap();
-        let mut vm = std::process::Command::new("sleep")
+        std::fs::create_dir_all(&sandbox).unwrap();
+        (work, bundle, sandbox)
+    }
+
+    /// A process that lives a minute: the stand-in for a VM or another shim.
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep")
             .arg("60")
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn delete_kills_a_dead_shims_vm_and_removes_its_files() {
+        let (_work, bundle, sandbox) = bundle_and_sandbox("state/ns/pod");
+        std::fs::create_dir_all(sandbox.join("rootfs")).unwrap();
+        std::fs::write(sandbox.join("slot-0.img"), b"disk").unwrap();
+        let mut vm = sleeper();
         // A shim that is gone: a record whose start time matches nothing.
         let dead_shim = ProcRecord {
             pid: std::process::id(),
@@ -290,15 +296,8 @@ mod tests {
 
     #[test]
     fn delete_leaves_a_live_shims_sandbox() {
-        let work = tempfile::tempdir().unwrap();
-        let bundle = work.path().join("bundle");
-        let sandbox = work.path().join("ns/pod");
-        std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::create_dir_all(&sandbox).unwrap();
-        let mut other_shim = std::process::Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .unwrap();
+        let (_work, bundle, sandbox) = bundle_and_sandbox("ns/pod");
+        let mut other_shim = sleeper();
         SandboxRecord {
             shim: ProcRecord::of(other_shim.id()),
             ..Default::default()

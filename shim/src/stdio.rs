@@ -230,21 +230,20 @@ impl Pumps {
     /// Starts the pumps for `paths`.
     pub fn start(agent: &Agent, container: &str, exec: &str, paths: &StdioPaths) -> Pumps {
         let mut pumps = Pumps::default();
-        pumps.outputs.push(spawn_output(
-            agent.clone(),
-            container.into(),
-            exec.into(),
-            Output::Stdout,
-            paths.stdout.clone(),
-        ));
+        // A terminal's output is one stream, its stdout.
+        let mut outputs = vec![(Output::Stdout, &paths.stdout)];
         if !paths.terminal {
-            pumps.outputs.push(spawn_output(
+            outputs.push((Output::Stderr, &paths.stderr));
+        }
+        for (output, path) in outputs {
+            let pump = spawn_output(
                 agent.clone(),
                 container.into(),
                 exec.into(),
-                Output::Stderr,
-                paths.stderr.clone(),
-            ));
+                output,
+                path.clone(),
+            );
+            pumps.outputs.push(pump);
         }
         if !paths.stdin.is_empty() {
             match spawn_stdin(

@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
+use common::net::mgmt_get;
 use common::{text, Env, IMAGE};
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -412,22 +413,8 @@ fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
     assert_eq!(code, Some(0), "the pod still runs: {said}");
 
     // kill -9 of the shim: containerd's `delete` removes what it left.
-    let shims: Vec<u32> = env
-        .pod_processes()
-        .into_iter()
-        .filter(|(_, c)| common::is_shim(c))
-        .map(|(p, _)| p)
-        .collect();
-    assert_eq!(shims.len(), 1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shims[0] as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    env.wait_not_running("vfs1");
-    let _ = env.ctr(&["tasks", "delete", "vfs1"]);
-    let out = env.ctr(&["containers", "delete", "vfs1"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.kill_9_the_shim();
+    env.delete_after_its_shim("vfs1");
     env.assert_no_leaks();
     assert!(share_mounts(&env).is_empty());
     // The host's files are intact.
@@ -507,13 +494,7 @@ fn detached_container_exec_tty_kill_delete() {
     let out = env.ctr(&["tasks", "ps", "d1"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    let out = env.ctr(&["tasks", "kill", "--signal", "SIGKILL", "d1"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    env.wait_status("d1", "STOPPED");
-    let out = env.ctr(&["tasks", "delete", "d1"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = env.ctr(&["containers", "delete", "d1"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.kill_and_delete("d1");
     env.assert_no_leaks();
 }
 
@@ -558,15 +539,43 @@ fn a_two_container_pod_shares_one_shim_and_one_vm() {
     assert_eq!(text(&out.stdout).trim(), "pod1", "{}", text(&out.stderr));
 
     for id in ["app1", "pod1"] {
-        let out = env.ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        env.wait_status(id, "STOPPED");
-        let out = env.ctr(&["tasks", "delete", id]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let out = env.ctr(&["containers", "delete", id]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        env.kill_and_delete(id);
     }
     env.assert_no_leaks();
+}
+
+/// `ctr events` of a test's containerd, written to a file.
+struct Events {
+    ctr: std::process::Child,
+    file: std::path::PathBuf,
+}
+
+impl Events {
+    fn record(env: &Env) -> Events {
+        let file = env.dir.path().join("events.txt");
+        let mut ctr = env.ctr_cmd(&["events"]);
+        ctr.stdout(std::fs::File::create(&file).unwrap())
+            .stderr(Stdio::null());
+        let ctr = ctr.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        Events { ctr, file }
+    }
+
+    /// Waits up to 20 s until every one of `wanted` was seen, then stops `ctr events`; what
+    /// it saw.
+    fn until(mut self, wanted: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let seen = loop {
+            let seen = std::fs::read_to_string(&self.file).unwrap_or_default();
+            if wanted.iter().all(|w| seen.contains(w)) || Instant::now() > deadline {
+                break seen;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let _ = self.ctr.kill();
+        let _ = self.ctr.wait();
+        seen
+    }
 }
 
 #[test]
@@ -574,13 +583,7 @@ fn ctr_events_shows_the_task_events() {
     require_env!();
     let _one = serial();
     let env = Env::start();
-    let events_file = env.dir.path().join("events.txt");
-    let mut events = env.ctr_cmd(&["events"]);
-    events
-        .stdout(std::fs::File::create(&events_file).unwrap())
-        .stderr(Stdio::null());
-    let mut events = events.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let events = Events::record(&env);
 
     env.run_sleeping("ev1");
     let out = env.ctr(&["tasks", "exec", "--exec-id", "x", "ev1", "true"]);
@@ -599,16 +602,7 @@ fn ctr_events_shows_the_task_events() {
         "/tasks/exit",
         "/tasks/delete",
     ];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let seen = loop {
-        let seen = std::fs::read_to_string(&events_file).unwrap_or_default();
-        if wanted.iter().all(|w| seen.contains(w)) || Instant::now() > deadline {
-            break seen;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let _ = events.kill();
-    let _ = events.wait();
+    let seen = events.until(&wanted);
     for w in wanted {
         assert!(seen.contains(w), "no {w} in:\n{seen}");
     }
@@ -653,23 +647,9 @@ fn kill_9_of_the_shim_then_delete_leaves_nothing() {
             );
         }
     }
-    let shims: Vec<u32> = env
-        .pod_processes()
-        .into_iter()
-        .filter(|(_, c)| common::is_shim(c))
-        .map(|(p, _)| p)
-        .collect();
-    assert_eq!(shims.len(), 1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shims[0] as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    env.kill_9_the_shim();
     // containerd notices the dead shim and runs `containerd-shim-pulse-v2 delete`.
-    env.wait_not_running("k1");
-    let _ = env.ctr(&["tasks", "delete", "k1"]);
-    let out = env.ctr(&["containers", "delete", "k1"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.delete_after_its_shim("k1");
     env.assert_no_leaks();
 }
 
@@ -735,34 +715,6 @@ fn a_missing_kernel_and_a_broken_config_are_clear_errors() {
         "{err}"
     );
     env.assert_no_leaks();
-}
-
-/// The pid of the one Pulse shim of this environment.
-fn the_shim(env: &Env) -> u32 {
-    let shims: Vec<u32> = env
-        .pod_processes()
-        .into_iter()
-        .filter(|(_, c)| common::is_shim(c))
-        .map(|(p, _)| p)
-        .collect();
-    assert_eq!(shims.len(), 1, "{shims:?}");
-    shims[0]
-}
-
-/// `GET path` on a management socket: (status line, body).
-fn http_get(socket: &std::path::Path, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: pulse\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
 }
 
 /// Checks the Prometheus text exposition format, line by line; returns the
@@ -992,7 +944,7 @@ fn pause_resume_metrics_update_and_the_management_socket() {
 
     // The management socket: /metrics (Prometheus text), /report (JSON, both views).
     let socket = env.state_dir().join(common::NS).join("pm1/mgmt.sock");
-    let (status, body) = http_get(&socket, "/metrics");
+    let (status, body) = mgmt_get(&socket, "/metrics");
     assert!(status.contains("200"), "{status}: {body}");
     let samples = parse_prometheus(&body);
     let value = |name: &str| {
@@ -1028,7 +980,7 @@ fn pause_resume_metrics_update_and_the_management_socket() {
         .collect();
     assert_eq!(queues.len(), 4, "{body}");
 
-    let (status, body) = http_get(&socket, "/report");
+    let (status, body) = mgmt_get(&socket, "/report");
     assert!(status.contains("200"), "{status}: {body}");
     let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(report["sandbox"], "pm1");
@@ -1058,14 +1010,10 @@ fn pause_resume_metrics_update_and_the_management_socket() {
         }
     }
     assert!(report.get("guest_error").is_none(), "{body}");
-    let (status, _) = http_get(&socket, "/nope");
+    let (status, _) = mgmt_get(&socket, "/nope");
     assert!(status.contains("404"), "{status}");
 
-    let out = env.ctr(&["tasks", "kill", "--signal", "SIGKILL", "pm1"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    env.wait_status("pm1", "STOPPED");
-    assert!(env.ctr(&["tasks", "delete", "pm1"]).status.success());
-    assert!(env.ctr(&["containers", "delete", "pm1"]).status.success());
+    env.kill_and_delete("pm1");
     env.assert_no_leaks();
 }
 
@@ -1074,13 +1022,7 @@ fn an_oom_kill_in_the_guest_is_an_oom_event_and_exit_137() {
     require_env!();
     let _one = serial();
     let env = Env::start();
-    let events_file = env.dir.path().join("events.txt");
-    let mut events = env.ctr_cmd(&["events"]);
-    events
-        .stdout(std::fs::File::create(&events_file).unwrap())
-        .stderr(Stdio::null());
-    let mut events = events.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let events = Events::record(&env);
 
     // dd allocates its 128 MiB block buffer and fills it from /dev/zero; the
     // container may use 32 MiB. (A 256 MiB buffer is refused by malloc in a
@@ -1098,16 +1040,7 @@ fn an_oom_kill_in_the_guest_is_an_oom_event_and_exit_137() {
         text(&out.stderr),
         env.log()
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let seen = loop {
-        let seen = std::fs::read_to_string(&events_file).unwrap_or_default();
-        if seen.contains("/tasks/oom") || Instant::now() > deadline {
-            break seen;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let _ = events.kill();
-    let _ = events.wait();
+    let seen = events.until(&["/tasks/oom"]);
     let oom = seen
         .lines()
         .find(|l| l.contains("/tasks/oom"))
@@ -1122,7 +1055,7 @@ fn sigterm_to_the_shim_stops_the_pod_and_the_shim_exits() {
     let _one = serial();
     let env = Env::start();
     env.run_sleeping("t1");
-    let pid = the_shim(&env);
+    let pid = env.the_shim();
     let sandbox = env.state_dir().join(common::NS).join("t1");
     assert!(sandbox.join("mgmt.sock").exists());
     let started = Instant::now();
@@ -1157,10 +1090,7 @@ fn sigterm_to_the_shim_stops_the_pod_and_the_shim_exits() {
         "the shim logged no clean stop:\n{}",
         env.log()
     );
-    env.wait_not_running("t1");
-    let _ = env.ctr(&["tasks", "delete", "t1"]);
-    let out = env.ctr(&["containers", "delete", "t1"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.delete_after_its_shim("t1");
     env.assert_no_leaks();
 }
 
@@ -1197,7 +1127,7 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
     );
 
     let socket = env.state_dir().join(common::NS).join("net1/mgmt.sock");
-    let (_, body) = http_get(&socket, "/report");
+    let (_, body) = mgmt_get(&socket, "/report");
     let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     let host_net: Vec<_> = report["host"]["devices"]
         .as_array()
@@ -1221,11 +1151,7 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
     let (code, out) = exec_sh(&env, "net1", "link", "cat /sys/class/net/eth0/operstate");
     assert_eq!((code, out.trim()), (Some(0), "down"), "{out}");
 
-    let out = env.ctr(&["tasks", "kill", "--signal", "SIGKILL", "net1"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    env.wait_status("net1", "STOPPED");
-    assert!(env.ctr(&["tasks", "delete", "net1"]).status.success());
-    assert!(env.ctr(&["containers", "delete", "net1"]).status.success());
+    env.kill_and_delete("net1");
     // The holder is one of the pod's processes: gone with its namespace and the tap.
     env.assert_no_leaks();
     assert!(
@@ -1311,7 +1237,7 @@ fn status_exec_and_kill_answer_again_and_again_on_one_pod() {
     env.run_sleeping("rep1");
     let socket = env.state_dir().join(common::NS).join("rep1/mgmt.sock");
     for round in 0..6 {
-        let (status, body) = http_get(&socket, "/report");
+        let (status, body) = mgmt_get(&socket, "/report");
         assert!(status.contains("200"), "round {round}: {status}: {body}");
         let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         assert!(report.get("guest_error").is_none(), "round {round}: {body}");
@@ -1320,7 +1246,7 @@ fn status_exec_and_kill_answer_again_and_again_on_one_pod() {
             serde_json::json!([]),
             "round {round}: {body}"
         );
-        let (status, body) = http_get(&socket, "/metrics");
+        let (status, body) = mgmt_get(&socket, "/metrics");
         assert!(status.contains("200"), "round {round}: {status}: {body}");
         let id = format!("x{round}");
         let out = env.ctr(&["tasks", "exec", "--exec-id", &id, "rep1", "echo", &id]);
@@ -1331,10 +1257,6 @@ fn status_exec_and_kill_answer_again_and_again_on_one_pod() {
             text(&out.stderr)
         );
     }
-    let out = env.ctr(&["tasks", "kill", "--signal", "SIGKILL", "rep1"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    env.wait_status("rep1", "STOPPED");
-    assert!(env.ctr(&["tasks", "delete", "rep1"]).status.success());
-    assert!(env.ctr(&["containers", "delete", "rep1"]).status.success());
+    env.kill_and_delete("rep1");
     env.assert_no_leaks();
 }

@@ -61,17 +61,8 @@ fn import_layered(env: &Env) {
     std::fs::write(three.join("etc/motd"), "v2\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(three.join("data"), std::fs::Permissions::from_mode(0o750)).unwrap();
-    let tar = dir.join("layered.tar");
-    let status = Command::new(common::repo().join("scripts/busybox-oci.sh"))
-        .arg(&tar)
-        .arg(LAYERED)
-        .arg(&two)
-        .arg(&three)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = env.ctr(&["images", "import", tar.to_str().unwrap()]);
-    assert!(out.status.success(), "import: {}", text(&out.stderr));
+    let args = [LAYERED.as_ref(), two.as_os_str(), three.as_os_str()];
+    env.import_busybox(&dir.join("layered.tar"), &args);
 }
 
 /// `ctr run --rm` of `image` with `runtime`; (exit code, stdout, stderr).
@@ -241,19 +232,10 @@ fn two_containers_of_one_image_in_one_pod_see_their_own_writes() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    let shims = env
-        .pod_processes()
-        .iter()
-        .filter(|(_, c)| common::is_shim(c))
-        .count();
-    assert_eq!(shims, 1, "one pod, one shim");
+    // One pod, one shim.
+    env.the_shim();
     for id in ["app1", "pod1"] {
-        let _ = env.ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
-        env.wait_status(id, "STOPPED");
-        let out = env.ctr(&["tasks", "delete", id]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let out = env.ctr(&["containers", "delete", id]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        env.kill_and_delete(id);
     }
     env.assert_no_leaks();
 }

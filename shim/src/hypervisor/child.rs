@@ -23,7 +23,7 @@ pub fn confine(
         .map_err(HypervisorError::Cgroup)?;
     // An orphan goes to the nearest subreaper (containerd is one), not always
     // to pid 1, so "the shim died" means "the parent is no longer the shim".
-    let shim = std::process::id() as libc::pid_t;
+    let shim: libc::pid_t = std::process::id().cast_signed();
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe calls (umask, write, dup2, fcntl, prctl, getppid, kill)
     // on descriptors and values it owns.

@@ -106,7 +106,7 @@ pub async fn spawn(
 pub async fn stop(mut child: Child) {
     if let Some(pid) = child.id() {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
+            nix::unistd::Pid::from_raw(pid.cast_signed()),
             nix::sys::signal::Signal::SIGTERM,
         );
     }

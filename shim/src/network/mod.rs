@@ -212,6 +212,8 @@ pub struct NicDevice {
 
 impl NicDevice {
     /// Queue pairs.
+    // One descriptor per pair, and the pairs were asked of `create_tap` as a u16.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn queue_pairs(&self) -> u16 {
         self.fds.len() as u16
     }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use containerd_shim_protos::api;
+use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::topics;
 use ttrpc::Code;
 
 use super::errors::{internal, state_err, status};
@@ -104,10 +107,41 @@ impl Service {
         Ok((sandbox, true))
     }
 
-    pub(crate) async fn create_container(
+    /// Creates the container (and the pod's sandbox with its first one), then publishes
+    /// `/tasks/create`.
+    pub(crate) async fn create_task(
         &self,
-        req: &api::CreateTaskRequest,
-    ) -> ttrpc::Result<u32> {
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
+        let _serial = self.inner.lifecycle.lock().await;
+        tracing::info!(id = %req.id, bundle = %req.bundle, "create");
+        let pid = self.create_container(&req).await.inspect_err(|e| {
+            tracing::error!(id = %req.id, "create failed: {e}");
+        })?;
+        let io = ev::TaskIO {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+            ..Default::default()
+        };
+        let event = ev::TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: MessageField::some(io),
+            checkpoint: req.checkpoint.clone(),
+            pid,
+            ..Default::default()
+        };
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, event).await;
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn create_container(&self, req: &api::CreateTaskRequest) -> ttrpc::Result<u32> {
         let bundle = PathBuf::from(&req.bundle);
         let spec_text = std::fs::read(bundle.join("config.json")).map_err(|e| {
             status(

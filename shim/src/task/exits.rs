@@ -1,6 +1,7 @@
 //! A process's end (its exit status from the guest, its output drained, the exit event) and the
 //! pod's: every process killed, then the sandbox torn down.
 
+use containerd_shim_protos::api;
 use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::topics;
@@ -145,6 +146,27 @@ impl Service {
             }
         }
         self.teardown().await;
+    }
+
+    /// Stops the pod once its last container is gone (or at once with `now`), in the
+    /// background: containerd gives Shutdown a few seconds, the shim exits when it is done.
+    pub(crate) async fn shutdown_task(
+        &self,
+        req: api::ShutdownRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let _serial = self.inner.lifecycle.lock().await;
+        let remaining = self.inner.state.lock().unwrap().containers.len();
+        if remaining > 0 && !req.now {
+            tracing::debug!(remaining, "shutdown: other containers of the pod remain");
+            return Ok(api::Empty::new());
+        }
+        tracing::info!("shutdown: stopping the pod");
+        let service = self.clone();
+        tokio::spawn(async move {
+            service.teardown().await;
+            service.inner.exit.signal();
+        });
+        Ok(api::Empty::new())
     }
 
     pub(crate) async fn teardown(&self) {

@@ -3,13 +3,16 @@
 //! failure mapped onto a ttrpc status that says what was being done ([`agent_err`]).
 
 use pulse_protocols::containers::{self, Storage};
+use pulse_protocols::containers_ttrpc::ContainersClient;
+use ttrpc::context::Context;
 
 use super::errors::agent_err;
 use crate::agent::Agent;
 
 /// The guest's containers, through the pod's agent.
-pub struct Guest<'a> {
-    agent: &'a Agent,
+pub struct Guest {
+    agent: Agent,
+    client: ContainersClient,
 }
 
 /// What a finished process left: its exit status and pid.
@@ -20,10 +23,74 @@ pub struct Exited {
     pub pid: u32,
 }
 
-impl<'a> Guest<'a> {
+/// A request of the Containers API: the client call that sends it, and its reply.
+trait Rpc: Default {
+    type Reply;
+
+    /// A request for container `id`, its other fields at their defaults.
+    fn to(id: &str) -> Self;
+
+    async fn send(&self, client: &ContainersClient, ctx: Context) -> ttrpc::Result<Self::Reply>;
+}
+
+/// Each request type with its reply and the client's method for it.
+macro_rules! rpcs {
+    ($($req:ident -> $reply:ident: $method:ident;)*) => {$(
+        impl Rpc for containers::$req {
+            type Reply = containers::$reply;
+
+            fn to(id: &str) -> Self {
+                Self {
+                    container_id: id.into(),
+                    ..Default::default()
+                }
+            }
+
+            async fn send(
+                &self,
+                client: &ContainersClient,
+                ctx: Context,
+            ) -> ttrpc::Result<Self::Reply> {
+                client.$method(ctx, self).await
+            }
+        }
+    )*};
+}
+
+rpcs! {
+    CreateContainerRequest -> CreateContainerResponse: create_container;
+    StartContainerRequest -> StartContainerResponse: start_container;
+    ExecProcessRequest -> ExecProcessResponse: exec_process;
+    WaitProcessRequest -> WaitProcessResponse: wait_process;
+    SignalProcessRequest -> SignalProcessResponse: signal_process;
+    RemoveContainerRequest -> RemoveContainerResponse: remove_container;
+    ListProcessesRequest -> ListProcessesResponse: list_processes;
+    PauseContainerRequest -> PauseContainerResponse: pause_container;
+    ResumeContainerRequest -> ResumeContainerResponse: resume_container;
+    ResizeTerminalRequest -> ResizeTerminalResponse: resize_terminal;
+    UpdateContainerRequest -> UpdateContainerResponse: update_container;
+    ContainerStatsRequest -> ContainerStatsResponse: container_stats;
+}
+
+impl Guest {
     /// The containers of `agent`'s guest.
-    pub fn new(agent: &'a Agent) -> Self {
-        Self { agent }
+    pub fn new(agent: &Agent) -> Self {
+        let client = agent.containers();
+        Self {
+            agent: agent.clone(),
+            client,
+        }
+    }
+
+    /// `req` sent under the agent's request deadline, its failure saying `what` was being done.
+    async fn call<R: Rpc>(&self, what: String, req: R) -> ttrpc::Result<R::Reply> {
+        self.call_in(self.agent.ctx(), what, req).await
+    }
+
+    /// `req` sent in `ctx`, its failure saying `what` was being done.
+    async fn call_in<R: Rpc>(&self, ctx: Context, what: String, req: R) -> ttrpc::Result<R::Reply> {
+        let reply = req.send(&self.client, ctx).await;
+        reply.map_err(|e| agent_err(&what, e))
     }
 
     /// Creates container `id` from its spec (JSON) on `storages`; its init's pid.
@@ -34,171 +101,115 @@ impl<'a> Guest<'a> {
         storages: Vec<Storage>,
     ) -> ttrpc::Result<u32> {
         let req = containers::CreateContainerRequest {
-            container_id: id.into(),
             oci_spec_json: spec,
             storages,
-            ..Default::default()
+            ..Rpc::to(id)
         };
-        let c = self.agent.containers();
-        c.create_container(self.agent.ctx(), &req)
-            .await
-            .map(|r| r.pid)
-            .map_err(|e| agent_err(&format!("creating container {id} in the guest"), e))
+        let what = format!("creating container {id} in the guest");
+        Ok(self.call(what, req).await?.pid)
     }
 
     /// Starts container `id`'s init; its pid.
     pub async fn start(&self, id: &str) -> ttrpc::Result<u32> {
-        let req = containers::StartContainerRequest {
-            container_id: id.into(),
-            ..Default::default()
-        };
-        let c = self.agent.containers();
-        c.start_container(self.agent.ctx(), &req)
-            .await
-            .map(|r| r.pid)
-            .map_err(|e| agent_err(&format!("starting container {id}"), e))
+        let req = containers::StartContainerRequest::to(id);
+        Ok(self
+            .call(format!("starting container {id}"), req)
+            .await?
+            .pid)
     }
 
     /// Starts exec `exec` (its OCI process, JSON) in container `id`; its pid.
     pub async fn exec(&self, id: &str, exec: &str, process: Vec<u8>) -> ttrpc::Result<u32> {
         let req = containers::ExecProcessRequest {
-            container_id: id.into(),
             exec_id: exec.into(),
             oci_process_json: process,
-            ..Default::default()
+            ..Rpc::to(id)
         };
-        let c = self.agent.containers();
-        c.exec_process(self.agent.ctx(), &req)
-            .await
-            .map(|r| r.pid)
-            .map_err(|e| agent_err(&format!("exec {exec} in {id}"), e))
+        Ok(self.call(format!("exec {exec} in {id}"), req).await?.pid)
     }
 
     /// Waits, without a deadline, until process `exec` of `id` (its init when empty) exits.
     pub async fn wait(&self, id: &str, exec: &str) -> ttrpc::Result<Exited> {
         let req = containers::WaitProcessRequest {
-            container_id: id.into(),
             exec_id: exec.into(),
-            ..Default::default()
+            ..Rpc::to(id)
         };
-        let c = self.agent.containers();
-        c.wait_process(self.agent.waiting_ctx(), &req)
-            .await
-            .map(|r| Exited {
-                status: r.exit_status,
-                pid: r.pid,
-            })
-            .map_err(|e| agent_err(&format!("waiting for {id} {exec}"), e))
+        let what = format!("waiting for {id} {exec}");
+        let r = self.call_in(self.agent.waiting_ctx(), what, req).await?;
+        Ok(Exited {
+            status: r.exit_status,
+            pid: r.pid,
+        })
     }
 
     /// Sends `signal` to process `exec` of `id` (every process of the container with `all`).
     pub async fn signal(&self, id: &str, exec: &str, signal: u32, all: bool) -> ttrpc::Result<()> {
         let req = containers::SignalProcessRequest {
-            container_id: id.into(),
             exec_id: exec.into(),
             signal,
             all,
-            ..Default::default()
+            ..Rpc::to(id)
         };
-        let c = self.agent.containers();
-        c.signal_process(self.agent.ctx(), &req)
-            .await
-            .map(|_| ())
-            .map_err(|e| agent_err(&format!("signal {signal} to {id}"), e))
+        let what = format!("signal {signal} to {id}");
+        self.call(what, req).await.map(drop)
     }
 
     /// Removes container `id` (killing what still runs) and unmounts its storages.
     pub async fn remove(&self, id: &str) -> ttrpc::Result<()> {
         let req = containers::RemoveContainerRequest {
-            container_id: id.into(),
             force: true,
-            ..Default::default()
+            ..Rpc::to(id)
         };
-        let c = self.agent.containers();
-        c.remove_container(self.agent.ctx(), &req)
-            .await
-            .map(|_| ())
-            .map_err(|e| agent_err(&format!("removing container {id} in the guest"), e))
+        let what = format!("removing container {id} in the guest");
+        self.call(what, req).await.map(drop)
     }
 
     /// The guest pids of container `id`'s processes.
     pub async fn pids(&self, id: &str) -> ttrpc::Result<Vec<u32>> {
-        let req = containers::ListProcessesRequest {
-            container_id: id.into(),
-            ..Default::default()
-        };
-        let c = self.agent.containers();
-        c.list_processes(self.agent.ctx(), &req)
-            .await
-            .map(|r| r.processes.iter().map(|p| p.pid).collect())
-            .map_err(|e| agent_err(&format!("listing the processes of {id}"), e))
+        let req = containers::ListProcessesRequest::to(id);
+        let r = self
+            .call(format!("listing the processes of {id}"), req)
+            .await?;
+        Ok(r.processes.iter().map(|p| p.pid).collect())
     }
 
-    /// Freezes container `id`.
-    pub async fn pause(&self, id: &str) -> ttrpc::Result<()> {
-        let req = containers::PauseContainerRequest {
-            container_id: id.into(),
-            ..Default::default()
-        };
-        let c = self.agent.containers();
-        c.pause_container(self.agent.ctx(), &req)
-            .await
-            .map(|_| ())
-            .map_err(|e| agent_err(&format!("pausing {id}"), e))
-    }
-
-    /// Thaws container `id`.
-    pub async fn resume(&self, id: &str) -> ttrpc::Result<()> {
-        let req = containers::ResumeContainerRequest {
-            container_id: id.into(),
-            ..Default::default()
-        };
-        let c = self.agent.containers();
-        c.resume_container(self.agent.ctx(), &req)
-            .await
-            .map(|_| ())
-            .map_err(|e| agent_err(&format!("resuming {id}"), e))
+    /// Freezes (`pause`) or thaws container `id`.
+    pub async fn freeze(&self, id: &str, pause: bool) -> ttrpc::Result<()> {
+        if pause {
+            let req = containers::PauseContainerRequest::to(id);
+            self.call(format!("pausing {id}"), req).await?;
+        } else {
+            let req = containers::ResumeContainerRequest::to(id);
+            self.call(format!("resuming {id}"), req).await?;
+        }
+        Ok(())
     }
 
     /// Resizes the terminal of process `exec` of `id`.
     pub async fn resize(&self, id: &str, exec: &str, rows: u32, columns: u32) -> ttrpc::Result<()> {
         let req = containers::ResizeTerminalRequest {
-            container_id: id.into(),
             exec_id: exec.into(),
             rows,
             columns,
-            ..Default::default()
+            ..Rpc::to(id)
         };
-        let c = self.agent.containers();
-        c.resize_terminal(self.agent.ctx(), &req)
-            .await
-            .map(|_| ())
-            .map_err(|e| agent_err(&format!("resizing the terminal of {id}"), e))
+        let what = format!("resizing the terminal of {id}");
+        self.call(what, req).await.map(drop)
     }
 
     /// Applies new resources (OCI `linux.resources`, JSON) to container `id`.
     pub async fn update(&self, id: &str, resources: Vec<u8>) -> ttrpc::Result<()> {
         let req = containers::UpdateContainerRequest {
-            container_id: id.into(),
             oci_resources_json: resources,
-            ..Default::default()
+            ..Rpc::to(id)
         };
-        let c = self.agent.containers();
-        c.update_container(self.agent.ctx(), &req)
-            .await
-            .map(|_| ())
-            .map_err(|e| agent_err(&format!("updating the resources of {id}"), e))
+        let what = format!("updating the resources of {id}");
+        self.call(what, req).await.map(drop)
     }
 
     /// Container `id`'s cgroup statistics.
     pub async fn stats(&self, id: &str) -> ttrpc::Result<containers::ContainerStatsResponse> {
-        let req = containers::ContainerStatsRequest {
-            container_id: id.into(),
-            ..Default::default()
-        };
-        let c = self.agent.containers();
-        c.container_stats(self.agent.ctx(), &req)
-            .await
-            .map_err(|e| agent_err(&format!("reading the stats of {id}"), e))
+        let req = containers::ContainerStatsRequest::to(id);
+        self.call(format!("reading the stats of {id}"), req).await
     }
 }

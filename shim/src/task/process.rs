@@ -17,7 +17,7 @@ use super::guest::Guest;
 use super::registry::Process;
 use crate::persist::BUNDLE_RECORD;
 use crate::service::Service;
-use crate::state::ProcessState;
+use crate::state::{ExitInfo, ProcessState};
 use crate::stdio::{Pumps, StdioPaths};
 
 impl Service {
@@ -86,22 +86,11 @@ impl Service {
     ) -> ttrpc::Result<api::DeleteResponse> {
         if !req.exec_id.is_empty() {
             let mut state = self.inner.state.lock().unwrap();
-            let c = state.container(&req.id)?;
-            let p = c.execs.get_mut(&req.exec_id).ok_or_else(|| {
-                status(
-                    Code::NOT_FOUND,
-                    format!("exec {} of {} not found", req.exec_id, req.id),
-                )
-            })?;
+            let p = state.process(&req.id, &req.exec_id)?;
             let exit = p.machine.deleted(SystemTime::now()).map_err(state_err)?;
             let pid = p.pid;
-            c.execs.remove(&req.exec_id);
-            return Ok(api::DeleteResponse {
-                pid,
-                exit_status: exit.status,
-                exited_at: MessageField::some(timestamp(exit.at)),
-                ..Default::default()
-            });
+            state.container(&req.id)?.execs.remove(&req.exec_id);
+            return Ok(deleted(pid, exit));
         }
         let _serial = self.inner.lifecycle.lock().await;
         let (sandbox, pid) = {
@@ -133,24 +122,17 @@ impl Service {
             let _ = std::fs::remove_file(Path::new(&bundle).join(BUNDLE_RECORD));
             exit
         };
-        self.publish(
-            topics::TASK_DELETE_EVENT_TOPIC,
-            ev::TaskDelete {
-                container_id: req.id.clone(),
-                id: req.id.clone(),
-                pid,
-                exit_status: exit.status,
-                exited_at: MessageField::some(timestamp(exit.at)),
-                ..Default::default()
-            },
-        )
-        .await;
-        Ok(api::DeleteResponse {
+        let response = deleted(pid, exit);
+        let event = ev::TaskDelete {
+            container_id: req.id.clone(),
+            id: req.id.clone(),
             pid,
-            exit_status: exit.status,
-            exited_at: MessageField::some(timestamp(exit.at)),
+            exit_status: response.exit_status,
+            exited_at: response.exited_at.clone(),
             ..Default::default()
-        })
+        };
+        self.publish(topics::TASK_DELETE_EVENT_TOPIC, event).await;
+        Ok(response)
     }
 
     pub(crate) async fn exec_task(
@@ -221,9 +203,7 @@ impl Service {
         &self,
         req: api::StatsRequest,
     ) -> ttrpc::Result<api::StatsResponse> {
-        let sandbox = self.sandbox_of(&req.id)?;
-        let agent = sandbox.agent();
-        let s = Guest::new(agent).stats(&req.id).await?;
+        let s = self.guest_of(&req.id)?.stats(&req.id).await?;
         let metrics = cg2::Metrics {
             pids: MessageField::some(cg2::PidsStat {
                 current: s.pids_current,
@@ -256,26 +236,26 @@ impl Service {
         })
     }
 
+    pub(crate) async fn pause_task(&self, req: api::PauseRequest) -> ttrpc::Result<api::Empty> {
+        self.freeze_task(&req.id, true).await
+    }
+
+    pub(crate) async fn resume_task(&self, req: api::ResumeRequest) -> ttrpc::Result<api::Empty> {
+        self.freeze_task(&req.id, false).await
+    }
+
     /// Pauses (freezes) or resumes container `id`, and publishes `/tasks/paused` or
     /// `/tasks/resumed`.
-    pub(crate) async fn freeze_task(&self, id: &str, pause: bool) -> ttrpc::Result<api::Empty> {
-        let sandbox = {
-            let mut state = self.inner.state.lock().unwrap();
-            let machine = &state.process(id, "")?.machine;
+    async fn freeze_task(&self, id: &str, pause: bool) -> ttrpc::Result<api::Empty> {
+        let guest = self.guest_of_process(id, "", |p| {
             let allowed = if pause {
-                machine.check_pause()
+                p.machine.check_pause()
             } else {
-                machine.check_resume()
+                p.machine.check_resume()
             };
-            allowed.map_err(state_err)?;
-            state.sandbox()?
-        };
-        let guest = Guest::new(sandbox.agent());
-        if pause {
-            guest.pause(id).await?;
-        } else {
-            guest.resume(id).await?;
-        }
+            allowed.map_err(state_err)
+        })?;
+        guest.freeze(id, pause).await?;
         {
             let mut state = self.inner.state.lock().unwrap();
             let machine = &mut state.process(id, "")?.machine;
@@ -301,5 +281,15 @@ impl Service {
             self.publish(topics::TASK_RESUMED_EVENT_TOPIC, event).await;
         }
         Ok(api::Empty::new())
+    }
+}
+
+/// containerd's answer to the delete of a process that had `pid` and ended with `exit`.
+fn deleted(pid: u32, exit: ExitInfo) -> api::DeleteResponse {
+    api::DeleteResponse {
+        pid,
+        exit_status: exit.status,
+        exited_at: MessageField::some(timestamp(exit.at)),
+        ..Default::default()
     }
 }

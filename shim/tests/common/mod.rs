@@ -52,6 +52,22 @@ pub fn backend() -> &'static str {
     }
 }
 
+/// pulse.toml for the backend under test and the guest image `(kernel, initramfs)`: `vm_extra`
+/// ends the `[vm]` table (more tables may follow it), `agent` is the `[agent]` table, and the
+/// shim keeps its state in `shim.0` and its pods' cgroups under `shim.1`.
+pub fn pulse_toml(
+    (kernel, initramfs): (PathBuf, PathBuf),
+    vm_extra: &str,
+    agent: &str,
+    (state_dir, cgroup_parent): (PathBuf, String),
+) -> String {
+    format!(
+        "[hypervisor]\nbackend = {:?}\n[vm]\nkernel = {kernel:?}\ninitramfs = {initramfs:?}\nmemory_mib = 256\n{vm_extra}\n\
+         [agent]\n{agent}\n[shim]\nstate_dir = {state_dir:?}\nlog_level = \"debug\"\ncgroup_parent = {cgroup_parent:?}\n",
+        backend(),
+    )
+}
+
 /// Whether the pods of these tests run in the shim's own process (no QEMU).
 pub fn embedded() -> bool {
     backend() == "embedded"
@@ -193,20 +209,18 @@ impl Env {
     /// Writes pulse.toml: the backend under test with the guest image, plus `extra` TOML lines
     /// (which may replace whole sections).
     pub fn write_config(&self, vm_extra: &str, agent_extra: &str) {
-        let (kernel, initramfs) = guest_image().expect("guest image");
+        let image = guest_image().expect("guest image");
         let agent = if agent_extra.contains("connect_timeout_ms") {
             agent_extra.to_string()
         } else {
             format!("connect_timeout_ms = 60000\n{agent_extra}")
         };
-        let text = format!(
-            "[hypervisor]\nbackend = {:?}\n[vm]\nkernel = {kernel:?}\ninitramfs = {initramfs:?}\nmemory_mib = 256\n{vm_extra}\n\
-             [agent]\n{agent}\n[shim]\nstate_dir = {:?}\nlog_level = \"debug\"\ncgroup_parent = {:?}\n",
-            backend(),
-            self.state_dir(),
-            self.cgroup_parent()
-        );
-        std::fs::write(self.config_path(), text).unwrap();
+        let shim = (self.state_dir(), self.cgroup_parent());
+        std::fs::write(
+            self.config_path(),
+            pulse_toml(image, vm_extra, &agent, shim),
+        )
+        .unwrap();
     }
 
     /// Starts containerd and imports the busybox image.
@@ -262,15 +276,20 @@ impl Env {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let image = d.join("busybox.tar");
+        env.import_busybox(&d.join("busybox.tar"), &[]);
+        env
+    }
+
+    /// Builds busybox's OCI image into `tar` (scripts/busybox-oci.sh, given `args` after the
+    /// tar: another name and its extra layers) and imports it.
+    pub fn import_busybox(&self, tar: &Path, args: &[&std::ffi::OsStr]) {
         let status = Command::new(repo().join("scripts/busybox-oci.sh"))
-            .arg(&image)
+            .arg(tar)
+            .args(args)
             .status()
             .unwrap();
         assert!(status.success());
-        let out = env.ctr(&["images", "import", image.to_str().unwrap()]);
-        assert!(out.status.success(), "import: {}", text(&out.stderr));
-        env
+        self.ctr_ok(&["images", "import", tar.to_str().unwrap()]);
     }
 
     pub fn log(&self) -> String {
@@ -360,6 +379,47 @@ impl Env {
             assert!(Instant::now() < deadline, "{id} still runs: {listing}");
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// `ctr args`, which must succeed.
+    pub fn ctr_ok(&self, args: &[&str]) -> Output {
+        let out = self.ctr(args);
+        assert!(out.status.success(), "ctr {args:?}: {}", text(&out.stderr));
+        out
+    }
+
+    /// SIGKILLs task `id`, waits until it stopped, and deletes it and its container.
+    pub fn kill_and_delete(&self, id: &str) {
+        self.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", id]);
+        self.wait_status(id, "STOPPED");
+        self.ctr_ok(&["tasks", "delete", id]);
+        self.ctr_ok(&["containers", "delete", id]);
+    }
+
+    /// Deletes `id` once its shim is gone: it no longer runs, its task is deleted (containerd
+    /// may have done that already) and its container must go.
+    pub fn delete_after_its_shim(&self, id: &str) {
+        self.wait_not_running(id);
+        let _ = self.ctr(&["tasks", "delete", id]);
+        self.ctr_ok(&["containers", "delete", id]);
+    }
+
+    /// The pid of the one Pulse shim of this environment.
+    pub fn the_shim(&self) -> u32 {
+        let shims: Vec<u32> = self
+            .pod_processes()
+            .into_iter()
+            .filter(|(_, c)| is_shim(c))
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(shims.len(), 1, "{shims:?}");
+        shims[0]
+    }
+
+    /// SIGKILLs the one Pulse shim of this environment.
+    pub fn kill_9_the_shim(&self) {
+        let shim = nix::unistd::Pid::from_raw(self.the_shim().cast_signed());
+        nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGKILL).unwrap();
     }
 
     /// Processes that belong to this environment's pods (shims, qemu, vhost-device-vsock,

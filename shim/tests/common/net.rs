@@ -90,3 +90,18 @@ pub fn host_get(netns: &Path, ip: &str, port: u16) -> Result<String, String> {
     })
     .map_err(|e| e.to_string())?
 }
+
+/// `GET path` on a pod's management socket `socket`: (status line, body).
+pub fn mgmt_get(socket: &Path, path: &str) -> (String, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: pulse\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}

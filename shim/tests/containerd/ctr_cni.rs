@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::net::{host_get, http_reply, HostServer};
+use crate::common::net::{host_get, http_reply, mgmt_get, HostServer};
 use crate::common::{self, text, Env, IMAGE};
 
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
@@ -275,7 +275,7 @@ fn ctr_run_cni_carries_the_cni_network_into_the_guest_and_leaves_nothing() {
     }
     // The device report: the NIC's 2 queue pairs, as the VMM configured them.
     let socket = env.state_dir().join(common::NS).join("cni1/mgmt.sock");
-    let (_, body) = super::http_get(&socket, "/report");
+    let (_, body) = mgmt_get(&socket, "/report");
     let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     let nic = report["host"]["devices"]
         .as_array()

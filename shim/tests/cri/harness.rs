@@ -292,16 +292,12 @@ impl CriEnv {
     /// pulse.toml for the pulse handler (the backend under test and the guest image); pods
     /// get the CNI network in their VM (`devices.net_queues`).
     fn write_pulse_config(&self) {
-        let Some((kernel, initramfs)) = common::guest_image() else {
+        let Some(image) = common::guest_image() else {
             return; // runc only: the pulse tests skip without an image
         };
-        let text = format!(
-            "[hypervisor]\nbackend = {:?}\n[vm]\nkernel = {kernel:?}\ninitramfs = {initramfs:?}\nmemory_mib = 256\n\
-             [devices]\nnet_queues = 2\n[agent]\nconnect_timeout_ms = 60000\n[shim]\nstate_dir = {:?}\nlog_level = \"debug\"\ncgroup_parent = {:?}\n",
-            common::backend(),
-            self.pulse_state_dir(),
-            self.pulse_cgroup_parent()
-        );
+        let devices = "[devices]\nnet_queues = 2";
+        let shim = (self.pulse_state_dir(), self.pulse_cgroup_parent());
+        let text = common::pulse_toml(image, devices, "connect_timeout_ms = 60000", shim);
         std::fs::write(self.pulse_config(), text).unwrap();
     }
 

@@ -2,11 +2,10 @@
 //! pulse.toml has `devices.net_queues = 2`), against servers on the host side of the bridge
 //! (in containerd's network namespace, where the bridge is), each other and a runc pod.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::net::{echo_reply, host_get, http_reply, HostServer};
+use crate::common::net::{echo_reply, host_get, http_reply, mgmt_get, HostServer};
 use crate::harness::POD_SUBNET_PREFIX;
 use crate::kubelet::{self, PodSandboxState};
 use crate::{app_container, common, serial, Node, Pod};
@@ -17,17 +16,11 @@ fn gateway() -> String {
     format!("{POD_SUBNET_PREFIX}1")
 }
 
-/// `GET path` on the pod's management socket; the body.
+/// `GET path` on the pod's management socket; the body of its 200 answer.
 fn unix_get(socket: &Path, path: &str) -> String {
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: pulse\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    let (head, body) = mgmt_get(socket, path);
     assert!(head.contains("200"), "{head}");
-    body.to_string()
+    body
 }
 
 /// The container command of a pod that serves `name` over HTTP on port 8080 (busybox httpd)

@@ -1,0 +1,77 @@
+//! A sandbox without a VM, for the task service's tests: its guest is whatever its agent
+//! connects to, its VM does nothing.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::hypervisor::{HostView, HypervisorError};
+use crate::network::NicDevice;
+
+/// A VM that is never there.
+struct NoVm;
+
+#[async_trait]
+impl Hypervisor for NoVm {
+    async fn boot(&mut self) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+
+    fn agent_socket(&self) -> PathBuf {
+        PathBuf::new()
+    }
+
+    async fn resize_disk(&mut self, _slot: usize, _bytes: u64) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+
+    fn set_nics(&mut self, _nics: Vec<NicDevice>) {}
+
+    fn host_view(&self) -> HostView {
+        HostView {
+            backend: "none".into(),
+            accel: "none".into(),
+            vcpus: 0,
+            memory_mib: 0,
+            devices: Vec::new(),
+            pids: Vec::new(),
+        }
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        None
+    }
+
+    async fn stop(&mut self) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+}
+
+impl Sandbox {
+    /// Pod `pod`'s sandbox, ready, its files under `state_dir`, its guest behind `agent`.
+    pub(crate) fn without_vm(state_dir: &Path, pod: &str, agent: Agent) -> Arc<Sandbox> {
+        let mut config = PulseConfig::default();
+        config.shim.state_dir = state_dir.into();
+        let paths = SandboxPaths::new(state_dir, "ns", pod).unwrap();
+        let mut machine = SandboxMachine::new(pod);
+        machine.ready().unwrap();
+        Arc::new(Sandbox {
+            pod: pod.into(),
+            namespace: "ns".into(),
+            slots: Mutex::new(BlockSlots::new(&paths, config.devices.block_slots)),
+            oom: Arc::new(OomScanner::new(paths.console())),
+            paths,
+            config,
+            vm: tokio::sync::Mutex::new(Box::new(NoVm)),
+            agent,
+            machine: Mutex::new(machine),
+            tasks: Mutex::new(Vec::new()),
+            cgroup: None,
+            share: None,
+            network: None,
+            late_network: tokio::sync::Mutex::new(None),
+            host_pid: None,
+        })
+    }
+}
