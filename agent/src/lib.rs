@@ -5,17 +5,6 @@
 //! youki's `libcontainer`, and reports what the guest kernel made of its
 //! virtio devices and interrupts.
 
-// Numbers come from the host's requests, the kernel and /proc:
-// a lossy `as` cast must say why it cannot lose bits.
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
-
 pub mod clock;
 pub mod container;
 pub mod devices;

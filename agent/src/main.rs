@@ -1,15 +1,5 @@
 //! `pulse-agent`: the guest agent binary (also the initramfs's `/init`).
 
-// As in the library (lib.rs): a lossy `as` cast must say why it cannot lose bits.
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;

@@ -6,17 +6,6 @@
 //! prints a running pod's device report (VMM and guest views, metrics) from its
 //! shim; `pulse-ctl check` says whether this host can run Pulse.
 
-// Numbers come from the command line and the agent's answers:
-// a lossy `as` cast must say why it cannot lose bits.
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
-
 mod agent;
 mod check;
 mod connect;

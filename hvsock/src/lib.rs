@@ -7,16 +7,6 @@
 //! guest's protocol (ttrpc, for the agent). Used by the shim, `pulse-ctl`, the probe's host
 //! peer and the tests and benches; the VMM's own server side is `pulse_vmm::devices::vsock`.
 
-// Numbers come from the peer's answer: a lossy `as` cast must say why it cannot lose bits.
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
-
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

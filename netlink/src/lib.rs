@@ -11,17 +11,6 @@
 //! One request at a time, each answered (`NLM_F_ACK`) or dumped to its end before the next.
 //! Only IPv4: the guest kernel is built without IPv6.
 
-// Numbers come from the kernel's answers and the callers' requests:
-// a lossy `as` cast must say why it cannot lose bits.
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
-
 mod configure;
 mod dump;
 mod netns;

@@ -14,16 +14,6 @@
 //! | `Devices` | `protos/devices.proto` | [`devices`], [`devices_ttrpc`] |
 //! | `Network` | `protos/network.proto` | [`network`], [`network_ttrpc`] |
 
-// Numbers come from the wire: a lossy `as` cast must say why it cannot lose bits.
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
-
 include!(concat!(env!("OUT_DIR"), "/generated.rs"));
 
 /// The API version the agent reports in `Health.Version`; bumped on

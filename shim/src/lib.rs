@@ -8,17 +8,6 @@
 //! ([`service`]), with stdio pumped between containerd's FIFOs and the agent
 //! ([`stdio`]). The state machines ([`state`]) are plain types with tests.
 
-// A lossy `as` cast must say why it cannot lose bits (the numbers come from configs, the guest
-// and the host's files); tests may cast.
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
-
 pub mod agent;
 pub mod block_slots;
 pub mod cgroup;

@@ -1,12 +1,5 @@
 //! containerd-shim-pulse-v2: see the `pulse_shim` library.
 
-// A lossy `as` cast must say why it cannot lose bits (the binary has no tests of its own).
-#![warn(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
-)]
-
 use containerd_shim::Config;
 
 fn main() {

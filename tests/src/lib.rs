@@ -16,16 +16,6 @@
 //! - [`connect`]: pulse-ctl's connection code (`hvsock://PATH:PORT`), the
 //!   same source file, compiled into this crate.
 
-// As in the libraries the tests drive: a lossy `as` cast must say why it cannot lose bits.
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
-
 pub mod agent;
 #[path = "../../ctl/src/connect.rs"]
 pub mod connect;

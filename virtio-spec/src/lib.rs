@@ -7,14 +7,6 @@
 
 #![no_std]
 #![deny(missing_docs)]
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
 
 pub mod mmio;
 pub mod vsock;

@@ -1,16 +1,6 @@
 //! `pulse-vmm`: boot a microVM from the command line (`run`), or self-test with the embedded
 //! probe guest (`probe`). Errors print one line and exit with status 2.
 
-// A lossy `as` cast must say why it cannot lose bits (as in the VMM library).
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

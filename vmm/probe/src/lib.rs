@@ -1,17 +1,6 @@
 //! The probe: a small bare-metal guest (guest/probe) embedded in this crate, booted to check
 //! that the VMM works end to end, and the report built from what it and the VMM saw.
 
-// The peers turn the kernel's and the guest's numbers into socket arguments and report fields,
-// so a lossy `as` cast must say why it cannot lose bits (as in the VMM library).
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::cast_possible_truncation,
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss
-    )
-)]
-
 use std::time::Duration;
 
 use serde::Serialize;
