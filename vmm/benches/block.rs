@@ -68,7 +68,11 @@ fn setup(queues: u16) -> (Block, Vec<Driver>, tempfile::NamedTempFile) {
     let disk = tempfile::NamedTempFile::new().unwrap();
     disk.as_file().set_len(DISK_BYTES).unwrap();
     // Fill the page cache so that reads measure the device model, not the disk.
-    std::fs::write(disk.path(), vec![0x5au8; DISK_BYTES as usize]).unwrap();
+    std::fs::write(
+        disk.path(),
+        vec![0x5au8; usize::try_from(DISK_BYTES).unwrap()],
+    )
+    .unwrap();
     let mut block = Block::new(BlockConfig {
         path: disk.path().to_path_buf(),
         read_only: false,

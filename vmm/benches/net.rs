@@ -20,7 +20,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use pulse_vmm::devices::driver_ring::{lay_out_queues, CountingInterrupt, DriverQueue};
+use pulse_vmm::devices::driver_ring::{desc_len, lay_out_queues, CountingInterrupt, DriverQueue};
 use pulse_vmm::devices::net::ctrl::cmd;
 use pulse_vmm::devices::net::packet_socket::PacketSocket;
 use pulse_vmm::devices::net::{MacAddr, Net, NetConfig, F_CTRL_VQ, F_MQ};
@@ -42,7 +42,7 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6], port: u16, len: usize) -> Vec<u8> {
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
     f.extend_from_slice(&[0x08, 0x00]);
-    let ip_len = (len - 14) as u16;
+    let ip_len = u16::try_from(len - 14).unwrap();
     let mut ip = [
         0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 98, 0, 2, 10, 98, 0, 1,
     ];
@@ -51,7 +51,8 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6], port: u16, len: usize) -> Vec<u8> {
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
         .sum();
-    ip[10..12].copy_from_slice(&(!(((sum & 0xffff) + (sum >> 16)) as u16)).to_be_bytes());
+    let folded = u16::try_from((sum & 0xffff) + (sum >> 16)).unwrap();
+    ip[10..12].copy_from_slice(&(!folded).to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&port.to_be_bytes());
     f.extend_from_slice(&9u16.to_be_bytes());
@@ -75,7 +76,7 @@ fn quiet_link_up(ifname: &str) {
     // SAFETY: ifreq is integers, arrays and a union of such; zeroes are valid.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in ifr.ifr_name.iter_mut().zip(ifname.bytes()) {
-        *d = s as libc::c_char;
+        *d = libc::c_char::from_ne_bytes([s]);
     }
     // SAFETY: `ifr` is a valid ifreq for both calls; SIOCGIFFLAGS fills the flags member,
     // which is then read.
@@ -84,7 +85,7 @@ fn quiet_link_up(ifname: &str) {
             libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr),
             0
         );
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        ifr.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).unwrap();
         assert_eq!(
             libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut ifr),
             0
@@ -223,17 +224,17 @@ impl Rig {
     /// sends one frame of its flow.
     fn preload(&mut self, count: u16, len: usize) {
         if self.pairs.len() > 1 {
-            for (i, p) in self.pairs.iter_mut().enumerate() {
-                let f = udp_frame(PEER_MAC, GUEST_MAC, 7000 + i as u16, 60);
+            for (p, port) in self.pairs.iter_mut().zip(7000u16..) {
+                let f = udp_frame(PEER_MAC, GUEST_MAC, port, 60);
                 p.tx.fill(1, &f);
-                p.tx.round(1, (HDR + f.len()) as u32, false);
+                p.tx.round(1, desc_len(HDR + f.len()), false);
             }
         }
         // An AF_PACKET send runs the tap's transmit synchronously: once it returns, the frame
         // waits in the tap queue. (No sleep here: it would only let the CPUs fall into deep
         // idle and time their wake-up.)
-        for i in 0..self.pairs.len() {
-            let f = udp_frame(GUEST_MAC, PEER_MAC, 7000 + i as u16, len);
+        for port in (7000u16..).take(self.pairs.len()) {
+            let f = udp_frame(GUEST_MAC, PEER_MAC, port, len);
             for _ in 0..count {
                 self.injector.send(&f);
             }
@@ -267,7 +268,7 @@ fn tx_rounds_of(c: &mut Criterion, name: &str, count: u16) {
         let mut rig = setup(1);
         let frame = udp_frame(PEER_MAC, GUEST_MAC, 1, len);
         rig.pairs[0].tx.fill(count, &frame);
-        let chain = (HDR + frame.len()) as u32;
+        let chain = desc_len(HDR + frame.len());
         group.bench_function(BenchmarkId::from_parameter(len), |b| {
             b.iter(|| rig.pairs[0].tx.round(count, chain, false))
         });
@@ -309,7 +310,8 @@ fn batches(c: &mut Criterion) {
 fn tx_rate(rig: &mut Rig, time: Duration) -> f64 {
     // Calibrate the round count, then measure.
     let probe = tx_rounds(rig, 20);
-    let rounds = ((time.as_secs_f64() / probe.as_secs_f64()) * 20.0).max(20.0) as u64;
+    let rounds = (20 * time.as_nanos() / probe.as_nanos().max(1)).max(20);
+    let rounds = u64::try_from(rounds).unwrap_or(u64::MAX);
     let took = tx_rounds(rig, rounds);
     (rounds * u64::from(BATCH) * rig.pairs.len() as u64) as f64 / took.as_secs_f64()
 }
@@ -363,7 +365,7 @@ fn rx_round(rig: &mut Rig) -> Duration {
 /// `rounds` batches on every pair's transmit queue, one driver thread per pair.
 fn tx_rounds(rig: &mut Rig, rounds: u64) -> Duration {
     let frame = udp_frame(PEER_MAC, GUEST_MAC, 1, 1500);
-    let chain = (HDR + frame.len()) as u32;
+    let chain = desc_len(HDR + frame.len());
     for p in &rig.pairs {
         p.tx.fill(BATCH, &frame);
     }

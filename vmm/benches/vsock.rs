@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use pulse_vmm::devices::driver_ring::{CountingInterrupt, DriverRing};
+use pulse_vmm::devices::driver_ring::{desc_len, CountingInterrupt, DriverRing};
 use pulse_vmm::devices::virtio::{features, Activation, ActiveQueue, VirtioDevice};
 use pulse_vmm::devices::vsock::packet::{op, Header, HEADER_SIZE, HOST_CID, TYPE_STREAM};
 use pulse_vmm::devices::vsock::{Vsock, VsockConfig};
@@ -69,26 +69,23 @@ impl Guest {
     }
 
     /// The next packet, spinning (with yields) until the device delivers one.
-    fn recv(&mut self) -> (Header, u32, u64) {
+    fn recv(&mut self) -> (Header, u32, u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.rx.used_idx() == self.rx_seen {
             assert!(Instant::now() < deadline, "device stalled");
             std::thread::yield_now();
         }
         let (head, len) = self.rx.used_elem(self.rx_seen);
+        let head = u16::try_from(head).unwrap();
         self.rx_seen = self.rx_seen.wrapping_add(1);
         let at = RX_BASE + u64::from(head) * u64::from(RX_BUF);
         let mut raw = [0u8; HEADER_SIZE];
         self.mem.read_slice(&mut raw, GuestAddress(at)).unwrap();
-        (
-            Header::decode(&raw),
-            len - HEADER_SIZE as u32,
-            u64::from(head),
-        )
+        (Header::decode(&raw), len - desc_len(HEADER_SIZE), head)
     }
 
-    fn give_back(&mut self, head: u64) {
-        self.rx.publish(&[head as u16]);
+    fn give_back(&mut self, head: u16) {
+        self.rx.publish(&[head]);
         self.rx_evt.write(1).unwrap();
     }
 
@@ -109,7 +106,7 @@ impl Guest {
         let at = TX_BASE + (self.tx_slot % u64::from(QSIZE / 2)) * TX_SLOT;
         self.tx_slot += 1;
         self.mem.write_slice(&h.encode(), GuestAddress(at)).unwrap();
-        let mut chain = vec![(at, HEADER_SIZE as u32, false)];
+        let mut chain = vec![(at, desc_len(HEADER_SIZE), false)];
         if let Some((addr, len)) = payload_from {
             chain.push((addr, len, false));
         }
@@ -138,7 +135,7 @@ impl Guest {
             if h.op == op::RW {
                 got += len;
                 *self.consumed.entry(h.src_port).or_default() += len;
-                let at = RX_BASE + head * u64::from(RX_BUF) + HEADER_SIZE as u64;
+                let at = RX_BASE + u64::from(head) * u64::from(RX_BUF) + HEADER_SIZE as u64;
                 self.send(h.src_port, op::RW, Some((at, len)));
             }
             self.give_back(head);
@@ -211,11 +208,12 @@ fn echo(c: &mut Criterion) {
         let mut s = host_connect(&mut r);
         let msg = vec![0xa5u8; size];
         let mut back = vec![0u8; size];
+        let bytes = u32::try_from(size).unwrap();
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
             b.iter(|| {
                 s.write_all(&msg).unwrap();
-                r.guest.echo(size as u32);
+                r.guest.echo(bytes);
                 s.read_exact(&mut back).unwrap();
             })
         });

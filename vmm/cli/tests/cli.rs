@@ -192,7 +192,7 @@ fn without_test_devices_the_debug_exit_port_stops_nothing() {
         "the guest's write to the debug-exit port stopped the VM"
     );
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
@@ -220,7 +220,7 @@ fn sigterm_stops_a_running_vm() {
         .read_exact(&mut byte)
         .unwrap();
     // SAFETY: kill(2) of our own child, which has not been reaped yet.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "a requested stop exits 0");
 }

@@ -60,7 +60,7 @@ fn run_hostile() -> Run {
         .stderr(File::create(&log_path).unwrap())
         .spawn()
         .expect("run pulse-vmm probe --hostile");
-    let pid = child.id() as libc::pid_t;
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let fired = Arc::new(AtomicBool::new(false));
     let watchdog = {
@@ -104,7 +104,7 @@ fn run_hostile() -> Run {
     Run {
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         report,
-        max_rss_kib: usage.ru_maxrss as u64,
+        max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap(),
         log,
     }
 }

@@ -93,7 +93,7 @@ mod tests {
         let info: StartInfo = mem.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
         assert_eq!(info.0.magic, XEN_HVM_START_MAGIC);
         assert_eq!(info.0.cmdline_paddr, layout::CMDLINE_START);
-        assert_eq!(info.0.memmap_entries, map.len() as u32);
+        assert_eq!(info.0.memmap_entries, u32::try_from(map.len()).unwrap());
         assert_eq!(info.0.nr_modules, 1);
         let module: ModlistEntry = mem.read_obj(GuestAddress(info.0.modlist_paddr)).unwrap();
         assert_eq!(module.0.paddr, 0x100_0000);

@@ -117,7 +117,7 @@ mod tests {
         write(&mem, None, &ram_map(&mem), 14, Some(initrd)).unwrap();
         let params: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
         let hdr = params.hdr;
-        assert_eq!({ hdr.cmd_line_ptr }, layout::CMDLINE_START as u32);
+        assert_eq!(u64::from(hdr.cmd_line_ptr), layout::CMDLINE_START);
         assert_eq!({ hdr.ramdisk_image }, 0x300_0000);
         assert_eq!({ hdr.boot_flag }, 0xaa55);
         assert_eq!(params.e820_entries, 3);

@@ -92,7 +92,7 @@ fn child_case(case: &str) -> i64 {
         "allowed" => {
             // What every thread does: allocate (a big block too), log, lock, read the clock,
             // signal an eventfd, close it.
-            let mut v: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+            let mut v: Vec<u8> = (0..=u8::MAX).cycle().take(100_000).collect();
             v.resize(4 << 20, 1);
             tracing::info!("a confined thread logs {}", v.len());
             let _ = std::time::Instant::now();

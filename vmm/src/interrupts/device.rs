@@ -564,8 +564,8 @@ mod tests {
     fn reset_clears_everything() {
         let d = device(2);
         d.set_msi_enabled(true);
-        for v in 0..3 {
-            d.update_vector(v, msg(0x40 + v as u8)).unwrap();
+        for v in 0..3u8 {
+            d.update_vector(u16::from(v), msg(0x40 + v)).unwrap();
         }
         d.activate().unwrap();
         d.mask(1).unwrap();

@@ -185,7 +185,7 @@ mod tests {
         ] {
             assert_eq!(
                 with((mode << 8) | 0x41).check_x86(),
-                Err(MsiRejection::DeliveryMode(mode as u8)),
+                Err(MsiRejection::DeliveryMode(u8::try_from(mode).unwrap())),
                 "{name}"
             );
         }

@@ -767,7 +767,7 @@ mod tests {
             read_config_bytes(&self.config, offset, data)
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
-            if let Some(b) = self.config.get_mut(offset as usize) {
+            if let Some(b) = self.config.get_mut(usize::try_from(offset).unwrap()) {
                 *b = data[0];
             }
         }

@@ -69,7 +69,7 @@ pub fn elf(code: &[u8], pvh_code: Option<&[u8]>) -> Vec<u8> {
         note.extend_from_slice(&4u32.to_le_bytes()); // descsz
         note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
         note.extend_from_slice(b"Xen\0");
-        note.extend_from_slice(&(pvh_entry as u32).to_le_bytes());
+        note.extend_from_slice(&u32::try_from(pvh_entry).unwrap().to_le_bytes());
     }
     let code_off = headers as u64;
     let note_off = code_off + image.len() as u64;
@@ -142,7 +142,7 @@ pub fn bzimage(code64: &[u8]) -> Vec<u8> {
     image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
     let mut payload = vec![0xf4u8; 0x200]; // 32-bit entry area: hlt
     payload.extend_from_slice(code64);
-    let init_size = (payload.len() as u32 + 0xfff) & !0xfff;
+    let init_size = (u32::try_from(payload.len()).unwrap() + 0xfff) & !0xfff;
     image[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
     image.extend_from_slice(&payload);
     image

@@ -37,7 +37,9 @@ struct Rig {
 fn rig_with(read_only: bool, disk_bytes: usize) -> Rig {
     let mem = create_guest_memory(16).unwrap();
     let disk = tempfile::NamedTempFile::new().unwrap();
-    let pattern: Vec<u8> = (0..disk_bytes).map(|i| (i / 512) as u8).collect();
+    let pattern: Vec<u8> = (0..disk_bytes)
+        .map(|i| u8::try_from(i / 512).unwrap())
+        .collect();
     std::fs::write(disk.path(), &pattern).unwrap();
     let backend = Backend::open(disk.path(), read_only).unwrap();
     let ring = DriverRing::new(&mem, GuestAddress(RING), QSIZE);
@@ -303,7 +305,11 @@ fn one_interrupt_per_batch() {
 #[test]
 fn config_space_reports_capacity_and_queues() {
     let disk = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(disk.path(), vec![0u8; 10 * SECTOR_SIZE as usize]).unwrap();
+    std::fs::write(
+        disk.path(),
+        vec![0u8; usize::try_from(10 * SECTOR_SIZE).unwrap()],
+    )
+    .unwrap();
     let block = super::Block::new(super::BlockConfig {
         path: disk.path().to_path_buf(),
         read_only: false,
@@ -400,9 +406,8 @@ fn an_image_written_into_a_slot_shows_up_with_a_config_interrupt() {
     // The host writes a 4-sector image into the slot (a new file renamed over it: the open
     // descriptor still sees the old, empty one until the reload).
     let image = dir.path().join("rootfs.img");
-    let contents: Vec<u8> = (0..4 * SECTOR_SIZE as usize)
-        .map(|i| (i / 512) as u8 + 1)
-        .collect();
+    let sector = usize::try_from(SECTOR_SIZE).unwrap();
+    let contents: Vec<u8> = (1..=4u8).flat_map(|s| vec![s; sector]).collect();
     std::fs::write(&image, &contents).unwrap();
     std::fs::rename(&image, &slot).unwrap();
     assert_eq!(handle.reload(None).unwrap(), 4 * SECTOR_SIZE);
@@ -576,13 +581,13 @@ fn log_records() -> u64 {
 fn a_flood_of_bad_chains_writes_a_bounded_number_of_log_lines() {
     let before = log_records();
     let mut r = rig();
-    for round in 0..200u64 {
+    for round in 0..200u16 {
         r.ring.recycle();
         let mut heads = Vec::new();
-        for i in 0..u64::from(QSIZE) / 2 {
+        for i in 0..QSIZE / 2 {
             // No status descriptor, and a head beyond the table.
             heads.push(r.ring.add_chain(&[(HEADER, 16, false)]));
-            heads.push(100 + (round + i) as u16 % 100);
+            heads.push(100 + (round + i) % 100);
         }
         r.ring.publish(&heads);
         r.process();

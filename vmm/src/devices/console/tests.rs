@@ -15,8 +15,8 @@ use super::sink::{Output, Sink};
 use super::worker::{ConsoleWorker, Vring};
 use super::*;
 use crate::devices::driver_ring::{
-    assert_broken_once, assert_resets, wait_until, CountingInterrupt, DriverRing, DESC_F_NEXT,
-    DESC_F_WRITE,
+    assert_broken_once, assert_resets, desc_len, wait_until, CountingInterrupt, DriverRing,
+    DESC_F_NEXT, DESC_F_WRITE,
 };
 use crate::devices::virtio::{features as vf, Activation, ActiveQueue, VirtioDevice};
 use crate::devices::worker::{FaultLog, LoopContext};
@@ -83,7 +83,7 @@ impl Guest {
         for p in pieces {
             let at = self.alloc(p.len());
             self.mem.write_slice(p, GuestAddress(at)).unwrap();
-            descs.push((at, p.len() as u32, false));
+            descs.push((at, desc_len(p.len()), false));
         }
         let head = self.tx.add_chain(&descs);
         self.tx.publish(&[head]);

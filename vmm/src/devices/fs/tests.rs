@@ -124,7 +124,7 @@ impl Driver {
     /// reply's bytes (`len` as the device wrote it).
     fn request(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
         self.unique += 1;
-        let len = 40 + body.len() as u32;
+        let len = 40 + u32::try_from(body.len()).unwrap();
         let mut header = Vec::new();
         header.extend_from_slice(&len.to_le_bytes());
         header.extend_from_slice(&opcode.to_le_bytes());

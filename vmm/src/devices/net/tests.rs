@@ -22,7 +22,7 @@ use super::tap::{self, Tap, TapError, TapOrigin, VNET_HDR_LEN};
 use super::worker::{PairParts, PairWorker, QueueCounters, RxMode, Vring, MAX_CHAIN_LEN};
 use super::*;
 use crate::devices::driver_ring::{
-    wait_until, CountingInterrupt, DriverRing, DESC_F_NEXT, DESC_F_WRITE,
+    desc_len, wait_until, CountingInterrupt, DriverRing, DESC_F_NEXT, DESC_F_WRITE,
 };
 use crate::devices::virtio::{features as vf, Activation, ActiveQueue, VirtioDevice};
 use crate::interrupts::Interrupt;
@@ -55,7 +55,7 @@ fn marker_frame(dst: [u8; 6], tag: u8, seq: u8, len: usize) -> Vec<u8> {
     f.extend_from_slice(&ETHERTYPE_TEST);
     f.extend_from_slice(&[b'P', b'T', tag, seq]);
     while f.len() < len.max(60) {
-        f.push((f.len() as u8).wrapping_mul(7) ^ tag);
+        f.push(f.len().to_le_bytes()[0].wrapping_mul(7) ^ tag);
     }
     f
 }
@@ -67,12 +67,13 @@ fn marker_of(frame: &[u8]) -> Option<(u8, u8)> {
 
 /// An IPv4/UDP frame of flow `port` (for the kernel's per-flow queue choice), with a marker.
 fn udp_frame(dst: [u8; 6], src: [u8; 6], port: u16, seq: u8) -> Vec<u8> {
-    let payload = [b'P', b'T', port as u8, seq, 0, 0, 0, 0];
+    let [_, port_low] = port.to_be_bytes();
+    let payload = [b'P', b'T', port_low, seq, 0, 0, 0, 0];
     let mut f = Vec::new();
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
     f.extend_from_slice(&[0x08, 0x00]);
-    let total = (20 + 8 + payload.len()) as u16;
+    let total = u16::try_from(20 + 8 + payload.len()).unwrap();
     let mut ip = [
         0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 99, 0, 2, 10, 99, 0, 1,
     ];
@@ -81,12 +82,12 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6], port: u16, seq: u8) -> Vec<u8> {
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
         .sum::<u32>();
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    let sum = !u16::try_from((sum & 0xffff) + (sum >> 16)).unwrap();
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&port.to_be_bytes());
     f.extend_from_slice(&9999u16.to_be_bytes());
-    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
     f.extend_from_slice(&[0, 0]);
     f.extend_from_slice(&payload);
     f
@@ -252,7 +253,12 @@ impl FakeRig {
                 libc::MSG_DONTWAIT,
             )
         };
-        assert_eq!(n as usize, rec.len(), "{}", std::io::Error::last_os_error());
+        assert_eq!(
+            n.cast_unsigned(),
+            rec.len(),
+            "{}",
+            std::io::Error::last_os_error()
+        );
     }
 
     fn read(&self, at: u64, len: usize) -> Vec<u8> {
@@ -291,7 +297,12 @@ fn tx_waits_for_a_full_tap_and_loses_nothing() {
     let mut r = fake_rig(RxMode::default(), true, false, 0);
     let count = 200u16;
     for seq in 0..count {
-        r.send(&marker_frame([0xff; 6], 4, seq as u8, 1500));
+        r.send(&marker_frame(
+            [0xff; 6],
+            4,
+            u8::try_from(seq).unwrap(),
+            1500,
+        ));
     }
     // The stand-in tap's socket buffer holds far fewer than 200 frames of 1.5 KB: the worker
     // must stop on EAGAIN, wait for the tap to be writable, and go on.
@@ -323,7 +334,7 @@ fn tx_waits_for_a_full_tap_and_loses_nothing() {
         got += 1;
     }
     assert_eq!(got, count, "all frames written");
-    let want: Vec<u8> = (0..count).map(|s| s as u8).collect();
+    let want: Vec<u8> = (0..count).map(|s| u8::try_from(s).unwrap()).collect();
     assert_eq!(seqs, want, "in order, none lost or doubled");
     assert!(wait_until(WAIT, || tx.used_idx() == count));
     assert_eq!(load(&tx_counters.dropped), 0);
@@ -347,7 +358,7 @@ fn tx_header_and_frame_may_be_split_anyhow() {
         r.mem
             .write_slice(&bytes[w[0]..w[1]], GuestAddress(addr))
             .unwrap();
-        descs.push((addr, (w[1] - w[0]) as u32, false));
+        descs.push((addr, desc_len(w[1] - w[0]), false));
     }
     let head = r.tx.add_chain(&descs);
     r.tx.publish(&[head]);
@@ -402,7 +413,7 @@ fn hostile_tx_chains_are_counted_and_the_worker_goes_on() {
     r.mem
         .write_slice(&good, GuestAddress(frame_at + VNET_HDR_LEN as u64))
         .unwrap();
-    r.tx.write_desc(47, frame_at, (VNET_HDR_LEN + good.len()) as u32, 0, 0);
+    r.tx.write_desc(47, frame_at, desc_len(VNET_HDR_LEN + good.len()), 0, 0);
     r.tx.publish(&[47]);
     r.worker.process_tx();
     assert_eq!(r.peer_frames().len(), 1);
@@ -538,7 +549,7 @@ fn hostile_rx_chains_are_returned_unused() {
     for slot in 0..4 {
         assert_eq!(r.rx.used_elem(slot).1, 0, "bad chain {slot} returned empty");
     }
-    assert_eq!(r.rx.used_elem(4), (5, (VNET_HDR_LEN + 100) as u32));
+    assert_eq!(r.rx.used_elem(4), (5, desc_len(VNET_HDR_LEN + 100)));
     assert_eq!(load(&r.rx_counters.errors), 4);
     assert_eq!(load(&r.rx_counters.frames), 1);
 }
@@ -556,9 +567,9 @@ fn rx_without_buffers_pauses_then_resumes() {
     let posted = r.post_rx(8, 2048);
     r.worker.process_rx();
     assert_eq!(r.rx.used_idx(), 3, "all three frames kept and delivered");
-    for seq in 0..3u16 {
+    for seq in 0..3u8 {
         let got = r.read(posted[usize::from(seq)].1, 12 + 80);
-        assert_eq!(marker_of(&got[VNET_HDR_LEN..]), Some((0, seq as u8)));
+        assert_eq!(marker_of(&got[VNET_HDR_LEN..]), Some((0, seq)));
     }
     assert!(!r.worker.rx_blocked());
 }
@@ -593,7 +604,7 @@ impl FakeRig {
         self.mem.write_slice(&bytes, GuestAddress(cmd_at)).unwrap();
         self.mem.write_obj(0xffu8, GuestAddress(ack_at)).unwrap();
         let ring = self.ctrl.as_mut().unwrap();
-        let head = ring.add_chain(&[(cmd_at, bytes.len() as u32, false), (ack_at, 1, true)]);
+        let head = ring.add_chain(&[(cmd_at, desc_len(bytes.len()), false), (ack_at, 1, true)]);
         ring.publish(&[head]);
         let before = ring.used_idx();
         self.worker.process_ctrl();
@@ -915,7 +926,7 @@ fn tun_fd(name: &str, flags: libc::c_int) -> OwnedFd {
         .unwrap();
     let fd = OwnedFd::from(f);
     let mut ifr = tap::ifreq_for(name);
-    ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
+    ifr.ifr_ifru.ifru_flags = libc::c_short::try_from(flags).unwrap();
     tap::ioctl_ifreq(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr).unwrap();
     fd
 }
@@ -1205,10 +1216,12 @@ impl TapRig {
                 .write_slice(f, GuestAddress(at + VNET_HDR_LEN as u64))
                 .unwrap();
             let ring = self.rings.get_mut(&q).unwrap();
-            heads.push(ring.add_chain(&[(at, (VNET_HDR_LEN + f.len()) as u32, false)]));
+            heads.push(ring.add_chain(&[(at, desc_len(VNET_HDR_LEN + f.len()), false)]));
         }
         let ring = self.rings.get_mut(&q).unwrap();
-        let target = ring.avail_idx().wrapping_add(heads.len() as u16);
+        let target = ring
+            .avail_idx()
+            .wrapping_add(u16::try_from(heads.len()).unwrap());
         ring.publish(&heads);
         self.kick(q);
         assert!(self.wait_used(q, target), "tx queue {q} stalled");
@@ -1239,7 +1252,7 @@ impl TapRig {
         let mut out = Vec::new();
         while *seen != ring.used_idx() {
             let (id, len) = ring.used_elem(*seen);
-            let at = self.bufs[&(q, id as u16)];
+            let at = self.bufs[&(q, u16::try_from(id).unwrap())];
             let mut buf = vec![0u8; len as usize];
             self.mem.read_slice(&mut buf, GuestAddress(at)).unwrap();
             if buf.len() >= VNET_HDR_LEN {
@@ -1259,7 +1272,7 @@ impl TapRig {
         self.mem.write_slice(&bytes, GuestAddress(at)).unwrap();
         self.mem.write_obj(0xffu8, GuestAddress(ack)).unwrap();
         let ring = self.rings.get_mut(&q).unwrap();
-        let head = ring.add_chain(&[(at, bytes.len() as u32, false), (ack, 1, true)]);
+        let head = ring.add_chain(&[(at, desc_len(bytes.len()), false), (ack, 1, true)]);
         let target = ring.avail_idx().wrapping_add(1);
         ring.publish(&[head]);
         self.kick(q);
@@ -1287,7 +1300,14 @@ fn frames_sent_on_every_tx_queue_arrive_on_the_tap() {
     let sock = PacketSocket::bind(r.net.tap_name());
     for pair in 0..4u16 {
         let frames: Vec<Vec<u8>> = (0..3)
-            .map(|seq| marker_frame([0xff; 6], pair as u8, seq, 60 + 500 * usize::from(seq)))
+            .map(|seq| {
+                marker_frame(
+                    [0xff; 6],
+                    u8::try_from(pair).unwrap(),
+                    seq,
+                    60 + 500 * usize::from(seq),
+                )
+            })
             .collect();
         r.send(pair, &frames);
     }
@@ -1298,11 +1318,11 @@ fn frames_sent_on_every_tx_queue_arrive_on_the_tap() {
     markers.sort();
     let want: Vec<(u8, u8)> = (0..4).flat_map(|p| (0..3).map(move |s| (p, s))).collect();
     assert_eq!(markers, want);
-    for pair in 0..4usize {
-        let c = &r.net.counters()[2 * pair + 1];
+    for pair in 0..4u16 {
+        let c = &r.net.counters()[usize::from(2 * pair + 1)];
         assert_eq!(load(&c.frames), 3, "tx{pair}");
         assert_eq!(load(&c.errors) + load(&c.dropped), 0);
-        assert_eq!(load(&c.interrupts), r.irq.queue(2 * pair as u16 + 1));
+        assert_eq!(load(&c.interrupts), r.irq.queue(2 * pair + 1));
         assert!(load(&c.interrupts) >= 1);
     }
     assert_eq!(r.net.completed_requests().len(), 9);
@@ -1366,8 +1386,8 @@ fn each_rx_queue_gets_the_flows_its_tx_queue_sent() {
         }),
         "{by_pair:?}"
     );
-    for (pair, got) in by_pair.iter().enumerate() {
-        let want: Vec<(u16, u8)> = (1..=5).map(|s| (6000 + pair as u16, s)).collect();
+    for (pair, got) in (0u16..).zip(&by_pair) {
+        let want: Vec<(u16, u8)> = (1..=5).map(|s| (6000 + pair, s)).collect();
         assert_eq!(got, &want, "rx{pair}");
     }
 }

@@ -12,7 +12,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::packet::{op, Header, HEADER_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{Vsock, VsockConfig};
 use crate::devices::driver_ring::{
-    assert_broken_once, assert_resets, wait_until, CountingInterrupt, DriverRing, DESC_F_NEXT,
+    assert_broken_once, assert_resets, desc_len, wait_until, CountingInterrupt, DriverRing,
+    DESC_F_NEXT,
 };
 use crate::devices::virtio::{features, Activation, VirtioDevice};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
@@ -123,7 +124,7 @@ impl Guest {
     }
 
     fn send(&mut self, mut h: Header, payload: &[u8]) {
-        h.len = payload.len() as u32;
+        h.len = u32::try_from(payload.len()).unwrap();
         let at = 0x180_0000 + (self.tx_slot % u64::from(QSIZE)) * 0x1_0000;
         self.tx_slot += 1;
         self.tx.publish_readable(at, &[&h.encode(), payload]);
@@ -138,21 +139,22 @@ impl Guest {
             "no packet from the device"
         );
         let (head, len) = self.rx.used_elem(self.rx_seen);
+        let head = u16::try_from(head).unwrap();
         self.rx_seen = self.rx_seen.wrapping_add(1);
         let mut raw = [0u8; HEADER_SIZE];
         self.mem
-            .read_slice(&mut raw, GuestAddress(rx_buf(head as u16)))
+            .read_slice(&mut raw, GuestAddress(rx_buf(head)))
             .unwrap();
         let h = Header::decode(&raw);
         let mut payload = vec![0u8; len as usize - HEADER_SIZE];
         self.mem
             .read_slice(
                 &mut payload,
-                GuestAddress(rx_buf(head as u16) + HEADER_SIZE as u64),
+                GuestAddress(rx_buf(head) + HEADER_SIZE as u64),
             )
             .unwrap();
         // Give the buffer back.
-        self.rx.publish(&[head as u16]);
+        self.rx.publish(&[head]);
         self.rx_evt.write(1).unwrap();
         (h, payload)
     }
@@ -361,7 +363,7 @@ fn hostile_packets_do_not_hurt() {
     let head = r
         .guest
         .tx
-        .add_chain(&[(0x191_0000, HEADER_SIZE as u32, false)]);
+        .add_chain(&[(0x191_0000, desc_len(HEADER_SIZE), false)]);
     r.guest.tx.publish(&[head]);
     r.guest.tx_evt.write(1).unwrap();
     let counters = r.dev.counters();
@@ -388,10 +390,10 @@ fn a_looping_chain_is_not_a_packet() {
         .mem
         .write_slice(&h.encode(), GuestAddress(at))
         .unwrap();
-    let head = r.guest.tx.add_chain(&[(at, HEADER_SIZE as u32, false)]);
+    let head = r.guest.tx.add_chain(&[(at, desc_len(HEADER_SIZE), false)]);
     r.guest
         .tx
-        .write_desc(head, at, HEADER_SIZE as u32, DESC_F_NEXT, head);
+        .write_desc(head, at, desc_len(HEADER_SIZE), DESC_F_NEXT, head);
     r.guest.tx.publish(&[head]);
     r.guest.tx_evt.write(1).unwrap();
     // A well-formed REQUEST after it: its RESPONSE is the first packet back.
@@ -537,7 +539,7 @@ fn replies_the_guest_has_no_buffers_for_are_bounded() {
     while sent < PACKETS {
         let batch = (PACKETS - sent).min(u64::from(QSIZE));
         let heads: Vec<u16> = (0..batch)
-            .map(|_| r.guest.tx.add_chain(&[(at, HEADER_SIZE as u32, false)]))
+            .map(|_| r.guest.tx.add_chain(&[(at, desc_len(HEADER_SIZE), false)]))
             .collect();
         r.guest.tx.publish(&heads);
         r.guest.tx_evt.write(1).unwrap();
