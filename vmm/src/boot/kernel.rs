@@ -79,15 +79,17 @@ pub struct LoadedKernel {
     pub setup_header: Option<setup_header>,
 }
 
+/// What a kernel image is read from: the kernel file, or a cursor over bytes in tests.
+pub trait KernelImage: Read + Seek + vm_memory::ReadVolatile {}
+
+impl<F: Read + Seek + vm_memory::ReadVolatile> KernelImage for F {}
+
 /// Loads an ELF or bzImage into `mem`; `ram_end` is the end of RAM below the MMIO gap.
-pub fn load<F>(
+pub fn load(
     mem: &GuestMemoryMmap,
-    image: &mut F,
+    image: &mut impl KernelImage,
     ram_end: u64,
-) -> Result<LoadedKernel, KernelError>
-where
-    F: Read + Seek + vm_memory::ReadVolatile,
-{
+) -> Result<LoadedKernel, KernelError> {
     let len = image.seek(SeekFrom::End(0))?;
     let mut magic = [0u8; 4];
     image.rewind()?;
@@ -176,15 +178,12 @@ fn check_elf<F: Read + Seek>(image: &mut F, len: u64, ram_end: u64) -> Result<u6
     Ok(end)
 }
 
-fn load_elf<F>(
+fn load_elf(
     mem: &GuestMemoryMmap,
-    image: &mut F,
+    image: &mut impl KernelImage,
     len: u64,
     ram_end: u64,
-) -> Result<LoadedKernel, KernelError>
-where
-    F: Read + Seek + vm_memory::ReadVolatile,
-{
+) -> Result<LoadedKernel, KernelError> {
     let end = check_elf(image, len, ram_end)?;
     let result = Elf::load(mem, None, image, Some(GuestAddress(layout::HIMEM_START)))?;
     let pvh_entry = match result.pvh_boot_cap {
@@ -199,14 +198,11 @@ where
     })
 }
 
-fn load_bzimage<F>(
+fn load_bzimage(
     mem: &GuestMemoryMmap,
-    image: &mut F,
+    image: &mut impl KernelImage,
     ram_end: u64,
-) -> Result<LoadedKernel, KernelError>
-where
-    F: Read + Seek + vm_memory::ReadVolatile,
-{
+) -> Result<LoadedKernel, KernelError> {
     image.rewind()?;
     let result = BzImage::load(mem, None, image, Some(GuestAddress(layout::HIMEM_START)))?;
     let header = result

@@ -10,7 +10,7 @@ pub mod pvh;
 pub mod zero_page;
 
 use std::fs::File;
-use std::io::{Cursor, Read, Seek};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -250,10 +250,10 @@ pub fn load_guest(mem: &GuestMemoryMmap, inputs: &BootInputs) -> Result<BootSetu
     })
 }
 
-fn load_image<F>(mem: &GuestMemoryMmap, image: &mut F) -> Result<kernel::LoadedKernel, BootError>
-where
-    F: Read + Seek + vm_memory::ReadVolatile,
-{
+fn load_image(
+    mem: &GuestMemoryMmap,
+    image: &mut impl kernel::KernelImage,
+) -> Result<kernel::LoadedKernel, BootError> {
     let ram_end = low_ram_end(mem);
     kernel::load(mem, image, ram_end).map_err(|e| match e {
         kernel::KernelError::TooLarge { needed } => BootError::KernelTooLarge {
