@@ -5,8 +5,11 @@ use std::sync::{Arc, Mutex};
 
 /// A device on a bus. `offset` is relative to the start of the range it was inserted at.
 pub trait BusDevice: Send {
-    /// Fills `data` from the device register at `offset`.
-    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// Fills `data` from the device register at `offset`. By default the device is a port the
+    /// guest only writes, and it reads as zeros.
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
     /// Writes `data` to the device register at `offset`.
     fn write(&mut self, offset: u64, data: &[u8]);
 }
@@ -122,6 +125,20 @@ mod tests {
         fn write(&mut self, offset: u64, data: &[u8]) {
             self.last_write = Some((offset, data.to_vec()));
         }
+    }
+
+    /// A port the guest only writes: it keeps the default read.
+    struct WriteOnly;
+
+    impl BusDevice for WriteOnly {
+        fn write(&mut self, _offset: u64, _data: &[u8]) {}
+    }
+
+    #[test]
+    fn a_write_only_port_reads_as_zeros() {
+        let mut buf = [0xffu8; 4];
+        WriteOnly.read(2, &mut buf);
+        assert_eq!(buf, [0; 4]);
     }
 
     #[test]

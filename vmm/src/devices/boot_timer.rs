@@ -20,10 +20,6 @@ impl BootTimer {
 }
 
 impl BusDevice for BootTimer {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-
     fn write(&mut self, _offset: u64, data: &[u8]) {
         if data.first() == Some(&BOOT_TIMER_MAGIC) && self.metrics.mark_boot_timer() {
             let ms = self.metrics.snapshot().boot_timer_ms.unwrap_or_default();

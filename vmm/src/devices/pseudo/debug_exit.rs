@@ -19,10 +19,6 @@ impl DebugExit {
 }
 
 impl BusDevice for DebugExit {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-
     fn write(&mut self, _offset: u64, data: &[u8]) {
         if let Some(code) = data.first() {
             self.exit.request(VmExit::DebugExit(*code));

@@ -54,10 +54,6 @@ impl PhaseMarker {
 }
 
 impl BusDevice for PhaseMarker {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-
     fn write(&mut self, _offset: u64, data: &[u8]) {
         let Some(&phase) = data.first() else {
             return;
