@@ -15,6 +15,49 @@ use crate::devices::worker::{guest_queue, GuestFault, LoopContext, QueueFault, B
 
 use super::{Key, Worker, EVENT, EVENT_TRANSPORT_RESET, RX};
 
+/// What [`next_chain`] found on the receive or event queue.
+enum Next<'m> {
+    /// A chain to fill.
+    Chain(guest_queue::Chain<'m>),
+    /// An entry naming a descriptor beyond the table, reported and skipped: look again.
+    Skipped,
+    /// The ring was empty, and buffers came while doorbells went back on: look again.
+    Refilled,
+    /// The ring is empty with doorbells on, or the queue broke (reported): stop.
+    Stop,
+}
+
+/// Takes the next chain of queue `index`. Out of buffers, it asks for a doorbell on the next
+/// one: with EVENT_IDX the driver only kicks once it posts past avail_event, which only
+/// enable_notification moves, so without it a driver that refills after the device ran dry
+/// (Linux's does) never says so and host data waits for good.
+fn next_chain<'m>(
+    queue: &mut virtio_queue::Queue,
+    mem: &'m crate::memory::GuestMemoryMmap,
+    ctx: &mut LoopContext,
+    index: u16,
+) -> Next<'m> {
+    match guest_queue::pop(queue, mem) {
+        Ok(Some(chain)) => Next::Chain(chain),
+        Ok(None) => match guest_queue::enable_notification(queue, mem) {
+            Ok(true) => Next::Refilled,
+            Ok(false) => Next::Stop,
+            Err(fault) => {
+                ctx.queue_fault(index, fault);
+                Next::Stop
+            }
+        },
+        Err(fault @ QueueFault::HeadOutOfRange { .. }) => {
+            ctx.guest_fault(fault.kind(), &fault);
+            Next::Skipped
+        }
+        Err(fault) => {
+            ctx.queue_fault(index, fault);
+            Next::Stop
+        }
+    }
+}
+
 impl Worker {
     /// Drops every connection (their host streams are closed, which host processes see as
     /// EOF) and tells the guest with one TRANSPORT_RESET event per request, so that it drops
@@ -50,28 +93,14 @@ impl Worker {
         let mut used_any = false;
         let mut looked_again = false;
         while self.events_owed > 0 {
-            let chain = match guest_queue::pop(&mut queue, &mem) {
-                Ok(Some(chain)) => chain,
-                // As in fill_rx: have the driver kick when it posts the next buffer.
-                Ok(None) => match guest_queue::enable_notification(&mut queue, &mem) {
-                    Ok(true) if !looked_again => {
-                        looked_again = true;
-                        continue;
-                    }
-                    Ok(_) => break,
-                    Err(fault) => {
-                        ctx.queue_fault(EVENT, fault);
-                        break;
-                    }
-                },
-                Err(fault @ QueueFault::HeadOutOfRange { .. }) => {
-                    ctx.guest_fault(fault.kind(), &fault);
+            let chain = match next_chain(&mut queue, &mem, ctx, EVENT) {
+                Next::Chain(chain) => chain,
+                Next::Skipped => continue,
+                Next::Refilled if !looked_again => {
+                    looked_again = true;
                     continue;
                 }
-                Err(fault) => {
-                    ctx.queue_fault(EVENT, fault);
-                    break;
-                }
+                Next::Refilled | Next::Stop => break,
             };
             let head = chain.head_index();
             let first = chain.clone().next();
@@ -131,30 +160,11 @@ impl Worker {
                 break;
             }
             served += 1;
-            let chain = match guest_queue::pop(&mut queue, &mem) {
-                Ok(Some(chain)) => chain,
-                // Out of buffers. With EVENT_IDX the driver only kicks once it posts past
-                // avail_event, which only enable_notification moves: without it a driver that
-                // refills after the device ran dry (Linux's does) never says so and host data
-                // waits for good. Look again if buffers came meanwhile (the budget bounds it).
-                Ok(None) => match guest_queue::enable_notification(&mut queue, &mem) {
-                    Ok(true) => continue,
-                    Ok(false) => {
-                        self.rx_starved = true;
-                        break;
-                    }
-                    Err(fault) => {
-                        ctx.queue_fault(RX, fault);
-                        self.rx_starved = true;
-                        break;
-                    }
-                },
-                Err(fault @ QueueFault::HeadOutOfRange { .. }) => {
-                    ctx.guest_fault(fault.kind(), &fault);
-                    continue;
-                }
-                Err(fault) => {
-                    ctx.queue_fault(RX, fault);
+            let chain = match next_chain(&mut queue, &mem, ctx, RX) {
+                Next::Chain(chain) => chain,
+                // Buffers came while doorbells went back on: look again (the budget bounds it).
+                Next::Skipped | Next::Refilled => continue,
+                Next::Stop => {
                     self.rx_starved = true;
                     break;
                 }
