@@ -131,6 +131,13 @@ impl Guest {
         self.tx_evt.write(1).unwrap();
     }
 
+    /// Writes `h` at `at` and adds a transmit chain of it alone, not yet published; returns
+    /// its head.
+    fn add_header_chain(&mut self, at: u64, h: &Header) -> u16 {
+        self.mem.write_slice(&h.encode(), GuestAddress(at)).unwrap();
+        self.tx.add_chain(&[(at, desc_len(HEADER_SIZE), false)])
+    }
+
     /// The next packet the device delivered, waiting up to 5 s.
     fn recv(&mut self) -> (Header, Vec<u8>) {
         assert!(
@@ -356,14 +363,7 @@ fn hostile_packets_do_not_hurt() {
     // A length beyond what the chain holds.
     let mut liar = r.guest.header(11, 12, op::RW);
     liar.len = 60_000;
-    r.guest
-        .mem
-        .write_slice(&liar.encode(), GuestAddress(0x191_0000))
-        .unwrap();
-    let head = r
-        .guest
-        .tx
-        .add_chain(&[(0x191_0000, desc_len(HEADER_SIZE), false)]);
+    let head = r.guest.add_header_chain(0x191_0000, &liar);
     r.guest.tx.publish(&[head]);
     r.guest.tx_evt.write(1).unwrap();
     let counters = r.dev.counters();
@@ -386,11 +386,7 @@ fn a_looping_chain_is_not_a_packet() {
     listener.set_nonblocking(true).unwrap();
     let at = 0x1f0_0000;
     let h = r.guest.header(5000, 52, op::REQUEST);
-    r.guest
-        .mem
-        .write_slice(&h.encode(), GuestAddress(at))
-        .unwrap();
-    let head = r.guest.tx.add_chain(&[(at, desc_len(HEADER_SIZE), false)]);
+    let head = r.guest.add_header_chain(at, &h);
     r.guest
         .tx
         .write_desc(head, at, desc_len(HEADER_SIZE), DESC_F_NEXT, head);
@@ -531,15 +527,11 @@ fn replies_the_guest_has_no_buffers_for_are_bounded() {
     // One packet for a connection that does not exist, sent over and over: each earns a RST.
     let at = 0x180_0000;
     let h = r.guest.header(5000, 9999, op::RW);
-    r.guest
-        .mem
-        .write_slice(&h.encode(), GuestAddress(at))
-        .unwrap();
     let mut sent = 0u64;
     while sent < PACKETS {
         let batch = (PACKETS - sent).min(u64::from(QSIZE));
         let heads: Vec<u16> = (0..batch)
-            .map(|_| r.guest.tx.add_chain(&[(at, desc_len(HEADER_SIZE), false)]))
+            .map(|_| r.guest.add_header_chain(at, &h))
             .collect();
         r.guest.tx.publish(&heads);
         r.guest.tx_evt.write(1).unwrap();
