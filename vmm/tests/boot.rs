@@ -43,27 +43,20 @@ fn boot(config: &VmConfig, buffer: &Arc<Mutex<Vec<u8>>>) -> Run {
     }
 }
 
-/// 64-bit code: prints `tag`, then the first byte of the command line found through the zero
-/// page (rsi), then exits 0.
-fn linux64_cmdline_printer(tag: &str) -> Vec<u8> {
-    let mut v = asm::outb(0x440, 123);
-    v.extend(asm::print(tag));
-    v.extend([0x8b, 0x86, 0x28, 0x02, 0x00, 0x00]); // mov eax, [rsi + 0x228] (cmd_line_ptr)
-    v.extend([0x8a, 0x00]); // mov al, [rax]
-    v.extend(asm::mov_dx(0x3f8));
-    v.push(asm::OUT_DX_AL);
-    v.extend(asm::outb(0x501, 0));
-    v.push(asm::HLT);
-    v
-}
+/// mov eax, [rsi + 0x228]: the zero page's cmd_line_ptr, in the 64-bit entry.
+const LOAD_CMD_LINE_PTR: [u8; 6] = [0x8b, 0x86, 0x28, 0x02, 0x00, 0x00];
+/// mov eax, [rsi + 0x218]: the zero page's ramdisk_image, in the 64-bit entry.
+const LOAD_RAMDISK_IMAGE: [u8; 6] = [0x8b, 0x86, 0x18, 0x02, 0x00, 0x00];
+/// mov eax, [ebx + 0x18]: hvm_start_info's cmdline_paddr, in the 32-bit PVH entry.
+const LOAD_PVH_CMDLINE: [u8; 3] = [0x8b, 0x43, 0x18];
 
-/// 32-bit code: prints `tag`, then the first byte of the command line found through
-/// hvm_start_info (ebx), then exits 0.
-fn pvh_cmdline_printer(tag: &str) -> Vec<u8> {
+/// Code that marks the boot, prints `tag`, then the first byte at the address that
+/// `load_pointer` puts in eax (what the boot protocol handed over), then exits 0.
+fn pointee_printer(tag: &str, load_pointer: &[u8]) -> Vec<u8> {
     let mut v = asm::outb(0x440, 123);
     v.extend(asm::print(tag));
-    v.extend([0x8b, 0x43, 0x18]); // mov eax, [ebx + 0x18] (cmdline_paddr)
-    v.extend([0x8a, 0x00]); // mov al, [eax]
+    v.extend_from_slice(load_pointer);
+    v.extend([0x8a, 0x00]); // mov al, [rax] (in 32-bit code [eax])
     v.extend(asm::mov_dx(0x3f8));
     v.push(asm::OUT_DX_AL);
     v.extend(asm::outb(0x501, 0));
@@ -73,7 +66,7 @@ fn pvh_cmdline_printer(tag: &str) -> Vec<u8> {
 
 #[test]
 fn linux64_entry_finds_the_zero_page() {
-    let (mut config, buffer) = config(elf(&linux64_cmdline_printer("L"), None));
+    let (mut config, buffer) = config(elf(&pointee_printer("L", &LOAD_CMD_LINE_PTR), None));
     config.cmdline = "Zcmdline".into();
     let run = boot(&config, &buffer);
     assert_eq!(run.exit, VmExit::DebugExit(0));
@@ -85,8 +78,8 @@ fn linux64_entry_finds_the_zero_page() {
 #[test]
 fn pvh_entry_is_preferred_and_finds_the_start_info() {
     let image = elf(
-        &linux64_cmdline_printer("L"),
-        Some(&pvh_cmdline_printer("P")),
+        &pointee_printer("L", &LOAD_CMD_LINE_PTR),
+        Some(&pointee_printer("P", &LOAD_PVH_CMDLINE)),
     );
     let (mut config, buffer) = config(image.clone());
     config.cmdline = "Qx".into();
@@ -131,13 +124,7 @@ fn pvh_without_a_note_is_refused() {
 
 #[test]
 fn initrd_is_loaded_and_announced() {
-    let mut code = asm::outb(0x440, 123);
-    code.extend([0x8b, 0x86, 0x18, 0x02, 0x00, 0x00]); // mov eax, [rsi + 0x218] (ramdisk_image)
-    code.extend([0x8a, 0x00]); // mov al, [rax]
-    code.extend(asm::mov_dx(0x3f8));
-    code.push(asm::OUT_DX_AL);
-    code.extend(asm::outb(0x501, 0));
-    code.push(asm::HLT);
+    let code = pointee_printer("", &LOAD_RAMDISK_IMAGE);
     let initrd = common::TempFile::with_contents("initrd", b"Rest of the initrd");
     let (mut config, buffer) = config(elf(&code, None));
     config.initrd = Some(initrd.0.clone());
