@@ -5,15 +5,17 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 
-use virtio_queue::QueueOwnedT;
+use virtio_queue::{Queue, QueueOwnedT};
 use vm_memory::Bytes;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::vsock::packet::{
     self, op, Header, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
 use crate::devices::worker::{guest_queue, GuestFault, LoopContext, QueueFault, BUDGET};
 
-use super::{Key, Worker, EVENT, EVENT_TRANSPORT_RESET, RX};
+use super::{Key, Muxer, Worker, EVENT, EVENT_TRANSPORT_RESET, RX};
+use crate::memory::GuestMemoryMmap;
 
 /// What [`next_chain`] found on the receive or event queue.
 enum Next<'m> {
@@ -32,8 +34,8 @@ enum Next<'m> {
 /// enable_notification moves, so without it a driver that refills after the device ran dry
 /// (Linux's does) never says so and host data waits for good.
 fn next_chain<'m>(
-    queue: &mut virtio_queue::Queue,
-    mem: &'m crate::memory::GuestMemoryMmap,
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
     ctx: &mut LoopContext,
     index: u16,
 ) -> Next<'m> {
@@ -81,19 +83,41 @@ impl Worker {
         self.deliver_events(ctx);
     }
 
-    /// Writes owed events into the buffers the guest posted on the event queue.
-    pub(super) fn deliver_events(&mut self, ctx: &mut LoopContext) {
-        if ctx.is_broken(EVENT) {
+    /// Takes queue `index` out of its `slot` for `fill` (nothing while the queue is broken or
+    /// not active yet) and puts it back after, then interrupts the driver if `fill` used chains
+    /// and the driver asked to hear of it.
+    fn serve(
+        &mut self,
+        ctx: &mut LoopContext,
+        index: u16,
+        slot: fn(&mut Muxer) -> &mut Option<(Queue, EventFd)>,
+        fill: impl FnOnce(&mut Self, &mut LoopContext, &mut Queue) -> bool,
+    ) {
+        if ctx.is_broken(index) {
             return;
         }
-        let Some((mut queue, evt)) = self.m.event.take() else {
+        let Some((mut queue, evt)) = slot(&mut self.m).take() else {
             return;
         };
+        let used_any = fill(self, ctx, &mut queue);
+        if used_any && guest_queue::needs_notification(&mut queue, &self.m.mem) {
+            ctx.interrupt().trigger(index);
+        }
+        *slot(&mut self.m) = Some((queue, evt));
+    }
+
+    /// Writes owed events into the buffers the guest posted on the event queue.
+    pub(super) fn deliver_events(&mut self, ctx: &mut LoopContext) {
+        self.serve(ctx, EVENT, |m| &mut m.event, Self::fill_event_chains);
+    }
+
+    /// The body of [`Self::deliver_events`]; says whether it used chains.
+    fn fill_event_chains(&mut self, ctx: &mut LoopContext, queue: &mut Queue) -> bool {
         let mem = self.m.mem.clone();
         let mut used_any = false;
         let mut looked_again = false;
         while self.events_owed > 0 {
-            let chain = match next_chain(&mut queue, &mem, ctx, EVENT) {
+            let chain = match next_chain(queue, &mem, ctx, EVENT) {
                 Next::Chain(chain) => chain,
                 Next::Skipped => continue,
                 Next::Refilled if !looked_again => {
@@ -112,7 +136,7 @@ impl Worker {
                 _ => false,
             };
             if let Err(fault) =
-                guest_queue::add_used(&mut queue, &mem, head, if written { 4 } else { 0 })
+                guest_queue::add_used(queue, &mem, head, if written { 4 } else { 0 })
             {
                 ctx.queue_fault(EVENT, fault);
                 break;
@@ -125,20 +149,16 @@ impl Worker {
                 self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if used_any && guest_queue::needs_notification(&mut queue, &mem) {
-            ctx.interrupt().trigger(EVENT);
-        }
-        self.m.event = Some((queue, evt));
+        used_any
     }
 
     /// Delivers control packets, then host data, into the guest's rx buffers.
     pub(super) fn fill_rx(&mut self, ctx: &mut LoopContext) {
-        if ctx.is_broken(RX) {
-            return;
-        }
-        let Some((mut queue, evt)) = self.m.rx.take() else {
-            return;
-        };
+        self.serve(ctx, RX, |m| &mut m.rx, Self::fill_rx_chains);
+    }
+
+    /// The body of [`Self::fill_rx`]; says whether it used chains.
+    fn fill_rx_chains(&mut self, ctx: &mut LoopContext, queue: &mut Queue) -> bool {
         let mem = self.m.mem.clone();
         let mut used_any = false;
         let mut data_keys: VecDeque<Key> = self
@@ -160,7 +180,7 @@ impl Worker {
                 break;
             }
             served += 1;
-            let chain = match next_chain(&mut queue, &mem, ctx, RX) {
+            let chain = match next_chain(queue, &mem, ctx, RX) {
                 Next::Chain(chain) => chain,
                 // Buffers came while doorbells went back on: look again (the budget bounds it).
                 Next::Skipped | Next::Refilled => continue,
@@ -174,7 +194,7 @@ impl Worker {
             let Some(capacity) = packet::rx_capacity(&buffers).filter(|_| terminated) else {
                 ctx.guest_fault(GuestFault::MalformedChain, &"vsock receive chain");
                 self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
-                let _ = guest_queue::add_used(&mut queue, &mem, head, 0);
+                let _ = guest_queue::add_used(queue, &mem, head, 0);
                 used_any = true;
                 continue;
             };
@@ -194,7 +214,7 @@ impl Worker {
                     Ok(n) => {
                         // At most a header and MAX_PAYLOAD bytes.
                         let n = u32::try_from(n).unwrap_or(u32::MAX);
-                        let _ = guest_queue::add_used(&mut queue, &mem, head, n);
+                        let _ = guest_queue::add_used(queue, &mem, head, n);
                         self.m.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
                         used_any = true;
                         if h.op == op::RW {
@@ -204,17 +224,14 @@ impl Worker {
                     }
                     Err(_) => {
                         self.m.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
-                        let _ = guest_queue::add_used(&mut queue, &mem, head, 0);
+                        let _ = guest_queue::add_used(queue, &mem, head, 0);
                         used_any = true;
                     }
                 },
                 None => queue.go_to_previous_position(),
             }
         }
-        if used_any && guest_queue::needs_notification(&mut queue, &mem) {
-            ctx.interrupt().trigger(RX);
-        }
-        self.m.rx = Some((queue, evt));
+        used_any
     }
 
     fn header(&self, local_port: u32, peer_port: u32, op: u16, flags: u32) -> Header {
