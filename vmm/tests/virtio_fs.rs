@@ -5,6 +5,8 @@
 //! Without virtiofsd, /dev/kvm or root the test says so and passes.
 
 mod common;
+#[path = "common/virtiofsd.rs"]
+mod virtiofsd_binary;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -19,16 +21,7 @@ fn virtiofsd() -> Option<PathBuf> {
         eprintln!("SKIPPED: needs root and /dev/kvm");
         return None;
     }
-    let found = std::env::var_os("PULSE_VIRTIOFSD")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/virtiofsd")))
-        .chain(["/usr/local/bin/virtiofsd", "/usr/libexec/virtiofsd"].map(PathBuf::from))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!("SKIPPED: no virtiofsd (cargo install virtiofsd, or PULSE_VIRTIOFSD)");
-    }
-    found
+    virtiofsd_binary::find()
 }
 
 #[test]

@@ -15,6 +15,10 @@ use crate::devices::virtio::ActiveQueue;
 use crate::interrupts::Interrupt;
 use crate::memory::{create_shared_guest_memory, GuestMemoryMmap};
 
+// The same lookup as the VM test's.
+#[path = "../../../tests/common/virtiofsd.rs"]
+mod virtiofsd_binary;
+
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_INIT: u32 = 26;
 /// Guest addresses of the test's rings and buffers.
@@ -27,16 +31,7 @@ fn virtiofsd() -> Option<PathBuf> {
         eprintln!("SKIPPED: virtiofsd's namespace sandbox needs root");
         return None;
     }
-    let candidates = std::env::var_os("PULSE_VIRTIOFSD")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/virtiofsd")))
-        .chain(["/usr/local/bin/virtiofsd", "/usr/libexec/virtiofsd"].map(PathBuf::from));
-    let found = candidates.into_iter().find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!("SKIPPED: no virtiofsd (cargo install virtiofsd, or PULSE_VIRTIOFSD)");
-    }
-    found
+    virtiofsd_binary::find()
 }
 
 /// virtiofsd serving `shared` on a socket in `dir`.
