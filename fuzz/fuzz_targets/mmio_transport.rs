@@ -27,7 +27,6 @@ use pulse_vmm::devices::virtio::{
     device_type, features, read_config_bytes, status, ActivateError, Activation, VirtioDevice,
 };
 use pulse_vmm::interrupts::{DeviceInterrupts, Interrupt, InterruptManager};
-use pulse_vmm::memory::GuestMemoryMmap;
 use pulse_vmm::mmio::registers::*;
 use pulse_vmm::mmio::{MmioTransport, TransportErrors};
 use virtio_queue::QueueT;
