@@ -29,7 +29,7 @@ pub const STORAGE_ROOTFS: &str = "rootfs";
 pub const BUSYBOX: &str = "/bin/busybox";
 
 pub fn ctx() -> context::Context {
-    context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
+    context::with_timeout(i64::try_from(Duration::from_secs(60).as_nanos()).unwrap())
 }
 
 pub struct TestAgent {
@@ -345,7 +345,7 @@ impl TestAgent {
         let req = SignalProcessRequest {
             container_id: id.to_string(),
             exec_id: exec_id.to_string(),
-            signal: signal as u32,
+            signal: u32::try_from(signal).expect("signal numbers are positive"),
             ..Default::default()
         };
         self.containers
@@ -496,7 +496,7 @@ impl Drop for AgentProcess {
         if let Some(mut child) = self.child.take() {
             // SIGTERM: the agent removes its containers, then exits.
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
                 nix::sys::signal::Signal::SIGTERM,
             );
             let deadline = Instant::now() + Duration::from_secs(15);
