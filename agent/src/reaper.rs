@@ -152,7 +152,7 @@ mod tests {
                 .args(["-c", "exit 7"])
                 .spawn()
                 .unwrap();
-            let pid = child.id() as i32;
+            let pid = i32::try_from(child.id()).unwrap();
             (pid, reg.register(pid))
         });
         assert!(pid > 0);

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    add_mount, ctx, process_json, seccomp_refusing_mkdir, status_of, TestAgent, STORAGE_ROOTFS,
+    add_mount, ctx, process_json, seccomp_refusing_mkdir, status_of, user, TestAgent,
+    STORAGE_ROOTFS,
 };
-use oci_spec::runtime::UserBuilder;
 use pulse_protocols::containers::*;
 use pulse_protocols::health::CheckRequest;
 use pulse_protocols::sandbox::DestroySandboxRequest;
@@ -45,23 +45,15 @@ async fn spec_environment_cwd_and_user() {
         &rootfs,
         &["sh", "-c", "echo $GREETING; pwd; id -u; id -g; hostname"],
     );
-    let mut process = spec.process().clone().unwrap();
+    let process = spec.process_mut().as_mut().unwrap();
     process.set_env(Some(vec![
         "PATH=/bin".to_string(),
         "GREETING=hi there".to_string(),
     ]));
     process.set_cwd("/home/user".into());
-    process.set_user(
-        UserBuilder::default()
-            .uid(1000u32)
-            .gid(1000u32)
-            .build()
-            .unwrap(),
-    );
-    spec.set_process(Some(process));
+    process.set_user(user(1000, 1000));
     spec.set_hostname(Some("box".to_string()));
-    agent.create("env", &spec).await.expect("create");
-    agent.start_container("env").await.expect("start");
+    agent.create_and_start("env", &spec).await;
     assert_eq!(
         agent.output("env", "").await,
         "hi there\n/home/user\n1000\n1000\nbox\n"
@@ -154,11 +146,9 @@ async fn terminal_mode() {
     let id = "tty";
     let rootfs = agent.rootfs("rootfs");
     let mut spec = agent.spec(&rootfs, &["sh"]);
-    let mut process = spec.process().clone().unwrap();
+    let process = spec.process_mut().as_mut().unwrap();
     process.set_terminal(Some(true));
-    spec.set_process(Some(process));
-    agent.create(id, &spec).await.expect("create");
-    agent.start_container(id).await.expect("start");
+    agent.create_and_start(id, &spec).await;
     let resize = ResizeTerminalRequest {
         container_id: id.into(),
         rows: 40,
@@ -563,8 +553,7 @@ async fn container_processes_start_with_default_signals() {
         &rootfs,
         &["sh", "-c", &format!("{SCRIPT}; exec sleep 1000")],
     );
-    agent.create("sigs", &spec).await.expect("create");
-    agent.start_container("sigs").await.expect("start");
+    agent.create_and_start("sigs", &spec).await;
     assert_eq!(agent.read_until("sigs", "", "y\n").await, EXPECTED);
 
     agent
@@ -600,18 +589,10 @@ async fn a_missing_working_directory_is_created() {
     ] {
         let script = "pwd; stat -c '%a %u %n' /nonexistent/dir /nonexistent 2>/dev/null";
         let mut spec = agent.spec(&rootfs, &["sh", "-c", script]);
-        let mut process = spec.process().clone().unwrap();
+        let process = spec.process_mut().as_mut().unwrap();
         process.set_cwd(cwd.into());
-        process.set_user(
-            UserBuilder::default()
-                .uid(1000u32)
-                .gid(1000u32)
-                .build()
-                .unwrap(),
-        );
-        spec.set_process(Some(process));
-        agent.create(id, &spec).await.expect("create");
-        agent.start_container(id).await.expect("start");
+        process.set_user(user(1000, 1000));
+        agent.create_and_start(id, &spec).await;
         let out = agent.read_all(id, "", false).await;
         if !expected.is_empty() {
             assert_eq!(out, expected);
@@ -633,8 +614,7 @@ async fn a_missing_working_directory_below_a_mount_is_created_in_the_mount() {
     spec["process"]["cwd"] = "/scratch/./a/b".into();
     spec["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
     add_mount(&mut spec, scratch_tmpfs());
-    agent.create("below", &spec).await.expect("create");
-    agent.start_container("below").await.expect("start");
+    agent.create_and_start("below", &spec).await;
     assert_eq!(
         agent.output("below", "").await,
         "/scratch/a/b\n755 0 .\n755 0 ..\ntmpfs\n"
@@ -655,8 +635,7 @@ async fn a_tmpfs_mount_without_a_source() {
         "grep ' /scratch ' /proc/mounts | cut -d' ' -f1,3; echo x > /scratch/f; cat /scratch/f";
     let mut spec = agent.spec_json(&rootfs, &["sh", "-c", script]);
     add_mount(&mut spec, scratch_tmpfs());
-    agent.create("tmp", &spec).await.expect("create");
-    agent.start_container("tmp").await.expect("start");
+    agent.create_and_start("tmp", &spec).await;
     assert_eq!(agent.output("tmp", "").await, " tmpfs\nx\n");
 }
 
@@ -669,7 +648,7 @@ async fn the_environment_keeps_the_spec_order() {
     let rootfs = agent.rootfs("rootfs");
     // `env` itself, not a shell: busybox sh passes on its variables in hash order.
     let mut spec = agent.spec(&rootfs, &["env"]);
-    let mut process = spec.process().clone().unwrap();
+    let process = spec.process_mut().as_mut().unwrap();
     let env = [
         "PATH=/bin",
         "ZED=1",
@@ -679,9 +658,7 @@ async fn the_environment_keeps_the_spec_order() {
         "HOME=/root",
     ];
     process.set_env(Some(env.map(String::from).to_vec()));
-    spec.set_process(Some(process));
-    agent.create("env", &spec).await.expect("create");
-    agent.start_container("env").await.expect("start");
+    agent.create_and_start("env", &spec).await;
     assert_eq!(
         agent.output("env", "").await,
         "PATH=/bin\nZED=1\nMID=a=b\nALPHA=4\nHOME=/root\n"
@@ -713,8 +690,7 @@ async fn a_seccomp_profile_is_enforced() {
         let mut spec = agent.spec_json(&rootfs, &["sh", "-c", script]);
         spec["process"]["noNewPrivileges"] = serde_json::json!(no_new_privileges);
         spec["linux"]["seccomp"] = seccomp_refusing_mkdir();
-        agent.create(id, &spec).await.expect("create");
-        agent.start_container(id).await.expect("start");
+        agent.create_and_start(id, &spec).await;
         let out = agent.output(id, "").await;
         assert!(out.contains("Seccomp:2\n"), "{id}: {out}");
         assert!(out.contains("Seccomp_filters:1\n"), "{id}: {out}");
@@ -734,8 +710,7 @@ async fn an_exec_is_confined_by_the_containers_seccomp_profile() {
     let id = "sc-exec";
     let mut spec = agent.spec_json(&rootfs, &["sleep", "1000"]);
     spec["linux"]["seccomp"] = seccomp_refusing_mkdir();
-    agent.create(id, &spec).await.expect("create");
-    agent.start_container(id).await.expect("start");
+    agent.create_and_start(id, &spec).await;
     let script = "grep -E '^(Seccomp(_filters)?|Cap(Prm|Eff|Bnd)|NoNewPrivs):' /proc/self/status \
                   | tr -d '\\t '; mkdir /tmp/blocked 2>&1 || echo refused";
     // CAP_CHOWN (bit 0) and CAP_KILL (bit 5).

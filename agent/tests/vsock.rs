@@ -45,7 +45,7 @@ fn binds_a_vsock_port_and_reports_a_busy_one() {
     );
 
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(first.id()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
     );
     let status = first.wait().unwrap();

@@ -38,7 +38,7 @@ fn read_frame(fd: &OwnedFd, timeout_ms: i32) -> Option<Vec<u8>> {
     // SAFETY: `buf` is valid for writes of its length.
     let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     assert!(n > 0, "read from the tap: {}", io::Error::last_os_error());
-    buf.truncate(n as usize);
+    buf.truncate(usize::try_from(n).unwrap());
     Some(buf)
 }
 
@@ -94,7 +94,12 @@ fn a_frame_written_into_the_tap_leaves_by_the_veth_and_the_answer_comes_back_thr
         let req = arp_request(mac, Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 1));
         // SAFETY: `req` is valid for reads of its length.
         let n = unsafe { libc::write(tap_fds[0].as_raw_fd(), req.as_ptr().cast(), req.len()) };
-        assert_eq!(n as usize, req.len(), "{}", io::Error::last_os_error());
+        assert_eq!(
+            usize::try_from(n),
+            Ok(req.len()),
+            "{}",
+            io::Error::last_os_error()
+        );
         let mut answered = false;
         while let Some(frame) = read_frame(&tap_fds[0], 5000) {
             let eth = &frame[10..];

@@ -152,7 +152,7 @@ fn guest_vectors(dev: &VirtioDevice) -> BTreeMap<u16, &pulse_protocols::devices:
     msi.sort_by_key(|(h, _)| *h);
     let base = msi.first().map(|(h, _)| *h).unwrap_or(0);
     msi.into_iter()
-        .map(|(h, v)| ((h - base) as u16, v))
+        .map(|(h, v)| (u16::try_from(h - base).unwrap(), v))
         .collect()
 }
 

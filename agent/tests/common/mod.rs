@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::{LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec, UserBuilder};
+use oci_spec::runtime::{LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec, User, UserBuilder};
 use pulse_protocols::containers::*;
 use pulse_protocols::containers_ttrpc::ContainersClient;
 use pulse_protocols::health_ttrpc::HealthClient;
@@ -29,7 +29,7 @@ pub const STORAGE_ROOTFS: &str = "rootfs";
 pub const BUSYBOX: &str = "/bin/busybox";
 
 pub fn ctx() -> context::Context {
-    context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
+    context::with_timeout(i64::try_from(Duration::from_secs(60).as_nanos()).unwrap())
 }
 
 pub struct TestAgent {
@@ -164,7 +164,7 @@ impl TestAgent {
                 "TERM=xterm".to_string(),
             ])
             .cwd("/")
-            .user(UserBuilder::default().uid(0u32).gid(0u32).build().unwrap())
+            .user(user(0, 0))
             .terminal(false)
             .build()
             .unwrap();
@@ -239,7 +239,12 @@ impl TestAgent {
     pub async fn run(&self, id: &str, args: &[&str]) -> u32 {
         let rootfs = self.rootfs(&format!("rootfs-{id}"));
         let spec = self.spec(&rootfs, args);
-        self.create(id, &spec).await.expect("create");
+        self.create_and_start(id, &spec).await
+    }
+
+    /// Creates and starts a container from `spec`; returns its pid.
+    pub async fn create_and_start(&self, id: &str, spec: &impl serde::Serialize) -> u32 {
+        self.create(id, spec).await.expect("create");
         self.start_container(id).await.expect("start")
     }
 
@@ -345,7 +350,7 @@ impl TestAgent {
         let req = SignalProcessRequest {
             container_id: id.to_string(),
             exec_id: exec_id.to_string(),
-            signal: signal as u32,
+            signal: u32::try_from(signal).expect("signal numbers are positive"),
             ..Default::default()
         };
         self.containers
@@ -402,6 +407,11 @@ impl TestAgent {
         };
         self.containers.close_stdin(ctx(), &req).await.map(|_| ())
     }
+}
+
+/// The container user `uid:gid`.
+pub fn user(uid: u32, gid: u32) -> User {
+    UserBuilder::default().uid(uid).gid(gid).build().unwrap()
 }
 
 /// An OCI process (JSON) running `args` as root in `/`.
@@ -496,7 +506,7 @@ impl Drop for AgentProcess {
         if let Some(mut child) = self.child.take() {
             // SIGTERM: the agent removes its containers, then exits.
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
                 nix::sys::signal::Signal::SIGTERM,
             );
             let deadline = Instant::now() + Duration::from_secs(15);

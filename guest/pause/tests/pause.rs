@@ -9,6 +9,10 @@ use nix::unistd::Pid;
 
 const PAUSE: &str = env!("CARGO_BIN_EXE_pulse-pause");
 
+fn pid_of(child: &std::process::Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id()).unwrap())
+}
+
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
@@ -33,13 +37,13 @@ fn it_waits_until_sigterm_or_sigint_and_exits_0() {
             "pulse-pause exited on its own"
         );
         // SIGCHLD with nothing to reap changes nothing.
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGCHLD).unwrap();
+        kill(pid_of(&child), Signal::SIGCHLD).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert!(
             child.try_wait().unwrap().is_none(),
             "SIGCHLD ended pulse-pause"
         );
-        kill(Pid::from_raw(child.id() as i32), sig).unwrap();
+        kill(pid_of(&child), sig).unwrap();
         let status = wait_exit(&mut child, Duration::from_secs(5));
         assert_eq!(status.code(), Some(0), "after {sig}");
     }
@@ -71,7 +75,7 @@ fn children_it_inherits_are_reaped() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    kill(pid_of(&child), Signal::SIGTERM).unwrap();
     assert_eq!(
         wait_exit(&mut child, Duration::from_secs(5)).code(),
         Some(0)

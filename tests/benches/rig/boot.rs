@@ -142,7 +142,7 @@ async fn qemu_boot(accel: Accel) -> Result<Boot> {
     let mut config = GuestConfig::from_build()?;
     config.accel = accel;
     config.vcpus = u32::from(VCPUS);
-    config.memory_mib = MEMORY_MIB as u32;
+    config.memory_mib = u32::try_from(MEMORY_MIB).unwrap();
     // What Pulse's embedded guest gets too: no PS/2 probing.
     config.extra_cmdline = "i8042.noaux i8042.nokbd".into();
     let mut guest = Guest::boot(&config)?;
