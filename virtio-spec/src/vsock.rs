@@ -150,8 +150,8 @@ mod tests {
         let mut expected = [0u8; HEADER_SIZE];
         let sizes = [8, 8, 4, 4, 4, 2, 2, 4, 4];
         let mut at = 0;
-        for (i, size) in sizes.into_iter().enumerate() {
-            expected[at..at + size].fill(i as u8 + 1);
+        for (pattern, size) in (1u8..).zip(sizes) {
+            expected[at..at + size].fill(pattern);
             at += size;
         }
         expected[40..44].copy_from_slice(&[0x0d, 0x0c, 0x0b, 0x0a]);

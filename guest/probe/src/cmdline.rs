@@ -349,17 +349,22 @@ pub fn parse_u64(s: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// `cmdline` parsed, checked to have no errors.
+    fn parse_clean(cmdline: &str) -> Config {
+        let c = parse(cmdline);
+        assert!(c.errors.is_empty(), "{cmdline}: {:?}", c.errors.as_slice());
+        c
+    }
+
     #[test]
     fn empty_and_unknown_words() {
-        let c = parse("");
+        let c = parse_clean("");
         assert_eq!(c.cpus, None);
         assert_eq!(c.selftest, Selftest::None);
-        assert!(c.errors.is_empty());
-        let c = parse(
+        let c = parse_clean(
             "console=ttyS0 reboot=t  quiet probe.unknown=3 virtio_mmio.device=8K@0xd0000000:5",
         );
         assert_eq!(c.cpus, None);
-        assert!(c.errors.is_empty());
         assert_eq!(c.irq, IrqMode::Msi);
         assert_eq!(c.requests_per_queue(), 32);
         assert!(!c.masktest);
@@ -375,11 +380,10 @@ mod tests {
 
     #[test]
     fn mmio_devices() {
-        let c = parse(
+        let c = parse_clean(
             "virtio_mmio.device=8K@0xd0000000:5 virtio_mmio.device=4096@0xd0002000:6:1 \
              virtio_mmio.device=1M@3489677312:7",
         );
-        assert!(c.errors.is_empty());
         let bases: std::vec::Vec<_> = c
             .devices()
             .iter()
@@ -422,8 +426,7 @@ mod tests {
 
     #[test]
     fn driver_options() {
-        let c = parse("probe.irq=legacy probe.requests=64 probe.masktest=1");
-        assert!(c.errors.is_empty());
+        let c = parse_clean("probe.irq=legacy probe.requests=64 probe.masktest=1");
         assert_eq!(c.irq, IrqMode::Legacy);
         assert_eq!(c.requests_per_queue(), 64);
         assert!(c.masktest);
@@ -491,8 +494,7 @@ mod tests {
 
     #[test]
     fn vsock_keys() {
-        let c = parse("probe.vsock.listen=2000 probe.vsock.conns=100 probe.vsock.bytes=65536 probe.vsock.connect=5000 probe.vsock.events=1");
-        assert!(c.errors.is_empty());
+        let c = parse_clean("probe.vsock.listen=2000 probe.vsock.conns=100 probe.vsock.bytes=65536 probe.vsock.connect=5000 probe.vsock.events=1");
         assert_eq!(
             c.vsock,
             VsockPlan {
@@ -527,8 +529,7 @@ mod tests {
 
     #[test]
     fn net_and_console_keys() {
-        let c = parse("probe.net.frames=8 probe.net.rx=2 probe.console.echo=1");
-        assert!(c.errors.is_empty());
+        let c = parse_clean("probe.net.frames=8 probe.net.rx=2 probe.console.echo=1");
         assert_eq!(c.net, NetPlan { frames: 8, rx: 2 });
         assert!(c.console_echo);
         let c = parse("probe.net.frames=33 probe.console.echo=yes");
@@ -553,8 +554,8 @@ mod tests {
 
     #[test]
     fn flags_and_bounds() {
-        let c = parse("probe.masktest probe.blk.resize=1 probe.console.echo=0 probe.cpus=255");
-        assert!(c.errors.is_empty());
+        let c =
+            parse_clean("probe.masktest probe.blk.resize=1 probe.console.echo=0 probe.cpus=255");
         assert!(c.masktest && c.blk_resize && !c.console_echo);
         assert_eq!(c.cpus, Some(255));
         let c = parse("probe.blk.resize=2 probe.cpus=256 probe.requests=0 probe.vsock.listen=0");

@@ -16,10 +16,8 @@ pub const NET_CFG_MAX_PAIRS: u64 = 8;
 /// `struct virtio_net_hdr_v1` (with `num_buffers`): what precedes every frame.
 pub const NET_HDR_LEN: usize = 12;
 
-/// Control queue: class MQ, command VQ_PAIRS_SET, and the ack values.
-pub const CTRL_CLASS_MQ: u8 = 4;
-pub const CTRL_MQ_VQ_PAIRS_SET: u8 = 0;
-pub const CTRL_OK: u8 = 0;
+/// Control queue: class MQ, command VQ_PAIRS_SET, and the ack values, as the VMM defines them.
+pub use pulse_virtio_spec::net::ctrl;
 
 /// The EtherType of the probe's own frames (IEEE local experimental).
 pub const PROBE_ETHERTYPE: u16 = 0x88b5;

@@ -6,28 +6,14 @@
 /// implements, from pulse-virtio-spec.
 pub use pulse_virtio_spec::mmio as reg;
 
-/// Device types.
-pub const DEVICE_ID_BLOCK: u32 = 2;
-pub const DEVICE_ID_VSOCK: u32 = 19;
-pub const DEVICE_ID_NET: u32 = 1;
-pub const DEVICE_ID_CONSOLE: u32 = 3;
+/// Device types and status bits, as the VMM defines them (pulse-virtio-spec).
+pub use pulse_virtio_spec::{device_type, status};
 
-/// Device status bits.
-pub mod status {
-    pub const ACKNOWLEDGE: u32 = 1;
-    pub const DRIVER: u32 = 2;
-    pub const DRIVER_OK: u32 = 4;
-    pub const FEATURES_OK: u32 = 8;
-    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
-    pub const FAILED: u32 = 0x80;
-}
-
-/// Feature bits the driver cares about.
+/// Feature bits the driver cares about: the ring features (pulse-virtio-spec) and the block
+/// device's multiqueue bit.
 pub mod feature {
+    pub use pulse_virtio_spec::feature::*;
     pub const BLK_MQ: u64 = 1 << 12;
-    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
-    pub const RING_EVENT_IDX: u64 = 1 << 29;
-    pub const VERSION_1: u64 = 1 << 32;
 }
 
 /// MSI_CMD: the operation (`reg::MSI_CMD_*`) in bits 15-12, the vector in bits 11-0.
@@ -119,13 +105,12 @@ pub mod ring {
     }
 }
 
-/// virtio-blk request types and status.
+/// virtio-blk request types and status: those the device defines too (pulse-virtio-spec),
+/// and the driver's own.
 pub mod blk {
-    pub const T_IN: u32 = 0;
-    pub const T_OUT: u32 = 1;
-    pub const S_OK: u8 = 0;
+    pub use pulse_virtio_spec::blk::{kind, STATUS_IOERR, STATUS_OK};
     /// Written into status bytes before submitting, so an untouched one is caught.
-    pub const S_UNSET: u8 = 0xff;
+    pub const STATUS_UNSET: u8 = 0xff;
     pub const SECTOR_SIZE: u64 = 512;
     /// Config space: capacity (u64, sectors) and num_queues (u16).
     pub const CFG_CAPACITY: u64 = 0;

@@ -49,16 +49,23 @@ pub enum IrqMode {
     Legacy,
 }
 
+impl IrqMode {
+    /// The mode's word, on the CLI and in the guest's `probe.irq=`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Msi => "msi",
+            Self::Legacy => "legacy",
+        }
+    }
+}
+
 impl std::str::FromStr for IrqMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "msi" => Ok(Self::Msi),
-            "legacy" => Ok(Self::Legacy),
-            _ => Err(format!(
-                "unknown interrupt mode '{s}' (expected msi or legacy)"
-            )),
-        }
+        [Self::Msi, Self::Legacy]
+            .into_iter()
+            .find(|mode| mode.word() == s)
+            .ok_or_else(|| format!("unknown interrupt mode '{s}' (expected msi or legacy)"))
     }
 }
 
@@ -193,5 +200,14 @@ mod tests {
         );
         assert_eq!(json.unwrap()["ok"], Value::Bool(true));
         assert_eq!(lines.len(), 2);
+    }
+
+    #[test]
+    fn irq_modes_parse_from_their_words() {
+        for mode in [IrqMode::Msi, IrqMode::Legacy] {
+            assert_eq!(mode.word().parse::<IrqMode>(), Ok(mode));
+        }
+        assert_eq!("msi".parse::<IrqMode>(), Ok(IrqMode::Msi));
+        assert!("msix".parse::<IrqMode>().is_err());
     }
 }

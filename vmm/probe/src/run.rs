@@ -41,7 +41,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
         let (file, block) = probe_disk(size, queues)?;
         config.block.push(block);
         disk = Some(file);
-        words.push(format!("probe.irq={}", irq_word(options.irq)));
+        words.push(format!("probe.irq={}", options.irq.word()));
         words.push(format!("probe.requests={}", options.requests));
         if options.blk_resize {
             words.push("probe.blk.resize=1".to_string());
@@ -50,7 +50,7 @@ pub fn run(options: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     if options.blk_queues.is_none()
         && (options.vsock.is_some() || options.net_queues.is_some() || options.console)
     {
-        words.push(format!("probe.irq={}", irq_word(options.irq)));
+        words.push(format!("probe.irq={}", options.irq.word()));
     }
     if let Some(pairs) = options.net_queues {
         config.net.push(probe_nic("pprobe", pairs));
@@ -225,12 +225,5 @@ fn probe_nic(prefix: &str, queue_pairs: u16) -> NetConfig {
         tap: TapSource::Name(format!("{prefix}{}", std::process::id() % 100_000)),
         queue_pairs,
         ..NetConfig::new("")
-    }
-}
-
-fn irq_word(mode: IrqMode) -> &'static str {
-    match mode {
-        IrqMode::Msi => "msi",
-        IrqMode::Legacy => "legacy",
     }
 }

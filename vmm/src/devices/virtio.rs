@@ -11,46 +11,24 @@ use crate::devices::worker::{FaultCounts, FaultLog, LoopContext};
 use crate::interrupts::Interrupt;
 use crate::memory::GuestMemoryMmap;
 
-/// Device status bits (virtio 1.x, 2.1).
-pub mod status {
-    /// The guest found the device.
-    pub const ACKNOWLEDGE: u32 = 0x01;
-    /// The guest has a driver for it.
-    pub const DRIVER: u32 = 0x02;
-    /// The driver is ready.
-    pub const DRIVER_OK: u32 = 0x04;
-    /// Feature negotiation is complete.
-    pub const FEATURES_OK: u32 = 0x08;
-    /// The device hit an error it cannot recover from without a reset.
-    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
-    /// The driver gave up.
-    pub const FAILED: u32 = 0x80;
-}
+/// Device status bits (virtio 1.x, 2.1), from pulse-virtio-spec: the probe guest's driver
+/// sets the same ones.
+pub use pulse_virtio_spec::status;
 
-/// Feature bits shared by all devices.
+/// Feature bits shared by all devices: the ring features, from pulse-virtio-spec, which the
+/// probe guest negotiates too, and those the VMM never offers.
 pub mod features {
-    /// Virtio 1.x.
-    pub const VERSION_1: u64 = 1 << 32;
-    /// Indirect descriptor tables.
-    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
-    /// used_event / avail_event notification suppression.
-    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    pub use pulse_virtio_spec::feature::*;
     /// Never offered on an MSI-extended virtio-mmio device: bit 40 (RING_RESET) reuses 0x0C0.
     pub const RING_RESET: u64 = 1 << 40;
     /// Never offered either: bit 39 (NOTIF_CONFIG_DATA).
     pub const NOTIF_CONFIG_DATA: u64 = 1 << 39;
 }
 
-/// Virtio device types.
+/// Virtio device types: those the probe guest drives too, from pulse-virtio-spec, and
+/// virtio-fs.
 pub mod device_type {
-    /// Network card.
-    pub const NET: u32 = 1;
-    /// Block device.
-    pub const BLOCK: u32 = 2;
-    /// Console.
-    pub const CONSOLE: u32 = 3;
-    /// Socket device.
-    pub const VSOCK: u32 = 19;
+    pub use pulse_virtio_spec::device_type::*;
     /// File system device (virtio-fs).
     pub const FS: u32 = 26;
 }

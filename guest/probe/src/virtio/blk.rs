@@ -103,11 +103,15 @@ impl QueueRun {
                     core::ptr::addr_of_mut!((*b).read[j])
                 };
                 hdr.write_volatile(ReqHeader {
-                    kind: if batch.write { blk::T_OUT } else { blk::T_IN },
+                    kind: if batch.write {
+                        blk::kind::OUT
+                    } else {
+                        blk::kind::IN
+                    },
                     reserved: 0,
                     sector: self.plan.sector(self.q, i),
                 });
-                status.write_volatile(blk::S_UNSET);
+                status.write_volatile(blk::STATUS_UNSET);
                 if batch.write {
                     workload::fill(
                         &mut *(data as *mut [u64; WORDS_PER_BLOCK]),
@@ -177,7 +181,7 @@ impl QueueRun {
             // SAFETY: the device wrote the status byte before the used index that
             // `batch_done` read (acquire fence there); this CPU owns the buffers.
             let status = unsafe { core::ptr::addr_of!((*b).status[j]).read_volatile() };
-            if status != blk::S_OK {
+            if status != blk::STATUS_OK {
                 self.request_errors += 1;
                 continue;
             }

@@ -35,43 +35,46 @@ impl Window {
         self.base + offset
     }
 
-    pub fn read32(&self, offset: u64) -> u32 {
-        debug_assert!(offset + 4 <= self.size);
+    /// One MMIO read as wide as `T` (u8, u16 or u32: the widths the registers have).
+    fn read<T: Copy>(&self, offset: u64) -> T {
+        debug_assert!(offset + size_of::<T>() as u64 <= self.size);
         // SAFETY: the window is device memory inside the identity map (checked in `new`),
-        // mapped uncached; a volatile 32-bit load is exactly one 32-bit MMIO read.
-        unsafe { core::ptr::read_volatile((self.base + offset) as *const u32) }
+        // mapped uncached; a volatile load of a u8/u16/u32 is exactly one MMIO read of that
+        // width.
+        unsafe { core::ptr::read_volatile((self.base + offset) as *const T) }
+    }
+
+    /// One MMIO write as wide as `T`, as [`Self::read`].
+    fn write<T: Copy>(&self, offset: u64, value: T) {
+        debug_assert!(offset + size_of::<T>() as u64 <= self.size);
+        // SAFETY: as for `read`; one MMIO write of `T`'s width.
+        unsafe { core::ptr::write_volatile((self.base + offset) as *mut T, value) }
+    }
+
+    pub fn read32(&self, offset: u64) -> u32 {
+        self.read(offset)
     }
 
     pub fn write32(&self, offset: u64, value: u32) {
-        debug_assert!(offset + 4 <= self.size);
-        // SAFETY: as for `read32`; one 32-bit MMIO write.
-        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
+        self.write(offset, value)
     }
 
     /// One byte of device configuration space (the only area with 8-bit access).
     pub fn read8(&self, offset: u64) -> u8 {
-        debug_assert!(offset < self.size);
-        // SAFETY: as for `read32`; one 8-bit MMIO read.
-        unsafe { core::ptr::read_volatile((self.base + offset) as *const u8) }
+        self.read(offset)
     }
 
     /// One 8-bit write (only the hostile mode writes registers this way).
     pub fn write8(&self, offset: u64, value: u8) {
-        debug_assert!(offset < self.size);
-        // SAFETY: as for `read32`; one 8-bit MMIO write.
-        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u8, value) }
+        self.write(offset, value)
     }
 
     pub fn read16(&self, offset: u64) -> u16 {
-        debug_assert!(offset + 2 <= self.size);
-        // SAFETY: as for `read32`; one 16-bit MMIO read.
-        unsafe { core::ptr::read_volatile((self.base + offset) as *const u16) }
+        self.read(offset)
     }
 
     pub fn write16(&self, offset: u64, value: u16) {
-        debug_assert!(offset + 2 <= self.size);
-        // SAFETY: as for `read32`; one 16-bit MMIO write.
-        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u16, value) }
+        self.write(offset, value)
     }
 
     /// Selects queue `q`, gives it `size` entries and its rings (descriptor table, driver

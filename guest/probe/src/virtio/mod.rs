@@ -34,7 +34,7 @@ use mmio::Window;
 use optional_tests::{mask_test, resize_test};
 use pulse_probe::cmdline::{Config, MAX_MMIO_DEVICES};
 use pulse_probe::devreport::{DeviceReport, MAX_VECTORS};
-use pulse_probe::virtio_spec::{self as spec};
+use pulse_probe::virtio_spec::device_type;
 use pulse_probe::workload::{owner, Plan};
 use queue::MAX_QUEUES;
 use setup::setup;
@@ -76,10 +76,10 @@ enum Kind {
 impl Kind {
     fn of(device_id: u32) -> Option<Kind> {
         match device_id {
-            spec::DEVICE_ID_BLOCK => Some(Kind::Blk),
-            spec::DEVICE_ID_VSOCK => Some(Kind::Vsock),
-            spec::DEVICE_ID_NET => Some(Kind::Net),
-            spec::DEVICE_ID_CONSOLE => Some(Kind::Console),
+            device_type::BLOCK => Some(Kind::Blk),
+            device_type::VSOCK => Some(Kind::Vsock),
+            device_type::NET => Some(Kind::Net),
+            device_type::CONSOLE => Some(Kind::Console),
             _ => None,
         }
     }

@@ -77,7 +77,7 @@ pub fn run(q: &Queues, plan: NetPlan, pacers: &mut [IrqPacer]) -> NetResult {
     // Queue pairs beyond the first only carry traffic once the driver asks for them.
     if let (Some(ctrl), true) = (q.ctrl, q.pairs > 1) {
         let a = ctrl_addr();
-        write_bytes(a, &[ns::CTRL_CLASS_MQ, ns::CTRL_MQ_VQ_PAIRS_SET]);
+        write_bytes(a, &[ns::ctrl::CLASS_MQ, ns::ctrl::MQ_VQ_PAIRS_SET]);
         write_bytes(a + 2, &(q.pairs as u16).to_le_bytes());
         write_bytes(a + 8, &[0xff]);
         ctrl.vq.set_desc(0, a, 2, ring::DESC_F_NEXT, 1);
@@ -89,7 +89,7 @@ pub fn run(q: &Queues, plan: NetPlan, pacers: &mut [IrqPacer]) -> NetResult {
         while ctrl.vq.used_idx() == 0 && !deadline.expired() {
             idle();
         }
-        let ok = ctrl.vq.used_idx() != 0 && read_byte(a + 8) == ns::CTRL_OK;
+        let ok = ctrl.vq.used_idx() != 0 && read_byte(a + 8) == ns::ctrl::OK;
         r.mq_set = Some(ok);
         arch::interrupt_window();
         pacers[2 * q.pairs].rearm(&ctrl.vq, ctrl.vq.used_idx());

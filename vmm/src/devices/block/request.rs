@@ -7,26 +7,21 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 use super::backend::{Backend, BackendError, SECTOR_SIZE};
 use crate::memory::GuestMemoryMmap;
 
-/// Request types (virtio spec 5.2.6).
+/// Request types (virtio spec 5.2.6): those the probe guest's drivers send too, from
+/// pulse-virtio-spec, and the others the device serves.
 pub mod kind {
-    /// Read.
-    pub const IN: u32 = 0;
-    /// Write.
-    pub const OUT: u32 = 1;
+    pub use pulse_virtio_spec::blk::kind::*;
     /// Flush.
     pub const FLUSH: u32 = 4;
     /// Device ID string.
     pub const GET_ID: u32 = 8;
     /// Discard sectors.
     pub const DISCARD: u32 = 11;
-    /// Write zeroes.
-    pub const WRITE_ZEROES: u32 = 13;
 }
 
-/// Status: success.
-pub const STATUS_OK: u8 = 0;
-/// Status: I/O error (also: malformed request, bounds, read-only).
-pub const STATUS_IOERR: u8 = 1;
+/// Status: success, and I/O error (also: malformed request, bounds, read-only): the values
+/// the probe guest's drivers check for, from pulse-virtio-spec.
+pub use pulse_virtio_spec::blk::{STATUS_IOERR, STATUS_OK};
 /// Status: unsupported request type.
 pub const STATUS_UNSUPP: u8 = 2;
 

@@ -25,32 +25,18 @@ use super::{
 use crate::devices::worker::{guest_queue, FaultLog, GuestFault, LoopContext, Served, BUDGET};
 use crate::memory::GuestMemoryMmap;
 
-/// Command classes and commands (virtio 1.2, 5.1.6.5).
+/// Command classes and commands (virtio 1.2, 5.1.6.5): those the probe guest's drivers send
+/// too, from pulse-virtio-spec, and the others the device answers.
 pub mod cmd {
-    /// Receive filtering class.
-    pub const CLASS_RX: u8 = 0;
-    /// MAC class.
-    pub const CLASS_MAC: u8 = 1;
-    /// MAC filter table.
-    pub const MAC_TABLE_SET: u8 = 0;
-    /// Primary MAC address.
-    pub const MAC_ADDR_SET: u8 = 1;
+    pub use pulse_virtio_spec::net::ctrl::*;
     /// VLAN filtering class.
     pub const CLASS_VLAN: u8 = 2;
     /// Gratuitous-announcement class.
     pub const CLASS_ANNOUNCE: u8 = 3;
-    /// Multiqueue class.
-    pub const CLASS_MQ: u8 = 4;
-    /// Number of queue pairs in use.
-    pub const MQ_VQ_PAIRS_SET: u8 = 0;
     /// Guest offloads class.
     pub const CLASS_GUEST_OFFLOADS: u8 = 5;
     /// Offloads in use.
     pub const GUEST_OFFLOADS_SET: u8 = 0;
-    /// Acknowledgement: done.
-    pub const OK: u8 = 0;
-    /// Acknowledgement: refused.
-    pub const ERR: u8 = 1;
 }
 
 /// Longest command accepted (class, command and data).

@@ -2,14 +2,12 @@
 
 use super::chains::{run_chains, Chains};
 use super::device::HDev;
-use super::{
-    page, Tally, CONFIG_VECTOR, FAR, F_INDIRECT, F_NEXT, F_WRITE, S_IOERR, S_OK, S_UNSET, TOP,
-    T_IN, T_OUT, T_WRITE_ZEROES,
-};
+use super::{page, Tally, CONFIG_VECTOR, FAR, F_INDIRECT, F_NEXT, F_WRITE, TOP};
 use crate::arch::{self, Deadline};
 use crate::idt;
 use crate::virtio::buf::{read_byte, write_bytes};
 use crate::virtio::cpus;
+use pulse_probe::virtio_spec::blk::{kind as request, STATUS_IOERR, STATUS_OK, STATUS_UNSET};
 use pulse_probe::virtio_spec::reg;
 fn blk_header(at: u64, kind: u32, sector: u64) {
     write_bytes(at, &kind.to_le_bytes());
@@ -32,8 +30,8 @@ fn blk_request(
         page(dev.d, 1) + 0x800 + first as u64,
     );
     blk_header(hdr, kind, sector);
-    write_bytes(st, &[S_UNSET]);
-    let data_flags = if kind == T_IN { F_WRITE } else { 0 };
+    write_bytes(st, &[STATUS_UNSET]);
+    let data_flags = if kind == request::IN { F_WRITE } else { 0 };
     dev.desc(q, first, hdr, 16, F_NEXT, first + 1);
     dev.desc(q, first + 1, data, 512, F_NEXT | data_flags, first + 2);
     dev.desc(q, first + 2, st, 1, F_WRITE, 0);
@@ -47,10 +45,10 @@ pub(super) fn blk_roundtrip(dev: &mut HDev, q: u16, sector: u64, tag: u8) -> boo
         write_bytes(wpage + i, &[tag ^ i as u8]);
         write_bytes(rpage + i, &[0]);
     }
-    if blk_request(dev, q, 0, T_OUT, sector, wpage) != Some(S_OK) {
+    if blk_request(dev, q, 0, request::OUT, sector, wpage) != Some(STATUS_OK) {
         return false;
     }
-    if blk_request(dev, q, 0, T_IN, sector, rpage) != Some(S_OK) {
+    if blk_request(dev, q, 0, request::IN, sector, rpage) != Some(STATUS_OK) {
         return false;
     }
     (0..512u64).all(|i| read_byte(rpage + i) == tag ^ i as u8)
@@ -62,14 +60,14 @@ pub(super) fn block(dev: &mut HDev, t: &mut Tally) {
     let hdr = |k: u64| hdrs + 32 * k;
     let st = |k: u64| stat + k;
     for k in 0..16 {
-        blk_header(hdr(k), T_IN, 0);
-        write_bytes(st(k), &[S_UNSET]);
+        blk_header(hdr(k), request::IN, 0);
+        write_bytes(st(k), &[STATUS_UNSET]);
     }
     for i in 0..512 {
-        write_bytes(data + i, &[S_UNSET]);
+        write_bytes(data + i, &[STATUS_UNSET]);
     }
-    blk_header(hdr(5), T_IN, 1 << 40); // beyond the disk
-    blk_header(hdr(6), T_OUT, 0);
+    blk_header(hdr(5), request::IN, 1 << 40); // beyond the disk
+    blk_header(hdr(6), request::OUT, 0);
     // An indirect table longer than the queue: header, 198 data buffers, status.
     let long = page(d, 5);
     let entry = |table: u64, i: u64, addr: u64, len: u32, flags: u16, next: u16| {
@@ -139,13 +137,13 @@ pub(super) fn block(dev: &mut HDev, t: &mut Tally) {
     // A head beyond the table: skipped, never returned.
     chains.add(1000, false);
     let (_, _) = run_chains(dev, t, q, &chains);
-    let ioerr = |k: u64| read_byte(st(k)) == S_IOERR;
+    let ioerr = |k: u64| read_byte(st(k)) == STATUS_IOERR;
     t.check(
-        read_byte(data + 511) == S_IOERR,
+        read_byte(data + 511) == STATUS_IOERR,
         "hostile: a looping request did not fail",
     );
     t.check(
-        read_byte(st(2)) == S_OK,
+        read_byte(st(2)) == STATUS_OK,
         "hostile: a zero-length read failed",
     );
     t.check(
@@ -153,7 +151,7 @@ pub(super) fn block(dev: &mut HDev, t: &mut Tally) {
         "hostile: a malformed request did not fail with IOERR",
     );
     t.check(
-        read_byte(st(4)) == S_UNSET,
+        read_byte(st(4)) == STATUS_UNSET,
         "hostile: a read-only status byte was written",
     );
 
@@ -198,7 +196,7 @@ pub(super) fn block(dev: &mut HDev, t: &mut Tally) {
         write_bytes(seg, &0u64.to_le_bytes());
         write_bytes(seg + 8, &(32768u32).to_le_bytes());
         write_bytes(seg + 12, &0u32.to_le_bytes());
-        blk_header(hdr(9), T_WRITE_ZEROES, 0);
+        blk_header(hdr(9), request::WRITE_ZEROES, 0);
         let mut heads = [0u16; 20];
         for (k, head) in heads.iter_mut().enumerate() {
             let i = 3 * k as u16;

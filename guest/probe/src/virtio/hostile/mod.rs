@@ -72,14 +72,6 @@ const F_NEXT: u16 = ring::DESC_F_NEXT;
 const F_WRITE: u16 = ring::DESC_F_WRITE;
 const F_INDIRECT: u16 = 4;
 
-/// virtio-blk request types and statuses.
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_WRITE_ZEROES: u32 = 13;
-const S_OK: u8 = 0;
-const S_IOERR: u8 = 1;
-const S_UNSET: u8 = 0xff;
-
 /// Pages of buffers per device.
 const PAGES_PER_DEVICE: usize = 12;
 

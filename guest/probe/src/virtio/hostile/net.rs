@@ -2,27 +2,22 @@
 
 use super::chains::{run_chains, Chains};
 use super::device::HDev;
-use super::{
-    features_of, page, Tally, FAR, F_INDIRECT, F_NEXT, F_WRITE, SCRATCH_RAM, S_UNSET, WAIT_MS,
-};
+use super::{features_of, page, Tally, FAR, F_INDIRECT, F_NEXT, F_WRITE, SCRATCH_RAM, WAIT_MS};
 use crate::virtio::buf::{read_byte, write_bytes};
 use crate::virtio::Kind;
 use pulse_probe::net_spec as ns;
+use pulse_probe::net_spec::ctrl::{CLASS_MAC, CLASS_RX, ERR, MAC_ADDR_SET, MAC_TABLE_SET};
+use pulse_probe::virtio_spec::blk::STATUS_UNSET;
 use pulse_probe::virtio_spec::reg;
 const NET_RX: u16 = 0;
 const NET_TX: u16 = 1;
 const NET_CTRL: u16 = 2;
-const CLASS_RX: u8 = 0;
-const CLASS_MAC: u8 = 1;
-const MAC_TABLE_SET: u8 = 0;
-const MAC_ADDR_SET: u8 = 1;
-const CTRL_ERR: u8 = 1;
 
 /// One control command with its ack; returns the ack (None: not answered in time).
 fn net_command(dev: &mut HDev, cmd: &[u8]) -> Option<u8> {
     let (c, ack) = (page(dev.d, 8), page(dev.d, 8) + 0x800);
     write_bytes(c, cmd);
-    write_bytes(ack, &[S_UNSET]);
+    write_bytes(ack, &[STATUS_UNSET]);
     dev.desc(NET_CTRL, 0, c, cmd.len() as u32, F_NEXT, 1);
     dev.desc(NET_CTRL, 1, ack, 1, F_WRITE, 0);
     dev.roundtrip(NET_CTRL, 0).then(|| read_byte(ack))
@@ -37,7 +32,7 @@ pub(super) fn net_alive(dev: &mut HDev, t: &mut Tally) -> bool {
     let mac = [0x02, 0x48, 0x4f, 0x53, 0x54, dev.d as u8];
     let mut cmd = [CLASS_MAC, MAC_ADDR_SET, 0, 0, 0, 0, 0, 0];
     cmd[2..].copy_from_slice(&mac);
-    let ok = net_command(dev, &cmd) == Some(ns::CTRL_OK) && net_mac(dev) == mac;
+    let ok = net_command(dev, &cmd) == Some(ns::ctrl::OK) && net_mac(dev) == mac;
     // A reset gives the device its own MAC back.
     dev.reset();
     let back = net_mac(dev) == original;
@@ -111,9 +106,9 @@ pub(super) fn net(dev: &mut HDev, t: &mut Tally) {
         for j in 0..batch.min(32) {
             let c = cmds + 16 * j as u64;
             let ack = acks + j as u64;
-            write_bytes(ack, &[S_UNSET]);
+            write_bytes(ack, &[STATUS_UNSET]);
             let (class, cmd, data): (u8, u8, &[u8]) = match (round + j) % 6 {
-                0 => (ns::CTRL_CLASS_MQ, ns::CTRL_MQ_VQ_PAIRS_SET, &[9, 0]),
+                0 => (ns::ctrl::CLASS_MQ, ns::ctrl::MQ_VQ_PAIRS_SET, &[9, 0]),
                 1 => (CLASS_MAC, MAC_TABLE_SET, &[0, 0, 0, 0, 0, 0, 0, 0]),
                 2 => (CLASS_MAC, MAC_ADDR_SET, &[0x01, 0, 0x5e, 0, 0, 1]),
                 3 => (CLASS_RX, 0, &[1]),
@@ -147,7 +142,7 @@ pub(super) fn net(dev: &mut HDev, t: &mut Tally) {
         }
         sent += m as u32;
         answers += (0..m as u64)
-            .filter(|&j| read_byte(acks + j) == CTRL_ERR)
+            .filter(|&j| read_byte(acks + j) == ERR)
             .count() as u32;
         if got < m {
             t.errors.push("hostile: control commands were not returned");

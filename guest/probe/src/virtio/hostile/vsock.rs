@@ -77,28 +77,35 @@ fn vs_receive(dev: &mut HDev, want: u16, wait_ms: u64, mut seen: impl FnMut(&Hea
     got as u32
 }
 
+/// What a hostile header has wrong, done to a well-formed one.
+type Fault = fn(&mut Header);
+
 pub(super) fn vsock(dev: &mut HDev, t: &mut Tally) {
     let d = dev.d;
     let pk = page(d, 2);
-    // Hostile transmit chains.
-    let put = |at: u64, h: Header| write_bytes(at, &h.encode());
-    put(pk, vs_header(40000, 50000, vs::op::REQUEST));
-    let mut big = vs_header(40001, 50001, vs::op::RW);
-    big.len = 0x10001;
-    put(pk + 0x80, big);
-    let mut short = vs_header(40002, 50002, vs::op::RW);
-    short.len = 100;
-    put(pk + 0x100, short);
-    let mut bad_cid = vs_header(40003, 50003, vs::op::REQUEST);
-    bad_cid.src_cid = 9;
-    put(pk + 0x180, bad_cid);
-    let mut not_host = vs_header(40004, 50004, vs::op::REQUEST);
-    not_host.dst_cid = 5;
-    put(pk + 0x200, not_host);
-    let mut seqpacket = vs_header(40005, 50005, vs::op::REQUEST);
-    seqpacket.kind = 2;
-    put(pk + 0x280, seqpacket);
-    put(pk + 0x300, vs_header(40006, 50006, 99));
+    // Hostile transmit chains: the headers they carry, 0x80 bytes apart from `pk`, each one's
+    // op and what is wrong with it (ports 40000 + i to 50000 + i).
+    let faults: [(u16, Fault); 7] = [
+        // well formed: the chains around it are not
+        (vs::op::REQUEST, |_| {}),
+        // longer than the device accepts
+        (vs::op::RW, |h| h.len = 0x10001),
+        // longer than the chain
+        (vs::op::RW, |h| h.len = 100),
+        // not the guest's CID
+        (vs::op::REQUEST, |h| h.src_cid = 9),
+        // not to the host
+        (vs::op::REQUEST, |h| h.dst_cid = 5),
+        // seqpacket
+        (vs::op::REQUEST, |h| h.kind = 2),
+        // an unknown op
+        (99, |_| {}),
+    ];
+    for (i, (op, fault)) in (0u16..).zip(faults) {
+        let mut h = vs_header(40000 + u32::from(i), 50000 + u32::from(i), op);
+        fault(&mut h);
+        write_bytes(pk + 0x80 * u64::from(i), &h.encode());
+    }
 
     let q = VS_TX;
     let mut chains = Chains::new();
