@@ -40,7 +40,6 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pulse_vmm::devices::block::{BlockConfig, DEFAULT_QUEUE_SIZE};
@@ -59,9 +58,6 @@ use super::{
 use crate::cgroup::PodCgroup;
 use crate::console::{capture::fd_path, ConsoleCapture};
 use crate::network::NicDevice;
-
-/// How long the console copies may take to finish once the VM is gone.
-const CAPTURE_WAIT: Duration = Duration::from_secs(2);
 
 /// The write ends of the console pipes, open until the VMM opened its own.
 #[derive(Default)]
@@ -423,11 +419,7 @@ impl Hypervisor for Embedded {
         let _ = std::fs::remove_file(self.paths.vsock());
         let _ = std::fs::remove_file(self.paths.virtiofs());
         self.pipes = ConsolePipes::default();
-        for capture in self.captures.drain(..) {
-            if !capture.finish(CAPTURE_WAIT) {
-                tracing::warn!("a console copy did not finish within {CAPTURE_WAIT:?}");
-            }
-        }
+        crate::console::capture::finish_all(&mut self.captures);
         Ok(())
     }
 }

@@ -49,8 +49,6 @@ use crate::network::NicDevice;
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
 /// How long QEMU may take to exit after `quit`.
 const QUIT_WAIT: Duration = Duration::from_secs(3);
-/// How long the log copies may take to finish once the VM is gone.
-const CAPTURE_WAIT: Duration = Duration::from_secs(2);
 /// QEMU's seccomp filter, all optional groups denied (QEMU 7.2 and vhost-user run under it).
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 /// The descriptor number of the virtio-console's pipe in QEMU.
@@ -568,11 +566,7 @@ impl Hypervisor for Qemu {
             let _ = std::fs::remove_file(path);
         }
         // The processes are gone: the logs are complete once the copies drained the pipes.
-        for capture in self.captures.drain(..) {
-            if !capture.finish(CAPTURE_WAIT) {
-                tracing::warn!("a log copy did not finish within {CAPTURE_WAIT:?}");
-            }
-        }
+        crate::console::capture::finish_all(&mut self.captures);
         Ok(())
     }
 }
