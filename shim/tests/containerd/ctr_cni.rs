@@ -191,7 +191,7 @@ fn veths(netns: &Path) -> Vec<String> {
 #[test]
 fn ctr_run_cni_carries_the_cni_network_into_the_guest_and_leaves_nothing() {
     crate::require_env!();
-    let _one = super::serial();
+    let _one = common::serial();
     let cni = match CtrCni::install() {
         Ok(cni) => cni,
         Err(why) => {
