@@ -243,12 +243,8 @@ fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
 
     // A read-write directory: the container reads the host's file, the host reads the
     // container's.
-    let said = exec_ok(
-        &env,
-        "vfs1",
-        "rw",
-        "cat /data/in && echo from-guest > /data/out && sync",
-    );
+    let in_vfs1 = |exec_id: &str, script: &str| exec_ok(&env, "vfs1", exec_id, script);
+    let said = in_vfs1("rw", "cat /data/in && echo from-guest > /data/out && sync");
     assert!(said.contains("from-host"), "{said}");
     assert_eq!(
         std::fs::read_to_string(h.join("data/out")).unwrap(),
@@ -263,12 +259,10 @@ fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
     );
     assert!(!h.join("rodir/w").exists());
     // A file, as containerd binds /etc/hosts.
-    let said = exec_ok(&env, "vfs1", "hosts", "cat /etc/hosts");
+    let said = in_vfs1("hosts", "cat /etc/hosts");
     assert!(said.contains("10.1.2.3 pulse-test-host"), "{said}");
     // The pod's /dev/shm is a tmpfs in the guest, not the host's directory.
-    let said = exec_ok(
-        &env,
-        "vfs1",
+    let said = in_vfs1(
         "shm",
         "echo s > /dev/shm/x && grep ' /dev/shm ' /proc/mounts",
     );
@@ -995,12 +989,7 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
     let socket = env.state_dir().join(common::NS).join("net1/mgmt.sock");
     let (_, body) = mgmt_get(&socket, "/report");
     let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    let host_net: Vec<_> = report["host"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["kind"] == "net")
-        .collect();
+    let host_net = common::net::host_devices(&report, "net");
     assert_eq!(host_net.len(), 1, "{body}");
     assert_eq!(host_net[0]["id"], tap);
     assert_eq!(host_net[0]["queues"], 4);

@@ -140,12 +140,7 @@ pub fn pulse_pod_on_the_bridge_network() {
         .join(&pod.id)
         .join("mgmt.sock");
     let report: serde_json::Value = serde_json::from_str(&unix_get(&socket, "/report")).unwrap();
-    let nets: Vec<&serde_json::Value> = report["host"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["kind"] == "net")
-        .collect();
+    let nets = common::net::host_devices(&report, "net");
     assert_eq!(nets.len(), 1, "{report}");
     assert_eq!(nets[0]["id"], "tap0_pulse", "{report}");
     assert_eq!(nets[0]["queues"], 2 * pairs, "{report}");
