@@ -168,14 +168,7 @@ fn pod(env: &CriEnv, k: &Kubelet, handler: &str, round: usize) -> anyhow::Result
         resources: None,
         stdin: false,
     });
-    let call = |what: &str, e: tonic::Status| {
-        anyhow::anyhow!(
-            "{what}: {:?}: {}\n--- containerd log (end) ---\n{}",
-            e.code(),
-            e.message(),
-            env.log_tail()
-        )
-    };
+    let call = |what: &str, e: tonic::Status| anyhow::anyhow!(env.failed_call(what, &e));
 
     let t0 = Instant::now();
     let pod = k

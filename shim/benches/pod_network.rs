@@ -165,14 +165,7 @@ fn pod(
         &cgroup_parent,
         Some(resources(1500, 128 << 20)),
     );
-    let call = |what: &str, e: tonic::Status| {
-        anyhow::anyhow!(
-            "{what}: {:?}: {}\n--- containerd log (end) ---\n{}",
-            e.code(),
-            e.message(),
-            env.log_tail()
-        )
-    };
+    let call = |what: &str, e: tonic::Status| anyhow::anyhow!(env.failed_call(what, &e));
     let pod = k
         .run_pod(&config, handler)
         .map_err(|e| call("RunPodSandbox", e))?;

@@ -342,7 +342,7 @@ fn write_random_tree(root: &Path, bytes: u64, seed: u64) -> anyhow::Result<usize
                 pick < acc
             })
             .unwrap_or(SIZE_MIX[0]);
-        let size = (lo + rng.next() % (hi - lo)).min(bytes - total).max(1) as usize;
+        let size = usize::try_from((lo + rng.next() % (hi - lo)).min(bytes - total).max(1))?;
         let dir = root.join(format!("d{:03}", files / FILES_PER_DIR));
         if files.is_multiple_of(FILES_PER_DIR) {
             std::fs::create_dir_all(&dir)?;

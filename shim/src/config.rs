@@ -361,18 +361,19 @@ impl PulseConfig {
             field,
             message,
         };
-        if self.vm.vcpus == 0 || self.vm.vcpus > 64 {
-            return Err(invalid(
-                "vm.vcpus",
-                format!("must be 1 to 64, got {}", self.vm.vcpus),
-            ));
-        }
-        if !(64..=65536).contains(&self.vm.memory_mib) {
-            return Err(invalid(
-                "vm.memory_mib",
-                format!("must be 64 to 65536, got {}", self.vm.memory_mib),
-            ));
-        }
+        // A count in its range; `top` says what the largest is where the number does not.
+        let in_range = |field, value: u64, range: std::ops::RangeInclusive<u64>, top: &str| {
+            if range.contains(&value) {
+                return Ok(());
+            }
+            let (lo, hi) = range.into_inner();
+            Err(invalid(
+                field,
+                format!("must be {lo} to {hi}{top}, got {value}"),
+            ))
+        };
+        in_range("vm.vcpus", self.vm.vcpus.into(), 1..=64, "")?;
+        in_range("vm.memory_mib", self.vm.memory_mib, 64..=65536, "")?;
         for (field, file) in [
             ("vm.kernel", &self.vm.kernel),
             ("vm.initramfs", &self.vm.initramfs),
@@ -384,24 +385,11 @@ impl PulseConfig {
                 ));
             }
         }
-        if self.devices.block_slots == 0 || self.devices.block_slots > 16 {
-            return Err(invalid(
-                "devices.block_slots",
-                format!("must be 1 to 16, got {}", self.devices.block_slots),
-            ));
-        }
-        if self.devices.block_queues > 64 {
-            return Err(invalid(
-                "devices.block_queues",
-                format!("must be 0 to 64, got {}", self.devices.block_queues),
-            ));
-        }
-        if self.devices.net_queues > 16 {
-            return Err(invalid(
-                "devices.net_queues",
-                format!("must be 0 to 16, got {}", self.devices.net_queues),
-            ));
-        }
+        let d = &self.devices;
+        let slots = u64::try_from(d.block_slots).unwrap_or(u64::MAX);
+        in_range("devices.block_slots", slots, 1..=16, "")?;
+        in_range("devices.block_queues", d.block_queues.into(), 0..=64, "")?;
+        in_range("devices.net_queues", d.net_queues.into(), 0..=16, "")?;
         if self.rootfs.mode == RootfsMode::Shared && !self.devices.shared_fs {
             return Err(invalid(
                 "rootfs.mode",
@@ -409,15 +397,12 @@ impl PulseConfig {
                     .into(),
             ));
         }
-        if !(16..=1 << 24).contains(&self.rootfs.writable_mib) {
-            return Err(invalid(
-                "rootfs.writable_mib",
-                format!(
-                    "must be 16 to 16777216 (16 TiB), got {}",
-                    self.rootfs.writable_mib
-                ),
-            ));
-        }
+        in_range(
+            "rootfs.writable_mib",
+            self.rootfs.writable_mib,
+            16..=1 << 24,
+            " (16 TiB)",
+        )?;
         if self.agent.port == 0 {
             return Err(invalid("agent.port", "must not be 0".into()));
         }
@@ -427,15 +412,8 @@ impl PulseConfig {
                 "timeouts must be positive".into(),
             ));
         }
-        if !(4..=1 << 20).contains(&self.shim.console_log_max_kib) {
-            return Err(invalid(
-                "shim.console_log_max_kib",
-                format!(
-                    "must be 4 to 1048576 (1 GiB), got {}",
-                    self.shim.console_log_max_kib
-                ),
-            ));
-        }
+        let log_kib = self.shim.console_log_max_kib;
+        in_range("shim.console_log_max_kib", log_kib, 4..=1 << 20, " (1 GiB)")?;
         if !crate::cgroup::valid_parent(&self.shim.cgroup_parent) {
             return Err(invalid(
                 "shim.cgroup_parent",

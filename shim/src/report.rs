@@ -128,6 +128,49 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A Prometheus text exposition being written: families of samples, each sample labelled with
+/// its pod first.
+struct Exposition {
+    out: String,
+    sandbox: String,
+    family: &'static str,
+}
+
+impl Exposition {
+    fn new(sandbox: &str) -> Self {
+        Self {
+            out: String::new(),
+            sandbox: label(sandbox),
+            family: "",
+        }
+    }
+
+    /// Starts family `name`, of `kind`, that `help` explains.
+    fn family(&mut self, kind: &str, name: &'static str, help: &str) {
+        self.family = name;
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// Starts gauge `name`, that `help` explains.
+    fn gauge(&mut self, name: &'static str, help: &str) {
+        self.family("gauge", name, help);
+    }
+
+    /// Starts counter `name`, that `help` explains.
+    fn counter(&mut self, name: &'static str, help: &str) {
+        self.family("counter", name, help);
+    }
+
+    /// A sample of the current family: its `labels` (name, value) after the pod's, its value.
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let _ = write!(self.out, "{}{{sandbox=\"{}\"", self.family, self.sandbox);
+        for (name, v) in labels {
+            let _ = write!(self.out, ",{name}=\"{}\"", label(v));
+        }
+        let _ = writeln!(self.out, "}} {value}");
+    }
+}
+
 /// The Prometheus text exposition of both views.
 pub fn prometheus(
     sandbox: &str,
@@ -135,151 +178,99 @@ pub fn prometheus(
     guest: Option<&DeviceReport>,
     mismatches: usize,
 ) -> String {
-    let s = label(sandbox);
-    let mut out = String::new();
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    family(
-        &mut out,
-        "pulse_host_vcpus",
-        "gauge",
-        "vCPUs the VMM configured.",
+    let mut m = Exposition::new(sandbox);
+    m.gauge("pulse_host_vcpus", "vCPUs the VMM configured.");
+    m.sample(
+        &[("backend", &host.backend), ("accel", &host.accel)],
+        host.vcpus,
     );
-    let _ = writeln!(
-        out,
-        "pulse_host_vcpus{{sandbox=\"{s}\",backend=\"{}\",accel=\"{}\"}} {}",
-        label(&host.backend),
-        label(&host.accel),
-        host.vcpus
-    );
-    family(
-        &mut out,
+    m.gauge(
         "pulse_host_device_queues",
-        "gauge",
         "Queues the VMM configured per device.",
     );
     for d in &host.devices {
-        let _ = writeln!(
-            out,
-            "pulse_host_device_queues{{sandbox=\"{s}\",kind=\"{}\",id=\"{}\"}} {}",
-            label(&d.kind),
-            label(&d.id),
-            d.queues
-        );
+        m.sample(&[("kind", &d.kind), ("id", &d.id)], d.queues);
     }
-    family(
-        &mut out,
+    m.gauge(
         "pulse_host_device_msi",
-        "gauge",
         "Whether the VMM offers per-queue MSI on the device (1) or not (0).",
     );
     for d in &host.devices {
-        let _ = writeln!(
-            out,
-            "pulse_host_device_msi{{sandbox=\"{s}\",kind=\"{}\",id=\"{}\"}} {}",
-            label(&d.kind),
-            label(&d.id),
-            u8::from(d.msi)
-        );
+        m.sample(&[("kind", &d.kind), ("id", &d.id)], u8::from(d.msi));
     }
-    family(
-        &mut out,
+    m.counter(
         "pulse_host_interrupts_total",
-        "counter",
         "Interrupts the VMM raised, per device vector (where the backend counts them).",
     );
     for d in &host.devices {
         for v in &d.interrupts {
-            let _ = writeln!(
-                out,
-                "pulse_host_interrupts_total{{sandbox=\"{s}\",id=\"{}\",vector=\"{}\"}} {}",
-                label(&d.id),
-                label(&v.name),
-                v.sent
-            );
+            m.sample(&[("id", &d.id), ("vector", &v.name)], v.sent);
         }
     }
-    family(
-        &mut out,
+    m.gauge(
         "pulse_guest_report_up",
-        "gauge",
         "Whether the guest agent's device report could be read.",
     );
-    let _ = writeln!(
-        out,
-        "pulse_guest_report_up{{sandbox=\"{s}\"}} {}",
-        u8::from(guest.is_some())
-    );
+    m.sample(&[], u8::from(guest.is_some()));
     if let Some(g) = guest {
-        family(
-            &mut out,
-            "pulse_guest_cpus",
-            "gauge",
-            "CPUs the guest's /proc/interrupts has.",
-        );
-        let _ = writeln!(out, "pulse_guest_cpus{{sandbox=\"{s}\"}} {}", g.cpus);
-        family(
-            &mut out,
-            "pulse_guest_device_queues",
-            "gauge",
-            "Queues the guest driver uses per device.",
-        );
-        for d in &g.devices {
-            let _ = writeln!(
-                out,
-                "pulse_guest_device_queues{{sandbox=\"{s}\",device=\"{}\",type=\"{}\",name=\"{}\"}} {}",
-                label(&d.name),
-                label(&d.device_type),
-                label(&d.subsystem_name),
-                guest_queues(d)
-            );
-        }
-        family(
-            &mut out,
-            "pulse_guest_device_msi_enabled",
-            "gauge",
-            "Whether MSI is in effect for the device in the guest.",
-        );
-        for d in &g.devices {
-            let _ = writeln!(
-                out,
-                "pulse_guest_device_msi_enabled{{sandbox=\"{s}\",device=\"{}\",type=\"{}\"}} {}",
-                label(&d.name),
-                label(&d.device_type),
-                u8::from(d.msi_enabled)
-            );
-        }
-        family(&mut out, "pulse_guest_interrupts_total", "counter", "Interrupts the guest received, per vector (queue, config or legacy line), summed over CPUs.");
-        for d in &g.devices {
-            for v in &d.vectors {
-                let role = format!("{:?}", v.role.enum_value_or_default())
-                    .trim_start_matches("VECTOR_ROLE_")
-                    .to_lowercase();
-                let _ = writeln!(
-                    out,
-                    "pulse_guest_interrupts_total{{sandbox=\"{s}\",device=\"{}\",vector=\"{}\",queue=\"{}\",role=\"{role}\",irq=\"{}\",chip=\"{}\"}} {}",
-                    label(&d.name),
-                    label(&v.name),
-                    label(&v.queue),
-                    v.irq,
-                    label(&v.chip),
-                    v.total
-                );
-            }
-        }
+        guest_families(&mut m, g);
     }
-    family(
-        &mut out,
+    m.gauge(
         "pulse_report_mismatches",
-        "gauge",
         "Differences between what the VMM configured and what the guest reports.",
     );
-    let _ = writeln!(
-        out,
-        "pulse_report_mismatches{{sandbox=\"{s}\"}} {mismatches}"
+    m.sample(&[], mismatches);
+    m.out
+}
+
+/// The families of the guest's view.
+fn guest_families(m: &mut Exposition, g: &DeviceReport) {
+    m.gauge("pulse_guest_cpus", "CPUs the guest's /proc/interrupts has.");
+    m.sample(&[], g.cpus);
+    m.gauge(
+        "pulse_guest_device_queues",
+        "Queues the guest driver uses per device.",
     );
-    out
+    for d in &g.devices {
+        let labels = [
+            ("device", d.name.as_str()),
+            ("type", &d.device_type),
+            ("name", &d.subsystem_name),
+        ];
+        m.sample(&labels, guest_queues(d));
+    }
+    m.gauge(
+        "pulse_guest_device_msi_enabled",
+        "Whether MSI is in effect for the device in the guest.",
+    );
+    for d in &g.devices {
+        m.sample(
+            &[("device", &d.name), ("type", &d.device_type)],
+            u8::from(d.msi_enabled),
+        );
+    }
+    m.counter(
+        "pulse_guest_interrupts_total",
+        "Interrupts the guest received, per vector (queue, config or legacy line), summed over \
+         CPUs.",
+    );
+    for d in &g.devices {
+        for v in &d.vectors {
+            let role = format!("{:?}", v.role.enum_value_or_default())
+                .trim_start_matches("VECTOR_ROLE_")
+                .to_lowercase();
+            let irq = v.irq.to_string();
+            let labels = [
+                ("device", d.name.as_str()),
+                ("vector", &v.name),
+                ("queue", &v.queue),
+                ("role", &role),
+                ("irq", &irq),
+                ("chip", &v.chip),
+            ];
+            m.sample(&labels, v.total);
+        }
+    }
 }
 
 #[cfg(test)]

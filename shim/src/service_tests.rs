@@ -6,11 +6,13 @@ use crate::sandbox::Sandbox;
 use crate::stdio::StdioPaths;
 use crate::task::errors::status;
 use crate::task::events::RecordedEvents;
+use crate::task::guest::{Answer, Answering, Rpc};
 use crate::task::registry::map_status;
 use crate::task::registry::{Container, Process};
 use pulse_protocols::containers;
-use pulse_protocols::containers_ttrpc::{create_containers, Containers};
+use pulse_protocols::containers_ttrpc::create_containers;
 use pulse_protocols::protobuf::{self, MessageFull};
+use std::any::Any;
 use std::collections::HashMap;
 use std::time::Duration;
 use ttrpc::r#async::{Client, Server};
@@ -154,18 +156,10 @@ impl FakeContainers {
         std::mem::take(&mut self.calls.lock().unwrap())
     }
 
-    /// A call the fake only records, answered with an empty reply.
-    async fn recorded<R: MessageFull, T: Default>(&self, req: R) -> ttrpc::Result<T> {
-        self.record(&req);
-        Ok(T::default())
-    }
-
     /// The guest's start: pid 42, or NOT_FOUND for container `gone`.
-    async fn started(
-        &self,
-        req: containers::StartContainerRequest,
+    fn started(
+        req: &containers::StartContainerRequest,
     ) -> ttrpc::Result<containers::StartContainerResponse> {
-        self.record(&req);
         if req.container_id == "gone" {
             return Err(status(Code::NOT_FOUND, "no such container"));
         }
@@ -176,29 +170,31 @@ impl FakeContainers {
     }
 
     /// The guest's processes: pids 42 and 7.
-    async fn listed(
-        &self,
-        req: containers::ListProcessesRequest,
-    ) -> ttrpc::Result<containers::ListProcessesResponse> {
-        self.record(&req);
+    fn listed() -> containers::ListProcessesResponse {
         let info = |pid| containers::ProcessInfo {
             pid,
             ..Default::default()
         };
-        Ok(containers::ListProcessesResponse {
+        containers::ListProcessesResponse {
             processes: vec![info(42), info(7)],
             ..Default::default()
-        })
+        }
     }
 }
 
-ttrpc_service! {
-    impl Containers for FakeContainers, containers {
-        start_container(StartContainerRequest) -> StartContainerResponse => started;
-        signal_process(SignalProcessRequest) -> SignalProcessResponse => recorded;
-        pause_container(PauseContainerRequest) -> PauseContainerResponse => recorded;
-        resume_container(ResumeContainerRequest) -> ResumeContainerResponse => recorded;
-        list_processes(ListProcessesRequest) -> ListProcessesResponse => listed;
+/// Every call recorded; a start and a listing answered as above, any other with an empty reply.
+impl Answer for FakeContainers {
+    fn answer<R: Rpc>(&self, req: R) -> ttrpc::Result<R::Reply> {
+        self.record(&req);
+        let req: &dyn Any = &req;
+        let reply: Box<dyn Any> = if let Some(start) = req.downcast_ref() {
+            Box::new(Self::started(start)?)
+        } else if req.is::<containers::ListProcessesRequest>() {
+            Box::new(Self::listed())
+        } else {
+            Box::new(R::Reply::default())
+        };
+        Ok(*reply.downcast().expect("the reply to its own request"))
     }
 }
 
@@ -219,7 +215,7 @@ async fn with_guest() -> WithGuest {
     let mut server = Server::new()
         .bind(&addr)
         .unwrap()
-        .register_service(create_containers(guest.clone()));
+        .register_service(create_containers(Arc::new(Answering(guest.clone()))));
     server.start().await.unwrap();
     let agent = Agent::new(
         Client::connect(&addr).await.unwrap(),

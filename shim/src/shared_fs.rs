@@ -360,8 +360,21 @@ mod tests {
             .collect()
     }
 
-    fn root() -> bool {
-        nix::unistd::geteuid().is_root()
+    /// A temporary directory with a host directory `host` in it and the prepared share of
+    /// sandbox `ns/p` below its `state`; none (the test skipped) when not root.
+    fn prepared_share(host: &str) -> Option<(tempfile::TempDir, PathBuf, SandboxPaths, SharedFs)> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("not root: skipped");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join(host);
+        std::fs::create_dir_all(&host).unwrap();
+        let paths = SandboxPaths::new(&dir.path().join("state"), "ns", "p").unwrap();
+        crate::private_fs::create_dir(&paths.dir).unwrap();
+        let share = SharedFs::new(&paths);
+        share.prepare().unwrap();
+        Some((dir, host, paths, share))
     }
 
     #[test]
@@ -396,19 +409,12 @@ mod tests {
     /// read-only, and unbinding and the sandbox's removal leave the host sources intact.
     #[test]
     fn binds_show_in_the_export_and_go_without_touching_the_sources() {
-        if !root() {
-            eprintln!("not root: skipped");
+        let Some((dir, host, paths, share)) = prepared_share("host") else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let host = dir.path().join("host");
+        };
         std::fs::create_dir_all(host.join("data")).unwrap();
         std::fs::write(host.join("data/keep"), b"keep").unwrap();
         std::fs::write(host.join("hosts"), b"127.0.0.1 localhost\n").unwrap();
-        let paths = SandboxPaths::new(&dir.path().join("state"), "ns", "p").unwrap();
-        crate::private_fs::create_dir(&paths.dir).unwrap();
-        let share = SharedFs::new(&paths);
-        share.prepare().unwrap();
         let plans = [
             MountPlan::Share {
                 index: 1,
@@ -478,17 +484,9 @@ mod tests {
 
     #[test]
     fn a_failed_bind_undoes_the_earlier_ones() {
-        if !root() {
-            eprintln!("not root: skipped");
+        let Some((dir, host, paths, share)) = prepared_share("data") else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let host = dir.path().join("data");
-        std::fs::create_dir_all(&host).unwrap();
-        let paths = SandboxPaths::new(&dir.path().join("state"), "ns", "p").unwrap();
-        crate::private_fs::create_dir(&paths.dir).unwrap();
-        let share = SharedFs::new(&paths);
-        share.prepare().unwrap();
+        };
         let plans = [
             MountPlan::Share {
                 index: 0,

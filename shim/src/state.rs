@@ -17,6 +17,21 @@ pub struct StateError {
     pub state: &'static str,
 }
 
+/// A state machine's answer to a request its state may not allow.
+trait Refuses {
+    /// The error for `action` in the current state.
+    fn refuse(&self, action: &'static str) -> StateError;
+
+    /// Ok where the state `allows` `action`, else [`Self::refuse`]'s error.
+    fn allow(&self, allows: bool, action: &'static str) -> Result<(), StateError> {
+        if allows {
+            Ok(())
+        } else {
+            Err(self.refuse(action))
+        }
+    }
+}
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitInfo {
@@ -69,6 +84,16 @@ pub struct ProcessMachine {
     state: ProcessState,
 }
 
+impl Refuses for ProcessMachine {
+    fn refuse(&self, action: &'static str) -> StateError {
+        StateError {
+            what: self.what.clone(),
+            action,
+            state: self.state.name(),
+        }
+    }
+}
+
 impl ProcessMachine {
     /// A new process in [`ProcessState::Created`]; `what` names it in errors.
     pub fn new(what: impl Into<String>) -> Self {
@@ -83,70 +108,53 @@ impl ProcessMachine {
         self.state
     }
 
-    fn refuse(&self, action: &'static str) -> StateError {
-        StateError {
-            what: self.what.clone(),
-            action,
-            state: self.state.name(),
-        }
+    /// Moves to `to` where `check` passed.
+    fn enter(&mut self, check: Result<(), StateError>, to: ProcessState) -> Result<(), StateError> {
+        check?;
+        self.state = to;
+        Ok(())
     }
 
     /// Whether `start` is allowed (checked before asking the guest).
     pub fn check_start(&self) -> Result<(), StateError> {
-        match self.state {
-            ProcessState::Created => Ok(()),
-            _ => Err(self.refuse("start")),
-        }
+        self.allow(matches!(self.state, ProcessState::Created), "start")
     }
 
     /// Created -> Running.
     pub fn started(&mut self) -> Result<(), StateError> {
-        self.check_start()?;
-        self.state = ProcessState::Running;
-        Ok(())
+        self.enter(self.check_start(), ProcessState::Running)
     }
 
     /// Whether a signal can be delivered: a process that is gone cannot take one
     /// (containerd treats that error as "already exited").
     pub fn check_kill(&self) -> Result<(), StateError> {
-        match self.state {
-            ProcessState::Created | ProcessState::Running | ProcessState::Paused => Ok(()),
-            _ => Err(self.refuse("signal")),
-        }
+        self.allow(
+            matches!(
+                self.state,
+                ProcessState::Created | ProcessState::Running | ProcessState::Paused
+            ),
+            "signal",
+        )
     }
 
     /// Running -> Paused.
     pub fn paused(&mut self) -> Result<(), StateError> {
-        match self.state {
-            ProcessState::Running => {
-                self.state = ProcessState::Paused;
-                Ok(())
-            }
-            _ => Err(self.refuse("pause")),
-        }
+        self.enter(self.check_pause(), ProcessState::Paused)
     }
 
     /// Whether `pause` is allowed.
     pub fn check_pause(&self) -> Result<(), StateError> {
-        match self.state {
-            ProcessState::Running => Ok(()),
-            _ => Err(self.refuse("pause")),
-        }
+        self.allow(matches!(self.state, ProcessState::Running), "pause")
     }
 
     /// Whether `resume` is allowed.
     pub fn check_resume(&self) -> Result<(), StateError> {
-        match self.state {
-            ProcessState::Paused => Ok(()),
-            _ => Err(self.refuse("resume")),
-        }
+        self.allow(matches!(self.state, ProcessState::Paused), "resume")
     }
 
     /// Paused -> Running.
     pub fn resumed(&mut self) -> Result<(), StateError> {
-        self.check_resume()?;
-        self.state = ProcessState::Running;
-        Ok(())
+        self.enter(self.check_resume(), ProcessState::Running)
     }
 
     /// The process exited (from any live state; a second report is ignored).
@@ -164,10 +172,10 @@ impl ProcessMachine {
     /// Whether `delete` is allowed: a created or stopped process can go; a
     /// running one must be killed first.
     pub fn check_delete(&self) -> Result<(), StateError> {
-        match self.state {
-            ProcessState::Created | ProcessState::Stopped(_) => Ok(()),
-            _ => Err(self.refuse("delete")),
-        }
+        self.allow(
+            matches!(self.state, ProcessState::Created | ProcessState::Stopped(_)),
+            "delete",
+        )
     }
 
     /// Created/Stopped -> Deleted; returns the exit to report (a created process
@@ -212,6 +220,16 @@ pub struct SandboxMachine {
     state: SandboxState,
 }
 
+impl Refuses for SandboxMachine {
+    fn refuse(&self, action: &'static str) -> StateError {
+        StateError {
+            what: format!("sandbox {}", self.pod),
+            action,
+            state: self.state.name(),
+        }
+    }
+}
+
 impl SandboxMachine {
     /// A sandbox that starts booting.
     pub fn new(pod: impl Into<String>) -> Self {
@@ -226,31 +244,16 @@ impl SandboxMachine {
         self.state
     }
 
-    fn refuse(&self, action: &'static str) -> StateError {
-        StateError {
-            what: format!("sandbox {}", self.pod),
-            action,
-            state: self.state.name(),
-        }
-    }
-
     /// Booting -> Ready.
     pub fn ready(&mut self) -> Result<(), StateError> {
-        match self.state {
-            SandboxState::Booting => {
-                self.state = SandboxState::Ready;
-                Ok(())
-            }
-            _ => Err(self.refuse("become ready")),
-        }
+        self.allow(self.state == SandboxState::Booting, "become ready")?;
+        self.state = SandboxState::Ready;
+        Ok(())
     }
 
     /// Containers can be added only to a ready sandbox.
     pub fn check_add_container(&self) -> Result<(), StateError> {
-        match self.state {
-            SandboxState::Ready => Ok(()),
-            _ => Err(self.refuse("add a container")),
-        }
+        self.allow(matches!(self.state, SandboxState::Ready), "add a container")
     }
 
     /// Any state but Stopped -> Stopping. Returns false when it already is

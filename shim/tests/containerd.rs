@@ -8,25 +8,14 @@ mod common;
 mod ctr_cni;
 
 use std::process::Stdio;
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use common::net::mgmt_get;
 use common::{text, Env, IMAGE};
 
-fn serial() -> MutexGuard<'static, ()> {
-    common::SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn shim() -> String {
-    common::shim_binary().display().to_string()
-}
-
 #[test]
 fn run_rm_prints_the_output_and_returns_the_exit_code() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     let out = env.run_rm(
         "rm1",
         &[],
@@ -36,23 +25,9 @@ fn run_rm_prints_the_output_and_returns_the_exit_code() {
             "echo hello from pulse; echo to-stderr >&2; exit 7",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "stderr: {}\n{}",
-        text(&out.stderr),
-        env.log()
-    );
-    assert!(
-        text(&out.stdout).contains("hello from pulse"),
-        "{}",
-        text(&out.stdout)
-    );
-    assert!(
-        text(&out.stderr).contains("to-stderr"),
-        "{}",
-        text(&out.stderr)
-    );
+    env.assert_exit(&out, 7);
+    common::assert_contains(&out.stdout, "hello from pulse");
+    common::assert_contains(&out.stderr, "to-stderr");
     env.assert_no_leaks();
 
     // By runtime name: containerd finds containerd-shim-pulse-v2 on its PATH.
@@ -77,9 +52,7 @@ fn run_rm_prints_the_output_and_returns_the_exit_code() {
 /// filter, as runc shows it. (What a profile refuses is the agent tests' subject.)
 #[test]
 fn limits_every_cgroup_controller_and_the_seccomp_profile_reach_the_guest() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     let out = env.run_rm(
         "cg1",
         &[
@@ -112,13 +85,7 @@ fn limits_every_cgroup_controller_and_the_seccomp_profile_reach_the_guest() {
         ],
     );
     let printed = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{printed}{}\n{}",
-        text(&out.stderr),
-        env.log()
-    );
+    env.assert_exit(&out, 0);
     assert!(printed.contains("max=50000 100000"), "{printed}");
     assert!(printed.contains("mem=67108864"), "{printed}");
     let controllers = printed
@@ -171,9 +138,16 @@ fn share_mounts(env: &Env) -> Vec<String> {
         .collect()
 }
 
-/// Runs `script` in container `id` (`sh -c`); returns (exit code, stdout + stderr).
-fn exec_sh(env: &Env, id: &str, exec_id: &str, script: &str) -> (Option<i32>, String) {
-    let out = env.ctr(&[
+/// `ctr run --rm` of `true` as container `id`, which must fail: what it said on stderr.
+fn run_refused(env: &Env, id: &str, extra: &[&str]) -> String {
+    let out = env.run_rm(id, extra, &["true"]);
+    assert!(!out.status.success(), "container {id} ran");
+    text(&out.stderr)
+}
+
+/// `ctr tasks exec` of `script` (`sh -c`) in container `id` as exec `exec_id`.
+fn exec_script(env: &Env, id: &str, exec_id: &str, script: &str) -> std::process::Output {
+    env.ctr(&[
         "tasks",
         "exec",
         "--exec-id",
@@ -182,11 +156,23 @@ fn exec_sh(env: &Env, id: &str, exec_id: &str, script: &str) -> (Option<i32>, St
         "sh",
         "-c",
         script,
-    ]);
+    ])
+}
+
+/// Runs `script` in container `id` (`sh -c`); returns (exit code, stdout + stderr).
+fn exec_sh(env: &Env, id: &str, exec_id: &str, script: &str) -> (Option<i32>, String) {
+    let out = exec_script(env, id, exec_id, script);
     (
         out.status.code(),
         format!("{}{}", text(&out.stdout), text(&out.stderr)),
     )
+}
+
+/// [`exec_sh`] of a `script` that must exit 0: what it printed.
+fn exec_ok(env: &Env, id: &str, exec_id: &str, script: &str) -> String {
+    let (code, said) = exec_sh(env, id, exec_id, script);
+    assert_eq!(code, Some(0), "{said}");
+    said
 }
 
 /// A ConfigMap volume as kubelet writes it: `..data` -> a timestamped directory, `key` ->
@@ -216,9 +202,7 @@ fn configmap_write(dir: &std::path::Path, generation: u32, value: &str) {
 /// virtiofsd, no bind mount, no socket).
 #[test]
 fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     let host = tempfile::tempdir().unwrap();
     let h = host.path();
     std::fs::create_dir_all(h.join("data")).unwrap();
@@ -240,22 +224,12 @@ fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
         bind_arg(&h.join("cm"), "/cm", "rbind:ro"),
         bind_arg(&shm, "/dev/shm", "rbind:rw"),
     ];
-    let pod = [
-        "--annotation",
-        "io.kubernetes.cri.container-type=sandbox",
-        "--annotation",
-        "io.kubernetes.cri.sandbox-id=vfs1",
-    ];
-    let shim = shim();
-    let mut args = vec!["run", "-d", "--runtime", &shim];
-    args.extend_from_slice(&pod);
+    let pod = common::pod_options("sandbox", "vfs1");
+    let mut extra = pod.each_ref().map(String::as_str).to_vec();
     for m in &mounts {
-        args.extend_from_slice(&["--mount", m]);
+        extra.extend_from_slice(&["--mount", m]);
     }
-    args.extend_from_slice(&[IMAGE, "vfs1", "sleep", "1000"]);
-    let out = env.ctr(&args);
-    assert!(out.status.success(), "{}\n{}", text(&out.stderr), env.log());
-    env.wait_status("vfs1", "RUNNING");
+    env.run_detached("vfs1", &extra, &["sleep", "1000"]);
     let procs = env.pod_processes();
     assert!(
         procs.iter().any(|(_, c)| c.contains("virtiofsd")),
@@ -269,13 +243,8 @@ fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
 
     // A read-write directory: the container reads the host's file, the host reads the
     // container's.
-    let (code, said) = exec_sh(
-        &env,
-        "vfs1",
-        "rw",
-        "cat /data/in && echo from-guest > /data/out && sync",
-    );
-    assert_eq!(code, Some(0), "{said}");
+    let in_vfs1 = |exec_id: &str, script: &str| exec_ok(&env, "vfs1", exec_id, script);
+    let said = in_vfs1("rw", "cat /data/in && echo from-guest > /data/out && sync");
     assert!(said.contains("from-host"), "{said}");
     assert_eq!(
         std::fs::read_to_string(h.join("data/out")).unwrap(),
@@ -290,17 +259,13 @@ fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
     );
     assert!(!h.join("rodir/w").exists());
     // A file, as containerd binds /etc/hosts.
-    let (code, said) = exec_sh(&env, "vfs1", "hosts", "cat /etc/hosts");
-    assert_eq!(code, Some(0), "{said}");
+    let said = in_vfs1("hosts", "cat /etc/hosts");
     assert!(said.contains("10.1.2.3 pulse-test-host"), "{said}");
     // The pod's /dev/shm is a tmpfs in the guest, not the host's directory.
-    let (code, said) = exec_sh(
-        &env,
-        "vfs1",
+    let said = in_vfs1(
         "shm",
         "echo s > /dev/shm/x && grep ' /dev/shm ' /proc/mounts",
     );
-    assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("tmpfs"), "{said}");
     assert!(
         common::list_dir(&shm).is_empty(),
@@ -350,23 +315,14 @@ fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
     // A second container of the pod shares the pod's /dev/shm (and binds the same file).
     let shm_mount = bind_arg(&shm, "/dev/shm", "rbind:rw");
     let hosts_mount = bind_arg(&h.join("hosts"), "/etc/hosts", "rbind:ro");
-    let mut args = vec!["run", "--rm", "--runtime", &shim];
-    args.extend_from_slice(&[
-        "--annotation",
-        "io.kubernetes.cri.container-type=container",
-        "--annotation",
-        "io.kubernetes.cri.sandbox-id=vfs1",
-        "--mount",
-        &shm_mount,
-        "--mount",
-        &hosts_mount,
-        IMAGE,
+    let member = common::pod_options("container", "vfs1");
+    let mut extra = member.each_ref().map(String::as_str).to_vec();
+    extra.extend_from_slice(&["--mount", &shm_mount, "--mount", &hosts_mount]);
+    let out = env.run_rm(
         "vfs-shm",
-        "sh",
-        "-c",
-        "cat /dev/shm/x /etc/hosts",
-    ]);
-    let out = env.ctr(&args);
+        &extra,
+        &["sh", "-c", "cat /dev/shm/x /etc/hosts"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).starts_with("s\n127.0.0.1 localhost"),
@@ -385,19 +341,9 @@ fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let before = share_mounts(&env);
     let sock_mount = bind_arg(&sock, "/run/agent.sock", "rbind:rw");
-    let mut args = vec!["run", "--rm", "--runtime", &shim];
-    args.extend_from_slice(&[
-        "--annotation",
-        "io.kubernetes.cri.container-type=container",
-        "--annotation",
-        "io.kubernetes.cri.sandbox-id=vfs1",
-        "--mount",
-        &sock_mount,
-        IMAGE,
-        "vfs-sock",
-        "true",
-    ]);
-    let out = env.ctr(&args);
+    let mut extra = member.each_ref().map(String::as_str).to_vec();
+    extra.extend_from_slice(&["--mount", &sock_mount]);
+    let out = env.run_rm("vfs-sock", &extra, &["true"]);
     assert_ne!(out.status.code(), Some(0));
     let err = text(&out.stderr);
     assert!(
@@ -429,26 +375,14 @@ fn bind_mounts_reach_the_guest_through_virtio_fs_and_leave_nothing() {
 /// share, virtiofsd and its socket go with the container and the pod.
 #[test]
 fn a_file_bind_goes_with_its_pod() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     let host = tempfile::tempdir().unwrap();
     let hosts = host.path().join("hosts");
     std::fs::write(&hosts, "10.9.8.7 bound-by-pulse\n").unwrap();
     let mount = bind_arg(&hosts, "/etc/hosts", "rbind:ro");
     let out = env.run_rm("vfs2", &["--mount", &mount], &["cat", "/etc/hosts"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        env.log()
-    );
-    assert!(
-        text(&out.stdout).contains("10.9.8.7 bound-by-pulse"),
-        "{}",
-        text(&out.stdout)
-    );
+    env.assert_exit(&out, 0);
+    common::assert_contains(&out.stdout, "10.9.8.7 bound-by-pulse");
     env.assert_no_leaks();
     assert!(share_mounts(&env).is_empty());
     assert!(hosts.exists());
@@ -456,21 +390,10 @@ fn a_file_bind_goes_with_its_pod() {
 
 #[test]
 fn detached_container_exec_tty_kill_delete() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     env.run_sleeping("d1");
 
-    let out = env.ctr(&[
-        "tasks",
-        "exec",
-        "--exec-id",
-        "e1",
-        "d1",
-        "sh",
-        "-c",
-        "echo exec-out; exit 4",
-    ]);
+    let out = exec_script(&env, "d1", "e1", "echo exec-out; exit 4");
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("exec-out"));
 
@@ -500,33 +423,11 @@ fn detached_container_exec_tty_kill_delete() {
 
 #[test]
 fn a_two_container_pod_shares_one_shim_and_one_vm() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
-    let sandbox = [
-        "--annotation",
-        "io.kubernetes.cri.container-type=sandbox",
-        "--annotation",
-        "io.kubernetes.cri.sandbox-id=pod1",
-    ];
-    let member = [
-        "--annotation",
-        "io.kubernetes.cri.container-type=container",
-        "--annotation",
-        "io.kubernetes.cri.sandbox-id=pod1",
-    ];
-    let shim = shim();
-    let mut args = vec!["run", "-d", "--runtime", &shim];
-    args.extend_from_slice(&sandbox);
-    args.extend_from_slice(&[IMAGE, "pod1", "sleep", "1000"]);
-    let out = env.ctr(&args);
-    assert!(out.status.success(), "{}\n{}", text(&out.stderr), env.log());
-    let mut args = vec!["run", "-d", "--runtime", &shim];
-    args.extend_from_slice(&member);
-    args.extend_from_slice(&[IMAGE, "app1", "sleep", "1000"]);
-    let out = env.ctr(&args);
-    assert!(out.status.success(), "{}\n{}", text(&out.stderr), env.log());
-    env.wait_status("app1", "RUNNING");
+    let (_one, env) = start_env!();
+    for (id, kind) in [("pod1", "sandbox"), ("app1", "container")] {
+        let pod = common::pod_options(kind, "pod1");
+        env.run_detached(id, &pod.each_ref().map(String::as_str), &["sleep", "1000"]);
+    }
 
     let procs = env.pod_processes();
     let count = |what: &str| procs.iter().filter(|(_, c)| c.contains(what)).count();
@@ -580,9 +481,7 @@ impl Events {
 
 #[test]
 fn ctr_events_shows_the_task_events() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     let events = Events::record(&env);
 
     env.run_sleeping("ev1");
@@ -612,9 +511,7 @@ fn ctr_events_shows_the_task_events() {
 
 #[test]
 fn kill_9_of_the_shim_then_delete_leaves_nothing() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     env.run_sleeping("k1");
     env.assert_private("k1");
     // The VM's processes run in the pod's cgroup, not in containerd's.
@@ -655,9 +552,7 @@ fn kill_9_of_the_shim_then_delete_leaves_nothing() {
 
 #[test]
 fn a_guest_that_never_answers_is_a_clear_error_and_leaves_nothing() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     // The agent serves a unix socket inside the guest instead of vsock (the
     // later PULSE_AGENT_LISTEN= replaces the shim's in init's environment):
     // it never announces itself and never answers.
@@ -669,9 +564,7 @@ fn a_guest_that_never_answers_is_a_clear_error_and_leaves_nothing() {
         &format!("connect_timeout_ms = {}", limit * 1000),
     );
     let started = Instant::now();
-    let out = env.run_rm("silent", &[], &["true"]);
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let err = run_refused(&env, "silent", &[]);
     assert!(
         err.contains("the guest agent did not announce itself")
             && err.contains(&format!("within {limit}s")),
@@ -687,9 +580,7 @@ fn a_guest_that_never_answers_is_a_clear_error_and_leaves_nothing() {
 
 #[test]
 fn a_missing_kernel_and_a_broken_config_are_clear_errors() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     let text_config = std::fs::read_to_string(env.config_path()).unwrap();
     let (kernel, _) = common::guest_image().unwrap();
     std::fs::write(
@@ -697,9 +588,7 @@ fn a_missing_kernel_and_a_broken_config_are_clear_errors() {
         text_config.replace(&format!("{kernel:?}"), "\"/nonexistent/vmlinux\""),
     )
     .unwrap();
-    let out = env.run_rm("nokernel", &[], &["true"]);
-    let err = text(&out.stderr);
-    assert!(!out.status.success());
+    let err = run_refused(&env, "nokernel", &[]);
     assert!(
         err.contains("vm.kernel") && err.contains("/nonexistent/vmlinux"),
         "{err}"
@@ -707,9 +596,7 @@ fn a_missing_kernel_and_a_broken_config_are_clear_errors() {
     env.assert_no_leaks();
 
     std::fs::write(env.config_path(), "[vm]\nvcpus = \"two\"\n").unwrap();
-    let out = env.run_rm("badconfig", &[], &["true"]);
-    let err = text(&out.stderr);
-    assert!(!out.status.success());
+    let err = run_refused(&env, "badconfig", &[]);
     assert!(
         err.contains("pulse.toml") && err.contains("line 2"),
         "{err}"
@@ -874,16 +761,8 @@ fn host_now() -> u64 {
 /// trip.
 fn assert_guest_clock_is_the_hosts(env: &Env, id: &str, exec_id: &str) {
     let before = host_now();
-    let out = env.ctr(&[
-        "tasks",
-        "exec",
-        "--exec-id",
-        exec_id,
-        id,
-        "sh",
-        "-c",
-        "touch /tmp/clock && date -u +%s && stat -c %Y /tmp/clock",
-    ]);
+    let script = "touch /tmp/clock && date -u +%s && stat -c %Y /tmp/clock";
+    let out = exec_script(env, id, exec_id, script);
     let after = host_now();
     let printed = text(&out.stdout);
     let times: Vec<u64> = printed
@@ -901,9 +780,7 @@ fn assert_guest_clock_is_the_hosts(env: &Env, id: &str, exec_id: &str) {
 
 #[test]
 fn pause_resume_metrics_update_and_the_management_socket() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     env.run_sleeping("pm1");
     assert_guest_clock_is_the_hosts(&env, "pm1", "clock-at-start");
 
@@ -1019,9 +896,7 @@ fn pause_resume_metrics_update_and_the_management_socket() {
 
 #[test]
 fn an_oom_kill_in_the_guest_is_an_oom_event_and_exit_137() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     let events = Events::record(&env);
 
     // dd allocates its 128 MiB block buffer and fills it from /dev/zero; the
@@ -1032,14 +907,7 @@ fn an_oom_kill_in_the_guest_is_an_oom_event_and_exit_137() {
         &["--memory-limit", &(32u64 << 20).to_string()],
         &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(137),
-        "stdout {} stderr {}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        env.log()
-    );
+    env.assert_exit(&out, 137);
     let seen = events.until(&["/tasks/oom"]);
     let oom = seen
         .lines()
@@ -1051,19 +919,13 @@ fn an_oom_kill_in_the_guest_is_an_oom_event_and_exit_137() {
 
 #[test]
 fn sigterm_to_the_shim_stops_the_pod_and_the_shim_exits() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     env.run_sleeping("t1");
     let pid = env.the_shim();
     let sandbox = env.state_dir().join(common::NS).join("t1");
     assert!(sandbox.join("mgmt.sock").exists());
     let started = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    common::send_signal(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     // The shim exits by itself, having stopped the VM and removed its files.
     while std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -1096,9 +958,7 @@ fn sigterm_to_the_shim_stops_the_pod_and_the_shim_exits() {
 
 #[test]
 fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     // Two vCPUs: the guest driver enables min(queue pairs, CPUs) pairs, and QEMU
     // detaches the tap queues the guest does not use.
     // And a virtio-console: QEMU writes it into a pipe it inherits as fd 3.
@@ -1129,12 +989,7 @@ fn a_pod_with_net_queues_gets_a_multi_queue_nic_on_its_own_tap_and_the_tap_goes(
     let socket = env.state_dir().join(common::NS).join("net1/mgmt.sock");
     let (_, body) = mgmt_get(&socket, "/report");
     let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    let host_net: Vec<_> = report["host"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["kind"] == "net")
-        .collect();
+    let host_net = common::net::host_devices(&report, "net");
     assert_eq!(host_net.len(), 1, "{body}");
     assert_eq!(host_net[0]["id"], tap);
     assert_eq!(host_net[0]["queues"], 4);
@@ -1176,13 +1031,9 @@ fn netns_sh(netns: &str, script: &str) -> String {
 /// host's network, so the container is refused by name and nothing is left.
 #[test]
 fn a_host_network_container_is_refused_when_pod_networking_is_on() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     env.write_config("[devices]\nnet_queues = 1", "");
-    let out = env.run_rm("hostnet1", &["--net-host"], &["true"]);
-    assert!(!out.status.success(), "a --net-host container ran");
-    let err = text(&out.stderr);
+    let err = run_refused(&env, "hostnet1", &["--net-host"]);
     assert!(
         err.contains("it asks for the host's network, which a VM cannot share"),
         "{err}"
@@ -1197,7 +1048,7 @@ fn the_embedded_backend_without_vt_x_is_a_clear_error_through_containerd() {
         eprintln!("SKIPPED: this host has VT-x/AMD-V: the embedded VM would boot Linux");
         return;
     }
-    let _one = serial();
+    let _one = common::serial();
     let env = Env::start();
     env.write_config("[devices]\nnet_queues = 1", "connect_timeout_ms = 3000");
     let config = std::fs::read_to_string(env.config_path()).unwrap();
@@ -1210,10 +1061,8 @@ fn the_embedded_backend_without_vt_x_is_a_clear_error_through_containerd() {
         .unwrap()
         .tap_name();
     let started = Instant::now();
-    let out = env.run_rm("emb1", &[], &["true"]);
+    let err = run_refused(&env, "emb1", &[]);
     let took = started.elapsed();
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
     assert!(
         err.contains("starting the embedded VM")
             || err.contains("guest agent did not announce itself"),
@@ -1231,9 +1080,7 @@ fn the_embedded_backend_without_vt_x_is_a_clear_error_through_containerd() {
 /// device that never asked for one.)
 #[test]
 fn status_exec_and_kill_answer_again_and_again_on_one_pod() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     env.run_sleeping("rep1");
     let socket = env.state_dir().join(common::NS).join("rep1/mgmt.sock");
     for round in 0..6 {

@@ -1187,7 +1187,7 @@ fn differential(area: &str) {
         return;
     }
 
-    let _one = common::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = common::serial();
     let started = Instant::now();
     let env = Env::start();
     let work = env.dir.path().join("diff");
@@ -1214,7 +1214,7 @@ fn differential(area: &str) {
         "sleep",
         "100000",
     ]);
-    assert!(out.status.success(), "{}\n{}", text(&out.stderr), env.log());
+    env.assert_exit(&out, 0);
     env.wait_status(POD, "RUNNING");
     let boot = boot.elapsed();
 

@@ -9,7 +9,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use common::{text, Env, IMAGE};
@@ -20,10 +19,6 @@ const LAYERED: &str = "docker.io/library/pulse-layered:latest";
 const LOOK: &str = "ls /data; test -e /gone && echo gone-is-there; cat /etc/motd; \
      ls /data/keep; stat -c '%a %u:%g' / /data; readlink /bin/sh";
 const LOOK_EXPECTED: &str = "b\nkeep\nv2\nx\n755 0:0\n750 0:0\nbusybox\n";
-
-fn serial() -> MutexGuard<'static, ()> {
-    common::SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn shim() -> String {
     common::shim_binary().display().to_string()
@@ -115,9 +110,7 @@ fn rootfs_log_lines(env: &Env) -> Vec<String> {
 
 #[test]
 fn the_shared_rootfs_shows_the_layers_as_runc_and_keeps_writes_apart() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     let snapshots_before = snapshot_names(&env);
     import_layered(&env);
     let runc = run(&env, "io.containerd.runc.v2", LAYERED, "r1", LOOK);
@@ -185,27 +178,12 @@ fn snapshot_names(env: &Env) -> Vec<String> {
 /// Two containers of one image in one pod (one VM) see their own writes only.
 #[test]
 fn two_containers_of_one_image_in_one_pod_see_their_own_writes() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
-    let shim = shim();
-    let pod = |kind: &'static str| {
-        [
-            "--annotation".to_string(),
-            format!("io.kubernetes.cri.container-type={kind}"),
-            "--annotation".to_string(),
-            "io.kubernetes.cri.sandbox-id=pod1".to_string(),
-        ]
-    };
+    let (_one, env) = start_env!();
     for (id, kind) in [("pod1", "sandbox"), ("app1", "container")] {
-        let annotations = pod(kind);
-        let mut args: Vec<&str> = vec!["run", "-d", "--runtime", &shim];
-        args.extend(annotations.iter().map(String::as_str));
+        let pod = common::pod_options(kind, "pod1");
         let script = format!("echo {id} > /who; echo {id} > /etc/passwd; sleep 1000");
-        args.extend_from_slice(&[IMAGE, id, "sh", "-c", &script]);
-        let out = env.ctr(&args);
-        assert!(out.status.success(), "{}\n{}", text(&out.stderr), env.log());
-        env.wait_status(id, "RUNNING");
+        let cmd = ["sh", "-c", &script];
+        env.run_detached(id, &pod.each_ref().map(String::as_str), &cmd);
     }
     for id in ["pod1", "app1"] {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -244,9 +222,7 @@ fn two_containers_of_one_image_in_one_pod_see_their_own_writes() {
 /// configured size, and the next container starts with all of it again.
 #[test]
 fn a_full_writable_layer_is_enospc_in_the_container_only() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     configure(&env, "writable_mib = 32");
     let fill = "dd if=/dev/zero of=/fill bs=1M count=64 2>&1 | grep -o 'No space left on device' | head -n 1; \
                 rm /fill; echo after > /after; cat /after";
@@ -271,9 +247,7 @@ fn a_full_writable_layer_is_enospc_in_the_container_only() {
 /// `rootfs.mode = "copy"` (the fallback) still gives the image as runc shows it.
 #[test]
 fn the_copy_fallback_shows_the_same_rootfs() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     configure(&env, "mode = \"copy\"");
     import_layered(&env);
     let pulse = run(&env, &shim(), LAYERED, "c1", LOOK);
@@ -296,9 +270,7 @@ fn the_copy_fallback_shows_the_same_rootfs() {
 /// leaves no mount or file behind, the snapshots are intact, and the next start works.
 #[test]
 fn a_shim_killed_in_the_middle_of_a_start_leaves_nothing_and_the_next_start_works() {
-    require_env!();
-    let _one = serial();
-    let env = Env::start();
+    let (_one, env) = start_env!();
     let state = env.state_dir();
     let mut ctr = env.ctr_cmd(&["run", "--rm", "--runtime", &shim(), IMAGE, "k1", "true"]);
     let mut child = ctr.spawn().unwrap();
@@ -311,10 +283,7 @@ fn a_shim_killed_in_the_middle_of_a_start_leaves_nothing_and_the_next_start_work
                 .into_iter()
                 .find(|(_, c)| common::is_shim(c));
             if let Some((pid, _)) = shim {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = common::send_signal(pid, nix::sys::signal::Signal::SIGKILL);
                 break true;
             }
         }

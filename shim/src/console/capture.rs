@@ -51,6 +51,19 @@ impl ConsoleCapture {
     }
 }
 
+/// How long each copy of a stopped VM's logs gets to drain its pipe.
+const FINISH_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits for each of `captures` (the VM gone) to reach the end of its pipe, up to
+/// [`FINISH_WAIT`] each, so that the logs are complete; warns of one that did not.
+pub fn finish_all(captures: &mut Vec<ConsoleCapture>) {
+    for capture in captures.drain(..) {
+        if !capture.finish(FINISH_WAIT) {
+            tracing::warn!("a log copy did not finish within {FINISH_WAIT:?}");
+        }
+    }
+}
+
 /// The path through which this process opens `fd` anew (for a VMM that takes
 /// a file name).
 pub fn fd_path(fd: &OwnedFd) -> PathBuf {

@@ -40,7 +40,6 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pulse_vmm::devices::block::{BlockConfig, DEFAULT_QUEUE_SIZE};
@@ -59,9 +58,6 @@ use super::{
 use crate::cgroup::PodCgroup;
 use crate::console::{capture::fd_path, ConsoleCapture};
 use crate::network::NicDevice;
-
-/// How long the console copies may take to finish once the VM is gone.
-const CAPTURE_WAIT: Duration = Duration::from_secs(2);
 
 /// The write ends of the console pipes, open until the VMM opened its own.
 #[derive(Default)]
@@ -197,56 +193,27 @@ impl Embedded {
         let mut devices: Vec<HostDevice> = c
             .disks
             .iter()
-            .map(|disk| HostDevice {
-                kind: "block".into(),
-                id: disk.serial.clone(),
-                queues: c.block_queues,
-                msi: c.msi,
-                interrupts: Vec::new(),
-            })
+            .map(|disk| HostDevice::configured("block", disk.serial.clone(), c.block_queues, c.msi))
             .collect();
         if !self.nics.is_empty() {
-            devices.extend(self.nics.iter().map(|nic| HostDevice {
-                kind: "net".into(),
-                id: nic.tap.clone(),
-                queues: nic.queue_pairs() * 2,
-                msi: c.msi,
-                interrupts: Vec::new(),
+            devices.extend(self.nics.iter().map(|nic| {
+                HostDevice::configured("net", nic.tap.clone(), nic.queue_pairs() * 2, c.msi)
             }));
         } else if c.net_queues > 0 {
-            devices.push(HostDevice {
-                kind: "net".into(),
-                id: self.paths.tap_name(),
-                queues: c.net_queues * 2,
-                msi: c.msi,
-                interrupts: Vec::new(),
-            });
+            devices.push(HostDevice::configured(
+                "net",
+                self.paths.tap_name(),
+                c.net_queues * 2,
+                c.msi,
+            ));
         }
-        devices.push(HostDevice {
-            kind: "vsock".into(),
-            id: "vsock0".into(),
-            queues: 3,
-            msi: c.msi,
-            interrupts: Vec::new(),
-        });
+        devices.push(HostDevice::configured("vsock", "vsock0", 3, c.msi));
         if c.virtio_console {
-            devices.push(HostDevice {
-                kind: "console".into(),
-                id: "hvc0".into(),
-                queues: 2,
-                msi: c.msi,
-                interrupts: Vec::new(),
-            });
+            devices.push(HostDevice::configured("console", "hvc0", 2, c.msi));
         }
         if let Some(shared) = &c.shared_dir {
-            devices.push(HostDevice {
-                kind: "fs".into(),
-                id: shared.tag.into(),
-                // The high-priority queue and one request queue.
-                queues: 2,
-                msi: c.msi,
-                interrupts: Vec::new(),
-            });
+            // The high-priority queue and one request queue.
+            devices.push(HostDevice::configured("fs", shared.tag, 2, c.msi));
         }
         devices
     }
@@ -423,11 +390,7 @@ impl Hypervisor for Embedded {
         let _ = std::fs::remove_file(self.paths.vsock());
         let _ = std::fs::remove_file(self.paths.virtiofs());
         self.pipes = ConsolePipes::default();
-        for capture in self.captures.drain(..) {
-            if !capture.finish(CAPTURE_WAIT) {
-                tracing::warn!("a console copy did not finish within {CAPTURE_WAIT:?}");
-            }
-        }
+        crate::console::capture::finish_all(&mut self.captures);
         Ok(())
     }
 }

@@ -47,6 +47,19 @@ pub struct HostDevice {
     pub interrupts: Vec<HostVector>,
 }
 
+impl HostDevice {
+    /// A device of `kind` as the configuration asks for it, its interrupts not counted.
+    pub fn configured(kind: &str, id: impl Into<String>, queues: u16, msi: bool) -> Self {
+        Self {
+            kind: kind.into(),
+            id: id.into(),
+            queues,
+            msi,
+            interrupts: Vec::new(),
+        }
+    }
+}
+
 /// One interrupt vector's host-side count.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct HostVector {

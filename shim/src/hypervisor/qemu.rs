@@ -49,8 +49,6 @@ use crate::network::NicDevice;
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
 /// How long QEMU may take to exit after `quit`.
 const QUIT_WAIT: Duration = Duration::from_secs(3);
-/// How long the log copies may take to finish once the VM is gone.
-const CAPTURE_WAIT: Duration = Duration::from_secs(2);
 /// QEMU's seccomp filter, all optional groups denied (QEMU 7.2 and vhost-user run under it).
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 /// The descriptor number of the virtio-console's pipe in QEMU.
@@ -442,58 +440,36 @@ impl Hypervisor for Qemu {
 
     fn host_view(&self) -> HostView {
         let c = &self.spec;
-        let mut devices = vec![HostDevice {
-            kind: "vsock".into(),
-            id: "vsock0".into(),
-            queues: 3,
-            msi: false,
-            interrupts: Vec::new(),
-        }];
+        let mut devices = vec![HostDevice::configured("vsock", "vsock0", 3, false)];
         for disk in &c.disks {
-            devices.push(HostDevice {
-                kind: "block".into(),
-                id: disk.serial.clone(),
-                queues: c.block_queues,
-                msi: false,
-                interrupts: Vec::new(),
-            });
+            devices.push(HostDevice::configured(
+                "block",
+                disk.serial.clone(),
+                c.block_queues,
+                false,
+            ));
         }
         if !self.nic_view.is_empty() {
-            devices.extend(self.nic_view.iter().map(|(tap, pairs)| HostDevice {
-                kind: "net".into(),
-                id: tap.clone(),
-                queues: pairs * 2,
-                msi: false,
-                interrupts: Vec::new(),
-            }));
+            devices.extend(
+                self.nic_view.iter().map(|(tap, pairs)| {
+                    HostDevice::configured("net", tap.clone(), pairs * 2, false)
+                }),
+            );
         } else if c.net_queues > 0 {
-            devices.push(HostDevice {
-                kind: "net".into(),
-                id: self.paths.tap_name(),
-                queues: c.net_queues * 2,
-                msi: false,
-                interrupts: Vec::new(),
-            });
+            devices.push(HostDevice::configured(
+                "net",
+                self.paths.tap_name(),
+                c.net_queues * 2,
+                false,
+            ));
         }
         if let Some(shared) = &c.shared_dir {
-            devices.push(HostDevice {
-                kind: "fs".into(),
-                id: shared.tag.into(),
-                // The high-priority queue and one request queue.
-                queues: 2,
-                msi: false,
-                interrupts: Vec::new(),
-            });
+            // The high-priority queue and one request queue.
+            devices.push(HostDevice::configured("fs", shared.tag, 2, false));
         }
         if c.virtio_console {
-            devices.push(HostDevice {
-                kind: "console".into(),
-                id: "hvc0".into(),
-                // virtio-serial with one port and the control queues (VIRTIO_CONSOLE_F_MULTIPORT).
-                queues: 4,
-                msi: false,
-                interrupts: Vec::new(),
-            });
+            // virtio-serial with one port and the control queues (VIRTIO_CONSOLE_F_MULTIPORT).
+            devices.push(HostDevice::configured("console", "hvc0", 4, false));
         }
         HostView {
             backend: "qemu".into(),
@@ -568,11 +544,7 @@ impl Hypervisor for Qemu {
             let _ = std::fs::remove_file(path);
         }
         // The processes are gone: the logs are complete once the copies drained the pipes.
-        for capture in self.captures.drain(..) {
-            if !capture.finish(CAPTURE_WAIT) {
-                tracing::warn!("a log copy did not finish within {CAPTURE_WAIT:?}");
-            }
-        }
+        crate::console::capture::finish_all(&mut self.captures);
         Ok(())
     }
 }

@@ -167,29 +167,17 @@ mod tests {
         let path = dir.path().join("qmp.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
-            write
-                .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
-                .await
-                .unwrap();
-            let caps = lines.next_line().await.unwrap().unwrap();
-            assert!(caps.contains("qmp_capabilities"));
-            write.write_all(b"{\"return\": {}}\n").await.unwrap();
-            let resize = lines.next_line().await.unwrap().unwrap();
-            let v: Value = serde_json::from_str(&resize).unwrap();
-            assert_eq!(v["arguments"]["size"], 4096);
-            write
-                .write_all(b"{\"event\": \"X\"}\n{\"return\": {}}\n")
-                .await
-                .unwrap();
-            let bad = lines.next_line().await.unwrap().unwrap();
-            assert!(bad.contains("nope"));
-            write
-                .write_all(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"no such\"}}\n")
-                .await
-                .unwrap();
+            let mut qemu = Peer::accept(&listener).await;
+            qemu.say(r#"{"QMP": {"version": {}, "capabilities": []}}"#)
+                .await;
+            assert!(qemu.heard().await.contains("qmp_capabilities"));
+            qemu.say(r#"{"return": {}}"#).await;
+            let resize: Value = serde_json::from_str(&qemu.heard().await).unwrap();
+            assert_eq!(resize["arguments"]["size"], 4096);
+            qemu.say("{\"event\": \"X\"}\n{\"return\": {}}").await;
+            assert!(qemu.heard().await.contains("nope"));
+            qemu.say(r#"{"error": {"class": "GenericError", "desc": "no such"}}"#)
+                .await;
         });
         let mut qmp = connect_until(&path, Duration::from_secs(5), || None)
             .await
@@ -202,19 +190,40 @@ mod tests {
         server.await.unwrap();
     }
 
+    /// QEMU's side of one QMP connection, a line at a time.
+    struct Peer {
+        lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+        write: tokio::net::unix::OwnedWriteHalf,
+    }
+
+    impl Peer {
+        async fn accept(listener: &tokio::net::UnixListener) -> Self {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, write) = stream.into_split();
+            let lines = BufReader::new(read).lines();
+            Self { lines, write }
+        }
+
+        /// Sends `text` and its newline.
+        async fn say(&mut self, text: &str) {
+            self.write
+                .write_all(format!("{text}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+
+        /// The client's next line.
+        async fn heard(&mut self) -> String {
+            self.lines.next_line().await.unwrap().unwrap()
+        }
+    }
+
     /// Serves one QMP client on `listener`: the greeting and the capabilities answer.
     async fn serve_greeting(listener: tokio::net::UnixListener) {
-        let (stream, _) = listener.accept().await.unwrap();
-        let (read, mut write) = stream.into_split();
-        let mut lines = BufReader::new(read).lines();
-        write.write_all(b"{\"QMP\": {}}\n").await.unwrap();
-        assert!(lines
-            .next_line()
-            .await
-            .unwrap()
-            .unwrap()
-            .contains("qmp_capabilities"));
-        write.write_all(b"{\"return\": {}}\n").await.unwrap();
+        let mut qemu = Peer::accept(&listener).await;
+        qemu.say(r#"{"QMP": {}}"#).await;
+        assert!(qemu.heard().await.contains("qmp_capabilities"));
+        qemu.say(r#"{"return": {}}"#).await;
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 
 use pulse_protocols::containers::{self, Storage};
 use pulse_protocols::containers_ttrpc::ContainersClient;
+use pulse_protocols::protobuf::MessageFull;
 use ttrpc::context::Context;
 
 use super::errors::agent_err;
@@ -24,8 +25,8 @@ pub struct Exited {
 }
 
 /// A request of the Containers API: the client call that sends it, and its reply.
-trait Rpc: Default {
-    type Reply;
+pub(crate) trait Rpc: MessageFull {
+    type Reply: MessageFull;
 
     /// A request for container `id`, its other fields at their defaults.
     fn to(id: &str) -> Self;
@@ -33,28 +34,45 @@ trait Rpc: Default {
     async fn send(&self, client: &ContainersClient, ctx: Context) -> ttrpc::Result<Self::Reply>;
 }
 
-/// Each request type with its reply and the client's method for it.
+/// Each request type with its reply and the client's method for it (the server's method of the
+/// same name, for the tests' agent).
 macro_rules! rpcs {
-    ($($req:ident -> $reply:ident: $method:ident;)*) => {$(
-        impl Rpc for containers::$req {
-            type Reply = containers::$reply;
+    ($($req:ident -> $reply:ident: $method:ident;)*) => {
+        $(
+            impl Rpc for containers::$req {
+                type Reply = containers::$reply;
 
-            fn to(id: &str) -> Self {
-                Self {
-                    container_id: id.into(),
-                    ..Default::default()
+                fn to(id: &str) -> Self {
+                    Self {
+                        container_id: id.into(),
+                        ..Default::default()
+                    }
+                }
+
+                async fn send(
+                    &self,
+                    client: &ContainersClient,
+                    ctx: Context,
+                ) -> ttrpc::Result<Self::Reply> {
+                    client.$method(ctx, self).await
                 }
             }
+        )*
 
-            async fn send(
-                &self,
-                client: &ContainersClient,
-                ctx: Context,
-            ) -> ttrpc::Result<Self::Reply> {
-                client.$method(ctx, self).await
-            }
+        #[cfg(test)]
+        #[async_trait::async_trait]
+        impl<A: Answer> pulse_protocols::containers_ttrpc::Containers for Answering<A> {
+            $(
+                async fn $method(
+                    &self,
+                    _ctx: &ttrpc::r#async::TtrpcContext,
+                    req: containers::$req,
+                ) -> ttrpc::Result<containers::$reply> {
+                    self.0.answer(req)
+                }
+            )*
         }
-    )*};
+    };
 }
 
 rpcs! {
@@ -72,6 +90,45 @@ rpcs! {
     ContainerStatsRequest -> ContainerStatsResponse: container_stats;
 }
 
+/// The agent's side of the Containers API as a test plays it: one answer for every call.
+#[cfg(test)]
+pub(crate) trait Answer: Send + Sync + 'static {
+    /// The reply to `req`, or the error the agent would give.
+    fn answer<R: Rpc>(&self, req: R) -> ttrpc::Result<R::Reply>;
+}
+
+/// An [`Answer`] served as the agent's Containers service (the test keeps its own handle).
+#[cfg(test)]
+pub(crate) struct Answering<A>(pub std::sync::Arc<A>);
+
+/// A request of the Containers API that addresses one process of a container.
+trait ProcessRpc: Rpc {
+    /// A request for process `exec` of container `id` (its init when empty), its other fields at
+    /// their defaults.
+    fn of(id: &str, exec: &str) -> Self;
+}
+
+/// Each request type that names a process by its exec id.
+macro_rules! process_rpcs {
+    ($($req:ident),*) => {$(
+        impl ProcessRpc for containers::$req {
+            fn of(id: &str, exec: &str) -> Self {
+                Self {
+                    exec_id: exec.into(),
+                    ..Self::to(id)
+                }
+            }
+        }
+    )*};
+}
+
+process_rpcs!(
+    ExecProcessRequest,
+    WaitProcessRequest,
+    SignalProcessRequest,
+    ResizeTerminalRequest
+);
+
 impl Guest {
     /// The containers of `agent`'s guest.
     pub fn new(agent: &Agent) -> Self {
@@ -85,6 +142,11 @@ impl Guest {
     /// `req` sent under the agent's request deadline, its failure saying `what` was being done.
     async fn call<R: Rpc>(&self, what: String, req: R) -> ttrpc::Result<R::Reply> {
         self.call_in(self.agent.ctx(), what, req).await
+    }
+
+    /// [`Self::call`] for a request whose reply says nothing more than that it was done.
+    async fn send<R: Rpc>(&self, what: String, req: R) -> ttrpc::Result<()> {
+        self.call(what, req).await.map(drop)
     }
 
     /// `req` sent in `ctx`, its failure saying `what` was being done.
@@ -121,19 +183,15 @@ impl Guest {
     /// Starts exec `exec` (its OCI process, JSON) in container `id`; its pid.
     pub async fn exec(&self, id: &str, exec: &str, process: Vec<u8>) -> ttrpc::Result<u32> {
         let req = containers::ExecProcessRequest {
-            exec_id: exec.into(),
             oci_process_json: process,
-            ..Rpc::to(id)
+            ..ProcessRpc::of(id, exec)
         };
         Ok(self.call(format!("exec {exec} in {id}"), req).await?.pid)
     }
 
     /// Waits, without a deadline, until process `exec` of `id` (its init when empty) exits.
     pub async fn wait(&self, id: &str, exec: &str) -> ttrpc::Result<Exited> {
-        let req = containers::WaitProcessRequest {
-            exec_id: exec.into(),
-            ..Rpc::to(id)
-        };
+        let req = containers::WaitProcessRequest::of(id, exec);
         let what = format!("waiting for {id} {exec}");
         let r = self.call_in(self.agent.waiting_ctx(), what, req).await?;
         Ok(Exited {
@@ -145,13 +203,11 @@ impl Guest {
     /// Sends `signal` to process `exec` of `id` (every process of the container with `all`).
     pub async fn signal(&self, id: &str, exec: &str, signal: u32, all: bool) -> ttrpc::Result<()> {
         let req = containers::SignalProcessRequest {
-            exec_id: exec.into(),
             signal,
             all,
-            ..Rpc::to(id)
+            ..ProcessRpc::of(id, exec)
         };
-        let what = format!("signal {signal} to {id}");
-        self.call(what, req).await.map(drop)
+        self.send(format!("signal {signal} to {id}"), req).await
     }
 
     /// Removes container `id` (killing what still runs) and unmounts its storages.
@@ -161,7 +217,7 @@ impl Guest {
             ..Rpc::to(id)
         };
         let what = format!("removing container {id} in the guest");
-        self.call(what, req).await.map(drop)
+        self.send(what, req).await
     }
 
     /// The guest pids of container `id`'s processes.
@@ -177,24 +233,22 @@ impl Guest {
     pub async fn freeze(&self, id: &str, pause: bool) -> ttrpc::Result<()> {
         if pause {
             let req = containers::PauseContainerRequest::to(id);
-            self.call(format!("pausing {id}"), req).await?;
+            self.send(format!("pausing {id}"), req).await
         } else {
             let req = containers::ResumeContainerRequest::to(id);
-            self.call(format!("resuming {id}"), req).await?;
+            self.send(format!("resuming {id}"), req).await
         }
-        Ok(())
     }
 
     /// Resizes the terminal of process `exec` of `id`.
     pub async fn resize(&self, id: &str, exec: &str, rows: u32, columns: u32) -> ttrpc::Result<()> {
         let req = containers::ResizeTerminalRequest {
-            exec_id: exec.into(),
             rows,
             columns,
-            ..Rpc::to(id)
+            ..ProcessRpc::of(id, exec)
         };
         let what = format!("resizing the terminal of {id}");
-        self.call(what, req).await.map(drop)
+        self.send(what, req).await
     }
 
     /// Applies new resources (OCI `linux.resources`, JSON) to container `id`.
@@ -204,7 +258,7 @@ impl Guest {
             ..Rpc::to(id)
         };
         let what = format!("updating the resources of {id}");
-        self.call(what, req).await.map(drop)
+        self.send(what, req).await
     }
 
     /// Container `id`'s cgroup statistics.

@@ -11,13 +11,20 @@
 
 pub mod net;
 
+use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// One VM at a time: the machines have two cores.
 pub static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The machine to this test alone while the guard lives (a test that failed before does not
+/// hold it up).
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 pub const IMAGE: &str = "docker.io/library/pulse-busybox:latest";
 pub const NS: &str = "pulse-test";
@@ -73,7 +80,7 @@ pub fn embedded() -> bool {
     backend() == "embedded"
 }
 
-fn have(cmd: &str) -> bool {
+pub fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .stdout(Stdio::null())
@@ -122,6 +129,16 @@ macro_rules! require_env {
             return;
         }
     };
+}
+
+/// `(the machine's turn, a started Env)` for an end-to-end test; skips the calling test (returns
+/// from it) as [`require_env!`] does.
+#[macro_export]
+macro_rules! start_env {
+    () => {{
+        $crate::require_env!();
+        (common::serial(), common::Env::start())
+    }};
 }
 
 pub struct Env {
@@ -247,23 +264,8 @@ impl Env {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
         let mut containerd = Command::new("containerd");
-        default_signals(&mut containerd);
-        let child = containerd
-            .arg("--config")
-            .arg(d.join("containerd.toml"))
-            .env("PULSE_CONFIG", env.config_path())
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    shim_binary().parent().unwrap().display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+        let child = containerd_for_the_shim(&mut containerd, &d, &env.config_path())
             .spawn()
             .expect("containerd");
         env.containerd = Some(child);
@@ -311,38 +313,33 @@ impl Env {
         run_with_timeout(&mut cmd, Duration::from_secs(180))
     }
 
-    /// `ctr run --rm` of busybox with the Pulse shim (by path).
+    /// `ctr run --rm` of busybox with the Pulse shim (by path), `extra` options before the image.
     pub fn run_rm(&self, id: &str, extra: &[&str], cmd: &[&str]) -> Output {
+        self.run("--rm", id, extra, cmd)
+    }
+
+    /// `ctr run -d` of busybox with the Pulse shim (by path), `extra` options before the image;
+    /// returns once the task is RUNNING.
+    pub fn run_detached(&self, id: &str, extra: &[&str], cmd: &[&str]) {
+        let out = self.run("-d", id, extra, cmd);
+        self.assert_exit(&out, 0);
+        self.wait_status(id, "RUNNING");
+    }
+
+    /// [`Self::run_detached`] of `sleep 1000`.
+    pub fn run_sleeping(&self, id: &str) {
+        self.run_detached(id, &[], &["sleep", "1000"]);
+    }
+
+    /// `ctr run` in `mode` (`--rm`, `-d`) of busybox with the Pulse shim (by path).
+    fn run(&self, mode: &str, id: &str, extra: &[&str], cmd: &[&str]) -> Output {
         let shim = shim_binary();
-        let mut args = vec!["run", "--rm", "--runtime", shim.to_str().unwrap()];
+        let mut args = vec!["run", mode, "--runtime", shim.to_str().unwrap()];
         args.extend_from_slice(extra);
         args.push(IMAGE);
         args.push(id);
         args.extend_from_slice(cmd);
         self.ctr(&args)
-    }
-
-    /// `ctr run -d` of busybox `sleep 1000` with the Pulse shim (by path); returns once the
-    /// task is RUNNING.
-    pub fn run_sleeping(&self, id: &str) {
-        let shim = shim_binary();
-        let out = self.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            shim.to_str().unwrap(),
-            IMAGE,
-            id,
-            "sleep",
-            "1000",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            text(&out.stderr),
-            self.log()
-        );
-        self.wait_status(id, "RUNNING");
     }
 
     /// Waits until `ctr tasks ls` shows `id` with `status`.
@@ -418,8 +415,7 @@ impl Env {
 
     /// SIGKILLs the one Pulse shim of this environment.
     pub fn kill_9_the_shim(&self) {
-        let shim = nix::unistd::Pid::from_raw(self.the_shim().cast_signed());
-        nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGKILL).unwrap();
+        send_signal(self.the_shim(), Signal::SIGKILL).unwrap();
     }
 
     /// Processes that belong to this environment's pods (shims, qemu, vhost-device-vsock,
@@ -436,6 +432,19 @@ impl Env {
                         || cmd.contains("virtiofsd"))
             })
             .collect()
+    }
+
+    /// Asserts that the command of `out` exited with `code`, else says what it printed and
+    /// containerd's log.
+    pub fn assert_exit(&self, out: &Output, code: i32) {
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "stdout {} stderr {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr),
+            self.log()
+        );
     }
 
     /// Nothing of a pod is left: processes, sandbox directories (sockets, disk
@@ -482,20 +491,43 @@ impl Env {
     }
 }
 
+/// Sends `signal` to the process `pid` (a pid as `std::process` and /proc give it).
+pub fn send_signal(pid: u32, signal: Signal) -> nix::Result<()> {
+    let pid = i32::try_from(pid).expect("a pid fits in a pid_t");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+}
+
+/// `cmd` (containerd, or what ends in it) made to run containerd as the tests do: with `dir`'s
+/// containerd.toml, Pulse's config at `pulse_config`, the shim's directory first on its PATH,
+/// and its output in `dir`'s containerd.log.
+pub fn containerd_for_the_shim<'c>(
+    cmd: &'c mut Command,
+    dir: &Path,
+    pulse_config: &Path,
+) -> &'c mut Command {
+    let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+    let path = format!(
+        "{}:{}",
+        shim_binary().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    default_signals(cmd);
+    cmd.arg("--config")
+        .arg(dir.join("containerd.toml"))
+        .env("PULSE_CONFIG", pulse_config)
+        .env("PATH", path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+}
+
 /// What a failed test left: its pods' processes (SIGKILL), then containerd (SIGTERM, up to 10 s
 /// to exit, then SIGKILL).
 pub fn stop_leftovers(pod_processes: Vec<(u32, String)>, containerd: Option<Child>) {
     for (pid, _) in pod_processes {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = send_signal(pid, Signal::SIGKILL);
     }
     if let Some(mut c) = containerd {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ = send_signal(c.id(), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -577,6 +609,24 @@ pub fn is_shim(cmd: &str) -> bool {
 /// The argument that makes the shim's binary a pod's network namespace holder.
 pub const NETNS_HOLDER: &str = "pulse-netns-holder";
 
+/// The `ctr run` options that make a container one of pod `pod` as containerd's CRI plugin
+/// annotates it: `kind` `sandbox` for the pod's first container (which starts its VM),
+/// `container` for another.
+pub fn pod_options(kind: &str, pod: &str) -> [String; 4] {
+    [
+        "--annotation".into(),
+        format!("io.kubernetes.cri.container-type={kind}"),
+        "--annotation".into(),
+        format!("io.kubernetes.cri.sandbox-id={pod}"),
+    ]
+}
+
+/// Asserts that a command's output `printed` holds `needle`, else shows the output.
+pub fn assert_contains(printed: &[u8], needle: &str) {
+    let printed = text(printed);
+    assert!(printed.contains(needle), "no {needle:?} in {printed}");
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
@@ -624,10 +674,7 @@ pub fn wait_with_timeout(child: Child, limit: Duration) -> Option<Output> {
     match rx.recv_timeout(limit) {
         Ok(out) => Some(out.unwrap()),
         Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = send_signal(pid, Signal::SIGKILL);
             None
         }
     }

@@ -91,6 +91,16 @@ pub fn host_get(netns: &Path, ip: &str, port: u16) -> Result<String, String> {
     .map_err(|e| e.to_string())?
 }
 
+/// The devices of `kind` in the host view of a management socket's `/report`.
+pub fn host_devices<'r>(report: &'r serde_json::Value, kind: &str) -> Vec<&'r serde_json::Value> {
+    let devices = report["host"]["devices"].as_array();
+    devices
+        .into_iter()
+        .flatten()
+        .filter(|d| d["kind"] == kind)
+        .collect()
+}
+
 /// `GET path` on a pod's management socket `socket`: (status line, body).
 pub fn mgmt_get(socket: &Path, path: &str) -> (String, String) {
     let mut s = std::os::unix::net::UnixStream::connect(socket)

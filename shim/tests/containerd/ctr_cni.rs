@@ -191,7 +191,7 @@ fn veths(netns: &Path) -> Vec<String> {
 #[test]
 fn ctr_run_cni_carries_the_cni_network_into_the_guest_and_leaves_nothing() {
     crate::require_env!();
-    let _one = super::serial();
+    let _one = common::serial();
     let cni = match CtrCni::install() {
         Ok(cni) => cni,
         Err(why) => {
@@ -277,12 +277,8 @@ fn ctr_run_cni_carries_the_cni_network_into_the_guest_and_leaves_nothing() {
     let socket = env.state_dir().join(common::NS).join("cni1/mgmt.sock");
     let (_, body) = mgmt_get(&socket, "/report");
     let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    let nic = report["host"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["kind"] == "net")
-        .cloned()
+    let nic = *common::net::host_devices(&report, "net")
+        .first()
         .unwrap_or_else(|| panic!("no NIC: {body}"));
     assert_eq!(nic["queues"], 4, "{body}");
     assert!(!report["mismatches"].to_string().contains("net:"), "{body}");

@@ -42,7 +42,7 @@ pub fn skip_reason(handler: &str) -> Option<String> {
         return Some("not root".into());
     }
     for cmd in ["containerd", "ctr", "unshare", "ip", "nsenter", "runc"] {
-        if !have(cmd) {
+        if !common::have(cmd) {
             return Some(format!("{cmd} is not installed (scripts/install-deps.sh)"));
         }
     }
@@ -59,14 +59,6 @@ pub fn skip_reason(handler: &str) -> Option<String> {
         }
     }
     None
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// The static `pulse-pause` for the sandbox image: `make guest`'s `build/guest/pulse-pause`
@@ -321,9 +313,7 @@ impl CriEnv {
         std::fs::write(d.join("net.d/10-pulse-cri.conflist"), env.cni_conflist()).unwrap();
         env.write_pulse_config();
         std::fs::write(d.join("containerd.toml"), env.containerd_config()).unwrap();
-        let log = File::create(d.join("containerd.log")).unwrap();
         let mut cmd = Command::new("unshare");
-        common::default_signals(&mut cmd);
         cmd.args([
             "--net",
             "--",
@@ -331,22 +321,9 @@ impl CriEnv {
             "-c",
             "ip link set lo up && exec \"$@\"",
             "sh",
-        ])
-        .arg("containerd")
-        .arg("--config")
-        .arg(d.join("containerd.toml"))
-        .env("PULSE_CONFIG", env.pulse_config())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                common::shim_binary().parent().unwrap().display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
+            "containerd",
+        ]);
+        common::containerd_for_the_shim(&mut cmd, &d, &env.pulse_config()).stdin(Stdio::null());
         env.containerd = Some(cmd.spawn().expect("unshare --net containerd"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while !env.sock().exists() || !env.log().contains("containerd successfully booted") {
@@ -404,6 +381,16 @@ impl CriEnv {
     }
 
     /// The end of containerd's log, for failure messages.
+    /// What a failed CRI call `what` answered, with the end of containerd's log.
+    pub fn failed_call(&self, what: &str, e: &tonic::Status) -> String {
+        format!(
+            "{what}: {:?}: {}\n--- containerd log (end) ---\n{}",
+            e.code(),
+            e.message(),
+            self.log_tail()
+        )
+    }
+
     pub fn log_tail(&self) -> String {
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();

@@ -18,7 +18,6 @@ mod stream;
 mod volumes;
 
 use std::path::{Path, PathBuf};
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use harness::{CriEnv, APP_IMAGE, PAUSE_IMAGE, POD_SUBNET_PREFIX};
@@ -28,8 +27,17 @@ use kubelet::{
 };
 use tonic::Status;
 
-fn serial() -> MutexGuard<'static, ()> {
-    common::SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+/// A test of `scenario` per runtime handler, each skipped where its handler is missing and with
+/// the machine to itself.
+macro_rules! on_handlers {
+    ($scenario:ident: $($test:ident($handler:literal),)*) => {$(
+        #[test]
+        fn $test() {
+            require_cri!($handler);
+            let _one = common::serial();
+            $scenario($handler);
+        }
+    )*};
 }
 
 macro_rules! require_cri {
@@ -56,14 +64,7 @@ impl Node {
 
     /// The answer, or a panic naming the call, the status and the end of containerd's log.
     fn ok<T>(&self, what: &str, r: Result<T, Status>) -> T {
-        r.unwrap_or_else(|e| {
-            panic!(
-                "{what}: {:?}: {}\n--- containerd log (end) ---\n{}",
-                e.code(),
-                e.message(),
-                self.env.log_tail()
-            )
-        })
+        r.unwrap_or_else(|e| panic!("{}", self.env.failed_call(what, &e)))
     }
 
     /// A pod as kubelet starts it: its cgroup and log directory first, then RunPodSandbox.
@@ -532,18 +533,10 @@ fn pod_sandbox_lifecycle(handler: &str) {
     node.remove_pod(&pod);
 }
 
-#[test]
-fn runc_pod_sandbox_lifecycle_and_cleanup() {
-    require_cri!("runc");
-    let _one = serial();
-    pod_sandbox_lifecycle("runc");
-}
-
-#[test]
-fn pulse_pod_sandbox_lifecycle_and_cleanup() {
-    require_cri!("pulse");
-    let _one = serial();
-    pod_sandbox_lifecycle("pulse");
+on_handlers! {
+    pod_sandbox_lifecycle:
+    runc_pod_sandbox_lifecycle_and_cleanup("runc"),
+    pulse_pod_sandbox_lifecycle_and_cleanup("pulse"),
 }
 
 /// Two app containers in one pod, kubelet's way: CreateContainer (image, command, log path,
@@ -836,18 +829,10 @@ fn two_containers_in_one_pod(handler: &str) {
     node.remove_pod(&pod);
 }
 
-#[test]
-fn runc_two_containers_in_one_pod_exec_attach_logs_stats_update_and_cleanup() {
-    require_cri!("runc");
-    let _one = serial();
-    two_containers_in_one_pod("runc");
-}
-
-#[test]
-fn pulse_two_containers_in_one_pod_exec_attach_logs_stats_update_and_cleanup() {
-    require_cri!("pulse");
-    let _one = serial();
-    two_containers_in_one_pod("pulse");
+on_handlers! {
+    two_containers_in_one_pod:
+    runc_two_containers_in_one_pod_exec_attach_logs_stats_update_and_cleanup("runc"),
+    pulse_two_containers_in_one_pod_exec_attach_logs_stats_update_and_cleanup("pulse"),
 }
 
 /// The host side of what containerd's CRI plugin gives every app container of a pod that has
@@ -1110,18 +1095,10 @@ fn kubelet_mounts(handler: &str) {
     node.env.assert_no_leaks();
 }
 
-#[test]
-fn runc_kubelet_mounts_etc_files_configmap_update_secret_emptydir_hostpath_termination_log() {
-    require_cri!("runc");
-    let _one = serial();
-    kubelet_mounts("runc");
-}
-
-#[test]
-fn pulse_kubelet_mounts_etc_files_configmap_update_secret_emptydir_hostpath_termination_log() {
-    require_cri!("pulse");
-    let _one = serial();
-    kubelet_mounts("pulse");
+on_handlers! {
+    kubelet_mounts:
+    runc_kubelet_mounts_etc_files_configmap_update_secret_emptydir_hostpath_termination_log("runc"),
+    pulse_kubelet_mounts_etc_files_configmap_update_secret_emptydir_hostpath_termination_log("pulse"),
 }
 
 /// Mounts whose host source is neither a directory nor a regular file: a unix socket (with a
@@ -1250,18 +1227,10 @@ fn host_sockets_and_device_nodes(handler: &str) {
     node.remove_pod(&pod);
 }
 
-#[test]
-fn runc_host_sockets_and_device_nodes_as_mounts() {
-    require_cri!("runc");
-    let _one = serial();
-    host_sockets_and_device_nodes("runc");
-}
-
-#[test]
-fn pulse_host_sockets_and_device_nodes_as_mounts_fail_by_name_and_leave_nothing() {
-    require_cri!("pulse");
-    let _one = serial();
-    host_sockets_and_device_nodes("pulse");
+on_handlers! {
+    host_sockets_and_device_nodes:
+    runc_host_sockets_and_device_nodes_as_mounts("runc"),
+    pulse_host_sockets_and_device_nodes_as_mounts_fail_by_name_and_leave_nothing("pulse"),
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::common::net::{echo_reply, host_get, http_reply, mgmt_get, HostServer};
 use crate::harness::POD_SUBNET_PREFIX;
 use crate::kubelet::{self, PodSandboxState};
-use crate::{app_container, common, serial, Node, Pod};
+use crate::{app_container, common, Node, Pod};
 use k8s_cri::v1::NamespaceMode;
 
 /// The bridge's address (the CNI bridge is the pods' gateway: `isGateway`).
@@ -91,7 +91,7 @@ fn veth_mac_mtu(node: &Node, netns: &str) -> (String, String) {
 /// at the pod IP; the pod's namespace holds the tap and the redirect filters, and after
 /// RemovePodSandbox nothing is left.
 pub fn pulse_pod_on_the_bridge_network() {
-    let _one = serial();
+    let _one = common::serial();
     let node = Node::start();
     let containerd_ns = PathBuf::from(format!("/proc/{}/ns/net", node.env.containerd_pid()));
     let http = HostServer::start(containerd_ns.clone(), http_reply);
@@ -140,12 +140,7 @@ pub fn pulse_pod_on_the_bridge_network() {
         .join(&pod.id)
         .join("mgmt.sock");
     let report: serde_json::Value = serde_json::from_str(&unix_get(&socket, "/report")).unwrap();
-    let nets: Vec<&serde_json::Value> = report["host"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["kind"] == "net")
-        .collect();
+    let nets = common::net::host_devices(&report, "net");
     assert_eq!(nets.len(), 1, "{report}");
     assert_eq!(nets[0]["id"], "tap0_pulse", "{report}");
     assert_eq!(nets[0]["queues"], 2 * pairs, "{report}");
@@ -215,7 +210,7 @@ pub fn pulse_pod_on_the_bridge_network() {
 
 /// Two Pulse pods and a runc pod on one bridge: each reaches the others' HTTP servers.
 pub fn pulse_and_runc_pods_reach_each_other() {
-    let _one = serial();
+    let _one = common::serial();
     let node = Node::start();
     let (a, a_web, a_ip) = serving_pod(&node, "pulse", "pulse-a");
     let (b, b_web, b_ip) = serving_pod(&node, "pulse", "pulse-b");
@@ -246,7 +241,7 @@ pub fn pulse_and_runc_pods_reach_each_other() {
 
 /// A Pulse pod on the host's network (hostNetwork) is refused by name, and leaves nothing.
 pub fn pulse_host_network_pod_is_refused() {
-    let _one = serial();
+    let _one = common::serial();
     let node = Node::start();
     let uid = "hostnet-uid";
     let cgroup_parent = node.env.create_pod_cgroup(uid);
@@ -297,7 +292,7 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 /// cleanup of the dead shim (`delete`) removes the veth's ingress qdisc; then the pod goes as
 /// usual and nothing is left.
 pub fn pulse_pod_network_after_kill_9_of_the_shim() {
-    let _one = serial();
+    let _one = common::serial();
     let node = Node::start();
     let (pod, _web, _ip) = serving_pod(&node, "pulse", "killed");
     let netns = pod_netns(&node, &pod);
@@ -311,8 +306,7 @@ pub fn pulse_pod_network_after_kill_9_of_the_shim() {
     assert!(has(&["tc", "qdisc", "show", "dev", "eth0"], "ingress"));
     let shims = node.env.pulse_shims();
     assert_eq!(shims.len(), 1, "{shims:?}");
-    // SAFETY: kill takes a pid (this test's own pod's shim) and a signal.
-    assert_eq!(unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) }, 0);
+    common::send_signal(shims[0], nix::sys::signal::Signal::SIGKILL).unwrap();
     wait_until("the tap outlives the killed shim's VM", || {
         !has(&["ip", "-o", "link"], "tap0_pulse")
     });

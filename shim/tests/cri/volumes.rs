@@ -69,7 +69,7 @@ impl PodDir {
         let dir = self.dir.join("containers").join(container);
         std::fs::create_dir_all(&dir)
             .map_err(|e| annotate(e, format!("creating {}", dir.display())))?;
-        let path = dir.join(format!("{:08x}", nanos() as u32));
+        let path = dir.join(format!("{:08x}", nanos_low32()));
         std::fs::File::create(&path)
             .map_err(|e| annotate(e, format!("creating {}", path.display())))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
@@ -100,11 +100,13 @@ fn annotate(e: io::Error, context: String) -> io::Error {
     io::Error::new(e.kind(), format!("{context}: {e}"))
 }
 
-fn nanos() -> u128 {
-    SystemTime::now()
+/// The low 32 bits of the time in nanoseconds: a name that differs from one call to the next.
+fn nanos_low32() -> u32 {
+    let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    u32::try_from(nanos & u128::from(u32::MAX)).unwrap()
 }
 
 /// `..YYYY_MM_DD_HH_MM_SS.<n>` in UTC, the name AtomicWriter gives a payload directory (its
@@ -112,7 +114,7 @@ fn nanos() -> u128 {
 pub fn timestamped_name(now: SystemTime, n: u32) -> String {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (y, mo, d) = civil_date((secs / 86_400) as i64);
+    let (y, mo, d) = civil_date(i64::try_from(secs / 86_400).unwrap());
     let s = secs % 86_400;
     format!(
         "..{y:04}_{mo:02}_{d:02}_{:02}_{:02}_{:02}.{}{n}",
@@ -124,7 +126,7 @@ pub fn timestamped_name(now: SystemTime, n: u32) -> String {
 }
 
 /// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01.
-fn civil_date(days: i64) -> (i64, u32, u32) {
+fn civil_date(days: i64) -> (i64, i64, i64) {
     // Counted in 400-year eras starting on 0000-03-01, so that the leap day ends a year.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -133,8 +135,8 @@ fn civil_date(days: i64) -> (i64, u32, u32) {
         (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let mp = (5 * day_of_year + 2) / 153; // March = 0
-    let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
-    let month = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
