@@ -69,7 +69,8 @@ for attempt in $(seq 1 $attempts); do
     set -e
     cat "$log" >>"$all"
     if [ "$rc" -eq 125 ] && [ "$attempt" -lt "$attempts" ] &&
-        grep -qE '^  \| .*Kernel panic - not syncing|^nested: the L1 guest froze' "$log"; then
+        # (The freeze line can follow a test's unfinished "test x ... " on the same line.)
+        grep -qE '^  \| .*Kernel panic - not syncing|nested: the L1 guest froze' "$log"; then
         # Passed and failed alike: a test's verdict stands, only the unfinished ones run again.
         skip=$(sed -n 's/^RIG-TEST-\(PASSED\|FLAKY\|FAILED\) \([^ ]*\) \([^ ]*\).*/\2 \3/p' "$all" | sort -u)
         echo "RIG RETRIED: the L1 guest was lost (emulator fault, see above) after $(grep -c . <<<"$skip") passed tests; resuming in a fresh L1"
