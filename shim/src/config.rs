@@ -328,18 +328,9 @@ pub fn resolve_path(from_options: Option<&str>, env: Option<&str>) -> PathBuf {
 impl PulseConfig {
     /// Parses a file's text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-            let what = e.message().trim().replace('\n', "; ");
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: match line {
-                    Some(line) => format!("line {line}: {what}"),
-                    None => what,
-                },
-            }
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: pulse_vmm::config::describe_toml_error(text, &e),
         })
     }
 

@@ -314,6 +314,19 @@ impl std::str::FromStr for BlockConfigFile {
     }
 }
 
+/// What the TOML parser said about `text`, on one line, after the line it points at
+/// ("line 3: invalid type ..."): the words an operator reads beside the file's path.
+pub fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let what = error.message().trim().replace('\n', "; ");
+    match error.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {what}")
+        }
+        None => what,
+    }
+}
+
 impl VmConfigFile {
     /// Reads and parses a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -321,18 +334,9 @@ impl VmConfigFile {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-            let what = e.message().trim().replace('\n', "; ");
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: match line {
-                    Some(line) => format!("line {line}: {what}"),
-                    None => what,
-                },
-            }
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: describe_toml_error(&text, &e),
         })
     }
 
