@@ -113,11 +113,13 @@ tail_pid=$!
 
 deadline=$(( $(date +%s) + timeout ))
 # A CMD that renews xchg/heartbeat (PULSE_RIG_HEARTBEAT) and then stops renewing it for
-# PULSE_RIG_FREEZE_S seconds (default 300; 0: never) means the L1 froze: its vCPUs no longer
+# PULSE_RIG_FREEZE_S seconds (default 120, twelve renewals missed; 0: never) means the L1 froze: its vCPUs no longer
 # run L1's own code (seen: stuck in an L2 guest, no watchdog of L1's fires). tests/nested/in-l1.sh
 # renews it from its per-second wait on each test, in its own main loop (a background loop of
 # its own did not survive the first test's process cleanup).
-freeze_limit=${PULSE_RIG_FREEZE_S:-300}
+# A false alarm costs a fresh L1 and one test's rerun; each real freeze costs the whole wait
+# (two in one CI run on 2026-12-05, at 300 s each).
+freeze_limit=${PULSE_RIG_FREEZE_S:-120}
 timed_out=0 froze=0
 while kill -0 "$qemu_pid" 2>/dev/null; do
     now=$(date +%s)

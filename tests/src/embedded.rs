@@ -5,6 +5,7 @@
 //! MSI per queue (or the legacy line). Needs VT-x/AMD-V: on these machines it
 //! runs inside the nested rig ([`crate::nested`]).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -197,6 +198,26 @@ impl EmbeddedGuest {
 }
 
 impl EmbeddedGuest {
+    /// Awaits `work` (calls into the guest) while the VM runs. A VM that stops first (an L2
+    /// triple fault in the nested rig) ends the wait at once with its exit and the console's
+    /// tail, instead of leaving the calls to their own deadlines (600 s for a read).
+    pub async fn while_running<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if let Some(exit) = self.vm.exit_reason() {
+                        bail!(
+                            "the VM stopped ({exit:?}) while the guest was at work\n{}",
+                            tail(&self.console(), 40)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// What to print when a call into the guest gets no answer: the serial console's tail,
     /// then every device's rings and vectors twice, 5 s apart (a ring whose avail index stays
     /// ahead of its used index is stalled; one whose used index passed used_event with no

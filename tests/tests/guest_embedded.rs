@@ -121,7 +121,8 @@ async fn root_shell(
         block_storage(DISK4, "rootfs/q4", false),
         block_storage(DISK2, "rootfs/q2", false),
     ];
-    match shell::root_shell(agent, id, script, storages).await {
+    let run = shell::root_shell(agent, id, script, storages);
+    match guest.while_running(run).await {
         Ok(out) => (out.status, out.stdout, out.stderr),
         Err(e) => panic!("container {id}: {e:#}\n{}", guest.stall_report().await),
     }
