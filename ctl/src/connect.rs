@@ -31,8 +31,4 @@ pub async fn connect(addr: &str, timeout: Duration) -> Result<Client> {
     Ok(Client::new(Socket::from(stream)))
 }
 
-/// A request context that gives up after `timeout` (one past i64's nanoseconds, 292 years,
-/// is as good as none: it saturates).
-pub fn deadline(timeout: Duration) -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX))
-}
+pub use pulse_protocols::deadline;

@@ -26,6 +26,12 @@ pub const DEFAULT_VSOCK_PORT: u32 = 1024;
 pub use protobuf;
 pub use ttrpc;
 
+/// A request context that gives up after `timeout` (past i64's nanoseconds, 292 years, is as
+/// good as none: it saturates). For every client of the API: the shim, pulse-ctl, the tests.
+pub fn deadline(timeout: std::time::Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX))
+}
+
 /// The host vsock port (CID 2) the agent connects to once it serves, to say
 /// so; on the host it is the hybrid-vsock socket `<uds>_1023`.
 pub const DEFAULT_READY_PORT: u32 = 1023;

@@ -34,11 +34,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How often a wait looks whether the VM still runs.
 const VM_CHECK: Duration = Duration::from_millis(100);
 
-/// A ttrpc context whose deadline is `timeout` away (a deadline past i64 nanoseconds, 292
-/// years, is no deadline in practice and is cut there).
-pub fn deadline_ctx(timeout: Duration) -> Context {
-    context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX))
-}
+use pulse_protocols::deadline;
 
 /// `d` in whole milliseconds, for logs (cut at u64::MAX).
 fn millis(d: Duration) -> u64 {
@@ -209,7 +205,7 @@ impl Agent {
 
     /// A context with the request deadline.
     pub fn ctx(&self) -> Context {
-        deadline_ctx(self.timeout)
+        deadline(self.timeout)
     }
 
     /// A context without a deadline, for requests that wait (process exits, output).
@@ -274,7 +270,7 @@ async fn attempt(
     let agent = Agent::new(Client::new(Socket::from(stream)), request_timeout);
     let health = agent
         .health()
-        .check(deadline_ctx(health_timeout), &health::CheckRequest::new())
+        .check(deadline(health_timeout), &health::CheckRequest::new())
         .await
         .map_err(|e| format!("connected, but the health check failed: {e}"))?;
     if health.state.enum_value_or_default() != health::ServingState::SERVING_STATE_SERVING {

@@ -513,7 +513,7 @@ impl Sandbox {
             .agent
             .sandbox()
             .destroy_sandbox(
-                crate::agent::deadline_ctx(POWEROFF_WAIT),
+                pulse_protocols::deadline(POWEROFF_WAIT),
                 &sandbox_api::DestroySandboxRequest {
                     force: true,
                     ..Default::default()
