@@ -49,17 +49,19 @@ impl Hypervisor for NoVm {
 }
 
 impl Sandbox {
-    /// Pod `pod`'s sandbox, ready, its files under `state_dir`, its guest behind `agent`.
-    pub(crate) fn without_vm(state_dir: &Path, pod: &str, agent: Agent) -> Arc<Sandbox> {
-        let mut config = PulseConfig::default();
-        config.shim.state_dir = state_dir.into();
-        let paths = SandboxPaths::new(state_dir, "ns", pod).unwrap();
+    /// Pod `pod`'s sandbox, ready, by `config` (its files under `shim.state_dir`), its guest
+    /// behind `agent`. Its directory and empty block slots are made, as a boot makes them.
+    pub(crate) fn without_vm(config: PulseConfig, pod: &str, agent: Agent) -> Arc<Sandbox> {
+        let paths = SandboxPaths::new(&config.shim.state_dir, "ns", pod).unwrap();
+        crate::private_fs::create_dir(&paths.dir).unwrap();
+        let slots = BlockSlots::new(&paths, config.devices.block_slots);
+        slots.create_placeholders().unwrap();
         let mut machine = SandboxMachine::new(pod);
         machine.ready().unwrap();
         Arc::new(Sandbox {
             pod: pod.into(),
             namespace: "ns".into(),
-            slots: Mutex::new(BlockSlots::new(&paths, config.devices.block_slots)),
+            slots: Mutex::new(slots),
             oom: Arc::new(OomScanner::new(paths.console())),
             paths,
             config,
@@ -73,5 +75,10 @@ impl Sandbox {
             late_network: tokio::sync::Mutex::new(None),
             host_pid: None,
         })
+    }
+
+    /// How many block slots hold a container's disk.
+    pub(crate) fn slots_in_use(&self) -> usize {
+        self.slots.lock().unwrap().used()
     }
 }

@@ -68,7 +68,7 @@ macro_rules! rpcs {
                     _ctx: &ttrpc::r#async::TtrpcContext,
                     req: containers::$req,
                 ) -> ttrpc::Result<containers::$reply> {
-                    self.0.answer(req)
+                    self.0.answer(req).await
                 }
             )*
         }
@@ -93,8 +93,12 @@ rpcs! {
 /// The agent's side of the Containers API as a test plays it: one answer for every call.
 #[cfg(test)]
 pub(crate) trait Answer: Send + Sync + 'static {
-    /// The reply to `req`, or the error the agent would give.
-    fn answer<R: Rpc>(&self, req: R) -> ttrpc::Result<R::Reply>;
+    /// The reply to `req`, or the error the agent would give; it may take its time, as the
+    /// agent's wait for a process does.
+    fn answer<R: Rpc>(
+        &self,
+        req: R,
+    ) -> impl std::future::Future<Output = ttrpc::Result<R::Reply>> + Send;
 }
 
 /// An [`Answer`] served as the agent's Containers service (the test keeps its own handle).
