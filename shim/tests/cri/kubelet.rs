@@ -84,47 +84,12 @@ impl Kubelet {
             .map(|r| r.pod_sandbox_id)
     }
 
-    pub fn pod_status(&self, id: &str) -> Result<cri::PodSandboxStatusResponse, Status> {
-        let req = cri::PodSandboxStatusRequest {
-            pod_sandbox_id: id.into(),
-            verbose: true,
-        };
-        self.rt(async |mut c| c.pod_sandbox_status(req).await)
-    }
-
     pub fn list_pods(&self) -> Result<Vec<cri::PodSandbox>, Status> {
         self.rt(async |mut c| {
             c.list_pod_sandbox(cri::ListPodSandboxRequest::default())
                 .await
         })
         .map(|r| r.items)
-    }
-
-    pub fn pod_stats(&self, id: &str) -> Result<cri::PodSandboxStats, Status> {
-        let req = cri::PodSandboxStatsRequest {
-            pod_sandbox_id: id.into(),
-        };
-        self.rt(async |mut c| c.pod_sandbox_stats(req).await)
-            .and_then(|r| {
-                r.stats
-                    .ok_or_else(|| Status::internal("no stats in the answer"))
-            })
-    }
-
-    pub fn stop_pod(&self, id: &str) -> Result<(), Status> {
-        let req = cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        };
-        self.rt(async |mut c| c.stop_pod_sandbox(req).await)
-            .map(drop)
-    }
-
-    pub fn remove_pod(&self, id: &str) -> Result<(), Status> {
-        let req = cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        };
-        self.rt(async |mut c| c.remove_pod_sandbox(req).await)
-            .map(drop)
     }
 
     pub fn create_container(
@@ -142,26 +107,6 @@ impl Kubelet {
             .map(|r| r.container_id)
     }
 
-    pub fn start_container(&self, id: &str) -> Result<(), Status> {
-        let req = cri::StartContainerRequest {
-            container_id: id.into(),
-        };
-        self.rt(async |mut c| c.start_container(req).await)
-            .map(drop)
-    }
-
-    pub fn container_status(&self, id: &str) -> Result<cri::ContainerStatus, Status> {
-        let req = cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: true,
-        };
-        self.rt(async |mut c| c.container_status(req).await)
-            .and_then(|r| {
-                r.status
-                    .ok_or_else(|| Status::internal("no status in the answer"))
-            })
-    }
-
     /// The pod's containers.
     pub fn list_containers(&self, pod: &str) -> Result<Vec<cri::Container>, Status> {
         let req = cri::ListContainersRequest {
@@ -174,20 +119,6 @@ impl Kubelet {
             .map(|r| r.containers)
     }
 
-    pub fn exec_sync(
-        &self,
-        id: &str,
-        cmd: &[&str],
-        timeout_s: i64,
-    ) -> Result<cri::ExecSyncResponse, Status> {
-        let req = cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: strings(cmd),
-            timeout: timeout_s,
-        };
-        self.rt(async |mut c| c.exec_sync(req).await)
-    }
-
     /// The streaming server's URL for an exec.
     pub fn exec(&self, req: cri::ExecRequest) -> Result<String, Status> {
         self.rt(async |mut c| c.exec(req).await).map(|r| r.url)
@@ -197,55 +128,82 @@ impl Kubelet {
     pub fn attach(&self, req: cri::AttachRequest) -> Result<String, Status> {
         self.rt(async |mut c| c.attach(req).await).map(|r| r.url)
     }
+}
 
-    pub fn reopen_log(&self, id: &str) -> Result<(), Status> {
-        let req = cri::ReopenContainerLogRequest {
+/// `Kubelet`'s calls on one pod or container, one entry each: `fn name(&self, args) -> T =
+/// call(request)` sends the request built from the arguments through the runtime client's
+/// `call` and returns its reply; `.field` after the call returns that field of the reply,
+/// which must be there (an INTERNAL status says it was not); without `-> T` the method returns
+/// nothing.
+macro_rules! calls_by_id {
+    ($(
+        fn $name:ident(&self $(, $arg:ident: $arg_ty:ty)*) $(-> $ret:ty)? =
+            $call:ident($req:expr) $(.$part:ident)?;
+    )*) => {
+        impl Kubelet {$(
+            pub fn $name(
+                &self $(, $arg: $arg_ty)*
+            ) -> Result<calls_by_id!(@ret $($ret)?), Status> {
+                let reply = self.rt(async |mut c| c.$call($req).await);
+                calls_by_id!(@reply reply $(, $ret)? $(, $part)?)
+            }
+        )*}
+    };
+    (@ret) => { () };
+    (@ret $ret:ty) => { $ret };
+    (@reply $reply:ident) => { $reply.map(drop) };
+    (@reply $reply:ident, $ret:ty) => { $reply };
+    (@reply $reply:ident, $ret:ty, $part:ident) => {
+        $reply.and_then(|r| {
+            let missing = concat!("no ", stringify!($part), " in the answer");
+            r.$part.ok_or_else(|| Status::internal(missing))
+        })
+    };
+}
+
+calls_by_id! {
+    fn pod_status(&self, id: &str) -> cri::PodSandboxStatusResponse =
+        pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        });
+    fn pod_stats(&self, id: &str) -> cri::PodSandboxStats =
+        pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: id.into() }).stats;
+    fn stop_pod(&self, id: &str) =
+        stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() });
+    fn remove_pod(&self, id: &str) =
+        remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() });
+    fn start_container(&self, id: &str) =
+        start_container(cri::StartContainerRequest { container_id: id.into() });
+    fn container_status(&self, id: &str) -> cri::ContainerStatus =
+        container_status(cri::ContainerStatusRequest {
             container_id: id.into(),
-        };
-        self.rt(async |mut c| c.reopen_container_log(req).await)
-            .map(drop)
-    }
-
-    pub fn container_stats(&self, id: &str) -> Result<cri::ContainerStats, Status> {
-        let req = cri::ContainerStatsRequest {
+            verbose: true,
+        })
+        .status;
+    fn exec_sync(&self, id: &str, cmd: &[&str], timeout_s: i64) -> cri::ExecSyncResponse =
+        exec_sync(cri::ExecSyncRequest {
             container_id: id.into(),
-        };
-        self.rt(async |mut c| c.container_stats(req).await)
-            .and_then(|r| {
-                r.stats
-                    .ok_or_else(|| Status::internal("no stats in the answer"))
-            })
-    }
-
-    pub fn update_resources(
-        &self,
-        id: &str,
-        resources: LinuxContainerResources,
-    ) -> Result<(), Status> {
-        let req = cri::UpdateContainerResourcesRequest {
+            cmd: strings(cmd),
+            timeout: timeout_s,
+        });
+    fn reopen_log(&self, id: &str) =
+        reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.into() });
+    fn container_stats(&self, id: &str) -> cri::ContainerStats =
+        container_stats(cri::ContainerStatsRequest { container_id: id.into() }).stats;
+    fn update_resources(&self, id: &str, resources: LinuxContainerResources) =
+        update_container_resources(cri::UpdateContainerResourcesRequest {
             container_id: id.into(),
             linux: Some(resources),
             ..Default::default()
-        };
-        self.rt(async |mut c| c.update_container_resources(req).await)
-            .map(drop)
-    }
-
-    pub fn stop_container(&self, id: &str, timeout_s: i64) -> Result<(), Status> {
-        let req = cri::StopContainerRequest {
+        });
+    fn stop_container(&self, id: &str, timeout_s: i64) =
+        stop_container(cri::StopContainerRequest {
             container_id: id.into(),
             timeout: timeout_s,
-        };
-        self.rt(async |mut c| c.stop_container(req).await).map(drop)
-    }
-
-    pub fn remove_container(&self, id: &str) -> Result<(), Status> {
-        let req = cri::RemoveContainerRequest {
-            container_id: id.into(),
-        };
-        self.rt(async |mut c| c.remove_container(req).await)
-            .map(drop)
-    }
+        });
+    fn remove_container(&self, id: &str) =
+        remove_container(cri::RemoveContainerRequest { container_id: id.into() });
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
