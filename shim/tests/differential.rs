@@ -932,6 +932,15 @@ enum Verdict {
     Unexpected(String),
 }
 
+/// The note `label: runc ..., pulse ...` on one stream expected to differ, with what each wrote
+/// in it, which is then cleared in both so that the rest of the comparison leaves it out.
+fn set_aside(label: &str, runc: &mut String, pulse: &mut String) -> String {
+    let note = format!("{label}: runc {:?}, pulse {:?}", runc.trim(), pulse.trim());
+    runc.clear();
+    pulse.clear();
+    note
+}
+
 fn show(o: &Outcome) -> String {
     format!(
         "exit {:?}\n    stdout: {:?}\n    stderr: {:?}",
@@ -965,14 +974,8 @@ fn compare(case: &Case, runc: &Outcome, pulse: &Outcome) -> Verdict {
             }
             Diff::ErrorText(what) => {
                 if runc.code == pulse.code && pulse.code != Some(0) && pulse.stderr.contains(what) {
-                    notes.push(format!(
-                        "error text ({}): runc {:?}, pulse {:?}",
-                        e.why,
-                        runc.stderr.trim(),
-                        pulse.stderr.trim()
-                    ));
-                    runc.stderr.clear();
-                    pulse.stderr.clear();
+                    let label = format!("error text ({})", e.why);
+                    notes.push(set_aside(&label, &mut runc.stderr, &mut pulse.stderr));
                 } else {
                     return Verdict::Unexpected(format!(
                         "expected both to fail alike, Pulse naming {what:?}\n  runc:  {}\n  pulse: {}",
@@ -993,14 +996,8 @@ fn compare(case: &Case, runc: &Outcome, pulse: &Outcome) -> Verdict {
                 pulse.stdout = pulse.stdout.replace(text, "");
             }
             Diff::Stdout => {
-                notes.push(format!(
-                    "stdout ({}): runc {:?}, pulse {:?}",
-                    e.why,
-                    runc.stdout.trim(),
-                    pulse.stdout.trim()
-                ));
-                runc.stdout.clear();
-                pulse.stdout.clear();
+                let label = format!("stdout ({})", e.why);
+                notes.push(set_aside(&label, &mut runc.stdout, &mut pulse.stdout));
             }
             Diff::LineOrder => {
                 if runc.stdout != pulse.stdout {
