@@ -217,6 +217,17 @@ pub fn image_spec(image: &str) -> cri::ImageSpec {
     }
 }
 
+/// The namespaces kubelet asks for, for the pod and each of its containers alike: the pod's
+/// network and IPC namespaces, a PID namespace per container.
+fn namespace_options() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
 /// A pod as kubelet describes it: metadata, hostname, the log directory, DNS, the Linux
 /// security context (the pod's own PID, IPC and network namespaces), the pod's cgroup
 /// parent, and the sum of its containers' resources (LinuxPodSandboxConfig.resources).
@@ -247,12 +258,7 @@ pub fn pod_config(
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: cgroup_parent.into(),
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Pod as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ipc: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(namespace_options()),
                 ..Default::default()
             }),
             resources,
@@ -311,12 +317,7 @@ pub fn container_config(spec: &ContainerSpec) -> ContainerConfig {
         linux: Some(cri::LinuxContainerConfig {
             resources: spec.resources.clone(),
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Pod as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ipc: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(namespace_options()),
                 ..Default::default()
             }),
         }),
