@@ -307,19 +307,38 @@ impl WithGuest {
         bundle: &Path,
         terminal: bool,
     ) -> ttrpc::Result<api::CreateTaskResponse> {
-        let stdio = |name: &str| {
-            self.dir
-                .path()
-                .join(format!("{id}.{name}"))
-                .display()
-                .to_string()
-        };
         let req = on!(CreateTaskRequest, id,
             bundle: bundle.display().to_string(),
-            stdout: stdio("out"),
-            stderr: stdio("err"),
+            stdout: self.stdio(id, "out"),
+            stderr: self.stdio(id, "err"),
             terminal: terminal);
         self.service.create(&ctx(), req).await
+    }
+
+    /// Where [`Self::create`] has container `id`'s `stream` (`out`, `err`) written.
+    fn stdio(&self, id: &str, stream: &str) -> String {
+        let path = self.dir.path().join(format!("{id}.{stream}"));
+        path.display().to_string()
+    }
+
+    /// [`Self::create`] of container `id` of the pod from bundle `id`, whose spec is
+    /// [`cri_spec`]'s; the bundle too.
+    async fn create_cri(
+        &self,
+        id: &str,
+        terminal: bool,
+    ) -> (PathBuf, ttrpc::Result<api::CreateTaskResponse>) {
+        let bundle = self.bundle(id, &cri_spec("pod").to_string());
+        let created = self.create(id, &bundle, terminal).await;
+        (bundle, created)
+    }
+
+    /// containerd's state of container `id`'s init, which must exist.
+    async fn state(&self, id: &str) -> api::StateResponse {
+        self.service
+            .state(&ctx(), on!(StateRequest, id))
+            .await
+            .unwrap()
     }
 
     /// Bundle `name` in the test's directory: `config` as its config.json, a small tree at
@@ -470,8 +489,8 @@ async fn kill_pause_resume_and_pids_reach_the_guest() {
 #[tokio::test]
 async fn create_sends_the_guest_its_spec_and_rootfs_disk_and_registers_the_container() {
     let t = with_guest().await;
-    let bundle = t.bundle("c2", &cri_spec("pod").to_string());
-    let created = t.create("c2", &bundle, false).await.unwrap();
+    let (bundle, created) = t.create_cri("c2", false).await;
+    let created = created.unwrap();
     assert_eq!(created.pid, 40);
     let sent = t.guest.created.lock().unwrap().clone();
     let [sent] = &sent[..] else {
@@ -507,24 +526,14 @@ async fn create_sends_the_guest_its_spec_and_rootfs_disk_and_registers_the_conta
         "no terminal was asked for"
     );
     // containerd sees it created with its stdio; the shim waits for its init at once.
-    let state = t
-        .service
-        .state(&ctx(), on!(StateRequest, "c2"))
-        .await
-        .unwrap();
+    let state = t.state("c2").await;
     assert_eq!(state.status.enum_value(), Ok(api::Status::CREATED));
     assert_eq!(
         (state.pid, &*state.bundle),
         (40, &*bundle.display().to_string())
     );
-    let stdio = |name: &str| {
-        t.dir
-            .path()
-            .join(format!("c2.{name}"))
-            .display()
-            .to_string()
-    };
-    assert_eq!((state.stdout, state.stderr), (stdio("out"), stdio("err")));
+    let stdio = (t.stdio("c2", "out"), t.stdio("c2", "err"));
+    assert_eq!((state.stdout, state.stderr), stdio);
     assert!(state.stdin.is_empty() && !state.terminal);
     assert_eq!(
         t.events.taken(),
@@ -549,25 +558,20 @@ async fn create_sends_the_guest_its_spec_and_rootfs_disk_and_registers_the_conta
 #[tokio::test]
 async fn a_terminal_is_asked_of_the_guest_in_the_spec() {
     let t = with_guest().await;
-    let bundle = t.bundle("c2", &cri_spec("pod").to_string());
-    t.create("c2", &bundle, true).await.unwrap();
+    t.create_cri("c2", true).await.1.unwrap();
     let sent = t.guest.created.lock().unwrap().clone();
     let spec: serde_json::Value = serde_json::from_slice(&sent[0].oci_spec_json).unwrap();
     assert_eq!(spec["process"]["terminal"], true);
     assert_eq!(spec["process"]["args"], cri_spec("pod")["process"]["args"]);
-    let state = t
-        .service
-        .state(&ctx(), on!(StateRequest, "c2"))
-        .await
-        .unwrap();
+    let state = t.state("c2").await;
     assert!(state.terminal);
 }
 
 #[tokio::test]
 async fn a_create_the_agent_refuses_keeps_its_code_and_leaves_nothing_behind() {
     let t = with_guest().await;
-    let bundle = t.bundle("refused", &cri_spec("pod").to_string());
-    let err = t.create("refused", &bundle, false).await.unwrap_err();
+    let (bundle, created) = t.create_cri("refused", false).await;
+    let err = created.unwrap_err();
     assert_eq!(
         code(err),
         (
@@ -579,8 +583,7 @@ async fn a_create_the_agent_refuses_keeps_its_code_and_leaves_nothing_behind() {
     assert_eq!(t.guest.taken().len(), 1, "the create, no wait");
     assert!(t.events.taken().is_empty());
     // The sandbox is the pod's still: the next container is created.
-    let bundle = t.bundle("c2", &cri_spec("pod").to_string());
-    t.create("c2", &bundle, false).await.unwrap();
+    t.create_cri("c2", false).await.1.unwrap();
     assert_eq!(t.sandbox.slots_in_use(), 1);
 }
 
@@ -630,17 +633,12 @@ async fn a_create_the_guest_cannot_have_fails_by_name_before_the_agent_hears_of_
 #[tokio::test]
 async fn a_second_create_of_a_container_is_refused_and_keeps_the_first() {
     let t = with_guest().await;
-    let bundle = t.bundle("c1", &cri_spec("pod").to_string());
-    let err = t.create("c1", &bundle, false).await.unwrap_err();
+    let err = t.create_cri("c1", false).await.1.unwrap_err();
     assert_eq!(
         code(err),
         (Code::ALREADY_EXISTS, "container c1 exists".into())
     );
-    let state = t
-        .service
-        .state(&ctx(), on!(StateRequest, "c1"))
-        .await
-        .unwrap();
+    let state = t.state("c1").await;
     assert_eq!(state.bundle, "/nonexistent/bundle");
     assert_eq!(t.sandbox.slots_in_use(), 0);
     assert!(t.guest.taken().is_empty());
