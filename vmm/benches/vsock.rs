@@ -9,43 +9,39 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use pulse_vmm::devices::driver_ring::CountingInterrupt;
-use pulse_vmm::devices::virtio::{features, Activation, VirtioDevice};
-use pulse_vmm::devices::vsock::driver::{rx_buf, VsockDriver};
+use pulse_vmm::devices::virtio::features;
+use pulse_vmm::devices::vsock::driver::{rx_buf, VsockRig};
 use pulse_vmm::devices::vsock::packet::{op, Header, HEADER_SIZE};
-use pulse_vmm::devices::vsock::{Vsock, VsockConfig};
-use pulse_vmm::memory::create_guest_memory;
 
 const CID: u64 = 3;
 const PORT: u32 = 1024;
 const QSIZE: u16 = 256;
 
-/// The guest: the fake driver, and the echo bookkeeping.
-struct Guest {
-    driver: VsockDriver,
+/// The device, the fake driver in front of it, and the guest's echo bookkeeping.
+struct Rig {
+    vsock: VsockRig,
     /// Bytes consumed per connection (the `fwd_cnt` told to the device).
     consumed: std::collections::HashMap<u32, u32>,
 }
 
-impl Guest {
+impl Rig {
     fn send(&mut self, peer: u32, op: u16, payload_from: Option<(u64, u32)>) {
         let h = Header {
             buf_alloc: 1 << 20,
             fwd_cnt: self.consumed.get(&peer).copied().unwrap_or(0),
-            ..self.driver.header(PORT, peer, op)
+            ..self.vsock.guest.header(PORT, peer, op)
         };
-        self.driver.send_in_place(h, payload_from);
+        self.vsock.guest.send_in_place(h, payload_from);
     }
 
     /// Accepts one host connection (REQUEST -> RESPONSE); returns the host's port.
     fn accept(&mut self) -> u32 {
         loop {
-            let (h, _, head) = self.driver.next_rx();
-            self.driver.give_back(head);
+            let (h, _, head) = self.vsock.guest.next_rx();
+            self.vsock.guest.give_back(head);
             if h.op == op::REQUEST {
                 self.send(h.src_port, op::RESPONSE, None);
                 return h.src_port;
@@ -57,14 +53,14 @@ impl Guest {
     fn echo(&mut self, bytes: u32) {
         let mut got = 0;
         while got < bytes {
-            let (h, len, head) = self.driver.next_rx();
+            let (h, len, head) = self.vsock.guest.next_rx();
             if h.op == op::RW {
                 got += len;
                 *self.consumed.entry(h.src_port).or_default() += len;
                 let at = rx_buf(head) + HEADER_SIZE as u64;
                 self.send(h.src_port, op::RW, Some((at, len)));
             }
-            self.driver.give_back(head);
+            self.vsock.guest.give_back(head);
         }
     }
 
@@ -72,7 +68,7 @@ impl Guest {
     fn sink(&mut self, bytes: u64) {
         let mut got = 0u64;
         while got < bytes {
-            let (h, len, head) = self.driver.next_rx();
+            let (h, len, head) = self.vsock.guest.next_rx();
             if h.op == op::RW {
                 got += u64::from(len);
                 let c = self.consumed.entry(h.src_port).or_default();
@@ -81,53 +77,23 @@ impl Guest {
                     self.send(h.src_port, op::CREDIT_UPDATE, None);
                 }
             }
-            self.driver.give_back(head);
+            self.vsock.guest.give_back(head);
         }
     }
 }
 
-struct Rig {
-    _dev: Vsock,
-    guest: Guest,
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
 fn rig() -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.sock");
-    let mut dev = Vsock::new(VsockConfig {
-        guest_cid: CID,
-        uds_path: path.clone(),
-    })
-    .unwrap();
-    let mem = create_guest_memory(128).unwrap();
-    let (mut driver, queues) = VsockDriver::new(&mem, CID, QSIZE);
-    driver.post_rx(QSIZE);
-    let guest = Guest {
-        driver,
-        consumed: Default::default(),
-    };
-    dev.activate(Activation::new(
-        mem,
-        features::VERSION_1,
-        queues,
-        Arc::new(CountingInterrupt::default()),
-    ))
-    .unwrap();
     Rig {
-        _dev: dev,
-        guest,
-        path,
-        _dir: dir,
+        vsock: VsockRig::new(CID, 128, QSIZE, features::VERSION_1, QSIZE),
+        consumed: Default::default(),
     }
 }
 
 fn host_connect(r: &mut Rig) -> UnixStream {
-    let mut s = UnixStream::connect(&r.path).unwrap();
+    let mut s = UnixStream::connect(&r.vsock.path).unwrap();
     s.write_all(pulse_hvsock::request(PORT).as_bytes()).unwrap();
     // The bench plays the guest: it accepts before the VMM can answer.
-    r.guest.accept();
+    r.accept();
     pulse_hvsock::read_reply(PORT, &mut s).unwrap();
     s
 }
@@ -144,7 +110,7 @@ fn echo(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
             b.iter(|| {
                 s.write_all(&msg).unwrap();
-                r.guest.echo(bytes);
+                r.echo(bytes);
                 s.read_exact(&mut back).unwrap();
             })
         });
@@ -170,7 +136,7 @@ fn stream(conns: usize, per_conn: usize) -> f64 {
                 s
             });
         }
-        r.guest.sink((conns * per_conn) as u64);
+        r.sink((conns * per_conn) as u64);
     });
     (conns * per_conn) as f64 / start.elapsed().as_secs_f64()
 }

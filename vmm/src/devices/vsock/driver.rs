@@ -1,21 +1,24 @@
 //! A fake vsock driver: the guest's side of the receive, transmit and event queues, played
 //! from the host in front of the device model. The unit tests and the vsock benchmark drive
-//! the device through it.
+//! the device through it, set up by [`VsockRig`].
 //!
 //! Layout in guest memory: the rings 64 KiB apart from 1 MiB on, receive buffers of
 //! [`RX_BUF`] bytes from 16 MiB on (one per descriptor, at [`rx_buf`] of its head), and
 //! transmit slots of 64 KiB from 24 MiB on, one per queue entry. Guest memory must reach
 //! past the last slot: 24 MiB plus 64 KiB per queue entry.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::{op, Header, HEADER_SIZE, HOST_CID, TYPE_STREAM};
-use crate::devices::driver_ring::{desc_len, DriverRing};
-use crate::devices::virtio::ActiveQueue;
-use crate::memory::GuestMemoryMmap;
+use super::{Vsock, VsockConfig};
+use crate::devices::driver_ring::{desc_len, CountingInterrupt, DriverRing};
+use crate::devices::virtio::{features, Activation, ActiveQueue, VirtioDevice};
+use crate::memory::{create_guest_memory, GuestMemoryMmap};
 
 /// Size of each receive buffer.
 pub const RX_BUF: u32 = 4096;
@@ -198,6 +201,52 @@ impl VsockDriver {
             if p.0.op != op::CREDIT_UPDATE {
                 return p;
             }
+        }
+    }
+}
+
+/// A vsock device with its socket in a fresh temporary directory, activated in front of a
+/// [`VsockDriver`].
+pub struct VsockRig {
+    /// The device.
+    pub dev: Vsock,
+    /// The guest's side.
+    pub guest: VsockDriver,
+    /// What the device raised.
+    pub irq: Arc<CountingInterrupt>,
+    /// The device's hybrid-vsock socket.
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl VsockRig {
+    /// A device for the guest `cid` with `mem_mib` of guest memory, activated with the
+    /// features `negotiated` on rings of `size` entries, `rx_buffers` receive buffers posted.
+    pub fn new(cid: u64, mem_mib: u64, size: u16, negotiated: u64, rx_buffers: u16) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("v.sock");
+        let mut dev = Vsock::new(VsockConfig {
+            guest_cid: cid,
+            uds_path: path.clone(),
+        })
+        .expect("vsock device");
+        let mem = create_guest_memory(mem_mib).expect("guest memory");
+        let (mut guest, mut queues) = VsockDriver::new(&mem, cid, size);
+        guest.post_rx(rx_buffers);
+        // What the transport does for a driver that negotiated EVENT_IDX.
+        let event_idx = negotiated & features::RING_EVENT_IDX != 0;
+        for q in &mut queues {
+            virtio_queue::QueueT::set_event_idx(&mut q.queue, event_idx);
+        }
+        let irq = Arc::new(CountingInterrupt::default());
+        dev.activate(Activation::new(mem, negotiated, queues, irq.clone()))
+            .expect("activation");
+        Self {
+            dev,
+            guest,
+            irq,
+            path,
+            _dir: dir,
         }
     }
 }

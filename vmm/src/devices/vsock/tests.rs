@@ -3,62 +3,28 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::driver::{rx_buf, VsockDriver, RX_BUF};
+use super::driver::{rx_buf, VsockRig, RX_BUF};
 use super::packet::{op, Header, HEADER_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND};
 use super::{Vsock, VsockConfig};
 use crate::devices::driver_ring::{
-    assert_broken_once, assert_resets, desc_len, wait_until, CountingInterrupt, DESC_F_NEXT,
+    assert_broken_once, assert_resets, desc_len, wait_until, DESC_F_NEXT,
 };
-use crate::devices::virtio::{features, Activation, VirtioDevice};
-use crate::memory::create_guest_memory;
+use crate::devices::virtio::{features, VirtioDevice};
 
 const CID: u64 = 42;
 const QSIZE: u16 = 64;
 
-struct Rig {
-    dev: Vsock,
-    guest: VsockDriver,
-    irq: Arc<CountingInterrupt>,
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn rig() -> Rig {
+fn rig() -> VsockRig {
     rig_with(features::VERSION_1, QSIZE)
 }
 
 /// A rig whose driver negotiated `negotiated` and posted `rx_buffers` receive buffers.
-fn rig_with(negotiated: u64, rx_buffers: u16) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.sock");
-    let mut dev = Vsock::new(VsockConfig {
-        guest_cid: CID,
-        uds_path: path.clone(),
-    })
-    .unwrap();
-    let mem = create_guest_memory(32).unwrap();
-    let (mut guest, mut queues) = VsockDriver::new(&mem, CID, QSIZE);
-    guest.post_rx(rx_buffers);
-    // What the transport does for a driver that negotiated EVENT_IDX.
-    let event_idx = negotiated & features::RING_EVENT_IDX != 0;
-    for q in &mut queues {
-        virtio_queue::QueueT::set_event_idx(&mut q.queue, event_idx);
-    }
-    let irq = Arc::new(CountingInterrupt::default());
-    dev.activate(Activation::new(mem, negotiated, queues, irq.clone()))
-        .unwrap();
-    Rig {
-        dev,
-        guest,
-        irq,
-        path,
-        _dir: dir,
-    }
+fn rig_with(negotiated: u64, rx_buffers: u16) -> VsockRig {
+    VsockRig::new(CID, 32, QSIZE, negotiated, rx_buffers)
 }
 
 fn read_line(s: &mut UnixStream) -> String {
@@ -76,7 +42,7 @@ fn read_line(s: &mut UnixStream) -> String {
 
 /// The guest connects from its port `src` to host port `dst`, where `listener` accepts, and
 /// sends "ping"; returns the host's end of the connection, the ping read.
-fn guest_connects(r: &mut Rig, listener: &UnixListener, src: u32, dst: u32) -> UnixStream {
+fn guest_connects(r: &mut VsockRig, listener: &UnixListener, src: u32, dst: u32) -> UnixStream {
     r.guest.send(r.guest.header(src, dst, op::REQUEST), b"");
     let (resp, _) = r.guest.recv_op();
     assert_eq!(
@@ -92,7 +58,7 @@ fn guest_connects(r: &mut Rig, listener: &UnixListener, src: u32, dst: u32) -> U
 }
 
 /// A host process connects to guest port `port`: its stream and the REQUEST the guest got.
-fn host_request(r: &mut Rig, port: u32) -> (UnixStream, Header) {
+fn host_request(r: &mut VsockRig, port: u32) -> (UnixStream, Header) {
     let mut s = UnixStream::connect(&r.path).unwrap();
     s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
     let (req, _) = r.guest.recv_op();
@@ -100,7 +66,7 @@ fn host_request(r: &mut Rig, port: u32) -> (UnixStream, Header) {
 }
 
 /// Host connects to guest port `port` and the guest accepts.
-fn host_connect(r: &mut Rig, port: u32) -> (UnixStream, u32) {
+fn host_connect(r: &mut VsockRig, port: u32) -> (UnixStream, u32) {
     let (mut s, req) = host_request(r, port);
     assert_eq!(
         (req.op, req.dst_port, req.dst_cid, req.src_cid),
@@ -377,7 +343,7 @@ fn an_avail_index_past_the_transmit_ring_breaks_the_queue_and_the_device_still_s
         "no DEVICE_NEEDS_RESET"
     );
     r.guest.tx_evt.write(1).unwrap();
-    let Rig { dev, irq, .. } = r;
+    let VsockRig { dev, irq, .. } = r;
     let faults = dev.faults().clone();
     assert_resets(dev);
     assert_broken_once(&irq, &faults);
