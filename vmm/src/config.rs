@@ -13,6 +13,9 @@ use crate::devices::serial::SerialOutput;
 use crate::devices::vsock::VsockConfig;
 use crate::memory::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 
+mod string_or_table;
+pub(crate) use string_or_table::string_or_table;
+
 /// Command line used when none is given: serial console, reboot by triple fault (which stops
 /// the VM), no reboot loop after a panic.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1";

@@ -180,6 +180,41 @@ pub struct MemoryUsage {
     pub overhead_kib: u64,
 }
 
+impl MemoryUsage {
+    /// The memory use of the VMM process `pid`, this one or another VMM run for comparison,
+    /// seen from outside through /proc/PID/smaps: its guest RAM is the one mapping of
+    /// `guest_kib` (or up to 4 MiB more: QEMU rounds it up a little). None once the process is
+    /// gone.
+    pub fn of_process(pid: u32, guest_kib: u64) -> Option<Self> {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+        Self::from_smaps(&smaps, guest_kib)
+    }
+
+    fn from_smaps(smaps: &str, guest_kib: u64) -> Option<Self> {
+        let (mut rss, mut guest, mut size) = (0u64, 0u64, 0u64);
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                // Each mapping's Size comes before its Rss.
+                Some("Size:") => size = words.next()?.parse().ok()?,
+                Some("Rss:") => {
+                    let kib: u64 = words.next()?.parse().ok()?;
+                    rss += kib;
+                    if (guest_kib..=guest_kib + 4096).contains(&size) {
+                        guest += kib;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(Self {
+            rss_kib: rss,
+            guest_resident_kib: guest,
+            overhead_kib: rss.saturating_sub(guest),
+        })
+    }
+}
+
 /// A handle that can stop a running VM from any thread.
 #[derive(Clone)]
 pub struct VmHandle(Arc<ExitController>);
@@ -515,5 +550,46 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryUsage;
+
+    #[test]
+    fn the_guest_mapping_is_taken_out_of_a_process_rss() {
+        let smaps = "\
+00400000-00421000 r-xp 00000000 08:01 1 /usr/bin/vmm
+Size:                132 kB
+Rss:                 100 kB
+7f0000000000-7f0004000000 rw-p 00000000 00:00 0
+Size:              65536 kB
+Rss:               30000 kB
+7f0010000000-7f0010400000 rw-p 00000000 00:00 0
+Size:               4096 kB
+Rss:                 900 kB
+";
+        assert_eq!(
+            MemoryUsage::from_smaps(smaps, 65536),
+            Some(MemoryUsage {
+                rss_kib: 31000,
+                guest_resident_kib: 30000,
+                overhead_kib: 1000,
+            })
+        );
+        assert_eq!(MemoryUsage::from_smaps("Rss: many kB\n", 65536), None);
+    }
+
+    #[test]
+    fn this_process_is_measured_from_outside() {
+        // A buffer of an odd size, every page written: its own mapping, all resident.
+        const KIB: u64 = 37 * 1024 + 4;
+        let buffer = vec![1u8; usize::try_from(KIB * 1024).unwrap()];
+        let usage = MemoryUsage::of_process(std::process::id(), KIB).unwrap();
+        assert!(usage.guest_resident_kib >= KIB, "{usage:?}");
+        assert!(usage.rss_kib > usage.guest_resident_kib, "{usage:?}");
+        assert_eq!(buffer[buffer.len() - 1], 1);
+        assert_eq!(MemoryUsage::of_process(0, KIB), None, "no process 0");
     }
 }

@@ -22,6 +22,50 @@ pub const SEL_CODE64: u16 = 0x08;
 pub const SEL_DATA: u16 = 0x10;
 pub const SEL_CODE32: u16 = 0x18;
 
+/// 32-bit protected-mode code (AT&T syntax) that enters long mode on the page tables whose
+/// address `$cr3` gives (an operand of `movl ..., %eax`): PAE, CR3, EFER.LME, then CR0.PG
+/// (and PE, set already where the code comes from protected mode). A far jump to 64-bit
+/// code must follow. Clobbers eax, ecx, edx. Used by the PVH entry and the AP trampoline.
+macro_rules! enable_long_mode {
+    ($cr3:literal) => {
+        concat!(
+            "
+    movl %cr4, %eax
+    orl $0x20, %eax              /* PAE */
+    movl %eax, %cr4
+    movl ",
+            $cr3,
+            ", %eax
+    movl %eax, %cr3
+    movl $0xc0000080, %ecx       /* EFER */
+    rdmsr
+    orl $0x100, %eax             /* LME */
+    wrmsr
+    movl %cr0, %eax
+    orl $0x80000001, %eax        /* PG | PE */
+    movl %eax, %cr0
+"
+        )
+    };
+}
+pub(crate) use enable_long_mode;
+
+/// 64-bit code that loads every data segment register with the data selector (the asm
+/// block's `sel_data` operand), first thing after the jump into 64-bit code. Clobbers ax.
+macro_rules! load_data_segments {
+    () => {
+        "
+    movw ${sel_data}, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movw %ax, %fs
+    movw %ax, %gs
+"
+    };
+}
+pub(crate) use load_data_segments;
+
 core::arch::global_asm!(
     r#"
 /* ---- Xen PVH note: namesz 4, descsz 4, type 18 (PHYS32_ENTRY), "Xen\0", entry ---- */
@@ -112,28 +156,16 @@ pvh_start32:
     rep stosl
     probe_build_page_tables %ecx
     lgdt gdt64_ptr
-    movl %cr4, %eax
-    orl $0x20, %eax              /* PAE */
-    movl %eax, %cr4
-    movl $boot_pml4, %eax
-    movl %eax, %cr3
-    movl $0xc0000080, %ecx       /* EFER */
-    rdmsr
-    orl $0x100, %eax             /* LME */
-    wrmsr
-    movl %cr0, %eax
-    orl $0x80000001, %eax        /* PG | PE */
-    movl %eax, %cr0
+"#,
+    enable_long_mode!("$boot_pml4"),
+    r#"
     ljmp ${sel_code64}, $pvh_start64
 
 .code64
 pvh_start64:
-    movw ${sel_data}, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movw %ax, %fs
-    movw %ax, %gs
+"#,
+    load_data_segments!(),
+    r#"
     leaq bsp_stack_top(%rip), %rsp
     movl %esi, %edi              /* hvm_start_info, zero-extended */
     movl $1, %esi                /* BOOT_PVH */
@@ -164,12 +196,10 @@ linux64_start:
     leaq 4f(%rip), %rax
     pushq %rax
     lretq
-4:  movw ${sel_data}, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movw %ax, %fs
-    movw %ax, %gs
+4:
+"#,
+    load_data_segments!(),
+    r#"
     movq %r15, %rdi              /* boot_params */
     xorl %esi, %esi              /* BOOT_LINUX64 */
     call probe_rust_start

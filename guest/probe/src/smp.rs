@@ -9,6 +9,7 @@
 //! APs are started one at a time, so one parameter block serves them all.
 
 use crate::arch::{self, Deadline};
+use crate::boot::{enable_long_mode, load_data_segments};
 use crate::{idt, lapic};
 use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use pulse_probe::errors::ErrorList;
@@ -56,28 +57,16 @@ probe_tramp_32:
     movw %ax, %ds
     movw %ax, %es
     movw %ax, %ss
-    movl %cr4, %eax
-    orl $0x20, %eax              /* PAE */
-    movl %eax, %cr4
-    movl {base} + (probe_tramp_params + {p_cr3} - probe_tramp_start), %eax
-    movl %eax, %cr3
-    movl $0xc0000080, %ecx       /* EFER */
-    rdmsr
-    orl $0x100, %eax             /* LME */
-    wrmsr
-    movl %cr0, %eax
-    orl $0x80000000, %eax        /* PG */
-    movl %eax, %cr0
+"#,
+    enable_long_mode!("{base} + (probe_tramp_params + {p_cr3} - probe_tramp_start)"),
+    r#"
     ljmp ${sel_code64}, ${base} + (probe_tramp_64 - probe_tramp_start)
 
 .code64
 probe_tramp_64:
-    movw ${sel_data}, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movw %ax, %fs
-    movw %ax, %gs
+"#,
+    load_data_segments!(),
+    r#"
     movq {base} + (probe_tramp_params + {p_stack} - probe_tramp_start), %rsp
     movq {base} + (probe_tramp_params + {p_cpu} - probe_tramp_start), %rdi
     movq {base} + (probe_tramp_params + {p_entry} - probe_tramp_start), %rax

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use pulse_tests::embedded::{EmbeddedConfig, EmbeddedGuest};
 use pulse_tests::qemu::{Accel, Guest, GuestConfig};
+use pulse_vmm::vm::MemoryUsage;
 
 const RUNS: usize = 3;
 const VCPUS: u8 = 2;
@@ -180,50 +181,25 @@ fn sample_until(stop: Arc<AtomicBool>, pids: [u32; 2]) -> [PeakRss; 2] {
     }
 }
 
-/// The sample with the highest process RSS: (total, guest-RAM mapping) in KiB.
-#[derive(Clone, Copy, Debug, Default)]
+/// The sample with the highest process RSS.
+#[derive(Clone, Debug, Default)]
 struct PeakRss {
-    best: Option<(u64, u64)>,
+    best: Option<MemoryUsage>,
 }
 
 impl PeakRss {
+    /// Samples `pid` (0, no process, has no sample).
     fn sample(&mut self, pid: u32, guest_kib: u64) {
-        if let Some((total, guest)) = rss_split(pid, guest_kib) {
-            if self.best.is_none_or(|(t, _)| total > t) {
-                self.best = Some((total, guest));
+        if let Some(usage) = MemoryUsage::of_process(pid, guest_kib) {
+            if self.best.as_ref().is_none_or(|b| usage.rss_kib > b.rss_kib) {
+                self.best = Some(usage);
             }
         }
     }
 
     fn overhead_kib(&self) -> u64 {
-        self.best
-            .map_or(0, |(total, guest)| total.saturating_sub(guest))
+        self.best.as_ref().map_or(0, |b| b.overhead_kib)
     }
-}
-
-/// RSS of the whole process and of its guest-RAM mapping, from /proc/PID/smaps: the guest
-/// RAM is the one mapping of the guest's size (QEMU may round it up a little).
-fn rss_split(pid: u32, guest_kib: u64) -> Option<(u64, u64)> {
-    if pid == 0 {
-        return None;
-    }
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let (mut total, mut guest, mut size) = (0u64, 0u64, 0u64);
-    for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("Size:") => size = words.next()?.parse().ok()?,
-            Some("Rss:") => {
-                let rss: u64 = words.next()?.parse().ok()?;
-                total += rss;
-                if (guest_kib..=guest_kib + 4096).contains(&size) {
-                    guest += rss;
-                }
-            }
-            _ => {}
-        }
-    }
-    Some((total, guest))
 }
 
 fn mib(kib: u64) -> f64 {

@@ -14,6 +14,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use pulse_vmm::vm::MemoryUsage;
+
 const RUNS: usize = 10;
 const VCPUS: u32 = 2;
 const MEMORY_MIB: u64 = 64;
@@ -25,30 +27,6 @@ struct Sample {
     exit_ms: f64,
     overhead_kib: u64,
     ok: bool,
-}
-
-/// RSS of the whole process and of the guest-RAM mapping, from /proc/PID/smaps.
-fn rss_split(pid: u32, guest_kib: u64) -> Option<(u64, u64)> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let (mut total, mut guest) = (0u64, 0u64);
-    let mut current_size = 0u64;
-    for line in smaps.lines() {
-        let mut parts = line.split_whitespace();
-        match parts.next() {
-            Some("Size:") => current_size = parts.next()?.parse().ok()?,
-            Some("Rss:") => {
-                let rss: u64 = parts.next()?.parse().ok()?;
-                total += rss;
-                // The guest RAM is one anonymous mapping of the guest's size (QEMU may round it
-                // up a little).
-                if current_size >= guest_kib && current_size <= guest_kib + 4096 {
-                    guest += rss;
-                }
-            }
-            _ => {}
-        }
-    }
-    Some((total, guest))
 }
 
 /// Reads `from` to its end on a thread that sends when the first byte came (after `start`);
@@ -85,14 +63,14 @@ fn measure(mut cmd: Command) -> Sample {
     let stderr = child.stderr.take().expect("piped stderr");
     let (err_reader, erx) = read_timing_first_byte(stderr, start);
     let (reader, rx) = read_timing_first_byte(stdout, start);
-    let mut best: Option<(u64, u64)> = None;
+    let mut best: Option<MemoryUsage> = None;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
         }
-        if let Some((total, guest)) = rss_split(pid, MEMORY_MIB * 1024) {
-            if best.is_none_or(|(t, _)| total > t) {
-                best = Some((total, guest));
+        if let Some(usage) = MemoryUsage::of_process(pid, MEMORY_MIB * 1024) {
+            if best.as_ref().is_none_or(|b| usage.rss_kib > b.rss_kib) {
+                best = Some(usage);
             }
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -108,13 +86,12 @@ fn measure(mut cmd: Command) -> Sample {
         .try_recv()
         .map(|d| d.as_secs_f64() * 1000.0)
         .unwrap_or(f64::NAN);
-    let (total, guest) = best.unwrap_or((0, 0));
     let text = String::from_utf8_lossy(&output);
     Sample {
         boot_timer_ms,
         first_output_ms,
         exit_ms,
-        overhead_kib: total.saturating_sub(guest),
+        overhead_kib: best.map_or(0, |b| b.overhead_kib),
         // Pulse exits 0; QEMU's isa-debug-exit turns the probe's status 0 into 1.
         ok: text.contains("\"ok\":true") && (status.code() == Some(0) || status.code() == Some(1)),
     }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -116,25 +116,19 @@ struct ConsoleConfigTable {
     sink: ConsoleSink,
 }
 
+impl From<ConsoleConfigTable> for ConsoleConfig {
+    fn from(t: ConsoleConfigTable) -> Self {
+        Self { sink: t.sink }
+    }
+}
+
 impl<'de> Deserialize<'de> for ConsoleConfig {
     /// `"unix:/run/pulse/console.sock"`, or a table `{ sink = "..." }`.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ConsoleConfig;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a console sink (file:PATH, stdio, unix:PATH, none) or { sink = ... }")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<ConsoleConfig, E> {
-                s.parse().map_err(E::custom)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ConsoleConfig, A::Error> {
-                let t =
-                    ConsoleConfigTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(ConsoleConfig { sink: t.sink })
-            }
-        }
-        d.deserialize_any(V)
+        crate::config::string_or_table::<_, _, ConsoleConfigTable>(
+            d,
+            "a console sink (file:PATH, stdio, unix:PATH, none) or { sink = ... }",
+        )
     }
 }
 

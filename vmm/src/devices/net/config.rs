@@ -5,7 +5,7 @@ use std::fmt;
 use std::os::fd::RawFd;
 use std::str::FromStr;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::Deserializer;
 use serde::Deserialize;
 
 use super::DEFAULT_QUEUE_SIZE;
@@ -230,20 +230,9 @@ impl FromStr for NetConfig {
 impl<'de> Deserialize<'de> for NetConfig {
     /// Either the string form (see [`NetConfig::from_str`]) or a table with the same keys.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = NetConfig;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a net device: \"tap=NAME,queues=N\" or a table with tap, queues, ...")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<NetConfig, E> {
-                s.parse().map_err(E::custom)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NetConfig, A::Error> {
-                let t = NetConfigTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                t.try_into().map_err(de::Error::custom)
-            }
-        }
-        d.deserialize_any(V)
+        crate::config::string_or_table::<_, _, NetConfigTable>(
+            d,
+            "a net device: \"tap=NAME,queues=N\" or a table with tap, queues, ...",
+        )
     }
 }

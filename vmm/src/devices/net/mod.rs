@@ -73,6 +73,18 @@ pub const F_MQ: u64 = 1 << 22;
 /// Feature: the MAC can be set through the control queue.
 pub const F_CTRL_MAC_ADDR: u64 = 1 << 23;
 
+/// The checksum and segmentation offloads the device offers, both ways.
+pub const OFFLOADS: u64 = F_CSUM
+    | F_GUEST_CSUM
+    | F_GUEST_TSO4
+    | F_GUEST_TSO6
+    | F_GUEST_ECN
+    | F_GUEST_UFO
+    | F_HOST_TSO4
+    | F_HOST_TSO6
+    | F_HOST_ECN
+    | F_HOST_UFO;
+
 /// The offloads the driver can switch with GUEST_OFFLOADS_SET.
 pub const GUEST_OFFLOAD_MASK: u64 =
     F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN | F_GUEST_UFO;
@@ -350,18 +362,9 @@ impl VirtioDevice for Net {
         let mut f = features::VERSION_1
             | features::RING_EVENT_IDX
             | features::RING_INDIRECT_DESC
-            | F_CSUM
-            | F_GUEST_CSUM
+            | OFFLOADS
             | F_CTRL_GUEST_OFFLOADS
             | F_MAC
-            | F_GUEST_TSO4
-            | F_GUEST_TSO6
-            | F_GUEST_ECN
-            | F_GUEST_UFO
-            | F_HOST_TSO4
-            | F_HOST_TSO6
-            | F_HOST_ECN
-            | F_HOST_UFO
             | F_MRG_RXBUF
             | F_STATUS
             | F_CTRL_VQ

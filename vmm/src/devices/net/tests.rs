@@ -1475,18 +1475,8 @@ fn offloads_are_set_on_the_tap() {
     if !tun_usable() {
         return;
     }
-    let all = F_CSUM
-        | F_GUEST_CSUM
-        | F_GUEST_TSO4
-        | F_GUEST_TSO6
-        | F_GUEST_ECN
-        | F_GUEST_UFO
-        | F_HOST_TSO4
-        | F_HOST_TSO6
-        | F_HOST_UFO
-        | F_MRG_RXBUF
-        | F_CTRL_VQ
-        | F_CTRL_GUEST_OFFLOADS;
+    // A driver that takes every offload the device offers, and the means to switch them.
+    let all = OFFLOADS | F_MRG_RXBUF | F_CTRL_VQ | F_CTRL_GUEST_OFFLOADS;
     let mut r = tap_rig(1, all);
     // The kernel accepted every combination the guest may switch to.
     for offloads in [

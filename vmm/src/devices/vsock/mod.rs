@@ -6,6 +6,8 @@
 //! not ready` at once, so callers can retry.
 
 pub mod connection;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod driver;
 pub mod muxer;
 pub mod packet;
 pub mod unix;

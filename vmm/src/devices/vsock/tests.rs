@@ -1,180 +1,30 @@
-//! The vsock device against a test "guest driver" (rings in guest memory, played from the
-//! host) and real unix sockets on the host side.
+//! The vsock device against the fake guest driver ([`super::driver`]: rings in guest memory,
+//! played from the host) and real unix sockets on the host side.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
-use super::packet::{op, Header, HEADER_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use super::driver::{rx_buf, VsockRig, RX_BUF};
+use super::packet::{op, Header, HEADER_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND};
 use super::{Vsock, VsockConfig};
 use crate::devices::driver_ring::{
-    assert_broken_once, assert_resets, desc_len, wait_until, CountingInterrupt, DriverRing,
-    DESC_F_NEXT,
+    assert_broken_once, assert_resets, desc_len, wait_until, DESC_F_NEXT,
 };
-use crate::devices::virtio::{features, Activation, VirtioDevice};
-use crate::memory::{create_guest_memory, GuestMemoryMmap};
+use crate::devices::virtio::{features, VirtioDevice};
 
 const CID: u64 = 42;
 const QSIZE: u16 = 64;
-const RX_BUF: u32 = 4096;
 
-struct Guest {
-    mem: GuestMemoryMmap,
-    rx: DriverRing,
-    tx: DriverRing,
-    rx_evt: EventFd,
-    tx_evt: EventFd,
-    ev: DriverRing,
-    ev_evt: EventFd,
-    rx_seen: u16,
-    tx_slot: u64,
-}
-
-struct Rig {
-    dev: Vsock,
-    guest: Guest,
-    irq: Arc<CountingInterrupt>,
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn rig() -> Rig {
+fn rig() -> VsockRig {
     rig_with(features::VERSION_1, QSIZE)
 }
 
 /// A rig whose driver negotiated `negotiated` and posted `rx_buffers` receive buffers.
-fn rig_with(negotiated: u64, rx_buffers: u16) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.sock");
-    let mut dev = Vsock::new(VsockConfig {
-        guest_cid: CID,
-        uds_path: path.clone(),
-    })
-    .unwrap();
-    let mem = create_guest_memory(32).unwrap();
-    let rx = DriverRing::new(&mem, GuestAddress(0x10_0000), QSIZE);
-    let tx = DriverRing::new(&mem, GuestAddress(0x11_0000), QSIZE);
-    let ev = DriverRing::new(&mem, GuestAddress(0x12_0000), QSIZE);
-    let (rx_queue, rx_evt) = rx.active_queue(0);
-    let (tx_queue, tx_evt) = tx.active_queue(1);
-    let (ev_queue, ev_evt) = ev.active_queue(2);
-    let mut queues = vec![rx_queue, tx_queue, ev_queue];
-    let mut guest = Guest {
-        mem: mem.clone(),
-        rx,
-        tx,
-        rx_evt,
-        tx_evt,
-        ev,
-        ev_evt,
-        rx_seen: 0,
-        tx_slot: 0,
-    };
-    guest.post_rx(rx_buffers);
-    // What the transport does for a driver that negotiated EVENT_IDX.
-    let event_idx = negotiated & features::RING_EVENT_IDX != 0;
-    for q in &mut queues {
-        virtio_queue::QueueT::set_event_idx(&mut q.queue, event_idx);
-    }
-    let irq = Arc::new(CountingInterrupt::default());
-    dev.activate(Activation::new(mem, negotiated, queues, irq.clone()))
-        .unwrap();
-    Rig {
-        dev,
-        guest,
-        irq,
-        path,
-        _dir: dir,
-    }
-}
-
-fn rx_buf(slot: u16) -> u64 {
-    0x100_0000 + u64::from(slot) * u64::from(RX_BUF)
-}
-
-impl Guest {
-    fn post_rx(&mut self, n: u16) {
-        let heads: Vec<u16> = (0..n)
-            .map(|_| {
-                let head = self.rx.add_chain(&[(0, 0, true)]);
-                // One writable 4 KiB buffer per chain, at a place derived from its head.
-                self.rx.write_desc(head, rx_buf(head), RX_BUF, 2, 0);
-                head
-            })
-            .collect();
-        self.rx.publish(&heads);
-        self.rx_evt.write(1).unwrap();
-    }
-
-    fn header(&self, src_port: u32, dst_port: u32, op: u16) -> Header {
-        Header {
-            src_cid: CID,
-            dst_cid: HOST_CID,
-            src_port,
-            dst_port,
-            kind: TYPE_STREAM,
-            op,
-            buf_alloc: 64 * 1024,
-            ..Default::default()
-        }
-    }
-
-    fn send(&mut self, mut h: Header, payload: &[u8]) {
-        h.len = u32::try_from(payload.len()).unwrap();
-        let at = 0x180_0000 + (self.tx_slot % u64::from(QSIZE)) * 0x1_0000;
-        self.tx_slot += 1;
-        self.tx.publish_readable(at, &[&h.encode(), payload]);
-        self.tx_evt.write(1).unwrap();
-    }
-
-    /// Writes `h` at `at` and adds a transmit chain of it alone, not yet published; returns
-    /// its head.
-    fn add_header_chain(&mut self, at: u64, h: &Header) -> u16 {
-        self.mem.write_slice(&h.encode(), GuestAddress(at)).unwrap();
-        self.tx.add_chain(&[(at, desc_len(HEADER_SIZE), false)])
-    }
-
-    /// The next packet the device delivered, waiting up to 5 s.
-    fn recv(&mut self) -> (Header, Vec<u8>) {
-        assert!(
-            wait_until(Duration::from_secs(5), || self.rx.used_idx()
-                != self.rx_seen),
-            "no packet from the device"
-        );
-        let (head, len) = self.rx.used_elem(self.rx_seen);
-        let head = u16::try_from(head).unwrap();
-        self.rx_seen = self.rx_seen.wrapping_add(1);
-        let mut raw = [0u8; HEADER_SIZE];
-        self.mem
-            .read_slice(&mut raw, GuestAddress(rx_buf(head)))
-            .unwrap();
-        let h = Header::decode(&raw);
-        let mut payload = vec![0u8; len as usize - HEADER_SIZE];
-        self.mem
-            .read_slice(
-                &mut payload,
-                GuestAddress(rx_buf(head) + HEADER_SIZE as u64),
-            )
-            .unwrap();
-        // Give the buffer back.
-        self.rx.publish(&[head]);
-        self.rx_evt.write(1).unwrap();
-        (h, payload)
-    }
-
-    /// Waits for the next packet that is not a credit update.
-    fn recv_op(&mut self) -> (Header, Vec<u8>) {
-        loop {
-            let p = self.recv();
-            if p.0.op != op::CREDIT_UPDATE {
-                return p;
-            }
-        }
-    }
+fn rig_with(negotiated: u64, rx_buffers: u16) -> VsockRig {
+    VsockRig::new(CID, 32, QSIZE, negotiated, rx_buffers)
 }
 
 fn read_line(s: &mut UnixStream) -> String {
@@ -192,7 +42,7 @@ fn read_line(s: &mut UnixStream) -> String {
 
 /// The guest connects from its port `src` to host port `dst`, where `listener` accepts, and
 /// sends "ping"; returns the host's end of the connection, the ping read.
-fn guest_connects(r: &mut Rig, listener: &UnixListener, src: u32, dst: u32) -> UnixStream {
+fn guest_connects(r: &mut VsockRig, listener: &UnixListener, src: u32, dst: u32) -> UnixStream {
     r.guest.send(r.guest.header(src, dst, op::REQUEST), b"");
     let (resp, _) = r.guest.recv_op();
     assert_eq!(
@@ -208,7 +58,7 @@ fn guest_connects(r: &mut Rig, listener: &UnixListener, src: u32, dst: u32) -> U
 }
 
 /// A host process connects to guest port `port`: its stream and the REQUEST the guest got.
-fn host_request(r: &mut Rig, port: u32) -> (UnixStream, Header) {
+fn host_request(r: &mut VsockRig, port: u32) -> (UnixStream, Header) {
     let mut s = UnixStream::connect(&r.path).unwrap();
     s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
     let (req, _) = r.guest.recv_op();
@@ -216,7 +66,7 @@ fn host_request(r: &mut Rig, port: u32) -> (UnixStream, Header) {
 }
 
 /// Host connects to guest port `port` and the guest accepts.
-fn host_connect(r: &mut Rig, port: u32) -> (UnixStream, u32) {
+fn host_connect(r: &mut VsockRig, port: u32) -> (UnixStream, u32) {
     let (mut s, req) = host_request(r, port);
     assert_eq!(
         (req.op, req.dst_port, req.dst_cid, req.src_cid),
@@ -493,7 +343,7 @@ fn an_avail_index_past_the_transmit_ring_breaks_the_queue_and_the_device_still_s
         "no DEVICE_NEEDS_RESET"
     );
     r.guest.tx_evt.write(1).unwrap();
-    let Rig { dev, irq, .. } = r;
+    let VsockRig { dev, irq, .. } = r;
     let faults = dev.faults().clone();
     assert_resets(dev);
     assert_broken_once(&irq, &faults);
