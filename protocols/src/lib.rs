@@ -16,6 +16,9 @@
 
 include!(concat!(env!("OUT_DIR"), "/generated.rs"));
 
+// Lookups on the generated device-report messages.
+mod device_report;
+
 /// The API version the agent reports in `Health.Version`; bumped on
 /// incompatible changes to the `.proto` files.
 pub const API_VERSION: u32 = 1;
