@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use pulse_netlink::{Netlink, NetlinkError, Route, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE};
+use pulse_protocols::netlink::link_addresses;
 use pulse_protocols::network as api;
 
 /// How long a NIC may take to appear (its driver probes at boot; hot-plug is not used).
@@ -282,15 +283,7 @@ pub fn list_interfaces(nl: &mut Netlink) -> Result<Vec<api::Interface>, NetworkE
             name: l.name.clone(),
             mtu: l.mtu,
             up: l.up,
-            addresses: addrs
-                .iter()
-                .filter(|a| a.index == l.index)
-                .map(|a| api::IpAddress {
-                    address: a.ip.to_string(),
-                    prefix_len: u32::from(a.prefix_len),
-                    ..Default::default()
-                })
-                .collect(),
+            addresses: link_addresses(&addrs, l.index),
             ..Default::default()
         })
         .collect())

@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use pulse_agent::devices::{collect, DeviceReport, TransportKind, VectorRole, VirtioDeviceReport};
+use pulse_agent::devices::collect;
+use pulse_protocols::devices::{
+    DeviceReport, InterruptVector, TransportKind, VectorRole, VirtioDevice,
+};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -13,20 +16,23 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn device<'a>(report: &'a DeviceReport, name: &str) -> &'a VirtioDeviceReport {
+fn device<'a>(report: &'a DeviceReport, name: &str) -> &'a VirtioDevice {
     report
-        .devices
-        .iter()
-        .find(|d| d.name == name)
+        .device_named(name)
         .unwrap_or_else(|| panic!("{name} missing from {report:#?}"))
 }
 
-fn source<'a>(dev: &'a VirtioDeviceReport, field: &str) -> &'a str {
-    dev.provenance
-        .iter()
-        .find(|f| f.field == field)
-        .map(|f| f.source.as_str())
+fn source<'a>(dev: &'a VirtioDevice, field: &str) -> &'a str {
+    dev.source_of(field)
         .unwrap_or_else(|| panic!("{}: no provenance for {field}: {dev:#?}", dev.name))
+}
+
+fn transport(dev: &VirtioDevice) -> TransportKind {
+    dev.transport.kind.enum_value_or_default()
+}
+
+fn role_of(vector: &InterruptVector) -> VectorRole {
+    vector.role.enum_value_or_default()
 }
 
 #[test]
@@ -40,18 +46,22 @@ fn msi_guest_fixture() {
     assert_eq!(blk.index, 0);
     assert_eq!(blk.device_type, "block");
     assert_eq!(blk.driver, "virtio_blk");
-    assert_eq!(blk.transport, TransportKind::Mmio);
-    assert_eq!(blk.transport_address, "0xd0000000");
-    assert_eq!(blk.bus_device, "virtio-mmio.0");
+    assert_eq!(transport(blk), TransportKind::TRANSPORT_KIND_MMIO);
+    assert_eq!(blk.transport.address, "0xd0000000");
+    assert_eq!(blk.transport.bus_device, "virtio-mmio.0");
     assert_eq!(blk.subsystem_name, "vda");
     assert_eq!(blk.num_queues, 2);
     assert_eq!(blk.block_hw_queues, 2);
     assert!(blk.msi_enabled);
     assert_eq!(blk.msi_vectors, 3);
-    let roles: Vec<VectorRole> = blk.vectors.iter().map(|v| v.role).collect();
+    let roles: Vec<VectorRole> = blk.vectors.iter().map(role_of).collect();
     assert_eq!(
         roles,
-        [VectorRole::Config, VectorRole::Queue, VectorRole::Queue]
+        [
+            VectorRole::VECTOR_ROLE_CONFIG,
+            VectorRole::VECTOR_ROLE_QUEUE,
+            VectorRole::VECTOR_ROLE_QUEUE
+        ]
     );
     let req0 = &blk.vectors[1];
     assert_eq!(
@@ -72,7 +82,7 @@ fn msi_guest_fixture() {
 
     let net = device(&report, "virtio1");
     assert_eq!(net.device_type, "net");
-    assert_eq!(net.transport_address, "0xd0002000");
+    assert_eq!(net.transport.address, "0xd0002000");
     assert_eq!(net.subsystem_name, "eth0");
     assert_eq!(net.num_queues, 4);
     assert_eq!((net.net_rx_queues, net.net_tx_queues), (2, 2));
@@ -94,8 +104,8 @@ fn legacy_guest_fixture() {
     assert_eq!(report.devices.len(), 3);
 
     let blk = device(&report, "virtio0");
-    assert_eq!(blk.transport, TransportKind::Mmio);
-    assert_eq!(blk.transport_address, "0xfeb00e00");
+    assert_eq!(transport(blk), TransportKind::TRANSPORT_KIND_MMIO);
+    assert_eq!(blk.transport.address, "0xfeb00e00");
     assert!(!blk.msi_enabled);
     assert_eq!(blk.msi_vectors, 0);
     assert_eq!(blk.num_queues, 1);
@@ -106,7 +116,7 @@ fn legacy_guest_fixture() {
     );
     assert_eq!(blk.vectors.len(), 1);
     let line = &blk.vectors[0];
-    assert_eq!(line.role, VectorRole::Legacy);
+    assert_eq!(role_of(line), VectorRole::VECTOR_ROLE_LEGACY);
     assert_eq!((line.irq, line.name.as_str()), (12, "virtio0"));
     assert_eq!(line.chip, "IO-APIC");
     assert_eq!(line.per_cpu, vec![733, 18]);
@@ -177,8 +187,12 @@ fn this_machine() {
             .unwrap()
             .to_path_buf();
         let pci = parent.file_name().unwrap().to_string_lossy().into_owned();
-        assert_eq!(dev.transport, TransportKind::Pci, "{dev:#?}");
-        assert_eq!(dev.transport_address, pci);
+        assert_eq!(
+            transport(dev),
+            TransportKind::TRANSPORT_KIND_PCI,
+            "{dev:#?}"
+        );
+        assert_eq!(dev.transport.address, pci);
 
         let msi_irqs: BTreeSet<u32> = entries(&parent.join("msi_irqs"), "")
             .iter()
@@ -256,18 +270,21 @@ fn shared_vector_and_intx_devices() {
 
     let report = collect(r).unwrap();
     let blk = device(&report, "virtio0");
-    assert_eq!(blk.transport, TransportKind::Pci);
+    assert_eq!(transport(blk), TransportKind::TRANSPORT_KIND_PCI);
     assert!(blk.msi_enabled);
     assert_eq!(blk.msi_vectors, 2);
-    assert_eq!(blk.vectors[1].role, VectorRole::SharedQueues);
+    assert_eq!(
+        role_of(&blk.vectors[1]),
+        VectorRole::VECTOR_ROLE_SHARED_QUEUES
+    );
     // One vector for all queues says nothing about their number: blk-mq does.
     assert_eq!(blk.num_queues, 4);
     assert!(source(blk, "num_queues").contains("/sys/block/vda/mq"));
 
     let net = device(&report, "virtio1");
     assert!(!net.msi_enabled);
-    assert_eq!(net.vectors[0].role, VectorRole::Legacy);
+    assert_eq!(role_of(&net.vectors[0]), VectorRole::VECTOR_ROLE_LEGACY);
     assert_eq!(net.vectors[0].trigger, "fasteoi");
     assert_eq!(net.num_queues, 2);
-    assert_eq!(net.transport_address, "0000:00:05.0");
+    assert_eq!(net.transport.address, "0000:00:05.0");
 }

@@ -13,8 +13,15 @@
 //! | `Containers` | `protos/containers.proto` | [`containers`], [`containers_ttrpc`] |
 //! | `Devices` | `protos/devices.proto` | [`devices`], [`devices_ttrpc`] |
 //! | `Network` | `protos/network.proto` | [`network`], [`network_ttrpc`] |
+//!
+//! With the `netlink` feature, the `netlink` module builds messages from `pulse-netlink`'s dumps.
 
 include!(concat!(env!("OUT_DIR"), "/generated.rs"));
+
+// Lookups on the generated device-report messages.
+mod device_report;
+#[cfg(feature = "netlink")]
+pub mod netlink;
 
 /// The API version the agent reports in `Health.Version`; bumped on
 /// incompatible changes to the `.proto` files.

@@ -1,6 +1,7 @@
 //! The per-sandbox management socket: plain HTTP/1.1 on a unix socket,
 //! `GET /metrics` (Prometheus text) and `GET /report` (JSON). Each request
 //! asks the agent for a fresh device report, so interrupt counts are current.
+//! Its client is `pulse-ctl status`.
 
 use std::path::Path;
 use std::sync::Weak;
@@ -82,24 +83,4 @@ fn gone() -> (&'static str, &'static str, String) {
         "text/plain",
         "the sandbox is stopping\n".into(),
     )
-}
-
-/// A tiny client: `GET path` on the socket, returns (status code, body).
-pub async fn get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
-    use tokio::io::AsyncReadExt;
-    let mut stream = tokio::net::UnixStream::connect(socket).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: pulse\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, body.to_string()))
 }

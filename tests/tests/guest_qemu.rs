@@ -22,18 +22,8 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn device<'a>(report: &'a DeviceReport, kind: &str) -> &'a VirtioDevice {
     report
-        .devices
-        .iter()
-        .find(|d| d.device_type == kind)
+        .device_of_type(kind)
         .unwrap_or_else(|| panic!("no {kind} device in {report:#?}"))
-}
-
-fn provenance<'a>(dev: &'a VirtioDevice, field: &str) -> &'a str {
-    dev.provenance
-        .iter()
-        .find(|p| p.field == field)
-        .map(|p| p.source.as_str())
-        .unwrap_or("")
 }
 
 #[tokio::test]
@@ -107,7 +97,7 @@ async fn device_report_shows_block_and_vsock_on_the_legacy_fallback() {
         // its sysfs attributes on the platform device.
         assert!(!dev.msi_enabled, "{kind}: {text}");
         assert_eq!(dev.msi_vectors, 0, "{kind}: {text}");
-        let source = provenance(dev, "msi_enabled");
+        let source = dev.source_of("msi_enabled").unwrap_or("");
         assert!(
             source.starts_with(&format!(
                 "/sys/devices/virtio-mmio-cmdline/{}/",

@@ -1,6 +1,8 @@
 //! The device and interrupt report: for every virtio device of the guest,
 //! its transport, queues, whether MSI is in effect, and each interrupt
-//! vector with its counts, plus where each fact came from.
+//! vector with its counts, plus where each fact came from. The report is
+//! built directly as the API's message (`pulse_protocols::devices`), its one
+//! definition.
 //!
 //! Everything is read below one root directory (`/` in a guest), so tests
 //! can point the parser at fixture trees that hold `proc/` and `sys/`.
@@ -13,8 +15,8 @@ mod virtio;
 use std::path::{Path, PathBuf};
 
 pub use interrupts::{parse_proc_interrupts, InterruptTable, IrqLine};
-pub use report::{collect, DeviceReport, Fact, Vector, VectorRole, VirtioDeviceReport};
-pub use virtio::{device_type_name, TransportKind};
+pub use report::collect;
+pub use virtio::device_type_name;
 
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]

@@ -4,84 +4,19 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use serde::Serialize;
+use pulse_protocols::devices::{
+    DeviceReport, InterruptVector, Provenance, Transport, TransportKind, VectorRole, VirtioDevice,
+};
 
 use super::interrupts::{parse_proc_interrupts, read_sys_kernel_irq, InterruptTable, SysIrq};
 use super::queues::{block_hw_queues, net_queues};
 use super::virtio::{
     device_type_name, list_devices, mmio_base, pci_msi_irqs, read_trimmed, SysVirtioDevice,
-    TransportKind,
 };
 use super::ReportError;
 
 /// virtio device ID of vsock.
 const VIRTIO_ID_VSOCK: u32 = 19;
-
-/// The whole report.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceReport {
-    /// CPU columns of `/proc/interrupts`.
-    pub cpus: u32,
-    pub devices: Vec<VirtioDeviceReport>,
-    /// Facts that could not be read or that disagree between sources.
-    pub warnings: Vec<String>,
-}
-
-/// One virtio device.
-#[derive(Debug, Clone, Serialize)]
-pub struct VirtioDeviceReport {
-    pub name: String,
-    pub index: u32,
-    pub device_id: u32,
-    pub device_type: String,
-    pub vendor: String,
-    pub driver: String,
-    pub transport: TransportKind,
-    /// MMIO base (`0xd0000000`) or PCI address (`0000:00:02.0`); empty when unknown.
-    pub transport_address: String,
-    /// The parent device's sysfs name.
-    pub bus_device: String,
-    pub num_queues: u32,
-    pub block_hw_queues: u32,
-    pub net_rx_queues: u32,
-    pub net_tx_queues: u32,
-    pub subsystem_name: String,
-    pub msi_enabled: bool,
-    pub msi_vectors: u32,
-    pub vectors: Vec<Vector>,
-    pub provenance: Vec<Fact>,
-}
-
-/// What an interrupt vector serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VectorRole {
-    Config,
-    Queue,
-    SharedQueues,
-    Legacy,
-}
-
-/// One interrupt vector of a device.
-#[derive(Debug, Clone, Serialize)]
-pub struct Vector {
-    pub irq: u32,
-    pub name: String,
-    pub queue: String,
-    pub role: VectorRole,
-    pub chip: String,
-    pub hwirq: String,
-    pub trigger: String,
-    pub per_cpu: Vec<u64>,
-    pub total: u64,
-}
-
-/// Where a field's value came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Fact {
-    pub field: String,
-    pub source: String,
-}
 
 /// Builds the report from `<root>/proc` and `<root>/sys`.
 pub fn collect(root: &Path) -> Result<DeviceReport, ReportError> {
@@ -117,6 +52,7 @@ pub fn collect(root: &Path) -> Result<DeviceReport, ReportError> {
         cpus: u32::try_from(table.cpus).unwrap_or(u32::MAX),
         devices,
         warnings,
+        ..Default::default()
     })
 }
 
@@ -137,12 +73,13 @@ impl Context<'_> {
         }
     }
 
-    fn device(&self, dev: &SysVirtioDevice, warnings: &mut Vec<String>) -> VirtioDeviceReport {
+    fn device(&self, dev: &SysVirtioDevice, warnings: &mut Vec<String>) -> VirtioDevice {
         let mut facts = Vec::new();
         let mut fact = |field: &str, source: String| {
-            facts.push(Fact {
+            facts.push(Provenance {
                 field: field.to_string(),
                 source,
+                ..Default::default()
             })
         };
         let name = &dev.name;
@@ -157,7 +94,7 @@ impl Context<'_> {
 
         // Transport.
         let transport_address = match dev.transport {
-            TransportKind::Pci => {
+            TransportKind::TRANSPORT_KIND_PCI => {
                 fact(
                     "transport",
                     format!(
@@ -168,7 +105,7 @@ impl Context<'_> {
                 );
                 dev.parent_name.clone()
             }
-            TransportKind::Mmio => match mmio_base(&dev.parent_name, self.iomem) {
+            TransportKind::TRANSPORT_KIND_MMIO => match mmio_base(&dev.parent_name, self.iomem) {
                 Some((base, from)) => {
                     let from = if from == "/proc/iomem" {
                         format!("/proc/iomem entry of {}", dev.parent_name)
@@ -190,7 +127,7 @@ impl Context<'_> {
                     String::new()
                 }
             },
-            TransportKind::Unknown => {
+            TransportKind::TRANSPORT_KIND_UNKNOWN => {
                 warnings.push(format!(
                     "{name}: parent device {} is neither PCI nor virtio-mmio",
                     self.shown(&dev.parent_dir)
@@ -251,15 +188,17 @@ impl Context<'_> {
         let msi_attr = attr("msi_enabled").and_then(|(v, p)| parse_bool(&v).map(|b| (b, v, p)));
         let vectors_attr =
             attr("msi_vectors").and_then(|(v, p)| v.parse::<u32>().ok().map(|n| (n, p)));
-        let pci_msi = if dev.transport == TransportKind::Pci {
+        let pci_msi = if dev.transport == TransportKind::TRANSPORT_KIND_PCI {
             pci_msi_irqs(&dev.parent_dir)
         } else {
             Vec::new()
         };
-        let has_legacy = vectors.iter().any(|v| v.role == VectorRole::Legacy);
-        let per_vector: Vec<&Vector> = vectors
+        let has_legacy = vectors
             .iter()
-            .filter(|v| v.role != VectorRole::Legacy)
+            .any(|v| role_of(v) == VectorRole::VECTOR_ROLE_LEGACY);
+        let per_vector: Vec<&InterruptVector> = vectors
+            .iter()
+            .filter(|v| role_of(v) != VectorRole::VECTOR_ROLE_LEGACY)
             .collect();
 
         let msi_enabled = if let Some((on, raw, path)) = &msi_attr {
@@ -344,9 +283,11 @@ impl Context<'_> {
         // Queue count, best source first.
         let queue_vectors = vectors
             .iter()
-            .filter(|v| v.role == VectorRole::Queue)
+            .filter(|v| role_of(v) == VectorRole::VECTOR_ROLE_QUEUE)
             .count();
-        let shared = vectors.iter().any(|v| v.role == VectorRole::SharedQueues);
+        let shared = vectors
+            .iter()
+            .any(|v| role_of(v) == VectorRole::VECTOR_ROLE_SHARED_QUEUES);
         let num_queues = if queue_vectors > 0 && !shared {
             fact(
                 "num_queues",
@@ -385,16 +326,20 @@ impl Context<'_> {
             ));
         }
 
-        VirtioDeviceReport {
+        VirtioDevice {
             name: name.clone(),
             index: dev.index,
             device_id: dev.device_id,
             device_type: device_type_name(dev.device_id).to_string(),
             vendor: dev.vendor.clone(),
             driver: dev.driver.clone(),
-            transport: dev.transport,
-            transport_address,
-            bus_device: dev.parent_name.clone(),
+            transport: Some(Transport {
+                kind: dev.transport.into(),
+                address: transport_address,
+                bus_device: dev.parent_name.clone(),
+                ..Default::default()
+            })
+            .into(),
             num_queues,
             block_hw_queues: block_q,
             net_rx_queues: rx_q,
@@ -404,13 +349,14 @@ impl Context<'_> {
             msi_vectors,
             vectors,
             provenance: facts,
+            ..Default::default()
         }
     }
 
     /// The interrupt lines whose actions name device `name`.
-    fn vectors_of(&self, name: &str) -> Vec<Vector> {
+    fn vectors_of(&self, name: &str) -> Vec<InterruptVector> {
         let prefix = format!("{name}-");
-        let mut out: Vec<Vector> = self
+        let mut out: Vec<InterruptVector> = self
             .table
             .lines
             .iter()
@@ -421,10 +367,10 @@ impl Context<'_> {
                     .find(|a| *a == name || a.starts_with(&prefix))?;
                 let suffix = action.strip_prefix(&prefix).unwrap_or("");
                 let (role, queue) = match suffix {
-                    _ if action == name => (VectorRole::Legacy, String::new()),
-                    "config" => (VectorRole::Config, String::new()),
-                    "virtqueues" => (VectorRole::SharedQueues, String::new()),
-                    q => (VectorRole::Queue, q.to_string()),
+                    _ if action == name => (VectorRole::VECTOR_ROLE_LEGACY, String::new()),
+                    "config" => (VectorRole::VECTOR_ROLE_CONFIG, String::new()),
+                    "virtqueues" => (VectorRole::VECTOR_ROLE_SHARED_QUEUES, String::new()),
+                    q => (VectorRole::VECTOR_ROLE_QUEUE, q.to_string()),
                 };
                 let sys = self.sys_irqs.get(&line.irq);
                 let pick = |proc_value: &str, sys_value: Option<&String>| {
@@ -434,22 +380,28 @@ impl Context<'_> {
                         proc_value.to_string()
                     }
                 };
-                Some(Vector {
+                Some(InterruptVector {
                     irq: line.irq,
                     name: action.clone(),
                     queue,
-                    role,
+                    role: role.into(),
                     chip: pick(&line.chip, sys.and_then(|s| s.chip_name.as_ref())),
                     hwirq: pick(&line.hwirq, sys.and_then(|s| s.hwirq.as_ref())),
                     trigger: pick(&line.trigger, sys.and_then(|s| s.trigger.as_ref())),
                     per_cpu: line.per_cpu.clone(),
                     total: line.total(),
+                    ..Default::default()
                 })
             })
             .collect();
-        out.sort_by_key(|v| (v.role != VectorRole::Config, v.irq));
+        out.sort_by_key(|v| (role_of(v) != VectorRole::VECTOR_ROLE_CONFIG, v.irq));
         out
     }
+}
+
+/// A vector's role; every vector the report makes has a known one.
+fn role_of(v: &InterruptVector) -> VectorRole {
+    v.role.enum_value_or_default()
 }
 
 fn is_legacy_chip(chip: &str) -> bool {

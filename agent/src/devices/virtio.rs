@@ -3,16 +3,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::ReportError;
+use pulse_protocols::devices::TransportKind;
 
-/// How a virtio device is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TransportKind {
-    Mmio,
-    Pci,
-    Unknown,
-}
+use super::ReportError;
 
 /// What sysfs says about one virtio device.
 #[derive(Debug, Clone)]
@@ -119,7 +112,7 @@ fn read_device(link: &Path, name: String, index: u32) -> Result<SysVirtioDevice,
 
 fn classify_transport(parent_dir: &Path, parent_name: &str) -> TransportKind {
     if is_pci_address(parent_name) {
-        TransportKind::Pci
+        TransportKind::TRANSPORT_KIND_PCI
     } else if parent_name.contains("virtio-mmio")
         || parent_name.contains("virtio_mmio")
         || parent_dir
@@ -127,9 +120,9 @@ fn classify_transport(parent_dir: &Path, parent_name: &str) -> TransportKind {
             .and_then(Path::file_name)
             .is_some_and(|p| p == "platform")
     {
-        TransportKind::Mmio
+        TransportKind::TRANSPORT_KIND_MMIO
     } else {
-        TransportKind::Unknown
+        TransportKind::TRANSPORT_KIND_UNKNOWN
     }
 }
 

@@ -22,6 +22,7 @@ use pulse_netlink::{
     format_mac, in_netns, Address, Link, Neighbour, Netlink, NetlinkError, Route, RTPROT_KERNEL,
     RT_TABLE_MAIN,
 };
+use pulse_protocols::netlink::link_addresses;
 use pulse_protocols::network as api;
 use serde::{Deserialize, Serialize};
 
@@ -136,16 +137,7 @@ pub fn plan(snapshot: &Snapshot) -> (Vec<(Link, Carried)>, GuestNetwork) {
             name: name.clone(),
             mtu: link.mtu,
             up: true,
-            addresses: snapshot
-                .addresses
-                .iter()
-                .filter(|a| a.index == link.index)
-                .map(|a| api::IpAddress {
-                    address: a.ip.to_string(),
-                    prefix_len: u32::from(a.prefix_len),
-                    ..Default::default()
-                })
-                .collect(),
+            addresses: link_addresses(&snapshot.addresses, link.index),
             ..Default::default()
         });
         chosen.push((
