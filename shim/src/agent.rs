@@ -10,9 +10,13 @@
 //! deadline, and stops early when the VM itself is gone.
 //!
 //! The connection knows nothing of the VMM: it gets the hybrid-vsock socket's
-//! path and a callback that says whether (and why) the VM stopped.
+//! path and a callback that says whether (and why) the VM stopped. Once connected,
+//! the sandbox tells it when the VM stopped ([`Agent::vm_stopped`]): a VM that died
+//! under a call (a guest kernel panic) closes no socket, and without that word a
+//! request would wait out its deadline and a process wait would never end.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse_protocols::{
@@ -21,6 +25,7 @@ use pulse_protocols::{
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::net::UnixListener;
+use tokio::sync::watch;
 use ttrpc::context::{self, Context};
 use ttrpc::r#async::transport::Socket;
 use ttrpc::r#async::Client;
@@ -195,12 +200,44 @@ pub enum ConnectError {
 pub struct Agent {
     client: Client,
     timeout: Duration,
+    /// Why the VM stopped, once it has (shared by every clone).
+    vm_stop: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Agent {
     /// Wraps a ttrpc client; `timeout` bounds each non-blocking request.
     pub fn new(client: Client, timeout: Duration) -> Self {
-        Self { client, timeout }
+        Self {
+            client,
+            timeout,
+            vm_stop: Arc::new(watch::Sender::new(None)),
+        }
+    }
+
+    /// Says that the VM stopped, and why: the calls waiting on the guest end with it, and
+    /// so do later ones. The first reason given stays.
+    pub fn vm_stopped(&self, why: String) {
+        self.vm_stop.send_if_modified(|stop| {
+            let first = stop.is_none();
+            if first {
+                *stop = Some(why);
+            }
+            first
+        });
+    }
+
+    /// Resolves with the reason once [`Self::vm_stopped`] was said; a call races it.
+    pub async fn until_vm_stopped(&self) -> String {
+        let mut stop = self.vm_stop.subscribe();
+        let why = match stop.wait_for(Option::is_some).await {
+            Ok(why) => why.clone(),
+            // The sender lives in `self`: it cannot be gone while this runs.
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
     }
 
     /// A context with the request deadline.

@@ -246,8 +246,11 @@ impl Sandbox {
             Ok(task) => sandbox.tasks.lock().unwrap().push(task),
             Err(e) => tracing::warn!("management socket {}: {e}", paths.mgmt().display()),
         }
-        let watcher = watch_console_for_oom(sandbox.oom.clone(), oom);
-        sandbox.tasks.lock().unwrap().push(watcher);
+        let watchers = [
+            watch_console_for_oom(sandbox.oom.clone(), oom),
+            watch::watch_vm(Arc::downgrade(&sandbox)),
+        ];
+        sandbox.tasks.lock().unwrap().extend(watchers);
         Ok(sandbox)
     }
 
@@ -764,9 +767,14 @@ fn watch_console_for_oom(
     })
 }
 
+#[path = "sandbox_watch.rs"]
+mod watch;
+
 #[cfg(test)]
 #[path = "sandbox_without_vm.rs"]
 mod without_vm;
+#[cfg(test)]
+pub(crate) use without_vm::VmStopper;
 
 #[cfg(test)]
 mod tests {

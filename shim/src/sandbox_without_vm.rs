@@ -9,8 +9,18 @@ use super::*;
 use crate::hypervisor::{HostView, HypervisorError};
 use crate::network::NicDevice;
 
-/// A VM that is never there.
-struct NoVm;
+/// A VM that is never there; it stops when its [`VmStopper`] says so.
+struct NoVm(Arc<Mutex<Option<String>>>);
+
+/// Stops a [`Sandbox::without_vm`]'s VM from outside, as a guest kernel panic would.
+pub(crate) struct VmStopper(Arc<Mutex<Option<String>>>);
+
+impl VmStopper {
+    /// The VM stops, for `why`.
+    pub(crate) fn stop(&self, why: &str) {
+        *self.0.lock().unwrap() = Some(why.into());
+    }
+}
 
 #[async_trait]
 impl Hypervisor for NoVm {
@@ -40,7 +50,7 @@ impl Hypervisor for NoVm {
     }
 
     fn exited(&mut self) -> Option<String> {
-        None
+        self.0.lock().unwrap().clone()
     }
 
     async fn stop(&mut self) -> Result<(), HypervisorError> {
@@ -50,22 +60,28 @@ impl Hypervisor for NoVm {
 
 impl Sandbox {
     /// Pod `pod`'s sandbox, ready, by `config` (its files under `shim.state_dir`), its guest
-    /// behind `agent`. Its directory and empty block slots are made, as a boot makes them.
-    pub(crate) fn without_vm(config: PulseConfig, pod: &str, agent: Agent) -> Arc<Sandbox> {
+    /// behind `agent`. Its directory and empty block slots are made and its VM is watched, as
+    /// a boot does; the stopper stops the VM.
+    pub(crate) fn without_vm(
+        config: PulseConfig,
+        pod: &str,
+        agent: Agent,
+    ) -> (Arc<Sandbox>, VmStopper) {
         let paths = SandboxPaths::new(&config.shim.state_dir, "ns", pod).unwrap();
         crate::private_fs::create_dir(&paths.dir).unwrap();
         let slots = BlockSlots::new(&paths, config.devices.block_slots);
         slots.create_placeholders().unwrap();
         let mut machine = SandboxMachine::new(pod);
         machine.ready().unwrap();
-        Arc::new(Sandbox {
+        let exit = Arc::new(Mutex::new(None));
+        let sandbox = Arc::new(Sandbox {
             pod: pod.into(),
             namespace: "ns".into(),
             slots: Mutex::new(slots),
             oom: Arc::new(OomScanner::new(paths.console())),
             paths,
             config,
-            vm: tokio::sync::Mutex::new(Box::new(NoVm)),
+            vm: tokio::sync::Mutex::new(Box::new(NoVm(exit.clone()))),
             agent,
             machine: Mutex::new(machine),
             tasks: Mutex::new(Vec::new()),
@@ -74,7 +90,10 @@ impl Sandbox {
             network: None,
             late_network: tokio::sync::Mutex::new(None),
             host_pid: None,
-        })
+        });
+        let watcher = watch::watch_vm(Arc::downgrade(&sandbox));
+        sandbox.tasks.lock().unwrap().push(watcher);
+        (sandbox, VmStopper(exit))
     }
 
     /// How many block slots hold a container's disk.

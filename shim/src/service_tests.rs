@@ -5,7 +5,7 @@ use crate::agent::Agent;
 use crate::config::PulseConfig;
 use crate::persist::{BundleRecord, BUNDLE_RECORD};
 use crate::pod::{CONTAINER_TYPE, SANDBOX_ID};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, VmStopper};
 use crate::stdio::StdioPaths;
 use crate::task::errors::status;
 use crate::task::events::RecordedEvents;
@@ -256,6 +256,7 @@ struct WithGuest {
     events: Arc<RecordedEvents>,
     guest: Arc<FakeContainers>,
     sandbox: Arc<Sandbox>,
+    vm: VmStopper,
     _server: Server,
     dir: tempfile::TempDir,
 }
@@ -279,7 +280,7 @@ async fn with_guest() -> WithGuest {
     // The rootfs disk's size and place are what the create path decides; what mkfs writes
     // in it is the rootfs module's tests'.
     config.rootfs.mkfs = "true".into();
-    let sandbox = Sandbox::without_vm(config, "pod", agent);
+    let (sandbox, vm) = Sandbox::without_vm(config, "pod", agent);
     service.inner.state.lock().unwrap().sandbox = Some(sandbox.clone());
     add_container(&service, "c1");
     add_container(&service, "gone");
@@ -288,6 +289,7 @@ async fn with_guest() -> WithGuest {
         events,
         guest,
         sandbox,
+        vm,
         _server: server,
         dir,
     }
@@ -642,4 +644,40 @@ async fn a_second_create_of_a_container_is_refused_and_keeps_the_first() {
     assert_eq!(state.bundle, "/nonexistent/bundle");
     assert_eq!(t.sandbox.slots_in_use(), 0);
     assert!(t.guest.taken().is_empty());
+}
+
+/// A VM that stops under a running container (a guest kernel panic: the agent answers
+/// nothing, not even an error): the wait on its init ends at once and is published as an exit
+/// of 255, and a later call on the guest is UNAVAILABLE, naming why, instead of waiting out
+/// the agent's deadline.
+#[tokio::test]
+async fn a_vm_that_stops_under_its_pod_ends_the_waits_and_calls_on_its_guest() {
+    let t = with_guest().await;
+    t.create_cri("c2", false).await.1.unwrap();
+    assert_eq!(
+        t.guest.names_until("WaitProcessRequest").await,
+        ["CreateContainerRequest", "WaitProcessRequest"]
+    );
+    t.vm.stop("guest triple fault (reboot)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while status_of(&t.service, "c2") != api::Status::STOPPED {
+        assert!(std::time::Instant::now() < deadline, "c2 still waited on");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(t.state("c2").await.exit_status, 255);
+    let topics: Vec<String> = t.events.taken().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        topics,
+        [
+            topics::TASK_CREATE_EVENT_TOPIC,
+            topics::TASK_EXIT_EVENT_TOPIC
+        ]
+    );
+    let pids = t.service.pids(&ctx(), on!(PidsRequest, "c1")).await;
+    let (code, message) = code(pids.unwrap_err());
+    assert_eq!(code, Code::UNAVAILABLE);
+    assert!(
+        message.ends_with("the VM stopped: guest triple fault (reboot)"),
+        "{message}"
+    );
 }

@@ -6,8 +6,9 @@ use pulse_protocols::containers::{self, Storage};
 use pulse_protocols::containers_ttrpc::ContainersClient;
 use pulse_protocols::protobuf::MessageFull;
 use ttrpc::context::Context;
+use ttrpc::Code;
 
-use super::errors::agent_err;
+use super::errors::{agent_err, status};
 use crate::agent::Agent;
 
 /// The guest's containers, through the pod's agent.
@@ -153,10 +154,16 @@ impl Guest {
         self.call(what, req).await.map(drop)
     }
 
-    /// `req` sent in `ctx`, its failure saying `what` was being done.
+    /// `req` sent in `ctx`, its failure saying `what` was being done; UNAVAILABLE with the
+    /// reason as soon as the VM stopped (a guest that died answers nothing, not even an error).
     async fn call_in<R: Rpc>(&self, ctx: Context, what: String, req: R) -> ttrpc::Result<R::Reply> {
-        let reply = req.send(&self.client, ctx).await;
-        reply.map_err(|e| agent_err(&what, e))
+        tokio::select! {
+            biased;
+            reply = req.send(&self.client, ctx) => reply.map_err(|e| agent_err(&what, e)),
+            why = self.agent.until_vm_stopped() => {
+                Err(status(Code::UNAVAILABLE, format!("{what}: the VM stopped: {why}")))
+            }
+        }
     }
 
     /// Creates container `id` from its spec (JSON) on `storages`; its init's pid.
