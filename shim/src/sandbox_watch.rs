@@ -5,6 +5,7 @@
 //! lines): every call on the guest ends at once with that, and each process still waited on is
 //! published as exited (255, as for any failed wait).
 
+use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -39,14 +40,26 @@ pub(super) fn watch_vm(sandbox: Weak<Sandbox>) -> JoinHandle<()> {
 }
 
 fn vm_stopped(sandbox: &Arc<Sandbox>, why: String) {
-    let tail = console_tail(&sandbox.paths.console());
-    let why = if tail.is_empty() {
-        why
-    } else {
-        format!("{why}; the guest console ends with: {tail}")
-    };
+    let console = sandbox.paths.console();
+    let mut why = why;
+    if let Some(panic) = kernel_panic(&console) {
+        why = format!("{why}; the guest kernel said: {panic}");
+    }
+    let tail = console_tail(&console);
+    if !tail.is_empty() {
+        why = format!("{why}; the guest console ends with: {tail}");
+    }
     tracing::error!(pod = %sandbox.pod, "the VM stopped under the pod: {why}");
     sandbox.agent.vm_stopped(why);
+}
+
+/// The guest kernel's last panic line on its console, if any: the console's tail is often the
+/// end of the backtrace that follows it.
+fn kernel_panic(console: &Path) -> Option<String> {
+    let text = std::fs::read(console).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let line = text.lines().rev().find(|l| l.contains("Kernel panic - "))?;
+    Some(line.trim().to_string())
 }
 
 impl Sandbox {

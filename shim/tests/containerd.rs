@@ -917,6 +917,50 @@ fn an_oom_kill_in_the_guest_is_an_oom_event_and_exit_137() {
     env.assert_no_leaks();
 }
 
+/// A guest kernel that panics under a running container (here a system-wide OOM with
+/// `vm.panic_on_oom`, so the guest reboots and the VM stops) answers nothing, not even an
+/// error: the shim sees its VM stop, the container is reported stopped (255) at once instead of
+/// running for ever, the shim's log says why with the console's last lines, and the task and
+/// its pod are deleted as usual, leaving nothing.
+#[test]
+fn a_guest_kernel_panic_stops_the_pods_tasks_and_says_why() {
+    let (_one, env) = start_env!();
+    env.write_config("kernel_params = \"sysctl.vm.panic_on_oom=1\"", "");
+    env.run_sleeping("panic1");
+    // No memory limit: busybox's tail keeps its one endless line of /dev/zero until the
+    // guest has no memory left.
+    let hog = exec_script(&env, "panic1", "hog", "tail /dev/zero");
+    assert!(!hog.status.success(), "the hog ended well: {hog:?}");
+    env.wait_status("panic1", "STOPPED");
+    // The shim looks at its VM every 250 ms (the qemu backend's calls may end first: its
+    // vsock socket closes with QEMU).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let said = loop {
+        let log = env.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("the VM stopped under the pod"))
+        {
+            break line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the shim did not say the VM stopped:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("{said}");
+    assert!(
+        said.contains("the guest kernel said: ")
+            && said.contains("Kernel panic - not syncing: Out of memory"),
+        "{said}"
+    );
+    assert!(said.contains("the guest console ends with"), "{said}");
+    env.ctr_ok(&["tasks", "delete", "panic1"]);
+    env.ctr_ok(&["containers", "delete", "panic1"]);
+    env.assert_no_leaks();
+}
+
 #[test]
 fn sigterm_to_the_shim_stops_the_pod_and_the_shim_exits() {
     let (_one, env) = start_env!();
