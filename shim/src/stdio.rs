@@ -136,9 +136,20 @@ pub fn spawn_output(
                 max_bytes: READ_CHUNK,
                 ..Default::default()
             };
-            let resp = match which {
-                Output::Stdout => client.read_stdout(agent.waiting_ctx(), &req).await,
-                Output::Stderr => client.read_stderr(agent.waiting_ctx(), &req).await,
+            let read = async {
+                match which {
+                    Output::Stdout => client.read_stdout(agent.waiting_ctx(), &req).await,
+                    Output::Stderr => client.read_stderr(agent.waiting_ctx(), &req).await,
+                }
+            };
+            // A read waits without a deadline: a VM that stopped would keep it for good.
+            let resp = tokio::select! {
+                biased;
+                resp = read => resp,
+                why = agent.until_vm_stopped() => {
+                    tracing::debug!(%container, %exec, ?which, "output ends: the VM stopped: {why}");
+                    break;
+                }
             };
             let resp = match resp {
                 Ok(r) => r,

@@ -36,9 +36,9 @@ pub(crate) trait Rpc: MessageFull {
 }
 
 /// Each request type with its reply and the client's method for it (the server's method of the
-/// same name, for the tests' agent).
+/// same name, for the tests' agent); the output reads, which the tests' agent keeps open.
 macro_rules! rpcs {
-    ($($req:ident -> $reply:ident: $method:ident;)*) => {
+    ($($req:ident -> $reply:ident: $method:ident;)* [outputs: $($read:ident),*]) => {
         $(
             impl Rpc for containers::$req {
                 type Reply = containers::$reply;
@@ -72,6 +72,17 @@ macro_rules! rpcs {
                     self.0.answer(req).await
                 }
             )*
+
+            $(
+                /// Output stays open and says nothing, as a live process's does.
+                async fn $read(
+                    &self,
+                    _ctx: &ttrpc::r#async::TtrpcContext,
+                    _req: containers::ReadOutputRequest,
+                ) -> ttrpc::Result<containers::ReadOutputResponse> {
+                    std::future::pending().await
+                }
+            )*
         }
     };
 }
@@ -89,6 +100,7 @@ rpcs! {
     ResizeTerminalRequest -> ResizeTerminalResponse: resize_terminal;
     UpdateContainerRequest -> UpdateContainerResponse: update_container;
     ContainerStatsRequest -> ContainerStatsResponse: container_stats;
+    [outputs: read_stdout, read_stderr]
 }
 
 /// The agent's side of the Containers API as a test plays it: one answer for every call.
