@@ -33,7 +33,11 @@ fn find_socket(args: &StatusArgs) -> Result<PathBuf> {
             .map(|e| e.path().join(&args.sandbox))
             .collect(),
     };
-    match candidates.into_iter().map(|d| d.join("mgmt.sock")).find(|s| s.exists()) {
+    let socket = candidates
+        .into_iter()
+        .map(|d| d.join(pulse_protocols::MANAGEMENT_SOCKET))
+        .find(|s| s.exists());
+    match socket {
         Some(s) => Ok(s),
         None => bail!(
             "no running sandbox {} under {} (is the pod running with runtime io.containerd.pulse.v2?)",

@@ -30,6 +30,10 @@ pub const API_VERSION: u32 = 1;
 /// The vsock port the agent listens on inside the guest by default.
 pub const DEFAULT_VSOCK_PORT: u32 = 1024;
 
+/// The file name of a sandbox's management socket (`/metrics`, `/report`) in its state
+/// directory: the shim serves it, pulse-ctl finds it.
+pub const MANAGEMENT_SOCKET: &str = "mgmt.sock";
+
 pub use protobuf;
 pub use ttrpc;
 

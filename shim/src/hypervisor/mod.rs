@@ -158,7 +158,7 @@ impl SandboxPaths {
 
     /// The management socket (`/metrics`, `/report`).
     pub fn mgmt(&self) -> PathBuf {
-        self.dir.join("mgmt.sock")
+        self.dir.join(pulse_protocols::MANAGEMENT_SOCKET)
     }
 
     /// The state file the `delete` subcommand reads.
