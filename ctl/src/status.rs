@@ -155,3 +155,37 @@ pub async fn run(args: StatusArgs) -> Result<()> {
     print!("{}", get(&socket, "/metrics").await?);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(state_dir: &Path, sandbox: &str, namespace: Option<&str>) -> StatusArgs {
+        StatusArgs {
+            sandbox: sandbox.to_string(),
+            state_dir: state_dir.to_path_buf(),
+            namespace: namespace.map(str::to_string),
+            json: false,
+        }
+    }
+
+    #[test]
+    fn the_socket_is_found_in_its_namespace_or_by_searching_them_all() {
+        let state = tempfile::tempdir().unwrap();
+        let pod = state.path().join("k8s.io/pod1");
+        std::fs::create_dir_all(&pod).unwrap();
+        std::fs::create_dir_all(state.path().join("default/other")).unwrap();
+        std::fs::write(pod.join(pulse_protocols::MANAGEMENT_SOCKET), "").unwrap();
+        let expected = pod.join("mgmt.sock");
+
+        let found = find_socket(&args(state.path(), "pod1", Some("k8s.io"))).unwrap();
+        assert_eq!(found, expected);
+        let found = find_socket(&args(state.path(), "pod1", None)).unwrap();
+        assert_eq!(found, expected);
+
+        let err = find_socket(&args(state.path(), "pod1", Some("default"))).unwrap_err();
+        assert!(err.to_string().contains("no running sandbox pod1"), "{err}");
+        let err = find_socket(&args(state.path(), "pod2", None)).unwrap_err();
+        assert!(err.to_string().contains("no running sandbox pod2"), "{err}");
+    }
+}
