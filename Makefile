@@ -20,7 +20,11 @@ build: deps
 	$(CARGO) build --release --workspace
 	# What a host installs: the shim, pulse-vmm and pulse-ctl as static musl binaries with LTO
 	# (profile dist: no glibc pages and fewer text pages in each pod's resident set), in $(DIST_DIR).
-	$(CARGO) build --profile dist --target x86_64-unknown-linux-musl -p pulse-shim -p pulse-vmm-cli -p pulse-ctl
+	# pulse-vmm on its own: in one cargo call with the shim, their shared dependencies would be
+	# built with the union of both crates' features, and pulse-vmm would carry the shim's (a
+	# 3.69 MB binary against 3.17 MB, 2.88 MiB of VMM overhead against 2.4 in make bench).
+	$(CARGO) build --profile dist --target x86_64-unknown-linux-musl -p pulse-shim -p pulse-ctl
+	$(CARGO) build --profile dist --target x86_64-unknown-linux-musl -p pulse-vmm-cli
 
 # The guest agent as one static binary (it becomes the initramfs's /init), with a static
 # libseccomp built for musl (guest/seccomp/libseccomp-musl.sh, cached).
