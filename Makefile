@@ -97,7 +97,6 @@ nested-tests: deps guest
 test: lint unit-tests fuzz-smoke nested-tests
 
 bench: build guest
-	$(CARGO) build --profile dist --target x86_64-unknown-linux-musl -p pulse-vmm-cli
 	PULSE_VMM_MUSL=$(CURDIR)/$(DIST_DIR)/pulse-vmm $(CARGO) bench -p pulse-vmm-cli --bench boot  # with the installed (static musl, LTO) build beside
 	$(CARGO) bench -p pulse-vmm-cli --bench exits
 	$(CARGO) bench -p pulse-vmm --features test-utils --bench block -- --noplot
