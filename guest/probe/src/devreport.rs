@@ -25,6 +25,9 @@ pub struct VectorReport {
     pub batches: u32,
     /// Interrupts expected on top of the batches (the mask test's one request).
     pub extra: u32,
+    /// Times the queue was re-armed after its interrupt was judged lost (the pacer's
+    /// timeout): each may let one interrupt merge with a later one.
+    pub blind_rearms: u32,
     /// What the vector must have received for the device to pass.
     pub expect: Expect,
 }
@@ -347,6 +350,9 @@ impl DeviceReport {
                 if v.index > 0 && v.expect == Expect::Batches {
                     e.u64("batches", v.batches as u64);
                 }
+                if v.blind_rearms > 0 {
+                    e.u64("blind_rearms", v.blind_rearms as u64);
+                }
                 let _ = e.end();
             }
             let _ = arr.end();
@@ -467,6 +473,7 @@ mod tests {
                 elsewhere: 0,
                 batches: 2,
                 extra: 0,
+                blind_rearms: 0,
                 expect: Expect::Batches,
             };
         }

@@ -8,16 +8,13 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use probe_run::{device, probe, BIN};
+use probe_run::{assert_raised_and_taken, device, probe, BIN};
 
-/// Every queue vector of `d` that the workload uses was raised, and the guest took exactly
-/// what was raised.
-fn assert_queue_vectors_exact(d: &Value) {
+/// Every queue vector of `d` was raised, and the guest took what was raised.
+fn assert_queue_vectors_taken(d: &Value) {
     assert_eq!(d["msi_enabled"], true, "{d}");
     for v in &d["vectors"].as_array().unwrap()[1..] {
-        let sent = v["sent"].as_u64().unwrap();
-        assert!(sent > 0, "queue vector never raised: {d}");
-        assert_eq!(v["received"].as_u64(), Some(sent), "{v}");
+        assert_raised_and_taken(v);
     }
 }
 
@@ -46,7 +43,7 @@ fn net_frames_cross_every_queue_pair_both_ways() {
     assert_eq!(code, Some(0), "{r}");
     let d = device(&r, "net");
     assert_eq!(d["queues"], 5, "2 pairs + control");
-    assert_queue_vectors_exact(d);
+    assert_queue_vectors_taken(d);
     let guest = &d["net"];
     assert_eq!(guest["mq_set"], true);
     assert_eq!(guest["tx_done"], serde_json::json!([16, 16]));
@@ -71,7 +68,7 @@ fn console_output_reaches_the_socket_and_input_the_guest() {
     let (code, r) = probe(&["--console"]);
     assert_eq!(code, Some(0), "{r}");
     let d = device(&r, "console");
-    assert_queue_vectors_exact(d);
+    assert_queue_vectors_taken(d);
     let out = r["console_host"]["output"].as_str().unwrap();
     assert!(out.contains("pulse-probe: hello on hvc0\n"), "{out}");
     assert!(out.contains("echo: ping from pulse-vmm\n"), "{out}");
@@ -93,7 +90,7 @@ fn four_device_types_in_one_vm_with_msi() {
     assert_eq!(code, Some(0), "{r}");
     assert_eq!(r["devices"].as_array().unwrap().len(), 4);
     for kind in ["block", "net", "vsock", "console"] {
-        assert_queue_vectors_exact(device(&r, kind));
+        assert_queue_vectors_taken(device(&r, kind));
     }
     assert_eq!(r["interrupts_match"], true);
     assert_tap_gone(&r);

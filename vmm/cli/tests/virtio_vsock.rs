@@ -7,7 +7,7 @@ mod probe_run;
 
 use serde_json::Value;
 
-use probe_run::{device, probe};
+use probe_run::{assert_raised_and_taken, device, probe};
 
 fn assert_host_side(r: &Value, conns: u64) {
     let host = &r["vsock_host"];
@@ -33,9 +33,7 @@ fn a_hundred_connections_echo_64k_each_with_msi() {
     let vectors = d["vectors"].as_array().unwrap();
     assert_eq!(vectors.len(), 4, "config + rx, tx, event");
     for v in &vectors[1..] {
-        let sent = v["sent"].as_u64().unwrap();
-        assert!(sent > 0, "{v}");
-        assert_eq!(v["received"].as_u64(), Some(sent), "{v}");
+        assert_raised_and_taken(v);
     }
     assert_eq!(r["interrupts_match"], true);
 }

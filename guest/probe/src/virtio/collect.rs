@@ -1,5 +1,6 @@
 //! The report's counts: the queues' results and each vector's interrupts.
 
+use super::pacer::blind_rearms;
 use super::{cpus, received, run_of, Device, Kind, DONE};
 use crate::idt;
 use core::sync::atomic::Ordering;
@@ -59,6 +60,7 @@ pub(super) fn collect(d: usize, dev: &Device, report: &mut DeviceReport) {
                 elsewhere: total - idt::count(cpu, vector),
                 batches,
                 extra: u32::from(i == 1 && report.mask_test.is_some()),
+                blind_rearms: blind_rearms(vector),
                 expect: match dev.kind {
                     Kind::Blk => Expect::Batches,
                     // The event queue only carries the transport resets asked for.

@@ -38,3 +38,15 @@ pub fn device<'a>(r: &'a Value, kind: &str) -> &'a Value {
         .find(|d| d["type"] == kind)
         .unwrap_or_else(|| panic!("no {kind} device: {r}"))
 }
+
+/// Queue vector `v` of a report was raised, and the guest took every interrupt the VMM sent
+/// on it, less at most one per blind re-arm of the guest's pacer (a late interrupt that
+/// merged with the next one in the LAPIC).
+pub fn assert_raised_and_taken(v: &Value) {
+    let sent = v["sent"].as_u64().expect("sent");
+    let received = v["received"].as_u64().expect("received");
+    let blind = v["blind_rearms"].as_u64().expect("blind_rearms");
+    assert!(sent > 0, "queue vector never raised: {v}");
+    assert!(received <= sent, "{v}");
+    assert!(sent - received <= blind, "{v}");
+}
