@@ -8,7 +8,8 @@
 # `make test`, and nothing in them depends on Pulse's backend), to keep `make test` under its
 # 40 minutes: the CRI suite's runc-only reference tests and its harness unit tests, the
 # containerd and CRI tests of what the shim refuses by its own checks (a host network, host
-# sockets and device nodes as mounts), and the
+# sockets and device nodes as mounts), the containerd test of the task events the shim
+# publishes (its exec and kill paths run here in detached_container_exec_tty_kill_delete), and the
 # differential areas that the guest's kernel and agent decide (processes and signals,
 # users/env/cwd, rlimits/capabilities/seccomp, exec: the same guest image under both backends;
 # their stdio over the backend's vsock is the containerd suite's, which runs here).
@@ -45,6 +46,8 @@ done
 backend_neutral='^cri (runc_|volumes::|rfc3339_|the_harness_|importing_the_snippet)'
 # Refused by the shim's own checks of the spec, before or beside anything the backend does.
 backend_neutral+='|^containerd a_host_network_container_is_refused_when_pod_networking_is_on$'
+# What the shim's task service publishes (the events' source is the shim, not the backend).
+backend_neutral+='|^containerd ctr_events_shows_the_task_events$'
 backend_neutral+='|^cri pulse_host_(network_pod_is_refused|sockets_and_device_nodes_as_mounts_fail)_by_name'
 if [ "${PULSE_RIG_DIFFERENTIAL:-}" != all ]; then
     backend_neutral+='|^differential runc_and_pulse_agree_on_(processes|users|rlimits|exec)'
