@@ -88,7 +88,7 @@ passed=$(( $(grep -c '^RIG-TEST-PASSED ' "$all" || true) + flaky ))
 failed=$(grep -c '^RIG-TEST-FAILED ' "$all" || true)
 skipped=$(grep -c 'SKIPPED: ' "$all" || true)
 excluded=$(sort -u <(grep '^RIG-TEST-EXCLUDED ' "$all" || true) | grep -c . || true)
-echo "== nested rig: ${passed} passed (${flaky} only on a second run), ${failed} failed, ${skipped} skipped in ${took}s, ${excluded} left out as backend-neutral (run on the host) (embedded backend: containerd, rootfs, CRI and runc differential suites; Linux driver tests) =="
+echo "== nested rig: ${passed} passed (${flaky} only on a later run), ${failed} failed, ${skipped} skipped in ${took}s, ${excluded} left out as backend-neutral (run on the host) (embedded backend: containerd, rootfs, CRI and runc differential suites; Linux driver tests) =="
 [ "$rc" -eq 0 ] || { echo "run-suites: the nested run exited $rc" >&2; exit "$rc"; }
 [ "$failed" -eq 0 ] || { echo "run-suites: $failed tests failed in the rig" >&2; exit 1; }
 [ "${passed}" -gt 0 ] || { echo "run-suites: no test ran in the rig" >&2; exit 1; }
