@@ -118,7 +118,8 @@ pub struct VmSection {
     pub vcpus: u8,
     /// Guest memory per sandbox, MiB.
     pub memory_mib: u64,
-    /// Appended to the kernel command line.
+    /// Appended to the kernel command line, after Pulse's own parameters (which include
+    /// `quiet`: `loglevel=7` here shows the whole boot on the console log).
     pub kernel_params: String,
 }
 

@@ -414,7 +414,7 @@ mod tests {
         let (e, paths) = backend(|c| {
             c.vm.vcpus = 2;
             c.vm.memory_mib = 512;
-            c.vm.kernel_params = "quiet".into();
+            c.vm.kernel_params = "loglevel=7".into();
             c.devices.block_slots = 3;
         });
         let vm = e.vm_config();
@@ -428,7 +428,7 @@ mod tests {
         assert!(!vm.block[0].read_only);
         assert!(matches!(vm.serial, SerialOutput::File(ref p) if *p == paths.console()));
         assert!(vm.cmdline.starts_with("console=ttyS0"));
-        assert!(vm.cmdline.ends_with(" quiet"), "{}", vm.cmdline);
+        assert!(vm.cmdline.ends_with(" loglevel=7"), "{}", vm.cmdline);
         assert!(!vm.cmdline.contains("tsc=reliable"));
         let vsock = vm.vsock.as_ref().expect("a vsock device");
         assert_eq!(vsock.guest_cid, GUEST_CID);
