@@ -165,10 +165,14 @@ pub fn setup_guest() -> Result<(), InitError> {
     Ok(())
 }
 
-/// Kernel settings of the guest that containers can observe, as a runc host has them.
+/// Kernel settings of the guest.
 /// `kernel.dmesg_restrict`: the kernel log is CAP_SYSLOG's alone, as with Debian's and
 /// Ubuntu's kernels (a container without it gets EPERM from `dmesg`, as under runc there).
-pub const SYSCTLS: &[(&str, &str)] = &[("kernel/dmesg_restrict", "1")];
+/// `kernel.printk` 7: the shim boots the guest `quiet` (every byte of a boot log on the UART
+/// is an exit to the VMM), and once the agent runs the console is back at the kernel's
+/// default level: the OOM killer's `oom-kill:` lines (KERN_INFO), which the shim reads from
+/// the console to publish OOM events, must reach it.
+pub const SYSCTLS: &[(&str, &str)] = &[("kernel/dmesg_restrict", "1"), ("kernel/printk", "7")];
 
 /// Writes [`SYSCTLS`] below `proc_sys` (one write each; a failure is logged, not fatal).
 pub fn set_sysctls(proc_sys: &Path) {
@@ -255,6 +259,10 @@ mod tests {
         assert_eq!(
             fs::read_to_string(dir.path().join("kernel/dmesg_restrict")).unwrap(),
             "1"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("kernel/printk")).unwrap(),
+            "7"
         );
         set_sysctls(&dir.path().join("nowhere"));
     }

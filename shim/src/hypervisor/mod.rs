@@ -220,8 +220,9 @@ pub trait Hypervisor: Send + Sync {
 pub fn base_cmdline(spec: &VmSpec, tcg: bool) -> String {
     // `quiet`: each byte on the emulated UART is an exit to the VMM, so a chatty boot is a slow
     // one (in the nested rig the L2 agent served 4.0-4.6 s after start with it, 18.4 s
-    // without). Errors and worse still reach the console (a panic, the OOM killer's
-    // verdict); `loglevel=7` in `vm.kernel_params`, which comes later, shows everything.
+    // without). Errors and worse still reach the console (a panic), and the agent puts the
+    // console back at level 7 once it runs (the OOM killer's lines, read by the shim);
+    // `loglevel=7` in `vm.kernel_params`, which comes later, shows the whole boot.
     let mut cmdline = String::from("console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nokbd quiet");
     // Unknown NAME=value parameters become init's environment: the agent's
     // port, and the host port it announces itself on once it serves.
