@@ -11,7 +11,8 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "insta
 # busybox-static: the container rootfs of the agent tests. musl-tools: the static agent's C bits.
 # containerd runc e2fsprogs util-linux: the shim's end-to-end tests (containerd 1.6, mkfs.ext4 -d, script).
 # kmod: modprobe/depmod for the nested rig's L1 kernel (scripts/l1-kernel.sh, tests/nested/).
-for pkg in qemu-system-x86 busybox-static musl-tools containerd runc e2fsprogs util-linux kmod bc; do
+# lz4: the guest's initramfs (guest/image/mkinitramfs.sh).
+for pkg in qemu-system-x86 busybox-static musl-tools containerd runc e2fsprogs util-linux kmod bc lz4; do
     pkg_installed "$pkg" || need_apt+=("$pkg")
 done
 # The guest kernel build (guest/kernel/build.sh also installs linux-source-6.1) and the rootfs

@@ -7,7 +7,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 kernel=${PULSE_KERNEL:-$repo/build/guest/vmlinux}
-initramfs=${PULSE_INITRAMFS:-$repo/build/guest/initramfs.cpio.gz}
+initramfs=${PULSE_INITRAMFS:-$repo/build/guest/initramfs.cpio.lz4}
 shim=${PULSE_SHIM:-$repo/target/release/containerd-shim-pulse-v2}
 ctl=${PULSE_CTL:-$repo/target/release/pulse-ctl}
 for f in "$kernel" "$initramfs" "$shim" "$ctl"; do

@@ -153,7 +153,7 @@ pub fn run(args: CheckArgs) -> Result<bool> {
     }
     for (key, default) in [
         ("kernel", "/usr/share/pulse/vmlinux"),
-        ("initramfs", "/usr/share/pulse/initramfs.cpio.gz"),
+        ("initramfs", "/usr/share/pulse/initramfs.cpio.lz4"),
     ] {
         let path = get("vm", key, default);
         let ok = Path::new(&path).is_file();

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the guest's initramfs: a gzip'd cpio (newc) archive whose /init is
+# Builds the guest's initramfs: an lz4 cpio (newc) archive whose /init is
 # the static pulse-agent, with the directories PID 1 mounts on and
 # /dev/console (the kernel opens it for init's stdio before anything is
 # mounted).
@@ -8,14 +8,19 @@
 #
 # Reproducible: the archive is written here entry by entry, sorted, with
 # fixed owners (0:0), modes, inode numbers and mtimes (SOURCE_DATE_EPOCH,
-# default 0), and gzip stores no name or time. Same agent binary, same bytes.
+# default 0), and lz4's legacy frame (the one the kernel reads) stores no
+# name or time. Same agent binary, same bytes.
+# lz4, not gzip: the guest kernel unpacks it on every boot, on the cold-start
+# path. The 10.7 MB archive took 48 ms to gunzip against 4 ms to un-lz4 here
+# (user space), and the L2 kernel of the nested rig unpacked it in 0.63 s
+# against 0.38 s (medians of three); the file is 4.6 MB against 4.0.
 # Needs no root: the device node is an archive entry, never a file on disk.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 agent=$repo/target/x86_64-unknown-linux-musl/release/pulse-agent
-out=$repo/build/guest/initramfs.cpio.gz
+out=$repo/build/guest/initramfs.cpio.lz4
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -58,7 +63,7 @@ entries=(
 mkdir -p "$(dirname "$out")"
 tmp=$(mktemp "$out.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
-write_archive | gzip -n -9 >"$tmp"
+write_archive | lz4 -l -9 -q >"$tmp"
 chmod 0644 "$tmp"
 mv -f "$tmp" "$out"
 trap - EXIT

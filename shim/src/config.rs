@@ -127,7 +127,7 @@ impl Default for VmSection {
     fn default() -> Self {
         Self {
             kernel: PathBuf::from("/usr/share/pulse/vmlinux"),
-            initramfs: PathBuf::from("/usr/share/pulse/initramfs.cpio.gz"),
+            initramfs: PathBuf::from("/usr/share/pulse/initramfs.cpio.lz4"),
             vcpus: 1,
             memory_mib: 256,
             kernel_params: String::new(),
@@ -500,7 +500,7 @@ mod tests {
     fn with_image(extra: &str) -> (tempfile::TempDir, String) {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("vmlinux");
-        let initramfs = dir.path().join("initramfs.cpio.gz");
+        let initramfs = dir.path().join("initramfs.cpio.lz4");
         std::fs::write(&kernel, b"k").unwrap();
         std::fs::write(&initramfs, b"i").unwrap();
         let text = format!(

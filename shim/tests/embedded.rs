@@ -22,7 +22,7 @@ fn guest_image() -> Option<(PathBuf, PathBuf)> {
         .unwrap_or_else(|| repo.join("build/guest/vmlinux"));
     let initramfs = std::env::var_os("PULSE_TEST_INITRAMFS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("build/guest/initramfs.cpio.gz"));
+        .unwrap_or_else(|| repo.join("build/guest/initramfs.cpio.lz4"));
     (kernel.is_file() && initramfs.is_file()).then_some((kernel, initramfs))
 }
 

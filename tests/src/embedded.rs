@@ -86,8 +86,10 @@ impl EmbeddedGuest {
 
         let mut vm = VmConfig::new(KernelSource::Path(config.kernel.clone()));
         vm.initrd = Some(config.initramfs.clone());
+        // quiet, as the shim boots its guests (every console byte is an exit; the agent turns
+        // the console back to level 7 once it runs, so later kernel lines still show).
         vm.cmdline = format!(
-            "console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nokbd \
+            "console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.nokbd quiet \
              PULSE_AGENT_LISTEN=vsock://{} PULSE_AGENT_READY_PORT={}",
             pulse_protocols::DEFAULT_VSOCK_PORT,
             pulse_protocols::DEFAULT_READY_PORT

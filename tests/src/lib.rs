@@ -48,7 +48,7 @@ pub fn guest_build_dir() -> PathBuf {
 /// `make guest`'s kernel and initramfs, both there.
 pub fn guest_images() -> Result<(PathBuf, PathBuf)> {
     let dir = guest_build_dir();
-    let (kernel, initramfs) = (dir.join("vmlinux"), dir.join("initramfs.cpio.gz"));
+    let (kernel, initramfs) = (dir.join("vmlinux"), dir.join("initramfs.cpio.lz4"));
     for f in [&kernel, &initramfs] {
         if !f.is_file() {
             bail!("{} is missing: run `make guest` first", f.display());

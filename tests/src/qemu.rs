@@ -5,7 +5,7 @@
 //! vhost-device-vsock --guest-cid 3 --socket DIR/vhost.sock --uds-path DIR/vsock.sock
 //! qemu-system-x86_64 -M microvm,acpi=off,memory-backend=mem -accel tcg -cpu max
 //!     -object memory-backend-memfd,id=mem,size=512M,share=on
-//!     -kernel vmlinux -initrd initramfs.cpio.gz -append "console=ttyS0 ..."
+//!     -kernel vmlinux -initrd initramfs.cpio.lz4 -append "console=ttyS0 ..."
 //!     -drive ... -device virtio-blk-device,drive=d0,serial=S
 //!     -chardev socket,id=vsock,path=DIR/vhost.sock -device vhost-user-vsock-device,chardev=vsock
 //! ```
@@ -106,7 +106,7 @@ pub struct GuestConfig {
 }
 
 impl GuestConfig {
-    /// `build/guest/vmlinux` and `build/guest/initramfs.cpio.gz` (or
+    /// `build/guest/vmlinux` and `build/guest/initramfs.cpio.lz4` (or
     /// `$PULSE_GUEST_DIR`), TCG, one vCPU, 512 MiB, no disks, and
     /// `$PULSE_GUEST_CMDLINE` appended to the command line (for example
     /// `PULSE_AGENT_LOG=debug`: the kernel hands `KEY=value` words to init
@@ -139,8 +139,10 @@ impl GuestConfig {
         // reboot=t + QEMU's -no-reboot: a guest reboot ends QEMU.
         // tsc=reliable: under TCG the TSC is otherwise distrusted with
         // several vCPUs and the clock falls back to jiffies.
+        // quiet, as the shim boots its guests (every console byte is an exit;
+        // the agent turns the console back to level 7 once it runs).
         let mut cmdline = format!(
-            "console=ttyS0 reboot=t panic=-1 tsc=reliable PULSE_AGENT_READY_PORT={}",
+            "console=ttyS0 reboot=t panic=-1 tsc=reliable quiet PULSE_AGENT_READY_PORT={}",
             pulse_protocols::DEFAULT_READY_PORT
         );
         if !self.extra_cmdline.is_empty() {

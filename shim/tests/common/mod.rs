@@ -1,7 +1,7 @@
 //! A private containerd (Debian's 1.6, as root, under a temporary root, state
 //! and address), the offline busybox image, and leak checks, for the shim's
 //! end-to-end tests. The guest image comes from `make guest`
-//! (build/guest/vmlinux, build/guest/initramfs.cpio.gz) or from
+//! (build/guest/vmlinux, build/guest/initramfs.cpio.lz4) or from
 //! `PULSE_TEST_KERNEL` / `PULSE_TEST_INITRAMFS`; without one the tests say so
 //! and pass as skipped. They run through the `qemu` backend, or through the
 //! `embedded` one with `PULSE_TEST_BACKEND=embedded`, which needs VT-x/AMD-V
@@ -47,7 +47,7 @@ pub fn guest_image() -> Option<(PathBuf, PathBuf)> {
         .unwrap_or_else(|| repo().join("build/guest/vmlinux"));
     let initramfs = std::env::var_os("PULSE_TEST_INITRAMFS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("build/guest/initramfs.cpio.gz"));
+        .unwrap_or_else(|| repo().join("build/guest/initramfs.cpio.lz4"));
     (kernel.is_file() && initramfs.is_file()).then_some((kernel, initramfs))
 }
 
