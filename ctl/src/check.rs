@@ -152,8 +152,8 @@ pub fn run(args: CheckArgs) -> Result<bool> {
         );
     }
     for (key, default) in [
-        ("kernel", "/usr/share/pulse/vmlinux"),
-        ("initramfs", "/usr/share/pulse/initramfs.cpio.lz4"),
+        ("kernel", pulse_protocols::DEFAULT_GUEST_KERNEL),
+        ("initramfs", pulse_protocols::DEFAULT_GUEST_INITRAMFS),
     ] {
         let path = get("vm", key, default);
         let ok = Path::new(&path).is_file();

@@ -34,6 +34,14 @@ pub const DEFAULT_VSOCK_PORT: u32 = 1024;
 /// directory: the shim serves it, pulse-ctl finds it.
 pub const MANAGEMENT_SOCKET: &str = "mgmt.sock";
 
+/// Where a host installs the guest kernel (`make guest`'s `vmlinux`): the shim's default
+/// `vm.kernel`, and the path pulse-ctl checks when the config names none.
+pub const DEFAULT_GUEST_KERNEL: &str = "/usr/share/pulse/vmlinux";
+
+/// Where a host installs the guest initramfs (its `/init` is pulse-agent): the shim's default
+/// `vm.initramfs`, and the path pulse-ctl checks when the config names none.
+pub const DEFAULT_GUEST_INITRAMFS: &str = "/usr/share/pulse/initramfs.cpio.lz4";
+
 pub use protobuf;
 pub use ttrpc;
 

@@ -126,8 +126,8 @@ pub struct VmSection {
 impl Default for VmSection {
     fn default() -> Self {
         Self {
-            kernel: PathBuf::from("/usr/share/pulse/vmlinux"),
-            initramfs: PathBuf::from("/usr/share/pulse/initramfs.cpio.lz4"),
+            kernel: PathBuf::from(pulse_protocols::DEFAULT_GUEST_KERNEL),
+            initramfs: PathBuf::from(pulse_protocols::DEFAULT_GUEST_INITRAMFS),
             vcpus: 1,
             memory_mib: 256,
             kernel_params: String::new(),

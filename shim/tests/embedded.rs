@@ -6,6 +6,8 @@
 //!
 //! One test in this binary, so that the thread and fd counts are its own.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,17 +16,6 @@ use pulse_shim::hypervisor::SandboxPaths;
 use pulse_shim::network::PodNetns;
 use pulse_shim::sandbox::Sandbox;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-fn guest_image() -> Option<(PathBuf, PathBuf)> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let kernel = std::env::var_os("PULSE_TEST_KERNEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("build/guest/vmlinux"));
-    let initramfs = std::env::var_os("PULSE_TEST_INITRAMFS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("build/guest/initramfs.cpio.lz4"));
-    (kernel.is_file() && initramfs.is_file()).then_some((kernel, initramfs))
-}
 
 fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
@@ -86,7 +77,7 @@ fn an_embedded_vm_without_hardware_virtualization_fails_clearly_and_leaves_nothi
         eprintln!("SKIPPED: this host has VT-x/AMD-V: the embedded VM would boot Linux");
         return;
     }
-    let Some((kernel, initramfs)) = guest_image() else {
+    let Some((kernel, initramfs)) = common::guest_image() else {
         eprintln!("SKIPPED: no guest image (make guest)");
         return;
     };
